@@ -1,0 +1,305 @@
+//! API keys, admin tokens and the records behind them.
+//!
+//! An API key reads `tg_<public id>_<secret><checksum>`:
+//! - the public id (12 base62 characters, ~71 bits) names the key in lists, logs and
+//!   limits without exposing it;
+//! - the secret (22 base62 characters, ~131 bits) is what makes it a credential;
+//! - the checksum (6 base62 characters of CRC-32 over everything before it) lets the
+//!   gateway refuse a mistyped or made-up key without touching a store, as GitHub's
+//!   tokens do.
+//!
+//! Only [`KeyHash`] (SHA-256 of the whole key) is ever stored. Secrets have enough
+//! entropy that a slow password hash would add latency and no safety.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::limit::LimitSpec;
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+pub const KEY_PREFIX: &str = "tg_";
+pub const PUBLIC_ID_LEN: usize = 12;
+pub const SECRET_LEN: usize = 22;
+pub const CHECKSUM_LEN: usize = 6;
+pub const KEY_LEN: usize = KEY_PREFIX.len() + PUBLIC_ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN;
+pub const ADMIN_PREFIX: &str = "tga_";
+pub const ADMIN_SECRET_LEN: usize = 32;
+/// Random bytes a caller passes to make one key or token (rejection sampling keeps
+/// the characters uniform; 96 bytes are enough with overwhelming probability).
+pub const RANDOM_BYTES: usize = 96;
+
+/// SHA-256 of a whole key or token: what the stores keep and look up by.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyHash(pub [u8; 32]);
+
+impl KeyHash {
+    pub fn of(text: &str) -> Self {
+        Self(Sha256::digest(text.as_bytes()).into())
+    }
+
+    pub fn to_hex(&self) -> String {
+        let mut out = String::with_capacity(64);
+        for b in self.0 {
+            out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+            out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+        }
+        out
+    }
+
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        let bytes = hex.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut out = [0u8; 32];
+        for (i, pair) in bytes.chunks_exact(2).enumerate() {
+            out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        }
+        Some(Self(out))
+    }
+}
+
+impl std::fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyHash({}…)", &self.to_hex()[..12])
+    }
+}
+
+/// Why a presented key was refused before any lookup.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyParseError {
+    #[error("API key has the wrong format (expected tg_<id>_<secret>)")]
+    Format,
+    #[error("API key checksum does not match: it was mistyped or truncated")]
+    Checksum,
+}
+
+fn base62_chars(random: &[u8], n: usize, out: &mut String) -> Option<usize> {
+    let mut used = 0;
+    let mut taken = 0;
+    for &b in random {
+        used += 1;
+        // 248 = 4 * 62: bytes at or above it would bias the distribution.
+        if b < 248 {
+            out.push(char::from(BASE62[usize::from(b % 62)]));
+            taken += 1;
+            if taken == n {
+                return Some(used);
+            }
+        }
+    }
+    None
+}
+
+fn checksum(body: &str) -> String {
+    let mut n = u64::from(crc32fast::hash(body.as_bytes()));
+    let mut out = [b'0'; CHECKSUM_LEN];
+    for slot in out.iter_mut().rev() {
+        *slot = BASE62[(n % 62) as usize];
+        n /= 62;
+    }
+    out.iter().map(|&b| char::from(b)).collect()
+}
+
+fn is_base62(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// A full API key, as shown once to its owner.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    text: String,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKey({}_…)", &self.text[..KEY_PREFIX.len() + PUBLIC_ID_LEN])
+    }
+}
+
+impl ApiKey {
+    /// A new key with a fresh public id. `None` only if the random bytes were
+    /// exhausted by rejection sampling (ask again with new bytes).
+    pub fn generate(random: &[u8]) -> Option<Self> {
+        let mut public_id = String::with_capacity(PUBLIC_ID_LEN);
+        let used = base62_chars(random, PUBLIC_ID_LEN, &mut public_id)?;
+        Self::with_public_id(&public_id, &random[used..])
+    }
+
+    /// A new secret for an existing public id (regeneration keeps the key id).
+    pub fn with_public_id(public_id: &str, random: &[u8]) -> Option<Self> {
+        if public_id.len() != PUBLIC_ID_LEN || !is_base62(public_id) {
+            return None;
+        }
+        let mut text = String::with_capacity(KEY_LEN);
+        text.push_str(KEY_PREFIX);
+        text.push_str(public_id);
+        text.push('_');
+        base62_chars(random, SECRET_LEN, &mut text)?;
+        let sum = checksum(&text);
+        text.push_str(&sum);
+        Some(Self { text })
+    }
+
+    /// Checks the format and checksum of a presented key. No store is touched.
+    pub fn parse(text: &str) -> Result<Self, KeyParseError> {
+        let body = text.strip_prefix(KEY_PREFIX).ok_or(KeyParseError::Format)?;
+        if text.len() != KEY_LEN || body.as_bytes()[PUBLIC_ID_LEN] != b'_' {
+            return Err(KeyParseError::Format);
+        }
+        let (id, rest) = body.split_at(PUBLIC_ID_LEN);
+        let secret = &rest[1..];
+        if !is_base62(id) || !is_base62(secret) {
+            return Err(KeyParseError::Format);
+        }
+        let (unsummed, sum) = text.split_at(KEY_LEN - CHECKSUM_LEN);
+        if checksum(unsummed) != sum {
+            return Err(KeyParseError::Checksum);
+        }
+        Ok(Self { text: text.to_owned() })
+    }
+
+    pub fn public_id(&self) -> &str {
+        &self.text[KEY_PREFIX.len()..KEY_PREFIX.len() + PUBLIC_ID_LEN]
+    }
+
+    pub fn hash(&self) -> KeyHash {
+        KeyHash::of(&self.text)
+    }
+
+    /// The secret itself. Callers show it once and never log it.
+    pub fn expose(&self) -> &str {
+        &self.text
+    }
+}
+
+/// An admin token `tga_<32 base62>`: global (operator) or scoped to one project.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    text: String,
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(…)")
+    }
+}
+
+impl AdminToken {
+    pub fn generate(random: &[u8]) -> Option<Self> {
+        let mut text = String::from(ADMIN_PREFIX);
+        base62_chars(random, ADMIN_SECRET_LEN, &mut text)?;
+        Some(Self { text })
+    }
+
+    pub fn hash(&self) -> KeyHash {
+        KeyHash::of(&self.text)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.text
+    }
+}
+
+/// The tenant: owns keys, limits and settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    pub id: String,
+    pub name: String,
+    pub created_at_ms: i64,
+}
+
+/// What the stores keep about a key (never its secret).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// The public id (the middle part of the key).
+    pub id: String,
+    pub project_id: String,
+    pub name: Option<String>,
+    pub plan: String,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub limit_overrides: Vec<LimitSpec>,
+    pub created_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub revoked_at_ms: Option<i64>,
+    /// Bumped on every change; caches never replace a newer version with an older one.
+    pub version: u64,
+}
+
+/// Whether a key may be used at a given time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyState {
+    Active,
+    Revoked,
+    Expired,
+}
+
+impl KeyRecord {
+    pub fn state(&self, now_ms: i64) -> KeyState {
+        if self.revoked_at_ms.is_some_and(|t| t <= now_ms) {
+            KeyState::Revoked
+        } else if self.expires_at_ms.is_some_and(|t| t <= now_ms) {
+            KeyState::Expired
+        } else {
+            KeyState::Active
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(seed: u8) -> Vec<u8> {
+        (0..RANDOM_BYTES).map(|i| (i as u8).wrapping_mul(37).wrapping_add(seed)).collect()
+    }
+
+    #[test]
+    fn generated_keys_parse_and_keep_their_id() {
+        let key = ApiKey::generate(&bytes(1)).unwrap();
+        assert_eq!(key.expose().len(), KEY_LEN);
+        let parsed = ApiKey::parse(key.expose()).unwrap();
+        assert_eq!(parsed.public_id(), key.public_id());
+        assert_eq!(parsed.hash(), key.hash());
+        let rotated = ApiKey::with_public_id(key.public_id(), &bytes(9)).unwrap();
+        assert_eq!(rotated.public_id(), key.public_id());
+        assert_ne!(rotated.hash(), key.hash());
+    }
+
+    #[test]
+    fn a_single_typo_fails_the_checksum() {
+        let key = ApiKey::generate(&bytes(2)).unwrap();
+        let text = key.expose();
+        for i in KEY_PREFIX.len()..text.len() {
+            if i == KEY_PREFIX.len() + PUBLIC_ID_LEN {
+                continue;
+            }
+            let mut b = text.as_bytes().to_vec();
+            b[i] = if b[i] == b'a' { b'b' } else { b'a' };
+            let typo = String::from_utf8(b).unwrap();
+            assert!(ApiKey::parse(&typo).is_err(), "typo at {i} accepted");
+        }
+    }
+
+    #[test]
+    fn malformed_keys_are_refused_without_panicking() {
+        for bad in ["", "tg_", "sk-abc", "tg_\u{0}\u{1}", &"x".repeat(KEY_LEN), "tg_ééééééééééééééééééééééééééééééééééééééé"] {
+            assert!(ApiKey::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hash_hex_round_trip() {
+        let h = KeyHash::of("abc");
+        assert_eq!(KeyHash::from_hex(&h.to_hex()), Some(h));
+        assert_eq!(
+            h.to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! The domain of tollgate: keys, projects, plans, limits, windows, decisions and usage.
+//!
+//! Invariants of this crate (see ARCHITECTURE.md): it does no I/O, reads no clock
+//! (callers pass `now` in Unix milliseconds), spawns nothing and knows neither HTTP
+//! nor SQL. Everything here is plain data and arithmetic, so both storage backends and
+//! the server agree on what a limit, a window and a decision mean.
+
+pub mod calendar;
+pub mod counter;
+pub mod decision;
+pub mod key;
+pub mod limit;
+pub mod usage;
+
+pub use counter::{CalendarCounter, LimitState, SlidingWindow};
+pub use decision::{Decision, LimitStatus, Refusal};
+pub use key::{AdminToken, ApiKey, KeyHash, KeyParseError, KeyRecord, KeyState, Project};
+pub use limit::{Amounts, LimitError, LimitSpec, Metric, Plan, Window};
+pub use usage::{UsageQuery, UsageRecord};

@@ -1,0 +1,248 @@
+//! Limits as data: a metric counted over a window, capped at a number.
+//!
+//! A plan is a named list of limits. Nothing in the request path branches on a plan's
+//! name: adding a token, cost or per-day limit is adding a row, not code.
+
+use serde::{Deserialize, Serialize};
+
+use crate::calendar::{MS_PER_HOUR, MS_PER_MINUTE};
+
+/// What a limit counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    Requests,
+    InputTokens,
+    OutputTokens,
+    TotalTokens,
+    /// Cost in integer micro-dollars.
+    CostMicros,
+}
+
+impl Metric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::Requests => "requests",
+            Metric::InputTokens => "input_tokens",
+            Metric::OutputTokens => "output_tokens",
+            Metric::TotalTokens => "total_tokens",
+            Metric::CostMicros => "cost_micros",
+        }
+    }
+}
+
+/// Over how long a limit counts.
+///
+/// Minute and hour are *rate limits*, enforced as sliding windows (no burst of twice
+/// the limit across a window edge). Day and month are *quotas*, enforced as UTC
+/// calendar windows that reset at midnight and on the first of the month.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Window {
+    Minute,
+    Hour,
+    Day,
+    Month,
+}
+
+impl Window {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::Minute => "minute",
+            Window::Hour => "hour",
+            Window::Day => "day",
+            Window::Month => "month",
+        }
+    }
+
+    /// The length of a sliding window, or `None` for a calendar window.
+    pub fn sliding_ms(self) -> Option<i64> {
+        match self {
+            Window::Minute => Some(MS_PER_MINUTE),
+            Window::Hour => Some(MS_PER_HOUR),
+            Window::Day | Window::Month => None,
+        }
+    }
+
+    /// True for the windows that answer with `rate_limit_exceeded` and the
+    /// `X-RateLimit-*` headers; false for quotas (`quota_exceeded`, `X-Quota-*`).
+    pub fn is_rate(self) -> bool {
+        self.sliding_ms().is_some()
+    }
+}
+
+/// One limit: at most `limit` of `metric` per `window`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSpec {
+    pub metric: Metric,
+    pub window: Window,
+    pub limit: u64,
+}
+
+impl LimitSpec {
+    pub const fn new(metric: Metric, window: Window, limit: u64) -> Self {
+        Self { metric, window, limit }
+    }
+
+    /// A stable name such as `requests_per_minute`, used in API answers.
+    pub fn name(&self) -> String {
+        format!("{}_per_{}", self.metric.as_str(), self.window.as_str())
+    }
+
+    /// Two limits with the same slot count the same thing; an override replaces the
+    /// plan's limit in the same slot.
+    pub fn slot(&self) -> (Metric, Window) {
+        (self.metric, self.window)
+    }
+}
+
+/// Why a list of limits was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LimitError {
+    #[error("limits[{index}]: {name} appears more than once")]
+    Duplicate { index: usize, name: String },
+    #[error("a plan may have at most {max} limits")]
+    TooMany { max: usize },
+    #[error("plan name must be 1-64 characters of a-z, 0-9, '-' or '_'")]
+    BadPlanName,
+}
+
+pub const MAX_LIMITS: usize = 32;
+
+/// A named bundle of limits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub limits: Vec<LimitSpec>,
+}
+
+impl Plan {
+    pub fn validate(&self) -> Result<(), LimitError> {
+        if !is_slug(&self.name) {
+            return Err(LimitError::BadPlanName);
+        }
+        validate_limits(&self.limits)
+    }
+}
+
+/// Checks that no two limits share a slot and that the list is bounded.
+pub fn validate_limits(limits: &[LimitSpec]) -> Result<(), LimitError> {
+    if limits.len() > MAX_LIMITS {
+        return Err(LimitError::TooMany { max: MAX_LIMITS });
+    }
+    for (index, limit) in limits.iter().enumerate() {
+        if limits[..index].iter().any(|l| l.slot() == limit.slot()) {
+            return Err(LimitError::Duplicate { index, name: limit.name() });
+        }
+    }
+    Ok(())
+}
+
+/// The plan's limits with each override replacing the limit in its slot, or added.
+pub fn effective_limits(plan: &[LimitSpec], overrides: &[LimitSpec]) -> Vec<LimitSpec> {
+    let mut out: Vec<LimitSpec> = plan
+        .iter()
+        .map(|l| overrides.iter().find(|o| o.slot() == l.slot()).copied().unwrap_or(*l))
+        .collect();
+    for o in overrides {
+        if !out.iter().any(|l| l.slot() == o.slot()) {
+            out.push(*o);
+        }
+    }
+    out
+}
+
+/// Identifiers users choose (project ids, plan names): 1-64 of `a-z 0-9 - _`.
+pub fn is_slug(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// How much of each metric one request or event uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Amounts {
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_micros: u64,
+}
+
+impl Amounts {
+    pub const ONE_REQUEST: Amounts =
+        Amounts { requests: 1, input_tokens: 0, output_tokens: 0, cost_micros: 0 };
+
+    pub fn requests(n: u64) -> Self {
+        Self { requests: n, ..Self::default() }
+    }
+
+    pub fn get(&self, metric: Metric) -> u64 {
+        match metric {
+            Metric::Requests => self.requests,
+            Metric::InputTokens => self.input_tokens,
+            Metric::OutputTokens => self.output_tokens,
+            Metric::TotalTokens => self.input_tokens.saturating_add(self.output_tokens),
+            Metric::CostMicros => self.cost_micros,
+        }
+    }
+}
+
+/// The plans every new installation starts with (the seeds' numbers).
+pub fn default_plans() -> Vec<Plan> {
+    let plan = |name: &str, description: &str, per_minute: u64, per_month: u64| Plan {
+        name: name.to_owned(),
+        description: Some(description.to_owned()),
+        limits: vec![
+            LimitSpec::new(Metric::Requests, Window::Minute, per_minute),
+            LimitSpec::new(Metric::Requests, Window::Month, per_month),
+        ],
+    };
+    vec![
+        plan("free", "10 requests/min, 50,000 requests/month", 10, 50_000),
+        plan("starter", "50 requests/min, 250,000 requests/month", 50, 250_000),
+        plan("pro", "200 requests/min, 1,000,000 requests/month", 200, 1_000_000),
+        plan("enterprise", "1,000 requests/min, 10,000,000 requests/month", 1_000, 10_000_000),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_replace_their_slot_and_add_new_ones() {
+        let plan = [
+            LimitSpec::new(Metric::Requests, Window::Minute, 10),
+            LimitSpec::new(Metric::Requests, Window::Month, 50_000),
+        ];
+        let overrides = [
+            LimitSpec::new(Metric::Requests, Window::Month, 7),
+            LimitSpec::new(Metric::TotalTokens, Window::Day, 1_000),
+        ];
+        let eff = effective_limits(&plan, &overrides);
+        assert_eq!(eff, vec![plan[0], overrides[0], overrides[1]]);
+    }
+
+    #[test]
+    fn duplicate_slots_are_named() {
+        let limits = [
+            LimitSpec::new(Metric::Requests, Window::Minute, 10),
+            LimitSpec::new(Metric::Requests, Window::Minute, 20),
+        ];
+        assert_eq!(
+            validate_limits(&limits),
+            Err(LimitError::Duplicate { index: 1, name: "requests_per_minute".into() })
+        );
+    }
+
+    #[test]
+    fn limit_spec_json_shape() {
+        let spec: LimitSpec =
+            serde_json::from_str(r#"{"metric":"requests","window":"minute","limit":10}"#).unwrap();
+        assert_eq!(spec, LimitSpec::new(Metric::Requests, Window::Minute, 10));
+        assert!(serde_json::from_str::<LimitSpec>(r#"{"metric":"requests","window":"week","limit":1}"#).is_err());
+    }
+}
