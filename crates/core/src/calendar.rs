@@ -115,11 +115,7 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
         }
     };
     let days = days_from_civil(year, month as u32, day as u32);
-    Some(
-        days * MS_PER_DAY + hour * MS_PER_HOUR + minute * MS_PER_MINUTE + second * MS_PER_SECOND
-            + millis
-            - offset_ms,
-    )
+    Some(days * MS_PER_DAY + hour * MS_PER_HOUR + minute * MS_PER_MINUTE + second * MS_PER_SECOND + millis - offset_ms)
 }
 
 #[cfg(test)]
@@ -148,10 +144,7 @@ mod tests {
     #[test]
     fn parses_offsets_fractions_and_seconds() {
         assert_eq!(parse_timestamp("1700000000"), Some(1_700_000_000_000));
-        assert_eq!(
-            parse_timestamp("2026-11-23T06:30:00.5+02:00"),
-            parse_timestamp("2026-11-23T04:30:00.500Z")
-        );
+        assert_eq!(parse_timestamp("2026-11-23T06:30:00.5+02:00"), parse_timestamp("2026-11-23T04:30:00.500Z"));
         assert_eq!(parse_timestamp("2026-13-01T00:00:00Z"), None);
         assert_eq!(parse_timestamp("yesterday"), None);
         assert_eq!(parse_timestamp(""), None);

@@ -31,6 +31,20 @@ pub struct Refusal {
     pub retry_at_ms: Option<i64>,
 }
 
+impl Refusal {
+    /// Of two refusals, the one that binds longer (a request that can never fit, then
+    /// the later retry time): waiting out the other would not help, so that is the
+    /// one to report. Ties keep `self`, the earlier limit.
+    pub fn binding(self, other: Refusal) -> Refusal {
+        match (self.retry_at_ms, other.retry_at_ms) {
+            (None, _) => self,
+            (_, None) => other,
+            (Some(a), Some(b)) if b > a => other,
+            _ => self,
+        }
+    }
+}
+
 /// The outcome of checking (and, when admitted, charging) every limit of a request.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Decision {
@@ -60,10 +74,10 @@ impl Decision {
 
     fn tightest(&self, rate: bool) -> Option<&LimitStatus> {
         // Prefer the refusing limit, so headers and body agree.
-        if let Some((status, _)) = self.refused_status() {
-            if status.spec.window.is_rate() == rate {
-                return Some(status);
-            }
+        if let Some((status, _)) = self.refused_status()
+            && status.spec.window.is_rate() == rate
+        {
+            return Some(status);
         }
         self.statuses
             .iter()

@@ -288,7 +288,9 @@ mod tests {
 
     #[test]
     fn malformed_keys_are_refused_without_panicking() {
-        for bad in ["", "tg_", "sk-abc", "tg_\u{0}\u{1}", &"x".repeat(KEY_LEN), "tg_ééééééééééééééééééééééééééééééééééééééé"] {
+        for bad in
+            ["", "tg_", "sk-abc", "tg_\u{0}\u{1}", &"x".repeat(KEY_LEN), "tg_ééééééééééééééééééééééééééééééééééééééé"]
+        {
             assert!(ApiKey::parse(bad).is_err(), "{bad:?}");
         }
     }
@@ -297,9 +299,6 @@ mod tests {
     fn hash_hex_round_trip() {
         let h = KeyHash::of("abc");
         assert_eq!(KeyHash::from_hex(&h.to_hex()), Some(h));
-        assert_eq!(
-            h.to_hex(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(h.to_hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 }

@@ -143,10 +143,8 @@ pub fn validate_limits(limits: &[LimitSpec]) -> Result<(), LimitError> {
 
 /// The plan's limits with each override replacing the limit in its slot, or added.
 pub fn effective_limits(plan: &[LimitSpec], overrides: &[LimitSpec]) -> Vec<LimitSpec> {
-    let mut out: Vec<LimitSpec> = plan
-        .iter()
-        .map(|l| overrides.iter().find(|o| o.slot() == l.slot()).copied().unwrap_or(*l))
-        .collect();
+    let mut out: Vec<LimitSpec> =
+        plan.iter().map(|l| overrides.iter().find(|o| o.slot() == l.slot()).copied().unwrap_or(*l)).collect();
     for o in overrides {
         if !out.iter().any(|l| l.slot() == o.slot()) {
             out.push(*o);
@@ -172,8 +170,7 @@ pub struct Amounts {
 }
 
 impl Amounts {
-    pub const ONE_REQUEST: Amounts =
-        Amounts { requests: 1, input_tokens: 0, output_tokens: 0, cost_micros: 0 };
+    pub const ONE_REQUEST: Amounts = Amounts { requests: 1, input_tokens: 0, output_tokens: 0, cost_micros: 0 };
 
     pub fn requests(n: u64) -> Self {
         Self { requests: n, ..Self::default() }
@@ -240,8 +237,7 @@ mod tests {
 
     #[test]
     fn limit_spec_json_shape() {
-        let spec: LimitSpec =
-            serde_json::from_str(r#"{"metric":"requests","window":"minute","limit":10}"#).unwrap();
+        let spec: LimitSpec = serde_json::from_str(r#"{"metric":"requests","window":"minute","limit":10}"#).unwrap();
         assert_eq!(spec, LimitSpec::new(Metric::Requests, Window::Minute, 10));
         assert!(serde_json::from_str::<LimitSpec>(r#"{"metric":"requests","window":"week","limit":1}"#).is_err());
     }

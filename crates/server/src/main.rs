@@ -1,1 +1,80 @@
-fn main() {}
+//! The `tollgate` binary: parses the command line and runs the chosen command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tollgate_server::cli::{Cli, Command};
+use tollgate_server::config::Config;
+use tollgate_server::{mock, startup, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = Config::load(config.as_deref())?;
+            telemetry::init(config.log_format);
+            let app = startup::Application::build(config).await?;
+            if let Some(token) = &app.created_admin_token {
+                // Printed once, to the terminal, never to the log.
+                println!("\n  Admin token (shown once; only its hash is stored):\n\n    {token}\n");
+                println!("  export TOLLGATE_ADMIN_TOKEN={token}\n");
+            }
+            app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::MockUpstream(args) => {
+            telemetry::init(tollgate_server::config::LogFormat::Text);
+            let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
+            tracing::info!(address = %listener.local_addr()?, "mock upstream listening");
+            let config = mock::MockConfig {
+                latency_ms: args.latency_ms,
+                prompt_tokens: args.prompt_tokens,
+                completion_tokens: args.completion_tokens,
+                expected_api_key: args.expected_api_key,
+            };
+            mock::serve(listener, config, shutdown_signal()).await?;
+            Ok(())
+        }
+        other => tollgate_server::cli::run_admin(other).await,
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,1 +1,160 @@
-//! placeholder
+//! The storage boundary of tollgate.
+//!
+//! Three traits, each with a request/receipt vocabulary taken from `tollgate-core`:
+//! - [`Catalog`]: projects, plans, keys and admin tokens (durable, changed rarely,
+//!   read on every request through [`Catalog::lookup_key`]);
+//! - [`Limiter`]: one atomic decision over every limit of a request, then settlement;
+//! - [`Ledger`]: the append-only usage ledger, buffered and batched.
+//!
+//! Stores persist what they are given; the domain (core) and the server decide.
+//! [`conformance`] holds the test suite every backend must pass.
+
+pub mod conformance;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tollgate_core::{Amounts, Decision, KeyHash, KeyRecord, LimitSpec, Plan, Project, UsageQuery, UsageRecord};
+
+/// What went wrong in a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what} '{id}' not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("{0}")]
+    Conflict(String),
+    /// The backend cannot be reached or timed out: a retry may help.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or corrupted data: a retry will not help.
+    #[error("store failure: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    pub fn not_found(what: &'static str, id: impl Into<String>) -> Self {
+        StoreError::NotFound { what, id: id.into() }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Which project an admin token may act on: `None` is the operator (every project).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminScope {
+    pub project_id: Option<String>,
+}
+
+/// A page of keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyQuery {
+    pub project_id: Option<String>,
+    /// Keys whose id sorts after this one (ids are the pagination cursor).
+    pub after_id: Option<String>,
+    pub limit: usize,
+}
+
+/// Durable configuration: projects, plans, keys, admin tokens.
+#[async_trait]
+pub trait Catalog: Send + Sync + 'static {
+    /// Fails with `Conflict` when the id is taken.
+    async fn create_project(&self, project: Project) -> StoreResult<Project>;
+    async fn get_project(&self, id: &str) -> StoreResult<Option<Project>>;
+    async fn list_projects(&self) -> StoreResult<Vec<Project>>;
+
+    /// Creates or replaces a plan.
+    async fn put_plan(&self, plan: Plan) -> StoreResult<()>;
+    /// Inserts a plan only if no plan of that name exists (seeding). True if inserted.
+    async fn insert_plan_if_absent(&self, plan: Plan) -> StoreResult<bool>;
+    async fn get_plan(&self, name: &str) -> StoreResult<Option<Plan>>;
+    async fn list_plans(&self) -> StoreResult<Vec<Plan>>;
+    /// Fails with `Conflict` while keys use the plan. True if it existed.
+    async fn delete_plan(&self, name: &str) -> StoreResult<bool>;
+
+    /// Stores a new key and the hash of its secret. `Conflict` if the id exists.
+    async fn create_key(&self, record: KeyRecord, secret_hash: KeyHash) -> StoreResult<KeyRecord>;
+    async fn get_key(&self, id: &str) -> StoreResult<Option<KeyRecord>>;
+    /// Keys ordered by id.
+    async fn list_keys(&self, query: KeyQuery) -> StoreResult<Vec<KeyRecord>>;
+    /// Replaces a key's record if its stored version is still `record.version`
+    /// (else `Conflict`); returns it with the version bumped.
+    async fn update_key(&self, record: KeyRecord) -> StoreResult<KeyRecord>;
+    /// Adds a new secret to a key. The secrets it had keep working until
+    /// `old_valid_until_ms` (or stop at once when `None`). Bumps the version.
+    async fn rotate_key_secret(
+        &self,
+        id: &str,
+        new_hash: KeyHash,
+        old_valid_until_ms: Option<i64>,
+    ) -> StoreResult<KeyRecord>;
+    /// The hot path: the key a secret belongs to, revoked and expired keys included
+    /// (the caller decides), or `None` for an unknown or retired secret.
+    async fn lookup_key(&self, hash: &KeyHash, now_ms: i64) -> StoreResult<Option<Arc<KeyRecord>>>;
+
+    async fn create_admin_token(&self, hash: KeyHash, scope: AdminScope, created_at_ms: i64) -> StoreResult<()>;
+    async fn lookup_admin_token(&self, hash: &KeyHash) -> StoreResult<Option<AdminScope>>;
+    async fn has_operator_token(&self) -> StoreResult<bool>;
+}
+
+/// One limit of one subject, as a request presents it to the limiter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitItem {
+    /// Whose counter: `key:<id>` today; `project:<id>`, `ip:<addr>` later.
+    pub subject: Arc<str>,
+    pub spec: LimitSpec,
+}
+
+/// Check every item and, only if all fit, charge all of them.
+#[derive(Clone, Debug)]
+pub struct ReserveRequest<'a> {
+    /// Identifies the reservation for settlement; a reserve repeated with the same id
+    /// while its reservation is held charges nothing more.
+    pub request_id: &'a str,
+    pub items: &'a [LimitItem],
+    pub amounts: Amounts,
+    pub now_ms: i64,
+    /// Keep a reservation for [`Limiter::settle`]; `false` makes the charge final.
+    pub hold: bool,
+}
+
+/// Replace a held reservation by what was actually used (zero to refund).
+#[derive(Clone, Debug)]
+pub struct SettleRequest<'a> {
+    pub request_id: &'a str,
+    pub actual: Amounts,
+    pub now_ms: i64,
+}
+
+/// Counters for every limit, checked and charged atomically.
+#[async_trait]
+pub trait Limiter: Send + Sync + 'static {
+    async fn reserve(&self, request: ReserveRequest<'_>) -> StoreResult<Decision>;
+    /// Applies `actual - reserved` once; a second settle of the same id is a no-op.
+    async fn settle(&self, request: SettleRequest<'_>) -> StoreResult<()>;
+    /// Each item's standing without charging anything (`refused` is set if `amounts`
+    /// would not fit).
+    async fn peek(&self, items: &[LimitItem], amounts: Amounts, now_ms: i64) -> StoreResult<Decision>;
+    /// Charges without checking, at time `at_ms` (rebuilding counters from the ledger).
+    async fn apply(&self, items: &[LimitItem], amounts: Amounts, at_ms: i64) -> StoreResult<()>;
+    /// Drops counters with nothing left in their window; returns how many.
+    async fn prune(&self, now_ms: i64) -> StoreResult<usize>;
+    /// Reservations held and not yet settled (the overrun bound in flight).
+    async fn held_reservations(&self) -> StoreResult<usize>;
+}
+
+/// The usage ledger. `append` never blocks the request path; `flush` waits until
+/// everything appended before it is durable.
+#[async_trait]
+pub trait Ledger: Send + Sync + 'static {
+    /// Queues a record. Idempotent by `record.id`: the first one stored wins.
+    fn append(&self, record: UsageRecord);
+    /// Resolves when every record appended before the call is durable.
+    async fn flush(&self) -> StoreResult<()>;
+    /// A page of records matching the query, newest first (`ts_ms` then `id`, both
+    /// descending).
+    async fn query(&self, query: UsageQuery) -> StoreResult<Vec<UsageRecord>>;
+    /// Every record with `ts_ms >= since_ms`, oldest first (counter rebuild).
+    async fn records_since(&self, since_ms: i64) -> StoreResult<Vec<UsageRecord>>;
+    /// Flushes and stops the writer; later appends are dropped with an error log.
+    async fn close(&self) -> StoreResult<()>;
+}

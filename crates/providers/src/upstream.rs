@@ -1,0 +1,155 @@
+//! The pooled client to one OpenAI-compatible upstream.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+
+/// Where the upstream is and how long to wait for it.
+#[derive(Clone)]
+pub struct UpstreamConfig {
+    /// Base URL including the version path, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// The provider key tollgate sends upstream (never the client's tollgate key).
+    pub api_key: Option<String>,
+    pub connect_timeout: Duration,
+    /// Longest wait for the response head, and for each chunk of the body after it.
+    pub read_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .finish()
+    }
+}
+
+/// Why a call to the upstream failed. All of these come from the upstream side.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream could not be reached: {0}")]
+    Connect(String),
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("upstream response broke off: {0}")]
+    Body(String),
+    #[error("invalid upstream configuration: {0}")]
+    Config(String),
+}
+
+impl UpstreamError {
+    /// Whether trying again (here or on another upstream) may help.
+    pub fn retryable(&self) -> bool {
+        !matches!(self, UpstreamError::Config(_))
+    }
+}
+
+/// The head of an upstream response and its body as a stream.
+pub struct UpstreamResponse {
+    pub status: u16,
+    pub content_type: Option<String>,
+    /// `Retry-After` passed on when the provider sends one (its own 429s).
+    pub retry_after: Option<String>,
+    pub body: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>,
+}
+
+/// A pooled client bound to one upstream.
+pub struct Upstream {
+    client: reqwest::Client,
+    base_url: String,
+    authorization: Option<reqwest::header::HeaderValue>,
+    read_timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig) -> Result<Self, UpstreamError> {
+        // reqwest is built with `rustls-no-provider`: the process must pick a crypto
+        // provider before the first client. Installing twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.read_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| UpstreamError::Config(e.to_string()))?;
+        let authorization = match &config.api_key {
+            Some(key) => {
+                let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+                    .map_err(|_| UpstreamError::Config("provider key is not a valid header value".into()))?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        let base_url = config.base_url.trim_end_matches('/').to_owned();
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+            return Err(UpstreamError::Config(format!(
+                "upstream base URL must start with http:// or https:// (got '{base_url}')"
+            )));
+        }
+        Ok(Self { client, base_url, authorization, read_timeout: config.read_timeout })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Sends `method path` with the client headers chosen to pass through, a JSON
+    /// body (or none), and returns as soon as the response head arrives; the body
+    /// streams on. The provider key is set here and overrides anything passed.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: reqwest::header::HeaderMap,
+        body: Option<Bytes>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let url = format!("{}{}", self.base_url, path);
+        let mut request = self.client.request(method, url).headers(headers);
+        if let Some(auth) = &self.authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, auth.clone());
+        }
+        if let Some(body) = body {
+            request = request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+        }
+        let response = tokio_timeout(self.read_timeout, request.send())
+            .await
+            .ok_or(UpstreamError::Timeout(self.read_timeout))?
+            .map_err(|e| classify(&e, self.read_timeout))?;
+        let header = |name: reqwest::header::HeaderName| {
+            response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+        };
+        let content_type = header(reqwest::header::CONTENT_TYPE);
+        let retry_after = header(reqwest::header::RETRY_AFTER);
+        let status = response.status().as_u16();
+        let read_timeout = self.read_timeout;
+        let body = response.bytes_stream().map(move |r| r.map_err(|e| classify(&e, read_timeout)));
+        Ok(UpstreamResponse { status, content_type, retry_after, body: Box::pin(body) })
+    }
+}
+
+async fn tokio_timeout<F: std::future::Future>(d: Duration, f: F) -> Option<F::Output> {
+    // A local helper keeps tokio's `time` feature out of this crate's public API.
+    tokio::time::timeout(d, f).await.ok()
+}
+
+fn classify(e: &reqwest::Error, read_timeout: Duration) -> UpstreamError {
+    // Never include the URL's query or headers: only the error kind and message.
+    let e_no_url = e.to_string();
+    if e.is_timeout() {
+        UpstreamError::Timeout(read_timeout)
+    } else if e.is_connect() {
+        UpstreamError::Connect(e_no_url)
+    } else if e.is_body() || e.is_decode() {
+        UpstreamError::Body(e_no_url)
+    } else {
+        UpstreamError::Connect(e_no_url)
+    }
+}

@@ -1,0 +1,110 @@
+//! Finding the `usage` block in what the upstream answered, without building a JSON
+//! tree and without holding up the response.
+//!
+//! The scanner keeps the body's chunks as they pass to the client (`Bytes` clones
+//! share the buffer, nothing is copied) and parses once at the end with a serde
+//! struct that skips every field but `usage`.
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+/// Token counts as the upstream reported them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct TokenUsage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    usage: Option<TokenUsage>,
+}
+
+/// Extracts `usage` from a whole JSON response body.
+pub fn usage_from_json(body: &[u8]) -> Option<TokenUsage> {
+    serde_json::from_slice::<Envelope>(body).ok()?.usage
+}
+
+/// Watches a non-streaming JSON body go by and reports its usage at the end.
+pub struct UsageScanner {
+    chunks: Vec<Bytes>,
+    len: usize,
+    max_len: usize,
+    overflowed: bool,
+}
+
+impl UsageScanner {
+    /// `max_len` bounds what is retained; a longer body reports no usage.
+    pub fn new(max_len: usize) -> Self {
+        Self { chunks: Vec::new(), len: 0, max_len, overflowed: false }
+    }
+
+    pub fn observe(&mut self, chunk: &Bytes) {
+        if self.overflowed {
+            return;
+        }
+        self.len += chunk.len();
+        if self.len > self.max_len {
+            self.overflowed = true;
+            self.chunks = Vec::new();
+            return;
+        }
+        self.chunks.push(chunk.clone());
+    }
+
+    pub fn finish(&mut self) -> Option<TokenUsage> {
+        if self.overflowed {
+            return None;
+        }
+        let chunks = std::mem::take(&mut self.chunks);
+        match chunks.as_slice() {
+            [] => None,
+            [one] => usage_from_json(one),
+            many => {
+                let mut whole = Vec::with_capacity(self.len);
+                for c in many {
+                    whole.extend_from_slice(c);
+                }
+                usage_from_json(&whole)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_usage_across_chunks_and_ignores_the_rest() {
+        let body = br#"{"id":"x","choices":[{"message":{"content":"\"usage\": {\"prompt_tokens\": 999}"}}],"usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42,"prompt_tokens_details":{"cached_tokens":0}}}"#;
+        let mut s = UsageScanner::new(1 << 20);
+        for part in body.chunks(7) {
+            s.observe(&Bytes::copy_from_slice(part));
+        }
+        assert_eq!(s.finish(), Some(TokenUsage { prompt_tokens: 12, completion_tokens: 30, total_tokens: 42 }));
+    }
+
+    #[test]
+    fn missing_malformed_or_oversized_bodies_report_nothing() {
+        assert_eq!(usage_from_json(br#"{"id":"x"}"#), None);
+        assert_eq!(usage_from_json(b"not json"), None);
+        assert_eq!(usage_from_json(br#"{"usage":{"prompt_tokens":-1}}"#), None);
+        let mut s = UsageScanner::new(4);
+        s.observe(&Bytes::from_static(br#"{"usage":{}}"#));
+        assert_eq!(s.finish(), None);
+    }
+
+    #[test]
+    fn embeddings_usage_has_no_completion_tokens() {
+        assert_eq!(
+            usage_from_json(br#"{"data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#),
+            Some(TokenUsage { prompt_tokens: 8, completion_tokens: 0, total_tokens: 8 })
+        );
+    }
+}

@@ -1,0 +1,146 @@
+//! Who is calling: API keys on the proxy and verify paths, admin tokens on the admin
+//! API.
+//!
+//! A presented key is checked in this order, each step cheaper than the next: format
+//! and checksum (no store), hash lookup (in-memory on the embedded store), state
+//! (revoked, expired), plan.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use subtle::ConstantTimeEq;
+use tollgate_core::key::KEY_PREFIX;
+use tollgate_core::{ApiKey, KeyHash, KeyRecord, KeyState, LimitSpec, Plan};
+use tollgate_store::{AdminScope, LimitItem};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// An authenticated, usable key with its plan resolved.
+pub struct Authed {
+    pub key: Arc<KeyRecord>,
+    pub plan: Arc<Plan>,
+}
+
+impl Authed {
+    /// Every limit that applies to this key's requests, as limiter items.
+    pub fn limit_items(&self) -> Vec<LimitItem> {
+        let subject: Arc<str> = Arc::from(format!("key:{}", self.key.id));
+        let item = |spec: LimitSpec| LimitItem { subject: subject.clone(), spec };
+        if self.key.limit_overrides.is_empty() {
+            self.plan.limits.iter().copied().map(item).collect()
+        } else {
+            tollgate_core::limit::effective_limits(&self.plan.limits, &self.key.limit_overrides)
+                .into_iter()
+                .map(item)
+                .collect()
+        }
+    }
+}
+
+/// Why a key cannot be used, in the verify endpoint's vocabulary.
+#[derive(Debug)]
+pub enum KeyRefusal {
+    NotFound(ApiError),
+    Revoked,
+    Expired,
+}
+
+impl From<KeyRefusal> for ApiError {
+    fn from(r: KeyRefusal) -> Self {
+        match r {
+            KeyRefusal::NotFound(e) => e,
+            KeyRefusal::Revoked => ApiError::KeyRevoked,
+            KeyRefusal::Expired => ApiError::KeyExpired,
+        }
+    }
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Resolves a presented key to a usable key and plan.
+pub async fn authenticate_key(state: &AppState, presented: &str, now_ms: i64) -> Result<Authed, KeyRefusal> {
+    let key = ApiKey::parse(presented).map_err(|e| KeyRefusal::NotFound(ApiError::InvalidKey(e.to_string())))?;
+    let record =
+        state.catalog.lookup_key(&key.hash(), now_ms).await.map_err(|e| KeyRefusal::NotFound(e.into()))?.ok_or_else(
+            || {
+                KeyRefusal::NotFound(ApiError::InvalidKey(format!(
+                    "Incorrect API key provided: {KEY_PREFIX}{}_****. Create a key with `tollgate keys create`.",
+                    key.public_id()
+                )))
+            },
+        )?;
+    match record.state(now_ms) {
+        KeyState::Active => {}
+        KeyState::Revoked => return Err(KeyRefusal::Revoked),
+        KeyState::Expired => return Err(KeyRefusal::Expired),
+    }
+    let plan = state.plans.get(&record.plan).ok_or_else(|| {
+        KeyRefusal::NotFound(ApiError::internal(format!("key {} names missing plan '{}'", record.id, record.plan)))
+    })?;
+    Ok(Authed { key: record, plan })
+}
+
+/// The key of a proxied request (`Authorization: Bearer tg_...`).
+pub async fn authenticate_request(state: &AppState, headers: &HeaderMap, now_ms: i64) -> Result<Authed, ApiError> {
+    let presented = bearer(headers).filter(|t| !t.is_empty()).ok_or_else(|| {
+        ApiError::MissingKey(
+            "You didn't provide an API key. Send your tollgate key as 'Authorization: Bearer tg_...'.".into(),
+        )
+    })?;
+    Ok(authenticate_key(state, presented, now_ms).await?)
+}
+
+/// A caller of the admin API, with the projects it may act on.
+#[derive(Clone, Debug)]
+pub struct Admin(pub AdminScope);
+
+impl Admin {
+    pub fn is_operator(&self) -> bool {
+        self.0.project_id.is_none()
+    }
+
+    /// Refuses callers scoped to another project. Answers 404, not 403, so a scoped
+    /// token cannot learn which other projects exist.
+    pub fn check_project(&self, project_id: &str, what: &'static str, id: &str) -> Result<(), ApiError> {
+        match &self.0.project_id {
+            Some(own) if own != project_id => Err(ApiError::NotFound { what, id: id.to_owned() }),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn require_operator(&self) -> Result<(), ApiError> {
+        if self.is_operator() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("this operation needs the operator's admin token".into()))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(&parts.headers).filter(|t| !t.is_empty()).ok_or_else(|| {
+            ApiError::AdminUnauthorized("The admin API needs 'Authorization: Bearer <admin token>'.".into())
+        })?;
+        let hash = KeyHash::of(token);
+        if let Some(configured) = &state.configured_operator
+            && bool::from(configured.0.ct_eq(&hash.0))
+        {
+            return Ok(Admin(AdminScope { project_id: None }));
+        }
+        match state.catalog.lookup_admin_token(&hash).await? {
+            Some(scope) => Ok(Admin(scope)),
+            None => Err(ApiError::AdminUnauthorized("Invalid admin token.".into())),
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Configuration: built-in defaults, then a TOML file, then environment variables.
+//!
+//! Parse, then validate: [`RawConfig`] is what serde reads (unknown fields refused),
+//! [`Config`] is what the rest of the server uses, and every startup error names the
+//! setting at fault. Precedence, lowest first: defaults, `OPENAI_BASE_URL` /
+//! `OPENAI_API_KEY`, the file (`--config` or `TOLLGATE_CONFIG`), `TOLLGATE_*`
+//! variables (nested keys with `__`, e.g. `TOLLGATE_UPSTREAM__BASE_URL`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use tollgate_core::limit::{default_plans, is_slug};
+use tollgate_core::{LimitSpec, Plan};
+
+/// A secret that never prints.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The file and environment shape of the configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub store: String,
+    pub admin_token: Option<Secret>,
+    pub log_format: String,
+    pub max_body_bytes: usize,
+    pub shutdown_grace_secs: u64,
+    pub upstream: RawUpstream,
+    pub plans: BTreeMap<String, RawPlan>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstream {
+    pub base_url: String,
+    pub api_key: Option<Secret>,
+    pub connect_timeout_ms: u64,
+    pub timeout_secs: u64,
+    pub pool_max_idle_per_host: usize,
+    /// Client request headers passed on to the upstream (lower case).
+    pub forward_headers: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlan {
+    #[serde(default)]
+    pub description: Option<String>,
+    pub limits: Vec<LimitSpec>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./data"),
+            store: "embedded".into(),
+            admin_token: None,
+            log_format: "text".into(),
+            max_body_bytes: 4 * 1024 * 1024,
+            shutdown_grace_secs: 30,
+            upstream: RawUpstream::default(),
+            plans: default_plans()
+                .into_iter()
+                .map(|p| (p.name, RawPlan { description: p.description, limits: p.limits }))
+                .collect(),
+        }
+    }
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.openai.com/v1".into(),
+            api_key: None,
+            connect_timeout_ms: 5_000,
+            timeout_secs: 600,
+            pool_max_idle_per_host: 512,
+            forward_headers: vec!["openai-organization".into(), "openai-project".into(), "openai-beta".into()],
+        }
+    }
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The checked configuration the server runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub admin_token: Option<Secret>,
+    pub log_format: LogFormat,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub upstream: tollgate_providers::UpstreamConfig,
+    /// Client headers passed through to the upstream.
+    pub forward_headers: Vec<axum::http::HeaderName>,
+    /// Plans created on first start (never overwritten afterwards).
+    pub seed_plans: Vec<Plan>,
+}
+
+/// A configuration error that names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(Box<figment::Error>),
+    #[error("configuration setting `{setting}`: {message}")]
+    Invalid { setting: String, message: String },
+}
+
+fn invalid(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { setting: setting.into(), message: message.into() }
+}
+
+/// Headers the gateway owns: the client's key must never reach the provider, and
+/// hop-by-hop or framing headers are the HTTP client's business.
+const NEVER_FORWARDED: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "keep-alive",
+];
+
+/// Top-level keys a `TOLLGATE_*` variable may set (others, like `TOLLGATE_CONFIG`
+/// or the CLI's `TOLLGATE_URL`, are not configuration of the server).
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "store",
+    "admin_token",
+    "log_format",
+    "max_body_bytes",
+    "shutdown_grace_secs",
+    "upstream",
+    "plans",
+];
+
+impl Config {
+    /// Loads defaults, then `OPENAI_*`, then the file (if any), then `TOLLGATE_*`.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new().merge(Serialized::defaults(RawConfig::default()));
+        if let Ok(url) = std::env::var("OPENAI_BASE_URL") {
+            figment = figment.merge(Serialized::default("upstream.base_url", url));
+        }
+        if let Ok(key) = std::env::var("OPENAI_API_KEY") {
+            figment = figment.merge(Serialized::default("upstream.api_key", key));
+        }
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(invalid("--config", format!("file {} does not exist", path.display())));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(
+            Env::prefixed("TOLLGATE_")
+                .filter(|k| {
+                    let k = k.as_str();
+                    let top = k.split("__").next().unwrap_or(k);
+                    ENV_KEYS.contains(&top)
+                })
+                .split("__"),
+        );
+        let raw: RawConfig = figment.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        Self::from_raw(raw)
+    }
+
+    pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
+        let listen: SocketAddr = raw
+            .listen
+            .parse()
+            .map_err(|_| invalid("listen", format!("'{}' is not an address like 127.0.0.1:8080", raw.listen)))?;
+        if raw.store != "embedded" {
+            return Err(invalid(
+                "store",
+                format!("'{}' is not a known store (this build supports \"embedded\")", raw.store),
+            ));
+        }
+        let log_format = match raw.log_format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("log_format", format!("'{other}' must be \"text\" or \"json\""))),
+        };
+        if raw.max_body_bytes < 1024 {
+            return Err(invalid("max_body_bytes", "must be at least 1024"));
+        }
+        if let Some(token) = &raw.admin_token
+            && !token.expose().is_empty()
+            && token.expose().len() < 16
+        {
+            return Err(invalid("admin_token", "must be at least 16 characters"));
+        }
+        let base_url = raw.upstream.base_url.trim().to_owned();
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+            return Err(invalid("upstream.base_url", format!("'{base_url}' must start with http:// or https://")));
+        }
+        if raw.upstream.timeout_secs == 0 {
+            return Err(invalid("upstream.timeout_secs", "must be at least 1"));
+        }
+        let mut forward_headers = Vec::new();
+        for name in &raw.upstream.forward_headers {
+            let header = axum::http::HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|_| invalid("upstream.forward_headers", format!("'{name}' is not a header name")))?;
+            if NEVER_FORWARDED.contains(&header.as_str()) {
+                return Err(invalid("upstream.forward_headers", format!("'{name}' is never passed upstream")));
+            }
+            forward_headers.push(header);
+        }
+        let mut seed_plans = Vec::new();
+        for (name, plan) in raw.plans {
+            if !is_slug(&name) {
+                return Err(invalid(format!("plans.{name}"), "plan names are 1-64 of a-z, 0-9, '-', '_'"));
+            }
+            let plan = Plan { name: name.clone(), description: plan.description, limits: plan.limits };
+            plan.validate().map_err(|e| invalid(format!("plans.{name}"), e.to_string()))?;
+            seed_plans.push(plan);
+        }
+        Ok(Self {
+            listen,
+            data_dir: raw.data_dir,
+            admin_token: raw.admin_token.filter(|t| !t.expose().is_empty()),
+            log_format,
+            max_body_bytes: raw.max_body_bytes,
+            shutdown_grace: Duration::from_secs(raw.shutdown_grace_secs),
+            upstream: tollgate_providers::UpstreamConfig {
+                base_url,
+                api_key: raw.upstream.api_key.map(|s| s.expose().to_owned()).filter(|s| !s.is_empty()),
+                connect_timeout: Duration::from_millis(raw.upstream.connect_timeout_ms),
+                read_timeout: Duration::from_secs(raw.upstream.timeout_secs),
+                pool_max_idle_per_host: raw.upstream.pool_max_idle_per_host,
+            },
+            forward_headers,
+            seed_plans,
+        })
+    }
+}

@@ -1,0 +1,196 @@
+//! Building and running the application: open the store, seed plans, make sure an
+//! operator token exists, rebuild counters from the ledger, bind, serve, and on
+//! shutdown drain requests, finish settlements and flush the ledger.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tollgate_core::calendar::{MS_PER_HOUR, month_start};
+use tollgate_core::{AdminToken, KeyHash};
+use tollgate_providers::Upstream;
+use tollgate_store::{AdminScope, Catalog, LimitItem};
+use tollgate_store_embedded::EmbeddedStore;
+
+use crate::auth::Authed;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::state::{AppState, PlanCache, RequestIds, now_ms};
+
+/// How often idle counters are dropped from memory.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    port: u16,
+    /// The operator token made on first start, to print once (never logged).
+    pub created_admin_token: Option<String>,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store = EmbeddedStore::open(&config.data_dir)
+            .with_context(|| format!("opening the embedded store in {}", config.data_dir.display()))?;
+        let catalog: Arc<dyn Catalog> = Arc::new(store.clone());
+        for plan in &config.seed_plans {
+            if catalog.insert_plan_if_absent(plan.clone()).await? {
+                tracing::info!(plan = %plan.name, "seeded plan");
+            }
+        }
+        let configured_operator = config.admin_token.as_ref().map(|t| KeyHash::of(t.expose()));
+        let mut created_admin_token = None;
+        if configured_operator.is_none() && !catalog.has_operator_token().await? {
+            let mut random = [0u8; tollgate_core::key::RANDOM_BYTES];
+            getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            let token = AdminToken::generate(&random).context("generating the admin token")?;
+            catalog.create_admin_token(token.hash(), AdminScope { project_id: None }, now_ms()).await?;
+            created_admin_token = Some(token.expose().to_owned());
+        }
+        let plans = Arc::new(PlanCache::load(catalog.as_ref()).await?);
+        let upstream = Arc::new(Upstream::new(&config.upstream).context("configuring the upstream")?);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {} (setting `listen`)", config.listen))?;
+        let port = listener.local_addr()?.port();
+        let state = AppState {
+            catalog,
+            limiter: store.limiter(),
+            ledger: store.ledger(),
+            upstream,
+            plans,
+            config: Arc::new(config),
+            configured_operator,
+            tasks: TaskTracker::new(),
+            ids: Arc::new(RequestIds::new()),
+        };
+        let rebuilt = rebuild_counters(&state, now_ms()).await?;
+        tracing::info!(
+            store = "embedded",
+            data_dir = %state.config.data_dir.display(),
+            ledger_records_replayed = rebuilt,
+            "store ready"
+        );
+        Ok(Self { listener, state, port, created_admin_token })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests (up to
+    /// `shutdown_grace`), waits for settlements and flushes the ledger.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Application { listener, state, .. } = self;
+        let address = listener.local_addr()?;
+        tracing::info!(%address, upstream = %state.upstream.base_url(), "tollgate listening");
+        let jobs = CancellationToken::new();
+        let job_tasks = TaskTracker::new();
+        job_tasks.spawn(prune_loop(state.clone(), jobs.clone()));
+
+        let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining in-flight requests");
+            let _ = fired_tx.send(());
+        };
+        let app = router(state.clone());
+        let listener = listener.tap_io(|tcp| {
+            // Without NODELAY a keep-alive response can wait ~40 ms on a delayed ACK.
+            let _ = tcp.set_nodelay(true);
+        });
+        let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+        let grace = state.config.shutdown_grace;
+        let deadline = async move {
+            if fired_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            result = server => result.context("serving HTTP")?,
+            () = deadline => tracing::warn!(?grace, "shutdown grace expired; closing remaining connections"),
+        }
+        jobs.cancel();
+        job_tasks.close();
+        job_tasks.wait().await;
+        state.tasks.close();
+        state.tasks.wait().await;
+        state.ledger.close().await.context("flushing the ledger")?;
+        tracing::info!("shutdown complete: ledger flushed");
+        Ok(())
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(crate::proxy::routes())
+        .merge(crate::admin::routes())
+        .route("/health", get(crate::admin::health))
+        .fallback(fallback)
+        .with_state(state)
+}
+
+async fn fallback(uri: axum::http::Uri) -> axum::response::Response {
+    let mut path = uri.path().to_owned();
+    if path.len() > 200 {
+        path.truncate(200);
+        path.push('…');
+    }
+    ApiError::UnknownEndpoint(path).into_response()
+}
+
+/// Drops counters that have nothing left in their window.
+pub async fn prune_once(state: &AppState) {
+    match state.limiter.prune(now_ms()).await {
+        Ok(n) if n > 0 => tracing::debug!(pruned = n, "idle counters dropped"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "pruning counters failed"),
+    }
+}
+
+async fn prune_loop(state: AppState, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(PRUNE_EVERY) => prune_once(&state).await,
+        }
+    }
+}
+
+/// Replays the counted ledger records of the current windows into the limiter, so
+/// counters survive a restart. Returns how many records were replayed.
+pub async fn rebuild_counters(state: &AppState, now: i64) -> anyhow::Result<usize> {
+    let since = month_start(now).min(now - MS_PER_HOUR);
+    let records = state.ledger.records_since(since).await.context("reading the ledger")?;
+    let mut items_by_key: HashMap<String, Option<Vec<LimitItem>>> = HashMap::new();
+    let mut replayed = 0;
+    for record in records.iter().filter(|r| r.counted) {
+        if !items_by_key.contains_key(&record.key_id) {
+            let items = match state.catalog.get_key(&record.key_id).await? {
+                Some(key) => state.plans.get(&key.plan).map(|plan| Authed { key: Arc::new(key), plan }.limit_items()),
+                None => None,
+            };
+            items_by_key.insert(record.key_id.clone(), items);
+        }
+        if let Some(Some(items)) = items_by_key.get(&record.key_id) {
+            state.limiter.apply(items, record.amounts(), record.ts_ms).await?;
+            replayed += 1;
+        }
+    }
+    Ok(replayed)
+}

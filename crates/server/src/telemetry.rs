@@ -1,0 +1,18 @@
+//! Logging set-up. Logs never carry key secrets, admin tokens or provider keys: only
+//! public key ids are ever formatted into a log line.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber (`RUST_LOG` overrides the default `info`).
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    // A second init (tests starting several apps) keeps the first subscriber.
+    drop(result);
+}

@@ -1,0 +1,154 @@
+//! `POST /api/v1/keys/verify`: "is this key valid and under its limits?" for services
+//! that use tollgate only for keys and quotas.
+//!
+//! Answers 200 with `valid` and a `code` for every outcome about the key (the caller
+//! asked a question; the answer is not an error); 400 only for a malformed body. A
+//! valid verify charges `cost` requests unless `dry_run` is set.
+
+use axum::Json as AxumJson;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use tollgate_core::{Amounts, Decision, UsageRecord};
+use tollgate_store::ReserveRequest;
+
+use crate::auth::{KeyRefusal, authenticate_key};
+use crate::error::ApiError;
+use crate::extract::Json;
+use crate::state::{AppState, now_ms};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    key: String,
+    #[serde(default = "one")]
+    cost: u64,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// Largest `cost` one verify may charge.
+const MAX_COST: u64 = 1_000_000;
+
+#[derive(Serialize)]
+pub struct LimitView {
+    name: String,
+    limit: u64,
+    remaining: u64,
+    /// Unix seconds at which the limit is fully available again.
+    reset: i64,
+}
+
+#[derive(Serialize)]
+pub struct VerifyResponse {
+    valid: bool,
+    code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    project: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<String>,
+    limits: Vec<LimitView>,
+    near_limit: bool,
+    /// Seconds until a refused request may be retried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
+}
+
+fn refused(code: &'static str) -> VerifyResponse {
+    VerifyResponse {
+        valid: false,
+        code,
+        key_id: None,
+        project: None,
+        plan: None,
+        limits: Vec::new(),
+        near_limit: false,
+        retry_after: None,
+    }
+}
+
+pub async fn verify(State(state): State<AppState>, Json(request): Json<VerifyRequest>) -> Response {
+    match run(&state, request).await {
+        Ok(body) => AxumJson(body).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run(state: &AppState, request: VerifyRequest) -> Result<VerifyResponse, ApiError> {
+    if request.cost > MAX_COST {
+        return Err(ApiError::invalid_field("cost", format!("must be between 0 and {MAX_COST}")));
+    }
+    let now = now_ms();
+    let authed = match authenticate_key(state, &request.key, now).await {
+        Ok(a) => a,
+        Err(KeyRefusal::NotFound(ApiError::InvalidKey(_))) => return Ok(refused("NOT_FOUND")),
+        Err(KeyRefusal::NotFound(other)) => return Err(other),
+        Err(KeyRefusal::Revoked) => return Ok(refused("REVOKED")),
+        Err(KeyRefusal::Expired) => return Ok(refused("EXPIRED")),
+    };
+    let items = authed.limit_items();
+    let amounts = Amounts::requests(request.cost);
+    let decision = if request.dry_run {
+        state.limiter.peek(&items, amounts, now).await?
+    } else {
+        let request_id = state.ids.next();
+        let decision = state
+            .limiter
+            .reserve(ReserveRequest { request_id: &request_id, items: &items, amounts, now_ms: now, hold: false })
+            .await?;
+        if decision.allowed() && request.cost > 0 {
+            state.ledger.append(UsageRecord {
+                id: request_id,
+                ts_ms: now,
+                project_id: authed.key.project_id.clone(),
+                key_id: authed.key.id.clone(),
+                endpoint: "verify".into(),
+                model: None,
+                status: 200,
+                counted: true,
+                requests: request.cost,
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                cost_micros: 0,
+                latency_ms: 0,
+            });
+        }
+        decision
+    };
+    let code = match decision.refused_status() {
+        None => "VALID",
+        Some((s, r)) if s.spec.window.is_rate() && r.retry_at_ms.is_some() => "RATE_LIMITED",
+        Some(_) => "QUOTA_EXCEEDED",
+    };
+    Ok(VerifyResponse {
+        valid: code == "VALID",
+        code,
+        key_id: Some(authed.key.id.clone()),
+        project: Some(authed.key.project_id.clone()),
+        plan: Some(authed.plan.name.clone()),
+        near_limit: decision.statuses.iter().any(|s| !s.spec.window.is_rate() && s.near_limit()),
+        retry_after: retry_after(&decision, now),
+        limits: decision
+            .statuses
+            .iter()
+            .map(|s| LimitView {
+                name: s.spec.name(),
+                limit: s.spec.limit,
+                remaining: s.remaining,
+                reset: s.reset_at_ms.div_euclid(1000),
+            })
+            .collect(),
+    })
+}
+
+fn retry_after(decision: &Decision, now: i64) -> Option<u64> {
+    let (status, refusal) = decision.refused_status()?;
+    let at = refusal.retry_at_ms.unwrap_or(status.reset_at_ms);
+    Some(crate::error::secs_until(at, now))
+}

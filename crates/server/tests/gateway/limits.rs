@@ -1,0 +1,120 @@
+//! Rate limits and quotas as clients see them: the seeds' 429 bodies and headers,
+//! and exact admission under concurrency.
+
+use std::collections::BTreeSet;
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn the_eleventh_request_in_a_minute_on_free_gets_the_seeds_429() {
+    let app = spawn_app().await;
+    let key = app.project_key("acme", "free").await;
+    for i in 0..10 {
+        let r = app.chat(&key).await;
+        assert_eq!(r.status, 200, "request {i}: {:?}", r.body);
+        assert_eq!(r.header_u64("x-ratelimit-remaining"), 9 - i);
+    }
+    let r = app.chat(&key).await;
+    assert_eq!(r.status, 429);
+    let error = &r.body["error"];
+    assert_eq!(error["message"], "Rate limit exceeded. You can make 10 requests per minute on the free plan.");
+    assert_eq!(error["type"], "rate_limit_error");
+    assert_eq!(error["code"], "rate_limit_exceeded");
+    let details = error["details"].as_object().expect("details");
+    let fields: BTreeSet<&str> = details.keys().map(String::as_str).collect();
+    assert_eq!(fields, BTreeSet::from(["limit", "remaining", "resetAt", "retryAfter"]));
+    assert_eq!(details["limit"], 10);
+    assert_eq!(details["remaining"], 0);
+    let retry_after = details["retryAfter"].as_u64().expect("retryAfter");
+    assert!((1..=61).contains(&retry_after), "{retry_after}");
+    assert_eq!(r.header("retry-after"), Some(retry_after.to_string().as_str()));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let reset_at = details["resetAt"].as_u64().expect("resetAt");
+    assert!(reset_at > now && reset_at <= now + 62, "resetAt {reset_at} now {now}");
+    assert_eq!(r.header_u64("x-ratelimit-limit"), 10);
+    assert_eq!(r.header_u64("x-ratelimit-remaining"), 0);
+    assert_eq!(r.header_u64("x-quota-remaining"), 50_000 - 10);
+
+    // The refused request is in the ledger, not counted.
+    let usage = app.usage("").await;
+    assert_eq!(usage["data"][0]["status"], 429);
+    assert_eq!(usage["data"][0]["counted"], false);
+}
+
+#[tokio::test]
+async fn monthly_quota_refusal_has_the_seeds_quota_body() {
+    let app = spawn_app().await;
+    app.create_project("acme").await;
+    let (key, _) = app
+        .create_key(json!({
+            "project": "acme", "plan": "free",
+            "limits": [{ "metric": "requests", "window": "month", "limit": 2 }]
+        }))
+        .await;
+    assert_eq!(app.chat(&key).await.status, 200);
+    let r = app.chat(&key).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header_u64("x-quota-limit"), 2);
+    assert_eq!(r.header_u64("x-quota-remaining"), 0);
+    let r = app.chat(&key).await;
+    assert_eq!(r.status, 429);
+    let error = &r.body["error"];
+    assert_eq!(error["type"], "quota_exceeded_error");
+    assert_eq!(error["code"], "quota_exceeded");
+    assert_eq!(error["message"], "Monthly quota exceeded. Upgrade your plan or wait until quota resets.");
+    let d = &error["details"];
+    assert_eq!((d["used"].as_u64(), d["limit"].as_u64(), d["remaining"].as_u64()), (Some(2), Some(2), Some(0)));
+    // Resets at the start of next month, UTC.
+    let reset_at = d["resetAt"].as_i64().expect("resetAt") * 1000;
+    let now = tollgate_server::state::now_ms();
+    assert_eq!(reset_at, tollgate_core::calendar::next_month_start(now));
+    assert!(r.header("retry-after").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_requests_against_fifty_left_admit_exactly_fifty() {
+    let app = spawn_app().await;
+    app.create_project("acme").await;
+    let (key, _) = app
+        .create_key(json!({
+            "project": "acme", "plan": "pro",
+            "limits": [
+                { "metric": "requests", "window": "minute", "limit": 10_000 },
+                { "metric": "requests", "window": "month", "limit": 60 }
+            ]
+        }))
+        .await;
+    for _ in 0..10 {
+        assert_eq!(app.chat(&key).await.status, 200);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let http = app.http.clone();
+        let url = app.url("/v1/chat/completions");
+        let key = key.clone();
+        tasks.spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(key)
+                .json(&json!({ "model": "gpt-4o-mini", "messages": [] }))
+                .send()
+                .await
+                .expect("sent");
+            let status = r.status().as_u16();
+            let _ = r.bytes().await;
+            status
+        });
+    }
+    let mut ok = 0;
+    let mut refused = 0;
+    while let Some(status) = tasks.join_next().await {
+        match status.expect("task") {
+            200 => ok += 1,
+            429 => refused += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!((ok, refused), (50, 150));
+}

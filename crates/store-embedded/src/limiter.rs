@@ -1,0 +1,339 @@
+//! Rate-limit and quota counters in process memory.
+//!
+//! One `std::sync::Mutex` covers every counter and every held reservation, and a
+//! decision takes it once: check all limits, then charge all of them or none. That
+//! makes admission exact (N concurrent requests against M remaining admit exactly
+//! min(N, M)) and all-or-nothing across limits. The lock is never held across an
+//! await; the trait's methods are async only because other backends need it.
+//!
+//! Counters are not persisted. After a restart the server replays the ledger into
+//! [`Limiter::apply`] (oldest record first) to rebuild them.
+//!
+//! Reservations that are never settled (a request task that died, a bug) would pin
+//! their counters forever, so [`Limiter::prune`] first forgets reservations older
+//! than [`RESERVATION_TTL_MS`]: their reserved amounts stay charged as if settled with
+//! the estimate, which errs on the side of the limit.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use tollgate_core::{Amounts, Decision, LimitState, LimitStatus, Metric, Refusal, Window};
+use tollgate_store::{LimitItem, Limiter, ReserveRequest, SettleRequest, StoreResult};
+
+/// How long a held reservation may wait for its settlement before `prune` forgets it
+/// (its charge then stays as reserved). Ten minutes outlasts any proxied request.
+pub const RESERVATION_TTL_MS: i64 = 10 * 60 * 1_000;
+
+/// Whose counter, what it counts, over which window. The limit itself is not part of
+/// the key: changing a plan's number keeps what was already counted.
+type CounterKey = (Arc<str>, Metric, Window);
+
+/// One item of a held reservation: where it was charged and how much.
+struct Held {
+    key: CounterKey,
+    window_id: i64,
+    reserved: u64,
+}
+
+struct Reservation {
+    reserved_at_ms: i64,
+    items: Vec<Held>,
+}
+
+#[derive(Default)]
+struct State {
+    counters: HashMap<CounterKey, LimitState>,
+    reservations: HashMap<String, Reservation>,
+}
+
+/// The in-memory limiter. Obtain it from
+/// [`EmbeddedStore::limiter`](crate::EmbeddedStore::limiter), or make a standalone one
+/// with [`EmbeddedLimiter::new`] (it needs no database).
+#[derive(Default)]
+pub struct EmbeddedLimiter {
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for EmbeddedLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedLimiter").finish_non_exhaustive()
+    }
+}
+
+fn key_of(item: &LimitItem) -> CounterKey {
+    (item.subject.clone(), item.spec.metric, item.spec.window)
+}
+
+/// `actual - reserved` as a signed delta, saturating at the ends of `i64`.
+fn delta(actual: u64, reserved: u64) -> i64 {
+    let d = i128::from(actual) - i128::from(reserved);
+    i64::try_from(d).unwrap_or(if d < 0 { i64::MIN } else { i64::MAX })
+}
+
+impl State {
+    /// Runs `f` on the counter of `key`, or on a fresh (empty) one that is not kept,
+    /// so that checking a limit never allocates a counter.
+    fn with_counter<T>(&mut self, key: &CounterKey, now_ms: i64, f: impl FnOnce(&mut LimitState) -> T) -> T {
+        match self.counters.get_mut(key) {
+            Some(state) => f(state),
+            None => f(&mut LimitState::new(key.2, now_ms)),
+        }
+    }
+
+    /// Phase 1 of a decision: every item's standing without this request, and the
+    /// binding refusal if `amounts` would not fit ([`Refusal::binding`]). Charges nothing.
+    fn check(&mut self, items: &[LimitItem], amounts: Amounts, now_ms: i64) -> Decision {
+        let mut statuses = Vec::with_capacity(items.len());
+        let mut refused = None;
+        for (index, item) in items.iter().enumerate() {
+            let key = key_of(item);
+            let amount = amounts.get(item.spec.metric);
+            // Items sharing a counter (same subject, metric and window) would each be
+            // charged: count the earlier ones' share against this one too.
+            let earlier: u64 = items[..index]
+                .iter()
+                .filter(|other| key_of(other) == key)
+                .map(|other| amounts.get(other.spec.metric))
+                .fold(0, u64::saturating_add);
+            let limit = item.spec.limit;
+            let (status, retry_at) = self.with_counter(&key, now_ms, |state| {
+                let used = state.used(now_ms);
+                let status = LimitStatus {
+                    spec: item.spec,
+                    used,
+                    remaining: limit.saturating_sub(used),
+                    reset_at_ms: state.reset_at(),
+                };
+                let fits = used.saturating_add(earlier).saturating_add(amount) <= limit;
+                let retry_at = (!fits).then(|| state.retry_at(earlier.saturating_add(amount), limit));
+                (status, retry_at)
+            });
+            if let Some(retry_at_ms) = retry_at {
+                let this = Refusal { index, retry_at_ms };
+                refused = Some(refused.map_or(this, |r: Refusal| r.binding(this)));
+            }
+            statuses.push(status);
+        }
+        Decision { statuses, refused }
+    }
+
+    /// Phase 2: charges every item; returns where each charge went.
+    fn charge(&mut self, items: &[LimitItem], amounts: Amounts, now_ms: i64) -> Vec<Held> {
+        items
+            .iter()
+            .map(|item| {
+                let key = key_of(item);
+                let reserved = amounts.get(item.spec.metric);
+                let state =
+                    self.counters.entry(key.clone()).or_insert_with(|| LimitState::new(item.spec.window, now_ms));
+                let window_id = state.charge(now_ms, reserved);
+                Held { key, window_id, reserved }
+            })
+            .collect()
+    }
+
+    /// Every item's standing now, this request's charges included.
+    fn statuses(&mut self, items: &[LimitItem], now_ms: i64) -> Vec<LimitStatus> {
+        items
+            .iter()
+            .map(|item| {
+                let limit = item.spec.limit;
+                self.with_counter(&key_of(item), now_ms, |state| {
+                    let used = state.used(now_ms);
+                    LimitStatus {
+                        spec: item.spec,
+                        used,
+                        remaining: limit.saturating_sub(used),
+                        reset_at_ms: state.reset_at(),
+                    }
+                })
+            })
+            .collect()
+    }
+
+    fn expire_reservations(&mut self, older_than_ms: i64) -> usize {
+        let before = self.reservations.len();
+        self.reservations.retain(|_, r| r.reserved_at_ms >= older_than_ms);
+        before - self.reservations.len()
+    }
+}
+
+impl EmbeddedLimiter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every mutation under the lock is a few arithmetic steps on plain integers;
+        // a panic between them (a bug) is no reason to stop limiting.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets held reservations made before `older_than_ms`; their charges stay as
+    /// reserved. Returns how many were forgotten. `prune` calls it with
+    /// `now - RESERVATION_TTL_MS`.
+    pub fn expire_reservations(&self, older_than_ms: i64) -> usize {
+        self.lock().expire_reservations(older_than_ms)
+    }
+
+    /// Counters currently kept in memory.
+    pub fn counters(&self) -> usize {
+        self.lock().counters.len()
+    }
+}
+
+#[async_trait]
+impl Limiter for EmbeddedLimiter {
+    async fn reserve(&self, request: ReserveRequest<'_>) -> StoreResult<Decision> {
+        let ReserveRequest { request_id, items, amounts, now_ms, hold } = request;
+        let mut state = self.lock();
+        if state.reservations.contains_key(request_id) {
+            // A retry of a request whose reservation is still held: it was admitted
+            // and charged already.
+            return Ok(Decision { statuses: state.statuses(items, now_ms), refused: None });
+        }
+        let decision = state.check(items, amounts, now_ms);
+        if !decision.allowed() {
+            return Ok(decision);
+        }
+        let held = state.charge(items, amounts, now_ms);
+        if hold {
+            state.reservations.insert(request_id.to_owned(), Reservation { reserved_at_ms: now_ms, items: held });
+        }
+        Ok(Decision { statuses: state.statuses(items, now_ms), refused: None })
+    }
+
+    async fn settle(&self, request: SettleRequest<'_>) -> StoreResult<()> {
+        let mut state = self.lock();
+        let Some(reservation) = state.reservations.remove(request.request_id) else {
+            return Ok(());
+        };
+        for held in reservation.items {
+            let d = delta(request.actual.get(held.key.1), held.reserved);
+            if d == 0 {
+                continue;
+            }
+            // Counters referenced by a held reservation are never pruned, so the
+            // counter is there; a missing one would have nothing left to adjust.
+            if let Some(counter) = state.counters.get_mut(&held.key) {
+                counter.adjust(request.now_ms, held.window_id, d);
+            }
+        }
+        Ok(())
+    }
+
+    async fn peek(&self, items: &[LimitItem], amounts: Amounts, now_ms: i64) -> StoreResult<Decision> {
+        Ok(self.lock().check(items, amounts, now_ms))
+    }
+
+    async fn apply(&self, items: &[LimitItem], amounts: Amounts, at_ms: i64) -> StoreResult<()> {
+        let mut state = self.lock();
+        for item in items {
+            let amount = amounts.get(item.spec.metric);
+            let counter =
+                state.counters.entry(key_of(item)).or_insert_with(|| LimitState::new(item.spec.window, at_ms));
+            // A usage record from a calendar window that has already closed must not
+            // count in the current one (rebuilds replay oldest first, so this only
+            // matters for late records). Sliding windows charge their newest bucket,
+            // which can only over-count, never under-count.
+            if let LimitState::Calendar(calendar) = counter
+                && at_ms < calendar.start_ms()
+            {
+                continue;
+            }
+            counter.charge(at_ms, amount);
+        }
+        Ok(())
+    }
+
+    async fn prune(&self, now_ms: i64) -> StoreResult<usize> {
+        let mut state = self.lock();
+        let expired = state.expire_reservations(now_ms.saturating_sub(RESERVATION_TTL_MS));
+        if expired > 0 {
+            tracing::warn!(expired, "forgot reservations never settled; their estimates stay charged");
+        }
+        let pinned: HashSet<CounterKey> =
+            state.reservations.values().flat_map(|r| r.items.iter().map(|h| h.key.clone())).collect();
+        let before = state.counters.len();
+        state.counters.retain(|key, counter| pinned.contains(key) || !counter.is_idle(now_ms));
+        Ok(before - state.counters.len())
+    }
+
+    async fn held_reservations(&self) -> StoreResult<usize> {
+        Ok(self.lock().reservations.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tollgate_core::LimitSpec;
+
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn item(limit: u64) -> LimitItem {
+        LimitItem { subject: Arc::from("key:t"), spec: LimitSpec::new(Metric::Requests, Window::Minute, limit) }
+    }
+
+    fn reserve<'a>(id: &'a str, items: &'a [LimitItem], now_ms: i64) -> ReserveRequest<'a> {
+        ReserveRequest { request_id: id, items, amounts: Amounts::ONE_REQUEST, now_ms, hold: true }
+    }
+
+    #[tokio::test]
+    async fn prune_keeps_counters_of_held_reservations_until_they_expire() {
+        let limiter = EmbeddedLimiter::new();
+        let items = [item(10)];
+        assert!(limiter.reserve(reserve("r1", &items, NOW)).await.unwrap().allowed());
+        // Two minutes on, the charge has left the window, but the reservation pins it.
+        assert_eq!(limiter.prune(NOW + 120_000).await.unwrap(), 0);
+        assert_eq!(limiter.counters(), 1);
+        // Past the TTL the reservation is forgotten and the counter goes with it.
+        assert_eq!(limiter.prune(NOW + RESERVATION_TTL_MS + 1).await.unwrap(), 1);
+        assert_eq!(limiter.held_reservations().await.unwrap(), 0);
+        assert_eq!(limiter.counters(), 0);
+        // A late settlement of a forgotten reservation is a harmless no-op.
+        let settle =
+            SettleRequest { request_id: "r1", actual: Amounts::default(), now_ms: NOW + RESERVATION_TTL_MS + 2 };
+        limiter.settle(settle).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn expire_reservations_keeps_the_charge() {
+        let limiter = EmbeddedLimiter::new();
+        let items = [item(10)];
+        limiter.reserve(reserve("r1", &items, NOW)).await.unwrap();
+        limiter.reserve(reserve("r2", &items, NOW + 1_000)).await.unwrap();
+        assert_eq!(limiter.expire_reservations(NOW + 500), 1);
+        assert_eq!(limiter.held_reservations().await.unwrap(), 1);
+        let settle = SettleRequest { request_id: "r1", actual: Amounts::default(), now_ms: NOW + 2_000 };
+        limiter.settle(settle).await.unwrap();
+        let peek = limiter.peek(&items, Amounts::default(), NOW + 2_000).await.unwrap();
+        assert_eq!(peek.statuses[0].used, 2, "an expired reservation's charge stays");
+    }
+
+    #[tokio::test]
+    async fn items_sharing_a_counter_are_checked_together() {
+        let limiter = EmbeddedLimiter::new();
+        let items = [item(3), item(3)];
+        let request =
+            ReserveRequest { request_id: "r", items: &items, amounts: Amounts::requests(2), now_ms: NOW, hold: false };
+        let decision = limiter.reserve(request).await.unwrap();
+        assert_eq!(decision.refused.map(|r| r.index), Some(1), "2 + 2 does not fit 3");
+        assert_eq!(limiter.counters(), 0, "a refused check allocates no counter");
+    }
+
+    #[tokio::test]
+    async fn apply_ignores_closed_calendar_windows() {
+        let limiter = EmbeddedLimiter::new();
+        let month =
+            LimitItem { subject: Arc::from("key:t"), spec: LimitSpec::new(Metric::Requests, Window::Month, 10) };
+        let items = [month];
+        let next_month = tollgate_core::calendar::next_month_start(NOW);
+        limiter.apply(&items, Amounts::requests(2), next_month).await.unwrap();
+        limiter.apply(&items, Amounts::requests(5), NOW).await.unwrap();
+        let peek = limiter.peek(&items, Amounts::default(), next_month).await.unwrap();
+        assert_eq!(peek.statuses[0].used, 2);
+    }
+}

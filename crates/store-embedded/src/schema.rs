@@ -1,0 +1,188 @@
+//! The SQLite schema, as an ordered list of migrations, and how connections are
+//! opened and configured.
+//!
+//! `PRAGMA user_version` records how many migrations a database has had. Opening
+//! applies the missing ones in order, each in its own transaction together with the
+//! version bump, so a crash mid-migration leaves the previous version intact. A
+//! migration, once released, is never edited: changes are new entries.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use tollgate_store::{StoreError, StoreResult};
+
+use crate::sql_error;
+
+/// Every migration, oldest first. `user_version` = number applied.
+///
+/// Notes on the schema:
+/// - secrets are never stored: `key_secrets.hash` and `admin_tokens.hash` are the
+///   lowercase hex SHA-256 of the key or token;
+/// - `valid_until_ms` is NULL for a current secret and set on a retiring one (the
+///   grace period of a rotation);
+/// - JSON columns (`plans.limits`, `keys.metadata`, `keys.limit_overrides`) are
+///   written and read only by this crate through serde;
+/// - no foreign keys: stores persist what they are given, the server validates;
+///   `keys_plan` makes the "is this plan in use" check of `delete_plan` cheap;
+/// - the usage indexes end in `id` so newest-first pages ordered by `(ts_ms, id)` walk
+///   an index instead of sorting.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: the catalog and the ledger.
+    r#"
+    CREATE TABLE projects (
+        id            TEXT PRIMARY KEY,
+        name          TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE plans (
+        name        TEXT PRIMARY KEY,
+        description TEXT,
+        limits      TEXT NOT NULL
+    ) STRICT;
+
+    CREATE TABLE keys (
+        id              TEXT PRIMARY KEY,
+        project_id      TEXT NOT NULL,
+        name            TEXT,
+        plan            TEXT NOT NULL,
+        metadata        TEXT NOT NULL,
+        limit_overrides TEXT NOT NULL,
+        created_at_ms   INTEGER NOT NULL,
+        expires_at_ms   INTEGER,
+        revoked_at_ms   INTEGER,
+        version         INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX keys_project ON keys (project_id, id);
+    CREATE INDEX keys_plan ON keys (plan);
+
+    CREATE TABLE key_secrets (
+        hash           TEXT PRIMARY KEY,
+        key_id         TEXT NOT NULL,
+        valid_until_ms INTEGER
+    ) STRICT;
+    CREATE INDEX key_secrets_key ON key_secrets (key_id);
+
+    CREATE TABLE admin_tokens (
+        hash          TEXT PRIMARY KEY,
+        project_id    TEXT,
+        created_at_ms INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE usage (
+        id                TEXT PRIMARY KEY,
+        ts_ms             INTEGER NOT NULL,
+        project_id        TEXT NOT NULL,
+        key_id            TEXT NOT NULL,
+        endpoint          TEXT NOT NULL,
+        model             TEXT,
+        status            INTEGER NOT NULL,
+        counted           INTEGER NOT NULL,
+        requests          INTEGER NOT NULL,
+        prompt_tokens     INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        cost_micros       INTEGER NOT NULL,
+        latency_ms        INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX usage_ts ON usage (ts_ms, id);
+    CREATE INDEX usage_project_ts ON usage (project_id, ts_ms, id);
+    CREATE INDEX usage_key_ts ON usage (key_id, ts_ms, id);
+    "#,
+];
+
+/// What a connection is for; readers cannot write by accident.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Writer,
+    Reader,
+}
+
+/// How long a connection waits for another connection's write lock before failing
+/// with "busy". The catalog and the ledger writer share the file; their transactions
+/// are short, so this is only reached when something is badly wrong.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens a connection to `path` in WAL mode with `synchronous = FULL` (see the crate
+/// documentation for why).
+pub(crate) fn open_connection(path: &Path, role: Role) -> StoreResult<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open database {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sql_error)?;
+    // The journal mode is stored in the file: the first connection switches it and
+    // the others find it set. WAL lets the ledger reader run beside the writers.
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).map_err(sql_error)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Internal(format!(
+            "database {} refused WAL mode (journal_mode is {mode})",
+            path.display()
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL").map_err(sql_error)?;
+    if role == Role::Reader {
+        conn.pragma_update(None, "query_only", true).map_err(sql_error)?;
+    }
+    Ok(conn)
+}
+
+/// Applies every migration the database has not had yet.
+pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let applied: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(sql_error)?;
+    let applied = usize::try_from(applied)
+        .map_err(|_| StoreError::Internal(format!("database has a negative schema version {applied}")))?;
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Internal(format!(
+            "database schema version {applied} is newer than this build supports ({}): \
+             refusing to open it with an older tollgate",
+            MIGRATIONS.len()
+        )));
+    }
+    for (done, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        // IMMEDIATE takes the write lock up front, so two processes starting at once
+        // cannot both apply the same migration.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_error)?;
+        let current: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(sql_error)?;
+        if current > i64::try_from(done).unwrap_or(i64::MAX) {
+            // Another process migrated meanwhile.
+            continue;
+        }
+        tx.execute_batch(sql).map_err(sql_error)?;
+        tx.pragma_update(None, "user_version", i64::try_from(done + 1).unwrap_or(i64::MAX)).map_err(sql_error)?;
+        tx.commit().map_err(sql_error)?;
+        tracing::info!(version = done + 1, "applied store schema migration");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_refuse_newer_databases() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut conn = open_connection(&path, Role::Writer).unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        assert!(matches!(migrate(&mut conn), Err(StoreError::Internal(_))));
+    }
+
+    #[test]
+    fn readers_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        migrate(&mut open_connection(&path, Role::Writer).unwrap()).unwrap();
+        let reader = open_connection(&path, Role::Reader).unwrap();
+        assert!(reader.execute("DELETE FROM usage", []).is_err());
+    }
+}

@@ -1,0 +1,179 @@
+//! Ledger scenarios: append and flush, idempotence by id, filtered and paginated
+//! queries (newest first), and the oldest-first scan used to rebuild counters.
+//!
+//! Every scenario writes under project ids of its own and filters by them, so they can
+//! share one ledger. Durability across a restart is left to each backend's own tests.
+
+use tollgate_core::{UsageQuery, UsageRecord};
+
+use super::NOW;
+use crate::Ledger;
+
+fn record(id: &str, ts_ms: i64, project_id: &str, key_id: &str) -> UsageRecord {
+    UsageRecord {
+        id: id.to_owned(),
+        ts_ms,
+        project_id: project_id.to_owned(),
+        key_id: key_id.to_owned(),
+        endpoint: "chat.completions".to_owned(),
+        model: Some("gpt-4o-mini".to_owned()),
+        status: 200,
+        counted: true,
+        requests: 1,
+        prompt_tokens: 120,
+        completion_tokens: 30,
+        cost_micros: 42,
+        latency_ms: 850,
+    }
+}
+
+fn ids(records: &[UsageRecord]) -> Vec<&str> {
+    records.iter().map(|r| r.id.as_str()).collect()
+}
+
+async fn query(ledger: &dyn Ledger, query: UsageQuery) -> Vec<UsageRecord> {
+    ledger.query(query).await.expect("query")
+}
+
+fn in_project(project: &str, limit: usize) -> UsageQuery {
+    UsageQuery { project_id: Some(project.to_owned()), limit, ..UsageQuery::default() }
+}
+
+/// Appended records are found after a flush, every field intact, newest first.
+pub async fn append_flush_query(ledger: &dyn Ledger) {
+    let project = "conf-ledger-basic";
+    let first = record("conf-basic-1", NOW, project, "confBasicKey");
+    let second = UsageRecord {
+        id: "conf-basic-2".to_owned(),
+        ts_ms: NOW + 1,
+        endpoint: "embeddings".to_owned(),
+        model: None,
+        status: 429,
+        counted: false,
+        requests: 0,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        cost_micros: 0,
+        latency_ms: 3,
+        ..first.clone()
+    };
+    ledger.append(first.clone());
+    ledger.append(second.clone());
+    ledger.flush().await.expect("flush");
+    assert_eq!(query(ledger, in_project(project, 10)).await, vec![second, first]);
+    ledger.flush().await.expect("a flush with nothing queued");
+}
+
+/// The same id appended twice is stored once; the first one wins.
+pub async fn append_is_idempotent(ledger: &dyn Ledger) {
+    let project = "conf-ledger-idem";
+    let original = record("conf-idem-1", NOW, project, "confIdemKey1");
+    let retry = UsageRecord { status: 502, latency_ms: 1, ..original.clone() };
+    ledger.append(original.clone());
+    ledger.append(retry.clone());
+    ledger.flush().await.expect("flush");
+    assert_eq!(query(ledger, in_project(project, 10)).await, vec![original.clone()]);
+
+    ledger.append(retry);
+    ledger.flush().await.expect("flush again");
+    assert_eq!(
+        query(ledger, in_project(project, 10)).await,
+        vec![original],
+        "an id appended after its first copy is durable is still ignored"
+    );
+}
+
+/// Filters (project, key, `from_ms` inclusive, `to_ms` exclusive), order (`ts_ms`
+/// then `id`, both descending), `limit`, and the cursor meaning "strictly older than
+/// this (ts, id) pair".
+pub async fn query_filters_order_and_pages(ledger: &dyn Ledger) {
+    let (project, other_project) = ("conf-ledger-q", "conf-ledger-q-other");
+    let t = NOW;
+    let a1 = record("conf-q-a1", t, project, "confQKeyA");
+    let a2 = record("conf-q-a2", t + 1_000, project, "confQKeyA");
+    // Same instant as a2: the id breaks the tie ("conf-q-b1" > "conf-q-a2").
+    let b1 = record("conf-q-b1", t + 1_000, project, "confQKeyB");
+    let a3 = record("conf-q-a3", t + 2_000, project, "confQKeyA");
+    let b2 = record("conf-q-b2", t + 3_000, project, "confQKeyB");
+    let elsewhere = record("conf-q-o1", t + 1_000, other_project, "confQKeyO");
+    // Appended out of order on purpose.
+    for r in [&b1, &a3, &elsewhere, &a1, &b2, &a2] {
+        ledger.append(r.clone());
+    }
+    ledger.flush().await.expect("flush");
+
+    let everything = query(ledger, in_project(project, 100)).await;
+    assert_eq!(ids(&everything), ["conf-q-b2", "conf-q-a3", "conf-q-b1", "conf-q-a2", "conf-q-a1"]);
+    assert_eq!(everything[0], b2);
+
+    let by_key = UsageQuery { key_id: Some("confQKeyA".to_owned()), limit: 100, ..UsageQuery::default() };
+    assert_eq!(ids(&query(ledger, by_key).await), ["conf-q-a3", "conf-q-a2", "conf-q-a1"]);
+    let both = UsageQuery { key_id: Some("confQKeyB".to_owned()), ..in_project(project, 100) };
+    assert_eq!(ids(&query(ledger, both).await), ["conf-q-b2", "conf-q-b1"]);
+    let wrong = UsageQuery { key_id: Some("confQKeyA".to_owned()), ..in_project(other_project, 100) };
+    assert!(query(ledger, wrong).await.is_empty(), "filters combine with AND");
+
+    let from = UsageQuery { from_ms: Some(t + 1_000), ..in_project(project, 100) };
+    assert_eq!(ids(&query(ledger, from).await), ["conf-q-b2", "conf-q-a3", "conf-q-b1", "conf-q-a2"]);
+    let to = UsageQuery { to_ms: Some(t + 3_000), ..in_project(project, 100) };
+    assert_eq!(ids(&query(ledger, to).await), ["conf-q-a3", "conf-q-b1", "conf-q-a2", "conf-q-a1"]);
+    let range = UsageQuery { from_ms: Some(t + 1_000), to_ms: Some(t + 2_000), ..in_project(project, 100) };
+    assert_eq!(ids(&query(ledger, range).await), ["conf-q-b1", "conf-q-a2"]);
+
+    assert_eq!(ids(&query(ledger, in_project(project, 2)).await), ["conf-q-b2", "conf-q-a3"]);
+    let after = |ts: i64, id: &str, limit: usize| UsageQuery {
+        cursor: Some((ts, id.to_owned())),
+        ..in_project(project, limit)
+    };
+    assert_eq!(ids(&query(ledger, after(a3.ts_ms, &a3.id, 2)).await), ["conf-q-b1", "conf-q-a2"]);
+    // Same timestamp, smaller id only.
+    assert_eq!(ids(&query(ledger, after(b1.ts_ms, &b1.id, 10)).await), ["conf-q-a2", "conf-q-a1"]);
+    assert_eq!(ids(&query(ledger, after(a2.ts_ms, &a2.id, 10)).await), ["conf-q-a1"]);
+    assert!(query(ledger, after(a1.ts_ms, &a1.id, 10)).await.is_empty());
+
+    // Walking page by page visits every record once, in order.
+    let mut walked = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = query(ledger, UsageQuery { cursor: cursor.clone(), ..in_project(project, 2) }).await;
+        assert!(page.len() <= 2, "limit respected");
+        let Some(last) = page.last() else { break };
+        cursor = Some((last.ts_ms, last.id.clone()));
+        walked.extend(page);
+    }
+    assert_eq!(walked, everything);
+}
+
+/// `records_since` returns every record at or after the instant, oldest first.
+pub async fn records_since_is_oldest_first(ledger: &dyn Ledger) {
+    let project = "conf-ledger-since";
+    let t = NOW + 10 * 86_400_000;
+    let records = [
+        record("conf-since-0", t - 1, project, "confSinceKey"),
+        record("conf-since-2", t, project, "confSinceKey"),
+        record("conf-since-1", t, project, "confSinceKey"),
+        record("conf-since-3", t + 5, project, "confSinceKey"),
+    ];
+    for r in records.iter().rev() {
+        ledger.append(r.clone());
+    }
+    ledger.flush().await.expect("flush");
+    let since: Vec<UsageRecord> =
+        ledger.records_since(t).await.expect("records_since").into_iter().filter(|r| r.project_id == project).collect();
+    assert_eq!(ids(&since), ["conf-since-1", "conf-since-2", "conf-since-3"]);
+    assert_eq!(since[2], records[3]);
+}
+
+/// Thousands of appends (more than one writer batch) are all durable after one flush.
+pub async fn many_appends_then_flush(ledger: &dyn Ledger) {
+    const COUNT: usize = 2_500;
+    let project = "conf-ledger-many";
+    for i in 0..COUNT {
+        let ts = NOW + i64::try_from(i).unwrap_or(i64::MAX);
+        ledger.append(record(&format!("conf-many-{i:05}"), ts, project, "confManyKey"));
+    }
+    ledger.flush().await.expect("flush");
+    let found = query(ledger, in_project(project, COUNT * 2)).await;
+    assert_eq!(found.len(), COUNT);
+    assert_eq!(found[0].id, format!("conf-many-{:05}", COUNT - 1));
+}

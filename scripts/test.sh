@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace on a fresh machine (Debian bookworm, root,
+# Rust + cargo-nextest, python3 with pip). Each set-up step is idempotent and
+# prints one line, so running this twice is cheap and the log stays readable.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export DEBIAN_FRONTEND=noninteractive
+export TOLLGATE_TEST_REDIS_URL="${TOLLGATE_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+export TOLLGATE_TEST_DATABASE_URL="${TOLLGATE_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/tollgate_test}"
+
+say() { printf '[test.sh] %s\n' "$*"; }
+warn() { printf '[test.sh] WARNING: %s\n' "$*" >&2; }
+
+# Root runs commands directly; anyone else needs sudo for apt and services.
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -n "$@"; fi
+}
+
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" -eq 0 ]; then
+        as_root apt-get update -qq >/dev/null || return 1
+        apt_updated=1
+    fi
+    as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+# --- Python SDK (the compatibility tests drive tollgate with it) -----------
+setup_openai() {
+    if python3 -c 'import openai' 2>/dev/null; then
+        say "python openai: present"
+        return 0
+    fi
+    # Debian's system python is "externally managed" (PEP 668) and refuses a
+    # plain pip install; on a throwaway test machine overriding that is fine.
+    if python3 -m pip install --quiet openai 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages openai; then
+        python3 -c 'import openai' 2>/dev/null || return 1
+        say "python openai: installed"
+        return 0
+    fi
+    return 1
+}
+if ! setup_openai; then
+    echo "[test.sh] ERROR: the Python 'openai' package is not importable and could not be installed." >&2
+    echo "[test.sh]        Install it with: python3 -m pip install openai" >&2
+    exit 1
+fi
+
+# --- Redis (distributed backend tests) ---------------------------------------
+setup_redis() {
+    if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+        apt_install redis-server || return 1
+    fi
+    if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+        say "redis: running"
+        return 0
+    fi
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null || return 1
+    for _ in $(seq 50); do
+        if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+            say "redis: started"
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+setup_redis || warn "redis is not available; tests that need ${TOLLGATE_TEST_REDIS_URL} will fail or skip"
+
+# --- PostgreSQL (distributed backend tests) ----------------------------------
+pg_version() {
+    # Newest installed major version, e.g. "15".
+    ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1
+}
+
+pg_psql() {
+    # Local socket as the postgres superuser; works with Debian's default
+    # peer authentication, unlike TCP which wants a password.
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 "$@"
+    else
+        psql -X -q -v ON_ERROR_STOP=1 -U postgres -h 127.0.0.1 "$@"
+    fi
+}
+
+setup_postgres() {
+    if ! command -v pg_isready >/dev/null || [ -z "$(pg_version)" ]; then
+        apt_install postgresql || return 1
+    fi
+    if ! pg_isready -q; then
+        local version
+        version="$(pg_version)"
+        if [ -z "$version" ]; then
+            # Installed without the default cluster (create_main_cluster=false).
+            version="$(ls /usr/lib/postgresql | sort -V | tail -n 1)"
+            as_root pg_createcluster "$version" main >/dev/null || return 1
+        fi
+        as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || return 1
+        for _ in $(seq 50); do
+            pg_isready -q && break
+            sleep 0.1
+        done
+        pg_isready -q || return 1
+    fi
+    if [ "$(pg_psql -tAc "SELECT 1 FROM pg_database WHERE datname = 'tollgate_test'")" != "1" ]; then
+        if [ "$(id -u)" -eq 0 ]; then
+            runuser -u postgres -- createdb tollgate_test || return 1
+        else
+            createdb -U postgres -h 127.0.0.1 tollgate_test || return 1
+        fi
+    fi
+    # The test URL has no password. Debian's pg_hba.conf asks for one over
+    # TCP, so allow the postgres user into the test database from loopback.
+    if ! psql -X -q "$TOLLGATE_TEST_DATABASE_URL" -c 'SELECT 1' >/dev/null 2>&1; then
+        local hba
+        hba="/etc/postgresql/$(pg_version)/main/pg_hba.conf"
+        [ -f "$hba" ] || return 1
+        if ! grep -q '^host tollgate_test postgres 127.0.0.1/32 trust' "$hba"; then
+            # First matching line wins, so the rule goes on top.
+            as_root sed -i '1i host tollgate_test postgres 127.0.0.1/32 trust' "$hba" || return 1
+            pg_psql -c 'SELECT pg_reload_conf()' >/dev/null || return 1
+            sleep 0.2
+        fi
+        psql -X -q "$TOLLGATE_TEST_DATABASE_URL" -c 'SELECT 1' >/dev/null 2>&1 || return 1
+    fi
+    say "postgres: running, database tollgate_test ready"
+}
+setup_postgres || warn "postgres is not available; tests that need ${TOLLGATE_TEST_DATABASE_URL} will fail or skip"
+
+# --- Rust tests --------------------------------------------------------------
+status=0
+if cargo nextest --version >/dev/null 2>&1; then
+    say "running: cargo nextest run --workspace --no-fail-fast"
+    cargo nextest run --workspace --no-fail-fast || status=$?
+    # nextest does not run doctests; they are tests too.
+    say "running: cargo test --workspace --doc"
+    cargo test --workspace --doc || status=$?
+else
+    say "running: cargo test --workspace (cargo-nextest not found)"
+    cargo test --workspace --no-fail-fast || status=$?
+fi
+exit "$status"
