@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::limit::LimitSpec;
 
 /// One limit's standing after a decision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LimitStatus {
     pub spec: LimitSpec,
     /// Counted in the window, including this request when it was admitted.

@@ -15,5 +15,5 @@ pub mod usage;
 pub use counter::{CalendarCounter, LimitState, SlidingWindow};
 pub use decision::{Decision, LimitStatus, Refusal};
 pub use key::{AdminToken, ApiKey, KeyHash, KeyParseError, KeyRecord, KeyState, Project};
-pub use limit::{Amounts, LimitError, LimitSpec, Metric, Plan, Window};
-pub use usage::{UsageQuery, UsageRecord};
+pub use limit::{Amounts, LimitError, LimitSpec, Metric, Plan, Slot, SubjectKind, Window};
+pub use usage::{UsageQuery, UsageRecord, UsageSource};

@@ -3,6 +3,8 @@
 //! A plan is a named list of limits. Nothing in the request path branches on a plan's
 //! name: adding a token, cost or per-day limit is adding a row, not code.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::calendar::{MS_PER_HOUR, MS_PER_MINUTE};
@@ -71,29 +73,122 @@ impl Window {
     }
 }
 
-/// One limit: at most `limit` of `metric` per `window`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Whose usage a limit counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectKind {
+    /// The key making the request (the default).
+    #[default]
+    Key,
+    /// The key's project: the sum of all its keys.
+    Project,
+    /// The client's IP address, across every key of the project.
+    Ip,
+    /// An anonymous visitor (`X-Anonymous-Id`, or the IP when absent).
+    Anonymous,
+}
+
+impl SubjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubjectKind::Key => "key",
+            SubjectKind::Project => "project",
+            SubjectKind::Ip => "ip",
+            SubjectKind::Anonymous => "anonymous",
+        }
+    }
+
+    pub fn is_key(&self) -> bool {
+        *self == SubjectKind::Key
+    }
+}
+
+/// One limit: at most `limit` of `metric` per `window`, for one kind of subject and
+/// one scope of traffic: all of it, or only one provider, model or endpoint (any
+/// combination; unset fields match everything).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitSpec {
     pub metric: Metric,
     pub window: Window,
     pub limit: u64,
+    #[serde(default, skip_serializing_if = "SubjectKind::is_key")]
+    pub subject: SubjectKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Arc<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<Arc<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Arc<str>>,
 }
 
+/// The identity of a limit's counter within one subject: two limits with the same
+/// slot count the same thing, and an override replaces the plan's limit in its slot.
+pub type Slot<'a> = (Metric, Window, SubjectKind, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+
 impl LimitSpec {
-    pub const fn new(metric: Metric, window: Window, limit: u64) -> Self {
-        Self { metric, window, limit }
+    /// A key-level limit over all traffic.
+    pub fn new(metric: Metric, window: Window, limit: u64) -> Self {
+        Self { metric, window, limit, subject: SubjectKind::Key, provider: None, model: None, endpoint: None }
     }
 
-    /// A stable name such as `requests_per_minute`, used in API answers.
+    pub fn with_subject(mut self, subject: SubjectKind) -> Self {
+        self.subject = subject;
+        self
+    }
+
+    pub fn for_model(mut self, model: &str) -> Self {
+        self.model = Some(Arc::from(model));
+        self
+    }
+
+    pub fn for_provider(mut self, provider: &str) -> Self {
+        self.provider = Some(Arc::from(provider));
+        self
+    }
+
+    pub fn for_endpoint(mut self, endpoint: &str) -> Self {
+        self.endpoint = Some(Arc::from(endpoint));
+        self
+    }
+
+    /// True when the limit counts all traffic (no provider, model or endpoint).
+    pub fn is_unscoped(&self) -> bool {
+        self.provider.is_none() && self.model.is_none() && self.endpoint.is_none()
+    }
+
+    /// Whether a request to `provider`/`model`/`endpoint` is counted by this limit.
+    pub fn matches(&self, provider: &str, model: &str, endpoint: &str) -> bool {
+        self.provider.as_deref().is_none_or(|p| p == provider)
+            && self.model.as_deref().is_none_or(|m| m == model)
+            && self.endpoint.as_deref().is_none_or(|e| e == endpoint)
+    }
+
+    /// A stable name such as `requests_per_minute`, `total_tokens_per_day_project`
+    /// or `cost_micros_per_month_model_gpt-4o`, used in API answers.
     pub fn name(&self) -> String {
-        format!("{}_per_{}", self.metric.as_str(), self.window.as_str())
+        let mut name = format!("{}_per_{}", self.metric.as_str(), self.window.as_str());
+        if !self.subject.is_key() {
+            name.push('_');
+            name.push_str(self.subject.as_str());
+        }
+        for (label, value) in [("provider", &self.provider), ("model", &self.model), ("endpoint", &self.endpoint)] {
+            if let Some(v) = value {
+                name.push_str(&format!("_{label}_{v}"));
+            }
+        }
+        name
     }
 
-    /// Two limits with the same slot count the same thing; an override replaces the
-    /// plan's limit in the same slot.
-    pub fn slot(&self) -> (Metric, Window) {
-        (self.metric, self.window)
+    pub fn slot(&self) -> Slot<'_> {
+        (
+            self.metric,
+            self.window,
+            self.subject,
+            self.provider.as_deref(),
+            self.model.as_deref(),
+            self.endpoint.as_deref(),
+        )
     }
 }
 
@@ -144,10 +239,10 @@ pub fn validate_limits(limits: &[LimitSpec]) -> Result<(), LimitError> {
 /// The plan's limits with each override replacing the limit in its slot, or added.
 pub fn effective_limits(plan: &[LimitSpec], overrides: &[LimitSpec]) -> Vec<LimitSpec> {
     let mut out: Vec<LimitSpec> =
-        plan.iter().map(|l| overrides.iter().find(|o| o.slot() == l.slot()).copied().unwrap_or(*l)).collect();
+        plan.iter().map(|l| overrides.iter().find(|o| o.slot() == l.slot()).unwrap_or(l).clone()).collect();
     for o in overrides {
         if !out.iter().any(|l| l.slot() == o.slot()) {
-            out.push(*o);
+            out.push(o.clone());
         }
     }
     out
@@ -220,7 +315,7 @@ mod tests {
             LimitSpec::new(Metric::TotalTokens, Window::Day, 1_000),
         ];
         let eff = effective_limits(&plan, &overrides);
-        assert_eq!(eff, vec![plan[0], overrides[0], overrides[1]]);
+        assert_eq!(eff, vec![plan[0].clone(), overrides[0].clone(), overrides[1].clone()]);
     }
 
     #[test]
@@ -232,6 +327,24 @@ mod tests {
         assert_eq!(
             validate_limits(&limits),
             Err(LimitError::Duplicate { index: 1, name: "requests_per_minute".into() })
+        );
+    }
+
+    #[test]
+    fn scoped_and_subject_limits_have_their_own_slot_and_name() {
+        let json = r#"{"metric":"total_tokens","window":"day","limit":5,"subject":"project","model":"gpt-4o"}"#;
+        let spec: LimitSpec = serde_json::from_str(json).unwrap();
+        assert_eq!(spec.subject, SubjectKind::Project);
+        assert_eq!(spec.model.as_deref(), Some("gpt-4o"));
+        assert_eq!(spec.name(), "total_tokens_per_day_project_model_gpt-4o");
+        assert_eq!(serde_json::to_string(&spec).unwrap(), json);
+        let plain = LimitSpec::new(Metric::TotalTokens, Window::Day, 5);
+        assert_ne!(plain.slot(), spec.slot());
+        assert!(spec.matches("openai", "gpt-4o", "chat.completions"));
+        assert!(!spec.matches("openai", "gpt-4o-mini", "chat.completions"));
+        assert!(
+            serde_json::from_str::<LimitSpec>(r#"{"metric":"requests","window":"day","limit":1,"colour":"red"}"#)
+                .is_err()
         );
     }
 

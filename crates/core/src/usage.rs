@@ -4,9 +4,45 @@ use serde::{Deserialize, Serialize};
 
 use crate::limit::Amounts;
 
+/// Where a record's token counts come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageSource {
+    /// No tokens involved or none known (refused, failed, verify calls).
+    #[default]
+    None,
+    /// The upstream reported them (`usage` block).
+    Reported,
+    /// tollgate counted them with a tokenizer (no report, or a broken stream).
+    Counted,
+    /// Reported by the caller through the usage events API.
+    Ingested,
+}
+
+impl UsageSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageSource::None => "none",
+            UsageSource::Reported => "reported",
+            UsageSource::Counted => "counted",
+            UsageSource::Ingested => "ingested",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "none" => UsageSource::None,
+            "reported" => UsageSource::Reported,
+            "counted" => UsageSource::Counted,
+            "ingested" => UsageSource::Ingested,
+            _ => return None,
+        })
+    }
+}
+
 /// One row of the ledger. `id` makes it idempotent: appending the same id twice
 /// stores it once.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageRecord {
     pub id: String,
     /// Unix milliseconds when the request arrived.
@@ -15,6 +51,9 @@ pub struct UsageRecord {
     pub key_id: String,
     /// `chat.completions`, `completions`, `embeddings`, `models`, `verify`, ...
     pub endpoint: String,
+    /// `openai`, `anthropic`, ... (empty when not an LLM call).
+    #[serde(default)]
+    pub provider: String,
     pub model: Option<String>,
     /// The HTTP status the client got.
     pub status: u16,
@@ -23,7 +62,25 @@ pub struct UsageRecord {
     pub requests: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Prompt tokens served from the provider's prompt cache (part of `prompt_tokens`).
+    #[serde(default)]
+    pub cached_tokens: u64,
     pub cost_micros: u64,
+    /// What the request would have cost without any cache (tollgate's or the
+    /// provider's): `uncached_cost_micros - cost_micros` is the saving.
+    #[serde(default)]
+    pub uncached_cost_micros: u64,
+    #[serde(default)]
+    pub usage_source: UsageSource,
+    /// The price table version that produced `cost_micros`, to reproduce a bill.
+    #[serde(default)]
+    pub price_version: Option<String>,
+    /// The client address the limits saw (when IP limits apply).
+    #[serde(default)]
+    pub client_ip: Option<String>,
+    /// The anonymous visitor id the limits saw.
+    #[serde(default)]
+    pub anonymous_id: Option<String>,
     pub latency_ms: u64,
 }
 

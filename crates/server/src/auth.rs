@@ -30,7 +30,7 @@ impl Authed {
         let subject: Arc<str> = Arc::from(format!("key:{}", self.key.id));
         let item = |spec: LimitSpec| LimitItem { subject: subject.clone(), spec };
         if self.key.limit_overrides.is_empty() {
-            self.plan.limits.iter().copied().map(item).collect()
+            self.plan.limits.iter().cloned().map(item).collect()
         } else {
             tollgate_core::limit::effective_limits(&self.plan.limits, &self.key.limit_overrides)
                 .into_iter()

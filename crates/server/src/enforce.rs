@@ -16,7 +16,12 @@ static Q_RESET: HeaderName = HeaderName::from_static("x-quota-reset");
 /// The error for a refused decision, or `None` if it was admitted.
 pub fn refusal(decision: &Decision, plan: &str, now_ms: i64) -> Option<ApiError> {
     let (status, refusal) = decision.refused_status()?;
-    let r = Box::new(LimitRefusal { status: *status, plan: plan.to_owned(), now_ms, retry_at_ms: refusal.retry_at_ms });
+    let r = Box::new(LimitRefusal {
+        status: status.clone(),
+        plan: plan.to_owned(),
+        now_ms,
+        retry_at_ms: refusal.retry_at_ms,
+    });
     Some(if status.spec.window.is_rate() && refusal.retry_at_ms.is_some() {
         ApiError::RateLimited(r)
     } else {

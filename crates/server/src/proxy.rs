@@ -226,10 +226,7 @@ fn new_record(authed: &Authed, id: &str, now: i64, endpoint: &str, model: Option
         status: 0,
         counted: false,
         requests: 1,
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        cost_micros: 0,
-        latency_ms: 0,
+        ..UsageRecord::default()
     }
 }
 

@@ -113,10 +113,7 @@ async fn run(state: &AppState, request: VerifyRequest) -> Result<VerifyResponse,
                 status: 200,
                 counted: true,
                 requests: request.cost,
-                prompt_tokens: 0,
-                completion_tokens: 0,
-                cost_micros: 0,
-                latency_ms: 0,
+                ..UsageRecord::default()
             });
         }
         decision

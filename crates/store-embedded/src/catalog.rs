@@ -286,7 +286,7 @@ impl Catalog for EmbeddedCatalog {
         let name = name.to_owned();
         self.run(move |conn, _| {
             // Check and delete in one transaction so no key can take the plan between.
-            let tx = conn.transaction().map_err(sql_error)?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
             let users: i64 = tx
                 .query_row("SELECT COUNT(*) FROM keys WHERE plan = ?1", [&name], |row| row.get(0))
                 .map_err(sql_error)?;
@@ -305,7 +305,7 @@ impl Catalog for EmbeddedCatalog {
         let overrides = serde_json::to_string(&record.limit_overrides).map_err(json_encode_error)?;
         let version = version_param(record.version)?;
         self.run(move |conn, index| {
-            let tx = conn.transaction().map_err(sql_error)?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
             tx.execute(
                 &format!("INSERT INTO keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
                 params![
@@ -373,7 +373,7 @@ impl Catalog for EmbeddedCatalog {
             .ok_or_else(|| StoreError::Internal(format!("key '{}' version overflow", record.id)))?;
         let new_version = version_param(bumped)?;
         self.run(move |conn, index| {
-            let tx = conn.transaction().map_err(sql_error)?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
             let changed = tx
                 .execute(
                     "UPDATE keys SET project_id = ?2, name = ?3, plan = ?4, metadata = ?5, limit_overrides = ?6,
@@ -420,7 +420,7 @@ impl Catalog for EmbeddedCatalog {
     ) -> StoreResult<KeyRecord> {
         let id = id.to_owned();
         self.run(move |conn, index| {
-            let tx = conn.transaction().map_err(sql_error)?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
             let mut record = get_key_on(&tx, &id)?.ok_or_else(|| StoreError::not_found("key", id.clone()))?;
             match old_valid_until_ms {
                 None => {

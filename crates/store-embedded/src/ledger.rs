@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use rusqlite::types::{Type, Value};
 use rusqlite::{Connection, Row, params, params_from_iter};
 use tokio::sync::oneshot;
-use tollgate_core::{UsageQuery, UsageRecord};
+use tollgate_core::{UsageQuery, UsageRecord, UsageSource};
 use tollgate_store::{Ledger, StoreError, StoreResult};
 
 use crate::schema::{self, Role};
@@ -44,15 +44,17 @@ const ATTEMPTS: u32 = 3;
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 const INSERT: &str = "INSERT OR IGNORE INTO usage (id, ts_ms, project_id, key_id, endpoint, model, status, \
-                      counted, requests, prompt_tokens, completion_tokens, cost_micros, latency_ms) \
-                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+                      counted, requests, prompt_tokens, completion_tokens, cost_micros, latency_ms, provider, \
+                      cached_tokens, uncached_cost_micros, usage_source, price_version, client_ip, anonymous_id) \
+                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)";
 const COLUMNS: &str = "id, ts_ms, project_id, key_id, endpoint, model, status, counted, requests, \
-                       prompt_tokens, completion_tokens, cost_micros, latency_ms";
+                       prompt_tokens, completion_tokens, cost_micros, latency_ms, provider, cached_tokens, \
+                       uncached_cost_micros, usage_source, price_version, client_ip, anonymous_id";
 
 type Ack = oneshot::Sender<StoreResult<()>>;
 
 enum Message {
-    Record(UsageRecord),
+    Record(Box<UsageRecord>),
     /// Answered once everything queued before it is committed.
     Flush(Ack),
     /// Like `Flush`, then the writer stops.
@@ -142,6 +144,18 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<UsageRecord> {
         completion_tokens: u64_column(row, 10)?,
         cost_micros: u64_column(row, 11)?,
         latency_ms: u64_column(row, 12)?,
+        provider: row.get(13)?,
+        cached_tokens: u64_column(row, 14)?,
+        uncached_cost_micros: u64_column(row, 15)?,
+        usage_source: {
+            let text: String = row.get(16)?;
+            UsageSource::parse(&text).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(16, Type::Text, format!("usage_source '{text}'").into())
+            })?
+        },
+        price_version: row.get(17)?,
+        client_ip: row.get(18)?,
+        anonymous_id: row.get(19)?,
     })
 }
 
@@ -152,7 +166,7 @@ impl Ledger for EmbeddedLedger {
             tracing::error!(id = %record.id, "usage record appended after the ledger closed: dropped");
             return;
         }
-        if let Err(mpsc::SendError(Message::Record(record))) = self.sender.send(Message::Record(record)) {
+        if let Err(mpsc::SendError(Message::Record(record))) = self.sender.send(Message::Record(Box::new(record))) {
             tracing::error!(id = %record.id, "the ledger writer stopped: usage record dropped");
         }
     }
@@ -271,7 +285,7 @@ fn run_writer(mut conn: Connection, receiver: Receiver<Message>) {
         let mut waiters = Vec::new();
         let mut close = None;
         let mut take = |message| match message {
-            Message::Record(record) => queued.push(record),
+            Message::Record(record) => queued.push(*record),
             Message::Flush(ack) => waiters.push(ack),
             Message::Close(ack) => close = Some(ack),
         };
@@ -344,7 +358,7 @@ fn commit_queued(conn: &mut Connection, queued: &mut Vec<UsageRecord>) -> StoreR
 }
 
 fn insert_batch(conn: &mut Connection, records: &[UsageRecord]) -> StoreResult<()> {
-    let tx = conn.transaction().map_err(sql_error)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
     {
         let mut insert = tx.prepare_cached(INSERT).map_err(sql_error)?;
         for r in records {
@@ -363,6 +377,13 @@ fn insert_batch(conn: &mut Connection, records: &[UsageRecord]) -> StoreResult<(
                     to_sql_int(r.completion_tokens),
                     to_sql_int(r.cost_micros),
                     to_sql_int(r.latency_ms),
+                    r.provider,
+                    to_sql_int(r.cached_tokens),
+                    to_sql_int(r.uncached_cost_micros),
+                    r.usage_source.as_str(),
+                    r.price_version,
+                    r.client_ip,
+                    r.anonymous_id,
                 ])
                 .map_err(sql_error)?;
         }

@@ -25,9 +25,10 @@ use tollgate_store::{LimitItem, Limiter, ReserveRequest, SettleRequest, StoreRes
 /// (its charge then stays as reserved). Ten minutes outlasts any proxied request.
 pub const RESERVATION_TTL_MS: i64 = 10 * 60 * 1_000;
 
-/// Whose counter, what it counts, over which window. The limit itself is not part of
-/// the key: changing a plan's number keeps what was already counted.
-type CounterKey = (Arc<str>, Metric, Window);
+/// Whose counter, what it counts, over which window, for which scope of traffic
+/// (provider, model, endpoint). The limit itself is not part of the key: changing a
+/// plan's number keeps what was already counted.
+type CounterKey = (Arc<str>, Metric, Window, Option<Arc<str>>, Option<Arc<str>>, Option<Arc<str>>);
 
 /// One item of a held reservation: where it was charged and how much.
 struct Held {
@@ -62,7 +63,8 @@ impl std::fmt::Debug for EmbeddedLimiter {
 }
 
 fn key_of(item: &LimitItem) -> CounterKey {
-    (item.subject.clone(), item.spec.metric, item.spec.window)
+    let spec = &item.spec;
+    (item.subject.clone(), spec.metric, spec.window, spec.provider.clone(), spec.model.clone(), spec.endpoint.clone())
 }
 
 /// `actual - reserved` as a signed delta, saturating at the ends of `i64`.
@@ -100,7 +102,7 @@ impl State {
             let (status, retry_at) = self.with_counter(&key, now_ms, |state| {
                 let used = state.used(now_ms);
                 let status = LimitStatus {
-                    spec: item.spec,
+                    spec: item.spec.clone(),
                     used,
                     remaining: limit.saturating_sub(used),
                     reset_at_ms: state.reset_at(),
@@ -142,7 +144,7 @@ impl State {
                 self.with_counter(&key_of(item), now_ms, |state| {
                     let used = state.used(now_ms);
                     LimitStatus {
-                        spec: item.spec,
+                        spec: item.spec.clone(),
                         used,
                         remaining: limit.saturating_sub(used),
                         reset_at_ms: state.reset_at(),

@@ -83,7 +83,14 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         prompt_tokens     INTEGER NOT NULL,
         completion_tokens INTEGER NOT NULL,
         cost_micros       INTEGER NOT NULL,
-        latency_ms        INTEGER NOT NULL
+        latency_ms        INTEGER NOT NULL,
+        provider          TEXT NOT NULL,
+        cached_tokens     INTEGER NOT NULL,
+        uncached_cost_micros INTEGER NOT NULL,
+        usage_source      TEXT NOT NULL,
+        price_version     TEXT,
+        client_ip         TEXT,
+        anonymous_id      TEXT
     ) STRICT;
     CREATE INDEX usage_ts ON usage (ts_ms, id);
     CREATE INDEX usage_project_ts ON usage (project_id, ts_ms, id);

@@ -122,6 +122,7 @@ fn usage(id: &str, ts_ms: i64) -> UsageRecord {
         completion_tokens: 5,
         cost_micros: 7,
         latency_ms: 100,
+        ..UsageRecord::default()
     }
 }
 

@@ -88,7 +88,7 @@ async fn regenerate_keeps_the_id_and_honours_the_grace_period() {
     assert_eq!(app.chat(&old).await.status, 200, "old secret works during the grace period");
 
     let r = app.admin(Method::POST, &format!("/api/v1/keys/{id}/regenerate"), None).await;
-    let newest = r.body["key"].as_str().expect("newest").to_owned();
+    let newest = r.body["key"].as_str().unwrap_or_else(|| panic!("{} {:?}", r.status, r.body)).to_owned();
     assert_eq!(app.chat(&newest).await.status, 200);
     assert_eq!(app.chat(&new).await.status, 401, "no grace: the previous secret stops at once");
 

@@ -4,7 +4,7 @@
 //! Every scenario writes under project ids of its own and filters by them, so they can
 //! share one ledger. Durability across a restart is left to each backend's own tests.
 
-use tollgate_core::{UsageQuery, UsageRecord};
+use tollgate_core::{UsageQuery, UsageRecord, UsageSource};
 
 use super::NOW;
 use crate::Ledger;
@@ -24,6 +24,13 @@ fn record(id: &str, ts_ms: i64, project_id: &str, key_id: &str) -> UsageRecord {
         completion_tokens: 30,
         cost_micros: 42,
         latency_ms: 850,
+        provider: "openai".to_owned(),
+        cached_tokens: 20,
+        uncached_cost_micros: 50,
+        usage_source: UsageSource::Reported,
+        price_version: Some("2026-11-01".to_owned()),
+        client_ip: Some("203.0.113.7".to_owned()),
+        anonymous_id: Some("anon-1".to_owned()),
     }
 }
 

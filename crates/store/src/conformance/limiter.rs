@@ -159,8 +159,11 @@ pub async fn zero_amount_limits_are_reported(limiter: Arc<dyn Limiter>) {
     let items = [requests.clone(), tokens_limit.clone(), cost];
     let decision = reserve(limiter, "conf-zero-1", &items, Amounts::ONE_REQUEST, NOW, false).await;
     assert!(decision.allowed());
-    let seen: Vec<_> = decision.statuses.iter().map(|s| (s.spec, s.used, s.remaining)).collect();
-    assert_eq!(seen, vec![(items[0].spec, 1, 9), (items[1].spec, 0, 1_000), (items[2].spec, 0, 5_000_000)]);
+    let seen: Vec<_> = decision.statuses.iter().map(|s| (s.spec.clone(), s.used, s.remaining)).collect();
+    assert_eq!(
+        seen,
+        vec![(items[0].spec.clone(), 1, 9), (items[1].spec.clone(), 0, 1_000), (items[2].spec.clone(), 0, 5_000_000)]
+    );
     assert_eq!(used(limiter, &tokens_limit, NOW).await, 0);
     assert_eq!(used(limiter, &requests, NOW).await, 1);
 }
@@ -259,7 +262,7 @@ pub async fn retry_and_reset_times(limiter: Arc<dyn Limiter>) {
         let id = format!("conf-retry-{i}");
         let decision = reserve(limiter, &id, items, Amounts::ONE_REQUEST, NOW, false).await;
         assert!(decision.allowed());
-        let status = decision.statuses[0];
+        let status = decision.statuses[0].clone();
         assert_eq!((status.used, status.remaining), (i + 1, 2 - i));
         assert!(
             status.reset_at_ms > NOW && status.reset_at_ms <= NOW + MS_PER_MINUTE + slack,
@@ -349,17 +352,17 @@ pub async fn prune_drops_idle_counters(limiter: Arc<dyn Limiter>) {
 /// When several limits refuse, the one that binds longest is reported: an exhausted
 /// month quota, not the minute limit that would clear first.
 pub async fn binding_refusal_is_reported(limiter: Arc<dyn Limiter>) {
-    let rate = item("key:conf-binding", Metric::Requests, Window::Minute, 10);
-    let quota = item("key:conf-binding", Metric::Requests, Window::Month, 5);
+    let rate = item("key:conf-binding", Metric::Requests, Window::Minute, 6);
+    let quota = item("key:conf-binding", Metric::Requests, Window::Month, 8);
     let items = [rate, quota];
     let d = reserve(&*limiter, "conf-binding-1", &items, Amounts::requests(5), NOW, false).await;
     assert!(d.allowed());
-    let d = reserve(&*limiter, "conf-binding-2", &items, Amounts::requests(6), NOW, false).await;
+    let d = reserve(&*limiter, "conf-binding-2", &items, Amounts::requests(4), NOW, false).await;
     let refusal = d.refused.expect("both limits refuse");
     assert_eq!(refusal.index, 1, "the month quota binds longer than the minute");
     let month_end = tollgate_core::calendar::next_month_start(NOW);
     assert_eq!(refusal.retry_at_ms, Some(month_end));
     // A request larger than a limit can never fit: that refusal wins over any wait.
-    let d = reserve(&*limiter, "conf-binding-3", &items, Amounts::requests(11), NOW, false).await;
+    let d = reserve(&*limiter, "conf-binding-3", &items, Amounts::requests(9), NOW, false).await;
     assert_eq!(d.refused.map(|r| (r.index, r.retry_at_ms)), Some((0, None)));
 }
