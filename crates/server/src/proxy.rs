@@ -155,6 +155,7 @@ async fn forward(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: 
     let request_id = state.ids.next();
     let items = authed.limit_items();
     let reserve = ReserveRequest {
+        partition: &authed.key.project_id,
         request_id: &request_id,
         items: &items,
         amounts: Amounts::ONE_REQUEST,
@@ -261,6 +262,7 @@ impl Finalizer {
         // finalizer runs when the body stream ends, before the last chunk is
         // written), so a client that got a complete 2xx finds it in the ledger.
         let request_id = record.id.clone();
+        let partition = record.project_id.clone();
         state.ledger.append(record);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::error!(%request_id, "no runtime to settle on");
@@ -269,7 +271,7 @@ impl Finalizer {
         let tasks = state.tasks.clone();
         tasks.spawn_on(
             async move {
-                let settle = SettleRequest { request_id: &request_id, actual, now_ms: now_ms() };
+                let settle = SettleRequest { partition: &partition, request_id: &request_id, actual, now_ms: now_ms() };
                 if let Err(e) = state.limiter.settle(settle).await {
                     tracing::error!(%request_id, error = %e, "settlement failed");
                 }

@@ -188,7 +188,7 @@ pub async fn rebuild_counters(state: &AppState, now: i64) -> anyhow::Result<usiz
             items_by_key.insert(record.key_id.clone(), items);
         }
         if let Some(Some(items)) = items_by_key.get(&record.key_id) {
-            state.limiter.apply(items, record.amounts(), record.ts_ms).await?;
+            state.limiter.apply(&record.project_id, items, record.amounts(), record.ts_ms).await?;
             replayed += 1;
         }
     }

@@ -95,12 +95,19 @@ async fn run(state: &AppState, request: VerifyRequest) -> Result<VerifyResponse,
     let items = authed.limit_items();
     let amounts = Amounts::requests(request.cost);
     let decision = if request.dry_run {
-        state.limiter.peek(&items, amounts, now).await?
+        state.limiter.peek(&authed.key.project_id, &items, amounts, now).await?
     } else {
         let request_id = state.ids.next();
         let decision = state
             .limiter
-            .reserve(ReserveRequest { request_id: &request_id, items: &items, amounts, now_ms: now, hold: false })
+            .reserve(ReserveRequest {
+                partition: &authed.key.project_id,
+                request_id: &request_id,
+                items: &items,
+                amounts,
+                now_ms: now,
+                hold: false,
+            })
             .await?;
         if decision.allowed() && request.cost > 0 {
             state.ledger.append(UsageRecord {

@@ -188,7 +188,7 @@ impl EmbeddedLimiter {
 #[async_trait]
 impl Limiter for EmbeddedLimiter {
     async fn reserve(&self, request: ReserveRequest<'_>) -> StoreResult<Decision> {
-        let ReserveRequest { request_id, items, amounts, now_ms, hold } = request;
+        let ReserveRequest { request_id, items, amounts, now_ms, hold, .. } = request;
         let mut state = self.lock();
         if state.reservations.contains_key(request_id) {
             // A retry of a request whose reservation is still held: it was admitted
@@ -225,11 +225,17 @@ impl Limiter for EmbeddedLimiter {
         Ok(())
     }
 
-    async fn peek(&self, items: &[LimitItem], amounts: Amounts, now_ms: i64) -> StoreResult<Decision> {
+    async fn peek(
+        &self,
+        _partition: &str,
+        items: &[LimitItem],
+        amounts: Amounts,
+        now_ms: i64,
+    ) -> StoreResult<Decision> {
         Ok(self.lock().check(items, amounts, now_ms))
     }
 
-    async fn apply(&self, items: &[LimitItem], amounts: Amounts, at_ms: i64) -> StoreResult<()> {
+    async fn apply(&self, _partition: &str, items: &[LimitItem], amounts: Amounts, at_ms: i64) -> StoreResult<()> {
         let mut state = self.lock();
         for item in items {
             let amount = amounts.get(item.spec.metric);
@@ -280,7 +286,7 @@ mod tests {
     }
 
     fn reserve<'a>(id: &'a str, items: &'a [LimitItem], now_ms: i64) -> ReserveRequest<'a> {
-        ReserveRequest { request_id: id, items, amounts: Amounts::ONE_REQUEST, now_ms, hold: true }
+        ReserveRequest { partition: "p", request_id: id, items, amounts: Amounts::ONE_REQUEST, now_ms, hold: true }
     }
 
     #[tokio::test]
@@ -296,8 +302,12 @@ mod tests {
         assert_eq!(limiter.held_reservations().await.unwrap(), 0);
         assert_eq!(limiter.counters(), 0);
         // A late settlement of a forgotten reservation is a harmless no-op.
-        let settle =
-            SettleRequest { request_id: "r1", actual: Amounts::default(), now_ms: NOW + RESERVATION_TTL_MS + 2 };
+        let settle = SettleRequest {
+            partition: "p",
+            request_id: "r1",
+            actual: Amounts::default(),
+            now_ms: NOW + RESERVATION_TTL_MS + 2,
+        };
         limiter.settle(settle).await.unwrap();
     }
 
@@ -309,9 +319,10 @@ mod tests {
         limiter.reserve(reserve("r2", &items, NOW + 1_000)).await.unwrap();
         assert_eq!(limiter.expire_reservations(NOW + 500), 1);
         assert_eq!(limiter.held_reservations().await.unwrap(), 1);
-        let settle = SettleRequest { request_id: "r1", actual: Amounts::default(), now_ms: NOW + 2_000 };
+        let settle =
+            SettleRequest { partition: "p", request_id: "r1", actual: Amounts::default(), now_ms: NOW + 2_000 };
         limiter.settle(settle).await.unwrap();
-        let peek = limiter.peek(&items, Amounts::default(), NOW + 2_000).await.unwrap();
+        let peek = limiter.peek("p", &items, Amounts::default(), NOW + 2_000).await.unwrap();
         assert_eq!(peek.statuses[0].used, 2, "an expired reservation's charge stays");
     }
 
@@ -319,8 +330,14 @@ mod tests {
     async fn items_sharing_a_counter_are_checked_together() {
         let limiter = EmbeddedLimiter::new();
         let items = [item(3), item(3)];
-        let request =
-            ReserveRequest { request_id: "r", items: &items, amounts: Amounts::requests(2), now_ms: NOW, hold: false };
+        let request = ReserveRequest {
+            partition: "p",
+            request_id: "r",
+            items: &items,
+            amounts: Amounts::requests(2),
+            now_ms: NOW,
+            hold: false,
+        };
         let decision = limiter.reserve(request).await.unwrap();
         assert_eq!(decision.refused.map(|r| r.index), Some(1), "2 + 2 does not fit 3");
         assert_eq!(limiter.counters(), 0, "a refused check allocates no counter");
@@ -333,9 +350,9 @@ mod tests {
             LimitItem { subject: Arc::from("key:t"), spec: LimitSpec::new(Metric::Requests, Window::Month, 10) };
         let items = [month];
         let next_month = tollgate_core::calendar::next_month_start(NOW);
-        limiter.apply(&items, Amounts::requests(2), next_month).await.unwrap();
-        limiter.apply(&items, Amounts::requests(5), NOW).await.unwrap();
-        let peek = limiter.peek(&items, Amounts::default(), next_month).await.unwrap();
+        limiter.apply("p", &items, Amounts::requests(2), next_month).await.unwrap();
+        limiter.apply("p", &items, Amounts::requests(5), NOW).await.unwrap();
+        let peek = limiter.peek("p", &items, Amounts::default(), next_month).await.unwrap();
         assert_eq!(peek.statuses[0].used, 2);
     }
 }

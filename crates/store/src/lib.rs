@@ -107,6 +107,9 @@ pub struct LimitItem {
 /// Check every item and, only if all fit, charge all of them.
 #[derive(Clone, Debug)]
 pub struct ReserveRequest<'a> {
+    /// Every counter a request touches lives in one partition (the project id), so a
+    /// distributed store can keep them in one shard and decide in one atomic step.
+    pub partition: &'a str,
     /// Identifies the reservation for settlement; a reserve repeated with the same id
     /// while its reservation is held charges nothing more.
     pub request_id: &'a str,
@@ -120,6 +123,8 @@ pub struct ReserveRequest<'a> {
 /// Replace a held reservation by what was actually used (zero to refund).
 #[derive(Clone, Debug)]
 pub struct SettleRequest<'a> {
+    /// The partition the reservation was made in.
+    pub partition: &'a str,
     pub request_id: &'a str,
     pub actual: Amounts,
     pub now_ms: i64,
@@ -133,9 +138,9 @@ pub trait Limiter: Send + Sync + 'static {
     async fn settle(&self, request: SettleRequest<'_>) -> StoreResult<()>;
     /// Each item's standing without charging anything (`refused` is set if `amounts`
     /// would not fit).
-    async fn peek(&self, items: &[LimitItem], amounts: Amounts, now_ms: i64) -> StoreResult<Decision>;
+    async fn peek(&self, partition: &str, items: &[LimitItem], amounts: Amounts, now_ms: i64) -> StoreResult<Decision>;
     /// Charges without checking, at time `at_ms` (rebuilding counters from the ledger).
-    async fn apply(&self, items: &[LimitItem], amounts: Amounts, at_ms: i64) -> StoreResult<()>;
+    async fn apply(&self, partition: &str, items: &[LimitItem], amounts: Amounts, at_ms: i64) -> StoreResult<()>;
     /// Drops counters with nothing left in their window; returns how many.
     async fn prune(&self, now_ms: i64) -> StoreResult<usize>;
     /// Reservations held and not yet settled (the overrun bound in flight).

@@ -12,6 +12,9 @@ use tollgate_core::{Amounts, Decision, LimitSpec, Metric, Window};
 use super::NOW;
 use crate::{LimitItem, Limiter, ReserveRequest, SettleRequest};
 
+/// The partition every scenario uses (one project).
+const PARTITION: &str = "conf-project";
+
 fn item(subject: &str, metric: Metric, window: Window, limit: u64) -> LimitItem {
     LimitItem { subject: Arc::from(subject), spec: LimitSpec::new(metric, window, limit) }
 }
@@ -28,16 +31,19 @@ async fn reserve(
     now_ms: i64,
     hold: bool,
 ) -> Decision {
-    limiter.reserve(ReserveRequest { request_id: id, items, amounts, now_ms, hold }).await.expect("reserve")
+    limiter
+        .reserve(ReserveRequest { partition: PARTITION, request_id: id, items, amounts, now_ms, hold })
+        .await
+        .expect("reserve")
 }
 
 async fn settle(limiter: &dyn Limiter, id: &str, actual: Amounts, now_ms: i64) {
-    limiter.settle(SettleRequest { request_id: id, actual, now_ms }).await.expect("settle");
+    limiter.settle(SettleRequest { partition: PARTITION, request_id: id, actual, now_ms }).await.expect("settle");
 }
 
 /// What `item` has counted at `now_ms`, read through `peek`.
 async fn used(limiter: &dyn Limiter, item: &LimitItem, now_ms: i64) -> u64 {
-    let decision = limiter.peek(std::slice::from_ref(item), Amounts::default(), now_ms).await.expect("peek");
+    let decision = limiter.peek(PARTITION, std::slice::from_ref(item), Amounts::default(), now_ms).await.expect("peek");
     assert_eq!(decision.statuses.len(), 1, "peek answers one status per item");
     decision.statuses[0].used
 }
@@ -53,7 +59,10 @@ pub async fn exact_admission_under_concurrency(limiter: Arc<dyn Limiter>) {
     const TASKS: usize = 200;
     const REMAINING: u64 = 50;
     let minute = item("key:conf-concurrency", Metric::Requests, Window::Minute, 60);
-    limiter.apply(std::slice::from_ref(&minute), Amounts::requests(60 - REMAINING), NOW).await.expect("apply");
+    limiter
+        .apply(PARTITION, std::slice::from_ref(&minute), Amounts::requests(60 - REMAINING), NOW)
+        .await
+        .expect("apply");
     let held_before = held(&*limiter).await;
 
     let items: Arc<[LimitItem]> = Arc::from(vec![minute.clone()]);
@@ -116,7 +125,7 @@ pub async fn all_or_nothing(limiter: Arc<dyn Limiter>) {
     let limiter = &*limiter;
     let rate = item("key:conf-aon", Metric::Requests, Window::Minute, 100);
     let quota = item("key:conf-aon", Metric::Requests, Window::Month, 5);
-    limiter.apply(std::slice::from_ref(&quota), Amounts::requests(5), NOW).await.expect("apply");
+    limiter.apply(PARTITION, std::slice::from_ref(&quota), Amounts::requests(5), NOW).await.expect("apply");
     let held_before = held(limiter).await;
 
     let both = [rate.clone(), quota.clone()];
@@ -279,7 +288,7 @@ pub async fn retry_and_reset_times(limiter: Arc<dyn Limiter>) {
         retry_at > later && retry_at <= NOW + MS_PER_MINUTE + slack,
         "retry_at {retry_at} not within a window of {NOW}"
     );
-    let at_retry = limiter.peek(items, Amounts::ONE_REQUEST, retry_at).await.expect("peek at retry");
+    let at_retry = limiter.peek(PARTITION, items, Amounts::ONE_REQUEST, retry_at).await.expect("peek at retry");
     assert!(at_retry.allowed(), "capacity is back at retry_at: {at_retry:?}");
 
     let too_big = reserve(limiter, "conf-retry-big", items, Amounts::requests(4), retry_at, false).await;
@@ -308,8 +317,8 @@ pub async fn apply_charges_without_checking(limiter: Arc<dyn Limiter>) {
     let minute = item("key:conf-apply", Metric::Requests, Window::Minute, 10);
     let day = item("key:conf-apply", Metric::TotalTokens, Window::Day, 100);
     let items = [minute.clone(), day.clone()];
-    limiter.apply(&items, Amounts { requests: 25, ..tokens(30, 20) }, NOW).await.expect("apply");
-    let peeked = limiter.peek(&items, Amounts::ONE_REQUEST, NOW).await.expect("peek");
+    limiter.apply(PARTITION, &items, Amounts { requests: 25, ..tokens(30, 20) }, NOW).await.expect("apply");
+    let peeked = limiter.peek(PARTITION, &items, Amounts::ONE_REQUEST, NOW).await.expect("peek");
     assert_eq!(peeked.statuses[0].used, 25);
     assert_eq!(peeked.statuses[0].remaining, 0);
     assert_eq!(peeked.statuses[1].used, 50);
