@@ -292,11 +292,31 @@ pub fn default_plans() -> Vec<Plan> {
             LimitSpec::new(Metric::Requests, Window::Month, per_month),
         ],
     };
+    // The consumer-chat tiers: daily and monthly caps on requests, tokens and money.
+    let chat = |name: &str, description: &str, x: u64| Plan {
+        name: name.to_owned(),
+        description: Some(description.to_owned()),
+        limits: vec![
+            LimitSpec::new(Metric::Requests, Window::Day, 500 * x),
+            LimitSpec::new(Metric::TotalTokens, Window::Day, 100_000 * x),
+            LimitSpec::new(Metric::CostMicros, Window::Day, 5_000_000 * x),
+            LimitSpec::new(Metric::Requests, Window::Month, 5_000 * x),
+            LimitSpec::new(Metric::TotalTokens, Window::Month, 1_000_000 * x),
+            LimitSpec::new(Metric::CostMicros, Window::Month, 50_000_000 * x),
+        ],
+    };
     vec![
         plan("free", "10 requests/min, 50,000 requests/month", 10, 50_000),
         plan("starter", "50 requests/min, 250,000 requests/month", 50, 250_000),
         plan("pro", "200 requests/min, 1,000,000 requests/month", 200, 1_000_000),
         plan("enterprise", "1,000 requests/min, 10,000,000 requests/month", 1_000, 10_000_000),
+        chat("chat-free", "500 requests, 100k tokens, $5 a day; 5,000 requests, 1M tokens, $50 a month", 1),
+        chat("chat-pro", "ten times chat-free", 10),
+        Plan {
+            name: "anonymous".to_owned(),
+            description: Some("anonymous visitors (X-Anonymous-Id, or the IP): 50 requests a day".to_owned()),
+            limits: vec![LimitSpec::new(Metric::Requests, Window::Day, 50).with_subject(SubjectKind::Anonymous)],
+        },
     ]
 }
 

@@ -10,13 +10,46 @@ use serde::Deserialize;
 
 /// Token counts as the upstream reported them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "WireUsage")]
 pub struct TokenUsage {
-    #[serde(default)]
     pub prompt_tokens: u64,
-    #[serde(default)]
     pub completion_tokens: u64,
-    #[serde(default)]
     pub total_tokens: u64,
+    /// The part of `prompt_tokens` served from the provider's prompt cache
+    /// (`prompt_tokens_details.cached_tokens`), billed at the cached-input rate; 0
+    /// when the upstream does not say.
+    pub cached_tokens: u64,
+}
+
+/// The usage block as OpenAI sends it; nested details are flattened into
+/// [`TokenUsage`], and `null` details (some compatible servers send them) are 0.
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    total_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptTokensDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+impl From<WireUsage> for TokenUsage {
+    fn from(w: WireUsage) -> Self {
+        TokenUsage {
+            prompt_tokens: w.prompt_tokens,
+            completion_tokens: w.completion_tokens,
+            total_tokens: w.total_tokens,
+            cached_tokens: w.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -87,7 +120,10 @@ mod tests {
         for part in body.chunks(7) {
             s.observe(&Bytes::copy_from_slice(part));
         }
-        assert_eq!(s.finish(), Some(TokenUsage { prompt_tokens: 12, completion_tokens: 30, total_tokens: 42 }));
+        assert_eq!(
+            s.finish(),
+            Some(TokenUsage { prompt_tokens: 12, completion_tokens: 30, total_tokens: 42, cached_tokens: 0 })
+        );
     }
 
     #[test]
@@ -104,7 +140,23 @@ mod tests {
     fn embeddings_usage_has_no_completion_tokens() {
         assert_eq!(
             usage_from_json(br#"{"data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#),
-            Some(TokenUsage { prompt_tokens: 8, completion_tokens: 0, total_tokens: 8 })
+            Some(TokenUsage { prompt_tokens: 8, completion_tokens: 0, total_tokens: 8, cached_tokens: 0 })
         );
+    }
+
+    #[test]
+    fn cached_tokens_come_from_prompt_tokens_details() {
+        let body = br#"{"usage":{"prompt_tokens":2006,"completion_tokens":300,"total_tokens":2306,
+            "prompt_tokens_details":{"cached_tokens":1920,"audio_tokens":0},
+            "completion_tokens_details":{"reasoning_tokens":0}}}"#;
+        assert_eq!(
+            usage_from_json(body),
+            Some(TokenUsage { prompt_tokens: 2006, completion_tokens: 300, total_tokens: 2306, cached_tokens: 1920 })
+        );
+        let nulls = br#"{"usage":{"prompt_tokens":5,"prompt_tokens_details":null}}"#;
+        assert_eq!(usage_from_json(nulls).map(|u| u.cached_tokens), Some(0));
+        let null_cached = br#"{"usage":{"prompt_tokens":5,"prompt_tokens_details":{"cached_tokens":null}}}"#;
+        assert_eq!(usage_from_json(null_cached).map(|u| u.cached_tokens), Some(0));
+        assert_eq!(usage_from_json(br#"{"usage":null}"#), None);
     }
 }

@@ -34,6 +34,9 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/keys/{id}/revoke", post(revoke_key))
         .route("/api/v1/keys/{id}/regenerate", post(regenerate_key))
         .route("/api/v1/usage", get(list_usage))
+        .route("/api/v1/usage/events", post(crate::usage_api::ingest_events))
+        .route("/api/v1/usage/status", get(crate::usage_api::status))
+        .route("/api/v1/anonymous/attach", post(crate::usage_api::attach_anonymous))
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -480,6 +483,7 @@ fn usage_view(r: &UsageRecord) -> Value {
         "project": r.project_id,
         "key_id": r.key_id,
         "endpoint": r.endpoint,
+        "provider": r.provider,
         "model": r.model,
         "status": r.status,
         "counted": r.counted,
@@ -487,7 +491,13 @@ fn usage_view(r: &UsageRecord) -> Value {
         "prompt_tokens": r.prompt_tokens,
         "completion_tokens": r.completion_tokens,
         "total_tokens": r.prompt_tokens + r.completion_tokens,
+        "cached_tokens": r.cached_tokens,
         "cost_micros": r.cost_micros,
+        "uncached_cost_micros": r.uncached_cost_micros,
+        "usage_source": r.usage_source,
+        "price_version": r.price_version,
+        "client_ip": r.client_ip,
+        "anonymous_id": r.anonymous_id,
         "latency_ms": r.latency_ms,
     })
 }

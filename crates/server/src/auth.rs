@@ -12,8 +12,8 @@ use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use subtle::ConstantTimeEq;
 use tollgate_core::key::KEY_PREFIX;
-use tollgate_core::{ApiKey, KeyHash, KeyRecord, KeyState, LimitSpec, Plan};
-use tollgate_store::{AdminScope, LimitItem};
+use tollgate_core::{ApiKey, KeyHash, KeyRecord, KeyState, Plan};
+use tollgate_store::AdminScope;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -22,22 +22,6 @@ use crate::state::AppState;
 pub struct Authed {
     pub key: Arc<KeyRecord>,
     pub plan: Arc<Plan>,
-}
-
-impl Authed {
-    /// Every limit that applies to this key's requests, as limiter items.
-    pub fn limit_items(&self) -> Vec<LimitItem> {
-        let subject: Arc<str> = Arc::from(format!("key:{}", self.key.id));
-        let item = |spec: LimitSpec| LimitItem { subject: subject.clone(), spec };
-        if self.key.limit_overrides.is_empty() {
-            self.plan.limits.iter().cloned().map(item).collect()
-        } else {
-            tollgate_core::limit::effective_limits(&self.plan.limits, &self.key.limit_overrides)
-                .into_iter()
-                .map(item)
-                .collect()
-        }
-    }
 }
 
 /// Why a key cannot be used, in the verify endpoint's vocabulary.
@@ -129,7 +113,14 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer(&parts.headers).filter(|t| !t.is_empty()).ok_or_else(|| {
+        admin_from_headers(state, &parts.headers).await
+    }
+}
+
+/// The admin behind a request's bearer token, or 401.
+pub async fn admin_from_headers(state: &AppState, headers: &HeaderMap) -> Result<Admin, ApiError> {
+    {
+        let token = bearer(headers).filter(|t| !t.is_empty()).ok_or_else(|| {
             ApiError::AdminUnauthorized("The admin API needs 'Authorization: Bearer <admin token>'.".into())
         })?;
         let hash = KeyHash::of(token);

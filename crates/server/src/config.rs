@@ -51,11 +51,46 @@ pub struct RawConfig {
     pub shutdown_grace_secs: u64,
     pub upstream: RawUpstream,
     pub plans: BTreeMap<String, RawPlan>,
+    pub limits: RawLimits,
+    /// Price overrides and additions, by model id.
+    pub prices: BTreeMap<String, tollgate_providers::pricing::PriceOverride>,
+    // Distributed store (`store = "distributed"`), see docs/configuration.md.
+    pub redis_url: Option<Secret>,
+    pub redis_cluster: bool,
+    pub redis_key_prefix: String,
+    pub redis_timeout_ms: u64,
+    pub database_url: Option<Secret>,
+    pub database_pool_size: usize,
+    pub on_store_error: String,
+    pub instances: u32,
+    pub ledger_buffer: usize,
+    pub key_cache_ttl_secs: u64,
+    pub counter_rebuild_secs: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    /// Trust this many proxies in front of tollgate: the client IP is the entry that
+    /// many hops from the right of `X-Forwarded-For`. 0 uses the socket address.
+    pub forwarded_for_hops: usize,
+    /// The plan whose limits apply to requests carrying `X-Anonymous-Id`.
+    pub anonymous_plan: String,
+    /// Output tokens reserved when a request sets no `max_tokens`.
+    pub default_max_output_tokens: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self { forwarded_for_hops: 0, anonymous_plan: "anonymous".into(), default_max_output_tokens: 4096 }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawUpstream {
+    /// The provider's name in the ledger and in provider-scoped limits.
+    pub provider: String,
     pub base_url: String,
     pub api_key: Option<Secret>,
     pub connect_timeout_ms: u64,
@@ -84,6 +119,19 @@ impl Default for RawConfig {
             max_body_bytes: 4 * 1024 * 1024,
             shutdown_grace_secs: 30,
             upstream: RawUpstream::default(),
+            limits: RawLimits::default(),
+            prices: BTreeMap::new(),
+            redis_url: None,
+            redis_cluster: false,
+            redis_key_prefix: "tg:".into(),
+            redis_timeout_ms: 200,
+            database_url: None,
+            database_pool_size: 16,
+            on_store_error: "open".into(),
+            instances: 1,
+            ledger_buffer: 100_000,
+            key_cache_ttl_secs: 30,
+            counter_rebuild_secs: 60,
             plans: default_plans()
                 .into_iter()
                 .map(|p| (p.name, RawPlan { description: p.description, limits: p.limits }))
@@ -95,6 +143,7 @@ impl Default for RawConfig {
 impl Default for RawUpstream {
     fn default() -> Self {
         Self {
+            provider: "openai".into(),
             base_url: "https://api.openai.com/v1".into(),
             api_key: None,
             connect_timeout_ms: 5_000,
@@ -126,6 +175,15 @@ pub struct Config {
     pub forward_headers: Vec<axum::http::HeaderName>,
     /// Plans created on first start (never overwritten afterwards).
     pub seed_plans: Vec<Plan>,
+    pub forwarded_for_hops: usize,
+    pub anonymous_plan: String,
+    /// The upstream provider's name (`upstream.provider`).
+    pub provider: String,
+    pub default_max_output_tokens: u64,
+    /// The built-in price table with the configured overrides.
+    pub prices: std::sync::Arc<tollgate_providers::pricing::PriceTable>,
+    /// The storage backend and its settings (`store`, `redis_url`, `database_url`, ...).
+    pub store: crate::backend::StoreConfig,
 }
 
 /// A configuration error that names the setting.
@@ -169,6 +227,19 @@ const ENV_KEYS: &[&str] = &[
     "shutdown_grace_secs",
     "upstream",
     "plans",
+    "limits",
+    "prices",
+    "redis_url",
+    "redis_cluster",
+    "redis_key_prefix",
+    "redis_timeout_ms",
+    "database_url",
+    "database_pool_size",
+    "on_store_error",
+    "instances",
+    "ledger_buffer",
+    "key_cache_ttl_secs",
+    "counter_rebuild_secs",
 ];
 
 impl Config {
@@ -205,12 +276,7 @@ impl Config {
             .listen
             .parse()
             .map_err(|_| invalid("listen", format!("'{}' is not an address like 127.0.0.1:8080", raw.listen)))?;
-        if raw.store != "embedded" {
-            return Err(invalid(
-                "store",
-                format!("'{}' is not a known store (this build supports \"embedded\")", raw.store),
-            ));
-        }
+        let store = crate::backend::StoreConfig::from_raw(&raw)?;
         let log_format = match raw.log_format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -241,6 +307,13 @@ impl Config {
             }
             forward_headers.push(header);
         }
+        if raw.limits.forwarded_for_hops > 8 {
+            return Err(invalid("limits.forwarded_for_hops", "must be between 0 and 8"));
+        }
+        if raw.limits.default_max_output_tokens == 0 || raw.limits.default_max_output_tokens > 10_000_000 {
+            return Err(invalid("limits.default_max_output_tokens", "must be between 1 and 10,000,000"));
+        }
+        let prices = std::sync::Arc::new(tollgate_providers::pricing::PriceTable::with_overrides(raw.prices.clone()));
         let mut seed_plans = Vec::new();
         for (name, plan) in raw.plans {
             if !is_slug(&name) {
@@ -266,6 +339,12 @@ impl Config {
             },
             forward_headers,
             seed_plans,
+            forwarded_for_hops: raw.limits.forwarded_for_hops,
+            anonymous_plan: raw.limits.anonymous_plan,
+            provider: raw.upstream.provider.clone(),
+            default_max_output_tokens: raw.limits.default_max_output_tokens,
+            prices,
+            store,
         })
     }
 }

@@ -3,10 +3,11 @@
 //!
 //! Order of work for a request: authenticate the key, read the body (bounded), one
 //! limiter decision over every limit (reserve), forward, stream the answer back as it
-//! comes, and when the body ends (or the client goes away) settle the reservation to
-//! the reported usage and append the ledger record, off the response path.
+//! comes (streams included, with the usage chunk requested and hidden when the client
+//! did not ask for it), and when the body ends (or the client goes away) account the
+//! usage (`accounting`), append the ledger record and settle the reservation.
 
-use std::borrow::Cow;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -18,17 +19,19 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde::Deserialize;
-use tollgate_core::{Amounts, Decision, UsageRecord};
-use tollgate_providers::{TokenUsage, UpstreamError, UsageScanner};
-use tollgate_store::{ReserveRequest, SettleRequest};
+use tollgate_core::{Decision, UsageRecord};
+use tollgate_providers::sse::SseRewriter;
+use tollgate_providers::{UpstreamError, UsageScanner};
+use tollgate_store::ReserveRequest;
 
+use crate::accounting::{self, Endpoint, Finalizer, Outcome};
 use crate::auth::{Authed, authenticate_request};
 use crate::enforce;
 use crate::error::ApiError;
 use crate::state::{AppState, now_ms};
+use crate::traffic::{self, Peer, Traffic};
 
 /// Largest response whose usage block is looked for (bigger ones pass through
 /// untouched and are recorded without token counts).
@@ -43,41 +46,16 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/models", get(models))
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Endpoint {
-    ChatCompletions,
-    Completions,
-    Embeddings,
+async fn chat_completions(State(state): State<AppState>, Peer(peer): Peer, headers: HeaderMap, body: Body) -> Response {
+    forward(state, Endpoint::ChatCompletions, peer, headers, body).await
 }
 
-impl Endpoint {
-    fn name(self) -> &'static str {
-        match self {
-            Endpoint::ChatCompletions => "chat.completions",
-            Endpoint::Completions => "completions",
-            Endpoint::Embeddings => "embeddings",
-        }
-    }
-
-    fn upstream_path(self) -> &'static str {
-        match self {
-            Endpoint::ChatCompletions => "/chat/completions",
-            Endpoint::Completions => "/completions",
-            Endpoint::Embeddings => "/embeddings",
-        }
-    }
+async fn completions(State(state): State<AppState>, Peer(peer): Peer, headers: HeaderMap, body: Body) -> Response {
+    forward(state, Endpoint::Completions, peer, headers, body).await
 }
 
-async fn chat_completions(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    forward(state, Endpoint::ChatCompletions, headers, body).await
-}
-
-async fn completions(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    forward(state, Endpoint::Completions, headers, body).await
-}
-
-async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    forward(state, Endpoint::Embeddings, headers, body).await
+async fn embeddings(State(state): State<AppState>, Peer(peer): Peer, headers: HeaderMap, body: Body) -> Response {
+    forward(state, Endpoint::Embeddings, peer, headers, body).await
 }
 
 /// Reads the request body, refusing more than `max` bytes with a 413.
@@ -94,30 +72,9 @@ pub async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<By
     }
 }
 
-/// The few request fields the gateway needs; everything else is skipped unparsed.
-#[derive(Deserialize)]
-struct Probe<'a> {
-    #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
-}
-
-fn probe(body: &[u8]) -> Result<String, ApiError> {
-    let probe: Probe<'_> = serde_json::from_slice(body).map_err(|e| {
-        if e.is_data() {
-            ApiError::bad_request(format!("invalid request body: {e}"))
-        } else {
-            ApiError::bad_request(format!("We could not parse the JSON body of your request: {e}"))
-        }
-    })?;
-    match probe.model {
-        Some(model) if !model.trim().is_empty() => Ok(model.into_owned()),
-        _ => Err(ApiError::invalid_field("model", "is required and must be a non-empty string")),
-    }
-}
-
-fn with_headers(mut response: Response, decision: Option<&Decision>, request_id: &str) -> Response {
+fn with_headers(mut response: Response, decision: Option<&Decision>, request_id: &str, now_ms: i64) -> Response {
     if let Some(decision) = decision {
-        enforce::apply_headers(response.headers_mut(), decision);
+        enforce::apply_headers(response.headers_mut(), decision, now_ms);
     }
     if let Ok(v) = HeaderValue::from_str(request_id) {
         response.headers_mut().insert(REQUEST_ID.clone(), v);
@@ -137,7 +94,13 @@ fn upstream_error(e: &UpstreamError) -> ApiError {
     }
 }
 
-async fn forward(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
+async fn forward(
+    state: AppState,
+    endpoint: Endpoint,
+    peer: Option<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
     let now = now_ms();
     let authed = match authenticate_request(&state, &headers, now).await {
@@ -148,51 +111,76 @@ async fn forward(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: 
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let model = match probe(&bytes) {
-        Ok(m) => m,
+    let info = match accounting::inspect(endpoint, &bytes) {
+        Ok(i) => i,
         Err(e) => return e.into_response(),
     };
+    let anonymous_id = match Traffic::anonymous_id(&headers) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let traffic = Traffic {
+        provider: state.config.provider.clone(),
+        model: info.model.clone(),
+        endpoint: endpoint.name().to_owned(),
+        client_ip: Traffic::client_ip(&headers, peer, state.config.forwarded_for_hops),
+        anonymous_id,
+    };
+    let anonymous_plan = state.plans.get(&state.config.anonymous_plan);
+    let items = traffic::limit_items(&authed, &traffic, anonymous_plan.as_deref());
+    let amounts = accounting::estimate(&state, endpoint, &info, &bytes, &items);
     let request_id = state.ids.next();
-    let items = authed.limit_items();
     let reserve = ReserveRequest {
         partition: &authed.key.project_id,
         request_id: &request_id,
         items: &items,
-        amounts: Amounts::ONE_REQUEST,
+        amounts,
         now_ms: now,
         hold: true,
     };
     let decision = match state.limiter.reserve(reserve).await {
         Ok(d) => d,
-        Err(e) => return with_headers(ApiError::from(e).into_response(), None, &request_id),
+        Err(e) => return with_headers(ApiError::from(e).into_response(), None, &request_id, now),
     };
-    let mut record = new_record(&authed, &request_id, now, endpoint.name(), Some(model));
+    let mut record = new_record(&authed, &request_id, now, endpoint.name(), Some(info.model.clone()), &traffic);
     if let Some(refused) = enforce::refusal(&decision, &authed.plan.name, now) {
         record.status = StatusCode::TOO_MANY_REQUESTS.as_u16();
         record.latency_ms = started.elapsed().as_millis() as u64;
         state.ledger.append(record);
-        return with_headers(refused.into_response(), Some(&decision), &request_id);
+        return with_headers(refused.into_response(), Some(&decision), &request_id, now);
     }
+    // A streamed answer reports usage only if asked: ask on the client's behalf and
+    // hide the extra chunk from it.
+    let strip_usage = info.stream && !info.client_wants_usage;
+    let upstream_body = if strip_usage {
+        tollgate_providers::sse::request_with_include_usage(&bytes).map_or_else(|| bytes.clone(), |(b, _)| b)
+    } else {
+        bytes.clone()
+    };
     let passed = forwarded_headers(&state, &headers);
-    let upstream = match state.upstream.send(reqwest::Method::POST, endpoint.upstream_path(), passed, Some(bytes)).await
-    {
+    let sent = state.upstream.send(reqwest::Method::POST, endpoint.upstream_path(), passed, Some(upstream_body)).await;
+    let upstream = match sent {
         Ok(u) => u,
         Err(e) => {
             let error = upstream_error(&e);
             record.status = error.status().as_u16();
-            Finalizer { state, record, refund: true, started }.finish(None);
-            return with_headers(error.into_response(), Some(&decision), &request_id);
+            let finalizer = Finalizer { state, record, endpoint, body: bytes, refund: true, success: false, started };
+            finalizer.finish(Outcome::Nothing);
+            return with_headers(error.into_response(), Some(&decision), &request_id, now);
         }
     };
     record.status = upstream.status;
+    let success = (200..300).contains(&upstream.status);
     // The provider's own failures and throttling are not the client's usage.
     let refund = upstream.status >= 500 || upstream.status == 429;
-    let finalizer = Finalizer { state, record, refund, started };
-    let stream = AccountingStream {
-        inner: upstream.body,
-        scanner: UsageScanner::new(MAX_SCANNED_RESPONSE),
-        finalizer: Some(finalizer),
+    let is_sse = upstream.content_type.as_deref().is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let watcher = if is_sse {
+        Watcher::Sse(SseRewriter::new(strip_usage))
+    } else {
+        Watcher::Json(UsageScanner::new(MAX_SCANNED_RESPONSE))
     };
+    let finalizer = Finalizer { state, record, endpoint, body: bytes, refund, success, started };
+    let stream = AccountingStream { inner: upstream.body, watcher, finalizer: Some(finalizer) };
     let mut response = Response::new(Body::from_stream(stream));
     *response.status_mut() = StatusCode::from_u16(upstream.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let h = response.headers_mut();
@@ -202,7 +190,10 @@ async fn forward(state: AppState, endpoint: Endpoint, headers: HeaderMap, body: 
     if let Some(ra) = upstream.retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
         h.insert(header::RETRY_AFTER, ra);
     }
-    with_headers(response, Some(&decision), &request_id)
+    if is_sse {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    with_headers(response, Some(&decision), &request_id, now)
 }
 
 /// The client headers configured to pass through (`upstream.forward_headers`).
@@ -216,85 +207,52 @@ fn forwarded_headers(state: &AppState, headers: &HeaderMap) -> HeaderMap {
     passed
 }
 
-fn new_record(authed: &Authed, id: &str, now: i64, endpoint: &str, model: Option<String>) -> UsageRecord {
+fn new_record(
+    authed: &Authed,
+    id: &str,
+    now: i64,
+    endpoint: &str,
+    model: Option<String>,
+    traffic: &Traffic,
+) -> UsageRecord {
     UsageRecord {
         id: id.to_owned(),
         ts_ms: now,
         project_id: authed.key.project_id.clone(),
         key_id: authed.key.id.clone(),
         endpoint: endpoint.to_owned(),
+        provider: traffic.provider.clone(),
         model,
-        status: 0,
-        counted: false,
         requests: 1,
+        client_ip: traffic.client_ip.map(|ip| ip.to_string()),
+        anonymous_id: traffic.anonymous_id.clone(),
         ..UsageRecord::default()
     }
 }
 
-/// Settles the reservation and writes the ledger record once a response is over.
-struct Finalizer {
-    state: AppState,
-    record: UsageRecord,
-    refund: bool,
-    started: Instant,
-}
-
-impl Finalizer {
-    fn finish(self, usage: Option<TokenUsage>) {
-        let Finalizer { state, mut record, refund, started } = self;
-        record.latency_ms = started.elapsed().as_millis() as u64;
-        let actual = if refund {
-            record.counted = false;
-            Amounts::default()
-        } else {
-            let usage = usage.unwrap_or_default();
-            record.counted = true;
-            record.prompt_tokens = usage.prompt_tokens;
-            record.completion_tokens = usage.completion_tokens;
-            Amounts {
-                requests: record.requests,
-                input_tokens: usage.prompt_tokens,
-                output_tokens: usage.completion_tokens,
-                cost_micros: 0,
-            }
-        };
-        // The record is queued before the client sees the end of the body (the
-        // finalizer runs when the body stream ends, before the last chunk is
-        // written), so a client that got a complete 2xx finds it in the ledger.
-        let request_id = record.id.clone();
-        let partition = record.project_id.clone();
-        state.ledger.append(record);
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::error!(%request_id, "no runtime to settle on");
-            return;
-        };
-        let tasks = state.tasks.clone();
-        tasks.spawn_on(
-            async move {
-                let settle = SettleRequest { partition: &partition, request_id: &request_id, actual, now_ms: now_ms() };
-                if let Err(e) = state.limiter.settle(settle).await {
-                    tracing::error!(%request_id, error = %e, "settlement failed");
-                }
-            },
-            &runtime,
-        );
-    }
+/// How the body is watched for usage on its way to the client.
+enum Watcher {
+    Json(UsageScanner),
+    Sse(SseRewriter),
 }
 
 /// Passes the upstream body through chunk by chunk while watching for usage; the
 /// finalizer runs at the end of the body, on an upstream error, or on drop (the
-/// client went away), whichever comes first.
+/// client went away), whichever comes first, with what was delivered so far.
 struct AccountingStream {
     inner: Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>,
-    scanner: UsageScanner,
+    watcher: Watcher,
     finalizer: Option<Finalizer>,
 }
 
 impl AccountingStream {
     fn finish(&mut self) {
         if let Some(f) = self.finalizer.take() {
-            let usage = self.scanner.finish();
-            f.finish(usage);
+            let outcome = match &mut self.watcher {
+                Watcher::Json(scanner) => Outcome::Json { usage: scanner.finish() },
+                Watcher::Sse(rewriter) => Outcome::Stream(rewriter.finish()),
+            };
+            f.finish(outcome);
         }
     }
 }
@@ -304,21 +262,38 @@ impl Stream for AccountingStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        match this.inner.as_mut().poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                this.scanner.observe(&chunk);
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                tracing::warn!(error = %e, "upstream body broke off");
-                this.finish();
-                Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))))
-            }
-            Poll::Ready(None) => {
-                this.finish();
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
+        loop {
+            return match this.inner.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let out = match &mut this.watcher {
+                        Watcher::Json(scanner) => {
+                            scanner.observe(&chunk);
+                            chunk
+                        }
+                        Watcher::Sse(rewriter) => rewriter.process(chunk),
+                    };
+                    if out.is_empty() {
+                        continue;
+                    }
+                    Poll::Ready(Some(Ok(out)))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "upstream body broke off");
+                    this.finish();
+                    Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))))
+                }
+                Poll::Ready(None) => {
+                    // An event the rewriter held back (it might have been the usage
+                    // chunk) goes out before the end.
+                    let tail = match &mut this.watcher {
+                        Watcher::Sse(rewriter) => rewriter.flush(),
+                        Watcher::Json(_) => Bytes::new(),
+                    };
+                    this.finish();
+                    if tail.is_empty() { Poll::Ready(None) } else { Poll::Ready(Some(Ok(tail))) }
+                }
+                Poll::Pending => Poll::Pending,
+            };
         }
     }
 }
@@ -329,35 +304,24 @@ impl Drop for AccountingStream {
     }
 }
 
-/// `GET /v1/models`: authenticated, not limited, passed through.
+/// `GET /v1/models`: authenticated, not limited, not recorded, passed through.
 async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let started = Instant::now();
     let now = now_ms();
-    let authed = match authenticate_request(&state, &headers, now).await {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
+    if let Err(e) = authenticate_request(&state, &headers, now).await {
+        return e.into_response();
+    }
     let request_id = state.ids.next();
-    let mut record = new_record(&authed, &request_id, now, "models", None);
-    record.requests = 0;
     let passed = forwarded_headers(&state, &headers);
     match state.upstream.send(reqwest::Method::GET, "/models", passed, None).await {
         Ok(up) => {
-            record.status = up.status;
-            let finalizer = Finalizer { state, record, refund: true, started };
-            let stream = AccountingStream { inner: up.body, scanner: UsageScanner::new(0), finalizer: Some(finalizer) };
-            let mut response = Response::new(Body::from_stream(stream));
+            let body = up.body.map(|r| r.map_err(|e| std::io::Error::other(e.to_string())));
+            let mut response = Response::new(Body::from_stream(body));
             *response.status_mut() = StatusCode::from_u16(up.status).unwrap_or(StatusCode::BAD_GATEWAY);
             if let Some(ct) = up.content_type.and_then(|v| HeaderValue::from_str(&v).ok()) {
                 response.headers_mut().insert(header::CONTENT_TYPE, ct);
             }
-            with_headers(response, None, &request_id)
+            with_headers(response, None, &request_id, now)
         }
-        Err(e) => {
-            let error = upstream_error(&e);
-            record.status = error.status().as_u16();
-            Finalizer { state, record, refund: true, started }.finish(None);
-            with_headers(error.into_response(), None, &request_id)
-        }
+        Err(e) => with_headers(upstream_error(&e).into_response(), None, &request_id, now),
     }
 }

@@ -18,13 +18,13 @@ use tokio_util::task::TaskTracker;
 use tollgate_core::calendar::{MS_PER_HOUR, month_start};
 use tollgate_core::{AdminToken, KeyHash};
 use tollgate_providers::Upstream;
-use tollgate_store::{AdminScope, Catalog, LimitItem};
-use tollgate_store_embedded::EmbeddedStore;
+use tollgate_store::{AdminScope, Catalog};
 
 use crate::auth::Authed;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::state::{AppState, PlanCache, RequestIds, now_ms};
+use crate::traffic::{Traffic, limit_items};
 
 /// How often idle counters are dropped from memory.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -35,13 +35,13 @@ pub struct Application {
     port: u16,
     /// The operator token made on first start, to print once (never logged).
     pub created_admin_token: Option<String>,
+    backend: crate::backend::Backend,
 }
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = EmbeddedStore::open(&config.data_dir)
-            .with_context(|| format!("opening the embedded store in {}", config.data_dir.display()))?;
-        let catalog: Arc<dyn Catalog> = Arc::new(store.clone());
+        let backend = crate::backend::open(&config).await?;
+        let catalog: Arc<dyn Catalog> = backend.catalog.clone();
         for plan in &config.seed_plans {
             if catalog.insert_plan_if_absent(plan.clone()).await? {
                 tracing::info!(plan = %plan.name, "seeded plan");
@@ -57,6 +57,8 @@ impl Application {
             created_admin_token = Some(token.expose().to_owned());
         }
         let plans = Arc::new(PlanCache::load(catalog.as_ref()).await?);
+        // Loading a tokenizer takes 85-190 ms: do it now, not on the first request.
+        tokio::task::spawn_blocking(tollgate_providers::tokenize::preload);
         let upstream = Arc::new(Upstream::new(&config.upstream).context("configuring the upstream")?);
         let listener = TcpListener::bind(config.listen)
             .await
@@ -64,8 +66,8 @@ impl Application {
         let port = listener.local_addr()?.port();
         let state = AppState {
             catalog,
-            limiter: store.limiter(),
-            ledger: store.ledger(),
+            limiter: backend.limiter.clone(),
+            ledger: backend.ledger.clone(),
             upstream,
             plans,
             config: Arc::new(config),
@@ -73,14 +75,20 @@ impl Application {
             tasks: TaskTracker::new(),
             ids: Arc::new(RequestIds::new()),
         };
-        let rebuilt = rebuild_counters(&state, now_ms()).await?;
+        // Embedded counters start empty and replay the ledger; shared (Redis) counters
+        // are only raised to the ledger's totals, never added to.
+        let rebuilt = if backend.distributed.is_some() {
+            backend.rebuild_at_start(&state, now_ms()).await?
+        } else {
+            rebuild_counters(&state, now_ms()).await?
+        };
         tracing::info!(
-            store = "embedded",
+            store = backend.kind(),
             data_dir = %state.config.data_dir.display(),
-            ledger_records_replayed = rebuilt,
+            counters_rebuilt = rebuilt,
             "store ready"
         );
-        Ok(Self { listener, state, port, created_admin_token })
+        Ok(Self { listener, state, port, created_admin_token, backend })
     }
 
     pub fn port(&self) -> u16 {
@@ -91,15 +99,21 @@ impl Application {
         &self.state
     }
 
+    /// The storage backend (in distributed mode: its parts, for jobs and tests).
+    pub fn backend(&self) -> &crate::backend::Backend {
+        &self.backend
+    }
+
     /// Serves until `shutdown` resolves, then drains in-flight requests (up to
     /// `shutdown_grace`), waits for settlements and flushes the ledger.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Application { listener, state, .. } = self;
+        let Application { listener, state, backend, .. } = self;
         let address = listener.local_addr()?;
         tracing::info!(%address, upstream = %state.upstream.base_url(), "tollgate listening");
         let jobs = CancellationToken::new();
         let job_tasks = TaskTracker::new();
         job_tasks.spawn(prune_loop(state.clone(), jobs.clone()));
+        backend.spawn_jobs(&state, &jobs, &job_tasks);
 
         let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -112,6 +126,7 @@ impl Application {
             // Without NODELAY a keep-alive response can wait ~40 ms on a delayed ACK.
             let _ = tcp.set_nodelay(true);
         });
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let server = axum::serve(listener, app).with_graceful_shutdown(signal);
         let grace = state.config.shutdown_grace;
         let deadline = async move {
@@ -177,20 +192,21 @@ async fn prune_loop(state: AppState, cancel: CancellationToken) {
 pub async fn rebuild_counters(state: &AppState, now: i64) -> anyhow::Result<usize> {
     let since = month_start(now).min(now - MS_PER_HOUR);
     let records = state.ledger.records_since(since).await.context("reading the ledger")?;
-    let mut items_by_key: HashMap<String, Option<Vec<LimitItem>>> = HashMap::new();
+    let mut keys: HashMap<String, Option<Authed>> = HashMap::new();
+    let anonymous_plan = state.plans.get(&state.config.anonymous_plan);
     let mut replayed = 0;
     for record in records.iter().filter(|r| r.counted) {
-        if !items_by_key.contains_key(&record.key_id) {
-            let items = match state.catalog.get_key(&record.key_id).await? {
-                Some(key) => state.plans.get(&key.plan).map(|plan| Authed { key: Arc::new(key), plan }.limit_items()),
+        if !keys.contains_key(&record.key_id) {
+            let authed = match state.catalog.get_key(&record.key_id).await? {
+                Some(key) => state.plans.get(&key.plan).map(|plan| Authed { key: Arc::new(key), plan }),
                 None => None,
             };
-            items_by_key.insert(record.key_id.clone(), items);
+            keys.insert(record.key_id.clone(), authed);
         }
-        if let Some(Some(items)) = items_by_key.get(&record.key_id) {
-            state.limiter.apply(&record.project_id, items, record.amounts(), record.ts_ms).await?;
-            replayed += 1;
-        }
+        let Some(Some(authed)) = keys.get(&record.key_id) else { continue };
+        let items = limit_items(authed, &Traffic::of_record(record), anonymous_plan.as_deref());
+        state.limiter.apply(&record.project_id, &items, record.amounts(), record.ts_ms).await?;
+        replayed += 1;
     }
     Ok(replayed)
 }

@@ -54,6 +54,12 @@ impl PlanCache {
         let mut plans = self.plans.write().unwrap_or_else(|e| e.into_inner());
         plans.remove(name);
     }
+
+    /// Replaces every plan at once (the distributed backend's periodic reload).
+    pub fn replace_all(&self, plans: Vec<Plan>) {
+        let map = plans.into_iter().map(|p| (p.name.clone(), Arc::new(p))).collect();
+        *self.plans.write().unwrap_or_else(|e| e.into_inner()) = map;
+    }
 }
 
 /// Request ids unique across processes: a random per-process prefix and a counter.

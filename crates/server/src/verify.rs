@@ -6,7 +6,10 @@
 //! valid verify charges `cost` requests unless `dry_run` is set.
 
 use axum::Json as AxumJson;
+use std::net::IpAddr;
+
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use tollgate_core::{Amounts, Decision, UsageRecord};
@@ -16,6 +19,7 @@ use crate::auth::{KeyRefusal, authenticate_key};
 use crate::error::ApiError;
 use crate::extract::Json;
 use crate::state::{AppState, now_ms};
+use crate::traffic::{Peer, Traffic, limit_items};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +29,16 @@ pub struct VerifyRequest {
     cost: u64,
     #[serde(default)]
     dry_run: bool,
+    /// Which of the caller's endpoints this is, for endpoint-scoped limits
+    /// (default `verify`).
+    #[serde(default)]
+    endpoint: Option<String>,
+    /// The anonymous visitor behind the call, for anonymous limits.
+    #[serde(default)]
+    anonymous_id: Option<String>,
+    /// The end client's IP address, for IP limits (default: the caller's address).
+    #[serde(default)]
+    client_ip: Option<String>,
 }
 
 fn one() -> u64 {
@@ -73,16 +87,32 @@ fn refused(code: &'static str) -> VerifyResponse {
     }
 }
 
-pub async fn verify(State(state): State<AppState>, Json(request): Json<VerifyRequest>) -> Response {
-    match run(&state, request).await {
+pub async fn verify(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    Json(request): Json<VerifyRequest>,
+) -> Response {
+    let peer_ip = Traffic::client_ip(&headers, peer, state.config.forwarded_for_hops);
+    match run(&state, request, peer_ip).await {
         Ok(body) => AxumJson(body).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn run(state: &AppState, request: VerifyRequest) -> Result<VerifyResponse, ApiError> {
+async fn run(state: &AppState, request: VerifyRequest, peer_ip: Option<IpAddr>) -> Result<VerifyResponse, ApiError> {
     if request.cost > MAX_COST {
         return Err(ApiError::invalid_field("cost", format!("must be between 0 and {MAX_COST}")));
+    }
+    let client_ip = match request.client_ip.as_deref() {
+        None => peer_ip,
+        Some(text) => Some(text.parse().map_err(|_| ApiError::invalid_field("client_ip", "is not an IP address"))?),
+    };
+    if request.anonymous_id.as_ref().is_some_and(|a| a.is_empty() || a.len() > 128) {
+        return Err(ApiError::invalid_field("anonymous_id", "must be 1-128 characters"));
+    }
+    if request.endpoint.as_ref().is_some_and(|e| e.is_empty() || e.len() > 256) {
+        return Err(ApiError::invalid_field("endpoint", "must be 1-256 characters"));
     }
     let now = now_ms();
     let authed = match authenticate_key(state, &request.key, now).await {
@@ -92,7 +122,15 @@ async fn run(state: &AppState, request: VerifyRequest) -> Result<VerifyResponse,
         Err(KeyRefusal::Revoked) => return Ok(refused("REVOKED")),
         Err(KeyRefusal::Expired) => return Ok(refused("EXPIRED")),
     };
-    let items = authed.limit_items();
+    let traffic = Traffic {
+        provider: String::new(),
+        model: String::new(),
+        endpoint: request.endpoint.unwrap_or_else(|| "verify".to_owned()),
+        client_ip,
+        anonymous_id: request.anonymous_id,
+    };
+    let anonymous_plan = state.plans.get(&state.config.anonymous_plan);
+    let items = limit_items(&authed, &traffic, anonymous_plan.as_deref());
     let amounts = Amounts::requests(request.cost);
     let decision = if request.dry_run {
         state.limiter.peek(&authed.key.project_id, &items, amounts, now).await?
@@ -115,9 +153,11 @@ async fn run(state: &AppState, request: VerifyRequest) -> Result<VerifyResponse,
                 ts_ms: now,
                 project_id: authed.key.project_id.clone(),
                 key_id: authed.key.id.clone(),
-                endpoint: "verify".into(),
+                endpoint: traffic.endpoint.clone(),
                 model: None,
                 status: 200,
+                client_ip: traffic.client_ip.map(|ip| ip.to_string()),
+                anonymous_id: traffic.anonymous_id.clone(),
                 counted: true,
                 requests: request.cost,
                 ..UsageRecord::default()

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::types::{Type, Value};
-use rusqlite::{Connection, Row, params, params_from_iter};
+use rusqlite::{Connection, Row, params_from_iter};
 use tokio::sync::oneshot;
 use tollgate_core::{UsageQuery, UsageRecord, UsageSource};
 use tollgate_store::{Ledger, StoreError, StoreResult};
@@ -72,6 +72,9 @@ pub struct EmbeddedLedger {
     closed: AtomicBool,
     writer: Mutex<Option<JoinHandle<()>>>,
     reader: Arc<Mutex<Connection>>,
+    /// For `append_new`, which must answer which records were new, so it cannot go
+    /// through the fire-and-forget writer queue.
+    direct: Arc<Mutex<Connection>>,
 }
 
 impl std::fmt::Debug for EmbeddedLedger {
@@ -86,6 +89,7 @@ impl EmbeddedLedger {
     pub(crate) fn open(path: &Path) -> StoreResult<Self> {
         let writer_conn = schema::open_connection(path, Role::Writer)?;
         let reader = schema::open_connection(path, Role::Reader)?;
+        let direct = schema::open_connection(path, Role::Writer)?;
         let (sender, receiver) = mpsc::channel();
         let writer = std::thread::Builder::new()
             .name("tollgate-ledger".to_owned())
@@ -96,6 +100,7 @@ impl EmbeddedLedger {
             closed: AtomicBool::new(false),
             writer: Mutex::new(Some(writer)),
             reader: Arc::new(Mutex::new(reader)),
+            direct: Arc::new(Mutex::new(direct)),
         })
     }
 
@@ -217,6 +222,19 @@ impl Ledger for EmbeddedLedger {
             rows.collect::<rusqlite::Result<_>>().map_err(sql_error)
         })
         .await
+    }
+
+    async fn append_new(&self, records: Vec<UsageRecord>) -> StoreResult<Vec<bool>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Self::closed_error());
+        }
+        let direct = self.direct.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = direct.lock().unwrap_or_else(PoisonError::into_inner);
+            insert_batch_reporting(&mut conn, &records)
+        })
+        .await
+        .map_err(join_error)?
     }
 
     async fn records_since(&self, since_ms: i64) -> StoreResult<Vec<UsageRecord>> {
@@ -357,35 +375,51 @@ fn commit_queued(conn: &mut Connection, queued: &mut Vec<UsageRecord>) -> StoreR
     Err(last_error.unwrap_or_else(|| StoreError::Internal("usage batch commit failed".to_owned())))
 }
 
+/// Inserts in one transaction and reports, per record, whether it was new.
+fn insert_batch_reporting(conn: &mut Connection, records: &[UsageRecord]) -> StoreResult<Vec<bool>> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
+    let mut fresh = Vec::with_capacity(records.len());
+    {
+        let mut insert = tx.prepare_cached(INSERT).map_err(sql_error)?;
+        for r in records {
+            fresh.push(insert.execute(params_from_iter(record_params(r))).map_err(sql_error)? == 1);
+        }
+    }
+    tx.commit().map_err(sql_error)?;
+    Ok(fresh)
+}
+
+fn record_params(r: &UsageRecord) -> Vec<Box<dyn rusqlite::ToSql + '_>> {
+    vec![
+        Box::new(&r.id),
+        Box::new(r.ts_ms),
+        Box::new(&r.project_id),
+        Box::new(&r.key_id),
+        Box::new(&r.endpoint),
+        Box::new(&r.model),
+        Box::new(i64::from(r.status)),
+        Box::new(i64::from(r.counted)),
+        Box::new(to_sql_int(r.requests)),
+        Box::new(to_sql_int(r.prompt_tokens)),
+        Box::new(to_sql_int(r.completion_tokens)),
+        Box::new(to_sql_int(r.cost_micros)),
+        Box::new(to_sql_int(r.latency_ms)),
+        Box::new(&r.provider),
+        Box::new(to_sql_int(r.cached_tokens)),
+        Box::new(to_sql_int(r.uncached_cost_micros)),
+        Box::new(r.usage_source.as_str()),
+        Box::new(&r.price_version),
+        Box::new(&r.client_ip),
+        Box::new(&r.anonymous_id),
+    ]
+}
+
 fn insert_batch(conn: &mut Connection, records: &[UsageRecord]) -> StoreResult<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
     {
         let mut insert = tx.prepare_cached(INSERT).map_err(sql_error)?;
         for r in records {
-            insert
-                .execute(params![
-                    r.id,
-                    r.ts_ms,
-                    r.project_id,
-                    r.key_id,
-                    r.endpoint,
-                    r.model,
-                    i64::from(r.status),
-                    i64::from(r.counted),
-                    to_sql_int(r.requests),
-                    to_sql_int(r.prompt_tokens),
-                    to_sql_int(r.completion_tokens),
-                    to_sql_int(r.cost_micros),
-                    to_sql_int(r.latency_ms),
-                    r.provider,
-                    to_sql_int(r.cached_tokens),
-                    to_sql_int(r.uncached_cost_micros),
-                    r.usage_source.as_str(),
-                    r.price_version,
-                    r.client_ip,
-                    r.anonymous_id,
-                ])
-                .map_err(sql_error)?;
+            insert.execute(params_from_iter(record_params(r))).map_err(sql_error)?;
         }
     }
     tx.commit().map_err(sql_error)

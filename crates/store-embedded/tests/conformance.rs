@@ -74,6 +74,7 @@ mod ledger {
         query_filters_order_and_pages,
         records_since_is_oldest_first,
         many_appends_then_flush,
+        append_new_reports_replays,
     );
 }
 

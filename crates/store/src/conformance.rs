@@ -71,4 +71,5 @@ pub async fn run_ledger(ledger: &dyn Ledger) {
     ledger::query_filters_order_and_pages(ledger).await;
     ledger::records_since_is_oldest_first(ledger).await;
     ledger::many_appends_then_flush(ledger).await;
+    ledger::append_new_reports_replays(ledger).await;
 }

@@ -153,6 +153,11 @@ pub trait Limiter: Send + Sync + 'static {
 pub trait Ledger: Send + Sync + 'static {
     /// Queues a record. Idempotent by `record.id`: the first one stored wins.
     fn append(&self, record: UsageRecord);
+    /// Stores records durably before returning and reports, for each, whether it was
+    /// new (`false`: a record with that id was already stored, nothing changed). The
+    /// usage events API charges counters only for new records, so a replayed event
+    /// is never counted twice.
+    async fn append_new(&self, records: Vec<UsageRecord>) -> StoreResult<Vec<bool>>;
     /// Resolves when every record appended before the call is durable.
     async fn flush(&self) -> StoreResult<()>;
     /// A page of records matching the query, newest first (`ts_ms` then `id`, both

@@ -41,6 +41,16 @@ pub fn config(data_dir: &Path, mock_url: &str) -> Config {
     raw.upstream.base_url = mock_url.to_owned();
     raw.upstream.api_key = Some(Secret::new("sk-provider-test"));
     raw.upstream.timeout_secs = 5;
+    // A model priced at exactly one micro-dollar per token, for cost tests.
+    raw.prices.insert(
+        "tollgate-test".into(),
+        tollgate_providers::pricing::PriceOverride {
+            input_per_mtok_micros: 1_000_000,
+            cached_input_per_mtok_micros: None,
+            output_per_mtok_micros: 1_000_000,
+            long_context: None,
+        },
+    );
     // Lets tests drive the mock's misbehaviour through the gateway.
     raw.upstream
         .forward_headers
@@ -149,6 +159,15 @@ impl TestApp {
         reply(r).await
     }
 
+    /// A chat call with an explicit body.
+    pub async fn chat_body(&self, key: &str, body: Value, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut r = self.http.post(self.url("/v1/chat/completions")).bearer_auth(key).json(&body);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.send().await.expect("request sent")
+    }
+
     pub async fn verify(&self, body: Value) -> Reply {
         reply(self.http.post(self.url("/api/v1/keys/verify")).json(&body)).await
     }
@@ -161,6 +180,7 @@ impl TestApp {
     }
 
     pub async fn usage(&self, query: &str) -> Value {
+        self.settled().await;
         self.state.ledger.flush().await.expect("ledger flush");
         let r = self.admin(reqwest::Method::GET, &format!("/api/v1/usage{query}"), None).await;
         assert_eq!(r.status, 200, "{:?}", r.body);

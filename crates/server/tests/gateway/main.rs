@@ -1,6 +1,7 @@
 //! Integration tests of the whole gateway over real sockets: a real tollgate on port
 //! 0 with its own temporary store, in front of a real mock upstream on port 0.
 
+mod accounting;
 mod admin;
 mod helpers;
 mod limits;

@@ -220,6 +220,7 @@ async fn the_official_openai_python_sdk_works_through_tollgate() {
             .arg(script)
             .env("TOLLGATE_BASE_URL", base)
             .env("TOLLGATE_KEY", key)
+            .env("TOLLGATE_STREAMING", "1")
             .output()
     })
     .await

@@ -184,3 +184,22 @@ pub async fn many_appends_then_flush(ledger: &dyn Ledger) {
     assert_eq!(found.len(), COUNT);
     assert_eq!(found[0].id, format!("conf-many-{:05}", COUNT - 1));
 }
+
+/// `append_new` stores durably and tells replays apart: the same id twice is new
+/// once, and the first record stored wins.
+pub async fn append_new_reports_replays(ledger: &dyn Ledger) {
+    let project = "conf-ledger-new";
+    let a = record("conf-new-a", NOW, project, "confNewKey01");
+    let b = record("conf-new-b", NOW + 1, project, "confNewKey01");
+    let fresh = ledger.append_new(vec![a.clone(), b.clone()]).await.expect("append_new");
+    assert_eq!(fresh, vec![true, true]);
+    let mut b_again = b.clone();
+    b_again.prompt_tokens = 999_999;
+    let c = record("conf-new-c", NOW + 2, project, "confNewKey01");
+    let fresh = ledger.append_new(vec![b_again, c]).await.expect("append_new again");
+    assert_eq!(fresh, vec![false, true], "a replayed id is not new");
+    // Durable at return: no flush needed before reading.
+    let stored = query(ledger, in_project(project, 10)).await;
+    assert_eq!(ids(&stored), vec!["conf-new-c", "conf-new-b", "conf-new-a"]);
+    assert_eq!(stored[1].prompt_tokens, b.prompt_tokens, "the first record stored wins");
+}

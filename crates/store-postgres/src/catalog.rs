@@ -1,0 +1,673 @@
+//! The catalog in PostgreSQL, with the hot path (`lookup_key`) served from an
+//! in-process cache.
+//!
+//! Cache rules, so that a revoke or rotation is never undone by a stale write:
+//! - every entry carries the key's version; an entry is never replaced by one with an
+//!   older version;
+//! - a lookup that misses notes the cache's *epoch* before querying, and stores its
+//!   answer only if no invalidation happened meanwhile (every invalidation bumps the
+//!   epoch), so a query that raced a change cannot put the old record back;
+//! - a change made through this instance invalidates the key locally once committed,
+//!   before the call returns, then is announced to the other instances
+//!   ([`ChangePublisher`]); an announcement received drops entries older than the
+//!   version it names;
+//! - entries expire after the TTL (30 s by default) in case an announcement was lost,
+//!   and unknown secrets are remembered for at most [`NEGATIVE_TTL`].
+//!
+//! Admin tokens and plans are not cached here (the admin API is not a hot path; the
+//! server keeps its own plan cache and refreshes it on plan announcements).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use deadpool_postgres::{Object, Pool};
+use tokio_postgres::Row;
+use tollgate_core::{KeyHash, KeyRecord, LimitSpec, Plan, Project};
+use tollgate_store::{AdminScope, Catalog, KeyQuery, StoreError, StoreResult};
+
+use crate::changes::{CatalogChange, ChangePublisher};
+use crate::{pool_error, sql_error, sql_error_or_conflict, u64_column};
+
+/// How long an unknown secret is remembered as unknown (protects PostgreSQL from a
+/// flood of well-formed but unknown keys without delaying a new key noticeably).
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(1);
+/// Entries beyond which the cache starts over (a bound on memory, not a tuning knob).
+const MAX_ENTRIES: usize = 200_000;
+
+/// A secret's key and, during a rotation's grace period, when the secret stops.
+type Found = Option<(Arc<KeyRecord>, Option<i64>)>;
+
+struct Cached {
+    found: Found,
+    loaded: Instant,
+}
+
+#[derive(Default)]
+struct CacheState {
+    by_hash: HashMap<KeyHash, Cached>,
+    by_key: HashMap<String, Vec<KeyHash>>,
+}
+
+/// The key cache (see the module documentation).
+struct KeyCache {
+    state: RwLock<CacheState>,
+    epoch: AtomicU64,
+    ttl: Duration,
+    /// A shorter TTL in force while change notices cannot arrive, in ms (0: none).
+    degraded_ttl_ms: AtomicU64,
+}
+
+impl KeyCache {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, CacheState> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, CacheState> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `Some(found)` for a fresh entry, `None` for a miss.
+    fn get(&self, hash: &KeyHash) -> Option<Found> {
+        let state = self.read();
+        let cached = state.by_hash.get(hash)?;
+        let mut ttl = if cached.found.is_some() { self.ttl } else { self.ttl.min(NEGATIVE_TTL) };
+        let degraded = self.degraded_ttl_ms.load(Ordering::Relaxed);
+        if degraded > 0 {
+            ttl = ttl.min(Duration::from_millis(degraded));
+        }
+        (cached.loaded.elapsed() < ttl).then(|| cached.found.clone())
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Stores what a lookup found, unless an invalidation happened since `epoch` or
+    /// the entry there is newer.
+    fn insert(&self, hash: KeyHash, found: Found, epoch: u64) {
+        let mut state = self.write();
+        // Checked under the write lock: invalidations bump the epoch under it too.
+        if self.epoch() != epoch {
+            return;
+        }
+        if let (Some(existing), Some((new, _))) = (state.by_hash.get(&hash).and_then(|c| c.found.as_ref()), &found)
+            && existing.0.version > new.version
+        {
+            return;
+        }
+        if state.by_hash.len() >= MAX_ENTRIES {
+            *state = CacheState::default();
+        }
+        if let Some((record, _)) = &found {
+            let hashes = state.by_key.entry(record.id.clone()).or_default();
+            if !hashes.contains(&hash) {
+                hashes.push(hash);
+            }
+        }
+        state.by_hash.insert(hash, Cached { found, loaded: Instant::now() });
+    }
+
+    /// Drops every entry of key `id` older than `version` (all of them when `None`).
+    fn invalidate_key(&self, id: &str, version: Option<u64>) {
+        let mut state = self.write();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let Some(hashes) = state.by_key.remove(id) else {
+            return;
+        };
+        let mut kept = Vec::new();
+        for hash in hashes {
+            let fresh = state
+                .by_hash
+                .get(&hash)
+                .and_then(|c| c.found.as_ref())
+                .is_some_and(|(record, _)| version.is_some_and(|v| record.version >= v));
+            if fresh {
+                kept.push(hash);
+            } else {
+                state.by_hash.remove(&hash);
+            }
+        }
+        if !kept.is_empty() {
+            state.by_key.insert(id.to_owned(), kept);
+        }
+    }
+
+    fn clear(&self) {
+        let mut state = self.write();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        *state = CacheState::default();
+    }
+
+    fn len(&self) -> usize {
+        self.read().by_hash.len()
+    }
+}
+
+/// The PostgreSQL catalog. Obtain it from [`PostgresStore::catalog`](crate::PostgresStore::catalog).
+pub struct PostgresCatalog {
+    pool: Pool,
+    cache: KeyCache,
+    publisher: OnceLock<Arc<dyn ChangePublisher>>,
+}
+
+impl std::fmt::Debug for PostgresCatalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresCatalog").field("cached_secrets", &self.cache.len()).finish_non_exhaustive()
+    }
+}
+
+const KEY_COLUMNS: &str = "id, project_id, name, plan, metadata::text, limit_overrides::text, created_at_ms, \
+                           expires_at_ms, revoked_at_ms, version";
+
+fn json_encode_error(error: serde_json::Error) -> StoreError {
+    StoreError::Internal(format!("cannot encode JSON: {error}"))
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(row: &Row, index: usize) -> StoreResult<T> {
+    let text: String = row.try_get(index).map_err(sql_error)?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Internal(format!("column {index} holds bad JSON: {e}")))
+}
+
+fn key_from_row(row: &Row) -> StoreResult<KeyRecord> {
+    Ok(KeyRecord {
+        id: row.try_get(0).map_err(sql_error)?,
+        project_id: row.try_get(1).map_err(sql_error)?,
+        name: row.try_get(2).map_err(sql_error)?,
+        plan: row.try_get(3).map_err(sql_error)?,
+        metadata: json_column(row, 4)?,
+        limit_overrides: json_column(row, 5)?,
+        created_at_ms: row.try_get(6).map_err(sql_error)?,
+        expires_at_ms: row.try_get(7).map_err(sql_error)?,
+        revoked_at_ms: row.try_get(8).map_err(sql_error)?,
+        version: u64_column(row, 9)?,
+    })
+}
+
+fn plan_from_row(row: &Row) -> StoreResult<Plan> {
+    Ok(Plan {
+        name: row.try_get(0).map_err(sql_error)?,
+        description: row.try_get(1).map_err(sql_error)?,
+        limits: json_column::<Vec<LimitSpec>>(row, 2)?,
+    })
+}
+
+fn project_from_row(row: &Row) -> StoreResult<Project> {
+    Ok(Project {
+        id: row.try_get(0).map_err(sql_error)?,
+        name: row.try_get(1).map_err(sql_error)?,
+        created_at_ms: row.try_get(2).map_err(sql_error)?,
+    })
+}
+
+fn version_param(version: u64) -> StoreResult<i64> {
+    i64::try_from(version).map_err(|_| StoreError::Internal(format!("key version {version} out of range")))
+}
+
+async fn get_key_on(client: &tokio_postgres::Client, id: &str) -> StoreResult<Option<KeyRecord>> {
+    let row =
+        client.query_opt(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = $1"), &[&id]).await.map_err(sql_error)?;
+    row.as_ref().map(key_from_row).transpose()
+}
+
+impl PostgresCatalog {
+    pub(crate) fn new(pool: Pool, key_cache_ttl: Duration) -> Self {
+        Self {
+            pool,
+            cache: KeyCache {
+                state: RwLock::default(),
+                epoch: AtomicU64::new(0),
+                ttl: key_cache_ttl,
+                degraded_ttl_ms: AtomicU64::new(0),
+            },
+            publisher: OnceLock::new(),
+        }
+    }
+
+    /// Where committed changes are announced. Set once, before serving; without one,
+    /// other instances rely on the cache TTL.
+    pub fn set_publisher(&self, publisher: Arc<dyn ChangePublisher>) {
+        if self.publisher.set(publisher).is_err() {
+            tracing::warn!("catalog change publisher already set; keeping the first");
+        }
+    }
+
+    /// Applies a change announced by another instance (or this one) to the cache.
+    pub fn apply_change(&self, change: &CatalogChange) {
+        if let CatalogChange::Key { id, version } = change {
+            self.cache.invalidate_key(id, Some(*version));
+        }
+    }
+
+    /// While change notices cannot arrive (the subscription is down), serve cached
+    /// keys for at most `ttl`; `None` restores the configured TTL.
+    pub fn set_short_ttl(&self, ttl: Option<Duration>) {
+        let ms = ttl.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
+        self.cache.degraded_ttl_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Forgets every cached lookup (after the change feed was lost: announcements
+    /// may have been missed).
+    pub fn clear_cache(&self) {
+        self.cache.clear();
+    }
+
+    /// Secrets currently cached.
+    pub fn cached_secrets(&self) -> usize {
+        self.cache.len()
+    }
+
+    async fn client(&self) -> StoreResult<Object> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Invalidates locally, then tells the others.
+    async fn changed(&self, change: CatalogChange) {
+        if let CatalogChange::Key { id, .. } = &change {
+            // Locally, drop every version: the committed one is read back next time.
+            self.cache.invalidate_key(id, None);
+        }
+        if let Some(publisher) = self.publisher.get() {
+            publisher.publish(change).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Catalog for PostgresCatalog {
+    async fn create_project(&self, project: Project) -> StoreResult<Project> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO projects (id, name, created_at_ms) VALUES ($1, $2, $3)",
+                &[&project.id, &project.name, &project.created_at_ms],
+            )
+            .await
+            .map_err(sql_error_or_conflict(|_| format!("project '{}' already exists", project.id)))?;
+        Ok(project)
+    }
+
+    async fn get_project(&self, id: &str) -> StoreResult<Option<Project>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT id, name, created_at_ms FROM projects WHERE id = $1", &[&id])
+            .await
+            .map_err(sql_error)?;
+        row.as_ref().map(project_from_row).transpose()
+    }
+
+    async fn list_projects(&self) -> StoreResult<Vec<Project>> {
+        let client = self.client().await?;
+        let rows =
+            client.query("SELECT id, name, created_at_ms FROM projects ORDER BY id", &[]).await.map_err(sql_error)?;
+        rows.iter().map(project_from_row).collect()
+    }
+
+    async fn put_plan(&self, plan: Plan) -> StoreResult<()> {
+        let limits = serde_json::to_string(&plan.limits).map_err(json_encode_error)?;
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO plans (name, description, limits) VALUES ($1, $2, $3::text::jsonb)
+                 ON CONFLICT (name) DO UPDATE SET description = excluded.description, limits = excluded.limits",
+                &[&plan.name, &plan.description, &limits],
+            )
+            .await
+            .map_err(sql_error)?;
+        drop(client);
+        self.changed(CatalogChange::Plan { name: plan.name }).await;
+        Ok(())
+    }
+
+    async fn insert_plan_if_absent(&self, plan: Plan) -> StoreResult<bool> {
+        let limits = serde_json::to_string(&plan.limits).map_err(json_encode_error)?;
+        let client = self.client().await?;
+        let inserted = client
+            .execute(
+                "INSERT INTO plans (name, description, limits) VALUES ($1, $2, $3::text::jsonb)
+                 ON CONFLICT (name) DO NOTHING",
+                &[&plan.name, &plan.description, &limits],
+            )
+            .await
+            .map_err(sql_error)?
+            == 1;
+        drop(client);
+        if inserted {
+            self.changed(CatalogChange::Plan { name: plan.name }).await;
+        }
+        Ok(inserted)
+    }
+
+    async fn get_plan(&self, name: &str) -> StoreResult<Option<Plan>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT name, description, limits::text FROM plans WHERE name = $1", &[&name])
+            .await
+            .map_err(sql_error)?;
+        row.as_ref().map(plan_from_row).transpose()
+    }
+
+    async fn list_plans(&self) -> StoreResult<Vec<Plan>> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT name, description, limits::text FROM plans ORDER BY name", &[])
+            .await
+            .map_err(sql_error)?;
+        rows.iter().map(plan_from_row).collect()
+    }
+
+    async fn delete_plan(&self, name: &str) -> StoreResult<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(sql_error)?;
+        // No key may take the plan between the check and the delete: block key
+        // writes for the length of this (short, rare) transaction.
+        tx.batch_execute("LOCK TABLE keys IN SHARE MODE").await.map_err(sql_error)?;
+        let users: i64 = tx
+            .query_one("SELECT COUNT(*) FROM keys WHERE plan = $1", &[&name])
+            .await
+            .map_err(sql_error)?
+            .try_get(0)
+            .map_err(sql_error)?;
+        if users > 0 {
+            return Err(StoreError::Conflict(format!("plan '{name}' is used by {users} key(s)")));
+        }
+        let deleted = tx.execute("DELETE FROM plans WHERE name = $1", &[&name]).await.map_err(sql_error)?;
+        tx.commit().await.map_err(sql_error)?;
+        drop(client);
+        if deleted > 0 {
+            self.changed(CatalogChange::Plan { name: name.to_owned() }).await;
+        }
+        Ok(deleted > 0)
+    }
+
+    async fn create_key(&self, record: KeyRecord, secret_hash: KeyHash) -> StoreResult<KeyRecord> {
+        let metadata = serde_json::to_string(&record.metadata).map_err(json_encode_error)?;
+        let overrides = serde_json::to_string(&record.limit_overrides).map_err(json_encode_error)?;
+        let version = version_param(record.version)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(sql_error)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO keys ({}) VALUES ($1, $2, $3, $4, $5::text::jsonb, $6::text::jsonb, $7, $8, $9, $10)",
+                KEY_COLUMNS.replace("::text", "")
+            ),
+            &[
+                &record.id,
+                &record.project_id,
+                &record.name,
+                &record.plan,
+                &metadata,
+                &overrides,
+                &record.created_at_ms,
+                &record.expires_at_ms,
+                &record.revoked_at_ms,
+                &version,
+            ],
+        )
+        .await
+        .map_err(sql_error_or_conflict(|_| format!("key '{}' already exists", record.id)))?;
+        tx.execute(
+            "INSERT INTO key_secrets (hash, key_id, valid_until_ms) VALUES ($1, $2, NULL)",
+            &[&secret_hash.to_hex(), &record.id],
+        )
+        .await
+        .map_err(sql_error_or_conflict(|_| "the key's secret hash is already in use".to_owned()))?;
+        tx.commit().await.map_err(sql_error)?;
+        drop(client);
+        self.changed(CatalogChange::Key { id: record.id.clone(), version: record.version }).await;
+        Ok(record)
+    }
+
+    async fn get_key(&self, id: &str) -> StoreResult<Option<KeyRecord>> {
+        let client = self.client().await?;
+        get_key_on(&client, id).await
+    }
+
+    async fn list_keys(&self, query: KeyQuery) -> StoreResult<Vec<KeyRecord>> {
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {KEY_COLUMNS} FROM keys
+                     WHERE ($1::text IS NULL OR project_id = $1) AND ($2::text IS NULL OR id > $2)
+                     ORDER BY id LIMIT $3"
+                ),
+                &[&query.project_id, &query.after_id, &limit],
+            )
+            .await
+            .map_err(sql_error)?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn update_key(&self, record: KeyRecord) -> StoreResult<KeyRecord> {
+        let metadata = serde_json::to_string(&record.metadata).map_err(json_encode_error)?;
+        let overrides = serde_json::to_string(&record.limit_overrides).map_err(json_encode_error)?;
+        let expected = version_param(record.version)?;
+        let bumped = record
+            .version
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Internal(format!("key '{}' version overflow", record.id)))?;
+        let new_version = version_param(bumped)?;
+        let client = self.client().await?;
+        let changed = client
+            .execute(
+                "UPDATE keys SET project_id = $2, name = $3, plan = $4, metadata = $5::text::jsonb,
+                     limit_overrides = $6::text::jsonb, created_at_ms = $7, expires_at_ms = $8,
+                     revoked_at_ms = $9, version = $10
+                 WHERE id = $1 AND version = $11",
+                &[
+                    &record.id,
+                    &record.project_id,
+                    &record.name,
+                    &record.plan,
+                    &metadata,
+                    &overrides,
+                    &record.created_at_ms,
+                    &record.expires_at_ms,
+                    &record.revoked_at_ms,
+                    &new_version,
+                    &expected,
+                ],
+            )
+            .await
+            .map_err(sql_error)?;
+        if changed == 0 {
+            return match get_key_on(&client, &record.id).await? {
+                Some(current) => Err(StoreError::Conflict(format!(
+                    "key '{}' changed meanwhile (version {} is stale, current is {})",
+                    record.id, record.version, current.version
+                ))),
+                None => Err(StoreError::not_found("key", record.id)),
+            };
+        }
+        drop(client);
+        let updated = KeyRecord { version: bumped, ..record };
+        self.changed(CatalogChange::Key { id: updated.id.clone(), version: bumped }).await;
+        Ok(updated)
+    }
+
+    async fn rotate_key_secret(
+        &self,
+        id: &str,
+        new_hash: KeyHash,
+        old_valid_until_ms: Option<i64>,
+    ) -> StoreResult<KeyRecord> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(sql_error)?;
+        let row = tx
+            .query_opt(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = $1 FOR UPDATE"), &[&id])
+            .await
+            .map_err(sql_error)?;
+        let mut record = match row {
+            Some(row) => key_from_row(&row)?,
+            None => return Err(StoreError::not_found("key", id)),
+        };
+        match old_valid_until_ms {
+            None => {
+                tx.execute("DELETE FROM key_secrets WHERE key_id = $1", &[&id]).await.map_err(sql_error)?;
+            }
+            // A secret already retiring keeps its earlier end: a new rotation never
+            // extends the life of an older secret.
+            Some(until) => {
+                tx.execute(
+                    "UPDATE key_secrets SET valid_until_ms = LEAST(COALESCE(valid_until_ms, $2), $2)
+                     WHERE key_id = $1",
+                    &[&id, &until],
+                )
+                .await
+                .map_err(sql_error)?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO key_secrets (hash, key_id, valid_until_ms) VALUES ($1, $2, NULL)",
+            &[&new_hash.to_hex(), &id],
+        )
+        .await
+        .map_err(sql_error_or_conflict(|_| "the new secret hash is already in use".to_owned()))?;
+        record.version = record
+            .version
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Internal(format!("key '{id}' version overflow")))?;
+        tx.execute("UPDATE keys SET version = $2 WHERE id = $1", &[&id, &version_param(record.version)?])
+            .await
+            .map_err(sql_error)?;
+        tx.commit().await.map_err(sql_error)?;
+        drop(client);
+        self.changed(CatalogChange::Key { id: id.to_owned(), version: record.version }).await;
+        Ok(record)
+    }
+
+    async fn lookup_key(&self, hash: &KeyHash, now_ms: i64) -> StoreResult<Option<Arc<KeyRecord>>> {
+        let usable = |found: Found| {
+            found.filter(|(_, valid_until)| valid_until.is_none_or(|until| now_ms < until)).map(|(record, _)| record)
+        };
+        if let Some(found) = self.cache.get(hash) {
+            return Ok(usable(found));
+        }
+        let epoch = self.cache.epoch();
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT {}, s.valid_until_ms FROM key_secrets s JOIN keys k ON k.id = s.key_id WHERE s.hash = $1",
+                    KEY_COLUMNS.split(", ").map(|c| format!("k.{c}")).collect::<Vec<_>>().join(", ")
+                ),
+                &[&hash.to_hex()],
+            )
+            .await
+            .map_err(sql_error)?;
+        drop(client);
+        let found = match row {
+            Some(row) => {
+                let valid_until: Option<i64> = row.try_get(10).map_err(sql_error)?;
+                Some((Arc::new(key_from_row(&row)?), valid_until))
+            }
+            None => None,
+        };
+        self.cache.insert(*hash, found.clone(), epoch);
+        Ok(usable(found))
+    }
+
+    async fn create_admin_token(&self, hash: KeyHash, scope: AdminScope, created_at_ms: i64) -> StoreResult<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO admin_tokens (hash, project_id, created_at_ms) VALUES ($1, $2, $3)",
+                &[&hash.to_hex(), &scope.project_id, &created_at_ms],
+            )
+            .await
+            .map_err(sql_error_or_conflict(|_| "the admin token's hash is already in use".to_owned()))?;
+        drop(client);
+        self.changed(CatalogChange::AdminToken).await;
+        Ok(())
+    }
+
+    async fn lookup_admin_token(&self, hash: &KeyHash) -> StoreResult<Option<AdminScope>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT project_id FROM admin_tokens WHERE hash = $1", &[&hash.to_hex()])
+            .await
+            .map_err(sql_error)?;
+        row.map(|row| Ok(AdminScope { project_id: row.try_get(0).map_err(sql_error)? })).transpose()
+    }
+
+    async fn has_operator_token(&self) -> StoreResult<bool> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT EXISTS (SELECT 1 FROM admin_tokens WHERE project_id IS NULL)", &[])
+            .await
+            .map_err(sql_error)?;
+        row.try_get(0).map_err(sql_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, version: u64) -> Arc<KeyRecord> {
+        Arc::new(KeyRecord {
+            id: id.to_owned(),
+            project_id: "p".to_owned(),
+            name: None,
+            plan: "free".to_owned(),
+            metadata: serde_json::Map::new(),
+            limit_overrides: Vec::new(),
+            created_at_ms: 0,
+            expires_at_ms: None,
+            revoked_at_ms: None,
+            version,
+        })
+    }
+
+    fn cache() -> KeyCache {
+        KeyCache {
+            state: RwLock::default(),
+            epoch: AtomicU64::new(0),
+            ttl: Duration::from_secs(30),
+            degraded_ttl_ms: AtomicU64::new(0),
+        }
+    }
+
+    #[test]
+    fn a_load_that_raced_an_invalidation_is_not_cached() {
+        let cache = cache();
+        let hash = KeyHash::of("secret");
+        let epoch = cache.epoch();
+        // The lookup queried v1; meanwhile a revoke (v2) was announced.
+        cache.invalidate_key("k", Some(2));
+        cache.insert(hash, Some((record("k", 1), None)), epoch);
+        assert!(cache.get(&hash).is_none(), "the stale v1 must not be cached");
+        cache.insert(hash, Some((record("k", 2), None)), cache.epoch());
+        assert_eq!(cache.get(&hash).and_then(|f| f.map(|(r, _)| r.version)), Some(2));
+    }
+
+    #[test]
+    fn an_older_version_never_replaces_a_newer_entry() {
+        let cache = cache();
+        let hash = KeyHash::of("secret");
+        cache.insert(hash, Some((record("k", 5), None)), cache.epoch());
+        cache.insert(hash, Some((record("k", 4), None)), cache.epoch());
+        assert_eq!(cache.get(&hash).and_then(|f| f.map(|(r, _)| r.version)), Some(5));
+        // An announcement of a version we already have keeps the entry; a newer one
+        // drops it.
+        cache.invalidate_key("k", Some(5));
+        assert!(cache.get(&hash).is_some());
+        cache.invalidate_key("k", Some(6));
+        assert!(cache.get(&hash).is_none());
+    }
+
+    #[test]
+    fn entries_expire_after_the_ttl() {
+        let cache = KeyCache { ttl: Duration::ZERO, ..cache() };
+        let hash = KeyHash::of("secret");
+        cache.insert(hash, Some((record("k", 1), None)), cache.epoch());
+        assert!(cache.get(&hash).is_none());
+    }
+}

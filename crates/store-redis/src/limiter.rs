@@ -1,0 +1,342 @@
+//! The limiter on Redis: one Lua script per decision, one per settlement.
+//!
+//! `reserve` sends every item of a request to `decide.lua` in one `EVALSHA`: the script
+//! checks all of them, charges all of them only if all fit, and records the charges
+//! under the request id when the reservation is held. `settle` sends the actual
+//! amounts to `settle.lua`, which applies `actual - reserved` to the windows charged,
+//! while they still count, and deletes the record (so a second settle does nothing).
+//! Redis runs a script atomically, so N concurrent requests on any number of gateway
+//! instances against M remaining admit exactly min(N, M).
+//!
+//! Time: by default the scripts read Redis's `TIME`, so every instance decides on the
+//! same clock whatever the drift of its own. [`RedisLimiter::with_clock_from_request`]
+//! makes them use the caller's `now_ms` instead, which only the conformance suite
+//! (fixed instants in 2023) and tests need. `apply` always charges at the time it is
+//! given: it replays history.
+//!
+//! Numbers travel as integers but Lua computes in doubles: limits and amounts are
+//! clamped to 2^53, which no real limit reaches.
+//!
+//! `prune` has nothing to do (keys expire by themselves) and returns 0.
+//! `held_reservations` counts the reservations this instance made and has not seen
+//! settled, forgetting them after [`RESERVATION_TTL_MS`] as Redis does: across
+//! instances it is a per-instance figure, which is what the in-flight overrun bound of
+//! one instance needs.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use redis::Script;
+use tollgate_core::{Amounts, Decision, LimitStatus, Refusal, Window};
+use tollgate_store::{LimitItem, Limiter, ReserveRequest, SettleRequest, StoreError, StoreResult};
+
+use crate::keys::{KeySpace, metric_code, window_code};
+use crate::{RedisConn, bounded};
+
+/// How long a held reservation waits for its settlement before Redis forgets it (its
+/// charge then stays as reserved). Ten minutes outlasts any proxied request; the same
+/// figure as the embedded limiter's.
+pub const RESERVATION_TTL_MS: i64 = 10 * 60 * 1_000;
+
+const DECIDE: &str = include_str!("lua/decide.lua");
+const SETTLE: &str = include_str!("lua/settle.lua");
+const RAISE: &str = include_str!("lua/raise.lua");
+
+/// Largest integer a Lua double holds exactly.
+const MAX_EXACT: u64 = 1 << 53;
+
+/// One calendar counter the rebuild job wants raised to at least `amount` in the
+/// window that starts at `window_start_ms`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CalendarTarget {
+    pub item: LimitItem,
+    pub window_start_ms: i64,
+    pub amount: u64,
+}
+
+/// The Redis limiter. Cheap to share behind an `Arc`.
+pub struct RedisLimiter {
+    conn: RedisConn,
+    keys: KeySpace,
+    timeout: Duration,
+    clock_from_request: bool,
+    decide: Script,
+    settle: Script,
+    raise: Script,
+    /// Reservations this instance holds: request id -> when.
+    held: Mutex<HashMap<String, Instant>>,
+}
+
+impl std::fmt::Debug for RedisLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLimiter")
+            .field("prefix", &self.keys.prefix())
+            .field("clock_from_request", &self.clock_from_request)
+            .finish_non_exhaustive()
+    }
+}
+
+fn clamp(value: u64) -> u64 {
+    value.min(MAX_EXACT)
+}
+
+fn flag(on: bool) -> &'static str {
+    if on { "1" } else { "0" }
+}
+
+impl RedisLimiter {
+    /// A limiter on `conn`, with every key under `keys`, each call bounded by
+    /// `timeout`.
+    pub fn new(conn: RedisConn, keys: KeySpace, timeout: Duration) -> Self {
+        Self {
+            conn,
+            keys,
+            timeout,
+            clock_from_request: false,
+            decide: Script::new(DECIDE),
+            settle: Script::new(SETTLE),
+            raise: Script::new(RAISE),
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Decide on the caller's `now_ms` instead of Redis's clock. For tests that pass
+    /// fixed instants (the conformance suite); a deployment keeps Redis time.
+    pub fn with_clock_from_request(mut self, yes: bool) -> Self {
+        self.clock_from_request = yes;
+        self
+    }
+
+    pub fn keys(&self) -> &KeySpace {
+        &self.keys
+    }
+
+    pub fn connection(&self) -> &RedisConn {
+        &self.conn
+    }
+
+    /// Loads the scripts (so the first request finds them cached) and checks that
+    /// Redis answers.
+    pub async fn preload(&self) -> StoreResult<()> {
+        let mut conn = self.conn.clone();
+        for script in [&self.decide, &self.settle, &self.raise] {
+            bounded(self.timeout, script.prepare_invoke().load_async(&mut conn)).await?;
+        }
+        Ok(())
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `script` by its hash (`EVALSHA`, loading it on `NOSCRIPT`). Should Redis
+    /// lose it again between the load and the retry (a `SCRIPT FLUSH`, a failover to
+    /// a replica that never saw it), the call falls back to `EVAL` with the source.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        source: &'static str,
+        keys: &[String],
+        args: &[String],
+    ) -> StoreResult<T> {
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        for arg in args {
+            invocation.arg(arg);
+        }
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let eval = redis::cmd("EVAL").arg(source).arg(keys.len()).arg(keys).arg(args).to_owned();
+                bounded(self.timeout, eval.query_async(&mut conn)).await
+            }
+            Ok(Err(e)) => Err(crate::redis_error(e)),
+            Err(_) => {
+                Err(StoreError::Unavailable(format!("redis did not answer within {} ms", self.timeout.as_millis())))
+            }
+        }
+    }
+
+    /// One call of `decide.lua`; returns the raw reply.
+    #[allow(clippy::too_many_arguments)]
+    async fn decide(
+        &self,
+        op: &str,
+        partition: &str,
+        request_id: &str,
+        items: &[LimitItem],
+        amounts: Amounts,
+        now_ms: i64,
+        hold: bool,
+    ) -> StoreResult<Vec<i64>> {
+        let mut keys = Vec::with_capacity(1 + items.len());
+        keys.push(self.keys.reservation(partition, request_id));
+        let mut args = Vec::with_capacity(6 + 4 * items.len());
+        args.extend([
+            op.to_owned(),
+            flag(self.clock_from_request).to_owned(),
+            now_ms.to_string(),
+            flag(hold).to_owned(),
+            RESERVATION_TTL_MS.to_string(),
+            items.len().to_string(),
+        ]);
+        for item in items {
+            keys.push(self.keys.counter(partition, item));
+            args.extend([
+                window_code(item.spec.window).to_owned(),
+                clamp(item.spec.limit).to_string(),
+                clamp(amounts.get(item.spec.metric)).to_string(),
+                metric_code(item.spec.metric).to_owned(),
+            ]);
+        }
+        let reply: Vec<i64> = self.run(&self.decide, DECIDE, &keys, &args).await?;
+        if reply.len() != 3 + 2 * items.len() && op != "apply" {
+            return Err(StoreError::Internal(format!(
+                "limiter script answered {} values for {} items",
+                reply.len(),
+                items.len()
+            )));
+        }
+        Ok(reply)
+    }
+
+    /// Raises calendar counters to at least the given amounts (never lowers one), in
+    /// one round trip for the partition. Returns how many were raised. Used by the
+    /// counter rebuild job after Redis lost its data or the gateway counted locally.
+    /// `now_ms` is only used with [`with_clock_from_request`](Self::with_clock_from_request).
+    pub async fn raise_calendar_counters(
+        &self,
+        partition: &str,
+        targets: &[CalendarTarget],
+        now_ms: i64,
+    ) -> StoreResult<usize> {
+        let targets: Vec<&CalendarTarget> = targets.iter().filter(|t| !t.item.spec.window.is_rate()).collect();
+        if targets.is_empty() {
+            return Ok(0);
+        }
+        let mut keys = Vec::with_capacity(targets.len());
+        let mut args = vec![flag(self.clock_from_request).to_owned(), now_ms.to_string()];
+        for target in &targets {
+            keys.push(self.keys.counter(partition, &target.item));
+            args.extend([
+                window_code(target.item.spec.window).to_owned(),
+                target.window_start_ms.to_string(),
+                clamp(target.amount).to_string(),
+            ]);
+        }
+        let raised: i64 = self.run(&self.raise, RAISE, &keys, &args).await?;
+        Ok(usize::try_from(raised).unwrap_or(0))
+    }
+
+    /// Deletes every key under this limiter's prefix (standalone Redis only). For
+    /// tests and tooling: a deployment lets keys expire.
+    pub async fn delete_all_keys(&self) -> StoreResult<usize> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}*", self.keys.prefix());
+        let mut cursor: u64 = 0;
+        let mut deleted = 0usize;
+        loop {
+            let (next, found): (u64, Vec<String>) = bounded(
+                self.timeout * 10,
+                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(&mut conn),
+            )
+            .await?;
+            if !found.is_empty() {
+                let n: usize = bounded(self.timeout * 10, redis::cmd("DEL").arg(&found).query_async(&mut conn)).await?;
+                deleted += n;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// Builds a decision from the script's reply `{flag, index, retry, used, reset, ...}`.
+fn decision(reply: &[i64], items: &[LimitItem]) -> Decision {
+    let refused = (reply[0] == 0).then(|| Refusal {
+        index: usize::try_from(reply[1]).unwrap_or(0),
+        retry_at_ms: (reply[2] >= 0).then_some(reply[2]),
+    });
+    let statuses = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let used = u64::try_from(reply[3 + 2 * i]).unwrap_or(0);
+            LimitStatus {
+                spec: item.spec.clone(),
+                used,
+                remaining: item.spec.limit.saturating_sub(used),
+                reset_at_ms: reply[4 + 2 * i],
+            }
+        })
+        .collect();
+    Decision { statuses, refused }
+}
+
+#[async_trait]
+impl Limiter for RedisLimiter {
+    async fn reserve(&self, request: ReserveRequest<'_>) -> StoreResult<Decision> {
+        let ReserveRequest { partition, request_id, items, amounts, now_ms, hold } = request;
+        let reply = self.decide("reserve", partition, request_id, items, amounts, now_ms, hold).await?;
+        if reply[0] == 1 && hold {
+            self.held().insert(request_id.to_owned(), Instant::now());
+        }
+        Ok(decision(&reply, items))
+    }
+
+    async fn settle(&self, request: SettleRequest<'_>) -> StoreResult<()> {
+        let SettleRequest { partition, request_id, actual, now_ms } = request;
+        let keys = [self.keys.reservation(partition, request_id)];
+        let args = [
+            flag(self.clock_from_request).to_owned(),
+            now_ms.to_string(),
+            clamp(actual.requests).to_string(),
+            clamp(actual.input_tokens).to_string(),
+            clamp(actual.output_tokens).to_string(),
+            clamp(actual.cost_micros).to_string(),
+        ];
+        let _settled: i64 = self.run(&self.settle, SETTLE, &keys, &args).await?;
+        self.held().remove(request_id);
+        Ok(())
+    }
+
+    async fn peek(&self, partition: &str, items: &[LimitItem], amounts: Amounts, now_ms: i64) -> StoreResult<Decision> {
+        // The reservation key is only named (a peek never reads or writes it).
+        let reply = self.decide("peek", partition, "", items, amounts, now_ms, false).await?;
+        Ok(decision(&reply, items))
+    }
+
+    async fn apply(&self, partition: &str, items: &[LimitItem], amounts: Amounts, at_ms: i64) -> StoreResult<()> {
+        self.decide("apply", partition, "", items, amounts, at_ms, false).await?;
+        Ok(())
+    }
+
+    async fn prune(&self, _now_ms: i64) -> StoreResult<usize> {
+        // Counters expire in Redis; only the local count of held reservations needs
+        // to forget what Redis has forgotten.
+        let ttl = Duration::from_millis(RESERVATION_TTL_MS.unsigned_abs());
+        self.held().retain(|_, at| at.elapsed() < ttl);
+        Ok(0)
+    }
+
+    async fn held_reservations(&self) -> StoreResult<usize> {
+        Ok(self.held().len())
+    }
+}
+
+/// The start of `window`'s calendar window containing `ms` (day or month); for the
+/// rebuild job, which names the window it computed totals for.
+pub fn calendar_window_start(window: Window, ms: i64) -> Option<i64> {
+    match window {
+        Window::Day => Some(tollgate_core::calendar::day_start(ms)),
+        Window::Month => Some(tollgate_core::calendar::month_start(ms)),
+        Window::Minute | Window::Hour => None,
+    }
+}

@@ -1,0 +1,294 @@
+-- tollgate: one decision over every limit of a request (reserve), or a read (peek),
+-- or an unchecked charge (apply). The arithmetic mirrors tollgate_core::counter.
+--
+-- KEYS[1]      the reservation key ({partition}:r:<request id>)
+-- KEYS[1 + i]  the counter base key of item i ({partition}:c:<counter id>)
+-- ARGV[1]      op: "reserve" | "peek" | "apply"
+-- ARGV[2]      "1": use ARGV[3] as the time; "0": use the server's TIME
+-- ARGV[3]      the caller's time in Unix ms (apply: the time the charge belongs to)
+-- ARGV[4]      "1": hold the reservation for settle
+-- ARGV[5]      how long a held reservation lives, ms
+-- ARGV[6]      number of items n
+-- ARGV[7 + 4(i-1) ..]  per item: window code (m h d M), limit, amount, metric code
+--
+-- Returns {flag, refused index (0-based, -1), retry_at (-1: never), used_1, reset_1, ...}
+-- with flag 0 refused, 1 admitted (or applied), 2 a repeat of a held reservation.
+
+-- Effects replication (the default since Redis 7) lets a script that read TIME write.
+if redis.replicate_commands then
+  pcall(redis.replicate_commands)
+end
+
+local op = ARGV[1]
+local now
+if ARGV[2] == '1' then
+  now = tonumber(ARGV[3])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local at = now
+if op == 'apply' then
+  at = tonumber(ARGV[3])
+end
+local hold = ARGV[4] == '1'
+local reservation_ttl = tonumber(ARGV[5])
+local n = tonumber(ARGV[6])
+
+local DAY = 86400000
+local BUCKETS = 60
+local SLOTS = BUCKETS + 1
+local SLIDING = { m = 60000, h = 3600000 }
+
+local function fmt(x)
+  return string.format('%d', x)
+end
+
+-- Howard Hinnant's civil_from_days / days_from_civil, as in tollgate_core::calendar.
+local function civil_from_days(days)
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local month
+  if mp < 10 then month = mp + 3 else month = mp - 9 end
+  local year = yoe + era * 400
+  if month <= 2 then year = year + 1 end
+  return year, month
+end
+
+local function days_from_civil(year, month, day)
+  local y = year
+  if month <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local m
+  if month > 2 then m = month - 3 else m = month + 9 end
+  local doy = math.floor((153 * m + 2) / 5) + day - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+-- [start, end) of the UTC calendar window (d: day, M: month) containing t.
+local function calendar(code, t)
+  local day = math.floor(t / DAY)
+  if code == 'd' then
+    return day * DAY, (day + 1) * DAY
+  end
+  local y, m = civil_from_days(day)
+  local start = days_from_civil(y, m, 1) * DAY
+  if m == 12 then
+    y = y + 1
+    m = 1
+  else
+    m = m + 1
+  end
+  return start, days_from_civil(y, m, 1) * DAY
+end
+
+-- The state of one counter at time t, loaded once per script run.
+local counters = {}
+local function load(base, code, t)
+  local c = counters[base]
+  if c then
+    return c
+  end
+  local window_ms = SLIDING[code]
+  if window_ms then
+    local bucket_ms = window_ms / BUCKETS
+    -- The ring's head never moves back (a clock stepping back never un-counts).
+    local head = math.floor(t / bucket_ms)
+    local raw = redis.call('HGETALL', base)
+    local slots = {}
+    for j = 1, #raw, 2 do
+      local b = tonumber(raw[j])
+      slots[b] = tonumber(raw[j + 1])
+      if b > head then
+        head = b
+      end
+    end
+    local total = 0
+    local stale = {}
+    for b, v in pairs(slots) do
+      if b > head - SLOTS then
+        total = total + v
+      else
+        stale[#stale + 1] = fmt(b)
+      end
+    end
+    c = { sliding = true, bucket_ms = bucket_ms, head = head, slots = slots, used = total, stale = stale }
+  else
+    local start, stop = calendar(code, t)
+    local key = base .. ':' .. fmt(start)
+    c = { sliding = false, start = start, stop = stop, key = key, used = tonumber(redis.call('GET', key) or '0') }
+  end
+  counters[base] = c
+  return c
+end
+
+-- When everything counted now has left the window (SlidingWindow::clear_at).
+local function reset_at(c)
+  if not c.sliding then
+    return c.stop
+  end
+  for back = 0, SLOTS - 1 do
+    local b = c.head - back
+    if (c.slots[b] or 0) > 0 then
+      return (b + SLOTS) * c.bucket_ms
+    end
+  end
+  return c.head * c.bucket_ms
+end
+
+-- The earliest time `amount` more fits under `limit` (SlidingWindow::retry_at);
+-- the caller has checked amount <= limit.
+local function sliding_retry_at(c, amount, limit)
+  local total = c.used
+  if total + amount <= limit then
+    return c.head * c.bucket_ms
+  end
+  for j = 0, SLOTS - 1 do
+    total = total - (c.slots[c.head - BUCKETS + j] or 0)
+    if total + amount <= limit then
+      return (c.head + j + 1) * c.bucket_ms
+    end
+  end
+  return (c.head + SLOTS) * c.bucket_ms
+end
+
+-- Charges `amount` to the counter's current window at time t; returns the window id.
+-- Keys expire when nothing in them counts any more.
+local function charge(base, c, amount)
+  if c.sliding then
+    local id = c.head
+    if amount > 0 then
+      redis.call('HINCRBY', base, fmt(id), fmt(amount))
+      c.slots[id] = (c.slots[id] or 0) + amount
+      c.used = c.used + amount
+    end
+    if #c.stale > 0 then
+      redis.call('HDEL', base, unpack(c.stale))
+      c.stale = {}
+    end
+    local ttl = reset_at(c) - now
+    if ttl > 0 then
+      redis.call('PEXPIRE', base, fmt(ttl))
+    end
+    return id
+  end
+  if amount > 0 then
+    redis.call('INCRBY', c.key, fmt(amount))
+    redis.call('PEXPIRE', c.key, fmt(c.stop - now))
+    c.used = c.used + amount
+  end
+  return c.start
+end
+
+local function item(i)
+  local o = 6 + (i - 1) * 4
+  return KEYS[i + 1], ARGV[o + 1], tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), ARGV[o + 4]
+end
+
+local function statuses(out)
+  for i = 1, n do
+    local base, code = item(i)
+    local c = load(base, code, at)
+    out[#out + 1] = c.used
+    out[#out + 1] = reset_at(c)
+  end
+  return out
+end
+
+if op == 'apply' then
+  for i = 1, n do
+    local base, code, _, amount = item(i)
+    local c = load(base, code, at)
+    -- A charge whose window has already closed would count nowhere.
+    local open
+    if c.sliding then
+      open = (c.head + SLOTS) * c.bucket_ms > now
+    else
+      open = c.stop > now
+    end
+    if open then
+      charge(base, c, amount)
+    end
+  end
+  return { 1, -1, -1 }
+end
+
+if op == 'reserve' and hold and redis.call('EXISTS', KEYS[1]) == 1 then
+  -- A retry of a request whose reservation is still held: charged already.
+  return statuses({ 2, -1, -1 })
+end
+
+-- Phase 1: check every item, charging nothing. Items sharing a counter would each be
+-- charged, so earlier items' amounts count against later ones.
+local refused = false
+local refused_index = -1
+local refused_retry = nil
+local pending = {}
+local out = { 0, -1, -1 }
+for i = 1, n do
+  local base, code, limit, amount = item(i)
+  local c = load(base, code, at)
+  local earlier = pending[base] or 0
+  out[#out + 1] = c.used
+  out[#out + 1] = reset_at(c)
+  if c.used + earlier + amount > limit then
+    local need = earlier + amount
+    local retry = nil
+    if need <= limit then
+      if c.sliding then
+        retry = sliding_retry_at(c, need, limit)
+      else
+        retry = c.stop
+      end
+    end
+    -- Refusal::binding: never-fits wins, then the later retry; ties keep the first.
+    if not refused then
+      refused, refused_index, refused_retry = true, i - 1, retry
+    elseif refused_retry ~= nil and (retry == nil or retry > refused_retry) then
+      refused_index, refused_retry = i - 1, retry
+    end
+  end
+  pending[base] = earlier + amount
+end
+
+if refused then
+  out[2] = refused_index
+  if refused_retry ~= nil then
+    out[3] = refused_retry
+  end
+  return out
+end
+if op == 'peek' then
+  out[1] = 1
+  return out
+end
+
+-- Phase 2: everything fits; charge every item and remember where.
+local record = {}
+for i = 1, n do
+  local base, code, _, amount, metric = item(i)
+  local id = charge(base, counters[base], amount)
+  if hold then
+    record[#record + 1] = base
+    record[#record + 1] = code
+    record[#record + 1] = fmt(id)
+    record[#record + 1] = metric
+    record[#record + 1] = fmt(amount)
+  end
+end
+if hold then
+  redis.call('DEL', KEYS[1])
+  if #record > 0 then
+    redis.call('RPUSH', KEYS[1], unpack(record))
+  else
+    redis.call('RPUSH', KEYS[1], '')
+  end
+  redis.call('PEXPIRE', KEYS[1], fmt(reservation_ttl))
+end
+return statuses({ 1, -1, -1 })

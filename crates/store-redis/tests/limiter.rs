@@ -1,0 +1,353 @@
+//! The Redis limiter against a real Redis (`TOLLGATE_TEST_REDIS_URL`, which
+//! `scripts/test.sh` sets): the shared conformance suite, one test per scenario, each
+//! under a key prefix of its own; then what only this backend can be asked: decisions
+//! on Redis's clock, calendar arithmetic in Lua agreeing with `tollgate_core`, the
+//! same decisions as the embedded limiter on random traffic, script reload after
+//! `SCRIPT FLUSH`, key expiry and hash tags.
+//!
+//! Without the variable every test prints a notice and passes; with it set and Redis
+//! unreachable, every test fails.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tollgate_core::calendar::{MS_PER_DAY, day_start, next_month_start};
+use tollgate_core::{Amounts, LimitSpec, Metric, Window};
+use tollgate_store::conformance::{self, NOW};
+use tollgate_store::{LimitItem, Limiter, ReserveRequest, SettleRequest};
+use tollgate_store_embedded::EmbeddedLimiter;
+use tollgate_store_redis::{CalendarTarget, KeySpace, RedisConn, RedisLimiter, RedisSettings};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn unique_prefix() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("tgtest:{}:{nanos:x}:{}:", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A limiter under a fresh prefix, or `None` (with a notice) when no Redis is
+/// configured. Panics when one is configured and does not answer.
+async fn redis_limiter(clock_from_request: bool) -> Option<Arc<RedisLimiter>> {
+    let Ok(url) = std::env::var("TOLLGATE_TEST_REDIS_URL") else {
+        eprintln!("skipped: TOLLGATE_TEST_REDIS_URL is not set (scripts/test.sh sets it)");
+        return None;
+    };
+    let settings = RedisSettings { url: url.clone(), cluster: false, timeout: TIMEOUT };
+    let conn = RedisConn::connect(&settings).await.expect("redis connection settings");
+    if let Err(e) = conn.ping(TIMEOUT).await {
+        panic!("TOLLGATE_TEST_REDIS_URL={url} is set but Redis does not answer: {e}");
+    }
+    let limiter =
+        RedisLimiter::new(conn, KeySpace::new(unique_prefix()), TIMEOUT).with_clock_from_request(clock_from_request);
+    Some(Arc::new(limiter))
+}
+
+async fn cleanup(limiter: &RedisLimiter) {
+    limiter.delete_all_keys().await.expect("delete test keys");
+}
+
+macro_rules! conformance_scenarios {
+    ($($name:ident),+ $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            let Some(limiter) = redis_limiter(true).await else { return };
+            conformance::limiter::$name(limiter.clone()).await;
+            cleanup(&limiter).await;
+        }
+    )+};
+}
+
+mod conformance_suite {
+    use super::*;
+    conformance_scenarios!(
+        exact_admission_under_concurrency,
+        all_or_nothing,
+        binding_refusal_is_reported,
+        zero_amount_limits_are_reported,
+        settle_adjusts_once,
+        settle_with_zero_refunds,
+        reserve_without_hold_is_final,
+        repeated_reserve_does_not_double_charge,
+        retry_and_reset_times,
+        apply_charges_without_checking,
+        prune_drops_idle_counters,
+    );
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_whole_group_on_one_limiter() {
+        let Some(limiter) = redis_limiter(true).await else { return };
+        conformance::run_limiter(limiter.clone()).await;
+        cleanup(&limiter).await;
+    }
+}
+
+fn item(subject: &str, metric: Metric, window: Window, limit: u64) -> LimitItem {
+    LimitItem { subject: Arc::from(subject), spec: LimitSpec::new(metric, window, limit) }
+}
+
+fn reserve<'a>(id: &'a str, items: &'a [LimitItem], amounts: Amounts, now_ms: i64, hold: bool) -> ReserveRequest<'a> {
+    ReserveRequest { partition: "p", request_id: id, items, amounts, now_ms, hold }
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Without the test clock, the caller's `now_ms` is ignored: two gateways with clocks
+/// a year apart count in the same windows, and resets follow Redis's clock.
+#[tokio::test]
+async fn decisions_follow_redis_time_not_the_callers_clock() {
+    let Some(limiter) = redis_limiter(false).await else { return };
+    let minute = item("key:clock", Metric::Requests, Window::Minute, 2);
+    let month = item("key:clock", Metric::Requests, Window::Month, 100);
+    let items = [minute, month];
+    let before = wall_ms();
+    let a = limiter.reserve(reserve("clock-1", &items, Amounts::ONE_REQUEST, 0, false)).await.expect("reserve");
+    let b = limiter
+        .reserve(reserve("clock-2", &items, Amounts::ONE_REQUEST, before + 365 * MS_PER_DAY, false))
+        .await
+        .expect("reserve");
+    let after = wall_ms();
+    assert!(a.allowed() && b.allowed());
+    assert_eq!(b.statuses[0].used, 2, "both charges landed in one window despite the skew");
+    let reset = b.statuses[0].reset_at_ms;
+    assert!(reset > before && reset <= after + 61_000, "minute reset {reset} follows Redis time");
+    let month_end = b.statuses[1].reset_at_ms;
+    assert!(
+        month_end == next_month_start(before) || month_end == next_month_start(after),
+        "month reset {month_end} is the next month start by Redis time"
+    );
+    let c = limiter.reserve(reserve("clock-3", &items, Amounts::ONE_REQUEST, 42, false)).await.expect("reserve");
+    let refusal = c.refused.expect("third request in the minute is refused");
+    assert_eq!(refusal.index, 0);
+    let retry = refusal.retry_at_ms.expect("fits later");
+    assert!(retry > before && retry <= after + 61_000);
+
+    // Held reservations and settlement on Redis time as well.
+    let held = limiter.reserve(reserve("clock-4", &items[1..], Amounts::requests(5), 7, true)).await.expect("hold");
+    assert_eq!(held.statuses[0].used, 7, "2 admitted + 5 held (the refused one charged nothing)");
+    limiter
+        .settle(SettleRequest { partition: "p", request_id: "clock-4", actual: Amounts::ONE_REQUEST, now_ms: 0 })
+        .await
+        .expect("settle");
+    let peek = limiter.peek("p", &items[1..], Amounts::default(), 0).await.expect("peek");
+    assert_eq!(peek.statuses[0].used, 3, "settled from 5 to 1");
+    cleanup(&limiter).await;
+}
+
+/// Day and month windows computed in Lua agree with `tollgate_core::calendar` over
+/// centuries of instants, month ends and leap days included.
+#[tokio::test]
+async fn lua_calendar_agrees_with_core() {
+    let Some(limiter) = redis_limiter(true).await else { return };
+    let month = item("key:cal", Metric::Requests, Window::Month, 1);
+    let day = item("key:cal", Metric::Requests, Window::Day, 1);
+    let items = [month, day];
+    let mut instants = vec![0, 1, MS_PER_DAY - 1, NOW];
+    // Month and year boundaries, leap days (2000, 2024, 2100 is not one).
+    for text in [
+        "2000-02-29T12:00:00Z",
+        "2024-02-29T23:59:59.999Z",
+        "2024-03-01T00:00:00Z",
+        "2100-02-28T23:59:59.999Z",
+        "2100-03-01T00:00:00Z",
+        "2026-12-31T23:59:59.999Z",
+        "2027-01-01T00:00:00Z",
+    ] {
+        instants.push(tollgate_core::calendar::parse_timestamp(text).expect("timestamp"));
+    }
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..300 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        instants.push((x % 4_102_444_800_000) as i64); // up to 2100
+    }
+    for t in instants {
+        let peek = limiter.peek("p", &items, Amounts::default(), t).await.expect("peek");
+        assert_eq!(peek.statuses[0].reset_at_ms, next_month_start(t), "month end of {t}");
+        assert_eq!(peek.statuses[1].reset_at_ms, day_start(t) + MS_PER_DAY, "day end of {t}");
+    }
+}
+
+/// A tiny deterministic generator (no dependency for one test).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// On random traffic (reserve with and without hold, settle, peek, apply; several
+/// limits sharing counters; time moving by milliseconds to days) the Redis limiter
+/// makes exactly the decisions of the embedded one: same admissions, same used,
+/// remaining, reset and retry times.
+#[tokio::test]
+async fn same_decisions_as_the_embedded_limiter() {
+    let Some(redis) = redis_limiter(true).await else { return };
+    let embedded = EmbeddedLimiter::new();
+    let pool = [
+        item("key:a", Metric::Requests, Window::Minute, 5),
+        item("key:a", Metric::Requests, Window::Hour, 20),
+        item("key:a", Metric::TotalTokens, Window::Minute, 300),
+        item("key:a", Metric::TotalTokens, Window::Day, 2_000),
+        item("key:a", Metric::Requests, Window::Month, 60),
+        item("key:b", Metric::CostMicros, Window::Month, 5_000),
+        item("key:b", Metric::Requests, Window::Minute, 3),
+        item("key:b", Metric::Requests, Window::Minute, 4), // shares key:b's minute counter
+    ];
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut now = NOW - 3 * 60_000;
+    let mut held: Vec<String> = Vec::new();
+    for step in 0..1_500 {
+        now += match rng.below(10) {
+            0..=5 => rng.below(800) as i64,
+            6..=8 => rng.below(20_000) as i64,
+            _ => rng.below(2 * MS_PER_DAY as u64) as i64,
+        };
+        let mut items: Vec<LimitItem> = Vec::new();
+        for _ in 0..1 + rng.below(3) {
+            items.push(pool[rng.below(pool.len() as u64) as usize].clone());
+        }
+        let amounts = Amounts {
+            requests: rng.below(3),
+            input_tokens: rng.below(150),
+            output_tokens: rng.below(100),
+            cost_micros: rng.below(900),
+        };
+        match rng.below(10) {
+            0..=5 => {
+                let id = format!("diff-{step}");
+                let hold = rng.below(2) == 0;
+                let request = reserve(&id, &items, amounts, now, hold);
+                let want = embedded.reserve(request.clone()).await.expect("embedded reserve");
+                let got = redis.reserve(request).await.expect("redis reserve");
+                assert_eq!(got, want, "step {step}: reserve {id} at {now} of {items:?} with {amounts:?}");
+                if hold && want.allowed() {
+                    held.push(id);
+                }
+            }
+            6 | 7 if !held.is_empty() => {
+                let id = held.swap_remove(rng.below(held.len() as u64) as usize);
+                let settle = SettleRequest { partition: "p", request_id: &id, actual: amounts, now_ms: now };
+                embedded.settle(settle.clone()).await.expect("embedded settle");
+                redis.settle(settle).await.expect("redis settle");
+            }
+            8 => {
+                embedded.apply("p", &items, amounts, now).await.expect("embedded apply");
+                redis.apply("p", &items, amounts, now).await.expect("redis apply");
+            }
+            _ => {
+                let want = embedded.peek("p", &items, amounts, now).await.expect("embedded peek");
+                let got = redis.peek("p", &items, amounts, now).await.expect("redis peek");
+                assert_eq!(got, want, "step {step}: peek at {now} of {items:?} with {amounts:?}");
+            }
+        }
+    }
+    // Every counter agrees at the end.
+    let want = embedded.peek("p", &pool, Amounts::default(), now).await.expect("embedded peek");
+    let got = redis.peek("p", &pool, Amounts::default(), now).await.expect("redis peek");
+    assert_eq!(got, want);
+    cleanup(&redis).await;
+}
+
+/// The scripts come back by themselves after `SCRIPT FLUSH` (EVALSHA, NOSCRIPT, load).
+#[tokio::test]
+async fn scripts_reload_after_script_flush() {
+    let Some(limiter) = redis_limiter(true).await else { return };
+    let items = [item("key:flush", Metric::Requests, Window::Minute, 10)];
+    limiter.preload().await.expect("preload");
+    assert!(limiter.reserve(reserve("f1", &items, Amounts::ONE_REQUEST, NOW, true)).await.expect("reserve").allowed());
+    let mut conn = limiter.connection().clone();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.expect("script flush");
+    let d = limiter.reserve(reserve("f2", &items, Amounts::ONE_REQUEST, NOW, true)).await.expect("reserve again");
+    assert_eq!(d.statuses[0].used, 2);
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.expect("script flush");
+    limiter
+        .settle(SettleRequest { partition: "p", request_id: "f2", actual: Amounts::default(), now_ms: NOW })
+        .await
+        .expect("settle after flush");
+    let peek = limiter.peek("p", &items, Amounts::default(), NOW).await.expect("peek");
+    assert_eq!(peek.statuses[0].used, 1);
+    cleanup(&limiter).await;
+}
+
+/// Every key carries the partition's hash tag and an expiry no later than its
+/// window's end; a held reservation expires after the reservation TTL.
+#[tokio::test]
+async fn keys_carry_the_hash_tag_and_expire_with_their_window() {
+    let Some(limiter) = redis_limiter(false).await else { return };
+    let items = [
+        item("key:ttl", Metric::Requests, Window::Minute, 10),
+        item("key:ttl", Metric::Requests, Window::Hour, 10),
+        item("key:ttl", Metric::Requests, Window::Day, 10),
+        item("key:ttl", Metric::Requests, Window::Month, 10),
+    ];
+    let request = ReserveRequest {
+        partition: "tag-project",
+        request_id: "ttl-1",
+        items: &items,
+        amounts: Amounts::ONE_REQUEST,
+        now_ms: 0,
+        hold: true,
+    };
+    assert!(limiter.reserve(request).await.expect("reserve").allowed());
+    let mut conn = limiter.connection().clone();
+    let pattern = format!("{}*", limiter.keys().prefix());
+    let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await.expect("keys");
+    assert_eq!(keys.len(), 5, "four counters and one reservation: {keys:?}");
+    let now = wall_ms();
+    for key in &keys {
+        assert!(key.contains("{tag-project}"), "{key} lacks the hash tag");
+        let ttl: i64 = redis::cmd("PTTL").arg(key).query_async(&mut conn).await.expect("pttl");
+        let bound = if key.contains(":r:") {
+            tollgate_store_redis::RESERVATION_TTL_MS
+        } else if key.contains("|minute|") {
+            61_000
+        } else if key.contains("|hour|") {
+            3_660_000
+        } else if key.contains("|day|") {
+            day_start(now) + MS_PER_DAY - now
+        } else {
+            next_month_start(now) - now
+        };
+        assert!(ttl > 0 && ttl <= bound + 1_000, "{key}: ttl {ttl} not within {bound}");
+    }
+    cleanup(&limiter).await;
+}
+
+/// The rebuild job's primitive raises a calendar counter to the ledger's total and
+/// never lowers one.
+#[tokio::test]
+async fn raise_calendar_counters_never_lowers() {
+    let Some(limiter) = redis_limiter(true).await else { return };
+    let month = item("key:raise", Metric::Requests, Window::Month, 100);
+    let day = item("key:raise", Metric::Requests, Window::Day, 100);
+    let minute = item("key:raise", Metric::Requests, Window::Minute, 100);
+    let items = [month.clone(), day.clone()];
+    limiter.apply("p", &items, Amounts::requests(10), NOW).await.expect("apply");
+    let target = |item: &LimitItem, amount: u64| CalendarTarget {
+        item: item.clone(),
+        window_start_ms: tollgate_store_redis::calendar_window_start(item.spec.window, NOW).unwrap_or(0),
+        amount,
+    };
+    let raised = limiter
+        .raise_calendar_counters("p", &[target(&month, 25), target(&day, 4), target(&minute, 99)], NOW)
+        .await
+        .expect("raise");
+    assert_eq!(raised, 1, "only the month was below its target; minute windows are not raised");
+    let peek = limiter.peek("p", &items, Amounts::default(), NOW).await.expect("peek");
+    assert_eq!((peek.statuses[0].used, peek.statuses[1].used), (25, 10));
+    // A target for a window that is over by now lands nowhere.
+    let stale = CalendarTarget { item: day.clone(), window_start_ms: day_start(NOW) - MS_PER_DAY, amount: 50 };
+    assert_eq!(limiter.raise_calendar_counters("p", &[stale], NOW).await.expect("raise stale"), 0);
+    cleanup(&limiter).await;
+}
