@@ -63,6 +63,18 @@ pub fn usage_from_json(body: &[u8]) -> Option<TokenUsage> {
     serde_json::from_slice::<Envelope>(body).ok()?.usage
 }
 
+/// Like [`usage_from_json`], but tells a body that is not a JSON object (a broken
+/// upstream) apart from one that simply has no usage.
+pub fn checked_usage_from_json(body: &[u8]) -> Result<Option<TokenUsage>, serde_json::Error> {
+    match serde_json::from_slice::<Envelope>(body) {
+        Ok(envelope) => Ok(envelope.usage),
+        // A well-formed object whose usage block has an odd shape is still a valid
+        // answer: count its tokens instead of failing the request.
+        Err(e) if e.is_data() => serde_json::from_slice::<serde::de::IgnoredAny>(body).map(|_| None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Watches a non-streaming JSON body go by and reports its usage at the end.
 pub struct UsageScanner {
     chunks: Vec<Bytes>,

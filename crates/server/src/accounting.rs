@@ -172,8 +172,9 @@ fn warn_unknown_model(model: &str) {
 
 /// What the upstream's answer told us, collected as it streamed by.
 pub enum Outcome {
-    /// A JSON answer; `usage` is its usage block, if any.
-    Json { usage: Option<TokenUsage> },
+    /// A JSON answer; `usage` is its usage block, if any; `body` the whole answer
+    /// when it was held (to count its text when no usage was reported).
+    Json { usage: Option<TokenUsage>, body: Option<Bytes> },
     /// A streamed answer.
     Stream(StreamSummary),
     /// Nothing usable (an error before or instead of an answer).
@@ -195,8 +196,14 @@ pub struct Finalizer {
     pub started: Instant,
 }
 
+/// Resolves when the request's ledger record is durable (`durability = "sync"`), or
+/// at once.
+pub type Commit = Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>;
+
 impl Finalizer {
-    pub fn finish(self, outcome: Outcome) {
+    /// Accounts the request, queues its ledger record, settles the reservation in the
+    /// background, and returns what the response must wait for before it ends.
+    pub fn finish(self, outcome: Outcome) -> Commit {
         let Finalizer { state, mut record, endpoint, body, refund, success, started } = self;
         record.latency_ms = started.elapsed().as_millis() as u64;
         let actual = if refund {
@@ -215,14 +222,24 @@ impl Finalizer {
             }
         };
         // The record is queued before the client sees the end of the body (this runs
-        // when the body stream ends, before the last chunk is written), so a client
-        // that got a complete 2xx finds it in the ledger.
+        // when the body stream ends, before the last chunk is written), and with
+        // `durability = "sync"` the end waits for the commit: a client that got a
+        // complete 2xx finds it in the ledger, even after a crash.
         let request_id = record.id.clone();
         let partition = record.project_id.clone();
         state.ledger.append(record);
+        let commit: Commit = state.config.durable_responses.then(|| {
+            let ledger = state.ledger.clone();
+            let id = request_id.clone();
+            Box::pin(async move {
+                if let Err(e) = ledger.flush().await {
+                    tracing::error!(request_id = %id, error = %e, "ledger commit failed");
+                }
+            }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        });
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::error!(%request_id, "no runtime to settle on");
-            return;
+            return commit;
         };
         let tasks = state.tasks.clone();
         tasks.spawn_on(
@@ -234,14 +251,49 @@ impl Finalizer {
             },
             &runtime,
         );
+        commit
     }
+}
+
+/// The generated text of a chat or completions answer (for counting its tokens when
+/// the upstream reported none). Only runs on that rare path.
+fn completion_text_from_json(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        choices: Vec<Choice>,
+    }
+    #[derive(Deserialize)]
+    struct Choice {
+        #[serde(default)]
+        message: Option<Message>,
+        #[serde(default)]
+        text: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct Message {
+        #[serde(default)]
+        content: Option<String>,
+    }
+    let Ok(answer) = serde_json::from_slice::<Answer>(body) else { return String::new() };
+    let mut text = String::new();
+    for choice in answer.choices {
+        if let Some(t) = choice.text {
+            text.push_str(&t);
+        }
+        if let Some(c) = choice.message.and_then(|m| m.content) {
+            text.push_str(&c);
+        }
+    }
+    text
 }
 
 /// Fills the record's tokens (reported, or counted) and cost.
 fn account_tokens(state: &AppState, record: &mut UsageRecord, endpoint: Endpoint, body: &[u8], outcome: Outcome) {
     let model = record.model.clone().unwrap_or_default();
     let (reported, delivered_text) = match outcome {
-        Outcome::Json { usage } => (usage, None),
+        Outcome::Json { usage: None, body: Some(body) } => (None, Some(completion_text_from_json(&body))),
+        Outcome::Json { usage, .. } => (usage, None),
         Outcome::Stream(summary) => (summary.usage, Some(summary.completion_text)),
         Outcome::Nothing => (None, None),
     };

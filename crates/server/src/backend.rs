@@ -380,7 +380,7 @@ impl FailoverLimiter {
             .collect()
     }
 
-    /// The answer while Redis is down: `None` to decide locally (fail open), or the
+    /// The answer while Redis is down: `Ok` to decide locally (fail open), or the
     /// error to return (fail closed).
     fn when_down(&self) -> StoreResult<()> {
         match self.mode {
@@ -503,7 +503,9 @@ impl Backend {
         let Some(parts) = &self.distributed else { return };
         let plans_changed = Arc::new(Notify::new());
 
-        // Change notices -> key cache and plan cache.
+        // Change notices -> key cache and plan cache. Until the first subscription
+        // is up, notices cannot arrive: cached keys live one second at most.
+        parts.catalog.set_short_ttl(Some(DEGRADED_KEY_TTL));
         {
             let (parts, cancel, plans_changed) = (parts.clone(), cancel.clone(), plans_changed.clone());
             tracker.spawn(async move {

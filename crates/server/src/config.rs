@@ -52,6 +52,10 @@ pub struct RawConfig {
     pub upstream: RawUpstream,
     pub plans: BTreeMap<String, RawPlan>,
     pub limits: RawLimits,
+    /// `sync`: a response ends only once its ledger record is committed to disk (a
+    /// group commit shared by concurrent requests), so a 2xx survives `kill -9`.
+    /// `async`: records are committed in the background, at most a batch is lost.
+    pub durability: String,
     /// Price overrides and additions, by model id.
     pub prices: BTreeMap<String, tollgate_providers::pricing::PriceOverride>,
     // Distributed store (`store = "distributed"`), see docs/configuration.md.
@@ -120,6 +124,7 @@ impl Default for RawConfig {
             shutdown_grace_secs: 30,
             upstream: RawUpstream::default(),
             limits: RawLimits::default(),
+            durability: "sync".into(),
             prices: BTreeMap::new(),
             redis_url: None,
             redis_cluster: false,
@@ -180,6 +185,8 @@ pub struct Config {
     /// The upstream provider's name (`upstream.provider`).
     pub provider: String,
     pub default_max_output_tokens: u64,
+    /// Whether responses wait for their ledger record to be durable.
+    pub durable_responses: bool,
     /// The built-in price table with the configured overrides.
     pub prices: std::sync::Arc<tollgate_providers::pricing::PriceTable>,
     /// The storage backend and its settings (`store`, `redis_url`, `database_url`, ...).
@@ -261,8 +268,9 @@ impl Config {
         figment = figment.merge(
             Env::prefixed("TOLLGATE_")
                 .filter(|k| {
-                    let k = k.as_str();
-                    let top = k.split("__").next().unwrap_or(k);
+                    // Keys arrive in the variable's own case (`LISTEN`).
+                    let k = k.as_str().to_ascii_lowercase();
+                    let top = k.split("__").next().unwrap_or(&k);
                     ENV_KEYS.contains(&top)
                 })
                 .split("__"),
@@ -313,6 +321,11 @@ impl Config {
         if raw.limits.default_max_output_tokens == 0 || raw.limits.default_max_output_tokens > 10_000_000 {
             return Err(invalid("limits.default_max_output_tokens", "must be between 1 and 10,000,000"));
         }
+        let durable_responses = match raw.durability.as_str() {
+            "sync" => true,
+            "async" => false,
+            other => return Err(invalid("durability", format!("'{other}' must be \"sync\" or \"async\""))),
+        };
         let prices = std::sync::Arc::new(tollgate_providers::pricing::PriceTable::with_overrides(raw.prices.clone()));
         let mut seed_plans = Vec::new();
         for (name, plan) in raw.plans {
@@ -343,8 +356,57 @@ impl Config {
             anonymous_plan: raw.limits.anonymous_plan,
             provider: raw.upstream.provider.clone(),
             default_max_output_tokens: raw.limits.default_max_output_tokens,
+            durable_responses,
             prices,
             store,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        std::io::Write::write_all(&mut file, text.as_bytes()).expect("write");
+        file
+    }
+
+    #[test]
+    fn a_file_overrides_defaults_and_plans_merge() {
+        let file = write(
+            r#"
+            listen = "127.0.0.1:9999"
+            durability = "async"
+            [upstream]
+            base_url = "http://127.0.0.1:1/v1"
+            [plans.enterprise]
+            limits = [{ metric = "requests", window = "minute", limit = 5000 }]
+            [prices."my-model"]
+            input_per_mtok_micros = 1000000
+            output_per_mtok_micros = 2000000
+            "#,
+        );
+        let config = Config::load(Some(file.path())).expect("valid");
+        assert_eq!(config.listen.port(), 9999);
+        assert!(!config.durable_responses);
+        assert_eq!(config.upstream.base_url, "http://127.0.0.1:1/v1");
+        let enterprise = config.seed_plans.iter().find(|p| p.name == "enterprise").expect("enterprise");
+        assert_eq!(enterprise.limits.len(), 1);
+        assert!(config.seed_plans.iter().any(|p| p.name == "free"), "defaults kept");
+        assert!(config.prices.price("my-model").known);
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let file = write("lisen = \"127.0.0.1:1\"\n");
+        let err = Config::load(Some(file.path())).expect_err("unknown key").to_string();
+        assert!(err.contains("lisen"), "{err}");
+        let file = write("durability = \"maybe\"\n");
+        let err = Config::load(Some(file.path())).expect_err("bad value").to_string();
+        assert!(err.contains("durability"), "{err}");
+        let err = Config::load(Some(Path::new("/nonexistent/tollgate.toml"))).expect_err("missing").to_string();
+        assert!(err.contains("--config"), "{err}");
     }
 }

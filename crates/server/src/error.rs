@@ -66,6 +66,8 @@ pub enum ApiError {
     #[error("{0}")]
     UpstreamTimeout(String),
     #[error("{0}")]
+    UpstreamInvalid(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
@@ -103,6 +105,7 @@ impl ApiError {
             QuotaExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded_error", "quota_exceeded"),
             UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_unavailable"),
             UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_error", "upstream_timeout"),
+            UpstreamInvalid(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_invalid_response"),
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "api_error", "service_unavailable"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "api_error", "internal_error"),
         }

@@ -19,6 +19,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
+
 use futures_util::{Stream, StreamExt};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tollgate_core::{Decision, UsageRecord};
@@ -159,13 +160,15 @@ async fn forward(
     };
     let passed = forwarded_headers(&state, &headers);
     let sent = state.upstream.send(reqwest::Method::POST, endpoint.upstream_path(), passed, Some(upstream_body)).await;
-    let upstream = match sent {
+    let mut upstream = match sent {
         Ok(u) => u,
         Err(e) => {
             let error = upstream_error(&e);
             record.status = error.status().as_u16();
             let finalizer = Finalizer { state, record, endpoint, body: bytes, refund: true, success: false, started };
-            finalizer.finish(Outcome::Nothing);
+            if let Some(commit) = finalizer.finish(Outcome::Nothing) {
+                commit.await;
+            }
             return with_headers(error.into_response(), Some(&decision), &request_id, now);
         }
     };
@@ -174,26 +177,113 @@ async fn forward(
     // The provider's own failures and throttling are not the client's usage.
     let refund = upstream.status >= 500 || upstream.status == 429;
     let is_sse = upstream.content_type.as_deref().is_some_and(|ct| ct.starts_with("text/event-stream"));
-    let watcher = if is_sse {
-        Watcher::Sse(SseRewriter::new(strip_usage))
-    } else {
-        Watcher::Json(UsageScanner::new(MAX_SCANNED_RESPONSE))
-    };
+    let status = StatusCode::from_u16(upstream.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response_headers = HeaderMap::new();
+    if let Some(ct) = upstream.content_type.take().and_then(|v| HeaderValue::from_str(&v).ok()) {
+        response_headers.insert(header::CONTENT_TYPE, ct);
+    }
+    if let Some(ra) = upstream.retry_after.take().and_then(|v| HeaderValue::from_str(&v).ok()) {
+        response_headers.insert(header::RETRY_AFTER, ra);
+    }
     let finalizer = Finalizer { state, record, endpoint, body: bytes, refund, success, started };
-    let stream = AccountingStream { inner: upstream.body, watcher, finalizer: Some(finalizer) };
-    let mut response = Response::new(Body::from_stream(stream));
-    *response.status_mut() = StatusCode::from_u16(upstream.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let h = response.headers_mut();
-    if let Some(ct) = upstream.content_type.and_then(|v| HeaderValue::from_str(&v).ok()) {
-        h.insert(header::CONTENT_TYPE, ct);
-    }
-    if let Some(ra) = upstream.retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
-        h.insert(header::RETRY_AFTER, ra);
-    }
-    if is_sse {
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    }
+    let response = if is_sse {
+        response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        let watcher = Watcher::Sse(SseRewriter::new(strip_usage));
+        let stream = AccountingStream::new(upstream.body, watcher, finalizer);
+        respond(status, response_headers, Body::from_stream(stream))
+    } else {
+        match collect_json(upstream.body).await {
+            Collected::Whole(body) => {
+                let usage = if success { tollgate_providers::usage::checked_usage_from_json(&body) } else { Ok(None) };
+                match usage {
+                    Ok(usage) => {
+                        let held = usage.is_none().then(|| body.clone());
+                        if let Some(commit) = finalizer.finish(Outcome::Json { usage, body: held }) {
+                            commit.await;
+                        }
+                        respond(status, response_headers, Body::from(body))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "upstream answered 2xx with a body that is not JSON");
+                        refund_and_fail(finalizer, StatusCode::BAD_GATEWAY, &e.to_string()).await;
+                        ApiError::UpstreamInvalid("The upstream provider returned an invalid response.".into())
+                            .into_response()
+                    }
+                }
+            }
+            Collected::Broken(e) => {
+                tracing::warn!(error = %e, "upstream body broke off");
+                refund_and_fail(finalizer, StatusCode::BAD_GATEWAY, &e.to_string()).await;
+                upstream_error(&e).into_response()
+            }
+            // Too big to hold: pass it through as it comes, counting instead of parsing.
+            Collected::TooBig { head, rest } => {
+                let watcher = Watcher::Json(UsageScanner::new(0));
+                let stream = futures_util::stream::iter(head.into_iter().map(Ok)).chain(rest);
+                let stream = AccountingStream::new(Box::pin(stream), watcher, finalizer);
+                respond(status, response_headers, Body::from_stream(stream))
+            }
+        }
+    };
     with_headers(response, Some(&decision), &request_id, now)
+}
+
+fn respond(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// Records a request whose upstream answer was unusable as failed and refunded.
+async fn refund_and_fail(mut finalizer: Finalizer, status: StatusCode, why: &str) {
+    tracing::debug!(%why, "refunding");
+    finalizer.record.status = status.as_u16();
+    finalizer.refund = true;
+    finalizer.success = false;
+    if let Some(commit) = finalizer.finish(Outcome::Nothing) {
+        commit.await;
+    }
+}
+
+type UpstreamBody = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
+
+/// A non-streaming answer, read whole (one JSON document: it arrives in one burst once
+/// the provider is done, so holding it costs no latency) so that a broken or invalid
+/// answer becomes a clear 502 and the usage is known before the client gets it.
+enum Collected {
+    Whole(Bytes),
+    Broken(UpstreamError),
+    TooBig { head: Vec<Bytes>, rest: UpstreamBody },
+}
+
+async fn collect_json(mut body: UpstreamBody) -> Collected {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0;
+    loop {
+        match body.next().await {
+            Some(Ok(chunk)) => {
+                len += chunk.len();
+                chunks.push(chunk);
+                if len > MAX_SCANNED_RESPONSE {
+                    return Collected::TooBig { head: chunks, rest: body };
+                }
+            }
+            Some(Err(e)) => return Collected::Broken(e),
+            None => break,
+        }
+    }
+    Collected::Whole(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => {
+            let mut whole = bytes::BytesMut::with_capacity(len);
+            for c in &chunks {
+                whole.extend_from_slice(c);
+            }
+            whole.freeze()
+        }
+    })
 }
 
 /// The client headers configured to pass through (`upstream.forward_headers`).
@@ -238,23 +328,45 @@ enum Watcher {
 
 /// Passes the upstream body through chunk by chunk while watching for usage; the
 /// finalizer runs at the end of the body, on an upstream error, or on drop (the
-/// client went away), whichever comes first, with what was delivered so far.
+/// client went away), whichever comes first, with what was delivered so far. In
+/// `sync` durability the end of the body waits for the ledger commit.
 struct AccountingStream {
-    inner: Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>,
+    inner: UpstreamBody,
     watcher: Watcher,
     finalizer: Option<Finalizer>,
+    commit: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    /// Bytes to send after the commit (a held-back event, or an error event).
+    tail: Option<Bytes>,
+    done: bool,
 }
 
 impl AccountingStream {
+    fn new(inner: UpstreamBody, watcher: Watcher, finalizer: Finalizer) -> Self {
+        Self { inner, watcher, finalizer: Some(finalizer), commit: None, tail: None, done: false }
+    }
+
     fn finish(&mut self) {
         if let Some(f) = self.finalizer.take() {
             let outcome = match &mut self.watcher {
-                Watcher::Json(scanner) => Outcome::Json { usage: scanner.finish() },
+                Watcher::Json(scanner) => Outcome::Json { usage: scanner.finish(), body: None },
                 Watcher::Sse(rewriter) => Outcome::Stream(rewriter.finish()),
             };
-            f.finish(outcome);
+            self.commit = f.finish(outcome);
         }
     }
+}
+
+/// The SSE event that ends a stream the upstream broke off, so SDKs raise a clear
+/// error instead of seeing a silently truncated answer.
+fn broken_stream_event(e: &UpstreamError) -> Bytes {
+    let (code, message) = match e {
+        UpstreamError::Timeout(d) => {
+            ("upstream_timeout", format!("The upstream provider stopped sending for {}s.", d.as_secs()))
+        }
+        _ => ("upstream_stream_broken", "The upstream provider's stream broke off.".to_owned()),
+    };
+    let event = serde_json::json!({ "error": { "message": message, "type": "upstream_error", "code": code } });
+    Bytes::from(format!("data: {event}\n\n"))
 }
 
 impl Stream for AccountingStream {
@@ -263,6 +375,15 @@ impl Stream for AccountingStream {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
+            if this.done {
+                if let Some(commit) = this.commit.as_mut() {
+                    if commit.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    this.commit = None;
+                }
+                return Poll::Ready(this.tail.take().map(Ok));
+            }
             return match this.inner.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
                     let out = match &mut this.watcher {
@@ -279,8 +400,20 @@ impl Stream for AccountingStream {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     tracing::warn!(error = %e, "upstream body broke off");
-                    this.finish();
-                    Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))))
+                    this.done = true;
+                    match &mut this.watcher {
+                        Watcher::Sse(rewriter) => {
+                            let mut tail = bytes::BytesMut::from(&rewriter.flush()[..]);
+                            tail.extend_from_slice(&broken_stream_event(&e));
+                            this.tail = Some(tail.freeze());
+                            this.finish();
+                            continue;
+                        }
+                        Watcher::Json(_) => {
+                            this.finish();
+                            Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))))
+                        }
+                    }
                 }
                 Poll::Ready(None) => {
                     // An event the rewriter held back (it might have been the usage
@@ -289,8 +422,10 @@ impl Stream for AccountingStream {
                         Watcher::Sse(rewriter) => rewriter.flush(),
                         Watcher::Json(_) => Bytes::new(),
                     };
+                    this.tail = (!tail.is_empty()).then_some(tail);
+                    this.done = true;
                     this.finish();
-                    if tail.is_empty() { Poll::Ready(None) } else { Poll::Ready(Some(Ok(tail))) }
+                    continue;
                 }
                 Poll::Pending => Poll::Pending,
             };

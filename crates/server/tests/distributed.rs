@@ -63,14 +63,27 @@ struct Schema {
     store: PostgresStore,
 }
 
+/// Fails the test when the configured Redis does not answer (a skip would hide it).
+async fn require_redis(url: &str) {
+    let settings =
+        tollgate_store_redis::RedisSettings { url: url.to_owned(), cluster: false, timeout: Duration::from_secs(5) };
+    let conn = tollgate_store_redis::RedisConn::connect(&settings).await.expect("redis settings");
+    if let Err(e) = conn.ping(settings.timeout).await {
+        panic!("TOLLGATE_TEST_REDIS_URL={url} is set but Redis does not answer: {e}");
+    }
+}
+
 impl Schema {
     async fn create(env: &Env) -> Schema {
+        require_redis(&env.redis_url).await;
         let name = unique("tgtest");
         let mut settings = PostgresSettings::new(&env.database_url);
         settings.schema = Some(name.clone());
         let store = match PostgresStore::open(&settings).await {
             Ok(s) => s,
-            Err(e) => panic!("TOLLGATE_TEST_DATABASE_URL={} is set but PostgreSQL cannot be used: {e}", env.database_url),
+            Err(e) => {
+                panic!("TOLLGATE_TEST_DATABASE_URL={} is set but PostgreSQL cannot be used: {e}", env.database_url)
+            }
         };
         let separator = if env.database_url.contains('?') { '&' } else { '?' };
         let url = format!("{}{separator}options=-c%20search_path%3D{name}", env.database_url);
@@ -177,9 +190,11 @@ impl Instance {
         let r = self.admin(reqwest::Method::POST, "/api/v1/projects", Some(json!({ "id": project }))).await;
         assert_eq!(r.status, 201, "{:?}", r.body);
         let plan = format!("plan-{project}");
-        let r = self.admin(reqwest::Method::POST, "/api/v1/plans", Some(json!({ "name": plan, "limits": limits }))).await;
+        let r =
+            self.admin(reqwest::Method::POST, "/api/v1/plans", Some(json!({ "name": plan, "limits": limits }))).await;
         assert_eq!(r.status, 201, "{:?}", r.body);
-        let r = self.admin(reqwest::Method::POST, "/api/v1/keys", Some(json!({ "project": project, "plan": plan }))).await;
+        let r =
+            self.admin(reqwest::Method::POST, "/api/v1/keys", Some(json!({ "project": project, "plan": plan }))).await;
         assert_eq!(r.status, 201, "{:?}", r.body);
         (r.body["key"].as_str().expect("key").to_owned(), r.body["id"].as_str().expect("id").to_owned())
     }
@@ -212,8 +227,11 @@ where
 }
 
 async fn delete_redis_prefix(redis_url: &str, prefix: &str) {
-    let settings =
-        tollgate_store_redis::RedisSettings { url: redis_url.to_owned(), cluster: false, timeout: Duration::from_secs(5) };
+    let settings = tollgate_store_redis::RedisSettings {
+        url: redis_url.to_owned(),
+        cluster: false,
+        timeout: Duration::from_secs(5),
+    };
     let Ok(conn) = tollgate_store_redis::RedisConn::connect(&settings).await else { return };
     let limiter = tollgate_store_redis::RedisLimiter::new(
         conn,
@@ -239,7 +257,8 @@ async fn two_instances_admit_exactly_the_quota_and_ledger_every_success() {
 
     let (key, _) = a.project_key("exact", json!([{ "metric": "requests", "window": "month", "limit": 100 }])).await;
     // The plan was created through A: B picks it up from the notice (or its reload).
-    eventually(Duration::from_secs(3), "B sees the new plan", || async { b.state.plans.get("plan-exact").is_some() }).await;
+    eventually(Duration::from_secs(3), "B sees the new plan", || async { b.state.plans.get("plan-exact").is_some() })
+        .await;
 
     let (a, b) = (Arc::new(a), Arc::new(b));
     let mut tasks = Vec::new();
@@ -292,7 +311,8 @@ async fn a_key_revoked_on_one_instance_is_refused_by_the_other_within_a_second()
     let b = start(config(&mock, &env.redis_url, &schema.url, &prefix)).await;
 
     let (key, id) = a.project_key("revoke", json!([{ "metric": "requests", "window": "minute", "limit": 1000 }])).await;
-    eventually(Duration::from_secs(3), "B sees the plan", || async { b.state.plans.get("plan-revoke").is_some() }).await;
+    eventually(Duration::from_secs(3), "B sees the plan", || async { b.state.plans.get("plan-revoke").is_some() })
+        .await;
     // B has the key cached (the TTL alone would keep it 30 s).
     assert_eq!(b.chat(&key).await.status, 200);
     assert_eq!(b.chat(&key).await.status, 200);

@@ -48,15 +48,13 @@ const INSERT: &str = "INSERT INTO usage (id, ts_ms, project_id, key_id, endpoint
      $15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[]) \
      ON CONFLICT (id) DO NOTHING";
 
-const INSERT_RETURNING: &str = concat!(
-    "INSERT INTO usage (id, ts_ms, project_id, key_id, endpoint, model, status, counted, requests, \
+const INSERT_RETURNING: &str = "INSERT INTO usage (id, ts_ms, project_id, key_id, endpoint, model, status, counted, requests, \
      prompt_tokens, completion_tokens, cost_micros, latency_ms, provider, cached_tokens, uncached_cost_micros, \
      usage_source, price_version, client_ip, anonymous_id) \
      SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], \
      $8::bool[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], \
      $15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[]) \
-     ON CONFLICT (id) DO NOTHING RETURNING id"
-);
+     ON CONFLICT (id) DO NOTHING RETURNING id";
 
 type Ack = oneshot::Sender<StoreResult<()>>;
 

@@ -40,7 +40,8 @@ pub fn config(data_dir: &Path, mock_url: &str) -> Config {
     };
     raw.upstream.base_url = mock_url.to_owned();
     raw.upstream.api_key = Some(Secret::new("sk-provider-test"));
-    raw.upstream.timeout_secs = 5;
+    // Short, so fault tests (a slow or stalled upstream) finish quickly.
+    raw.upstream.timeout_secs = 2;
     // A model priced at exactly one micro-dollar per token, for cost tests.
     raw.prices.insert(
         "tollgate-test".into(),

@@ -3,6 +3,8 @@
 
 mod accounting;
 mod admin;
+mod crash;
+mod faults;
 mod helpers;
 mod limits;
 mod proxy;
