@@ -45,8 +45,7 @@ fn days_in_month(year: i64, month: u32) -> u32 {
 
 /// A valid civil date: year, month, and a day that exists in that month.
 fn civil_date() -> impl Strategy<Value = (i64, u32, u32)> {
-    (-25_000i64..25_000, 1u32..=12)
-        .prop_flat_map(|(y, m)| (Just(y), Just(m), 1..=days_in_month(y, m)))
+    (-25_000i64..25_000, 1u32..=12).prop_flat_map(|(y, m)| (Just(y), Just(m), 1..=days_in_month(y, m)))
 }
 
 proptest! {

@@ -63,13 +63,7 @@ struct Probe<'a> {
     #[serde(default)]
     max_completion_tokens: Option<Value>,
     #[serde(default)]
-    stream_options: Option<StreamOptions>,
-}
-
-#[derive(Deserialize)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: Option<bool>,
+    stream_options: Option<Value>,
 }
 
 /// What a request asks for.
@@ -95,6 +89,10 @@ fn output_limit(field: &str, value: &Option<Value>) -> Result<Option<u64>, ApiEr
 
 /// Parses the request once; malformed bodies are 400s that say what is wrong.
 pub fn inspect(endpoint: Endpoint, body: &[u8]) -> Result<RequestInfo, ApiError> {
+    // serde would read a struct from a JSON array too; the API takes objects only.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request("the request body must be a JSON object"));
+    }
     let probe: Probe<'_> = serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
             ApiError::bad_request(format!("invalid request body: {e}"))
@@ -116,7 +114,15 @@ pub fn inspect(endpoint: Endpoint, body: &[u8]) -> Result<RequestInfo, ApiError>
         Some(n) => Some(n),
         None => output_limit("max_tokens", &probe.max_tokens)?,
     };
-    let client_wants_usage = probe.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
+    let client_wants_usage = match &probe.stream_options {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(o)) => match o.get("include_usage") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(ApiError::invalid_field("stream_options.include_usage", "must be a boolean")),
+        },
+        Some(_) => return Err(ApiError::invalid_field("stream_options", "must be an object")),
+    };
     Ok(RequestInfo { model, stream, client_wants_usage, max_output_tokens })
 }
 

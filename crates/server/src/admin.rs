@@ -4,7 +4,7 @@
 //! Tenant isolation lives in [`Admin::check_project`]: a token scoped to one project
 //! gets 404 for anything of another project, exactly as if it did not exist.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,7 +18,7 @@ use tollgate_store::{AdminScope, KeyQuery};
 
 use crate::auth::Admin;
 use crate::error::ApiError;
-use crate::extract::{Json, Query};
+use crate::extract::{Json, Path, Query};
 use crate::state::{AppState, now_ms, random_bytes};
 
 pub fn routes() -> Router<AppState> {

@@ -42,11 +42,35 @@ impl From<KeyRefusal> for ApiError {
     }
 }
 
-/// The bearer token of a request, if any.
+/// The bearer token of a request, if any. A request with several `Authorization`
+/// headers has none: which of them should count would be a guess, so
+/// [`check_authorization`] refuses it.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
+    let mut values = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Refuses an `Authorization` header that is there but cannot be read: sent more than
+/// once (400, even when the copies agree: it is not a list header), or not visible
+/// ASCII (401, in the words of `not_ascii`).
+fn check_authorization(headers: &HeaderMap, not_ascii: impl FnOnce() -> ApiError) -> Result<(), ApiError> {
+    let mut values = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    let Some(first) = values.next() else { return Ok(()) };
+    if values.next().is_some() {
+        return Err(ApiError::BadRequest {
+            message: "Send exactly one Authorization header; this request has several.".into(),
+            param: Some("Authorization".into()),
+        });
+    }
+    match first.to_str() {
+        Ok(_) => Ok(()),
+        Err(_) => Err(not_ascii()),
+    }
 }
 
 /// Resolves a presented key to a usable key and plan.
@@ -74,6 +98,9 @@ pub async fn authenticate_key(state: &AppState, presented: &str, now_ms: i64) ->
 
 /// The key of a proxied request (`Authorization: Bearer tg_...`).
 pub async fn authenticate_request(state: &AppState, headers: &HeaderMap, now_ms: i64) -> Result<Authed, ApiError> {
+    check_authorization(headers, || {
+        ApiError::InvalidKey("The Authorization header must be 'Bearer tg_...' in visible ASCII.".into())
+    })?;
     let presented = bearer(headers).filter(|t| !t.is_empty()).ok_or_else(|| {
         ApiError::MissingKey(
             "You didn't provide an API key. Send your tollgate key as 'Authorization: Bearer tg_...'.".into(),
@@ -120,6 +147,11 @@ impl FromRequestParts<AppState> for Admin {
 /// The admin behind a request's bearer token, or 401.
 pub async fn admin_from_headers(state: &AppState, headers: &HeaderMap) -> Result<Admin, ApiError> {
     {
+        check_authorization(headers, || {
+            ApiError::AdminUnauthorized(
+                "The Authorization header must be 'Bearer <admin token>' in visible ASCII.".into(),
+            )
+        })?;
         let token = bearer(headers).filter(|t| !t.is_empty()).ok_or_else(|| {
             ApiError::AdminUnauthorized("The admin API needs 'Authorization: Bearer <admin token>'.".into())
         })?;

@@ -669,3 +669,69 @@ pub async fn rebuild_calendar_counters(state: &AppState, parts: &Distributed, no
     }
     Ok(raised)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn distributed() -> RawConfig {
+        RawConfig {
+            store: "distributed".into(),
+            redis_url: Some(Secret::new("redis://127.0.0.1:6379")),
+            database_url: Some(Secret::new("postgres://postgres@127.0.0.1/tollgate")),
+            ..RawConfig::default()
+        }
+    }
+
+    fn setting_of(raw: RawConfig) -> String {
+        match StoreConfig::from_raw(&raw) {
+            Err(ConfigError::Invalid { setting, .. }) => setting,
+            other => panic!("expected an invalid setting, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn embedded_is_the_default_and_distributed_needs_both_urls() {
+        assert!(matches!(StoreConfig::from_raw(&RawConfig::default()), Ok(StoreConfig::Embedded)));
+        let Ok(StoreConfig::Distributed(d)) = StoreConfig::from_raw(&distributed()) else {
+            panic!("a complete distributed configuration is accepted");
+        };
+        assert_eq!((d.on_store_error, d.instances), (OnStoreError::Open, 1));
+        assert_eq!(d.redis_timeout, Duration::from_millis(200));
+        assert_eq!(setting_of(RawConfig { redis_url: None, ..distributed() }), "redis_url");
+        assert_eq!(setting_of(RawConfig { database_url: None, ..distributed() }), "database_url");
+        assert_eq!(setting_of(RawConfig { store: "sqlite".into(), ..distributed() }), "store");
+    }
+
+    #[test]
+    fn every_bad_value_names_its_setting() {
+        let cases: Vec<(RawConfig, &str)> = vec![
+            (RawConfig { on_store_error: "maybe".into(), ..distributed() }, "on_store_error"),
+            (RawConfig { instances: 0, ..distributed() }, "instances"),
+            (RawConfig { redis_timeout_ms: 0, ..distributed() }, "redis_timeout_ms"),
+            (RawConfig { ledger_buffer: 0, ..distributed() }, "ledger_buffer"),
+            (RawConfig { database_pool_size: 0, ..distributed() }, "database_pool_size"),
+            (RawConfig { counter_rebuild_secs: 0, ..distributed() }, "counter_rebuild_secs"),
+            (RawConfig { redis_url: Some(Secret::new("http://redis")), ..distributed() }, "redis_url"),
+            (RawConfig { redis_url: Some(Secret::new("redis://a:1,redis://b:2")), ..distributed() }, "redis_url"),
+            (RawConfig { database_url: Some(Secret::new("mysql://db")), ..distributed() }, "database_url"),
+        ];
+        for (raw, setting) in cases {
+            assert_eq!(setting_of(raw), setting);
+        }
+        let cluster =
+            RawConfig { redis_cluster: true, redis_url: Some(Secret::new("redis://a:1,redis://b:2")), ..distributed() };
+        assert!(StoreConfig::from_raw(&cluster).is_ok(), "a cluster lists several seed nodes");
+    }
+
+    #[test]
+    fn secrets_in_urls_never_print() {
+        let raw = RawConfig {
+            redis_url: Some(Secret::new("redis://:hunter2@127.0.0.1:6379")),
+            database_url: Some(Secret::new("postgres://u:hunter2@127.0.0.1/db")),
+            ..distributed()
+        };
+        let config = StoreConfig::from_raw(&raw).expect("valid");
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

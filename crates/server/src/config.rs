@@ -70,6 +70,9 @@ pub struct RawConfig {
     pub ledger_buffer: usize,
     pub key_cache_ttl_secs: u64,
     pub counter_rebuild_secs: u64,
+    /// Browser origins allowed to call tollgate (CORS), e.g. `https://app.example.com`,
+    /// or `["*"]` for any. Empty (the default): no CORS headers at all.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -137,6 +140,7 @@ impl Default for RawConfig {
             ledger_buffer: 100_000,
             key_cache_ttl_secs: 30,
             counter_rebuild_secs: 60,
+            cors_allowed_origins: Vec::new(),
             plans: default_plans()
                 .into_iter()
                 .map(|p| (p.name, RawPlan { description: p.description, limits: p.limits }))
@@ -191,6 +195,8 @@ pub struct Config {
     pub prices: std::sync::Arc<tollgate_providers::pricing::PriceTable>,
     /// The storage backend and its settings (`store`, `redis_url`, `database_url`, ...).
     pub store: crate::backend::StoreConfig,
+    /// Origins allowed by CORS; empty: CORS is off. `["*"]`: any origin.
+    pub cors_allowed_origins: Vec<axum::http::HeaderValue>,
 }
 
 /// A configuration error that names the setting.
@@ -247,6 +253,7 @@ const ENV_KEYS: &[&str] = &[
     "ledger_buffer",
     "key_cache_ttl_secs",
     "counter_rebuild_secs",
+    "cors_allowed_origins",
 ];
 
 impl Config {
@@ -327,6 +334,7 @@ impl Config {
             other => return Err(invalid("durability", format!("'{other}' must be \"sync\" or \"async\""))),
         };
         let prices = std::sync::Arc::new(tollgate_providers::pricing::PriceTable::with_overrides(raw.prices.clone()));
+        let cors_allowed_origins = cors_origins(&raw.cors_allowed_origins)?;
         let mut seed_plans = Vec::new();
         for (name, plan) in raw.plans {
             if !is_slug(&name) {
@@ -359,8 +367,36 @@ impl Config {
             durable_responses,
             prices,
             store,
+            cors_allowed_origins,
         })
     }
+}
+
+/// Checks `cors_allowed_origins`: `*` alone, or origins as browsers send them
+/// (`scheme://host[:port]`, no path, no trailing slash).
+fn cors_origins(origins: &[String]) -> Result<Vec<axum::http::HeaderValue>, ConfigError> {
+    if origins.iter().any(|o| o == "*") {
+        if origins.len() > 1 {
+            return Err(invalid("cors_allowed_origins", "\"*\" allows every origin: list it alone"));
+        }
+        return Ok(vec![axum::http::HeaderValue::from_static("*")]);
+    }
+    origins
+        .iter()
+        .map(|origin| {
+            let rest = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
+            let valid = rest.is_some_and(|host| {
+                !host.is_empty() && !host.contains('/') && host.bytes().all(|b| b.is_ascii_graphic())
+            });
+            if !valid {
+                return Err(invalid(
+                    "cors_allowed_origins",
+                    format!("'{origin}' is not an origin like https://app.example.com (no path, no trailing slash)"),
+                ));
+            }
+            axum::http::HeaderValue::from_str(origin).map_err(|_| invalid("cors_allowed_origins", origin.clone()))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -57,6 +57,8 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("unknown endpoint {0}")]
     UnknownEndpoint(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
     #[error("rate limit exceeded")]
     RateLimited(Box<LimitRefusal>),
     #[error("quota exceeded")]
@@ -101,6 +103,7 @@ impl ApiError {
             Conflict(_) => (StatusCode::CONFLICT, "invalid_request_error", "conflict"),
             PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "payload_too_large"),
             UnknownEndpoint(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "unknown_endpoint"),
+            MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "method_not_allowed"),
             RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limit_exceeded"),
             QuotaExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded_error", "quota_exceeded"),
             UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_unavailable"),

@@ -1,6 +1,6 @@
 //! Extractors that turn malformed input into the OpenAI error shape.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -41,6 +41,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
                 Err(ApiError::bad_request(format!("invalid query string: {}", e.body_text())))
             }
             Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
+/// `axum::extract::Path` with rejections in OpenAI's shape: a path segment that is
+/// not UTF-8 once percent-decoded (`/api/v1/keys/%FF`) is a 400 naming the problem.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            // A route without the parameter: a bug here, not the client's.
+            Err(e @ PathRejection::MissingPathParams(_)) => Err(ApiError::internal(e.body_text())),
+            Err(e) => Err(ApiError::bad_request(format!("invalid path: {}", e.body_text()))),
         }
     }
 }

@@ -517,6 +517,36 @@ fn parse_body(body: &Bytes) -> Result<(Map<String, Value>, String), ApiError> {
     Ok((object, model))
 }
 
+/// As OpenAI does: `messages` must be an array of objects. (A missing `messages` is
+/// let through: tests that only care about the answer may leave it out.)
+fn check_messages(body: &Map<String, Value>) -> Result<(), ApiError> {
+    let kind = |v: &Value| match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    match body.get("messages") {
+        None => Ok(()),
+        Some(Value::Array(messages)) => match messages.iter().position(|m| !m.is_object()) {
+            Some(i) => Err(bad_request(
+                &format!(
+                    "Invalid type for 'messages[{i}]': expected an object, but got {} instead.",
+                    kind(&messages[i])
+                ),
+                Some("messages"),
+            )),
+            None => Ok(()),
+        },
+        Some(other) => Err(bad_request(
+            &format!("Invalid type for 'messages': expected an array of objects, but got {} instead.", kind(other)),
+            Some("messages"),
+        )),
+    }
+}
+
 fn is_stream(body: &Map<String, Value>) -> bool {
     body.get("stream").and_then(Value::as_bool).unwrap_or(false)
 }
@@ -536,6 +566,7 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let directives = prelude(&inner, &headers).await?;
     let (body, model) = parse_body(&body)?;
+    check_messages(&body)?;
     let id = format!("chatcmpl-mock-{}", inner.next_id());
     let created = unix_now();
     if is_stream(&body) {

@@ -152,21 +152,81 @@ impl Application {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let cors = cors_layer(&state.config.cors_allowed_origins);
+    let router = Router::new()
         .merge(crate::proxy::routes())
         .merge(crate::admin::routes())
         .route("/health", get(crate::admin::health))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(fallback)
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(layer) => router.layer(layer),
+        None => router,
+    }
+}
+
+/// CORS for the configured origins, or `None` (no CORS headers, the default): browsers
+/// then refuse cross-origin calls, which is what a gateway holding keys wants unless
+/// a web app is meant to call it directly.
+fn cors_layer(origins: &[axum::http::HeaderValue]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow_origin =
+        if origins.iter().any(|o| o == "*") { AllowOrigin::any() } else { AllowOrigin::list(origins.to_vec()) };
+    let exposed = [
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "x-quota-limit",
+        "x-quota-remaining",
+        "x-quota-reset",
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+        "ratelimit-policy",
+        "ratelimit",
+        "retry-after",
+        "x-request-id",
+    ]
+    .map(HeaderName::from_static);
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("x-anonymous-id")])
+            .expose_headers(exposed)
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// A known path with a method it does not have (axum's own 405 has an empty body).
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> axum::response::Response {
+    ApiError::MethodNotAllowed(format!("{} does not accept {method}", shown_path(&uri))).into_response()
 }
 
 async fn fallback(uri: axum::http::Uri) -> axum::response::Response {
-    let mut path = uri.path().to_owned();
-    if path.len() > 200 {
-        path.truncate(200);
-        path.push('…');
+    ApiError::UnknownEndpoint(shown_path(&uri)).into_response()
+}
+
+/// The request path as an error message shows it: at most 200 bytes, cut on a
+/// character boundary (a path may carry raw UTF-8).
+fn shown_path(uri: &axum::http::Uri) -> String {
+    let path = uri.path();
+    if path.len() <= 200 {
+        return path.to_owned();
     }
-    ApiError::UnknownEndpoint(path).into_response()
+    let mut end = 200;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &path[..end])
 }
 
 /// Drops counters that have nothing left in their window.

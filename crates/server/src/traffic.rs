@@ -51,10 +51,10 @@ impl Traffic {
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
                 .collect();
-            if let Some(entry) = entries.len().checked_sub(forwarded_hops).and_then(|i| entries.get(i)) {
-                if let Ok(ip) = entry.parse::<IpAddr>() {
-                    return Some(ip);
-                }
+            if let Some(entry) = entries.len().checked_sub(forwarded_hops).and_then(|i| entries.get(i))
+                && let Ok(ip) = entry.parse::<IpAddr>()
+            {
+                return Some(ip);
             }
         }
         peer.map(|p| p.ip())

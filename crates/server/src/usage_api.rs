@@ -311,16 +311,16 @@ pub async fn status(
             for key in keys {
                 let authed = resolve(&state, key)?;
                 let status = key_status(&state, &authed, now).await?;
-                if let Some(s) = status["state"].as_str() {
-                    if rank(s) > rank(worst) {
-                        worst = if rank(s) == 3 {
-                            "exceeded"
-                        } else if rank(s) == 2 {
-                            "critical"
-                        } else {
-                            "warning"
-                        };
-                    }
+                if let Some(s) = status["state"].as_str()
+                    && rank(s) > rank(worst)
+                {
+                    worst = if rank(s) == 3 {
+                        "exceeded"
+                    } else if rank(s) == 2 {
+                        "critical"
+                    } else {
+                        "warning"
+                    };
                 }
                 statuses.push(status);
             }

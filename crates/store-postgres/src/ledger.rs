@@ -10,7 +10,9 @@
 //! before it.
 //!
 //! When PostgreSQL refuses writes, the records stay queued in memory up to the
-//! configured bound and are retried every [`RETRY_PAUSE`] (and at every flush);
+//! configured bound and are retried every [`RETRY_PAUSE`]; a flush in between is
+//! answered at once with `Unavailable` (responses that wait on a flush, with
+//! `durability = "sync"`, must not wait on an outage);
 //! beyond the bound the oldest are dropped, counted in [`LedgerStats::dropped`] and
 //! logged. Nothing is dropped silently.
 
@@ -373,11 +375,20 @@ impl Writer {
                 refuse_after_close(&mut receiver, &self.stats);
             }
             // While PostgreSQL is failing, new records just queue (bounded) until the
-            // next retry is due, unless someone waits for them.
+            // next retry is due, and flushers are told at once that their records are
+            // not durable yet: a response waiting on a flush must not wait on an
+            // outage. Closing always tries.
             let not_due = self.retry_at.is_some_and(|at| tokio::time::Instant::now() < at);
-            let result = if not_due && waiters.is_empty() && close.is_none() {
+            let result = if not_due && close.is_none() {
                 self.bound();
-                Ok(())
+                if waiters.is_empty() {
+                    Ok(())
+                } else {
+                    Err(StoreError::Unavailable(format!(
+                        "PostgreSQL refuses writes; {} usage records wait in memory for it",
+                        self.queued.len()
+                    )))
+                }
             } else {
                 self.write_queued().await
             };

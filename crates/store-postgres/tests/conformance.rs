@@ -245,7 +245,9 @@ async fn the_ledger_buffers_while_postgres_refuses_writes() {
     for i in 5..12 {
         ledger.append(usage(&format!("buffered-{i}")));
     }
+    let started = std::time::Instant::now();
     assert!(ledger.flush().await.is_err());
+    assert!(started.elapsed() < Duration::from_millis(500), "a flush during an outage answers at once");
     assert_eq!(ledger.stats().dropped.load(Ordering::Relaxed), 4, "12 records, room for 8");
     admin.batch_execute("ALTER TABLE usage_away RENAME TO usage").await.expect("restore table");
     // The writer retries by itself.

@@ -351,3 +351,43 @@ async fn raise_calendar_counters_never_lowers() {
     assert_eq!(limiter.raise_calendar_counters("p", &[stale], NOW).await.expect("raise stale"), 0);
     cleanup(&limiter).await;
 }
+
+/// The whole suite on a Redis Cluster, when `TOLLGATE_TEST_REDIS_CLUSTER_URL` names its
+/// seed nodes (comma-separated). `scripts/test.sh` does not start a cluster, so this
+/// is skipped there; keys expire by themselves (no cleanup across nodes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_whole_group_on_a_redis_cluster() {
+    let Ok(url) = std::env::var("TOLLGATE_TEST_REDIS_CLUSTER_URL") else {
+        eprintln!("skipped: TOLLGATE_TEST_REDIS_CLUSTER_URL is not set");
+        return;
+    };
+    let settings = RedisSettings { url: url.clone(), cluster: true, timeout: TIMEOUT };
+    let conn = match RedisConn::connect(&settings).await {
+        Ok(conn) => conn,
+        Err(e) => panic!("TOLLGATE_TEST_REDIS_CLUSTER_URL={url} is set but the cluster does not answer: {e}"),
+    };
+    let limiter =
+        Arc::new(RedisLimiter::new(conn, KeySpace::new(unique_prefix()), TIMEOUT).with_clock_from_request(true));
+    limiter.preload().await.expect("scripts load on the cluster");
+    conformance::run_limiter(limiter.clone()).await;
+    // Several partitions land on different nodes; each decision stays in one slot.
+    for partition in ["alpha", "beta", "gamma", "delta"] {
+        let items =
+            [item("key:c", Metric::Requests, Window::Minute, 1), item("key:c", Metric::Requests, Window::Month, 5)];
+        let request = ReserveRequest {
+            partition,
+            request_id: "cluster-1",
+            items: &items,
+            amounts: Amounts::ONE_REQUEST,
+            now_ms: NOW,
+            hold: true,
+        };
+        assert!(limiter.reserve(request.clone()).await.expect("reserve").allowed());
+        let again = ReserveRequest { request_id: "cluster-2", ..request };
+        assert!(!limiter.reserve(again).await.expect("reserve").allowed(), "{partition}: minute limit of 1");
+        let settle = SettleRequest { partition, request_id: "cluster-1", actual: Amounts::default(), now_ms: NOW };
+        limiter.settle(settle).await.expect("settle");
+        let peek = limiter.peek(partition, &items, Amounts::default(), NOW).await.expect("peek");
+        assert_eq!((peek.statuses[0].used, peek.statuses[1].used), (0, 0), "{partition}: refunded");
+    }
+}

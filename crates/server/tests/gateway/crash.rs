@@ -2,8 +2,8 @@
 //! counted after a restart, and the counters equal what the ledger says.
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -35,10 +35,10 @@ async fn start(data_dir: &std::path::Path, port: u16, mock_url: &str) -> Child {
         let mut ready = Some(ready_tx);
         // Keep draining after readiness so the child never blocks on a full pipe.
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("tollgate listening") {
-                if let Some(tx) = ready.take() {
-                    let _ = tx.send(());
-                }
+            if line.contains("tollgate listening")
+                && let Some(tx) = ready.take()
+            {
+                let _ = tx.send(());
             }
         }
     });
@@ -87,10 +87,11 @@ async fn kill_9_under_load_loses_no_acknowledged_request() {
                 let id = r.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
                 let ok = r.status().is_success();
                 // Acknowledged only once the whole body arrived.
-                if r.bytes().await.is_ok() && ok {
-                    if let Some(id) = id {
-                        let _ = tx.send(id);
-                    }
+                if r.bytes().await.is_ok()
+                    && ok
+                    && let Some(id) = id
+                {
+                    let _ = tx.send(id);
                 }
             }
         });

@@ -14,10 +14,10 @@ async fn minute_remaining(app: &TestApp, key: &str) -> u64 {
 
 #[tokio::test]
 async fn non_streaming_faults_are_clear_errors_and_refunded() {
-    let app = spawn_app().await;
+    let app = spawn_app_with_timeout(1).await;
     let key = app.project_key("acme", "free").await;
-    // Slower than upstream.timeout_secs (2 s in tests): 504.
-    let r = app.chat_with(&key, &[("x-mock-latency-ms", "3000")]).await;
+    // Slower than the upstream timeout (1 s here): 504.
+    let r = app.chat_with(&key, &[("x-mock-latency-ms", "2000")]).await;
     assert_eq!(r.status, 504, "{:?}", r.body);
     assert_eq!(r.body["error"]["code"], "upstream_timeout");
     // 2xx with a body that is not JSON: 502, not a pass-through of garbage.
@@ -41,7 +41,8 @@ async fn non_streaming_faults_are_clear_errors_and_refunded() {
     let usage = app.usage("").await;
     assert_eq!(usage["data"][0]["usage_source"], "counted");
     assert!(usage["data"][0]["completion_tokens"].as_u64().is_some_and(|t| t > 0));
-    let statuses: Vec<u64> = usage["data"].as_array().expect("rows").iter().filter_map(|r| r["status"].as_u64()).collect();
+    let statuses: Vec<u64> =
+        usage["data"].as_array().expect("rows").iter().filter_map(|r| r["status"].as_u64()).collect();
     assert_eq!(statuses.len(), 6, "every request is in the ledger: {statuses:?}");
     // Everyone else is still served.
     assert_eq!(app.chat(&key).await.status, 200);
@@ -54,7 +55,7 @@ fn events(body: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn a_broken_or_stalled_stream_ends_with_an_error_event_and_is_charged_for_what_was_delivered() {
-    let app = spawn_app().await;
+    let app = spawn_app_with_timeout(1).await;
     let key = app.project_key("acme", "pro").await;
     for (fault, code) in [("reset", "upstream_stream_broken"), ("stall", "upstream_timeout")] {
         let body = json!({ "model": "gpt-4o-mini", "stream": true, "messages": [{ "role": "user", "content": "Hi" }] });

@@ -40,8 +40,9 @@ pub fn config(data_dir: &Path, mock_url: &str) -> Config {
     };
     raw.upstream.base_url = mock_url.to_owned();
     raw.upstream.api_key = Some(Secret::new("sk-provider-test"));
-    // Short, so fault tests (a slow or stalled upstream) finish quickly.
-    raw.upstream.timeout_secs = 2;
+    // Generous: 500 concurrent requests in a debug build on 2 busy cores must not time
+    // out. Fault tests use `spawn_app_with_timeout` for a short one.
+    raw.upstream.timeout_secs = 10;
     // A model priced at exactly one micro-dollar per token, for cost tests.
     raw.prices.insert(
         "tollgate-test".into(),
@@ -64,6 +65,18 @@ pub async fn spawn_app() -> TestApp {
     let mock_url =
         spawn_mock(MockConfig { expected_api_key: Some("sk-provider-test".into()), ..MockConfig::default() }).await;
     let mut app = spawn_app_with(config(tmp.path(), &mock_url)).await;
+    app._tmp = Some(tmp);
+    app
+}
+
+/// An app whose upstream timeout is `secs` (fault tests: a slow or stalled upstream).
+pub async fn spawn_app_with_timeout(secs: u64) -> TestApp {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mock_url =
+        spawn_mock(MockConfig { expected_api_key: Some("sk-provider-test".into()), ..MockConfig::default() }).await;
+    let mut config = config(tmp.path(), &mock_url);
+    config.upstream.read_timeout = std::time::Duration::from_secs(secs);
+    let mut app = spawn_app_with(config).await;
     app._tmp = Some(tmp);
     app
 }

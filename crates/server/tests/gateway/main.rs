@@ -7,5 +7,7 @@ mod crash;
 mod faults;
 mod helpers;
 mod limits;
+mod parsing;
 mod proxy;
+mod security;
 mod verify;

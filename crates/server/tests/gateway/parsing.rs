@@ -140,10 +140,24 @@ fn hand_picked_bodies() {
         harness::request_parsing(body);
         assert!(inspect(Endpoint::ChatCompletions, body).is_err(), "{}", String::from_utf8_lossy(body));
     }
+    // Deeply nested JSON in a field the gateway skips is skipped without recursion.
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     harness::request_parsing(deep.as_bytes());
     let deep = format!("{{\"model\":\"m\",\"messages\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
     harness::request_parsing(deep.as_bytes());
     let ok = serde_json::to_vec(&json!({"model": "m", "max_tokens": 10_000_000, "stream": true})).expect("json");
     assert_eq!(inspect(Endpoint::ChatCompletions, &ok).expect("valid").max_output_tokens, Some(10_000_000));
+}
+
+/// A request is a JSON object. serde also reads a struct from an array of its fields
+/// in order, so without a check `["gpt-4o-mini"]` would pass for a request naming a
+/// model (and `"stream_options": [true]` for `include_usage`).
+#[test]
+fn a_json_array_is_not_a_request() {
+    for body in
+        [&br#"["gpt-4o-mini"]"#[..], br#"["gpt-4o-mini", true, 5]"#, br#"{"model":"m","stream_options":[true]}"#]
+    {
+        let result = inspect(Endpoint::ChatCompletions, body);
+        assert!(result.is_err(), "{} was accepted as a request", String::from_utf8_lossy(body));
+    }
 }
