@@ -133,11 +133,12 @@ setup_postgres || warn "postgres is not available; tests that need ${TOLLGATE_TE
 # --- Rust tests --------------------------------------------------------------
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
-    say "running: cargo nextest run --workspace --no-fail-fast"
-    cargo nextest run --workspace --no-fail-fast || status=$?
-    # nextest does not run doctests; they are tests too.
+    # nextest does not run doctests; they are tests too. They run first so that the
+    # run closes on nextest's summary of the whole suite.
     say "running: cargo test --workspace --doc"
     cargo test --workspace --doc || status=$?
+    say "running: cargo nextest run --workspace --no-fail-fast"
+    cargo nextest run --workspace --no-fail-fast || status=$?
 else
     say "running: cargo test --workspace (cargo-nextest not found)"
     cargo test --workspace --no-fail-fast || status=$?
