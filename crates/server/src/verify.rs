@@ -162,6 +162,11 @@ async fn run(state: &AppState, request: VerifyRequest, peer_ip: Option<IpAddr>) 
                 requests: request.cost,
                 ..UsageRecord::default()
             });
+            // `durability = "sync"`: a VALID answer is given only once the usage it
+            // charged is committed, so a crash cannot forget it.
+            if state.config.durable_responses {
+                state.ledger.flush().await?;
+            }
         }
         decision
     };

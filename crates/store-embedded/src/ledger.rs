@@ -87,9 +87,9 @@ impl EmbeddedLedger {
     /// Opens the writer and reader connections to a migrated database and starts the
     /// writer thread.
     pub(crate) fn open(path: &Path) -> StoreResult<Self> {
-        let writer_conn = schema::open_connection(path, Role::Writer)?;
+        let writer_conn = schema::open_connection(path, Role::LedgerWriter)?;
         let reader = schema::open_connection(path, Role::Reader)?;
-        let direct = schema::open_connection(path, Role::Writer)?;
+        let direct = schema::open_connection(path, Role::LedgerWriter)?;
         let (sender, receiver) = mpsc::channel();
         let writer = std::thread::Builder::new()
             .name("tollgate-ledger".to_owned())

@@ -13,10 +13,12 @@
 //! - [`EmbeddedLedger`] ([`Ledger`](tollgate_store::Ledger)): appends go through a
 //!   channel to one writer thread that commits them in batches.
 //!
-//! Durability: every connection runs in WAL mode with `synchronous = FULL`, so a
-//! commit (a catalog write, or a ledger batch acknowledged to `flush`) survives a power
-//! loss, not only a process crash. The cost is one fsync per commit; catalog writes are
-//! rare and ledger commits are batched (up to ~1000 records each), so it is small.
+//! Durability: every connection runs in WAL mode. Catalog commits use
+//! `synchronous = FULL` and survive a power loss. Ledger commits (a batch acknowledged
+//! to `flush`) use `synchronous = NORMAL`: they survive the process being killed at
+//! any point, which is what `durability = "sync"` promises, and cost no fsync each; a
+//! power cut can lose the ledger commits since the last WAL checkpoint. Measured: one
+//! FULL commit took ~3.8 ms on this machine's disk, which every response would wait on.
 //!
 //! One process at a time: the key index and the counters live in this process, so two
 //! processes sharing a directory would not see each other's writes.
