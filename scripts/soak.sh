@@ -146,7 +146,7 @@ wait "$SAMPLER_PID" 2>/dev/null || true
 SAMPLER_PID=""
 # The first sample after 10 s of load: memory once pools, caches and buffers are warm.
 RSS_WARM="$(awk 'NR == 3 { print $2 }' "$WORK/rss.txt")"
-RSS_PEAK="$(awk 'BEGIN { m = 0 } $2 > m { m = $2 } END { print m }' "$WORK/rss.txt")"
+RSS_PEAK="$(awk -v end="$RSS_END" 'BEGIN { m = end } $2 > m { m = $2 } END { print m }' "$WORK/rss.txt")"
 
 TOTAL="$(awk '/requests in/ { print $1 }' "$WORK/wrk.txt")"
 NON2XX="$(awk -F': *' '/Non-2xx or 3xx responses/ { print $2 }' "$WORK/wrk.txt")"

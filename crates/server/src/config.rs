@@ -253,6 +253,7 @@ const ENV_KEYS: &[&str] = &[
     "ledger_buffer",
     "key_cache_ttl_secs",
     "counter_rebuild_secs",
+    "durability",
     "cors_allowed_origins",
 ];
 
