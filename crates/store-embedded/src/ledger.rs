@@ -71,6 +71,8 @@ pub struct EmbeddedLedger {
     sender: Sender<Message>,
     closed: AtomicBool,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Dropping it stops the checkpointer thread.
+    checkpoint_stop: Mutex<Option<Sender<()>>>,
     reader: Arc<Mutex<Connection>>,
     /// For `append_new`, which must answer which records were new, so it cannot go
     /// through the fire-and-forget writer queue.
@@ -90,6 +92,12 @@ impl EmbeddedLedger {
         let writer_conn = schema::open_connection(path, Role::LedgerWriter)?;
         let reader = schema::open_connection(path, Role::Reader)?;
         let direct = schema::open_connection(path, Role::LedgerWriter)?;
+        let checkpoint_conn = schema::open_connection(path, Role::Writer)?;
+        let (checkpoint_stop, stop) = mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("tollgate-checkpoint".to_owned())
+            .spawn(move || run_checkpointer(&checkpoint_conn, &stop))
+            .map_err(|e| StoreError::Internal(format!("cannot start the checkpoint thread: {e}")))?;
         let (sender, receiver) = mpsc::channel();
         let writer = std::thread::Builder::new()
             .name("tollgate-ledger".to_owned())
@@ -98,6 +106,7 @@ impl EmbeddedLedger {
         Ok(Self {
             sender,
             closed: AtomicBool::new(false),
+            checkpoint_stop: Mutex::new(Some(checkpoint_stop)),
             writer: Mutex::new(Some(writer)),
             reader: Arc::new(Mutex::new(reader)),
             direct: Arc::new(Mutex::new(direct)),
@@ -252,6 +261,7 @@ impl Ledger for EmbeddedLedger {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        drop(self.checkpoint_stop.lock().unwrap_or_else(PoisonError::into_inner).take());
         let (ack, done) = oneshot::channel();
         let result = match self.sender.send(Message::Close(ack)) {
             Ok(()) => done.await.unwrap_or_else(|_| Err(Self::writer_gone())),
@@ -267,6 +277,21 @@ impl Ledger for EmbeddedLedger {
             }
         }
         result
+    }
+}
+
+/// How often the WAL is folded back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Checkpoints the WAL from its own thread and connection. The ledger connections
+/// turn automatic checkpoints off: a checkpoint fsyncs, and on the writer thread it
+/// would hold up every response waiting for that commit (`durability = "sync"`).
+/// PASSIVE never blocks the writer; it copies what it can.
+fn run_checkpointer(conn: &Connection, stop: &Receiver<()>) {
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(%error, "WAL checkpoint failed; will retry");
+        }
     }
 }
 

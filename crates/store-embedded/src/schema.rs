@@ -142,6 +142,8 @@ pub(crate) fn open_connection(path: &Path, role: Role) -> StoreResult<Connection
         // Four B-trees (the table and its indexes) outgrow SQLite's 2 MB default
         // cache quickly; a bigger cache keeps inserts from re-reading pages.
         conn.pragma_update(None, "cache_size", -32_000).map_err(sql_error)?;
+        // Checkpoints run on the ledger's checkpointer thread instead (see ledger.rs).
+        conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(sql_error)?;
     }
     if role == Role::Reader {
         conn.pragma_update(None, "query_only", true).map_err(sql_error)?;
