@@ -331,11 +331,7 @@ async fn list_keys(
     admin: Admin,
     Query(q): Query<ListKeys>,
 ) -> ApiResult<AxumJson<Value>> {
-    let project = match (&admin.0.project_id, q.project) {
-        (Some(own), Some(asked)) if own != &asked => return Err(ApiError::NotFound { what: "project", id: asked }),
-        (Some(own), _) => Some(own.clone()),
-        (None, asked) => asked,
-    };
+    let project = admin.project_filter(q.project)?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 1000 {
         return Err(ApiError::invalid_field("limit", "must be between 1 and 1000"));
@@ -512,11 +508,7 @@ async fn list_usage(
     admin: Admin,
     Query(q): Query<ListUsage>,
 ) -> ApiResult<AxumJson<Value>> {
-    let project_id = match (&admin.0.project_id, q.project) {
-        (Some(own), Some(asked)) if own != &asked => return Err(ApiError::NotFound { what: "project", id: asked }),
-        (Some(own), _) => Some(own.clone()),
-        (None, asked) => asked,
-    };
+    let project_id = admin.project_filter(q.project)?;
     if let Some(key_id) = &q.key
         && admin.0.project_id.is_some()
     {

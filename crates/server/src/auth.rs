@@ -24,6 +24,27 @@ pub struct Authed {
     pub plan: Arc<Plan>,
 }
 
+/// Keys resolved with their plans, remembered for a batch of ledger records
+/// (counter rebuilds replay many records of few keys).
+#[derive(Default)]
+pub struct AuthedCache {
+    keys: std::collections::HashMap<String, Option<Authed>>,
+}
+
+impl AuthedCache {
+    /// The key and its plan, or `None` if the key or its plan is gone.
+    pub async fn get(&mut self, state: &AppState, key_id: &str) -> Result<Option<&Authed>, tollgate_store::StoreError> {
+        if !self.keys.contains_key(key_id) {
+            let authed = match state.catalog.get_key(key_id).await? {
+                Some(key) => state.plans.get(&key.plan).map(|plan| Authed { key: Arc::new(key), plan }),
+                None => None,
+            };
+            self.keys.insert(key_id.to_owned(), authed);
+        }
+        Ok(self.keys.get(key_id).and_then(Option::as_ref))
+    }
+}
+
 /// Why a key cannot be used, in the verify endpoint's vocabulary.
 #[derive(Debug)]
 pub enum KeyRefusal {
@@ -124,6 +145,16 @@ impl Admin {
         match &self.0.project_id {
             Some(own) if own != project_id => Err(ApiError::NotFound { what, id: id.to_owned() }),
             _ => Ok(()),
+        }
+    }
+
+    /// The project a listing is restricted to: a scoped token's own (asking for
+    /// another is a 404), or what an operator asked for (`None`: all projects).
+    pub fn project_filter(&self, asked: Option<String>) -> Result<Option<String>, ApiError> {
+        match (&self.0.project_id, asked) {
+            (Some(own), Some(asked)) if own != &asked => Err(ApiError::NotFound { what: "project", id: asked }),
+            (Some(own), _) => Ok(Some(own.clone())),
+            (None, asked) => Ok(asked),
         }
     }
 

@@ -46,7 +46,6 @@ use tollgate_store_postgres::{
 };
 use tollgate_store_redis::{BusEvent, CalendarTarget, ChangeBus, KeySpace, RedisConn, RedisLimiter, RedisSettings};
 
-use crate::auth::Authed;
 use crate::config::{ConfigError, RawConfig, Secret};
 use crate::state::{AppState, now_ms};
 use crate::traffic::{Traffic, limit_items};
@@ -625,19 +624,12 @@ pub async fn rebuild_calendar_counters(state: &AppState, parts: &Distributed, no
     let today = day_start(now);
     let totals = parts.ledger.usage_totals_since(since, today).await.context("summing the ledger")?;
     let anonymous_plan = state.plans.get(&state.config.anonymous_plan);
-    let mut keys: HashMap<String, Option<Authed>> = HashMap::new();
+    let mut keys = crate::auth::AuthedCache::default();
     // partition -> counter key -> target
     let mut targets: HashMap<String, HashMap<String, CalendarTarget>> = HashMap::new();
     for total in &totals {
         let record = &total.record;
-        if !keys.contains_key(&record.key_id) {
-            let authed = match state.catalog.get_key(&record.key_id).await? {
-                Some(key) => state.plans.get(&key.plan).map(|plan| Authed { key: Arc::new(key), plan }),
-                None => None,
-            };
-            keys.insert(record.key_id.clone(), authed);
-        }
-        let Some(Some(authed)) = keys.get(&record.key_id) else { continue };
+        let Some(authed) = keys.get(state, &record.key_id).await? else { continue };
         let amounts = record.amounts();
         for item in limit_items(authed, &Traffic::of_record(record), anonymous_plan.as_deref()) {
             let (window_start_ms, counts) = match item.spec.window {

@@ -2,7 +2,6 @@
 //! operator token exists, rebuild counters from the ledger, bind, serve, and on
 //! shutdown drain requests, finish settlements and flush the ledger.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +19,7 @@ use tollgate_core::{AdminToken, KeyHash};
 use tollgate_providers::Upstream;
 use tollgate_store::{AdminScope, Catalog};
 
-use crate::auth::Authed;
+use crate::auth::AuthedCache;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::state::{AppState, PlanCache, RequestIds, now_ms};
@@ -252,18 +251,11 @@ async fn prune_loop(state: AppState, cancel: CancellationToken) {
 pub async fn rebuild_counters(state: &AppState, now: i64) -> anyhow::Result<usize> {
     let since = month_start(now).min(now - MS_PER_HOUR);
     let records = state.ledger.records_since(since).await.context("reading the ledger")?;
-    let mut keys: HashMap<String, Option<Authed>> = HashMap::new();
+    let mut keys = AuthedCache::default();
     let anonymous_plan = state.plans.get(&state.config.anonymous_plan);
     let mut replayed = 0;
     for record in records.iter().filter(|r| r.counted) {
-        if !keys.contains_key(&record.key_id) {
-            let authed = match state.catalog.get_key(&record.key_id).await? {
-                Some(key) => state.plans.get(&key.plan).map(|plan| Authed { key: Arc::new(key), plan }),
-                None => None,
-            };
-            keys.insert(record.key_id.clone(), authed);
-        }
-        let Some(Some(authed)) = keys.get(&record.key_id) else { continue };
+        let Some(authed) = keys.get(state, &record.key_id).await? else { continue };
         let items = limit_items(authed, &Traffic::of_record(record), anonymous_plan.as_deref());
         state.limiter.apply(&record.project_id, &items, record.amounts(), record.ts_ms).await?;
         replayed += 1;
