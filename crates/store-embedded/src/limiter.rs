@@ -62,6 +62,16 @@ impl std::fmt::Debug for EmbeddedLimiter {
     }
 }
 
+/// Whether two items count on the same counter, compared in place (no key built).
+fn same_counter(a: &LimitItem, b: &LimitItem) -> bool {
+    a.spec.metric == b.spec.metric
+        && a.spec.window == b.spec.window
+        && a.subject == b.subject
+        && a.spec.provider == b.spec.provider
+        && a.spec.model == b.spec.model
+        && a.spec.endpoint == b.spec.endpoint
+}
+
 fn key_of(item: &LimitItem) -> CounterKey {
     let spec = &item.spec;
     (item.subject.clone(), spec.metric, spec.window, spec.provider.clone(), spec.model.clone(), spec.endpoint.clone())
@@ -95,7 +105,7 @@ impl State {
             // charged: count the earlier ones' share against this one too.
             let earlier: u64 = items[..index]
                 .iter()
-                .filter(|other| key_of(other) == key)
+                .filter(|other| same_counter(other, item))
                 .map(|other| amounts.get(other.spec.metric))
                 .fold(0, u64::saturating_add);
             let limit = item.spec.limit;
@@ -120,19 +130,41 @@ impl State {
         Decision { statuses, refused }
     }
 
-    /// Phase 2: charges every item; returns where each charge went.
-    fn charge(&mut self, items: &[LimitItem], amounts: Amounts, now_ms: i64) -> Vec<Held> {
-        items
+    /// Phase 2: charges every item and brings the statuses of phase 1 up to date
+    /// (this request's charges included) without looking the counters up again;
+    /// returns where each charge went.
+    fn charge(
+        &mut self,
+        items: &[LimitItem],
+        amounts: Amounts,
+        now_ms: i64,
+        statuses: &mut [LimitStatus],
+    ) -> Vec<Held> {
+        let held: Vec<Held> = items
             .iter()
-            .map(|item| {
+            .zip(statuses.iter_mut())
+            .map(|(item, status)| {
                 let key = key_of(item);
                 let reserved = amounts.get(item.spec.metric);
                 let state =
                     self.counters.entry(key.clone()).or_insert_with(|| LimitState::new(item.spec.window, now_ms));
                 let window_id = state.charge(now_ms, reserved);
+                status.reset_at_ms = state.reset_at();
                 Held { key, window_id, reserved }
             })
-            .collect()
+            .collect();
+        // A counter shared by several items was charged by each of them.
+        for (i, item) in items.iter().enumerate() {
+            let charged: u64 = items
+                .iter()
+                .filter(|other| same_counter(other, item))
+                .map(|other| amounts.get(other.spec.metric))
+                .fold(0, u64::saturating_add);
+            let status = &mut statuses[i];
+            status.used = status.used.saturating_add(charged);
+            status.remaining = status.spec.limit.saturating_sub(status.used);
+        }
+        held
     }
 
     /// Every item's standing now, this request's charges included.
@@ -195,15 +227,15 @@ impl Limiter for EmbeddedLimiter {
             // and charged already.
             return Ok(Decision { statuses: state.statuses(items, now_ms), refused: None });
         }
-        let decision = state.check(items, amounts, now_ms);
+        let mut decision = state.check(items, amounts, now_ms);
         if !decision.allowed() {
             return Ok(decision);
         }
-        let held = state.charge(items, amounts, now_ms);
+        let held = state.charge(items, amounts, now_ms, &mut decision.statuses);
         if hold {
             state.reservations.insert(request_id.to_owned(), Reservation { reserved_at_ms: now_ms, items: held });
         }
-        Ok(Decision { statuses: state.statuses(items, now_ms), refused: None })
+        Ok(decision)
     }
 
     async fn settle(&self, request: SettleRequest<'_>) -> StoreResult<()> {
