@@ -40,9 +40,9 @@ use crate::{RedisConn, bounded};
 /// figure as the embedded limiter's.
 pub const RESERVATION_TTL_MS: i64 = 10 * 60 * 1_000;
 
-const DECIDE: &str = include_str!("lua/decide.lua");
-const SETTLE: &str = include_str!("lua/settle.lua");
-const RAISE: &str = include_str!("lua/raise.lua");
+const DECIDE: &str = concat!(include_str!("lua/calendar.lua"), include_str!("lua/decide.lua"));
+const SETTLE: &str = concat!(include_str!("lua/calendar.lua"), include_str!("lua/settle.lua"));
+const RAISE: &str = concat!(include_str!("lua/calendar.lua"), include_str!("lua/raise.lua"));
 
 /// Largest integer a Lua double holds exactly.
 const MAX_EXACT: u64 = 1 << 53;
