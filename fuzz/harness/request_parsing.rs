@@ -6,9 +6,9 @@
 /// Request inspection on every endpoint: a 400 that says what is wrong, or a request
 /// whose fields are within bounds. Never a panic, never another status.
 pub fn inspect_any(data: &[u8]) {
-    use tollgate_server::accounting::{Endpoint, inspect};
+    use tollgate_providers::{Endpoint, RequestView};
     for endpoint in [Endpoint::ChatCompletions, Endpoint::Completions, Endpoint::Embeddings] {
-        match inspect(endpoint, data) {
+        match RequestView::parse(endpoint, data) {
             Ok(info) => {
                 assert!(serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok(), "accepted a body that is not JSON");
                 assert!(!info.model.trim().is_empty() && info.model.len() <= 256, "model {:?}", info.model);
@@ -16,6 +16,7 @@ pub fn inspect_any(data: &[u8]) {
                 assert!(!(info.stream && endpoint == Endpoint::Embeddings), "embeddings do not stream");
             }
             Err(e) => {
+                let e = tollgate_server::http::error::ApiError::from(tollgate_gateway::GatewayError::from(e));
                 assert_eq!(e.status().as_u16(), 400, "{endpoint:?}: {e}");
                 assert!(!e.to_string().is_empty());
             }
@@ -46,7 +47,7 @@ pub fn bearer_any(data: &[u8]) {
     if let Some(token) = tollgate_server::auth::bearer(&headers) {
         assert!(data.len() > token.len(), "the token is part of the header");
     }
-    let _ = tollgate_server::traffic::Traffic::anonymous_id(&headers);
+    let _ = tollgate_server::http::client::anonymous_id(&headers);
     let mut forwarded = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_bytes(data) {
         forwarded.insert("x-forwarded-for", v.clone());
@@ -54,9 +55,9 @@ pub fn bearer_any(data: &[u8]) {
     }
     let peer = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 1)));
     for hops in 0..3 {
-        let _ = tollgate_server::traffic::Traffic::client_ip(&forwarded, peer, hops);
+        let _ = tollgate_server::http::client::client_ip(&forwarded, peer, hops);
     }
-    let _ = tollgate_server::traffic::Traffic::anonymous_id(&forwarded);
+    let _ = tollgate_server::http::client::anonymous_id(&forwarded);
 }
 
 pub fn request_parsing(data: &[u8]) {

@@ -10,10 +10,14 @@ pub mod counter;
 pub mod decision;
 pub mod key;
 pub mod limit;
+pub mod secret;
+pub mod traffic;
 pub mod usage;
 
 pub use counter::{CalendarCounter, LimitState, SlidingWindow};
 pub use decision::{Decision, LimitStatus, Refusal};
 pub use key::{AdminToken, ApiKey, KeyHash, KeyParseError, KeyRecord, KeyState, Project};
 pub use limit::{Amounts, LimitError, LimitSpec, Metric, Plan, Slot, SubjectKind, Window};
+pub use secret::Secret;
+pub use traffic::{Authed, LimitItem, Traffic, anonymous_subject, limit_items};
 pub use usage::{UsageQuery, UsageRecord, UsageSource};

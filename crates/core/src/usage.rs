@@ -15,6 +15,9 @@ pub enum UsageSource {
     Reported,
     /// tollgate counted them with a tokenizer (no report, or a broken stream).
     Counted,
+    /// The request ended before its usage could be known (a panic, or a shutdown
+    /// that could not wait): what was reserved is what is recorded and charged.
+    Estimated,
     /// Reported by the caller through the usage events API.
     Ingested,
 }
@@ -25,6 +28,7 @@ impl UsageSource {
             UsageSource::None => "none",
             UsageSource::Reported => "reported",
             UsageSource::Counted => "counted",
+            UsageSource::Estimated => "estimated",
             UsageSource::Ingested => "ingested",
         }
     }
@@ -34,6 +38,7 @@ impl UsageSource {
             "none" => UsageSource::None,
             "reported" => UsageSource::Reported,
             "counted" => UsageSource::Counted,
+            "estimated" => UsageSource::Estimated,
             "ingested" => UsageSource::Ingested,
             _ => return None,
         })

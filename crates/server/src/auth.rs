@@ -1,67 +1,15 @@
-//! Who is calling: API keys on the proxy and verify paths, admin tokens on the admin
-//! API.
-//!
-//! A presented key is checked in this order, each step cheaper than the next: format
-//! and checksum (no store), hash lookup (in-memory on the embedded store), state
-//! (revoked, expired), plan.
-
-use std::sync::Arc;
+//! Who is calling, as HTTP says it: the bearer token of a proxied request (checked
+//! by the pipeline, `tollgate_gateway::auth`) and admin tokens on the admin API.
 
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use subtle::ConstantTimeEq;
-use tollgate_core::key::KEY_PREFIX;
-use tollgate_core::{ApiKey, KeyHash, KeyRecord, KeyState, Plan};
+use tollgate_core::{Authed, KeyHash};
 use tollgate_store::AdminScope;
 
-use crate::error::ApiError;
-use crate::state::AppState;
-
-/// An authenticated, usable key with its plan resolved.
-pub struct Authed {
-    pub key: Arc<KeyRecord>,
-    pub plan: Arc<Plan>,
-}
-
-/// Keys resolved with their plans, remembered for a batch of ledger records
-/// (counter rebuilds replay many records of few keys).
-#[derive(Default)]
-pub struct AuthedCache {
-    keys: std::collections::HashMap<String, Option<Authed>>,
-}
-
-impl AuthedCache {
-    /// The key and its plan, or `None` if the key or its plan is gone.
-    pub async fn get(&mut self, state: &AppState, key_id: &str) -> Result<Option<&Authed>, tollgate_store::StoreError> {
-        if !self.keys.contains_key(key_id) {
-            let authed = match state.catalog.get_key(key_id).await? {
-                Some(key) => state.plans.get(&key.plan).map(|plan| Authed { key: Arc::new(key), plan }),
-                None => None,
-            };
-            self.keys.insert(key_id.to_owned(), authed);
-        }
-        Ok(self.keys.get(key_id).and_then(Option::as_ref))
-    }
-}
-
-/// Why a key cannot be used, in the verify endpoint's vocabulary.
-#[derive(Debug)]
-pub enum KeyRefusal {
-    NotFound(ApiError),
-    Revoked,
-    Expired,
-}
-
-impl From<KeyRefusal> for ApiError {
-    fn from(r: KeyRefusal) -> Self {
-        match r {
-            KeyRefusal::NotFound(e) => e,
-            KeyRefusal::Revoked => ApiError::KeyRevoked,
-            KeyRefusal::Expired => ApiError::KeyExpired,
-        }
-    }
-}
+use crate::app::AppState;
+use crate::http::error::ApiError;
 
 /// The bearer token of a request, if any. A request with several `Authorization`
 /// headers has none: which of them should count would be a guess, so
@@ -94,29 +42,6 @@ fn check_authorization(headers: &HeaderMap, not_ascii: impl FnOnce() -> ApiError
     }
 }
 
-/// Resolves a presented key to a usable key and plan.
-pub async fn authenticate_key(state: &AppState, presented: &str, now_ms: i64) -> Result<Authed, KeyRefusal> {
-    let key = ApiKey::parse(presented).map_err(|e| KeyRefusal::NotFound(ApiError::InvalidKey(e.to_string())))?;
-    let record =
-        state.catalog.lookup_key(&key.hash(), now_ms).await.map_err(|e| KeyRefusal::NotFound(e.into()))?.ok_or_else(
-            || {
-                KeyRefusal::NotFound(ApiError::InvalidKey(format!(
-                    "Incorrect API key provided: {KEY_PREFIX}{}_****. Create a key with `tollgate keys create`.",
-                    key.public_id()
-                )))
-            },
-        )?;
-    match record.state(now_ms) {
-        KeyState::Active => {}
-        KeyState::Revoked => return Err(KeyRefusal::Revoked),
-        KeyState::Expired => return Err(KeyRefusal::Expired),
-    }
-    let plan = state.plans.get(&record.plan).ok_or_else(|| {
-        KeyRefusal::NotFound(ApiError::internal(format!("key {} names missing plan '{}'", record.id, record.plan)))
-    })?;
-    Ok(Authed { key: record, plan })
-}
-
 /// The key of a proxied request (`Authorization: Bearer tg_...`).
 pub async fn authenticate_request(state: &AppState, headers: &HeaderMap, now_ms: i64) -> Result<Authed, ApiError> {
     check_authorization(headers, || {
@@ -127,7 +52,7 @@ pub async fn authenticate_request(state: &AppState, headers: &HeaderMap, now_ms:
             "You didn't provide an API key. Send your tollgate key as 'Authorization: Bearer tg_...'.".into(),
         )
     })?;
-    Ok(authenticate_key(state, presented, now_ms).await?)
+    Ok(state.authenticate(presented, now_ms).await?)
 }
 
 /// A caller of the admin API, with the projects it may act on.

@@ -14,29 +14,12 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+pub use tollgate_core::Secret;
 use tollgate_core::limit::{default_plans, is_slug};
 use tollgate_core::{LimitSpec, Plan};
+pub use tollgate_store_distributed::OnStoreError;
 
-/// A secret that never prints.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+mod store;
 
 /// The file and environment shape of the configuration.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -44,9 +27,9 @@ impl std::fmt::Debug for Secret {
 pub struct RawConfig {
     pub listen: String,
     pub data_dir: PathBuf,
-    pub store: String,
+    pub store: StoreKind,
     pub admin_token: Option<Secret>,
-    pub log_format: String,
+    pub log_format: LogFormat,
     pub max_body_bytes: usize,
     pub shutdown_grace_secs: u64,
     pub upstream: RawUpstream,
@@ -55,9 +38,9 @@ pub struct RawConfig {
     /// `sync`: a response ends only once its ledger record is committed to disk (a
     /// group commit shared by concurrent requests), so a 2xx survives `kill -9`.
     /// `async`: records are committed in the background, at most a batch is lost.
-    pub durability: String,
+    pub durability: Durability,
     /// Price overrides and additions, by model id.
-    pub prices: BTreeMap<String, tollgate_providers::pricing::PriceOverride>,
+    pub prices: BTreeMap<String, tollgate_pricing::PriceOverride>,
     // Distributed store (`store = "distributed"`), see docs/configuration.md.
     pub redis_url: Option<Secret>,
     pub redis_cluster: bool,
@@ -65,7 +48,7 @@ pub struct RawConfig {
     pub redis_timeout_ms: u64,
     pub database_url: Option<Secret>,
     pub database_pool_size: usize,
-    pub on_store_error: String,
+    pub on_store_error: OnStoreError,
     pub instances: u32,
     pub ledger_buffer: usize,
     pub key_cache_ttl_secs: u64,
@@ -120,14 +103,14 @@ impl Default for RawConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             data_dir: PathBuf::from("./data"),
-            store: "embedded".into(),
+            store: StoreKind::Embedded,
             admin_token: None,
-            log_format: "text".into(),
+            log_format: LogFormat::Text,
             max_body_bytes: 4 * 1024 * 1024,
             shutdown_grace_secs: 30,
             upstream: RawUpstream::default(),
             limits: RawLimits::default(),
-            durability: "sync".into(),
+            durability: Durability::Sync,
             prices: BTreeMap::new(),
             redis_url: None,
             redis_cluster: false,
@@ -135,7 +118,7 @@ impl Default for RawConfig {
             redis_timeout_ms: 200,
             database_url: None,
             database_pool_size: 16,
-            on_store_error: "open".into(),
+            on_store_error: OnStoreError::Open,
             instances: 1,
             ledger_buffer: 100_000,
             key_cache_ttl_secs: 30,
@@ -163,11 +146,33 @@ impl Default for RawUpstream {
     }
 }
 
-/// How logs are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How logs are written (`log_format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// Which store backs the gateway (`store`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// SQLite and in-memory counters in `data_dir`: one instance, nothing to install.
+    Embedded,
+    /// Redis for counters, PostgreSQL for the catalog and ledger: many instances.
+    Distributed,
+}
+
+/// When an answer may end (`durability`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Only once its ledger record is committed (a group commit shared by
+    /// concurrent requests), so a 2xx survives `kill -9`.
+    Sync,
+    /// At once; records are committed in the background, at most a batch is lost.
+    Async,
 }
 
 /// The checked configuration the server runs with.
@@ -192,9 +197,9 @@ pub struct Config {
     /// Whether responses wait for their ledger record to be durable.
     pub durable_responses: bool,
     /// The built-in price table with the configured overrides.
-    pub prices: std::sync::Arc<tollgate_providers::pricing::PriceTable>,
+    pub prices: std::sync::Arc<tollgate_pricing::PriceTable>,
     /// The storage backend and its settings (`store`, `redis_url`, `database_url`, ...).
-    pub store: crate::backend::StoreConfig,
+    pub store: tollgate_store_distributed::StoreConfig,
     /// Origins allowed by CORS; empty: CORS is off. `["*"]`: any origin.
     pub cors_allowed_origins: Vec<axum::http::HeaderValue>,
 }
@@ -292,12 +297,8 @@ impl Config {
             .listen
             .parse()
             .map_err(|_| invalid("listen", format!("'{}' is not an address like 127.0.0.1:8080", raw.listen)))?;
-        let store = crate::backend::StoreConfig::from_raw(&raw)?;
-        let log_format = match raw.log_format.as_str() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => return Err(invalid("log_format", format!("'{other}' must be \"text\" or \"json\""))),
-        };
+        let store = store::store_from_raw(&raw)?;
+        let log_format = raw.log_format;
         if raw.max_body_bytes < 1024 {
             return Err(invalid("max_body_bytes", "must be at least 1024"));
         }
@@ -329,12 +330,8 @@ impl Config {
         if raw.limits.default_max_output_tokens == 0 || raw.limits.default_max_output_tokens > 10_000_000 {
             return Err(invalid("limits.default_max_output_tokens", "must be between 1 and 10,000,000"));
         }
-        let durable_responses = match raw.durability.as_str() {
-            "sync" => true,
-            "async" => false,
-            other => return Err(invalid("durability", format!("'{other}' must be \"sync\" or \"async\""))),
-        };
-        let prices = std::sync::Arc::new(tollgate_providers::pricing::PriceTable::with_overrides(raw.prices.clone()));
+        let durable_responses = raw.durability == Durability::Sync;
+        let prices = std::sync::Arc::new(tollgate_pricing::PriceTable::with_overrides(raw.prices.clone()));
         let cors_allowed_origins = cors_origins(&raw.cors_allowed_origins)?;
         let mut seed_plans = Vec::new();
         for (name, plan) in raw.plans {

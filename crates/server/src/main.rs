@@ -2,10 +2,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use tollgate_server::cli::{Cli, Command};
+use tollgate_cli::Parser;
+use tollgate_cli::{Cli, Command};
+use tollgate_mock_upstream as mock;
 use tollgate_server::config::Config;
-use tollgate_server::{mock, startup, telemetry};
+use tollgate_server::{app, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -30,7 +31,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => {
             let config = Config::load(config.as_deref())?;
             telemetry::init(config.log_format);
-            let app = startup::Application::build(config).await?;
+            let app = app::Application::build(config).await?;
             if let Some(token) = &app.created_admin_token {
                 // Printed once, to the terminal, never to the log.
                 println!("\n  Admin token (shown once; only its hash is stored):\n\n    {token}\n");
@@ -51,7 +52,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             mock::serve(listener, config, shutdown_signal()).await?;
             Ok(())
         }
-        other => tollgate_server::cli::run_admin(other).await,
+        other => tollgate_cli::run_admin(other).await,
     }
 }
 

@@ -22,12 +22,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tollgate_server::backend::Distributed;
+use tollgate_mock_upstream::{self as mock, MockConfig};
+use tollgate_server::app::AppState;
+use tollgate_server::app::Application;
 use tollgate_server::config::{Config, RawConfig, Secret};
-use tollgate_server::mock::{self, MockConfig};
-use tollgate_server::startup::Application;
-use tollgate_server::state::AppState;
 use tollgate_store::Ledger;
+use tollgate_store_distributed::Distributed;
 use tollgate_store_postgres::{PostgresSettings, PostgresStore};
 
 const ADMIN_TOKEN: &str = "test-operator-token-0123456789";
@@ -122,7 +122,7 @@ struct Instance {
 fn config(mock_url: &str, redis_url: &str, database_url: &str, prefix: &str) -> RawConfig {
     let mut raw = RawConfig {
         listen: "127.0.0.1:0".into(),
-        store: "distributed".into(),
+        store: tollgate_server::config::StoreKind::Distributed,
         admin_token: Some(Secret::new(ADMIN_TOKEN)),
         shutdown_grace_secs: 5,
         redis_url: Some(Secret::new(redis_url)),
@@ -390,9 +390,9 @@ async fn redis_outage_fails_open_or_closed_and_both_recover() {
     let mock = spawn_mock().await;
     let prefix = "tgtest:outage:".to_owned();
     let mut open_raw = config(&mock, &redis.url(), &schema.url, &prefix);
-    open_raw.on_store_error = "open".into();
+    open_raw.on_store_error = tollgate_server::config::OnStoreError::Open;
     let mut closed_raw = config(&mock, &redis.url(), &schema.url, &prefix);
-    closed_raw.on_store_error = "closed".into();
+    closed_raw.on_store_error = tollgate_server::config::OnStoreError::Closed;
     let open = start(open_raw).await;
     let closed = start(closed_raw).await;
 
@@ -452,9 +452,13 @@ async fn redis_outage_fails_open_or_closed_and_both_recover() {
     closed.state.tasks.reopen();
     open.state.ledger.flush().await.expect("flush open");
     closed.state.ledger.flush().await.expect("flush closed");
-    tollgate_server::backend::rebuild_calendar_counters(&open.state, &open.parts, tollgate_server::state::now_ms())
-        .await
-        .expect("rebuild");
+    tollgate_store_distributed::rebuild_calendar_counters(
+        &open.state.job_context(),
+        &open.parts,
+        tollgate_gateway::now_ms(),
+    )
+    .await
+    .expect("rebuild");
     let r = open.chat(&key).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     counted += 1;

@@ -9,12 +9,17 @@
 //! Stores persist what they are given; the domain (core) and the server decide.
 //! [`conformance`] holds the test suite every backend must pass.
 
+pub mod clock;
 pub mod conformance;
+pub mod plans;
+pub mod replay;
+
+pub use plans::{AuthedCache, PlanCache};
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tollgate_core::{Amounts, Decision, KeyHash, KeyRecord, LimitSpec, Plan, Project, UsageQuery, UsageRecord};
+use tollgate_core::{Amounts, Decision, KeyHash, KeyRecord, Plan, Project, UsageQuery, UsageRecord};
 
 /// What went wrong in a store.
 #[derive(Debug, thiserror::Error)]
@@ -96,13 +101,7 @@ pub trait Catalog: Send + Sync + 'static {
     async fn has_operator_token(&self) -> StoreResult<bool>;
 }
 
-/// One limit of one subject, as a request presents it to the limiter.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LimitItem {
-    /// Whose counter: `key:<id>` today; `project:<id>`, `ip:<addr>` later.
-    pub subject: Arc<str>,
-    pub spec: LimitSpec,
-}
+pub use tollgate_core::LimitItem;
 
 /// Check every item and, only if all fit, charge all of them.
 #[derive(Clone, Debug)]

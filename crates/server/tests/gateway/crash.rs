@@ -52,7 +52,7 @@ async fn start(data_dir: &std::path::Path, port: u16, mock_url: &str) -> Child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_acknowledged_request() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let mock_url = spawn_mock(tollgate_server::mock::MockConfig {
+    let mock_url = spawn_mock(tollgate_mock_upstream::MockConfig {
         expected_api_key: Some("sk-provider-test".into()),
         ..Default::default()
     })

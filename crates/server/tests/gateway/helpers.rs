@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
+use tollgate_mock_upstream::{self as mock, MockConfig};
+use tollgate_server::app::AppState;
+use tollgate_server::app::Application;
 use tollgate_server::config::{Config, RawConfig, Secret};
-use tollgate_server::mock::{self, MockConfig};
-use tollgate_server::startup::Application;
-use tollgate_server::state::AppState;
 
 pub const ADMIN_TOKEN: &str = "test-operator-token-0123456789";
 
@@ -46,7 +46,7 @@ pub fn config(data_dir: &Path, mock_url: &str) -> Config {
     // A model priced at exactly one micro-dollar per token, for cost tests.
     raw.prices.insert(
         "tollgate-test".into(),
-        tollgate_providers::pricing::PriceOverride {
+        tollgate_pricing::PriceOverride {
             input_per_mtok_micros: 1_000_000,
             cached_input_per_mtok_micros: None,
             output_per_mtok_micros: 1_000_000,

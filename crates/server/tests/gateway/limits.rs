@@ -68,7 +68,7 @@ async fn monthly_quota_refusal_has_the_seeds_quota_body() {
     assert_eq!((d["used"].as_u64(), d["limit"].as_u64(), d["remaining"].as_u64()), (Some(2), Some(2), Some(0)));
     // Resets at the start of next month, UTC.
     let reset_at = d["resetAt"].as_i64().expect("resetAt") * 1000;
-    let now = tollgate_server::state::now_ms();
+    let now = tollgate_gateway::now_ms();
     assert_eq!(reset_at, tollgate_core::calendar::next_month_start(now));
     assert!(r.header("retry-after").is_some());
 }

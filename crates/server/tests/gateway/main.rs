@@ -5,6 +5,7 @@ mod accounting;
 mod admin;
 mod crash;
 mod faults;
+mod hangup;
 mod helpers;
 mod limits;
 mod parsing;

@@ -14,7 +14,11 @@ mod harness {
 
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
-use tollgate_server::accounting::{Endpoint, inspect};
+use tollgate_providers::{Endpoint, RequestError, RequestView};
+
+fn inspect(endpoint: Endpoint, body: &[u8]) -> Result<RequestView<'_>, RequestError> {
+    RequestView::parse(endpoint, body)
+}
 
 fn config(cases: u32) -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(cases);

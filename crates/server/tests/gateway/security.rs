@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tollgate_server::mock::{self, MockConfig};
+use tollgate_mock_upstream::{self as mock, MockConfig};
 
 use crate::helpers::*;
 

@@ -1,0 +1,339 @@
+//! The command line: `serve`, `mock-upstream`, and admin commands (`keys`, `projects`,
+//! `plans`, `tokens`, `usage`) that call a running server's admin API, so they work
+//! the same against one embedded instance or a fleet.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+pub use clap::Parser;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+#[derive(Parser, Debug)]
+#[command(name = "tollgate", version, about = "An LLM gateway and quota service: keys, limits, exact usage.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway.
+    Serve {
+        /// TOML configuration file.
+        #[arg(long, env = "TOLLGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run an OpenAI-compatible mock upstream (for tests and benchmarks).
+    MockUpstream(MockArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Manage projects (tenants).
+    #[command(subcommand)]
+    Projects(ProjectsCommand),
+    /// Manage plans.
+    #[command(subcommand)]
+    Plans(PlansCommand),
+    /// Create project-scoped admin tokens.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// List ledger records, newest first.
+    Usage {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long)]
+        key: Option<String>,
+        /// RFC 3339 or Unix seconds (inclusive).
+        #[arg(long)]
+        from: Option<String>,
+        /// RFC 3339 or Unix seconds (exclusive).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct MockArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 9000)]
+    pub port: u16,
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    #[arg(long, default_value_t = 10)]
+    pub prompt_tokens: u64,
+    #[arg(long, default_value_t = 20)]
+    pub completion_tokens: u64,
+    /// Refuse requests whose bearer token differs (checks the gateway's provider key).
+    #[arg(long)]
+    pub expected_api_key: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Base URL of the running tollgate.
+    #[arg(long, env = "TOLLGATE_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    pub url: String,
+    /// Admin token (operator or project-scoped).
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    pub admin_token: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Create a key; its secret is printed once.
+    Create {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        project: String,
+        #[arg(long, default_value = "free")]
+        plan: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// RFC 3339 or Unix seconds.
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        project: Option<String>,
+    },
+    Get {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+    },
+    /// Change a key's plan, name or expiry.
+    Update {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+        #[arg(long)]
+        plan: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    Revoke {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+    },
+    /// New secret, same key id; the old secret works for the grace period.
+    Regenerate {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        grace_period_secs: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProjectsCommand {
+    Create {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PlansCommand {
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    Get {
+        #[command(flatten)]
+        server: ServerArgs,
+        name: String,
+    },
+    /// Create or replace a plan: `--limit requests/minute=10 --limit requests/month=50000`.
+    Set {
+        #[command(flatten)]
+        server: ServerArgs,
+        name: String,
+        #[arg(long = "limit", required = true)]
+        limits: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    Delete {
+        #[command(flatten)]
+        server: ServerArgs,
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokensCommand {
+    /// Create an admin token that can only see and change one project.
+    Create {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        project: String,
+    },
+}
+
+/// Parses `metric/window=limit`, e.g. `requests/minute=10`.
+fn parse_limit(text: &str) -> anyhow::Result<Value> {
+    let (slot, limit) = text.split_once('=').context("a limit reads metric/window=number")?;
+    let (metric, window) = slot.split_once('/').context("a limit reads metric/window=number")?;
+    let limit: u64 = limit.trim().parse().with_context(|| format!("'{limit}' is not a whole number"))?;
+    Ok(json!({ "metric": metric.trim(), "window": window.trim(), "limit": limit }))
+}
+
+struct Client {
+    http: reqwest::Client,
+    server: ServerArgs,
+}
+
+impl Client {
+    fn new(server: ServerArgs) -> anyhow::Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder().build().context("building the HTTP client")?;
+        Ok(Self { http, server })
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{}", self.server.url.trim_end_matches('/'), path);
+        let mut request = self.http.request(method, &url);
+        if let Some(token) = &self.server.admin_token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.with_context(|| format!("calling {url}: is tollgate running?"))?;
+        let status = response.status();
+        let text = response.text().await.context("reading the response")?;
+        let value: Value =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        if !status.is_success() {
+            let message = value
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| value.to_string());
+            bail!("{status}: {message}");
+        }
+        Ok(value)
+    }
+}
+
+fn print(value: &Value) -> anyhow::Result<()> {
+    if !value.is_null() {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    }
+    Ok(())
+}
+
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let parts: Vec<String> =
+        pairs.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", urlencode(v)))).collect();
+    if parts.is_empty() { String::new() } else { format!("?{}", parts.join("&")) }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs an admin command against a server.
+pub async fn run_admin(command: Command) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let (server, method, path, body) = match command {
+        Command::Serve { .. } | Command::MockUpstream(_) => bail!("not an admin command"),
+        Command::Keys(k) => match k {
+            KeysCommand::Create { server, project, plan, name, expires_at } => {
+                let body = json!({ "project": project, "plan": plan, "name": name, "expires_at": expires_at });
+                (server, Method::POST, "/api/v1/keys".to_owned(), Some(body))
+            }
+            KeysCommand::List { server, project } => {
+                (server, Method::GET, format!("/api/v1/keys{}", query(&[("project", project)])), None)
+            }
+            KeysCommand::Get { server, id } => (server, Method::GET, format!("/api/v1/keys/{}", urlencode(&id)), None),
+            KeysCommand::Update { server, id, plan, name, expires_at } => {
+                let mut body = serde_json::Map::new();
+                if let Some(p) = plan {
+                    body.insert("plan".into(), p.into());
+                }
+                if let Some(n) = name {
+                    body.insert("name".into(), n.into());
+                }
+                if let Some(e) = expires_at {
+                    body.insert("expires_at".into(), e.into());
+                }
+                (server, Method::PATCH, format!("/api/v1/keys/{}", urlencode(&id)), Some(Value::Object(body)))
+            }
+            KeysCommand::Revoke { server, id } => {
+                (server, Method::POST, format!("/api/v1/keys/{}/revoke", urlencode(&id)), None)
+            }
+            KeysCommand::Regenerate { server, id, grace_period_secs } => (
+                server,
+                Method::POST,
+                format!("/api/v1/keys/{}/regenerate", urlencode(&id)),
+                Some(json!({ "grace_period_secs": grace_period_secs })),
+            ),
+        },
+        Command::Projects(p) => match p {
+            ProjectsCommand::Create { server, id, name } => {
+                (server, Method::POST, "/api/v1/projects".to_owned(), Some(json!({ "id": id, "name": name })))
+            }
+            ProjectsCommand::List { server } => (server, Method::GET, "/api/v1/projects".to_owned(), None),
+        },
+        Command::Plans(p) => match p {
+            PlansCommand::List { server } => (server, Method::GET, "/api/v1/plans".to_owned(), None),
+            PlansCommand::Get { server, name } => {
+                (server, Method::GET, format!("/api/v1/plans/{}", urlencode(&name)), None)
+            }
+            PlansCommand::Set { server, name, limits, description } => {
+                let limits = limits.iter().map(|l| parse_limit(l)).collect::<anyhow::Result<Vec<_>>>()?;
+                let body = json!({ "description": description, "limits": limits });
+                (server, Method::PUT, format!("/api/v1/plans/{}", urlencode(&name)), Some(body))
+            }
+            PlansCommand::Delete { server, name } => {
+                (server, Method::DELETE, format!("/api/v1/plans/{}", urlencode(&name)), None)
+            }
+        },
+        Command::Tokens(TokensCommand::Create { server, project }) => {
+            (server, Method::POST, format!("/api/v1/projects/{}/tokens", urlencode(&project)), None)
+        }
+        Command::Usage { server, project, key, from, to, limit } => {
+            let q = query(&[
+                ("project", project),
+                ("key", key),
+                ("from", from),
+                ("to", to),
+                ("limit", Some(limit.to_string())),
+            ]);
+            (server, Method::GET, format!("/api/v1/usage{q}"), None)
+        }
+    };
+    if server.admin_token.is_none() {
+        bail!("no admin token: pass --admin-token or set TOLLGATE_ADMIN_TOKEN");
+    }
+    let client = Client::new(server)?;
+    print(&client.call(method, &path, body).await?)
+}

@@ -1,0 +1,60 @@
+//! What can end a request early, in the pipeline's own words. The server maps each
+//! to its HTTP status and OpenAI error code; nothing here knows HTTP.
+
+use tollgate_providers::{RequestError, UpstreamError};
+use tollgate_store::StoreError;
+
+use crate::auth::KeyRefusal;
+
+/// Why the upstream gave no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamFailure {
+    /// No answer (or no next chunk) within the read timeout.
+    #[error("the upstream provider did not answer within {0}s")]
+    Timeout(u64),
+    /// Not reachable, or the connection broke.
+    #[error("the upstream provider could not be reached")]
+    Unavailable,
+    /// A 2xx answer whose body is not what the API promises.
+    #[error("the upstream provider returned an invalid response")]
+    Invalid,
+}
+
+impl UpstreamFailure {
+    /// The status a request that ended this way is recorded (and answered) with.
+    pub fn status(&self) -> u16 {
+        match self {
+            UpstreamFailure::Timeout(_) => 504,
+            UpstreamFailure::Unavailable | UpstreamFailure::Invalid => 502,
+        }
+    }
+}
+
+impl From<&UpstreamError> for UpstreamFailure {
+    fn from(e: &UpstreamError) -> Self {
+        match e {
+            UpstreamError::Timeout(d) => UpstreamFailure::Timeout(d.as_secs()),
+            _ => UpstreamFailure::Unavailable,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The request itself is malformed (400).
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The key cannot be used.
+    #[error(transparent)]
+    Key(#[from] KeyRefusal),
+    /// A limit refused the request; the decision travels beside the error.
+    #[error("refused by a limit of plan {plan}")]
+    Refused { plan: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamFailure),
+    /// A bug: a phase panicked. Recorded, settled and logged.
+    #[error("internal error: {0}")]
+    Internal(String),
+}

@@ -1,0 +1,98 @@
+//! The request pipeline of tollgate, transport-free: no HTTP framework here. The
+//! server reads requests off the wire and writes answers back; everything in between
+//! is a phase of this crate, in the spirit of Pingora's `ProxyHttp`:
+//!
+//! 1. **authenticate** ([`auth`]): the presented key → a usable key and its plan;
+//! 2. **admit** ([`admit`]): the request view ([`tollgate_providers::RequestView`],
+//!    parsed once) → which limits count it → the estimate → one reservation over all
+//!    of them; a refusal is recorded and answered;
+//! 3. **route** and **forward** ([`proxy`]): the upstream call, in a tracked task so a
+//!    client that hangs up cannot cut it short;
+//! 4. **stream back** ([`stream`]): the answer passes through chunk by chunk while
+//!    its usage is read;
+//! 5. **settle and record** ([`settle`]): the ledger record and the settlement of the
+//!    reservation. A [`settle::Settlement`] is made at admission and records on every
+//!    exit path: an outcome given to it, or its `Drop` (a panic, a dropped task).
+//!
+//! The verify endpoint ([`verify`]) and usage ingestion go through the same
+//! authenticate and admit phases. New capabilities (the cache, the router) add a
+//! phase here, not a branch in a handler.
+
+pub mod admit;
+pub mod auth;
+pub mod error;
+pub mod proxy;
+pub mod settle;
+pub mod stream;
+pub mod verify;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use reqwest::header::HeaderName;
+use tokio_util::task::TaskTracker;
+use tollgate_pricing::PriceTable;
+use tollgate_providers::Upstream;
+use tollgate_store::{Catalog, Ledger, Limiter, PlanCache};
+
+pub use error::{GatewayError, UpstreamFailure};
+pub use tollgate_store::clock::now_ms;
+
+/// What the pipeline needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct GatewaySettings {
+    /// The upstream provider's name (`upstream.provider`), for scoped limits and records.
+    pub provider: String,
+    /// The plan whose limits count anonymous visitors on top of the key's own.
+    pub anonymous_plan: String,
+    /// Output tokens reserved for a request that sets no `max_tokens`.
+    pub default_max_output_tokens: u64,
+    /// Whether answers wait for their ledger record to be durable (`durability = "sync"`).
+    pub durable_responses: bool,
+    /// The built-in price table with the configured overrides.
+    pub prices: Arc<PriceTable>,
+    /// Client headers passed through to the upstream.
+    pub forward_headers: Vec<HeaderName>,
+}
+
+/// The pipeline's shared state: the stores behind their traits, the upstream, the
+/// plan cache and the settings. Cheap to clone (all `Arc`s).
+#[derive(Clone)]
+pub struct Gateway {
+    pub catalog: Arc<dyn Catalog>,
+    pub limiter: Arc<dyn Limiter>,
+    pub ledger: Arc<dyn Ledger>,
+    pub upstream: Arc<Upstream>,
+    pub plans: Arc<PlanCache>,
+    pub settings: Arc<GatewaySettings>,
+    /// Work that must finish before shutdown completes (upstream calls whose client
+    /// left, settlements).
+    pub tasks: TaskTracker,
+    pub ids: Arc<RequestIds>,
+}
+
+/// Request ids unique across processes: a random per-process prefix and a counter.
+pub struct RequestIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    pub fn new() -> Self {
+        let prefix = getrandom::u64().unwrap_or_else(|_| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+        });
+        Self { prefix, next: AtomicU64::new(0) }
+    }
+
+    pub fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("req_{:016x}{:012x}", self.prefix, n)
+    }
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}

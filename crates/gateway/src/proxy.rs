@@ -1,0 +1,266 @@
+//! Phases 2 to 4 for the OpenAI-compatible routes: parse the request view once,
+//! admit, forward in a tracked task, and hand the answer (whole, or a stream that
+//! settles when it ends) back to the transport.
+//!
+//! Why a tracked task: a client that hangs up drops its handler. Were the upstream
+//! call awaited in the handler, it would be cut off with the request's usage
+//! unknown. In the task it runs to its end whatever the client does, its usage is
+//! recorded and the reservation settled; shutdown waits for it (`Gateway::tasks`).
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::header::HeaderMap;
+use tokio::sync::oneshot;
+use tollgate_core::{Authed, Decision, Traffic};
+use tollgate_providers::sse::SseRewriter;
+use tollgate_providers::{Endpoint, RequestView, UpstreamError, UsageScanner};
+
+use crate::error::{GatewayError, UpstreamFailure};
+use crate::settle::{Outcome, Settlement, new_record};
+use crate::stream::{AccountingStream, UpstreamBody, Watcher};
+use crate::{Gateway, GatewaySettings};
+
+/// Largest response whose usage block is looked for (bigger ones pass through
+/// untouched and are counted as they stream).
+const MAX_SCANNED_RESPONSE: usize = 8 * 1024 * 1024;
+
+/// A proxied request as the transport read it.
+pub struct ProxyRequest {
+    pub endpoint: Endpoint,
+    pub body: Bytes,
+    pub client_ip: Option<IpAddr>,
+    pub anonymous_id: Option<String>,
+    /// The client's headers; only those in `upstream.forward_headers` go on.
+    pub headers: HeaderMap,
+    pub started: Instant,
+    pub now_ms: i64,
+}
+
+/// The end of the pipeline for one request: the answer or why there is none, with
+/// what the transport puts in its headers.
+pub struct Proxied {
+    /// Set once the request was given an id (at admission).
+    pub request_id: Option<String>,
+    pub now_ms: i64,
+    pub decision: Option<Decision>,
+    pub result: Result<Answer, GatewayError>,
+}
+
+/// The upstream's answer, on its way to the client.
+pub struct Answer {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub retry_after: Option<String>,
+    pub body: AnswerBody,
+}
+
+pub enum AnswerBody {
+    /// Held whole (a JSON answer: one burst once the provider is done).
+    Whole(Bytes),
+    /// Passed through as it comes; settles when it ends or is dropped.
+    Stream(Box<AccountingStream>),
+}
+
+/// The client headers configured to pass through (`upstream.forward_headers`).
+pub fn forwarded_headers(settings: &GatewaySettings, headers: &HeaderMap) -> HeaderMap {
+    let mut passed = HeaderMap::new();
+    for name in &settings.forward_headers {
+        for value in headers.get_all(name) {
+            passed.append(name.clone(), value.clone());
+        }
+    }
+    passed
+}
+
+impl Gateway {
+    /// Admits, forwards and answers one request of an authenticated key.
+    pub async fn proxy(&self, authed: &Authed, request: ProxyRequest) -> Proxied {
+        let ProxyRequest { endpoint, body, client_ip, anonymous_id, headers, started, now_ms } = request;
+        let early = |result: GatewayError| Proxied { request_id: None, now_ms, decision: None, result: Err(result) };
+        // The one parse of the body: every later step reads this view.
+        let view = match RequestView::parse(endpoint, &body) {
+            Ok(v) => v,
+            Err(e) => return early(e.into()),
+        };
+        let traffic = Traffic {
+            provider: self.settings.provider.clone(),
+            model: view.model.clone().into_owned(),
+            endpoint: endpoint.name().to_owned(),
+            client_ip,
+            anonymous_id,
+        };
+        let items = self.limits_for(authed, &traffic);
+        let estimate = self.estimate(&view, &body, &items);
+        let admission = match self.reserve(authed, items, estimate, now_ms, true).await {
+            Ok(a) => a,
+            Err(e) => return early(e),
+        };
+        let request_id = admission.request_id;
+        let mut record = new_record(authed, &request_id, now_ms, endpoint.name(), &traffic);
+        if !admission.decision.allowed() {
+            record.status = 429;
+            record.latency_ms = started.elapsed().as_millis() as u64;
+            self.ledger.append(record);
+            let result = Err(GatewayError::Refused { plan: authed.plan.name.clone() });
+            return Proxied { request_id: Some(request_id), now_ms, decision: Some(admission.decision), result };
+        }
+        let strip_usage = view.strips_usage();
+        let upstream_body = view.upstream_body(&body);
+        drop(view);
+        let settlement = Settlement::new(self.clone(), record, endpoint, body, estimate, started);
+        let passed = forwarded_headers(&self.settings, &headers);
+        let (answer_tx, answer_rx) = oneshot::channel();
+        let gateway = self.clone();
+        self.tasks.spawn(async move {
+            forward(gateway, endpoint, upstream_body, passed, settlement, strip_usage, answer_tx).await;
+        });
+        let result = answer_rx
+            .await
+            .unwrap_or_else(|_| Err(GatewayError::Internal("the forwarding task ended without an answer".into())));
+        Proxied { request_id: Some(request_id), now_ms, decision: Some(admission.decision), result }
+    }
+
+    /// `GET /v1/models`: passed through, not limited, not recorded.
+    pub async fn models(&self, headers: &HeaderMap) -> Result<Answer, GatewayError> {
+        let passed = forwarded_headers(&self.settings, headers);
+        match self.upstream.send(reqwest::Method::GET, "/models", passed, None).await {
+            Ok(up) => Ok(Answer {
+                status: up.status,
+                content_type: up.content_type,
+                retry_after: up.retry_after,
+                body: AnswerBody::Stream(Box::new(AccountingStream::passthrough(up.body))),
+            }),
+            Err(e) => Err(failure(&e).into()),
+        }
+    }
+}
+
+fn failure(e: &UpstreamError) -> UpstreamFailure {
+    if !matches!(e, UpstreamError::Timeout(_)) {
+        tracing::warn!(error = %e, "upstream call failed");
+    }
+    UpstreamFailure::from(e)
+}
+
+/// Forwards, reads the answer, and sends it to the waiting handler; a whole answer
+/// is recorded before it is sent, and settled after.
+async fn forward(
+    gateway: Gateway,
+    endpoint: Endpoint,
+    body: Bytes,
+    headers: HeaderMap,
+    mut settlement: Settlement,
+    strip_usage: bool,
+    answer: oneshot::Sender<Result<Answer, GatewayError>>,
+) {
+    let sent = gateway.upstream.send(reqwest::Method::POST, endpoint.upstream_path(), headers, Some(body)).await;
+    let upstream = match sent {
+        Ok(u) => u,
+        Err(e) => {
+            let failure = failure(&e);
+            settlement.failed(failure.status());
+            if let Some(commit) = settlement.finish(Outcome::Nothing) {
+                commit.await;
+            }
+            let _ = answer.send(Err(failure.into()));
+            return;
+        }
+    };
+    settlement.answered(upstream.status);
+    let success = (200..300).contains(&upstream.status);
+    let is_sse = upstream.content_type.as_deref().is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let (status, content_type, retry_after) = (upstream.status, upstream.content_type, upstream.retry_after);
+    let answer_with =
+        |body| Answer { status, content_type: content_type.clone(), retry_after: retry_after.clone(), body };
+    if is_sse {
+        let stream = AccountingStream::new(upstream.body, Watcher::Sse(SseRewriter::new(strip_usage)), settlement);
+        let _ = answer.send(Ok(answer_with(AnswerBody::Stream(Box::new(stream)))));
+        return;
+    }
+    match collect_json(upstream.body).await {
+        Collected::Whole(whole) => {
+            let usage = if success { tollgate_providers::usage::checked_usage_from_json(&whole) } else { Ok(None) };
+            match usage {
+                Ok(usage) => {
+                    let held = usage.is_none().then(|| whole.clone());
+                    let (commit, settle) = settlement.finish_inline(Outcome::Json { usage, body: held });
+                    if let Some(commit) = commit {
+                        commit.await;
+                    }
+                    let _ = answer.send(Ok(answer_with(AnswerBody::Whole(whole))));
+                    if let Some(settle) = settle {
+                        settle.await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "upstream answered 2xx with a body that is not JSON");
+                    fail(settlement, UpstreamFailure::Invalid, answer).await;
+                }
+            }
+        }
+        Collected::Broken(e) => {
+            tracing::warn!(error = %e, "upstream body broke off");
+            fail(settlement, UpstreamFailure::from(&e), answer).await;
+        }
+        // Too big to hold: pass it through as it comes, counting instead of parsing.
+        Collected::TooBig { head, rest } => {
+            let stream = futures_util::stream::iter(head.into_iter().map(Ok)).chain(rest);
+            let stream = AccountingStream::new(Box::pin(stream), Watcher::Json(UsageScanner::new(0)), settlement);
+            let _ = answer.send(Ok(answer_with(AnswerBody::Stream(Box::new(stream)))));
+        }
+    }
+}
+
+/// Records a request whose upstream answer was unusable as failed and refunded.
+async fn fail(
+    mut settlement: Settlement,
+    failure: UpstreamFailure,
+    answer: oneshot::Sender<Result<Answer, GatewayError>>,
+) {
+    settlement.failed(failure.status());
+    if let Some(commit) = settlement.finish(Outcome::Nothing) {
+        commit.await;
+    }
+    let _ = answer.send(Err(failure.into()));
+}
+
+/// A non-streaming answer, read whole (one JSON document: it arrives in one burst once
+/// the provider is done, so holding it costs no latency) so that a broken or invalid
+/// answer becomes a clear 502 and the usage is known before the client gets it.
+enum Collected {
+    Whole(Bytes),
+    Broken(UpstreamError),
+    TooBig { head: Vec<Bytes>, rest: UpstreamBody },
+}
+
+async fn collect_json(mut body: UpstreamBody) -> Collected {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0;
+    loop {
+        match body.next().await {
+            Some(Ok(chunk)) => {
+                len += chunk.len();
+                chunks.push(chunk);
+                if len > MAX_SCANNED_RESPONSE {
+                    return Collected::TooBig { head: chunks, rest: body };
+                }
+            }
+            Some(Err(e)) => return Collected::Broken(e),
+            None => break,
+        }
+    }
+    Collected::Whole(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => {
+            let mut whole = bytes::BytesMut::with_capacity(len);
+            for c in &chunks {
+                whole.extend_from_slice(c);
+            }
+            whole.freeze()
+        }
+    })
+}

@@ -1,0 +1,145 @@
+//! Phase 4, stream back: the upstream body passes to the client chunk by chunk while
+//! its usage is read (an SSE stream's usage chunk, hidden when tollgate asked for
+//! it; a JSON body's usage block), and the settlement is finished when the body
+//! ends, breaks, or is dropped because the client went away.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use tollgate_providers::sse::SseRewriter;
+use tollgate_providers::{UpstreamError, UsageScanner};
+
+use crate::settle::{Outcome, Settlement};
+
+/// An upstream body: chunks as they arrive.
+pub type UpstreamBody = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
+
+/// How the body is watched for usage on its way to the client.
+pub enum Watcher {
+    Json(UsageScanner),
+    Sse(SseRewriter),
+    /// Not watched (an answer that is not accounted, like the model list).
+    Pass,
+}
+
+/// Passes the upstream body through chunk by chunk while watching for usage; the
+/// settlement is finished at the end of the body, on an upstream error, or on drop (the
+/// client went away), whichever comes first, with what was delivered so far. In
+/// `sync` durability the end of the body waits for the ledger commit.
+pub struct AccountingStream {
+    inner: UpstreamBody,
+    watcher: Watcher,
+    settlement: Option<Settlement>,
+    commit: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    /// Bytes to send after the commit (a held-back event, or an error event).
+    tail: Option<Bytes>,
+    done: bool,
+}
+
+impl AccountingStream {
+    pub fn new(inner: UpstreamBody, watcher: Watcher, settlement: Settlement) -> Self {
+        Self { inner, watcher, settlement: Some(settlement), commit: None, tail: None, done: false }
+    }
+
+    /// A body passed through untouched, with nothing to account.
+    pub fn passthrough(inner: UpstreamBody) -> Self {
+        Self { inner, watcher: Watcher::Pass, settlement: None, commit: None, tail: None, done: false }
+    }
+
+    fn finish(&mut self) {
+        if let Some(f) = self.settlement.take() {
+            let outcome = match &mut self.watcher {
+                Watcher::Json(scanner) => Outcome::Json { usage: scanner.finish(), body: None },
+                Watcher::Sse(rewriter) => Outcome::Stream(rewriter.finish()),
+                Watcher::Pass => Outcome::Nothing,
+            };
+            self.commit = f.finish(outcome);
+        }
+    }
+}
+
+/// The SSE event that ends a stream the upstream broke off, so SDKs raise a clear
+/// error instead of seeing a silently truncated answer.
+fn broken_stream_event(e: &UpstreamError) -> Bytes {
+    let (code, message) = match e {
+        UpstreamError::Timeout(d) => {
+            ("upstream_timeout", format!("The upstream provider stopped sending for {}s.", d.as_secs()))
+        }
+        _ => ("upstream_stream_broken", "The upstream provider's stream broke off.".to_owned()),
+    };
+    let event = serde_json::json!({ "error": { "message": message, "type": "upstream_error", "code": code } });
+    Bytes::from(format!("data: {event}\n\n"))
+}
+
+impl Stream for AccountingStream {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                if let Some(commit) = this.commit.as_mut() {
+                    if commit.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    this.commit = None;
+                }
+                return Poll::Ready(this.tail.take().map(Ok));
+            }
+            return match this.inner.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let out = match &mut this.watcher {
+                        Watcher::Json(scanner) => {
+                            scanner.observe(&chunk);
+                            chunk
+                        }
+                        Watcher::Sse(rewriter) => rewriter.process(chunk),
+                        Watcher::Pass => chunk,
+                    };
+                    if out.is_empty() {
+                        continue;
+                    }
+                    Poll::Ready(Some(Ok(out)))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "upstream body broke off");
+                    this.done = true;
+                    match &mut this.watcher {
+                        Watcher::Sse(rewriter) => {
+                            let mut tail = bytes::BytesMut::from(&rewriter.flush()[..]);
+                            tail.extend_from_slice(&broken_stream_event(&e));
+                            this.tail = Some(tail.freeze());
+                            this.finish();
+                            continue;
+                        }
+                        Watcher::Json(_) | Watcher::Pass => {
+                            this.finish();
+                            Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))))
+                        }
+                    }
+                }
+                Poll::Ready(None) => {
+                    // An event the rewriter held back (it might have been the usage
+                    // chunk) goes out before the end.
+                    let tail = match &mut this.watcher {
+                        Watcher::Sse(rewriter) => rewriter.flush(),
+                        Watcher::Json(_) | Watcher::Pass => Bytes::new(),
+                    };
+                    this.tail = (!tail.is_empty()).then_some(tail);
+                    this.done = true;
+                    this.finish();
+                    continue;
+                }
+                Poll::Pending => Poll::Pending,
+            };
+        }
+    }
+}
+
+impl Drop for AccountingStream {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}

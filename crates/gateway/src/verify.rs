@@ -1,0 +1,84 @@
+//! The verify endpoint's pipeline, for APIs that are not LLMs: authenticate, then
+//! admit `cost` requests (a final charge, or a dry run that only looks), and record
+//! what was charged. Same phases as the proxy, minus the upstream.
+
+use std::net::IpAddr;
+
+use tollgate_core::{Amounts, Authed, Decision, Traffic};
+
+use crate::error::GatewayError;
+use crate::settle::new_record;
+use crate::{Gateway, now_ms};
+
+/// One verify call, checked by the transport.
+pub struct VerifyCheck {
+    pub key: String,
+    pub cost: u64,
+    pub dry_run: bool,
+    pub endpoint: String,
+    pub anonymous_id: Option<String>,
+    pub client_ip: Option<IpAddr>,
+}
+
+/// The answer to "is this key valid and under its limits?".
+pub enum Verdict {
+    /// The key cannot be used: `NOT_FOUND`, `REVOKED` or `EXPIRED`.
+    Refused(&'static str),
+    /// The key is usable; `decision` says whether `cost` fit.
+    Checked { authed: Authed, decision: Decision, now_ms: i64 },
+}
+
+impl Verdict {
+    /// `VALID`, `RATE_LIMITED`, `QUOTA_EXCEEDED`, or the key's refusal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Verdict::Refused(code) => code,
+            Verdict::Checked { decision, .. } => match decision.refused_status() {
+                None => "VALID",
+                Some((s, r)) if s.spec.window.is_rate() && r.retry_at_ms.is_some() => "RATE_LIMITED",
+                Some(_) => "QUOTA_EXCEEDED",
+            },
+        }
+    }
+}
+
+impl Gateway {
+    pub async fn verify(&self, check: VerifyCheck) -> Result<Verdict, GatewayError> {
+        use crate::auth::KeyRefusal;
+        let now = now_ms();
+        let authed = match self.authenticate(&check.key, now).await {
+            Ok(a) => a,
+            Err(e) if e.is_not_found() => return Ok(Verdict::Refused("NOT_FOUND")),
+            Err(KeyRefusal::Revoked) => return Ok(Verdict::Refused("REVOKED")),
+            Err(KeyRefusal::Expired) => return Ok(Verdict::Refused("EXPIRED")),
+            Err(other) => return Err(other.into()),
+        };
+        let traffic = Traffic {
+            provider: String::new(),
+            model: String::new(),
+            endpoint: check.endpoint,
+            client_ip: check.client_ip,
+            anonymous_id: check.anonymous_id,
+        };
+        let items = self.limits_for(&authed, &traffic);
+        let amounts = Amounts::requests(check.cost);
+        if check.dry_run {
+            let decision = self.limiter.peek(&authed.key.project_id, &items, amounts, now).await?;
+            return Ok(Verdict::Checked { authed, decision, now_ms: now });
+        }
+        let admission = self.reserve(&authed, items, amounts, now, false).await?;
+        if admission.decision.allowed() && check.cost > 0 {
+            let mut record = new_record(&authed, &admission.request_id, now, &traffic.endpoint, &traffic);
+            record.status = 200;
+            record.counted = true;
+            record.requests = check.cost;
+            self.ledger.append(record);
+            // `durability = "sync"`: a VALID answer is given only once the usage it
+            // charged is committed, so a crash cannot forget it.
+            if self.settings.durable_responses {
+                self.ledger.flush().await?;
+            }
+        }
+        Ok(Verdict::Checked { authed, decision: admission.decision, now_ms: now })
+    }
+}

@@ -1,0 +1,782 @@
+//! An OpenAI-compatible mock upstream.
+//!
+//! Tests and benchmarks need a real HTTP server that speaks the subset of the
+//! OpenAI API the gateway proxies, and that can misbehave on demand. The mock
+//! answers `POST /v1/chat/completions` (including SSE streaming),
+//! `POST /v1/completions`, `POST /v1/embeddings` and `GET /v1/models`, with
+//! token usage taken from [`MockConfig`].
+//!
+//! Misbehaviour is chosen per request through `x-mock-*` headers so that one
+//! running mock can serve many tests at once:
+//!
+//! * `x-mock-latency-ms: N` — sleep N ms before answering (overrides the config).
+//! * `x-mock-status: 429` — answer that status (400..=599) with an OpenAI-shaped
+//!   error body; 429 also carries `Retry-After: 7`.
+//! * `x-mock-usage: P,C` — report P prompt and C completion tokens.
+//! * `x-mock-fault: malformed | no-usage | reset | stall` — see [`Fault`].
+//!
+//! The same server is exposed by the CLI as `tollgate mock-upstream` and
+//! documented in `docs/mock-upstream.md`.
+
+use std::future::{Future, IntoFuture};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use serde_json::{Map, Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+mod reply;
+use reply::{StreamSpec, chat_choice, json_reply, sse_reply, text_choice};
+
+/// Header that overrides the configured latency for one request.
+pub const HEADER_LATENCY: &str = "x-mock-latency-ms";
+/// Header that makes the mock answer with an error status.
+pub const HEADER_STATUS: &str = "x-mock-status";
+/// Header that overrides the reported token usage: `prompt,completion`.
+pub const HEADER_USAGE: &str = "x-mock-usage";
+/// Header that injects a protocol fault; see [`Fault`].
+pub const HEADER_FAULT: &str = "x-mock-fault";
+
+/// `Retry-After` value sent with injected 429s; odd on purpose so tests can
+/// tell it apart from any default the gateway might invent.
+const RETRY_AFTER_SECS: &str = "7";
+
+/// How long [`serve`] keeps draining in-flight requests after the shutdown
+/// signal. A `stall` stream never finishes, so graceful shutdown alone could
+/// hang forever.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Pause between the last chunk of a `reset` stream and the abort. Without it
+/// hyper may discard the buffered chunks together with the connection, and
+/// clients would never see the "two chunks" the fault promises.
+const RESET_DELAY: Duration = Duration::from_millis(20);
+
+/// The assistant reply, split the way it is streamed.
+const REPLY_PIECES: &[&str] = &["Hello", " from", " the", " tollgate", " mock", " upstream."];
+
+/// Models listed by `GET /v1/models`, with OpenAI-like creation times.
+const MODELS: &[(&str, u64)] = &[
+    ("gpt-4o-mini", 1_721_172_741),
+    ("gpt-4o", 1_715_367_049),
+    ("gpt-3.5-turbo-instruct", 1_692_901_427),
+    ("text-embedding-3-small", 1_705_948_997),
+];
+
+/// Number of floats in every mock embedding.
+const EMBEDDING_DIMS: usize = 8;
+
+/// Behaviour shared by every request the mock answers.
+#[derive(Clone, Debug)]
+pub struct MockConfig {
+    /// Delay before each answer, unless a request sends `x-mock-latency-ms`.
+    pub latency_ms: u64,
+    /// Prompt tokens reported in `usage`, unless overridden by `x-mock-usage`.
+    pub prompt_tokens: u64,
+    /// Completion tokens reported in `usage`, unless overridden by `x-mock-usage`.
+    pub completion_tokens: u64,
+    /// When set, `/v1/*` requests must carry `Authorization: Bearer <key>`.
+    pub expected_api_key: Option<String>,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        Self { latency_ms: 0, prompt_tokens: 10, completion_tokens: 20, expected_api_key: None }
+    }
+}
+
+/// A mock OpenAI upstream. Cloning is cheap and clones share counters, so a
+/// test can keep one handle while the server runs on another.
+#[derive(Clone, Debug)]
+pub struct MockUpstream {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: MockConfig,
+    served: AtomicU64,
+    next_id: AtomicU64,
+}
+
+impl Inner {
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+impl MockUpstream {
+    /// A mock with the given configuration and zeroed counters.
+    pub fn new(config: MockConfig) -> Self {
+        Self { inner: Arc::new(Inner { config, served: AtomicU64::new(0), next_id: AtomicU64::new(0) }) }
+    }
+
+    /// The configuration this mock answers with.
+    pub fn config(&self) -> &MockConfig {
+        &self.inner.config
+    }
+
+    /// The axum router serving the mock API. Serve it with TCP_NODELAY (as
+    /// [`MockUpstream::serve`] does) or keep-alive clients stall on delayed ACKs.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/completions", post(completions))
+            .route("/v1/embeddings", post(embeddings))
+            .route("/v1/models", get(list_models))
+            .route("/v1/models/{model}", get(get_model))
+            .route("/health", get(|| async { "ok" }))
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(middleware::from_fn_with_state(self.inner.clone(), count_requests))
+            .with_state(self.inner.clone())
+    }
+
+    /// Number of `/v1/*` requests the mock has answered (or is answering:
+    /// a request counts as soon as it arrives, so requests the client gave up
+    /// on during an injected latency are included).
+    pub fn requests_served(&self) -> u64 {
+        self.inner.served.load(Ordering::Relaxed)
+    }
+
+    /// Serves this mock on `listener` until `shutdown` resolves, then drains
+    /// in-flight requests for at most one second.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
+        // Headers and body chunks leave in separate writes; with Nagle on, the
+        // second write waits for the client's delayed ACK (~40 ms on Linux).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!("mock upstream: failed to set TCP_NODELAY: {err}");
+            }
+        });
+        let (signalled_tx, signalled_rx) = oneshot::channel::<()>();
+        let server = axum::serve(listener, self.router())
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                let _ = signalled_tx.send(());
+            })
+            .into_future();
+        let grace = async move {
+            // The sender only disappears without sending when the server has
+            // already returned, so waiting forever here is harmless.
+            if signalled_rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            result = server => result,
+            () = grace => Ok(()),
+        }
+    }
+}
+
+/// Serves a mock built from `config` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    config: MockConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    MockUpstream::new(config).serve(listener, shutdown).await
+}
+
+/// A mock running on a background task, for tests and benchmarks.
+/// Dropping it stops the server.
+#[derive(Debug)]
+pub struct RunningMock {
+    upstream: MockUpstream,
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<io::Result<()>>>,
+}
+
+/// Starts a mock on `127.0.0.1` with an ephemeral port on the current tokio
+/// runtime.
+pub async fn spawn(config: MockConfig) -> io::Result<RunningMock> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let addr = listener.local_addr()?;
+    let upstream = MockUpstream::new(config);
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = upstream.clone();
+    let task = tokio::spawn(async move {
+        server
+            .serve(listener, async move {
+                let _ = rx.await;
+            })
+            .await
+    });
+    Ok(RunningMock { upstream, addr, shutdown: Some(tx), task: Some(task) })
+}
+
+impl RunningMock {
+    /// The address the mock listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Base URL including `/v1`, e.g. `http://127.0.0.1:41234/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// The mock's handle, sharing counters with the running server.
+    pub fn upstream(&self) -> &MockUpstream {
+        &self.upstream
+    }
+
+    /// See [`MockUpstream::requests_served`].
+    pub fn requests_served(&self) -> u64 {
+        self.upstream.requests_served()
+    }
+
+    /// Stops accepting connections and waits for the server task to end.
+    pub async fn shutdown(mut self) -> io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.map_err(io::Error::other)?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningMock {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Protocol faults injected with `x-mock-fault`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// `malformed`: 200 with a body that is not JSON (streams: an SSE event
+    /// whose data is not JSON).
+    Malformed,
+    /// `no-usage`: a valid answer without `usage` (streams: no usage chunk,
+    /// even when `include_usage` was requested).
+    NoUsage,
+    /// `reset`: send part of the body (streams: two chunks), then abort the
+    /// connection.
+    Reset,
+    /// `stall`: send part of the body (streams: one chunk), then nothing more.
+    Stall,
+}
+
+impl Fault {
+    fn parse(value: &str) -> Option<Self> {
+        match value.trim() {
+            "malformed" => Some(Self::Malformed),
+            "no-usage" => Some(Self::NoUsage),
+            "reset" => Some(Self::Reset),
+            "stall" => Some(Self::Stall),
+            _ => None,
+        }
+    }
+}
+
+/// What the `x-mock-*` headers (and the config) ask of one request.
+struct Directives {
+    latency: Duration,
+    status: Option<StatusCode>,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    fault: Option<Fault>,
+}
+
+impl Directives {
+    fn parse(headers: &HeaderMap, config: &MockConfig) -> Result<Self, ApiError> {
+        let latency_ms = match header_str(headers, HEADER_LATENCY)? {
+            Some(v) => v.trim().parse::<u64>().map_err(|_| bad_mock_header(HEADER_LATENCY, v))?,
+            None => config.latency_ms,
+        };
+        let status = match header_str(headers, HEADER_STATUS)? {
+            Some(v) => {
+                let code = v
+                    .trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|c| (400..=599).contains(c))
+                    .and_then(|c| StatusCode::from_u16(c).ok())
+                    .ok_or_else(|| bad_mock_header(HEADER_STATUS, v))?;
+                Some(code)
+            }
+            None => None,
+        };
+        let (prompt_tokens, completion_tokens) = match header_str(headers, HEADER_USAGE)? {
+            Some(v) => {
+                let parsed = v
+                    .split_once(',')
+                    .and_then(|(p, c)| Some((p.trim().parse::<u64>().ok()?, c.trim().parse::<u64>().ok()?)));
+                parsed.ok_or_else(|| bad_mock_header(HEADER_USAGE, v))?
+            }
+            None => (config.prompt_tokens, config.completion_tokens),
+        };
+        let fault = match header_str(headers, HEADER_FAULT)? {
+            Some(v) => Some(Fault::parse(v).ok_or_else(|| bad_mock_header(HEADER_FAULT, v))?),
+            None => None,
+        };
+        Ok(Self { latency: Duration::from_millis(latency_ms), status, prompt_tokens, completion_tokens, fault })
+    }
+
+    fn usage(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens.saturating_add(self.completion_tokens),
+        })
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match headers.get(name) {
+        Some(value) => value.to_str().map(Some).map_err(|_| bad_mock_header(name, "<non-ASCII>")),
+        None => Ok(None),
+    }
+}
+
+/// Everything every `/v1/*` handler does first: parse directives, wait,
+/// authenticate, and apply an injected status. The order mirrors a real
+/// upstream, which is slow before it rejects a bad key.
+async fn prelude(inner: &Inner, headers: &HeaderMap) -> Result<Directives, ApiError> {
+    let directives = Directives::parse(headers, &inner.config)?;
+    if !directives.latency.is_zero() {
+        tokio::time::sleep(directives.latency).await;
+    }
+    check_auth(&inner.config, headers)?;
+    if let Some(status) = directives.status {
+        return Err(injected_error(status));
+    }
+    Ok(directives)
+}
+
+fn check_auth(config: &MockConfig, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = config.expected_api_key.as_deref() else {
+        return Ok(());
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(key) if key == expected => Ok(()),
+        Some(_) => Err(openai_error(
+            StatusCode::UNAUTHORIZED,
+            "Incorrect API key provided to the mock upstream.",
+            "invalid_request_error",
+            Some("invalid_api_key"),
+            None,
+        )),
+        None => Err(openai_error(
+            StatusCode::UNAUTHORIZED,
+            "You didn't provide an API key. Provide it in the Authorization header as 'Bearer YOUR_KEY'.",
+            "invalid_request_error",
+            Some("invalid_api_key"),
+            None,
+        )),
+    }
+}
+
+/// An error answered in OpenAI's shape:
+/// `{"error":{"message","type","param","code"}}`. A struct rather than a
+/// ready `Response` keeps handler results small.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    kind: &'static str,
+    code: Option<&'static str>,
+    param: Option<&'static str>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+            }
+        });
+        let mut response = (self.status, Json(body)).into_response();
+        // Only injected 429s exist, and they promise a Retry-After.
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        }
+        response
+    }
+}
+
+fn openai_error(
+    status: StatusCode,
+    message: &str,
+    kind: &'static str,
+    code: Option<&'static str>,
+    param: Option<&'static str>,
+) -> ApiError {
+    ApiError { status, message: message.to_owned(), kind, code, param }
+}
+
+fn bad_request(message: &str, param: Option<&'static str>) -> ApiError {
+    openai_error(StatusCode::BAD_REQUEST, message, "invalid_request_error", None, param)
+}
+
+fn bad_mock_header(name: &str, value: &str) -> ApiError {
+    bad_request(&format!("mock upstream: invalid {name} header value {value:?}"), None)
+}
+
+/// The error body for an `x-mock-status` status, with types and codes chosen
+/// the way OpenAI reports them, so gateways can be tested against both.
+fn injected_error(status: StatusCode) -> ApiError {
+    let (kind, code, message) = match status.as_u16() {
+        401 => ("invalid_request_error", Some("invalid_api_key"), "Incorrect API key provided."),
+        403 => ("permission_error", None, "You are not allowed to use this model."),
+        404 => ("invalid_request_error", Some("model_not_found"), "The model does not exist."),
+        429 => {
+            ("requests", Some("rate_limit_exceeded"), "Rate limit reached for requests (injected by mock upstream).")
+        }
+        503 => ("server_error", None, "The server is overloaded or not ready yet (injected by mock upstream)."),
+        500..=599 => {
+            ("server_error", None, "The server had an error while processing your request (injected by mock upstream).")
+        }
+        _ => ("invalid_request_error", None, "Invalid request (injected by mock upstream)."),
+    };
+    openai_error(status, message, kind, code, None)
+}
+
+/// Counts `/v1/*` requests on arrival and tags answers with a request id, as
+/// OpenAI does, so gateway logs can be correlated in tests.
+async fn count_requests(State(inner): State<Arc<Inner>>, req: Request, next: Next) -> Response {
+    let counted = req.uri().path().starts_with("/v1/");
+    if counted {
+        inner.served.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut response = next.run(req).await;
+    if counted {
+        let id = format!("req_mock_{}", inner.next_id());
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert(HeaderName::from_static("x-request-id"), value);
+        }
+    }
+    response
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    openai_error(
+        StatusCode::NOT_FOUND,
+        &format!("Invalid URL ({method} {})", uri.path()),
+        "invalid_request_error",
+        None,
+        None,
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    openai_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("Method {method} is not allowed for {}", uri.path()),
+        "invalid_request_error",
+        None,
+        None,
+    )
+}
+
+/// Parses a JSON object body and its `model`, answering 400 like OpenAI does
+/// for anything else.
+fn parse_body(body: &Bytes) -> Result<(Map<String, Value>, String), ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|err| bad_request(&format!("We could not parse the JSON body of your request: {err}"), None))?;
+    let Value::Object(object) = value else {
+        return Err(bad_request("The request body must be a JSON object.", None));
+    };
+    let model = match object.get("model") {
+        Some(Value::String(model)) if !model.is_empty() => model.clone(),
+        _ => {
+            return Err(bad_request("You must provide a model parameter.", Some("model")));
+        }
+    };
+    Ok((object, model))
+}
+
+/// As OpenAI does: `messages` must be an array of objects. (A missing `messages` is
+/// let through: tests that only care about the answer may leave it out.)
+fn check_messages(body: &Map<String, Value>) -> Result<(), ApiError> {
+    let kind = |v: &Value| match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    match body.get("messages") {
+        None => Ok(()),
+        Some(Value::Array(messages)) => match messages.iter().position(|m| !m.is_object()) {
+            Some(i) => Err(bad_request(
+                &format!(
+                    "Invalid type for 'messages[{i}]': expected an object, but got {} instead.",
+                    kind(&messages[i])
+                ),
+                Some("messages"),
+            )),
+            None => Ok(()),
+        },
+        Some(other) => Err(bad_request(
+            &format!("Invalid type for 'messages': expected an array of objects, but got {} instead.", kind(other)),
+            Some("messages"),
+        )),
+    }
+}
+
+fn is_stream(body: &Map<String, Value>) -> bool {
+    body.get("stream").and_then(Value::as_bool).unwrap_or(false)
+}
+
+fn include_usage(body: &Map<String, Value>) -> bool {
+    body.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+async fn chat_completions(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let directives = prelude(&inner, &headers).await?;
+    let (body, model) = parse_body(&body)?;
+    check_messages(&body)?;
+    let id = format!("chatcmpl-mock-{}", inner.next_id());
+    let created = unix_now();
+    if is_stream(&body) {
+        let stream =
+            StreamSpec { id, created, model, object: "chat.completion.chunk", include_usage: include_usage(&body) };
+        return Ok(sse_reply(stream.events(&directives, chat_choice), directives.fault));
+    }
+    let reply = json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": { "role": "assistant", "content": REPLY_PIECES.concat(), "refusal": null },
+            "logprobs": null,
+            "finish_reason": "stop",
+        }],
+        "usage": directives.usage(),
+        "system_fingerprint": "fp_mock",
+    });
+    Ok(json_reply(reply, directives.fault))
+}
+
+async fn completions(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let directives = prelude(&inner, &headers).await?;
+    let (body, model) = parse_body(&body)?;
+    let id = format!("cmpl-mock-{}", inner.next_id());
+    let created = unix_now();
+    if is_stream(&body) {
+        let stream = StreamSpec { id, created, model, object: "text_completion", include_usage: include_usage(&body) };
+        return Ok(sse_reply(stream.events(&directives, text_choice), directives.fault));
+    }
+    let reply = json!({
+        "id": id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "text": REPLY_PIECES.concat(),
+            "logprobs": null,
+            "finish_reason": "stop",
+        }],
+        "usage": directives.usage(),
+    });
+    Ok(json_reply(reply, directives.fault))
+}
+
+async fn embeddings(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let directives = prelude(&inner, &headers).await?;
+    let (body, model) = parse_body(&body)?;
+    let inputs = embedding_inputs(body.get("input"))?;
+    // The official SDKs ask for base64 by default and decode it themselves.
+    let base64 = match body.get("encoding_format") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(f)) if f == "float" => false,
+        Some(Value::String(f)) if f == "base64" => true,
+        Some(_) => {
+            return Err(bad_request("encoding_format must be 'float' or 'base64'.", Some("encoding_format")));
+        }
+    };
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, input)| {
+            let vector = embedding_vector(input);
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
+                Value::String(base64_encode(&bytes))
+            } else {
+                Value::Array(vector.iter().map(|&f| json!(f64::from(f))).collect())
+            };
+            json!({ "object": "embedding", "index": index, "embedding": embedding })
+        })
+        .collect();
+    let reply = json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {
+            "prompt_tokens": directives.prompt_tokens,
+            "total_tokens": directives.prompt_tokens,
+        },
+    });
+    Ok(json_reply(reply, directives.fault))
+}
+
+/// The texts to embed: one per string (or token array) in `input`, or one for
+/// a single string or a single token array.
+fn embedding_inputs(input: Option<&Value>) -> Result<Vec<String>, ApiError> {
+    let invalid =
+        || bad_request("'input' must be a string, an array of strings, or an array of token arrays.", Some("input"));
+    match input {
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(items)) if !items.is_empty() => {
+            if items.iter().all(Value::is_number) {
+                return Ok(vec![Value::Array(items.clone()).to_string()]);
+            }
+            items
+                .iter()
+                .map(|item| match item {
+                    Value::String(s) => Ok(s.clone()),
+                    Value::Array(tokens) if tokens.iter().all(Value::is_number) => Ok(item.to_string()),
+                    _ => Err(invalid()),
+                })
+                .collect()
+        }
+        Some(_) => Err(invalid()),
+        None => Err(bad_request("'input' is a required property.", Some("input"))),
+    }
+}
+
+/// A deterministic unit vector derived from the input text, so equal inputs
+/// embed equally across runs.
+fn embedding_vector(input: &str) -> [f32; EMBEDDING_DIMS] {
+    // FNV-1a seeds a xorshift generator; quality is irrelevant here.
+    let mut state =
+        input.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+    let mut vector = [0f32; EMBEDDING_DIMS];
+    for slot in &mut vector {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        // Top 24 bits give a float in [0, 1) without rounding surprises.
+        *slot = (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+    }
+    let norm = vector.iter().map(|f| f * f).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        for slot in &mut vector {
+            *slot /= norm;
+        }
+    }
+    vector
+}
+
+/// Standard base64 with padding; a dependency is not worth eight floats.
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn model_object(id: &str, created: u64) -> Value {
+    json!({ "id": id, "object": "model", "created": created, "owned_by": "system" })
+}
+
+async fn list_models(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let directives = prelude(&inner, &headers).await?;
+    let data: Vec<Value> = MODELS.iter().map(|&(id, created)| model_object(id, created)).collect();
+    Ok(json_reply(json!({ "object": "list", "data": data }), directives.fault))
+}
+
+async fn get_model(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
+    let directives = prelude(&inner, &headers).await?;
+    match MODELS.iter().find(|&&(id, _)| id == model) {
+        Some(&(id, created)) => Ok(json_reply(model_object(id, created), directives.fault)),
+        None => Err(openai_error(
+            StatusCode::NOT_FOUND,
+            &format!("The model '{model}' does not exist"),
+            "invalid_request_error",
+            Some("model_not_found"),
+            Some("model"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_known_vectors() {
+        assert_eq!(base64_encode(b""), "");
+        assert_eq!(base64_encode(b"f"), "Zg==");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert_eq!(base64_encode(b"foo"), "Zm9v");
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn embedding_is_deterministic_unit_vector() {
+        let a = embedding_vector("hello");
+        assert_eq!(a, embedding_vector("hello"));
+        assert_ne!(a, embedding_vector("world"));
+        let norm: f32 = a.iter().map(|f| f * f).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn fault_names_parse() {
+        assert_eq!(Fault::parse("reset"), Some(Fault::Reset));
+        assert_eq!(Fault::parse(" no-usage "), Some(Fault::NoUsage));
+        assert_eq!(Fault::parse("explode"), None);
+    }
+}

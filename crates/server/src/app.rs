@@ -1,0 +1,309 @@
+//! Building and running the application: open the store, seed plans, make sure an
+//! operator token exists, rebuild counters from the ledger, bind, serve, and on
+//! shutdown drain requests, finish settlements and flush the ledger. Also the state
+//! every handler shares ([`AppState`]).
+//!
+//! This is the one place a concrete store is named (`tollgate_store_distributed::open`).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tollgate_core::{AdminToken, KeyHash};
+use tollgate_gateway::{Gateway, GatewaySettings, RequestIds, now_ms};
+use tollgate_providers::Upstream;
+use tollgate_store::{AdminScope, Catalog, PlanCache};
+use tollgate_store_distributed::{Backend, JobContext};
+
+use crate::config::Config;
+use crate::http::error::ApiError;
+
+/// How often idle counters are dropped from memory.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    port: u16,
+    /// The operator token made on first start, to print once (never logged).
+    pub created_admin_token: Option<String>,
+    backend: Backend,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let backend = tollgate_store_distributed::open(&config.store, &config.data_dir).await?;
+        let catalog: Arc<dyn Catalog> = backend.catalog.clone();
+        for plan in &config.seed_plans {
+            if catalog.insert_plan_if_absent(plan.clone()).await? {
+                tracing::info!(plan = %plan.name, "seeded plan");
+            }
+        }
+        let configured_operator = config.admin_token.as_ref().map(|t| KeyHash::of(t.expose()));
+        let mut created_admin_token = None;
+        if configured_operator.is_none() && !catalog.has_operator_token().await? {
+            let mut random = [0u8; tollgate_core::key::RANDOM_BYTES];
+            getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            let token = AdminToken::generate(&random).context("generating the admin token")?;
+            catalog.create_admin_token(token.hash(), AdminScope { project_id: None }, now_ms()).await?;
+            created_admin_token = Some(token.expose().to_owned());
+        }
+        let plans = Arc::new(PlanCache::load(catalog.as_ref()).await?);
+        // Loading a tokenizer takes 85-190 ms: do it now, not on the first request.
+        tokio::task::spawn_blocking(tollgate_tokenize::preload);
+        let upstream = Arc::new(Upstream::new(&config.upstream).context("configuring the upstream")?);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {} (setting `listen`)", config.listen))?;
+        let port = listener.local_addr()?.port();
+        let settings = GatewaySettings {
+            provider: config.provider.clone(),
+            anonymous_plan: config.anonymous_plan.clone(),
+            default_max_output_tokens: config.default_max_output_tokens,
+            durable_responses: config.durable_responses,
+            prices: config.prices.clone(),
+            forward_headers: config.forward_headers.clone(),
+        };
+        let gateway = Gateway {
+            catalog,
+            limiter: backend.limiter.clone(),
+            ledger: backend.ledger.clone(),
+            upstream,
+            plans,
+            settings: Arc::new(settings),
+            tasks: TaskTracker::new(),
+            ids: Arc::new(RequestIds::new()),
+        };
+        let state = AppState { gateway, config: Arc::new(config), configured_operator };
+        // Embedded counters start empty and replay the ledger; shared (Redis) counters
+        // are only raised to the ledger's totals, never added to.
+        let rebuilt = if backend.distributed.is_some() {
+            backend.rebuild_at_start(&state.job_context(), now_ms()).await?
+        } else {
+            rebuild_counters(&state, now_ms()).await?
+        };
+        tracing::info!(
+            store = backend.kind(),
+            data_dir = %state.config.data_dir.display(),
+            counters_rebuilt = rebuilt,
+            "store ready"
+        );
+        Ok(Self { listener, state, port, created_admin_token, backend })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The storage backend (in distributed mode: its parts, for jobs and tests).
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests (up to
+    /// `shutdown_grace`), waits for settlements and flushes the ledger.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Application { listener, state, backend, .. } = self;
+        let address = listener.local_addr()?;
+        tracing::info!(%address, upstream = %state.upstream.base_url(), "tollgate listening");
+        let jobs = CancellationToken::new();
+        let job_tasks = TaskTracker::new();
+        job_tasks.spawn(prune_loop(state.clone(), jobs.clone()));
+        backend.spawn_jobs(&state.job_context(), &jobs, &job_tasks);
+
+        let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining in-flight requests");
+            let _ = fired_tx.send(());
+        };
+        let app = router(state.clone());
+        let listener = listener.tap_io(|tcp| {
+            // Without NODELAY a keep-alive response can wait ~40 ms on a delayed ACK.
+            let _ = tcp.set_nodelay(true);
+        });
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+        let grace = state.config.shutdown_grace;
+        let deadline = async move {
+            if fired_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            result = server => result.context("serving HTTP")?,
+            () = deadline => tracing::warn!(?grace, "shutdown grace expired; closing remaining connections"),
+        }
+        jobs.cancel();
+        job_tasks.close();
+        job_tasks.wait().await;
+        state.tasks.close();
+        state.tasks.wait().await;
+        state.ledger.close().await.context("flushing the ledger")?;
+        tracing::info!("shutdown complete: ledger flushed");
+        Ok(())
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let cors = cors_layer(&state.config.cors_allowed_origins);
+    let router = Router::new()
+        .merge(crate::routes::proxy::routes())
+        .merge(crate::routes::admin::routes())
+        .route("/health", get(crate::routes::admin::health))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(fallback)
+        .with_state(state);
+    match cors {
+        Some(layer) => router.layer(layer),
+        None => router,
+    }
+}
+
+/// CORS for the configured origins, or `None` (no CORS headers, the default): browsers
+/// then refuse cross-origin calls, which is what a gateway holding keys wants unless
+/// a web app is meant to call it directly.
+fn cors_layer(origins: &[axum::http::HeaderValue]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow_origin =
+        if origins.iter().any(|o| o == "*") { AllowOrigin::any() } else { AllowOrigin::list(origins.to_vec()) };
+    let exposed = [
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "x-quota-limit",
+        "x-quota-remaining",
+        "x-quota-reset",
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+        "ratelimit-policy",
+        "ratelimit",
+        "retry-after",
+        "x-request-id",
+    ]
+    .map(HeaderName::from_static);
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("x-anonymous-id")])
+            .expose_headers(exposed)
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// A known path with a method it does not have (axum's own 405 has an empty body).
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> axum::response::Response {
+    ApiError::MethodNotAllowed(format!("{} does not accept {method}", shown_path(&uri))).into_response()
+}
+
+async fn fallback(uri: axum::http::Uri) -> axum::response::Response {
+    ApiError::UnknownEndpoint(shown_path(&uri)).into_response()
+}
+
+/// The request path as an error message shows it: at most 200 bytes, cut on a
+/// character boundary (a path may carry raw UTF-8).
+fn shown_path(uri: &axum::http::Uri) -> String {
+    let path = uri.path();
+    if path.len() <= 200 {
+        return path.to_owned();
+    }
+    let mut end = 200;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &path[..end])
+}
+
+/// Drops counters that have nothing left in their window.
+pub async fn prune_once(state: &AppState) {
+    match state.limiter.prune(now_ms()).await {
+        Ok(n) if n > 0 => tracing::debug!(pruned = n, "idle counters dropped"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "pruning counters failed"),
+    }
+}
+
+async fn prune_loop(state: AppState, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(PRUNE_EVERY) => prune_once(&state).await,
+        }
+    }
+}
+
+/// Replays the counted ledger records of the current windows into the limiter, so
+/// counters survive a restart. Returns how many records were replayed.
+pub async fn rebuild_counters(state: &AppState, now: i64) -> anyhow::Result<usize> {
+    let g = &state.gateway;
+    tollgate_store::replay::replay_ledger(
+        g.catalog.as_ref(),
+        g.ledger.as_ref(),
+        g.limiter.as_ref(),
+        &g.plans,
+        &g.settings.anonymous_plan,
+        now,
+    )
+    .await
+    .context("replaying the ledger into the counters")
+}
+
+/// The state every handler shares: the pipeline, the configuration and the
+/// operator token's hash. Cheap to clone (all `Arc`s). It dereferences to the
+/// [`Gateway`], so handlers read `state.catalog`, `state.ledger` and so on.
+#[derive(Clone)]
+pub struct AppState {
+    pub gateway: Gateway,
+    pub config: Arc<Config>,
+    /// Hash of the operator token given by configuration (`TOLLGATE_ADMIN_TOKEN`).
+    pub configured_operator: Option<KeyHash>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Gateway;
+
+    fn deref(&self) -> &Gateway {
+        &self.gateway
+    }
+}
+
+impl AppState {
+    /// What the distributed backend's jobs need from the gateway.
+    pub fn job_context(&self) -> JobContext {
+        JobContext {
+            catalog: self.catalog.clone(),
+            plans: self.plans.clone(),
+            anonymous_plan: self.settings.anonymous_plan.clone(),
+        }
+    }
+}
+
+/// Fresh random bytes for keys and tokens.
+pub fn random_bytes() -> Result<[u8; tollgate_core::key::RANDOM_BYTES], ApiError> {
+    let mut buf = [0u8; tollgate_core::key::RANDOM_BYTES];
+    getrandom::fill(&mut buf).map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
+    Ok(buf)
+}

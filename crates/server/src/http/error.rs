@@ -1,0 +1,269 @@
+//! One error type for every HTTP answer that is not a success, in OpenAI's shape:
+//! `{"error": {"message", "type", "code", "param"?, "details"?}}`.
+//!
+//! Each variant has one status, one `type` and one stable `code` (the table in
+//! docs/errors.md). 5xx internals are logged here, once, and never shown to clients.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tollgate_core::{LimitStatus, Metric, Window};
+use tollgate_gateway::auth::KeyRefusal;
+use tollgate_gateway::{GatewayError, UpstreamFailure};
+use tollgate_store::StoreError;
+
+/// A refused limit, as the 429 body and headers describe it.
+#[derive(Clone, Debug)]
+pub struct LimitRefusal {
+    pub status: LimitStatus,
+    pub plan: String,
+    pub now_ms: i64,
+    /// `None` when the request can never fit under the limit.
+    pub retry_at_ms: Option<i64>,
+}
+
+impl LimitRefusal {
+    pub fn retry_after_secs(&self) -> u64 {
+        let at = self.retry_at_ms.unwrap_or(self.status.reset_at_ms);
+        secs_until(at, self.now_ms)
+    }
+}
+
+/// Whole seconds from `now_ms` until `at_ms`, rounded up, at least 1.
+pub fn secs_until(at_ms: i64, now_ms: i64) -> u64 {
+    let ms = (at_ms - now_ms).max(0) as u64;
+    ms.div_ceil(1000).max(1)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest { message: String, param: Option<String> },
+    #[error("{0}")]
+    MissingKey(String),
+    #[error("{0}")]
+    InvalidKey(String),
+    #[error("This API key has been revoked.")]
+    KeyRevoked,
+    #[error("This API key has expired.")]
+    KeyExpired,
+    #[error("{0}")]
+    AdminUnauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{what} '{id}' not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body is larger than the {0} bytes allowed")]
+    PayloadTooLarge(usize),
+    #[error("unknown endpoint {0}")]
+    UnknownEndpoint(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("rate limit exceeded")]
+    RateLimited(Box<LimitRefusal>),
+    #[error("quota exceeded")]
+    QuotaExceeded(Box<LimitRefusal>),
+    #[error("{0}")]
+    UpstreamUnavailable(String),
+    #[error("{0}")]
+    UpstreamTimeout(String),
+    #[error("{0}")]
+    UpstreamInvalid(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::BadRequest { message: message.into(), param: None }
+    }
+
+    /// A validation error naming the field at fault.
+    pub fn invalid_field(field: &str, message: impl std::fmt::Display) -> Self {
+        ApiError::BadRequest { message: format!("{field}: {message}"), param: Some(field.to_owned()) }
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        use ApiError::*;
+        match self {
+            BadRequest { .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request"),
+            MissingKey(_) => (StatusCode::UNAUTHORIZED, "invalid_request_error", "missing_api_key"),
+            InvalidKey(_) => (StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key"),
+            KeyRevoked => (StatusCode::FORBIDDEN, "permission_error", "key_revoked"),
+            KeyExpired => (StatusCode::FORBIDDEN, "permission_error", "key_expired"),
+            AdminUnauthorized(_) => (StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_admin_token"),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "permission_error", "forbidden"),
+            NotFound { .. } => (StatusCode::NOT_FOUND, "invalid_request_error", "not_found"),
+            Conflict(_) => (StatusCode::CONFLICT, "invalid_request_error", "conflict"),
+            PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "payload_too_large"),
+            UnknownEndpoint(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "unknown_endpoint"),
+            MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "method_not_allowed"),
+            RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limit_exceeded"),
+            QuotaExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded_error", "quota_exceeded"),
+            UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_unavailable"),
+            UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_error", "upstream_timeout"),
+            UpstreamInvalid(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_invalid_response"),
+            Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "api_error", "service_unavailable"),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "api_error", "internal_error"),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+}
+
+fn metric_phrase(metric: Metric, limit: u64) -> String {
+    match metric {
+        Metric::Requests => format!("make {limit} requests"),
+        Metric::InputTokens => format!("use {limit} input tokens"),
+        Metric::OutputTokens => format!("use {limit} output tokens"),
+        Metric::TotalTokens => format!("use {limit} tokens"),
+        Metric::CostMicros => format!("spend {limit} micro-dollars"),
+    }
+}
+
+fn refusal_body(r: &LimitRefusal, rate: bool) -> (String, Value) {
+    let s = &r.status;
+    let reset_at = s.reset_at_ms.div_euclid(1000);
+    if rate {
+        let message = format!(
+            "Rate limit exceeded. You can {} per {} on the {} plan.",
+            metric_phrase(s.spec.metric, s.spec.limit),
+            s.spec.window.as_str(),
+            r.plan
+        );
+        let details = json!({
+            "limit": s.spec.limit,
+            "remaining": s.remaining,
+            "resetAt": r.retry_at_ms.map_or(reset_at, |t| t.div_euclid(1000)),
+            "retryAfter": r.retry_after_secs(),
+        });
+        (message, details)
+    } else {
+        let period = match s.spec.window {
+            Window::Day => "Daily",
+            Window::Month => "Monthly",
+            Window::Minute | Window::Hour => "Quota",
+        };
+        let message = if r.retry_at_ms.is_none() {
+            format!(
+                "{period} quota exceeded: this request alone needs more than the {} {} allowed.",
+                s.spec.limit,
+                s.spec.metric.as_str()
+            )
+        } else {
+            format!("{period} quota exceeded. Upgrade your plan or wait until quota resets.")
+        };
+        let details = json!({
+            "used": s.used,
+            "limit": s.spec.limit,
+            "remaining": s.remaining,
+            "resetAt": reset_at,
+            "retryAfter": r.retry_after_secs(),
+        });
+        (message, details)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, code) = self.parts();
+        let mut retry_after = None;
+        let (message, details, param) = match &self {
+            ApiError::RateLimited(r) => {
+                retry_after = Some(r.retry_after_secs());
+                let (m, d) = refusal_body(r, true);
+                (m, Some(d), None)
+            }
+            ApiError::QuotaExceeded(r) => {
+                retry_after = Some(r.retry_after_secs());
+                let (m, d) = refusal_body(r, false);
+                (m, Some(d), None)
+            }
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                ("The server had an error while processing your request.".to_owned(), None, None)
+            }
+            ApiError::BadRequest { message, param } => (message.clone(), None, param.clone()),
+            other => (other.to_string(), None, None),
+        };
+        let mut error = json!({ "message": message, "type": kind, "code": code });
+        if let Some(param) = param {
+            error["param"] = Value::String(param);
+        }
+        if let Some(details) = details {
+            error["details"] = details;
+        }
+        let mut response = (status, axum::Json(json!({ "error": error }))).into_response();
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { what, id } => ApiError::NotFound { what, id },
+            StoreError::Conflict(m) => ApiError::Conflict(m),
+            StoreError::Unavailable(m) => {
+                tracing::warn!(error = %m, "store unavailable");
+                ApiError::Unavailable("The usage store is unavailable; try again shortly.".into())
+            }
+            StoreError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<KeyRefusal> for ApiError {
+    fn from(r: KeyRefusal) -> Self {
+        match r {
+            KeyRefusal::Malformed(_) | KeyRefusal::Unknown { .. } => ApiError::InvalidKey(r.to_string()),
+            KeyRefusal::Revoked => ApiError::KeyRevoked,
+            KeyRefusal::Expired => ApiError::KeyExpired,
+            KeyRefusal::PlanMissing { .. } => ApiError::internal(r),
+            KeyRefusal::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<UpstreamFailure> for ApiError {
+    fn from(f: UpstreamFailure) -> Self {
+        match f {
+            UpstreamFailure::Timeout(secs) => {
+                ApiError::UpstreamTimeout(format!("The upstream provider did not answer within {secs}s."))
+            }
+            UpstreamFailure::Unavailable => {
+                ApiError::UpstreamUnavailable("The upstream provider could not be reached.".into())
+            }
+            UpstreamFailure::Invalid => {
+                ApiError::UpstreamInvalid("The upstream provider returned an invalid response.".into())
+            }
+        }
+    }
+}
+
+impl From<GatewayError> for ApiError {
+    /// `Refused` needs the decision to say which limit; the proxy route builds that
+    /// answer itself (`http::headers::refusal`), this is the fallback.
+    fn from(e: GatewayError) -> Self {
+        match e {
+            GatewayError::Request(r) => ApiError::BadRequest { message: r.message, param: r.param },
+            GatewayError::Key(k) => k.into(),
+            GatewayError::Refused { plan } => ApiError::internal(format!("refused by plan {plan} without a decision")),
+            GatewayError::Store(s) => s.into(),
+            GatewayError::Upstream(u) => u.into(),
+            GatewayError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}

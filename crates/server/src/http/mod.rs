@@ -1,0 +1,30 @@
+//! What only HTTP knows: the one error type in OpenAI's shape, extractors that turn
+//! rejections into it, the rate-limit header families, the client's address and
+//! anonymous id, and timestamps as the API accepts them.
+
+pub mod client;
+pub mod error;
+pub mod extract;
+pub mod headers;
+
+use serde_json::Value;
+use tollgate_core::calendar::parse_timestamp;
+
+use crate::http::error::ApiError;
+
+/// A timestamp field of a request: RFC 3339 or Unix seconds (a string or a number);
+/// `null` or absent is `None`. The one parser of the admin and usage APIs.
+pub fn timestamp_field(field: &str, value: &Value) -> Result<Option<i64>, ApiError> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) => parse_timestamp(s)
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid_field(field, "must be an RFC 3339 timestamp or Unix seconds")),
+        Value::Number(n) => n
+            .as_i64()
+            .and_then(|s| s.checked_mul(1000))
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid_field(field, "must be Unix seconds")),
+        _ => Err(ApiError::invalid_field(field, "must be an RFC 3339 timestamp or Unix seconds")),
+    }
+}

@@ -1,0 +1,540 @@
+//! The admin API under `/api/v1`: projects, plans, keys, scoped admin tokens and the
+//! usage ledger. Handlers validate, ask the domain, and hand records to the stores.
+//!
+//! Tenant isolation lives in [`Admin::check_project`]: a token scoped to one project
+//! gets 404 for anything of another project, exactly as if it did not exist.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json as AxumJson, Router};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value, json};
+use tollgate_core::calendar::{parse_timestamp, to_rfc3339};
+use tollgate_core::limit::{is_slug, validate_limits};
+use tollgate_core::{AdminToken, ApiKey, KeyRecord, KeyState, LimitSpec, Plan, Project, UsageQuery, UsageRecord};
+use tollgate_store::{AdminScope, KeyQuery};
+
+use crate::app::{AppState, random_bytes};
+use crate::auth::Admin;
+use crate::http::error::ApiError;
+use crate::http::extract::{Json, Path, Query};
+use crate::http::timestamp_field;
+use tollgate_gateway::now_ms;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/projects", get(list_projects).post(create_project))
+        .route("/api/v1/projects/{id}", get(get_project))
+        .route("/api/v1/projects/{id}/tokens", post(create_project_token))
+        .route("/api/v1/plans", get(list_plans).post(create_plan))
+        .route("/api/v1/plans/{name}", get(get_plan).put(replace_plan).delete(delete_plan))
+        .route("/api/v1/keys", get(list_keys).post(create_key))
+        .route("/api/v1/keys/verify", post(crate::routes::verify::verify))
+        .route("/api/v1/keys/{id}", get(get_key).patch(update_key).delete(revoke_key))
+        .route("/api/v1/keys/{id}/revoke", post(revoke_key))
+        .route("/api/v1/keys/{id}/regenerate", post(regenerate_key))
+        .route("/api/v1/usage", get(list_usage))
+        .route("/api/v1/usage/events", post(crate::routes::usage::ingest_events))
+        .route("/api/v1/usage/status", get(crate::routes::usage::status))
+        .route("/api/v1/anonymous/attach", post(crate::routes::usage::attach_anonymous))
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+// ----- projects -----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateProject {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+async fn create_project(
+    State(state): State<AppState>,
+    admin: Admin,
+    Json(body): Json<CreateProject>,
+) -> ApiResult<Response> {
+    admin.require_operator()?;
+    if !is_slug(&body.id) {
+        return Err(ApiError::invalid_field("id", "must be 1-64 characters of a-z, 0-9, '-' or '_'"));
+    }
+    let name = body.name.unwrap_or_else(|| body.id.clone());
+    if name.len() > 200 {
+        return Err(ApiError::invalid_field("name", "must be at most 200 characters"));
+    }
+    let project = state.catalog.create_project(Project { id: body.id, name, created_at_ms: now_ms() }).await?;
+    Ok((StatusCode::CREATED, AxumJson(project_view(&project))).into_response())
+}
+
+fn project_view(p: &Project) -> Value {
+    json!({ "id": p.id, "name": p.name, "created_at": to_rfc3339(p.created_at_ms) })
+}
+
+async fn list_projects(State(state): State<AppState>, admin: Admin) -> ApiResult<AxumJson<Value>> {
+    let projects = state.catalog.list_projects().await?;
+    let data: Vec<Value> = projects
+        .iter()
+        .filter(|p| admin.0.project_id.as_ref().is_none_or(|own| own == &p.id))
+        .map(project_view)
+        .collect();
+    Ok(AxumJson(json!({ "data": data })))
+}
+
+async fn get_project(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<AxumJson<Value>> {
+    admin.check_project(&id, "project", &id)?;
+    let project = state.catalog.get_project(&id).await?.ok_or(ApiError::NotFound { what: "project", id })?;
+    Ok(AxumJson(project_view(&project)))
+}
+
+async fn create_project_token(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    admin.require_operator()?;
+    if state.catalog.get_project(&id).await?.is_none() {
+        return Err(ApiError::NotFound { what: "project", id });
+    }
+    let token = AdminToken::generate(&random_bytes()?).ok_or_else(|| ApiError::internal("token generation"))?;
+    let scope = AdminScope { project_id: Some(id.clone()) };
+    state.catalog.create_admin_token(token.hash(), scope, now_ms()).await?;
+    let body = json!({
+        "token": token.expose(),
+        "project": id,
+        "note": "Store this token now: it is shown once and only its hash is kept.",
+    });
+    Ok((StatusCode::CREATED, AxumJson(body)).into_response())
+}
+
+// ----- plans -----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanBody {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    limits: Vec<LimitSpec>,
+}
+
+fn checked_plan(name: String, body: PlanBody) -> ApiResult<Plan> {
+    if !is_slug(&name) {
+        return Err(ApiError::invalid_field("name", "must be 1-64 characters of a-z, 0-9, '-' or '_'"));
+    }
+    validate_limits(&body.limits).map_err(|e| ApiError::invalid_field("limits", e))?;
+    Ok(Plan { name, description: body.description, limits: body.limits })
+}
+
+fn plan_view(p: &Plan) -> Value {
+    let limits: Vec<Value> = p
+        .limits
+        .iter()
+        .map(|l| json!({ "name": l.name(), "metric": l.metric, "window": l.window, "limit": l.limit }))
+        .collect();
+    json!({ "name": p.name, "description": p.description, "limits": limits })
+}
+
+async fn list_plans(State(state): State<AppState>, _admin: Admin) -> ApiResult<AxumJson<Value>> {
+    let plans = state.catalog.list_plans().await?;
+    Ok(AxumJson(json!({ "data": plans.iter().map(plan_view).collect::<Vec<_>>() })))
+}
+
+async fn get_plan(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+) -> ApiResult<AxumJson<Value>> {
+    let plan = state.catalog.get_plan(&name).await?.ok_or(ApiError::NotFound { what: "plan", id: name })?;
+    Ok(AxumJson(plan_view(&plan)))
+}
+
+async fn create_plan(
+    State(state): State<AppState>,
+    admin: Admin,
+    Json(mut body): Json<PlanBody>,
+) -> ApiResult<Response> {
+    admin.require_operator()?;
+    let name = body.name.take().ok_or_else(|| ApiError::invalid_field("name", "is required"))?;
+    let plan = checked_plan(name, body)?;
+    if !state.catalog.insert_plan_if_absent(plan.clone()).await? {
+        return Err(ApiError::Conflict(format!("plan '{}' already exists; use PUT to change it", plan.name)));
+    }
+    state.plans.put(plan.clone());
+    Ok((StatusCode::CREATED, AxumJson(plan_view(&plan))).into_response())
+}
+
+async fn replace_plan(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(name): Path<String>,
+    Json(body): Json<PlanBody>,
+) -> ApiResult<AxumJson<Value>> {
+    admin.require_operator()?;
+    if body.name.as_ref().is_some_and(|n| n != &name) {
+        return Err(ApiError::invalid_field("name", "does not match the plan in the path"));
+    }
+    let plan = checked_plan(name, body)?;
+    state.catalog.put_plan(plan.clone()).await?;
+    state.plans.put(plan.clone());
+    Ok(AxumJson(plan_view(&plan)))
+}
+
+async fn delete_plan(State(state): State<AppState>, admin: Admin, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    admin.require_operator()?;
+    if !state.catalog.delete_plan(&name).await? {
+        return Err(ApiError::NotFound { what: "plan", id: name });
+    }
+    state.plans.remove(&name);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ----- keys -----
+
+/// Distinguishes a field that is absent (leave it) from one set to null (clear it).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    project: String,
+    #[serde(default)]
+    plan: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+    #[serde(default, deserialize_with = "present")]
+    expires_at: Option<Value>,
+    #[serde(default)]
+    limits: Option<Vec<LimitSpec>>,
+}
+
+fn check_name(name: &Option<String>) -> ApiResult<()> {
+    if name.as_ref().is_some_and(|n| n.len() > 200) {
+        return Err(ApiError::invalid_field("name", "must be at most 200 characters"));
+    }
+    Ok(())
+}
+
+fn check_metadata(metadata: &Map<String, Value>) -> ApiResult<()> {
+    let size = serde_json::to_vec(metadata).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > 16 * 1024 {
+        return Err(ApiError::invalid_field("metadata", "must be at most 16 KiB of JSON"));
+    }
+    Ok(())
+}
+
+fn key_view(key: &KeyRecord, now: i64) -> Value {
+    let status = match key.state(now) {
+        KeyState::Active => "active",
+        KeyState::Revoked => "revoked",
+        KeyState::Expired => "expired",
+    };
+    json!({
+        "id": key.id,
+        "project": key.project_id,
+        "name": key.name,
+        "plan": key.plan,
+        "status": status,
+        "metadata": key.metadata,
+        "limits": key.limit_overrides,
+        "created_at": to_rfc3339(key.created_at_ms),
+        "expires_at": key.expires_at_ms.map(to_rfc3339),
+        "revoked_at": key.revoked_at_ms.map(to_rfc3339),
+    })
+}
+
+async fn check_plan_exists(state: &AppState, plan: &str) -> ApiResult<()> {
+    if state.plans.get(plan).is_none() && state.catalog.get_plan(plan).await?.is_none() {
+        return Err(ApiError::invalid_field("plan", format!("no plan named '{plan}'")));
+    }
+    Ok(())
+}
+
+async fn create_key(State(state): State<AppState>, admin: Admin, Json(body): Json<CreateKey>) -> ApiResult<Response> {
+    admin.check_project(&body.project, "project", &body.project)?;
+    if state.catalog.get_project(&body.project).await?.is_none() {
+        return Err(ApiError::invalid_field("project", format!("no project named '{}'", body.project)));
+    }
+    let plan = body.plan.unwrap_or_else(|| "free".to_owned());
+    check_plan_exists(&state, &plan).await?;
+    check_name(&body.name)?;
+    let metadata = body.metadata.unwrap_or_default();
+    check_metadata(&metadata)?;
+    let overrides = body.limits.unwrap_or_default();
+    validate_limits(&overrides).map_err(|e| ApiError::invalid_field("limits", e))?;
+    let now = now_ms();
+    let expires_at_ms = match &body.expires_at {
+        Some(v) => timestamp_field("expires_at", v)?,
+        None => None,
+    };
+    if expires_at_ms.is_some_and(|t| t <= now) {
+        return Err(ApiError::invalid_field("expires_at", "must be in the future"));
+    }
+    let key = ApiKey::generate(&random_bytes()?).ok_or_else(|| ApiError::internal("key generation"))?;
+    let record = KeyRecord {
+        id: key.public_id().to_owned(),
+        project_id: body.project,
+        name: body.name,
+        plan,
+        metadata,
+        limit_overrides: overrides,
+        created_at_ms: now,
+        expires_at_ms,
+        revoked_at_ms: None,
+        version: 1,
+    };
+    let record = state.catalog.create_key(record, key.hash()).await?;
+    let mut view = key_view(&record, now);
+    view["key"] = Value::String(key.expose().to_owned());
+    Ok((StatusCode::CREATED, AxumJson(view)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListKeys {
+    #[serde(default)]
+    project: Option<String>,
+    #[serde(default)]
+    after: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn list_keys(
+    State(state): State<AppState>,
+    admin: Admin,
+    Query(q): Query<ListKeys>,
+) -> ApiResult<AxumJson<Value>> {
+    let project = admin.project_filter(q.project)?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::invalid_field("limit", "must be between 1 and 1000"));
+    }
+    let keys = state.catalog.list_keys(KeyQuery { project_id: project, after_id: q.after, limit }).await?;
+    let now = now_ms();
+    let next = (keys.len() == limit).then(|| keys.last().map(|k| k.id.clone())).flatten();
+    let data: Vec<Value> = keys.iter().map(|k| key_view(k, now)).collect();
+    Ok(AxumJson(json!({ "data": data, "next_after": next })))
+}
+
+async fn load_key(state: &AppState, admin: &Admin, id: &str) -> ApiResult<KeyRecord> {
+    let key = state.catalog.get_key(id).await?.ok_or_else(|| ApiError::NotFound { what: "key", id: id.to_owned() })?;
+    admin.check_project(&key.project_id, "key", id)?;
+    Ok(key)
+}
+
+async fn get_key(State(state): State<AppState>, admin: Admin, Path(id): Path<String>) -> ApiResult<AxumJson<Value>> {
+    let key = load_key(&state, &admin, &id).await?;
+    Ok(AxumJson(key_view(&key, now_ms())))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateKey {
+    #[serde(default)]
+    plan: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    name: Option<Value>,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+    #[serde(default, deserialize_with = "present")]
+    expires_at: Option<Value>,
+    #[serde(default)]
+    limits: Option<Vec<LimitSpec>>,
+}
+
+async fn update_key(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateKey>,
+) -> ApiResult<AxumJson<Value>> {
+    let mut key = load_key(&state, &admin, &id).await?;
+    if let Some(plan) = body.plan {
+        check_plan_exists(&state, &plan).await?;
+        key.plan = plan;
+    }
+    match body.name {
+        None => {}
+        Some(Value::Null) => key.name = None,
+        Some(Value::String(s)) => {
+            key.name = Some(s);
+            check_name(&key.name)?;
+        }
+        Some(_) => return Err(ApiError::invalid_field("name", "must be a string or null")),
+    }
+    if let Some(metadata) = body.metadata {
+        check_metadata(&metadata)?;
+        key.metadata = metadata;
+    }
+    if let Some(v) = &body.expires_at {
+        key.expires_at_ms = timestamp_field("expires_at", v)?;
+    }
+    if let Some(limits) = body.limits {
+        validate_limits(&limits).map_err(|e| ApiError::invalid_field("limits", e))?;
+        key.limit_overrides = limits;
+    }
+    let key = state.catalog.update_key(key).await?;
+    Ok(AxumJson(key_view(&key, now_ms())))
+}
+
+async fn revoke_key(State(state): State<AppState>, admin: Admin, Path(id): Path<String>) -> ApiResult<AxumJson<Value>> {
+    let mut key = load_key(&state, &admin, &id).await?;
+    let now = now_ms();
+    if key.revoked_at_ms.is_none() {
+        key.revoked_at_ms = Some(now);
+        key = state.catalog.update_key(key).await?;
+    }
+    Ok(AxumJson(key_view(&key, now)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Regenerate {
+    /// Seconds during which the old secret keeps working (0: stops at once).
+    #[serde(default)]
+    grace_period_secs: u64,
+}
+
+async fn regenerate_key(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<AxumJson<Value>> {
+    // The body is optional: no body means no grace period.
+    let options: Regenerate = if body.iter().all(u8::is_ascii_whitespace) {
+        Regenerate::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+    };
+    let key = load_key(&state, &admin, &id).await?;
+    let grace = options.grace_period_secs;
+    if grace > 30 * 24 * 3600 {
+        return Err(ApiError::invalid_field("grace_period_secs", "must be at most 30 days"));
+    }
+    let now = now_ms();
+    if key.state(now) == KeyState::Revoked {
+        return Err(ApiError::Conflict(format!("key '{id}' is revoked; create a new key instead")));
+    }
+    let new_key =
+        ApiKey::with_public_id(&key.id, &random_bytes()?).ok_or_else(|| ApiError::internal("key generation"))?;
+    let old_valid_until = (grace > 0).then(|| now + grace as i64 * 1000);
+    let record = state.catalog.rotate_key_secret(&key.id, new_key.hash(), old_valid_until).await?;
+    let mut view = key_view(&record, now);
+    view["key"] = Value::String(new_key.expose().to_owned());
+    view["previous_key_valid_until"] = json!(old_valid_until.map(to_rfc3339));
+    Ok(AxumJson(view))
+}
+
+// ----- usage -----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListUsage {
+    #[serde(default)]
+    project: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+fn usage_view(r: &UsageRecord) -> Value {
+    json!({
+        "id": r.id,
+        "timestamp": to_rfc3339(r.ts_ms),
+        "project": r.project_id,
+        "key_id": r.key_id,
+        "endpoint": r.endpoint,
+        "provider": r.provider,
+        "model": r.model,
+        "status": r.status,
+        "counted": r.counted,
+        "requests": r.requests,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "total_tokens": r.prompt_tokens + r.completion_tokens,
+        "cached_tokens": r.cached_tokens,
+        "cost_micros": r.cost_micros,
+        "uncached_cost_micros": r.uncached_cost_micros,
+        "usage_source": r.usage_source,
+        "price_version": r.price_version,
+        "client_ip": r.client_ip,
+        "anonymous_id": r.anonymous_id,
+        "latency_ms": r.latency_ms,
+    })
+}
+
+fn parse_cursor(c: &str) -> Option<(i64, String)> {
+    let (ts, id) = c.split_once('.')?;
+    Some((ts.parse().ok()?, id.to_owned()))
+}
+
+async fn list_usage(
+    State(state): State<AppState>,
+    admin: Admin,
+    Query(q): Query<ListUsage>,
+) -> ApiResult<AxumJson<Value>> {
+    let project_id = admin.project_filter(q.project)?;
+    if let Some(key_id) = &q.key
+        && admin.0.project_id.is_some()
+    {
+        load_key(&state, &admin, key_id).await?;
+    }
+    let time = |field: &str, v: &Option<String>| -> ApiResult<Option<i64>> {
+        v.as_deref()
+            .map(|s| {
+                parse_timestamp(s).ok_or_else(|| ApiError::invalid_field(field, "must be RFC 3339 or Unix seconds"))
+            })
+            .transpose()
+    };
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::invalid_field("limit", "must be between 1 and 1000"));
+    }
+    let cursor = match q.cursor.as_deref() {
+        None => None,
+        Some(c) => {
+            Some(parse_cursor(c).ok_or_else(|| ApiError::invalid_field("cursor", "is not a cursor this API gave"))?)
+        }
+    };
+    let query = UsageQuery {
+        project_id,
+        key_id: q.key,
+        from_ms: time("from", &q.from)?,
+        to_ms: time("to", &q.to)?,
+        cursor,
+        limit,
+    };
+    let records = state.ledger.query(query).await?;
+    let next = (records.len() == limit).then(|| records.last().map(|r| format!("{}.{}", r.ts_ms, r.id))).flatten();
+    Ok(AxumJson(json!({ "data": records.iter().map(usage_view).collect::<Vec<_>>(), "next_cursor": next })))
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+}
+
+pub async fn health() -> AxumJson<Value> {
+    AxumJson(json!(Health { status: "ok" }))
+}

@@ -1,0 +1,7 @@
+//! The HTTP routes: the OpenAI-compatible proxy, the verify endpoint, the usage API
+//! and the admin API. Handlers validate and shape JSON; the pipeline decides.
+
+pub mod admin;
+pub mod proxy;
+pub mod usage;
+pub mod verify;

@@ -1,0 +1,152 @@
+//! The OpenAI-compatible routes: `/v1/chat/completions`, `/v1/completions`,
+//! `/v1/embeddings` and `/v1/models`. Thin: read the key and the body off HTTP, run
+//! the pipeline (`tollgate_gateway::proxy`), and write its answer back with the
+//! rate-limit headers.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tollgate_core::Decision;
+use tollgate_gateway::proxy::{Answer, AnswerBody, ProxyRequest};
+use tollgate_gateway::{GatewayError, now_ms};
+use tollgate_providers::Endpoint;
+
+use crate::app::AppState;
+use crate::auth::authenticate_request;
+use crate::http::client::{Peer, anonymous_id, client_ip};
+use crate::http::error::ApiError;
+use crate::http::headers;
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+}
+
+async fn chat_completions(State(state): State<AppState>, Peer(peer): Peer, headers: HeaderMap, body: Body) -> Response {
+    forward(state, Endpoint::ChatCompletions, peer, headers, body).await
+}
+
+async fn completions(State(state): State<AppState>, Peer(peer): Peer, headers: HeaderMap, body: Body) -> Response {
+    forward(state, Endpoint::Completions, peer, headers, body).await
+}
+
+async fn embeddings(State(state): State<AppState>, Peer(peer): Peer, headers: HeaderMap, body: Body) -> Response {
+    forward(state, Endpoint::Embeddings, peer, headers, body).await
+}
+
+/// Reads the request body, refusing more than `max` bytes with a 413.
+pub async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, ApiError> {
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(ApiError::PayloadTooLarge(max));
+    }
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::PayloadTooLarge(max)),
+        Err(e) => Err(ApiError::bad_request(format!("could not read the request body: {e}"))),
+    }
+}
+
+fn with_headers(
+    mut response: Response,
+    decision: Option<&Decision>,
+    request_id: Option<&str>,
+    now_ms: i64,
+) -> Response {
+    if let Some(decision) = decision {
+        headers::apply_headers(response.headers_mut(), decision, now_ms);
+    }
+    if let Some(v) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        response.headers_mut().insert(REQUEST_ID.clone(), v);
+    }
+    response
+}
+
+async fn forward(
+    state: AppState,
+    endpoint: Endpoint,
+    peer: Option<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let now = now_ms();
+    let authed = match authenticate_request(&state, &headers, now).await {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let body = match read_body(&headers, body, state.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let anonymous_id = match anonymous_id(&headers) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let client_ip = client_ip(&headers, peer, state.config.forwarded_for_hops);
+    let request = ProxyRequest { endpoint, body, client_ip, anonymous_id, headers, started, now_ms: now };
+    let proxied = state.proxy(&authed, request).await;
+    let response = match proxied.result {
+        Ok(answer) => respond(answer),
+        Err(GatewayError::Refused { plan }) => {
+            match proxied.decision.as_ref().and_then(|d| headers::refusal(d, &plan, now)) {
+                Some(refused) => refused.into_response(),
+                None => ApiError::internal("a refusal without a refused limit").into_response(),
+            }
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    };
+    with_headers(response, proxied.decision.as_ref(), proxied.request_id.as_deref(), proxied.now_ms)
+}
+
+/// The upstream's answer as an HTTP response: its status, content type and
+/// `Retry-After`, and the body whole or streamed.
+fn respond(answer: Answer) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let body = match answer.body {
+        AnswerBody::Whole(bytes) => Body::from(bytes),
+        AnswerBody::Stream(stream) => Body::from_stream(*stream),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    let is_sse = answer.content_type.as_deref().is_some_and(|ct| ct.starts_with("text/event-stream"));
+    if let Some(ct) = answer.content_type.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        headers.insert(header::CONTENT_TYPE, ct);
+    }
+    if let Some(ra) = answer.retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        headers.insert(header::RETRY_AFTER, ra);
+    }
+    if is_sse {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    response
+}
+
+/// `GET /v1/models`: authenticated, not limited, not recorded, passed through.
+async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let now = now_ms();
+    if let Err(e) = authenticate_request(&state, &headers, now).await {
+        return e.into_response();
+    }
+    let request_id = state.ids.next();
+    let response = match state.models(&headers).await {
+        Ok(answer) => respond(answer),
+        Err(e) => ApiError::from(e).into_response(),
+    };
+    with_headers(response, None, Some(&request_id), now)
+}

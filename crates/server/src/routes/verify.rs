@@ -1,0 +1,155 @@
+//! `POST /api/v1/keys/verify` (the pipeline is `tollgate_gateway::verify`): "is this key valid and under its limits?" for services
+//! that use tollgate only for keys and quotas.
+//!
+//! Answers 200 with `valid` and a `code` for every outcome about the key (the caller
+//! asked a question; the answer is not an error); 400 only for a malformed body. A
+//! valid verify charges `cost` requests unless `dry_run` is set.
+
+use axum::Json as AxumJson;
+use std::net::IpAddr;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use tollgate_core::Decision;
+use tollgate_gateway::verify::{Verdict, VerifyCheck};
+
+use crate::app::AppState;
+use crate::http::client::{Peer, client_ip};
+use crate::http::error::ApiError;
+use crate::http::extract::Json;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    key: String,
+    #[serde(default = "one")]
+    cost: u64,
+    #[serde(default)]
+    dry_run: bool,
+    /// Which of the caller's endpoints this is, for endpoint-scoped limits
+    /// (default `verify`).
+    #[serde(default)]
+    endpoint: Option<String>,
+    /// The anonymous visitor behind the call, for anonymous limits.
+    #[serde(default)]
+    anonymous_id: Option<String>,
+    /// The end client's IP address, for IP limits (default: the caller's address).
+    #[serde(default)]
+    client_ip: Option<String>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// Largest `cost` one verify may charge.
+const MAX_COST: u64 = 1_000_000;
+
+#[derive(Serialize)]
+pub struct LimitView {
+    name: String,
+    limit: u64,
+    remaining: u64,
+    /// Unix seconds at which the limit is fully available again.
+    reset: i64,
+}
+
+#[derive(Serialize)]
+pub struct VerifyResponse {
+    valid: bool,
+    code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    project: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<String>,
+    limits: Vec<LimitView>,
+    near_limit: bool,
+    /// Seconds until a refused request may be retried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
+}
+
+fn refused(code: &'static str) -> VerifyResponse {
+    VerifyResponse {
+        valid: false,
+        code,
+        key_id: None,
+        project: None,
+        plan: None,
+        limits: Vec::new(),
+        near_limit: false,
+        retry_after: None,
+    }
+}
+
+pub async fn verify(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    Json(request): Json<VerifyRequest>,
+) -> Response {
+    let peer_ip = client_ip(&headers, peer, state.config.forwarded_for_hops);
+    match run(&state, request, peer_ip).await {
+        Ok(body) => AxumJson(body).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run(state: &AppState, request: VerifyRequest, peer_ip: Option<IpAddr>) -> Result<VerifyResponse, ApiError> {
+    if request.cost > MAX_COST {
+        return Err(ApiError::invalid_field("cost", format!("must be between 0 and {MAX_COST}")));
+    }
+    let client_ip = match request.client_ip.as_deref() {
+        None => peer_ip,
+        Some(text) => Some(text.parse().map_err(|_| ApiError::invalid_field("client_ip", "is not an IP address"))?),
+    };
+    if request.anonymous_id.as_ref().is_some_and(|a| a.is_empty() || a.len() > 128) {
+        return Err(ApiError::invalid_field("anonymous_id", "must be 1-128 characters"));
+    }
+    if request.endpoint.as_ref().is_some_and(|e| e.is_empty() || e.len() > 256) {
+        return Err(ApiError::invalid_field("endpoint", "must be 1-256 characters"));
+    }
+    let check = VerifyCheck {
+        key: request.key,
+        cost: request.cost,
+        dry_run: request.dry_run,
+        endpoint: request.endpoint.unwrap_or_else(|| "verify".to_owned()),
+        anonymous_id: request.anonymous_id,
+        client_ip,
+    };
+    let verdict = state.verify(check).await?;
+    let code = verdict.code();
+    let (authed, decision, now) = match verdict {
+        Verdict::Refused(code) => return Ok(refused(code)),
+        Verdict::Checked { authed, decision, now_ms } => (authed, decision, now_ms),
+    };
+    Ok(VerifyResponse {
+        valid: code == "VALID",
+        code,
+        key_id: Some(authed.key.id.clone()),
+        project: Some(authed.key.project_id.clone()),
+        plan: Some(authed.plan.name.clone()),
+        near_limit: decision.statuses.iter().any(|s| !s.spec.window.is_rate() && s.near_limit()),
+        retry_after: retry_after(&decision, now),
+        limits: decision
+            .statuses
+            .iter()
+            .map(|s| LimitView {
+                name: s.spec.name(),
+                limit: s.spec.limit,
+                remaining: s.remaining,
+                reset: s.reset_at_ms.div_euclid(1000),
+            })
+            .collect(),
+    })
+}
+
+fn retry_after(decision: &Decision, now: i64) -> Option<u64> {
+    let (status, refusal) = decision.refused_status()?;
+    let at = refusal.retry_at_ms.unwrap_or(status.reset_at_ms);
+    Some(crate::http::error::secs_until(at, now))
+}

@@ -1,0 +1,195 @@
+//! The distributed backend's background jobs: change subscriber, plan refresher,
+//! breaker probe and counter rebuild. Each stops when its cancellation token fires
+//! and is spawned on the caller's tracker, so shutdown waits for it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tollgate_core::calendar::{day_start, month_start};
+use tollgate_core::{Traffic, Window, limit_items};
+use tollgate_store::clock::now_ms;
+use tollgate_store::{AuthedCache, Catalog, PlanCache};
+use tollgate_store_postgres::CatalogChange;
+use tollgate_store_redis::{BusEvent, CalendarTarget};
+
+use crate::{Backend, DEGRADED_KEY_TTL, Distributed, PLAN_REFRESH, PROBE_EVERY};
+
+/// What the jobs need from the gateway: the plan cache they keep fresh and the name
+/// of the anonymous plan (counter rebuilds resolve limits as requests do).
+#[derive(Clone)]
+pub struct JobContext {
+    pub catalog: Arc<dyn Catalog>,
+    pub plans: Arc<PlanCache>,
+    pub anonymous_plan: String,
+}
+
+impl Backend {
+    /// Starts the distributed backend's jobs (nothing in embedded mode). They stop
+    /// when `cancel` fires; `tracker` lets shutdown wait for them.
+    pub fn spawn_jobs(&self, state: &JobContext, cancel: &CancellationToken, tracker: &TaskTracker) {
+        let Some(parts) = &self.distributed else { return };
+        let plans_changed = Arc::new(Notify::new());
+
+        // Change notices -> key cache and plan cache. Until the first subscription
+        // is up, notices cannot arrive: cached keys live one second at most.
+        parts.catalog.set_short_ttl(Some(DEGRADED_KEY_TTL));
+        {
+            let (parts, cancel, plans_changed) = (parts.clone(), cancel.clone(), plans_changed.clone());
+            tracker.spawn(async move {
+                let catalog = parts.catalog.clone();
+                parts
+                    .bus
+                    .run_subscriber(cancel.cancelled_owned(), move |event| match event {
+                        BusEvent::Subscribed => {
+                            catalog.set_short_ttl(None);
+                            catalog.clear_cache();
+                            plans_changed.notify_one();
+                        }
+                        BusEvent::Lost => catalog.set_short_ttl(Some(DEGRADED_KEY_TTL)),
+                        BusEvent::Message(text) => match CatalogChange::decode(&text) {
+                            Some(change @ CatalogChange::Key { .. }) => catalog.apply_change(&change),
+                            Some(CatalogChange::Plan { .. }) => plans_changed.notify_one(),
+                            Some(CatalogChange::AdminToken) => {}
+                            None => tracing::debug!(notice = %text, "ignoring an unknown catalog notice"),
+                        },
+                    })
+                    .await;
+            });
+        }
+
+        // Plans: on notice and every PLAN_REFRESH.
+        {
+            let (state, cancel) = (state.clone(), cancel.clone());
+            tracker.spawn(async move {
+                let mut failing = false;
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = plans_changed.notified() => {}
+                        () = tokio::time::sleep(PLAN_REFRESH) => {}
+                    }
+                    match state.catalog.list_plans().await {
+                        Ok(plans) => {
+                            state.plans.replace_all(plans);
+                            if failing {
+                                tracing::info!("plans reloaded from PostgreSQL again");
+                            }
+                            failing = false;
+                        }
+                        Err(error) => {
+                            if !failing {
+                                tracing::warn!(%error, "cannot reload plans; serving the last ones loaded");
+                            }
+                            failing = true;
+                        }
+                    }
+                }
+            });
+        }
+
+        // Breaker probe.
+        {
+            let (parts, cancel) = (parts.clone(), cancel.clone());
+            tracker.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(PROBE_EVERY) => {}
+                    }
+                    if parts.limiter.is_down() && parts.redis.preload().await.is_ok() {
+                        parts.limiter.mark_up();
+                    }
+                }
+            });
+        }
+
+        // Counter rebuild: periodically and as soon as Redis is back.
+        {
+            let (state, parts, cancel) = (state.clone(), parts.clone(), cancel.clone());
+            tracker.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = parts.limiter.recovered() => {}
+                        () = tokio::time::sleep(parts.config.counter_rebuild_every) => {}
+                    }
+                    if parts.limiter.is_down() {
+                        continue;
+                    }
+                    match rebuild_calendar_counters(&state, &parts, now_ms()).await {
+                        Ok(raised) if raised > 0 => {
+                            tracing::info!(raised, "day and month counters raised to the ledger's totals");
+                        }
+                        Ok(_) => {}
+                        Err(error) => tracing::warn!(error = %format!("{error:#}"), "counter rebuild failed"),
+                    }
+                }
+            });
+        }
+    }
+
+    /// The start-up counterpart of `tollgate_store::replay::replay_ledger` for the distributed
+    /// backend: raise (never add to) the shared counters. Returns how many were raised.
+    pub async fn rebuild_at_start(&self, state: &JobContext, now: i64) -> anyhow::Result<usize> {
+        let Some(parts) = &self.distributed else { return Ok(0) };
+        if parts.limiter.is_down() {
+            tracing::warn!("Redis unavailable at start: counters will be rebuilt when it answers");
+            return Ok(0);
+        }
+        rebuild_calendar_counters(state, parts, now).await
+    }
+}
+
+/// Raises every day and month counter in Redis to at least the usage the PostgreSQL
+/// ledger holds for its current window (one SQL aggregate, one Redis call per
+/// project). Counters never go down: what Redis counted beyond the ledger (requests
+/// in flight, records not yet written) stays. Returns how many counters were raised.
+///
+/// This is what makes Redis derived data: after a restart or failover that lost
+/// counters, quotas are exact again within one run of this job.
+pub async fn rebuild_calendar_counters(state: &JobContext, parts: &Distributed, now: i64) -> anyhow::Result<usize> {
+    let since = month_start(now);
+    let today = day_start(now);
+    let totals = parts.ledger.usage_totals_since(since, today).await.context("summing the ledger")?;
+    let anonymous_plan = state.plans.get(&state.anonymous_plan);
+    let mut keys = AuthedCache::default();
+    // partition -> counter key -> target
+    let mut targets: HashMap<String, HashMap<String, CalendarTarget>> = HashMap::new();
+    for total in &totals {
+        let record = &total.record;
+        let Some(authed) = keys.get(state.catalog.as_ref(), &state.plans, &record.key_id).await? else { continue };
+        let amounts = record.amounts();
+        for item in limit_items(authed, &Traffic::of_record(record), anonymous_plan.as_deref()) {
+            let (window_start_ms, counts) = match item.spec.window {
+                Window::Month => (since, true),
+                Window::Day => (today, total.today),
+                Window::Minute | Window::Hour => continue,
+            };
+            if !counts {
+                continue;
+            }
+            let amount = amounts.get(item.spec.metric);
+            let counter = parts.redis.keys().counter(&record.project_id, &item);
+            let target = targets
+                .entry(record.project_id.clone())
+                .or_default()
+                .entry(counter)
+                .or_insert_with(|| CalendarTarget { item, window_start_ms, amount: 0 });
+            target.amount = target.amount.saturating_add(amount);
+        }
+    }
+    let mut raised = 0;
+    for (partition, counters) in targets {
+        let counters: Vec<CalendarTarget> = counters.into_values().collect();
+        raised += parts
+            .redis
+            .raise_calendar_counters(&partition, &counters, now)
+            .await
+            .with_context(|| format!("raising the counters of project {partition}"))?;
+    }
+    Ok(raised)
+}

@@ -1,0 +1,189 @@
+//! Which store backs the gateway, and the machinery the distributed one needs.
+//!
+//! [`open`] builds the three stores the handlers use (`Arc<dyn Catalog>`,
+//! `Arc<dyn Limiter>`, `Arc<dyn Ledger>`) from `store` in the configuration:
+//! - `embedded` (the default): one SQLite file and in-memory counters, exactly as
+//!   before; counters are rebuilt from the ledger at start (`tollgate_store::replay::replay_ledger`).
+//! - `distributed`: PostgreSQL for the catalog and ledger, Redis for counters and for
+//!   catalog change notices, so any number of instances enforce limits as one.
+//!
+//! In distributed mode the pieces that keep instances in step run as background jobs
+//! ([`Backend::spawn_jobs`]):
+//! - the change subscriber: a key change announced by any instance drops this
+//!   instance's cached copy (within milliseconds); a plan change reloads the plan
+//!   cache; a (re)subscription drops the whole key cache, as notices may have been
+//!   missed, and while the subscription is down cached keys live at most one second;
+//! - the plan refresher: reloads plans every [`PLAN_REFRESH`] whatever happens;
+//! - the counter rebuild: raises Redis's day and month counters to what the ledger
+//!   holds, every `counter_rebuild_secs` and as soon as Redis comes back, so a Redis
+//!   restart loses quota state for at most that long ([`rebuild_calendar_counters`]);
+//! - the breaker probe: while Redis is considered down, pings it and restores exact
+//!   counting as soon as it answers.
+//!
+//! Store outages ([`FailoverLimiter`]): every Redis call is bounded by
+//! `redis_timeout_ms`; after [`BREAKER_THRESHOLD`] consecutive failures the breaker
+//! opens and requests stop waiting on Redis at all. With `on_store_error = "open"`
+//! they are then counted by a local per-instance limiter with every limit divided by
+//! `instances`; with `"closed"` they are refused with a 503 in OpenAI's error shape.
+//! Each transition is logged once.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use tollgate_core::Secret;
+use tollgate_store::{Catalog, Ledger, Limiter};
+use tollgate_store_embedded::EmbeddedStore;
+use tollgate_store_postgres::{
+    CatalogChange, ChangePublisher, PostgresCatalog, PostgresLedger, PostgresSettings, PostgresStore,
+};
+use tollgate_store_redis::{ChangeBus, KeySpace, RedisConn, RedisLimiter, RedisSettings};
+
+mod failover;
+mod jobs;
+
+pub use failover::{FailoverLimiter, FailoverStats};
+pub use jobs::{JobContext, rebuild_calendar_counters};
+
+/// How often plans are reloaded from PostgreSQL in distributed mode, notices or not.
+pub const PLAN_REFRESH: Duration = Duration::from_secs(1);
+/// Consecutive Redis failures that open the breaker.
+pub const BREAKER_THRESHOLD: u32 = 3;
+/// How often an open breaker checks whether Redis is back.
+pub const PROBE_EVERY: Duration = Duration::from_millis(250);
+/// How long a cached key may be served while change notices cannot arrive.
+const DEGRADED_KEY_TTL: Duration = Duration::from_secs(1);
+
+/// What to do with requests while the counter store (Redis) is unreachable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStoreError {
+    /// Keep serving, each instance counting on its own with `limit / instances`.
+    Open,
+    /// Refuse with 503.
+    Closed,
+}
+
+/// The distributed store's settings, checked.
+#[derive(Clone, Debug)]
+pub struct DistributedConfig {
+    pub redis_url: Secret,
+    pub redis_cluster: bool,
+    pub redis_key_prefix: String,
+    pub redis_timeout: Duration,
+    pub database_url: Secret,
+    pub database_pool_size: usize,
+    pub database_timeout: Duration,
+    pub on_store_error: OnStoreError,
+    pub instances: u32,
+    pub ledger_buffer: usize,
+    pub key_cache_ttl: Duration,
+    pub counter_rebuild_every: Duration,
+}
+
+/// Which backend the server runs on.
+#[derive(Clone, Debug)]
+pub enum StoreConfig {
+    Embedded,
+    Distributed(Box<DistributedConfig>),
+}
+
+/// The stores the server runs on, and in distributed mode the parts its jobs need.
+pub struct Backend {
+    pub catalog: Arc<dyn Catalog>,
+    pub limiter: Arc<dyn Limiter>,
+    pub ledger: Arc<dyn Ledger>,
+    pub distributed: Option<Arc<Distributed>>,
+}
+
+/// The distributed backend's parts.
+pub struct Distributed {
+    pub config: DistributedConfig,
+    pub redis: Arc<RedisLimiter>,
+    pub limiter: Arc<FailoverLimiter>,
+    pub catalog: Arc<PostgresCatalog>,
+    pub ledger: Arc<PostgresLedger>,
+    pub bus: Arc<ChangeBus>,
+    pub postgres: PostgresStore,
+}
+
+impl Backend {
+    pub fn kind(&self) -> &'static str {
+        if self.distributed.is_some() { "distributed" } else { "embedded" }
+    }
+}
+
+/// Opens the configured backend. Embedded: the SQLite store in `data_dir`.
+/// Distributed: PostgreSQL must answer (it holds the keys); Redis may be down at
+/// start, in which case the server starts with the breaker open.
+pub async fn open(store: &StoreConfig, data_dir: &Path) -> anyhow::Result<Backend> {
+    let distributed = match store {
+        StoreConfig::Embedded => {
+            let store = EmbeddedStore::open(data_dir)
+                .with_context(|| format!("opening the embedded store in {}", data_dir.display()))?;
+            return Ok(Backend {
+                catalog: Arc::new(store.clone()),
+                limiter: store.limiter(),
+                ledger: store.ledger(),
+                distributed: None,
+            });
+        }
+        StoreConfig::Distributed(d) => d,
+    };
+    let mut pg = PostgresSettings::new(distributed.database_url.expose());
+    pg.pool_size = distributed.database_pool_size;
+    pg.timeout = distributed.database_timeout;
+    pg.ledger_buffer = distributed.ledger_buffer;
+    pg.key_cache_ttl = distributed.key_cache_ttl;
+    let postgres = PostgresStore::open(&pg).await.context("opening PostgreSQL (setting `database_url`)")?;
+
+    let redis_settings = RedisSettings {
+        url: distributed.redis_url.expose().to_owned(),
+        cluster: distributed.redis_cluster,
+        timeout: distributed.redis_timeout,
+    };
+    let conn = RedisConn::connect(&redis_settings).await.context("connecting to Redis (setting `redis_url`)")?;
+    let keys = KeySpace::new(distributed.redis_key_prefix.clone());
+    let redis = Arc::new(RedisLimiter::new(conn.clone(), keys.clone(), distributed.redis_timeout));
+    let limiter = Arc::new(FailoverLimiter::new(redis.clone(), distributed.on_store_error, distributed.instances));
+    // Scripts loaded now so the first request finds them; a Redis that is down at
+    // start is the same outage as one that goes down later.
+    let startup_timeout = distributed.redis_timeout.max(Duration::from_secs(2));
+    match tokio::time::timeout(startup_timeout, redis.preload()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => limiter.mark_down(&e.to_string()),
+        Err(_) => limiter.mark_down("no answer at start"),
+    }
+    let bus = Arc::new(ChangeBus::new(conn, redis_settings, &keys));
+    let catalog = postgres.catalog();
+    catalog.set_publisher(Arc::new(BusPublisher(bus.clone())));
+    let ledger = postgres.ledger();
+    let parts = Arc::new(Distributed {
+        config: (**distributed).clone(),
+        redis,
+        limiter: limiter.clone(),
+        catalog: catalog.clone(),
+        ledger: ledger.clone(),
+        bus,
+        postgres,
+    });
+    Ok(Backend { catalog, limiter, ledger, distributed: Some(parts) })
+}
+
+/// Announces catalog changes on Redis pub/sub.
+struct BusPublisher(Arc<ChangeBus>);
+
+#[async_trait]
+impl ChangePublisher for BusPublisher {
+    async fn publish(&self, change: CatalogChange) {
+        if let Err(error) = self.0.publish(&change.encode()).await {
+            tracing::warn!(
+                %error,
+                change = %change.encode(),
+                "catalog change not announced; other instances see it when their cache entry expires"
+            );
+        }
+    }
+}

@@ -1,0 +1,677 @@
+//! Token counting with OpenAI's own BPE encodings (tiktoken-rs), for reservations
+//! before a request goes upstream and for accounting when the upstream reports no
+//! usage (a stream that broke, a provider that never sends usage).
+//!
+//! Encodings: `o200k_base` for gpt-4o, gpt-4.1, gpt-4.5, gpt-5 and the o-series;
+//! `cl100k_base` for gpt-4, gpt-3.5 and the embedding models. Every other model
+//! (Claude, Gemini, Mistral, Llama, …) is counted with `cl100k_base` as a documented
+//! approximation: their tokenizers are not public or not bundled, and cl100k is
+//! within a few percent of them on English text. Those counts are estimates; a
+//! reported usage always wins over them.
+//!
+//! Loading an encoding parses ~100k–200k BPE ranks (85–190 ms), so each is loaded
+//! lazily, once per process, into a `OnceLock`, and shared by every request and thread.
+//! [`preload`] lets startup pay that cost instead of the first request.
+//!
+//! What the chat counter does not see: images, audio and files in content parts
+//! (their token cost depends on pixel sizes and detail levels the body does not carry
+//! in full), and the exact internal format of tool definitions, for which OpenAI's
+//! cookbook formula is used. Those counts are estimates that can be short by the
+//! unseen parts.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tiktoken_rs::CoreBPE;
+
+/// Largest output-token figure accepted from a request: anything above is a mistake.
+pub const MAX_OUTPUT_TOKENS: u64 = 10_000_000;
+
+/// The BPE encodings tollgate counts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// gpt-4o, gpt-4.1, gpt-4.5, gpt-5, o1, o3, o4 families.
+    O200kBase,
+    /// gpt-4, gpt-3.5, embeddings, and the approximation for non-OpenAI models.
+    Cl100kBase,
+}
+
+impl Encoding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::O200kBase => "o200k_base",
+            Encoding::Cl100kBase => "cl100k_base",
+        }
+    }
+}
+
+/// OpenAI model families tokenized with o200k_base (matched on the bare model id,
+/// case-insensitively, followed by nothing or by a separator).
+const O200K_FAMILIES: &[&str] =
+    &["gpt-4o", "chatgpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "gpt-oss", "o1", "o3", "o4", "codex"];
+
+/// The encoding for a model id (`provider/` prefixes are ignored).
+pub fn encoding_for_model(model: &str) -> Encoding {
+    let bare = model.rsplit('/').next().unwrap_or(model).trim().to_ascii_lowercase();
+    let is_family = |family: &&str| match bare.strip_prefix(*family) {
+        Some(rest) => rest.is_empty() || rest.starts_with(['-', '.', ':', '@', '_']),
+        None => false,
+    };
+    if O200K_FAMILIES.iter().any(is_family) { Encoding::O200kBase } else { Encoding::Cl100kBase }
+}
+
+static O200K: OnceLock<Option<CoreBPE>> = OnceLock::new();
+static CL100K: OnceLock<Option<CoreBPE>> = OnceLock::new();
+/// How many encodings this process has loaded: at most one per encoding, ever.
+static ENCODER_LOADS: AtomicUsize = AtomicUsize::new(0);
+
+fn encoder(encoding: Encoding) -> Option<&'static CoreBPE> {
+    let cell = match encoding {
+        Encoding::O200kBase => &O200K,
+        Encoding::Cl100kBase => &CL100K,
+    };
+    cell.get_or_init(|| {
+        ENCODER_LOADS.fetch_add(1, Ordering::Relaxed);
+        let loaded = match encoding {
+            Encoding::O200kBase => tiktoken_rs::o200k_base(),
+            Encoding::Cl100kBase => tiktoken_rs::cl100k_base(),
+        };
+        match loaded {
+            Ok(bpe) => Some(bpe),
+            Err(e) => {
+                // The ranks are compiled into the binary, so this cannot happen short
+                // of a broken build; counting then falls back to bytes / 4.
+                tracing::error!(encoding = encoding.name(), error = %e, "tokenizer failed to load");
+                None
+            }
+        }
+    })
+    .as_ref()
+}
+
+/// Loads both encodings now (call at startup, off the request path).
+pub fn preload() {
+    let _ = encoder(Encoding::O200kBase);
+    let _ = encoder(Encoding::Cl100kBase);
+}
+
+/// Tokens in `text` for `model`. Special-token markers in the text (`<|endoftext|>`)
+/// count as ordinary text, as they do in user content sent to the API.
+pub fn count_text(model: &str, text: &str) -> u64 {
+    Counter::for_model(model).text(text)
+}
+
+/// One encoder chosen once per request, then used for every string in it.
+#[derive(Clone, Copy)]
+struct Counter {
+    encoding: Encoding,
+    bpe: Option<&'static CoreBPE>,
+}
+
+impl Counter {
+    fn for_model(model: &str) -> Self {
+        let encoding = encoding_for_model(model);
+        Counter { encoding, bpe: encoder(encoding) }
+    }
+
+    fn text(self, text: &str) -> u64 {
+        if text.is_empty() {
+            return 0;
+        }
+        match self.bpe {
+            Some(bpe) => bpe.encode_ordinary(text).len() as u64,
+            None => (text.len() as u64).div_ceil(4),
+        }
+    }
+}
+
+// ---- chat completions ----
+
+#[derive(Deserialize)]
+struct ChatRequest<'a> {
+    #[serde(borrow)]
+    messages: Vec<ChatMessage<'a>>,
+    /// Parsed separately, leniently: an odd tool schema must not lose the count.
+    #[serde(default, borrow)]
+    tools: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    functions: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ChatMessage<'a> {
+    #[serde(default, borrow)]
+    role: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    content: Option<Content<'a>>,
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<ToolCall<'a>>>,
+    #[serde(default, borrow)]
+    tool_call_id: Option<Cow<'a, str>>,
+    /// The legacy single function call of an assistant message.
+    #[serde(default, borrow)]
+    function_call: Option<FunctionCall<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Parts(#[serde(borrow)] Vec<ContentPart<'a>>),
+    /// Anything else (a number, an object): nothing to count.
+    Other(IgnoredAny),
+}
+
+/// A content part: `{"type": "text", "text": …}` is counted, and so is a refusal;
+/// image, audio and file parts carry no `text` and are skipped.
+#[derive(Deserialize)]
+struct ContentPart<'a> {
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    refusal: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCall<'a> {
+    #[serde(default, borrow)]
+    function: Option<FunctionCall<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionCall<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+/// `tools[]` entries: `{"type": "function", "function": {…}}`.
+#[derive(Deserialize)]
+struct ToolDef<'a> {
+    #[serde(default, borrow)]
+    function: Option<FunctionDef<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDef<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    description: Option<Cow<'a, str>>,
+    #[serde(default)]
+    parameters: Option<Parameters>,
+}
+
+#[derive(Deserialize)]
+struct Parameters {
+    #[serde(default)]
+    properties: Option<BTreeMap<String, Property>>,
+}
+
+#[derive(Deserialize)]
+struct Property {
+    #[serde(default, rename = "type")]
+    kind: Option<Value>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default, rename = "enum")]
+    enumeration: Option<Vec<Value>>,
+}
+
+/// Tokens OpenAI adds around each message (`<|start|>{role}<|message|>…<|end|>`).
+const TOKENS_PER_MESSAGE: u64 = 3;
+/// A `name` costs one token more than its text.
+const TOKENS_PER_NAME: u64 = 1;
+/// Every reply is primed with `<|start|>assistant<|message|>`.
+const REPLY_PRIMING: u64 = 3;
+
+/// Prompt tokens of an OpenAI chat completions request body, with OpenAI's
+/// documented per-message overhead (3 per message, 1 more per `name`, 3 for the
+/// reply priming) and the cookbook's formula for tool definitions. Counts the role,
+/// text content (a string or the text of content parts), name, tool calls' function
+/// names and arguments, and tool_call_id. `None` when the body has no `messages`
+/// array this can read.
+pub fn count_chat_prompt(model: &str, body: &[u8]) -> Option<u64> {
+    let request: ChatRequest<'_> = serde_json::from_slice(body).ok()?;
+    Some(count_chat(Counter::for_model(model), &request.messages, request.tools, request.functions))
+}
+
+/// Where a request's prompt lies, as the request view found it: raw JSON text
+/// borrowed from the body, so the body is not parsed again to count it.
+#[derive(Clone, Copy, Debug)]
+pub enum Prompt<'a> {
+    /// A chat request's `messages`, with its tool definitions.
+    Chat { messages: &'a RawValue, tools: Option<&'a RawValue>, functions: Option<&'a RawValue> },
+    /// A completions `prompt` or an embeddings `input`.
+    Text(&'a RawValue),
+}
+
+/// Prompt tokens of a prompt the request view located ([`Prompt`]), counted as
+/// [`count_chat_prompt`], [`count_completion_prompt`] and [`count_embedding_input`]
+/// count whole bodies. `None` when the prompt has a shape this cannot read.
+pub fn count_prompt(model: &str, prompt: Prompt<'_>) -> Option<u64> {
+    let counter = Counter::for_model(model);
+    match prompt {
+        Prompt::Chat { messages, tools, functions } => {
+            let messages: Vec<ChatMessage<'_>> = serde_json::from_str(messages.get()).ok()?;
+            Some(count_chat(counter, &messages, tools, functions))
+        }
+        Prompt::Text(raw) => Some(serde_json::from_str::<TextInput<'_>>(raw.get()).ok()?.count(counter)),
+    }
+}
+
+fn count_chat(
+    counter: Counter,
+    messages: &[ChatMessage<'_>],
+    tools: Option<&RawValue>,
+    functions: Option<&RawValue>,
+) -> u64 {
+    let mut total = 0u64;
+    for message in messages {
+        total += TOKENS_PER_MESSAGE;
+        total += message.role.as_deref().map_or(0, |r| counter.text(r));
+        match &message.content {
+            Some(Content::Text(text)) => total += counter.text(text),
+            Some(Content::Parts(parts)) => {
+                for part in parts {
+                    total += part.text.as_deref().map_or(0, |t| counter.text(t));
+                    total += part.refusal.as_deref().map_or(0, |t| counter.text(t));
+                }
+            }
+            Some(Content::Other(_)) | None => {}
+        }
+        if let Some(name) = &message.name {
+            total += counter.text(name) + TOKENS_PER_NAME;
+        }
+        let calls = message.tool_calls.iter().flatten().filter_map(|c| c.function.as_ref());
+        for call in calls.chain(message.function_call.as_ref()) {
+            total += call.name.as_deref().map_or(0, |n| counter.text(n));
+            total += call.arguments.as_deref().map_or(0, |a| counter.text(a));
+        }
+        total += message.tool_call_id.as_deref().map_or(0, |id| counter.text(id));
+    }
+    total += REPLY_PRIMING;
+    total += count_tool_definitions(counter, tools, functions);
+    total
+}
+
+/// Tool definitions, by the OpenAI cookbook's formula (verified there against the
+/// API for gpt-3.5/gpt-4 and gpt-4o): per function `func_init` + tokens of
+/// "name:description", per property `prop_key` + "name:type:description", per enum
+/// item `enum_item` + its text, and `func_end` once. A definition this cannot read
+/// is counted as the tokens of its JSON text, which over-counts a little.
+fn count_tool_definitions(counter: Counter, tools: Option<&RawValue>, functions: Option<&RawValue>) -> u64 {
+    let mut defs: Vec<FunctionDef<'_>> = Vec::new();
+    let mut unreadable = 0u64;
+    if let Some(raw) = tools {
+        match serde_json::from_str::<Vec<ToolDef<'_>>>(raw.get()) {
+            Ok(tools) => defs.extend(tools.into_iter().filter_map(|t| t.function)),
+            Err(_) => unreadable += counter.text(raw.get()),
+        }
+    }
+    if let Some(raw) = functions {
+        match serde_json::from_str::<Vec<FunctionDef<'_>>>(raw.get()) {
+            Ok(functions) => defs.extend(functions),
+            Err(_) => unreadable += counter.text(raw.get()),
+        }
+    }
+    if defs.is_empty() {
+        return unreadable;
+    }
+    // The cookbook's constants: o200k models (gpt-4o) and cl100k models (gpt-4,
+    // gpt-3.5), the latter also used for every other model.
+    let (func_init, prop_init, prop_key, enum_init, enum_item, func_end): (i64, i64, i64, i64, i64, i64) =
+        match counter.encoding {
+            Encoding::O200kBase => (7, 3, 3, -3, 3, 12),
+            Encoding::Cl100kBase => (10, 3, 3, -3, 3, 12),
+        };
+    let tokens = |text: &str| i64::try_from(counter.text(text)).unwrap_or(i64::MAX);
+    let mut total: i64 = func_end;
+    for def in &defs {
+        let description = trim_period(def.description.as_deref().unwrap_or(""));
+        total += func_init + tokens(&format!("{}:{description}", def.name.as_deref().unwrap_or("")));
+        let properties = def.parameters.as_ref().and_then(|p| p.properties.as_ref());
+        let Some(properties) = properties.filter(|p| !p.is_empty()) else { continue };
+        total += prop_init;
+        for (key, property) in properties {
+            total += prop_key;
+            if let Some(items) = &property.enumeration {
+                total += enum_init;
+                for item in items {
+                    total += enum_item + tokens(&json_text(item));
+                }
+            }
+            let kind = property.kind.as_ref().map(json_text).unwrap_or_default();
+            let description = trim_period(property.description.as_deref().unwrap_or(""));
+            total += tokens(&format!("{key}:{kind}:{description}"));
+        }
+    }
+    u64::try_from(total).unwrap_or(0).saturating_add(unreadable)
+}
+
+/// The cookbook drops one trailing period from descriptions.
+fn trim_period(text: &str) -> &str {
+    text.strip_suffix('.').unwrap_or(text)
+}
+
+/// A string as its text, anything else as its JSON.
+fn json_text(value: &Value) -> Cow<'_, str> {
+    match value {
+        Value::String(s) => Cow::Borrowed(s.as_str()),
+        other => Cow::Owned(other.to_string()),
+    }
+}
+
+// ---- completions and embeddings ----
+
+/// `prompt` / `input`: a string, an array of strings, an array of token ids, or an
+/// array of arrays of token ids (token ids count one each, already tokenized).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TextInput<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Items(#[serde(borrow)] Vec<TextItem<'a>>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TextItem<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
+    /// A token id: it counts one, whatever its value.
+    Token(#[allow(dead_code)] i64),
+    Tokens(Vec<i64>),
+}
+
+impl TextInput<'_> {
+    fn count(&self, counter: Counter) -> u64 {
+        match self {
+            TextInput::Text(text) => counter.text(text),
+            TextInput::Items(items) => items
+                .iter()
+                .map(|item| match item {
+                    TextItem::Text(text) => counter.text(text),
+                    TextItem::Token(_) => 1,
+                    TextItem::Tokens(tokens) => tokens.len() as u64,
+                })
+                .sum(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct CompletionRequest<'a> {
+    #[serde(default, borrow)]
+    prompt: Option<TextInput<'a>>,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingRequest<'a> {
+    #[serde(default, borrow)]
+    input: Option<TextInput<'a>>,
+}
+
+/// Prompt tokens of a `/v1/completions` body (`prompt`: string, array of strings, or
+/// token arrays; no per-prompt overhead). `None` when there is no readable `prompt`.
+pub fn count_completion_prompt(model: &str, body: &[u8]) -> Option<u64> {
+    let request: CompletionRequest<'_> = serde_json::from_slice(body).ok()?;
+    Some(request.prompt?.count(Counter::for_model(model)))
+}
+
+/// Input tokens of a `/v1/embeddings` body (`input`, same shapes as `prompt`).
+/// `None` when there is no readable `input`.
+pub fn count_embedding_input(model: &str, body: &[u8]) -> Option<u64> {
+    let request: EmbeddingRequest<'_> = serde_json::from_slice(body).ok()?;
+    Some(request.input?.count(Counter::for_model(model)))
+}
+
+// ---- output estimate ----
+
+/// A request's output-token limit that cannot be right; the caller answers 400
+/// naming `field`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct OutputTokensError {
+    /// `max_completion_tokens` or `max_tokens`.
+    pub field: &'static str,
+    pub reason: String,
+}
+
+#[derive(Deserialize)]
+struct OutputLimits {
+    #[serde(default)]
+    max_completion_tokens: Option<Value>,
+    #[serde(default)]
+    max_tokens: Option<Value>,
+}
+
+/// The most output tokens a request may produce: `max_completion_tokens` if set,
+/// else `max_tokens` (both are validated when present: an integer from 1 to
+/// [`MAX_OUTPUT_TOKENS`]; `null` counts as absent). `Ok(None)` when neither is set
+/// (the caller reserves its configured default) or the body is not a JSON object
+/// (its own parse error is reported elsewhere). The figure is per choice: a request
+/// with `n` > 1 can produce `n` times as much.
+pub fn estimate_output_tokens(body: &[u8]) -> Result<Option<u64>, OutputTokensError> {
+    let Ok(limits) = serde_json::from_slice::<OutputLimits>(body) else {
+        return Ok(None);
+    };
+    let completion = validate_output_limit("max_completion_tokens", limits.max_completion_tokens.as_ref())?;
+    let legacy = validate_output_limit("max_tokens", limits.max_tokens.as_ref())?;
+    Ok(completion.or(legacy))
+}
+
+/// Checks one output-token field (`max_completion_tokens`, `max_tokens`): absent or
+/// `null` is `None`, an integer from 1 to [`MAX_OUTPUT_TOKENS`] is itself, anything
+/// else an error naming the field. The one definition of that cap.
+pub fn validate_output_limit(field: &'static str, value: Option<&Value>) -> Result<Option<u64>, OutputTokensError> {
+    let invalid =
+        || OutputTokensError { field, reason: format!("must be an integer between 1 and {MAX_OUTPUT_TOKENS}") };
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v) if (1..=MAX_OUTPUT_TOKENS).contains(&v) => Ok(Some(v)),
+            _ => Err(invalid()),
+        },
+        Some(_) => Err(invalid()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_world_is_two_tokens_in_both_encodings() {
+        assert_eq!(count_text("gpt-4o", "hello world"), 2);
+        assert_eq!(count_text("gpt-3.5-turbo", "hello world"), 2);
+        assert_eq!(count_text("gpt-4o", ""), 0);
+        // The cookbook's example: "tiktoken is great!" is 6 tokens in cl100k_base
+        // (t|ik|token| is| great|!).
+        assert_eq!(count_text("gpt-4", "tiktoken is great!"), 6);
+    }
+
+    #[test]
+    fn models_map_to_their_encoding() {
+        use Encoding::*;
+        for (model, encoding) in [
+            ("gpt-4o", O200kBase),
+            ("gpt-4o-mini-2024-07-18", O200kBase),
+            ("openai/gpt-4.1-nano", O200kBase),
+            ("GPT-5", O200kBase),
+            ("o1", O200kBase),
+            ("o3-mini", O200kBase),
+            ("o4-mini-2025-04-16", O200kBase),
+            ("gpt-4", Cl100kBase),
+            ("gpt-4-turbo", Cl100kBase),
+            ("gpt-3.5-turbo-0125", Cl100kBase),
+            ("text-embedding-3-small", Cl100kBase),
+            ("text-embedding-ada-002", Cl100kBase),
+            ("claude-3-5-sonnet-20241022", Cl100kBase),
+            ("gemini-2.5-pro", Cl100kBase),
+            ("o10-fake", Cl100kBase),
+        ] {
+            assert_eq!(encoding_for_model(model), encoding, "{model}");
+        }
+    }
+
+    #[test]
+    fn one_user_hello_counts_as_openai_reports() {
+        // 3 (message) + 1 ("user") + 1 ("Hello") + 3 (reply priming) = 8, which is
+        // the prompt_tokens OpenAI reports for this request on gpt-4o and gpt-4o-mini.
+        let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hello"}]}"#;
+        assert_eq!(count_chat_prompt("gpt-4o", body), Some(8));
+        // "Hello!" is two tokens: 9.
+        let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hello!"}]}"#;
+        assert_eq!(count_chat_prompt("gpt-4o", body), Some(9));
+    }
+
+    /// The OpenAI cookbook's example conversation ("How to count tokens with
+    /// tiktoken"), whose counts the cookbook checked against the API: 129 prompt
+    /// tokens for gpt-3.5-turbo and gpt-4, 124 for gpt-4o and gpt-4o-mini.
+    const COOKBOOK_CHAT: &str = r#"{"model":"x","messages":[
+        {"role":"system","content":"You are a helpful, pattern-following assistant that translates corporate jargon into plain English."},
+        {"role":"system","name":"example_user","content":"New synergies will help drive top-line growth."},
+        {"role":"system","name":"example_assistant","content":"Things working well together will increase revenue."},
+        {"role":"system","name":"example_user","content":"Let's circle back when we have more bandwidth to touch base on opportunities for increased leverage."},
+        {"role":"system","name":"example_assistant","content":"Let's talk later when we're less busy about how to do better."},
+        {"role":"user","content":"This late pivot means we don't have time to boil the ocean for the client deliverable."}
+    ]}"#;
+
+    #[test]
+    fn the_cookbook_conversation_counts_as_the_api_does() {
+        assert_eq!(count_chat_prompt("gpt-3.5-turbo", COOKBOOK_CHAT.as_bytes()), Some(129));
+        assert_eq!(count_chat_prompt("gpt-4", COOKBOOK_CHAT.as_bytes()), Some(129));
+        assert_eq!(count_chat_prompt("gpt-4o", COOKBOOK_CHAT.as_bytes()), Some(124));
+        assert_eq!(count_chat_prompt("gpt-4o-mini", COOKBOOK_CHAT.as_bytes()), Some(124));
+    }
+
+    #[test]
+    fn the_cookbook_tools_example_counts_as_the_api_does() {
+        // Checked against the API in the cookbook: 105 (gpt-3.5-turbo, gpt-4) and
+        // 101 (gpt-4o, gpt-4o-mini) prompt tokens.
+        let body = br#"{"model":"x","messages":[
+            {"role":"system","content":"You are a helpful assistant that can answer to questions about the weather."},
+            {"role":"user","content":"What's the weather like in San Francisco?"}],
+          "tools":[{"type":"function","function":{"name":"get_current_weather",
+            "description":"Get the current weather in a given location",
+            "parameters":{"type":"object","properties":{
+              "location":{"type":"string","description":"The city and state, e.g. San Francisco, CA"},
+              "unit":{"type":"string","description":"The unit of temperature to return","enum":["celsius","fahrenheit"]}},
+              "required":["location"]}}}]}"#;
+        assert_eq!(count_chat_prompt("gpt-3.5-turbo", body), Some(105));
+        assert_eq!(count_chat_prompt("gpt-4o", body), Some(101));
+        // The legacy `functions` form counts the same.
+        let legacy = br#"{"messages":[
+            {"role":"system","content":"You are a helpful assistant that can answer to questions about the weather."},
+            {"role":"user","content":"What's the weather like in San Francisco?"}],
+          "functions":[{"name":"get_current_weather",
+            "description":"Get the current weather in a given location",
+            "parameters":{"type":"object","properties":{
+              "location":{"type":"string","description":"The city and state, e.g. San Francisco, CA"},
+              "unit":{"type":"string","description":"The unit of temperature to return","enum":["celsius","fahrenheit"]}}}}]}"#;
+        assert_eq!(count_chat_prompt("gpt-4o", legacy), Some(101));
+        // A tool list this cannot read still costs its JSON text.
+        let odd = br#"{"messages":[{"role":"user","content":"Hello"}],"tools":{"not":"a list"}}"#;
+        assert!(count_chat_prompt("gpt-4o", odd).is_some_and(|n| n > 8));
+    }
+
+    #[test]
+    fn content_parts_names_and_tool_calls_are_counted_and_images_skipped() {
+        let counter = Counter::for_model("gpt-4o");
+        let parts = br#"{"messages":[{"role":"user","content":[
+            {"type":"text","text":"Hello"},
+            {"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}},
+            {"type":"text","text":" world"}]}]}"#;
+        assert_eq!(
+            count_chat_prompt("gpt-4o", parts),
+            Some(3 + 1 + counter.text("Hello") + counter.text(" world") + 3)
+        );
+        let named = br#"{"messages":[{"role":"user","name":"bob","content":"Hello"}]}"#;
+        assert_eq!(count_chat_prompt("gpt-4o", named), Some(8 + counter.text("bob") + 1));
+        let tools = br#"{"messages":[
+            {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function",
+              "function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]},
+            {"role":"tool","tool_call_id":"call_1","content":"sunny"}]}"#;
+        let expected = 3
+            + counter.text("assistant")
+            + counter.text("get_weather")
+            + counter.text(r#"{"city":"Paris"}"#)
+            + 3
+            + counter.text("tool")
+            + counter.text("call_1")
+            + counter.text("sunny")
+            + 3;
+        assert_eq!(count_chat_prompt("gpt-4o", tools), Some(expected));
+        // Not a chat body: no count (the caller falls back).
+        assert_eq!(count_chat_prompt("gpt-4o", br#"{"prompt":"hi"}"#), None);
+        assert_eq!(count_chat_prompt("gpt-4o", b"not json"), None);
+        assert_eq!(count_chat_prompt("gpt-4o", br#"{"messages":[]}"#), Some(3));
+    }
+
+    #[test]
+    fn completion_and_embedding_inputs_in_every_shape() {
+        assert_eq!(count_completion_prompt("gpt-3.5-turbo-instruct", br#"{"prompt":"hello world"}"#), Some(2));
+        assert_eq!(
+            count_completion_prompt("gpt-3.5-turbo-instruct", br#"{"prompt":["hello world","hello"]}"#),
+            Some(3)
+        );
+        assert_eq!(count_completion_prompt("davinci-002", br#"{"prompt":[15339, 1917]}"#), Some(2));
+        assert_eq!(count_completion_prompt("davinci-002", br#"{"prompt":[[15339, 1917],[15339]]}"#), Some(3));
+        assert_eq!(count_completion_prompt("davinci-002", br#"{"model":"x"}"#), None);
+        assert_eq!(count_embedding_input("text-embedding-3-small", br#"{"input":"hello world"}"#), Some(2));
+        assert_eq!(
+            count_embedding_input("text-embedding-3-small", br#"{"input":["hello world","hello\nworld"]}"#),
+            Some(5)
+        );
+        assert_eq!(count_embedding_input("text-embedding-3-small", br#"{"input":{"x":1}}"#), None);
+    }
+
+    #[test]
+    fn output_limits_are_read_and_validated() {
+        assert_eq!(estimate_output_tokens(br#"{"max_tokens":256}"#), Ok(Some(256)));
+        assert_eq!(estimate_output_tokens(br#"{"max_completion_tokens":100,"max_tokens":256}"#), Ok(Some(100)));
+        assert_eq!(estimate_output_tokens(br#"{"max_completion_tokens":null,"max_tokens":7}"#), Ok(Some(7)));
+        assert_eq!(estimate_output_tokens(br#"{"model":"gpt-4o"}"#), Ok(None));
+        assert_eq!(estimate_output_tokens(b"not json"), Ok(None));
+        assert_eq!(estimate_output_tokens(br#"{"max_tokens":10000000}"#), Ok(Some(10_000_000)));
+        for (body, field) in [
+            (&br#"{"max_tokens":-1}"#[..], "max_tokens"),
+            (br#"{"max_tokens":0}"#, "max_tokens"),
+            (br#"{"max_tokens":10000001}"#, "max_tokens"),
+            (br#"{"max_tokens":1e30}"#, "max_tokens"),
+            (br#"{"max_tokens":12.5}"#, "max_tokens"),
+            (br#"{"max_tokens":"100"}"#, "max_tokens"),
+            (br#"{"max_completion_tokens":-5,"max_tokens":10}"#, "max_completion_tokens"),
+            (br#"{"max_completion_tokens":10,"max_tokens":-5}"#, "max_tokens"),
+        ] {
+            let err = estimate_output_tokens(body).err();
+            assert_eq!(err.as_ref().map(|e| e.field), Some(field), "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn each_encoder_is_loaded_once_per_process() {
+        // Many threads race for both encodings; each OnceLock runs its loader once.
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                s.spawn(move || {
+                    let model = if i % 2 == 0 { "gpt-4o" } else { "gpt-4" };
+                    for _ in 0..10 {
+                        assert_eq!(count_text(model, "hello world"), 2);
+                    }
+                });
+            }
+        });
+        preload();
+        assert_eq!(ENCODER_LOADS.load(Ordering::Relaxed), 2);
+        assert!(O200K.get().is_some_and(Option::is_some) && CL100K.get().is_some_and(Option::is_some));
+    }
+}
