@@ -137,7 +137,7 @@ impl FailoverLimiter {
             }
             OnStoreError::Closed => {
                 self.stats.refused_unavailable.fetch_add(1, Ordering::Relaxed);
-                Err(StoreError::Unavailable("the counter store (Redis) is unavailable".to_owned()))
+                Err(StoreError::unavailable("the counter store (Redis) is unavailable"))
             }
         }
     }
@@ -159,7 +159,7 @@ impl FailoverLimiter {
                 self.success();
                 Ok(Some(value))
             }
-            Err(error @ StoreError::Unavailable(_)) => {
+            Err(error @ StoreError::Unavailable { .. }) => {
                 self.failure(&error);
                 Ok(None)
             }
@@ -195,12 +195,12 @@ impl Limiter for FailoverLimiter {
         // A reservation made in Redis that cannot be settled now keeps its reserved
         // charge until it expires there: the error is the caller's to log.
         if self.is_down() {
-            return Err(StoreError::Unavailable("Redis is down: settlement skipped, the estimate stays".to_owned()));
+            return Err(StoreError::unavailable("Redis is down: settlement skipped, the estimate stays"));
         }
         let result = self.redis.settle(request).await;
         match &result {
             Ok(()) => self.success(),
-            Err(error @ StoreError::Unavailable(_)) => self.failure(error),
+            Err(error @ StoreError::Unavailable { .. }) => self.failure(error),
             Err(_) => {}
         }
         result

@@ -14,9 +14,10 @@ use async_trait::async_trait;
 use rusqlite::types::{Type, Value};
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use tollgate_core::{KeyHash, KeyRecord, LimitSpec, Plan, Project};
+use tollgate_store::columns;
 use tollgate_store::{AdminScope, Catalog, KeyQuery, StoreError, StoreResult};
 
-use crate::{join_error, sql_error, sql_error_or_conflict};
+use crate::{sql_error, sql_error_or_conflict};
 
 /// One secret's entry: the key it opens and, during a rotation's grace period, when
 /// it stops working (exclusive).
@@ -88,8 +89,7 @@ impl EmbeddedCatalog {
             let mut conn = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
             f(&mut conn, &inner.index)
         })
-        .await
-        .map_err(join_error)?
+        .await?
     }
 }
 
@@ -102,13 +102,16 @@ const KEY_COLUMNS: &str = "id, project_id, name, plan, metadata, limit_overrides
 
 /// A JSON column that does not parse is corrupt data: report it as a conversion
 /// failure so it maps to `Internal`.
-fn json_column<T>(index: usize, parse: serde_json::Result<T>) -> rusqlite::Result<T> {
-    parse.map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(e)))
+fn json_column<T: serde::de::DeserializeOwned>(row: &Row<'_>, index: usize) -> rusqlite::Result<T> {
+    let text: String = row.get(index)?;
+    columns::json_from_sql(index, &text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(e)))
 }
 
 fn u64_column(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
     let value: i64 = row.get(index)?;
-    u64::try_from(value).map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, Type::Integer, Box::new(e)))
+    columns::u64_from_sql(index, value)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, Type::Integer, Box::new(e)))
 }
 
 fn hash_column(row: &Row<'_>, index: usize) -> rusqlite::Result<KeyHash> {
@@ -119,15 +122,13 @@ fn hash_column(row: &Row<'_>, index: usize) -> rusqlite::Result<KeyHash> {
 }
 
 fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
-    let metadata: String = row.get(4)?;
-    let overrides: String = row.get(5)?;
     Ok(KeyRecord {
         id: row.get(0)?,
         project_id: row.get(1)?,
         name: row.get(2)?,
         plan: row.get(3)?,
-        metadata: json_column(4, serde_json::from_str(&metadata))?,
-        limit_overrides: json_column(5, serde_json::from_str(&overrides))?,
+        metadata: json_column(row, 4)?,
+        limit_overrides: json_column(row, 5)?,
         created_at_ms: row.get(6)?,
         expires_at_ms: row.get(7)?,
         revoked_at_ms: row.get(8)?,
@@ -136,24 +137,11 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
 }
 
 fn plan_from_row(row: &Row<'_>) -> rusqlite::Result<Plan> {
-    let limits: String = row.get(2)?;
-    Ok(Plan {
-        name: row.get(0)?,
-        description: row.get(1)?,
-        limits: json_column::<Vec<LimitSpec>>(2, serde_json::from_str(&limits))?,
-    })
+    Ok(Plan { name: row.get(0)?, description: row.get(1)?, limits: json_column::<Vec<LimitSpec>>(row, 2)? })
 }
 
 fn project_from_row(row: &Row<'_>) -> rusqlite::Result<Project> {
     Ok(Project { id: row.get(0)?, name: row.get(1)?, created_at_ms: row.get(2)? })
-}
-
-fn version_param(version: u64) -> StoreResult<i64> {
-    i64::try_from(version).map_err(|_| StoreError::Internal(format!("key version {version} out of range")))
-}
-
-fn json_encode_error(error: serde_json::Error) -> StoreError {
-    StoreError::Internal(format!("cannot encode JSON: {error}"))
 }
 
 fn get_key_on(conn: &Connection, id: &str) -> StoreResult<Option<KeyRecord>> {
@@ -234,7 +222,7 @@ impl Catalog for EmbeddedCatalog {
     }
 
     async fn put_plan(&self, plan: Plan) -> StoreResult<()> {
-        let limits = serde_json::to_string(&plan.limits).map_err(json_encode_error)?;
+        let limits = columns::json_text(&plan.limits)?;
         self.run(move |conn, _| {
             conn.execute(
                 "INSERT INTO plans (name, description, limits) VALUES (?1, ?2, ?3)
@@ -248,7 +236,7 @@ impl Catalog for EmbeddedCatalog {
     }
 
     async fn insert_plan_if_absent(&self, plan: Plan) -> StoreResult<bool> {
-        let limits = serde_json::to_string(&plan.limits).map_err(json_encode_error)?;
+        let limits = columns::json_text(&plan.limits)?;
         self.run(move |conn, _| {
             let inserted = conn
                 .execute(
@@ -301,9 +289,9 @@ impl Catalog for EmbeddedCatalog {
     }
 
     async fn create_key(&self, record: KeyRecord, secret_hash: KeyHash) -> StoreResult<KeyRecord> {
-        let metadata = serde_json::to_string(&record.metadata).map_err(json_encode_error)?;
-        let overrides = serde_json::to_string(&record.limit_overrides).map_err(json_encode_error)?;
-        let version = version_param(record.version)?;
+        let metadata = columns::json_text(&record.metadata)?;
+        let overrides = columns::json_text(&record.limit_overrides)?;
+        let version = columns::version_param(record.version)?;
         self.run(move |conn, index| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
             tx.execute(
@@ -364,14 +352,14 @@ impl Catalog for EmbeddedCatalog {
     }
 
     async fn update_key(&self, record: KeyRecord) -> StoreResult<KeyRecord> {
-        let metadata = serde_json::to_string(&record.metadata).map_err(json_encode_error)?;
-        let overrides = serde_json::to_string(&record.limit_overrides).map_err(json_encode_error)?;
-        let expected = version_param(record.version)?;
+        let metadata = columns::json_text(&record.metadata)?;
+        let overrides = columns::json_text(&record.limit_overrides)?;
+        let expected = columns::version_param(record.version)?;
         let bumped = record
             .version
             .checked_add(1)
-            .ok_or_else(|| StoreError::Internal(format!("key '{}' version overflow", record.id)))?;
-        let new_version = version_param(bumped)?;
+            .ok_or_else(|| StoreError::internal(format!("key '{}' version overflow", record.id)))?;
+        let new_version = columns::version_param(bumped)?;
         self.run(move |conn, index| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
             let changed = tx
@@ -445,9 +433,12 @@ impl Catalog for EmbeddedCatalog {
             record.version = record
                 .version
                 .checked_add(1)
-                .ok_or_else(|| StoreError::Internal(format!("key '{id}' version overflow")))?;
-            tx.execute("UPDATE keys SET version = ?2 WHERE id = ?1", params![id, version_param(record.version)?])
-                .map_err(sql_error)?;
+                .ok_or_else(|| StoreError::internal(format!("key '{id}' version overflow")))?;
+            tx.execute(
+                "UPDATE keys SET version = ?2 WHERE id = ?1",
+                params![id, columns::version_param(record.version)?],
+            )
+            .map_err(sql_error)?;
             let secrets = secrets_of(&tx, &id)?;
             tx.commit().map_err(sql_error)?;
             write_index(index).replace_key(record.clone(), secrets);

@@ -1,65 +1,60 @@
-//! The usage ledger in SQLite, written by one dedicated thread.
+//! The usage ledger in SQLite: its SQL, and the shared batch writer on a thread of
+//! its own.
 //!
-//! `append` only sends the record down a channel, so the request path never waits
-//! for the disk. The writer thread owns its own connection: it blocks for the first
-//! message, drains up to [`MAX_BATCH`] more without blocking, and commits the records
-//! in one transaction through a cached `INSERT OR IGNORE` (the id is the primary key,
-//! so appends are idempotent). A `Flush` is answered after the commit that follows
-//! it, so it covers everything appended before it.
-//!
-//! A failed commit is retried a few times; if it still fails, the flushers of that
-//! batch get the error, and the records stay queued in memory (up to
-//! [`MAX_RETAINED`]) to be retried with the next batch or after a pause. Nothing is
-//! dropped without an error log.
+//! `append` hands the record to a [`BatchWriter`] (see `tollgate_store::batch` for
+//! the queue, batching, retries and flush/close semantics) whose writer runs on a
+//! dedicated thread with its own connection, because SQLite blocks: it commits each
+//! batch in one transaction through a cached `INSERT OR IGNORE` (the id is the
+//! primary key, so appends are idempotent). The policy is this backend's: up to
+//! [`MAX_BATCH`] messages per batch, everything queued in one transaction, three
+//! attempts, and a flush during an outage waits for its attempts; up to
+//! [`MAX_RETAINED`] records stay queued while the database refuses writes.
 //!
 //! Queries run on a separate read-only connection (WAL lets it read beside the
 //! writer) inside `spawn_blocking`.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::types::{Type, Value};
-use rusqlite::{Connection, Row, params_from_iter};
-use tokio::sync::oneshot;
-use tollgate_core::{UsageQuery, UsageRecord, UsageSource};
+use rusqlite::types::Value;
+use rusqlite::{Connection, Row, params, params_from_iter};
+use tollgate_core::{UsageQuery, UsageRecord};
+use tollgate_store::batch::{self, BatchPolicy, BatchSink, BatchWriter, WriterHome};
+use tollgate_store::columns::{USAGE_COLUMNS, UsageRow, to_sql_int};
 use tollgate_store::{Ledger, StoreError, StoreResult};
 
 use crate::schema::{self, Role};
-use crate::{copy_error, join_error, sql_error, to_sql_int};
+use crate::sql_error;
 
 /// Messages drained into one transaction at most.
 pub const MAX_BATCH: usize = 1_000;
 /// Records kept in memory while the database refuses writes; beyond this the oldest
 /// are dropped (with an error log) rather than exhausting memory.
 pub const MAX_RETAINED: usize = 100_000;
-/// Attempts per commit before the flushers are told it failed.
-const ATTEMPTS: u32 = 3;
-/// How long the writer waits before retrying records a failed commit left queued
-/// when no new message arrives.
-const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
-const INSERT: &str = "INSERT OR IGNORE INTO usage (id, ts_ms, project_id, key_id, endpoint, model, status, \
-                      counted, requests, prompt_tokens, completion_tokens, cost_micros, latency_ms, provider, \
-                      cached_tokens, uncached_cost_micros, usage_source, price_version, client_ip, anonymous_id) \
-                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)";
-const COLUMNS: &str = "id, ts_ms, project_id, key_id, endpoint, model, status, counted, requests, \
-                       prompt_tokens, completion_tokens, cost_micros, latency_ms, provider, cached_tokens, \
-                       uncached_cost_micros, usage_source, price_version, client_ip, anonymous_id";
+/// The writer's policy. A flush waits for the attempts rather than failing fast: a
+/// local disk that refuses a write (busy, full) usually does so briefly.
+const POLICY: BatchPolicy = BatchPolicy {
+    database: "SQLite",
+    max_batch: MAX_BATCH,
+    // One transaction for everything queued, records left from a failed commit
+    // included: all of it commits or none of it does.
+    rows_per_write: usize::MAX,
+    attempts: 3,
+    retry_pause: Duration::from_secs(1),
+    max_retained: MAX_RETAINED,
+    fail_fast_during_outage: false,
+};
 
-type Ack = oneshot::Sender<StoreResult<()>>;
-
-enum Message {
-    Record(Box<UsageRecord>),
-    /// Answered once everything queued before it is committed.
-    Flush(Ack),
-    /// Like `Flush`, then the writer stops.
-    Close(Ack),
-}
+static INSERT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT OR IGNORE INTO usage ({USAGE_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+    )
+});
 
 /// The SQLite usage ledger. Obtain it from
 /// [`EmbeddedStore::ledger`](crate::EmbeddedStore::ledger).
@@ -68,9 +63,7 @@ enum Message {
 /// writer. Dropping the ledger without closing it also lets the writer commit what is
 /// queued, but in the background, without waiting for it.
 pub struct EmbeddedLedger {
-    sender: Sender<Message>,
-    closed: AtomicBool,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    writer: BatchWriter,
     /// Dropping it stops the checkpointer thread.
     checkpoint_stop: Mutex<Option<Sender<()>>>,
     reader: Arc<Mutex<Connection>>,
@@ -81,7 +74,26 @@ pub struct EmbeddedLedger {
 
 impl std::fmt::Debug for EmbeddedLedger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedLedger").field("closed", &self.closed.load(Ordering::Relaxed)).finish_non_exhaustive()
+        f.debug_struct("EmbeddedLedger").field("closed", &self.writer.is_closed()).finish_non_exhaustive()
+    }
+}
+
+/// The writer thread's end: its own connection.
+struct SqliteSink {
+    conn: Connection,
+}
+
+impl BatchSink for SqliteSink {
+    // Blocks the writer's own thread, never an async worker (`WriterHome::Thread`).
+    async fn write(&mut self, records: &[UsageRecord]) -> StoreResult<()> {
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
+        {
+            let mut insert = tx.prepare_cached(&INSERT).map_err(sql_error)?;
+            for r in records {
+                insert_record(&mut insert, r)?;
+            }
+        }
+        tx.commit().map_err(sql_error)
     }
 }
 
@@ -97,17 +109,12 @@ impl EmbeddedLedger {
         std::thread::Builder::new()
             .name("tollgate-checkpoint".to_owned())
             .spawn(move || run_checkpointer(&checkpoint_conn, &stop))
-            .map_err(|e| StoreError::Internal(format!("cannot start the checkpoint thread: {e}")))?;
-        let (sender, receiver) = mpsc::channel();
-        let writer = std::thread::Builder::new()
-            .name("tollgate-ledger".to_owned())
-            .spawn(move || run_writer(writer_conn, receiver))
-            .map_err(|e| StoreError::Internal(format!("cannot start the ledger writer thread: {e}")))?;
+            .map_err(|e| StoreError::internal_with_source(format!("cannot start the checkpoint thread: {e}"), e))?;
+        let writer =
+            BatchWriter::start(SqliteSink { conn: writer_conn }, POLICY, WriterHome::Thread("tollgate-ledger"))?;
         Ok(Self {
-            sender,
-            closed: AtomicBool::new(false),
+            writer,
             checkpoint_stop: Mutex::new(Some(checkpoint_stop)),
-            writer: Mutex::new(Some(writer)),
             reader: Arc::new(Mutex::new(reader)),
             direct: Arc::new(Mutex::new(direct)),
         })
@@ -123,75 +130,50 @@ impl EmbeddedLedger {
             let conn = reader.lock().unwrap_or_else(PoisonError::into_inner);
             f(&conn)
         })
-        .await
-        .map_err(join_error)?
-    }
-
-    fn closed_error() -> StoreError {
-        StoreError::Unavailable("the usage ledger is closed".to_owned())
-    }
-
-    fn writer_gone() -> StoreError {
-        StoreError::Internal("the ledger writer thread stopped".to_owned())
+        .await?
     }
 }
 
-fn u64_column(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
-    let value: i64 = row.get(index)?;
-    u64::try_from(value).map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, Type::Integer, Box::new(e)))
-}
-
-fn record_from_row(row: &Row<'_>) -> rusqlite::Result<UsageRecord> {
-    let status: i64 = row.get(6)?;
-    Ok(UsageRecord {
+fn row_from_sql(row: &Row<'_>) -> rusqlite::Result<UsageRow> {
+    Ok(UsageRow {
         id: row.get(0)?,
         ts_ms: row.get(1)?,
         project_id: row.get(2)?,
         key_id: row.get(3)?,
         endpoint: row.get(4)?,
         model: row.get(5)?,
-        status: u16::try_from(status)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(6, Type::Integer, Box::new(e)))?,
+        status: row.get(6)?,
         counted: row.get::<_, i64>(7)? != 0,
-        requests: u64_column(row, 8)?,
-        prompt_tokens: u64_column(row, 9)?,
-        completion_tokens: u64_column(row, 10)?,
-        cost_micros: u64_column(row, 11)?,
-        latency_ms: u64_column(row, 12)?,
+        requests: row.get(8)?,
+        prompt_tokens: row.get(9)?,
+        completion_tokens: row.get(10)?,
+        cost_micros: row.get(11)?,
+        latency_ms: row.get(12)?,
         provider: row.get(13)?,
-        cached_tokens: u64_column(row, 14)?,
-        uncached_cost_micros: u64_column(row, 15)?,
-        usage_source: {
-            let text: String = row.get(16)?;
-            UsageSource::parse(&text).ok_or_else(|| {
-                rusqlite::Error::FromSqlConversionFailure(16, Type::Text, format!("usage_source '{text}'").into())
-            })?
-        },
+        cached_tokens: row.get(14)?,
+        uncached_cost_micros: row.get(15)?,
+        usage_source: row.get(16)?,
         price_version: row.get(17)?,
         client_ip: row.get(18)?,
         anonymous_id: row.get(19)?,
     })
 }
 
+/// Runs a usage SELECT and checks every row into a record.
+fn select_records(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> StoreResult<Vec<UsageRecord>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(sql_error)?;
+    let rows = stmt.query_map(args, row_from_sql).map_err(sql_error)?;
+    rows.map(|row| Ok(row.map_err(sql_error)?.into_record()?)).collect()
+}
+
 #[async_trait]
 impl Ledger for EmbeddedLedger {
     fn append(&self, record: UsageRecord) {
-        if self.closed.load(Ordering::Acquire) {
-            tracing::error!(id = %record.id, "usage record appended after the ledger closed: dropped");
-            return;
-        }
-        if let Err(mpsc::SendError(Message::Record(record))) = self.sender.send(Message::Record(Box::new(record))) {
-            tracing::error!(id = %record.id, "the ledger writer stopped: usage record dropped");
-        }
+        self.writer.append(record);
     }
 
     async fn flush(&self) -> StoreResult<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Self::closed_error());
-        }
-        let (ack, done) = oneshot::channel();
-        self.sender.send(Message::Flush(ack)).map_err(|_| Self::writer_gone())?;
-        done.await.map_err(|_| Self::writer_gone())?
+        self.writer.flush().await
     }
 
     async fn query(&self, query: UsageQuery) -> StoreResult<Vec<UsageRecord>> {
@@ -199,7 +181,7 @@ impl Ledger for EmbeddedLedger {
             return Ok(Vec::new());
         }
         self.read(move |conn| {
-            let mut sql = format!("SELECT {COLUMNS} FROM usage WHERE 1 = 1");
+            let mut sql = format!("SELECT {USAGE_COLUMNS} FROM usage WHERE 1 = 1");
             let mut args = Vec::new();
             if let Some(project_id) = query.project_id {
                 sql.push_str(" AND project_id = ?");
@@ -226,57 +208,34 @@ impl Ledger for EmbeddedLedger {
             }
             sql.push_str(" ORDER BY ts_ms DESC, id DESC LIMIT ?");
             args.push(Value::Integer(i64::try_from(query.limit).unwrap_or(i64::MAX)));
-            let mut stmt = conn.prepare_cached(&sql).map_err(sql_error)?;
-            let rows = stmt.query_map(params_from_iter(args), record_from_row).map_err(sql_error)?;
-            rows.collect::<rusqlite::Result<_>>().map_err(sql_error)
+            select_records(conn, &sql, params_from_iter(args))
         })
         .await
     }
 
     async fn append_new(&self, records: Vec<UsageRecord>) -> StoreResult<Vec<bool>> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Self::closed_error());
+        if self.writer.is_closed() {
+            return Err(batch::closed_error());
         }
         let direct = self.direct.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = direct.lock().unwrap_or_else(PoisonError::into_inner);
             insert_batch_reporting(&mut conn, &records)
         })
-        .await
-        .map_err(join_error)?
+        .await?
     }
 
     async fn records_since(&self, since_ms: i64) -> StoreResult<Vec<UsageRecord>> {
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!("SELECT {COLUMNS} FROM usage WHERE ts_ms >= ?1 ORDER BY ts_ms, id"))
-                .map_err(sql_error)?;
-            let rows = stmt.query_map([since_ms], record_from_row).map_err(sql_error)?;
-            rows.collect::<rusqlite::Result<_>>().map_err(sql_error)
+            let sql = format!("SELECT {USAGE_COLUMNS} FROM usage WHERE ts_ms >= ?1 ORDER BY ts_ms, id");
+            select_records(conn, &sql, [since_ms])
         })
         .await
     }
 
     async fn close(&self) -> StoreResult<()> {
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
         drop(self.checkpoint_stop.lock().unwrap_or_else(PoisonError::into_inner).take());
-        let (ack, done) = oneshot::channel();
-        let result = match self.sender.send(Message::Close(ack)) {
-            Ok(()) => done.await.unwrap_or_else(|_| Err(Self::writer_gone())),
-            Err(_) => Err(Self::writer_gone()),
-        };
-        let handle = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(handle) = handle {
-            // The writer has answered Close and is returning; joining is quick, but it
-            // is still a blocking call.
-            let joined = tokio::task::spawn_blocking(move || handle.join()).await.map_err(join_error)?;
-            if joined.is_err() {
-                return Err(Self::writer_gone());
-            }
-        }
-        result
+        self.writer.close().await
     }
 }
 
@@ -295,174 +254,45 @@ fn run_checkpointer(conn: &Connection, stop: &Receiver<()>) {
     }
 }
 
-/// The writer thread: batches messages into transactions until closed or until every
-/// sender is gone (the ledger was dropped).
-fn run_writer(mut conn: Connection, receiver: Receiver<Message>) {
-    let mut queued: Vec<UsageRecord> = Vec::new();
-    loop {
-        // With records left over from a failed commit, wake up to retry them even if
-        // nothing new arrives.
-        let first = if queued.is_empty() {
-            receiver.recv().ok()
-        } else {
-            match receiver.recv_timeout(RETRY_PAUSE) {
-                Ok(message) => Some(message),
-                Err(RecvTimeoutError::Timeout) => {
-                    // Failures are logged inside; the records stay queued.
-                    let _ = commit_queued(&mut conn, &mut queued);
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => None,
-            }
-        };
-        let Some(first) = first else {
-            // Dropped without close: commit what is left, then stop.
-            if !queued.is_empty()
-                && let Err(error) = commit_queued(&mut conn, &mut queued)
-            {
-                tracing::error!(%error, lost = queued.len(), "usage records lost: the ledger was dropped");
-            }
-            return;
-        };
-
-        let mut waiters = Vec::new();
-        let mut close = None;
-        let mut take = |message| match message {
-            Message::Record(record) => queued.push(*record),
-            Message::Flush(ack) => waiters.push(ack),
-            Message::Close(ack) => close = Some(ack),
-        };
-        let closing_first = matches!(first, Message::Close(_));
-        take(first);
-        let mut drained = 1;
-        let mut closing = closing_first;
-        while !closing && drained < MAX_BATCH {
-            let Ok(message) = receiver.try_recv() else {
-                break;
-            };
-            closing = matches!(message, Message::Close(_));
-            take(message);
-            drained += 1;
-        }
-        if close.is_some() {
-            // Nothing after Close is part of it; answer stragglers that raced it.
-            refuse_after_close(&receiver);
-        }
-
-        let result = commit_queued(&mut conn, &mut queued);
-        for waiter in waiters {
-            // A flusher that stopped waiting is not an error.
-            let _ = waiter.send(result.as_ref().map(|_| ()).map_err(copy_error));
-        }
-        if let Some(ack) = close {
-            if !queued.is_empty() {
-                tracing::error!(
-                    lost = queued.len(),
-                    "usage records lost: the ledger closed while the database refused writes"
-                );
-            }
-            let _ = ack.send(result);
-            return;
-        }
-    }
-}
-
-/// Commits `queued` (emptying it on success). On failure the records stay queued, cut
-/// to [`MAX_RETAINED`], and the error is returned for the flushers.
-fn commit_queued(conn: &mut Connection, queued: &mut Vec<UsageRecord>) -> StoreResult<()> {
-    if queued.is_empty() {
-        return Ok(());
-    }
-    let mut last_error = None;
-    for attempt in 1..=ATTEMPTS {
-        match insert_batch(conn, queued) {
-            Ok(()) => {
-                if attempt > 1 {
-                    tracing::info!(attempt, records = queued.len(), "usage batch committed after retrying");
-                }
-                queued.clear();
-                return Ok(());
-            }
-            Err(error) => {
-                tracing::error!(%error, attempt, records = queued.len(), "usage batch commit failed");
-                last_error = Some(error);
-                if attempt < ATTEMPTS {
-                    std::thread::sleep(Duration::from_millis(50 << attempt));
-                }
-            }
-        }
-    }
-    if queued.len() > MAX_RETAINED {
-        let dropped = queued.len() - MAX_RETAINED;
-        queued.drain(..dropped);
-        tracing::error!(dropped, "usage records dropped: too many queued while the database refuses writes");
-    }
-    Err(last_error.unwrap_or_else(|| StoreError::Internal("usage batch commit failed".to_owned())))
-}
-
 /// Inserts in one transaction and reports, per record, whether it was new.
 fn insert_batch_reporting(conn: &mut Connection, records: &[UsageRecord]) -> StoreResult<Vec<bool>> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
     let mut fresh = Vec::with_capacity(records.len());
     {
-        let mut insert = tx.prepare_cached(INSERT).map_err(sql_error)?;
+        let mut insert = tx.prepare_cached(&INSERT).map_err(sql_error)?;
         for r in records {
-            fresh.push(insert.execute(params_from_iter(record_params(r))).map_err(sql_error)? == 1);
+            fresh.push(insert_record(&mut insert, r)? == 1);
         }
     }
     tx.commit().map_err(sql_error)?;
     Ok(fresh)
 }
 
-fn record_params(r: &UsageRecord) -> Vec<Box<dyn rusqlite::ToSql + '_>> {
-    vec![
-        Box::new(&r.id),
-        Box::new(r.ts_ms),
-        Box::new(&r.project_id),
-        Box::new(&r.key_id),
-        Box::new(&r.endpoint),
-        Box::new(&r.model),
-        Box::new(i64::from(r.status)),
-        Box::new(i64::from(r.counted)),
-        Box::new(to_sql_int(r.requests)),
-        Box::new(to_sql_int(r.prompt_tokens)),
-        Box::new(to_sql_int(r.completion_tokens)),
-        Box::new(to_sql_int(r.cost_micros)),
-        Box::new(to_sql_int(r.latency_ms)),
-        Box::new(&r.provider),
-        Box::new(to_sql_int(r.cached_tokens)),
-        Box::new(to_sql_int(r.uncached_cost_micros)),
-        Box::new(r.usage_source.as_str()),
-        Box::new(&r.price_version),
-        Box::new(&r.client_ip),
-        Box::new(&r.anonymous_id),
-    ]
-}
-
-fn insert_batch(conn: &mut Connection, records: &[UsageRecord]) -> StoreResult<()> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
-    {
-        let mut insert = tx.prepare_cached(INSERT).map_err(sql_error)?;
-        for r in records {
-            insert.execute(params_from_iter(record_params(r))).map_err(sql_error)?;
-        }
-    }
-    tx.commit().map_err(sql_error)
-}
-
-/// Answers whatever raced a `Close` into the channel: flushes get an error, records
-/// are counted and logged as dropped.
-fn refuse_after_close(receiver: &Receiver<Message>) {
-    let mut dropped = 0usize;
-    while let Ok(message) = receiver.try_recv() {
-        match message {
-            Message::Record(_) => dropped += 1,
-            Message::Flush(ack) | Message::Close(ack) => {
-                let _ = ack.send(Err(EmbeddedLedger::closed_error()));
-            }
-        }
-    }
-    if dropped > 0 {
-        tracing::error!(dropped, "usage records appended while the ledger closed: dropped");
-    }
+/// Binds one record to [`INSERT`] (in [`USAGE_COLUMNS`] order) and runs it; answers
+/// the rows inserted (0 when the id was already stored).
+fn insert_record(insert: &mut rusqlite::CachedStatement<'_>, r: &UsageRecord) -> StoreResult<usize> {
+    insert
+        .execute(params![
+            r.id,
+            r.ts_ms,
+            r.project_id,
+            r.key_id,
+            r.endpoint,
+            r.model,
+            i64::from(r.status),
+            i64::from(r.counted),
+            to_sql_int(r.requests),
+            to_sql_int(r.prompt_tokens),
+            to_sql_int(r.completion_tokens),
+            to_sql_int(r.cost_micros),
+            to_sql_int(r.latency_ms),
+            r.provider,
+            to_sql_int(r.cached_tokens),
+            to_sql_int(r.uncached_cost_micros),
+            r.usage_source.as_str(),
+            r.price_version,
+            r.client_ip,
+            r.anonymous_id,
+        ])
+        .map_err(sql_error)
 }

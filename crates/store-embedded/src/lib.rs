@@ -68,8 +68,9 @@ impl EmbeddedStore {
     /// This blocks on file I/O: call it at startup, before serving (or inside
     /// `spawn_blocking`).
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Unavailable(format!("cannot create store directory {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::unavailable_with_source(format!("cannot create store directory {}: {e}", dir.display()), e)
+        })?;
         let db_path = dir.join(DB_FILE);
         let mut conn = schema::open_connection(&db_path, schema::Role::Writer)?;
         schema::migrate(&mut conn)?;
@@ -177,8 +178,8 @@ pub(crate) fn sql_error(error: rusqlite::Error) -> StoreError {
             | ErrorCode::CannotOpen
             | ErrorCode::OutOfMemory
             | ErrorCode::FileLockingProtocolFailed,
-        ) => StoreError::Unavailable(error.to_string()),
-        _ => StoreError::Internal(error.to_string()),
+        ) => StoreError::unavailable_with_source(error.to_string(), error),
+        _ => StoreError::internal_with_source(error.to_string(), error),
     }
 }
 
@@ -189,30 +190,4 @@ pub(crate) fn sql_error_or_conflict(message: impl FnOnce() -> String) -> impl Fn
         Some(ErrorCode::ConstraintViolation) => StoreError::Conflict(message()),
         _ => sql_error(error),
     }
-}
-
-/// `StoreError` is not `Clone`; the ledger writer answers several flushers with the
-/// outcome of one commit.
-pub(crate) fn copy_error(error: &StoreError) -> StoreError {
-    match error {
-        StoreError::NotFound { what, id } => StoreError::NotFound { what, id: id.clone() },
-        StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Internal(m) => StoreError::Internal(m.clone()),
-    }
-}
-
-/// A blocking task that panicked or was cancelled (the runtime is shutting down).
-pub(crate) fn join_error(error: tokio::task::JoinError) -> StoreError {
-    if error.is_cancelled() {
-        StoreError::Unavailable("store task cancelled: the runtime is shutting down".to_owned())
-    } else {
-        StoreError::Internal(format!("store task panicked: {error}"))
-    }
-}
-
-/// SQLite integers are signed; counts above `i64::MAX` cannot occur in practice, and
-/// saturating keeps one absurd value from failing a whole ledger batch.
-pub(crate) fn to_sql_int(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }

@@ -120,14 +120,14 @@ pub(crate) fn open_connection(path: &Path, role: Role) -> StoreResult<Connection
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(path, flags)
-        .map_err(|e| StoreError::Unavailable(format!("cannot open database {}: {e}", path.display())))?;
+        .map_err(|e| StoreError::unavailable_with_source(format!("cannot open database {}: {e}", path.display()), e))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sql_error)?;
     // The journal mode is stored in the file: the first connection switches it and
     // the others find it set. WAL lets the ledger reader run beside the writers.
     let mode: String =
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).map_err(sql_error)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Internal(format!(
+        return Err(StoreError::internal(format!(
             "database {} refused WAL mode (journal_mode is {mode})",
             path.display()
         )));
@@ -155,9 +155,9 @@ pub(crate) fn open_connection(path: &Path, role: Role) -> StoreResult<Connection
 pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let applied: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(sql_error)?;
     let applied = usize::try_from(applied)
-        .map_err(|_| StoreError::Internal(format!("database has a negative schema version {applied}")))?;
+        .map_err(|_| StoreError::internal(format!("database has a negative schema version {applied}")))?;
     if applied > MIGRATIONS.len() {
-        return Err(StoreError::Internal(format!(
+        return Err(StoreError::internal(format!(
             "database schema version {applied} is newer than this build supports ({}): \
              refusing to open it with an older tollgate",
             MIGRATIONS.len()
@@ -195,7 +195,7 @@ mod tests {
         assert_eq!(version, MIGRATIONS.len() as i64);
 
         conn.pragma_update(None, "user_version", 99).unwrap();
-        assert!(matches!(migrate(&mut conn), Err(StoreError::Internal(_))));
+        assert!(matches!(migrate(&mut conn), Err(StoreError::Internal { .. })));
     }
 
     #[test]

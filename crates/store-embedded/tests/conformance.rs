@@ -235,7 +235,7 @@ async fn ledger_after_close() {
     ledger.close().await.expect("close");
     ledger.close().await.expect("a second close is a no-op");
     ledger.append(usage("after-close", NOW + 1));
-    assert!(matches!(ledger.flush().await, Err(StoreError::Unavailable(_))), "flush after close");
+    assert!(matches!(ledger.flush().await, Err(StoreError::Unavailable { .. })), "flush after close");
     let all = ledger.query(UsageQuery { limit: 10, ..UsageQuery::default() }).await.expect("query after close");
     let ids: Vec<_> = all.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, ["before-close"], "queries still work; late appends are dropped");

@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{Object, Pool};
 use tokio_postgres::Row;
 use tollgate_core::{KeyHash, KeyRecord, LimitSpec, Plan, Project};
+use tollgate_store::columns;
 use tollgate_store::{AdminScope, Catalog, KeyQuery, StoreError, StoreResult};
 
 use crate::changes::{CatalogChange, ChangePublisher};
@@ -162,13 +163,9 @@ impl std::fmt::Debug for PostgresCatalog {
 const KEY_COLUMNS: &str = "id, project_id, name, plan, metadata::text, limit_overrides::text, created_at_ms, \
                            expires_at_ms, revoked_at_ms, version";
 
-fn json_encode_error(error: serde_json::Error) -> StoreError {
-    StoreError::Internal(format!("cannot encode JSON: {error}"))
-}
-
 fn json_column<T: serde::de::DeserializeOwned>(row: &Row, index: usize) -> StoreResult<T> {
     let text: String = row.try_get(index).map_err(sql_error)?;
-    serde_json::from_str(&text).map_err(|e| StoreError::Internal(format!("column {index} holds bad JSON: {e}")))
+    Ok(columns::json_from_sql(index, &text)?)
 }
 
 fn key_from_row(row: &Row) -> StoreResult<KeyRecord> {
@@ -200,10 +197,6 @@ fn project_from_row(row: &Row) -> StoreResult<Project> {
         name: row.try_get(1).map_err(sql_error)?,
         created_at_ms: row.try_get(2).map_err(sql_error)?,
     })
-}
-
-fn version_param(version: u64) -> StoreResult<i64> {
-    i64::try_from(version).map_err(|_| StoreError::Internal(format!("key version {version} out of range")))
 }
 
 async fn get_key_on(client: &tokio_postgres::Client, id: &str) -> StoreResult<Option<KeyRecord>> {
@@ -306,7 +299,7 @@ impl Catalog for PostgresCatalog {
     }
 
     async fn put_plan(&self, plan: Plan) -> StoreResult<()> {
-        let limits = serde_json::to_string(&plan.limits).map_err(json_encode_error)?;
+        let limits = columns::json_text(&plan.limits)?;
         let client = self.client().await?;
         client
             .execute(
@@ -322,7 +315,7 @@ impl Catalog for PostgresCatalog {
     }
 
     async fn insert_plan_if_absent(&self, plan: Plan) -> StoreResult<bool> {
-        let limits = serde_json::to_string(&plan.limits).map_err(json_encode_error)?;
+        let limits = columns::json_text(&plan.limits)?;
         let client = self.client().await?;
         let inserted = client
             .execute(
@@ -383,9 +376,9 @@ impl Catalog for PostgresCatalog {
     }
 
     async fn create_key(&self, record: KeyRecord, secret_hash: KeyHash) -> StoreResult<KeyRecord> {
-        let metadata = serde_json::to_string(&record.metadata).map_err(json_encode_error)?;
-        let overrides = serde_json::to_string(&record.limit_overrides).map_err(json_encode_error)?;
-        let version = version_param(record.version)?;
+        let metadata = columns::json_text(&record.metadata)?;
+        let overrides = columns::json_text(&record.limit_overrides)?;
+        let version = columns::version_param(record.version)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(sql_error)?;
         tx.execute(
@@ -446,14 +439,14 @@ impl Catalog for PostgresCatalog {
     }
 
     async fn update_key(&self, record: KeyRecord) -> StoreResult<KeyRecord> {
-        let metadata = serde_json::to_string(&record.metadata).map_err(json_encode_error)?;
-        let overrides = serde_json::to_string(&record.limit_overrides).map_err(json_encode_error)?;
-        let expected = version_param(record.version)?;
+        let metadata = columns::json_text(&record.metadata)?;
+        let overrides = columns::json_text(&record.limit_overrides)?;
+        let expected = columns::version_param(record.version)?;
         let bumped = record
             .version
             .checked_add(1)
-            .ok_or_else(|| StoreError::Internal(format!("key '{}' version overflow", record.id)))?;
-        let new_version = version_param(bumped)?;
+            .ok_or_else(|| StoreError::internal(format!("key '{}' version overflow", record.id)))?;
+        let new_version = columns::version_param(bumped)?;
         let client = self.client().await?;
         let changed = client
             .execute(
@@ -533,8 +526,8 @@ impl Catalog for PostgresCatalog {
         record.version = record
             .version
             .checked_add(1)
-            .ok_or_else(|| StoreError::Internal(format!("key '{id}' version overflow")))?;
-        tx.execute("UPDATE keys SET version = $2 WHERE id = $1", &[&id, &version_param(record.version)?])
+            .ok_or_else(|| StoreError::internal(format!("key '{id}' version overflow")))?;
+        tx.execute("UPDATE keys SET version = $2 WHERE id = $1", &[&id, &columns::version_param(record.version)?])
             .await
             .map_err(sql_error)?;
         tx.commit().await.map_err(sql_error)?;

@@ -1,85 +1,63 @@
-//! The usage ledger in PostgreSQL, written by one background task.
+//! The usage ledger in PostgreSQL: its SQL, and the shared batch writer as a task.
 //!
-//! `append` sends the record down a channel, so the request path never waits for the
-//! database. The writer task takes the first message, drains up to [`MAX_BATCH`] more
-//! without waiting, and writes the records with one statement per [`MAX_BATCH`] rows:
+//! `append` hands the record to a [`BatchWriter`] (see `tollgate_store::batch` for
+//! the queue, batching, retries and flush/close semantics) running as a task on the
+//! current runtime. It writes the records with one statement per [`MAX_BATCH`] rows:
 //! `INSERT ... SELECT * FROM UNNEST($1::text[], ...) ON CONFLICT (id) DO NOTHING`
 //! (twenty array parameters whatever the batch size, so one prepared statement; the
-//! id is the primary key, so replays are ignored and the first copy wins). A `Flush`
-//! is answered after the write that follows it, so it covers everything appended
-//! before it.
+//! id is the primary key, so replays are ignored and the first copy wins).
 //!
-//! When PostgreSQL refuses writes, the records stay queued in memory up to the
-//! configured bound and are retried every [`RETRY_PAUSE`]; a flush in between is
-//! answered at once with `Unavailable` (responses that wait on a flush, with
-//! `durability = "sync"`, must not wait on an outage);
-//! beyond the bound the oldest are dropped, counted in [`LedgerStats::dropped`] and
-//! logged. Nothing is dropped silently.
+//! The policy is this backend's: two attempts per write; when PostgreSQL refuses
+//! writes, the records stay queued in memory up to the configured bound and are
+//! retried every [`RETRY_PAUSE`], and a flush in between is answered at once with
+//! `Unavailable` (responses that wait on a flush, with `durability = "sync"`, must not
+//! wait on an outage); beyond the bound the oldest are dropped, counted in
+//! [`LedgerStats::dropped`] and logged. Nothing is dropped silently.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::HashSet;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tokio_postgres::Row;
-use tokio_postgres::types::ToSql;
-use tollgate_core::{UsageQuery, UsageRecord, UsageSource};
-use tollgate_store::{Ledger, StoreError, StoreResult};
+use tokio_postgres::types::{FromSql, ToSql};
+use tollgate_core::{UsageQuery, UsageRecord};
+use tollgate_store::batch::{self, BatchPolicy, BatchSink, BatchWriter, LedgerStats, WriterHome};
+use tollgate_store::columns::{USAGE_COLUMNS, UsageRow, to_sql_int};
+use tollgate_store::{Ledger, StoreResult};
 
-use crate::{copy_error, pool_error, sql_error, to_sql_int, u64_column};
+use crate::{pool_error, sql_error, u64_column};
 
 /// Rows per statement and messages drained into one write at most.
 pub const MAX_BATCH: usize = 1_000;
 /// How long the writer waits before retrying records a failed write left queued.
 pub const RETRY_PAUSE: Duration = Duration::from_secs(1);
-/// Attempts per write before the flushers of that batch are told it failed.
-const ATTEMPTS: u32 = 2;
 
-const COLUMNS: &str = "id, ts_ms, project_id, key_id, endpoint, model, status, counted, requests, \
-                       prompt_tokens, completion_tokens, cost_micros, latency_ms, provider, cached_tokens, \
-                       uncached_cost_micros, usage_source, price_version, client_ip, anonymous_id";
+/// The insert of a batch; the id is the primary key, so replays are ignored.
+static INSERT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO usage ({USAGE_COLUMNS}) \
+         SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], \
+         $8::bool[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], \
+         $15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[]) \
+         ON CONFLICT (id) DO NOTHING"
+    )
+});
+/// The same, answering the ids that were new (for `append_new`).
+static INSERT_RETURNING: LazyLock<String> = LazyLock::new(|| format!("{} RETURNING id", *INSERT));
 
-const INSERT: &str = "INSERT INTO usage (id, ts_ms, project_id, key_id, endpoint, model, status, counted, requests, \
-     prompt_tokens, completion_tokens, cost_micros, latency_ms, provider, cached_tokens, uncached_cost_micros, \
-     usage_source, price_version, client_ip, anonymous_id) \
-     SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], \
-     $8::bool[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], \
-     $15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[]) \
-     ON CONFLICT (id) DO NOTHING";
-
-const INSERT_RETURNING: &str = "INSERT INTO usage (id, ts_ms, project_id, key_id, endpoint, model, status, counted, requests, \
-     prompt_tokens, completion_tokens, cost_micros, latency_ms, provider, cached_tokens, uncached_cost_micros, \
-     usage_source, price_version, client_ip, anonymous_id) \
-     SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], \
-     $8::bool[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], \
-     $15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[]) \
-     ON CONFLICT (id) DO NOTHING RETURNING id";
-
-type Ack = oneshot::Sender<StoreResult<()>>;
-
-enum Message {
-    Record(Box<UsageRecord>),
-    /// Answered once everything queued before it is written.
-    Flush(Ack),
-    /// Like `Flush`, then the writer stops.
-    Close(Ack),
-}
-
-/// What the writer has done, for logs, metrics and tests.
-#[derive(Debug, Default)]
-pub struct LedgerStats {
-    /// Records written (replays ignored by the database included).
-    pub written: AtomicU64,
-    /// Records dropped because PostgreSQL refused writes for longer than the buffer
-    /// could hold, or because the ledger closed while it did.
-    pub dropped: AtomicU64,
-    /// Write attempts that failed.
-    pub failed_writes: AtomicU64,
-    /// Records waiting in memory for PostgreSQL right now.
-    pub queued: AtomicU64,
+/// The writer's policy for a buffer of `max_queued` records.
+fn policy(max_queued: usize) -> BatchPolicy {
+    BatchPolicy {
+        database: "PostgreSQL",
+        max_batch: MAX_BATCH,
+        rows_per_write: MAX_BATCH,
+        attempts: 2,
+        retry_pause: RETRY_PAUSE,
+        max_retained: max_queued,
+        fail_fast_during_outage: true,
+    }
 }
 
 /// Per-group sums of counted usage, for the counter rebuild job: one row per
@@ -98,73 +76,67 @@ pub struct UsageTotal {
 /// [`PostgresStore::ledger`](crate::PostgresStore::ledger).
 pub struct PostgresLedger {
     pool: Pool,
-    sender: mpsc::UnboundedSender<Message>,
-    closed: AtomicBool,
-    writer: Mutex<Option<JoinHandle<()>>>,
-    stats: Arc<LedgerStats>,
+    writer: BatchWriter,
 }
 
 impl std::fmt::Debug for PostgresLedger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresLedger").field("stats", &self.stats).finish_non_exhaustive()
+        f.debug_struct("PostgresLedger").field("stats", self.writer.stats()).finish_non_exhaustive()
     }
 }
 
+/// The writer task's end: the pool.
+struct PostgresSink {
+    pool: Pool,
+}
+
+impl BatchSink for PostgresSink {
+    async fn write(&mut self, records: &[UsageRecord]) -> StoreResult<()> {
+        insert_batch(&self.pool, records, false).await.map(drop)
+    }
+}
+
+/// Column `index` of a row, read by the driver.
+fn column<'a, T: FromSql<'a>>(row: &'a Row, index: usize) -> StoreResult<T> {
+    row.try_get(index).map_err(sql_error)
+}
+
 fn record_from_row(row: &Row) -> StoreResult<UsageRecord> {
-    let get = |i: usize| row.try_get::<_, Option<String>>(i).map_err(sql_error);
-    let status: i32 = row.try_get(6).map_err(sql_error)?;
-    let source: String = row.try_get(16).map_err(sql_error)?;
-    Ok(UsageRecord {
-        id: row.try_get(0).map_err(sql_error)?,
-        ts_ms: row.try_get(1).map_err(sql_error)?,
-        project_id: row.try_get(2).map_err(sql_error)?,
-        key_id: row.try_get(3).map_err(sql_error)?,
-        endpoint: row.try_get(4).map_err(sql_error)?,
-        model: get(5)?,
-        status: u16::try_from(status).map_err(|_| StoreError::Internal(format!("usage status {status}")))?,
-        counted: row.try_get(7).map_err(sql_error)?,
-        requests: u64_column(row, 8)?,
-        prompt_tokens: u64_column(row, 9)?,
-        completion_tokens: u64_column(row, 10)?,
-        cost_micros: u64_column(row, 11)?,
-        latency_ms: u64_column(row, 12)?,
-        provider: row.try_get(13).map_err(sql_error)?,
-        cached_tokens: u64_column(row, 14)?,
-        uncached_cost_micros: u64_column(row, 15)?,
-        usage_source: UsageSource::parse(&source)
-            .ok_or_else(|| StoreError::Internal(format!("usage_source '{source}'")))?,
-        price_version: get(17)?,
-        client_ip: get(18)?,
-        anonymous_id: get(19)?,
-    })
+    let usage = UsageRow {
+        id: column(row, 0)?,
+        ts_ms: column(row, 1)?,
+        project_id: column(row, 2)?,
+        key_id: column(row, 3)?,
+        endpoint: column(row, 4)?,
+        model: column(row, 5)?,
+        status: i64::from(column::<i32>(row, 6)?),
+        counted: column(row, 7)?,
+        requests: column(row, 8)?,
+        prompt_tokens: column(row, 9)?,
+        completion_tokens: column(row, 10)?,
+        cost_micros: column(row, 11)?,
+        latency_ms: column(row, 12)?,
+        provider: column(row, 13)?,
+        cached_tokens: column(row, 14)?,
+        uncached_cost_micros: column(row, 15)?,
+        usage_source: column(row, 16)?,
+        price_version: column(row, 17)?,
+        client_ip: column(row, 18)?,
+        anonymous_id: column(row, 19)?,
+    };
+    Ok(usage.into_record()?)
 }
 
 impl PostgresLedger {
     /// Starts the writer task on the current runtime.
-    pub(crate) fn start(pool: Pool, max_queued: usize) -> Self {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        let stats = Arc::new(LedgerStats::default());
-        let writer = Writer {
-            pool: pool.clone(),
-            queued: Vec::new(),
-            max_queued: max_queued.max(1),
-            retry_at: None,
-            stats: stats.clone(),
-        };
-        let handle = tokio::spawn(writer.run(receiver));
-        Self { pool, sender, closed: AtomicBool::new(false), writer: Mutex::new(Some(handle)), stats }
+    pub(crate) fn start(pool: Pool, max_queued: usize) -> StoreResult<Self> {
+        let sink = PostgresSink { pool: pool.clone() };
+        let writer = BatchWriter::start(sink, policy(max_queued), WriterHome::Task)?;
+        Ok(Self { pool, writer })
     }
 
     pub fn stats(&self) -> &LedgerStats {
-        &self.stats
-    }
-
-    fn closed_error() -> StoreError {
-        StoreError::Unavailable("the usage ledger is closed".to_owned())
-    }
-
-    fn writer_gone() -> StoreError {
-        StoreError::Internal("the ledger writer task stopped".to_owned())
+        self.writer.stats()
     }
 
     /// Sums of counted usage since `since_ms`, grouped by what limits look at, split
@@ -213,40 +185,25 @@ impl PostgresLedger {
 #[async_trait]
 impl Ledger for PostgresLedger {
     fn append(&self, record: UsageRecord) {
-        if self.closed.load(Ordering::Acquire) {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(id = %record.id, "usage record appended after the ledger closed: dropped");
-            return;
-        }
-        if let Err(mpsc::error::SendError(Message::Record(record))) =
-            self.sender.send(Message::Record(Box::new(record)))
-        {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(id = %record.id, "the ledger writer stopped: usage record dropped");
-        }
+        self.writer.append(record);
     }
 
     async fn append_new(&self, records: Vec<UsageRecord>) -> StoreResult<Vec<bool>> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Self::closed_error());
+        if self.writer.is_closed() {
+            return Err(batch::closed_error());
         }
         let mut fresh = Vec::with_capacity(records.len());
         for chunk in records.chunks(MAX_BATCH) {
             let inserted = insert_batch(&self.pool, chunk, true).await?;
             // Within one call the first copy of an id is the one stored.
-            let mut seen = std::collections::HashSet::new();
+            let mut seen = HashSet::new();
             fresh.extend(chunk.iter().map(|r| inserted.contains(r.id.as_str()) && seen.insert(r.id.as_str())));
         }
         Ok(fresh)
     }
 
     async fn flush(&self) -> StoreResult<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Self::closed_error());
-        }
-        let (ack, done) = oneshot::channel();
-        self.sender.send(Message::Flush(ack)).map_err(|_| Self::writer_gone())?;
-        done.await.map_err(|_| Self::writer_gone())?
+        self.writer.flush().await
     }
 
     async fn query(&self, query: UsageQuery) -> StoreResult<Vec<UsageRecord>> {
@@ -254,7 +211,7 @@ impl Ledger for PostgresLedger {
             return Ok(Vec::new());
         }
         // Only the filters asked for, so each combination gets a plan using its index.
-        let mut sql = format!("SELECT {COLUMNS} FROM usage WHERE TRUE");
+        let mut sql = format!("SELECT {USAGE_COLUMNS} FROM usage WHERE TRUE");
         let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
         let mut push = |sql: &mut String, predicate: &str, value: Box<dyn ToSql + Sync + Send>| {
             args.push(value);
@@ -292,189 +249,20 @@ impl Ledger for PostgresLedger {
     async fn records_since(&self, since_ms: i64) -> StoreResult<Vec<UsageRecord>> {
         let client = self.pool.get().await.map_err(pool_error)?;
         let rows = client
-            .query(&format!("SELECT {COLUMNS} FROM usage WHERE ts_ms >= $1 ORDER BY ts_ms, id"), &[&since_ms])
+            .query(&format!("SELECT {USAGE_COLUMNS} FROM usage WHERE ts_ms >= $1 ORDER BY ts_ms, id"), &[&since_ms])
             .await
             .map_err(sql_error)?;
         rows.iter().map(record_from_row).collect()
     }
 
     async fn close(&self) -> StoreResult<()> {
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
-        let (ack, done) = oneshot::channel();
-        let result = match self.sender.send(Message::Close(ack)) {
-            Ok(()) => done.await.unwrap_or_else(|_| Err(Self::writer_gone())),
-            Err(_) => Err(Self::writer_gone()),
-        };
-        let handle = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(handle) = handle
-            && handle.await.is_err()
-        {
-            return Err(Self::writer_gone());
-        }
-        result
-    }
-}
-
-/// The writer task's state.
-struct Writer {
-    pool: Pool,
-    queued: Vec<UsageRecord>,
-    max_queued: usize,
-    /// Set while PostgreSQL refuses writes: when to try again.
-    retry_at: Option<tokio::time::Instant>,
-    stats: Arc<LedgerStats>,
-}
-
-impl Writer {
-    async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Message>) {
-        loop {
-            // With records left over from a failed write, wake up to retry them even
-            // if nothing new arrives.
-            let first = if self.queued.is_empty() {
-                receiver.recv().await
-            } else {
-                let retry_at = self.retry_at.unwrap_or_else(|| tokio::time::Instant::now() + RETRY_PAUSE);
-                tokio::select! {
-                    message = receiver.recv() => message,
-                    () = tokio::time::sleep_until(retry_at) => {
-                        // Failures are logged inside; the records stay queued.
-                        let _ = self.write_queued().await;
-                        continue;
-                    }
-                }
-            };
-            let Some(first) = first else {
-                // Dropped without close: write what is left, then stop.
-                if let Err(error) = self.write_queued().await {
-                    self.drop_all(&format!("the ledger was dropped while PostgreSQL refused writes: {error}"));
-                }
-                return;
-            };
-
-            let mut waiters = Vec::new();
-            let mut close = None;
-            let mut take = |message, queued: &mut Vec<UsageRecord>| match message {
-                Message::Record(record) => queued.push(*record),
-                Message::Flush(ack) => waiters.push(ack),
-                Message::Close(ack) => close = Some(ack),
-            };
-            let mut closing = matches!(first, Message::Close(_));
-            take(first, &mut self.queued);
-            let mut drained = 1;
-            while !closing && drained < MAX_BATCH {
-                let Ok(message) = receiver.try_recv() else {
-                    break;
-                };
-                closing = matches!(message, Message::Close(_));
-                take(message, &mut self.queued);
-                drained += 1;
-            }
-            if close.is_some() {
-                refuse_after_close(&mut receiver, &self.stats);
-            }
-            // While PostgreSQL is failing, new records just queue (bounded) until the
-            // next retry is due, and flushers are told at once that their records are
-            // not durable yet: a response waiting on a flush must not wait on an
-            // outage. Closing always tries.
-            let not_due = self.retry_at.is_some_and(|at| tokio::time::Instant::now() < at);
-            let result = if not_due && close.is_none() {
-                self.bound();
-                if waiters.is_empty() {
-                    Ok(())
-                } else {
-                    Err(StoreError::Unavailable(format!(
-                        "PostgreSQL refuses writes; {} usage records wait in memory for it",
-                        self.queued.len()
-                    )))
-                }
-            } else {
-                self.write_queued().await
-            };
-            for waiter in waiters {
-                // A flusher that stopped waiting is not an error.
-                let _ = waiter.send(result.as_ref().map(|_| ()).map_err(copy_error));
-            }
-            if let Some(ack) = close {
-                if !self.queued.is_empty() {
-                    self.drop_all("the ledger closed while PostgreSQL refused writes");
-                }
-                let _ = ack.send(result);
-                return;
-            }
-        }
-    }
-
-    /// Writes everything queued, in statements of [`MAX_BATCH`] rows. What could not
-    /// be written stays queued (bounded) and the error is returned for the flushers.
-    async fn write_queued(&mut self) -> StoreResult<()> {
-        while !self.queued.is_empty() {
-            let n = self.queued.len().min(MAX_BATCH);
-            let mut last_error = None;
-            for attempt in 1..=ATTEMPTS {
-                match insert_batch(&self.pool, &self.queued[..n], false).await {
-                    Ok(_) => {
-                        last_error = None;
-                        if attempt > 1 || self.retry_at.is_some() {
-                            tracing::info!(attempt, records = n, "usage batch written after PostgreSQL failed");
-                        }
-                        break;
-                    }
-                    Err(error) => {
-                        self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(%error, attempt, records = n, "usage batch write failed");
-                        last_error = Some(error);
-                        if attempt < ATTEMPTS {
-                            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
-                        }
-                    }
-                }
-            }
-            if let Some(error) = last_error {
-                self.retry_at = Some(tokio::time::Instant::now() + RETRY_PAUSE);
-                self.bound();
-                return Err(error);
-            }
-            self.queued.drain(..n);
-            self.stats.written.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        self.retry_at = None;
-        self.stats.queued.store(0, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Keeps at most `max_queued` records, dropping the oldest (with an error log).
-    fn bound(&mut self) {
-        if self.queued.len() > self.max_queued {
-            let dropped = self.queued.len() - self.max_queued;
-            self.queued.drain(..dropped);
-            self.stats.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
-            tracing::error!(
-                dropped,
-                bound = self.max_queued,
-                "usage records dropped: PostgreSQL refused writes longer than the ledger buffer holds"
-            );
-        }
-        self.stats.queued.store(self.queued.len() as u64, Ordering::Relaxed);
-    }
-
-    fn drop_all(&mut self, why: &str) {
-        let lost = self.queued.len();
-        self.queued.clear();
-        self.stats.dropped.fetch_add(lost as u64, Ordering::Relaxed);
-        self.stats.queued.store(0, Ordering::Relaxed);
-        tracing::error!(lost, "usage records lost: {why}");
+        self.writer.close().await
     }
 }
 
 /// Inserts `records` in one statement, ignoring ids already stored; with `returning`,
 /// answers the ids that were new.
-async fn insert_batch(
-    pool: &Pool,
-    records: &[UsageRecord],
-    returning: bool,
-) -> StoreResult<std::collections::HashSet<String>> {
+async fn insert_batch(pool: &Pool, records: &[UsageRecord], returning: bool) -> StoreResult<HashSet<String>> {
     let n = records.len();
     let mut ids = Vec::with_capacity(n);
     let mut ts = Vec::with_capacity(n);
@@ -520,7 +308,7 @@ async fn insert_batch(
     }
     let client = pool.get().await.map_err(pool_error)?;
     let statement =
-        client.prepare_cached(if returning { INSERT_RETURNING } else { INSERT }).await.map_err(sql_error)?;
+        client.prepare_cached(if returning { &INSERT_RETURNING } else { &INSERT }).await.map_err(sql_error)?;
     let rows = client
         .query(
             &statement,
@@ -550,22 +338,4 @@ async fn insert_batch(
         .await
         .map_err(sql_error)?;
     rows.iter().map(|row| row.try_get::<_, String>(0).map_err(sql_error)).collect()
-}
-
-/// Answers whatever raced a `Close` into the channel: flushes get an error, records
-/// are counted and logged as dropped.
-fn refuse_after_close(receiver: &mut mpsc::UnboundedReceiver<Message>, stats: &LedgerStats) {
-    let mut dropped = 0u64;
-    while let Ok(message) = receiver.try_recv() {
-        match message {
-            Message::Record(_) => dropped += 1,
-            Message::Flush(ack) | Message::Close(ack) => {
-                let _ = ack.send(Err(PostgresLedger::closed_error()));
-            }
-        }
-    }
-    if dropped > 0 {
-        stats.dropped.fetch_add(dropped, Ordering::Relaxed);
-        tracing::error!(dropped, "usage records appended while the ledger closed: dropped");
-    }
 }

@@ -29,11 +29,13 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
-use tollgate_store::{StoreError, StoreResult};
+use tollgate_store::{StoreError, StoreResult, columns};
 
 pub use catalog::PostgresCatalog;
 pub use changes::{CatalogChange, ChangePublisher};
-pub use ledger::{LedgerStats, PostgresLedger, UsageTotal};
+pub use ledger::{PostgresLedger, UsageTotal};
+/// The writer's counters, shared with the embedded ledger's writer.
+pub use tollgate_store::batch::LedgerStats;
 
 /// How to reach PostgreSQL and how much to keep in memory.
 #[derive(Clone, Debug)]
@@ -101,7 +103,7 @@ impl PostgresStore {
         }
         migrate::migrate(&pool).await?;
         let catalog = std::sync::Arc::new(PostgresCatalog::new(pool.clone(), settings.key_cache_ttl));
-        let ledger = std::sync::Arc::new(PostgresLedger::start(pool.clone(), settings.ledger_buffer));
+        let ledger = std::sync::Arc::new(PostgresLedger::start(pool.clone(), settings.ledger_buffer)?);
         Ok(Self { pool, catalog, ledger })
     }
 
@@ -120,7 +122,7 @@ impl PostgresStore {
     /// Drops `schema` and everything in it (tests clean up after themselves).
     pub async fn drop_schema(&self, schema: &str) -> StoreResult<()> {
         if !valid_schema(schema) {
-            return Err(StoreError::Internal(format!("refusing to drop schema {schema:?}")));
+            return Err(StoreError::internal(format!("refusing to drop schema {schema:?}")));
         }
         let client = self.pool.get().await.map_err(pool_error)?;
         client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.map_err(sql_error)
@@ -129,7 +131,7 @@ impl PostgresStore {
 
 fn connect_pool(settings: &PostgresSettings) -> StoreResult<Pool> {
     let mut config: tokio_postgres::Config =
-        settings.url.parse().map_err(|e| StoreError::Internal(format!("database url: {e}")))?;
+        settings.url.parse().map_err(|e| StoreError::internal_with_source(format!("database url: {e}"), e))?;
     config.connect_timeout(settings.timeout);
     config.application_name("tollgate");
     // Every statement is bounded: a wedged database surfaces as an error, not a hang.
@@ -138,7 +140,7 @@ fn connect_pool(settings: &PostgresSettings) -> StoreResult<Pool> {
     options.push_str(&format!("-c statement_timeout={}", settings.timeout.as_millis().max(1)));
     if let Some(schema) = &settings.schema {
         if !valid_schema(schema) {
-            return Err(StoreError::Internal(format!(
+            return Err(StoreError::internal(format!(
                 "schema {schema:?} must be 1-63 of a-z, 0-9, '_' (not starting with a digit)"
             )));
         }
@@ -153,7 +155,7 @@ fn connect_pool(settings: &PostgresSettings) -> StoreResult<Pool> {
         .create_timeout(Some(settings.timeout))
         .recycle_timeout(Some(settings.timeout))
         .build()
-        .map_err(|e| StoreError::Internal(format!("database pool: {e}")))
+        .map_err(|e| StoreError::internal_with_source(format!("database pool: {e}"), e))
 }
 
 /// Maps a PostgreSQL error: a lost or refused connection, a timeout or a transient
@@ -162,7 +164,7 @@ fn connect_pool(settings: &PostgresSettings) -> StoreResult<Pool> {
 pub(crate) fn sql_error(error: tokio_postgres::Error) -> StoreError {
     let Some(code) = error.code() else {
         // No SQLSTATE: the connection itself failed (I/O, closed, timeout).
-        return StoreError::Unavailable(format!("postgres: {error}"));
+        return StoreError::unavailable_with_source(format!("postgres: {error}"), error);
     };
     if *code == SqlState::UNIQUE_VIOLATION {
         return StoreError::Conflict(format!("postgres: {error}"));
@@ -172,9 +174,9 @@ pub(crate) fn sql_error(error: tokio_postgres::Error) -> StoreError {
         || *code == SqlState::QUERY_CANCELED
         || *code == SqlState::CANNOT_CONNECT_NOW;
     if transient {
-        StoreError::Unavailable(format!("postgres: {error}"))
+        StoreError::unavailable_with_source(format!("postgres: {error}"), error)
     } else {
-        StoreError::Internal(format!("postgres: {error}"))
+        StoreError::internal_with_source(format!("postgres: {error}"), error)
     }
 }
 
@@ -196,29 +198,12 @@ pub(crate) fn sql_error_or_conflict(
 pub(crate) fn pool_error(error: PoolError) -> StoreError {
     match error {
         PoolError::Backend(e) => sql_error(e),
-        other => StoreError::Unavailable(format!("postgres pool: {other}")),
+        other => StoreError::unavailable_with_source(format!("postgres pool: {other}"), other),
     }
-}
-
-/// PostgreSQL integers are signed; counts above `i64::MAX` cannot occur in practice,
-/// and saturating keeps one absurd value from failing a whole ledger batch.
-pub(crate) fn to_sql_int(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 /// A non-negative column as `u64`; a negative one is corrupt data.
 pub(crate) fn u64_column(row: &Row, index: usize) -> StoreResult<u64> {
     let value: i64 = row.try_get(index).map_err(sql_error)?;
-    u64::try_from(value).map_err(|_| StoreError::Internal(format!("column {index} holds negative {value}")))
-}
-
-/// `StoreError` is not `Clone`; the ledger writer answers several flushers with the
-/// outcome of one commit.
-pub(crate) fn copy_error(error: &StoreError) -> StoreError {
-    match error {
-        StoreError::NotFound { what, id } => StoreError::NotFound { what, id: id.clone() },
-        StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Internal(m) => StoreError::Internal(m.clone()),
-    }
+    Ok(columns::u64_from_sql(index, value)?)
 }

@@ -34,7 +34,7 @@ pub(crate) async fn migrate(pool: &Pool) -> StoreResult<()> {
     let applied = applied.unwrap_or(0);
     let latest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
     if applied > latest {
-        return Err(StoreError::Internal(format!(
+        return Err(StoreError::internal(format!(
             "database schema version {applied} is newer than this build supports ({latest}): \
              refusing to run an older tollgate against it"
         )));

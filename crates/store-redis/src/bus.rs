@@ -72,7 +72,7 @@ impl ChangeBus {
         } else {
             self.settings.url.as_str()
         };
-        redis::Client::open(url).map_err(|e| StoreError::Internal(format!("redis url: {e}")))
+        redis::Client::open(url).map_err(|e| StoreError::internal(format!("redis url: {e}")))
     }
 
     /// Subscribes and hands every event to `on_event` until `stop` resolves,

@@ -79,15 +79,15 @@ impl RedisConn {
                 .connection_timeout(settings.timeout)
                 .response_timeout(settings.timeout)
                 .build()
-                .map_err(|e| StoreError::Internal(format!("redis cluster settings: {e}")))?;
+                .map_err(|e| StoreError::internal(format!("redis cluster settings: {e}")))?;
             let conn = tokio::time::timeout(settings.timeout * 4, client.get_async_connection())
                 .await
-                .map_err(|_| StoreError::Unavailable("redis cluster: no seed node answered in time".to_owned()))?
+                .map_err(|_| StoreError::unavailable("redis cluster: no seed node answered in time".to_owned()))?
                 .map_err(redis_error)?;
             return Ok(RedisConn::Cluster(conn));
         }
         let client =
-            redis::Client::open(settings.url.as_str()).map_err(|e| StoreError::Internal(format!("redis url: {e}")))?;
+            redis::Client::open(settings.url.as_str()).map_err(|e| StoreError::internal(format!("redis url: {e}")))?;
         // Bounded everything: `ConnectionManager::new` would otherwise retry forever
         // with no server. A command issued while Redis is down fails after the
         // connection timeout and triggers a fresh reconnect on the next one.
@@ -105,7 +105,7 @@ impl RedisConn {
     pub async fn ping(&self, timeout: Duration) -> StoreResult<()> {
         let mut conn = self.clone();
         let reply: String = bounded(timeout, redis::cmd("PING").query_async(&mut conn)).await?;
-        if reply == "PONG" { Ok(()) } else { Err(StoreError::Internal(format!("redis answered PING with {reply:?}"))) }
+        if reply == "PONG" { Ok(()) } else { Err(StoreError::internal(format!("redis answered PING with {reply:?}"))) }
     }
 }
 
@@ -144,7 +144,7 @@ pub(crate) async fn bounded<T>(
 ) -> StoreResult<T> {
     match tokio::time::timeout(timeout, call).await {
         Ok(result) => result.map_err(redis_error),
-        Err(_) => Err(StoreError::Unavailable(format!("redis did not answer within {} ms", timeout.as_millis()))),
+        Err(_) => Err(StoreError::unavailable(format!("redis did not answer within {} ms", timeout.as_millis()))),
     }
 }
 
@@ -169,8 +169,8 @@ pub fn redis_error(error: RedisError) -> StoreError {
                 )
         );
     if transient {
-        StoreError::Unavailable(format!("redis: {error}"))
+        StoreError::unavailable(format!("redis: {error}"))
     } else {
-        StoreError::Internal(format!("redis: {error}"))
+        StoreError::internal(format!("redis: {error}"))
     }
 }

@@ -157,7 +157,7 @@ impl RedisLimiter {
             }
             Ok(Err(e)) => Err(crate::redis_error(e)),
             Err(_) => {
-                Err(StoreError::Unavailable(format!("redis did not answer within {} ms", self.timeout.as_millis())))
+                Err(StoreError::unavailable(format!("redis did not answer within {} ms", self.timeout.as_millis())))
             }
         }
     }
@@ -196,7 +196,7 @@ impl RedisLimiter {
         }
         let reply: Vec<i64> = self.run(&self.decide, DECIDE, &keys, &args).await?;
         if reply.len() != 3 + 2 * items.len() && op != "apply" {
-            return Err(StoreError::Internal(format!(
+            return Err(StoreError::internal(format!(
                 "limiter script answered {} values for {} items",
                 reply.len(),
                 items.len()

@@ -7,9 +7,13 @@
 //! - [`Ledger`]: the append-only usage ledger, buffered and batched.
 //!
 //! Stores persist what they are given; the domain (core) and the server decide.
-//! [`conformance`] holds the test suite every backend must pass.
+//! [`conformance`] holds the test suite every backend must pass; [`batch`] is the
+//! ledger batch writer the SQL backends share, and [`columns`] the backend-agnostic
+//! half of their column mapping.
 
+pub mod batch;
 pub mod clock;
+pub mod columns;
 pub mod conformance;
 pub mod plans;
 pub mod replay;
@@ -21,24 +25,80 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tollgate_core::{Amounts, Decision, KeyHash, KeyRecord, Plan, Project, UsageQuery, UsageRecord};
 
+/// The error a store keeps as the cause of an `Unavailable` or `Internal` failure.
+///
+/// An `Arc` rather than a `Box` so that [`StoreError`] is `Clone`: the ledger batch
+/// writer answers every flusher waiting on one write with that write's outcome.
+pub type StoreErrorSource = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
 /// What went wrong in a store.
-#[derive(Debug, thiserror::Error)]
+///
+/// `message` says what failed in words a log can show on its own (it includes the
+/// underlying error's text, as it always has, so nothing is lost where only the
+/// message is printed); `source` keeps the underlying error itself for callers that
+/// inspect it or walk the chain.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{what} '{id}' not found")]
     NotFound { what: &'static str, id: String },
     #[error("{0}")]
     Conflict(String),
     /// The backend cannot be reached or timed out: a retry may help.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    #[error("store unavailable: {message}")]
+    Unavailable {
+        message: String,
+        #[source]
+        source: Option<StoreErrorSource>,
+    },
     /// A bug or corrupted data: a retry will not help.
-    #[error("store failure: {0}")]
-    Internal(String),
+    #[error("store failure: {message}")]
+    Internal {
+        message: String,
+        #[source]
+        source: Option<StoreErrorSource>,
+    },
 }
 
 impl StoreError {
     pub fn not_found(what: &'static str, id: impl Into<String>) -> Self {
         StoreError::NotFound { what, id: id.into() }
+    }
+
+    /// `Unavailable` with no underlying error (a timeout, a closed ledger).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        StoreError::Unavailable { message: message.into(), source: None }
+    }
+
+    /// `Unavailable` caused by `source`.
+    pub fn unavailable_with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StoreError::Unavailable { message: message.into(), source: Some(Arc::new(source)) }
+    }
+
+    /// `Internal` with no underlying error (an invariant the store checks itself).
+    pub fn internal(message: impl Into<String>) -> Self {
+        StoreError::Internal { message: message.into(), source: None }
+    }
+
+    /// `Internal` caused by `source`.
+    pub fn internal_with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StoreError::Internal { message: message.into(), source: Some(Arc::new(source)) }
+    }
+}
+
+/// A blocking task that panicked or was cancelled (the runtime is shutting down).
+impl From<tokio::task::JoinError> for StoreError {
+    fn from(error: tokio::task::JoinError) -> Self {
+        if error.is_cancelled() {
+            StoreError::unavailable_with_source("store task cancelled: the runtime is shutting down", error)
+        } else {
+            StoreError::internal_with_source(format!("store task panicked: {error}"), error)
+        }
     }
 }
 

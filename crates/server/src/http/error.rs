@@ -216,11 +216,11 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound { what, id } => ApiError::NotFound { what, id },
             StoreError::Conflict(m) => ApiError::Conflict(m),
-            StoreError::Unavailable(m) => {
+            StoreError::Unavailable { message: m, .. } => {
                 tracing::warn!(error = %m, "store unavailable");
                 ApiError::Unavailable("The usage store is unavailable; try again shortly.".into())
             }
-            StoreError::Internal(m) => ApiError::Internal(m),
+            StoreError::Internal { message: m, .. } => ApiError::Internal(m),
         }
     }
 }

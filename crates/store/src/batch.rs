@@ -1,0 +1,586 @@
+//! The shared ledger batch writer: the queue, batching, retries, bounded retention,
+//! and the flush and close acknowledgements every SQL ledger needs, written once.
+//!
+//! A backend implements [`BatchSink`] (one idempotent write of a slice of records:
+//! its INSERT) and starts a [`BatchWriter`] with a [`BatchPolicy`]. The writer owns
+//! the sink and runs on its own: a task on the current runtime for a sink that awaits
+//! I/O, or a dedicated thread for a sink that blocks (SQLite), so a blocking write
+//! never holds up an async worker ([`WriterHome`]).
+//!
+//! How it behaves, whatever the sink:
+//! - [`BatchWriter::append`] only sends the record down a channel, so the request path
+//!   never waits for the database;
+//! - the writer takes the first message, drains up to [`BatchPolicy::max_batch`] more
+//!   without waiting, and writes everything queued, [`BatchPolicy::rows_per_write`]
+//!   records per call to the sink;
+//! - a `Flush` is answered after the write that follows it, so it covers everything
+//!   appended before it; `Close` is a flush after which the writer stops, and whatever
+//!   raced it into the channel is refused (records counted as dropped, flushes told
+//!   the ledger is closed);
+//! - a failed write is tried [`BatchPolicy::attempts`] times; if it still fails, the
+//!   flushers of that batch get the error and the records stay queued, up to
+//!   [`BatchPolicy::max_retained`] (the oldest beyond it are dropped, counted in
+//!   [`LedgerStats::dropped`] and logged), to be retried with the next batch or after
+//!   [`BatchPolicy::retry_pause`] when nothing new arrives. With
+//!   [`BatchPolicy::fail_fast_during_outage`], batches arriving before that pause is
+//!   over only queue, and their flushers are answered `Unavailable` at once.
+//!
+//! Nothing is dropped without an error log.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tollgate_core::UsageRecord;
+
+use crate::{StoreError, StoreResult};
+
+/// Where a backend's records go: one write of a batch.
+pub trait BatchSink: Send + 'static {
+    /// Stores `records` durably, ignoring ids already stored (a failed batch is
+    /// written again, so this must be idempotent; the id is the primary key).
+    ///
+    /// With [`WriterHome::Thread`] the returned future may block: it runs on the
+    /// writer's own thread.
+    fn write(&mut self, records: &[UsageRecord]) -> impl Future<Output = StoreResult<()>> + Send;
+}
+
+/// What differs between the backends' writers. Every field is a policy; the state
+/// machine is the same.
+#[derive(Clone, Debug)]
+pub struct BatchPolicy {
+    /// The database's name, for log messages ("SQLite", "PostgreSQL").
+    pub database: &'static str,
+    /// Messages drained into one batch at most.
+    pub max_batch: usize,
+    /// Records per call to [`BatchSink::write`]; `usize::MAX` hands everything queued
+    /// to one call (one SQLite transaction).
+    pub rows_per_write: usize,
+    /// Attempts per write before the flushers of the batch are told it failed.
+    pub attempts: u32,
+    /// How long the writer waits after a failed write before trying the records it
+    /// left queued again, when no new message arrives first.
+    pub retry_pause: Duration,
+    /// Records kept in memory while the database refuses writes; beyond this the
+    /// oldest are dropped (counted and logged) rather than exhausting memory.
+    pub max_retained: usize,
+    /// While a failed write's retry pause runs, do not write at all: queue new
+    /// records and answer flushers `Unavailable` at once (responses that wait on a
+    /// flush must not wait on an outage). Without it every batch tries again, and
+    /// its flushers wait for those attempts. Closing always tries.
+    pub fail_fast_during_outage: bool,
+}
+
+/// Where the writer runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriterHome {
+    /// A task on the current tokio runtime (a sink that awaits I/O). Starting one
+    /// outside a runtime panics, as `tokio::spawn` does.
+    Task,
+    /// A dedicated thread of that name, with a single-threaded runtime of its own for
+    /// the timers (a sink that blocks).
+    Thread(&'static str),
+}
+
+/// What the writer has done, for logs, metrics and tests.
+#[derive(Debug, Default)]
+pub struct LedgerStats {
+    /// Records written (replays ignored by the database included).
+    pub written: AtomicU64,
+    /// Records dropped because the database refused writes for longer than the buffer
+    /// could hold, or because the ledger closed (or was dropped) while it did, or
+    /// because they were appended after close.
+    pub dropped: AtomicU64,
+    /// Write attempts that failed.
+    pub failed_writes: AtomicU64,
+    /// Records waiting in memory for the database right now (updated after writes).
+    pub queued: AtomicU64,
+}
+
+/// The error a ledger answers once it is closed.
+pub fn closed_error() -> StoreError {
+    StoreError::unavailable("the usage ledger is closed")
+}
+
+type Ack = oneshot::Sender<StoreResult<()>>;
+
+enum Message {
+    Record(Box<UsageRecord>),
+    /// Answered once everything queued before it is written.
+    Flush(Ack),
+    /// Like `Flush`, then the writer stops.
+    Close(Ack),
+}
+
+enum Worker {
+    Task(tokio::task::JoinHandle<()>),
+    Thread(std::thread::JoinHandle<()>),
+}
+
+/// The front of a batch writer, owned by a ledger: appends, flushes, close.
+///
+/// Call [`close`](Self::close) before exiting: it writes what is queued and waits for
+/// the writer to stop. Dropping the writer without closing it also lets it write what
+/// is queued, but in the background, without waiting for it.
+pub struct BatchWriter {
+    sender: mpsc::UnboundedSender<Message>,
+    closed: AtomicBool,
+    worker: Mutex<Option<Worker>>,
+    stats: Arc<LedgerStats>,
+    /// The error when the writer is gone (panicked): names a thread or a task.
+    gone: &'static str,
+}
+
+impl std::fmt::Debug for BatchWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchWriter")
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BatchWriter {
+    /// Starts the writer for `sink` in `home`.
+    pub fn start<S: BatchSink>(sink: S, policy: BatchPolicy, home: WriterHome) -> StoreResult<Self> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let stats = Arc::new(LedgerStats::default());
+        let policy = BatchPolicy {
+            max_batch: policy.max_batch.max(1),
+            rows_per_write: policy.rows_per_write.max(1),
+            attempts: policy.attempts.max(1),
+            max_retained: policy.max_retained.max(1),
+            ..policy
+        };
+        let writer = Writer { sink, policy, queued: Vec::new(), retry_at: None, stats: stats.clone() };
+        let (worker, gone) = match home {
+            WriterHome::Task => (Worker::Task(tokio::spawn(writer.run(receiver))), "the ledger writer task stopped"),
+            WriterHome::Thread(name) => {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(|e| {
+                    StoreError::internal_with_source(format!("cannot start the ledger writer runtime: {e}"), e)
+                })?;
+                let handle = std::thread::Builder::new()
+                    .name(name.to_owned())
+                    .spawn(move || runtime.block_on(writer.run(receiver)))
+                    .map_err(|e| {
+                        StoreError::internal_with_source(format!("cannot start the ledger writer thread: {e}"), e)
+                    })?;
+                (Worker::Thread(handle), "the ledger writer thread stopped")
+            }
+        };
+        Ok(Self { sender, closed: AtomicBool::new(false), worker: Mutex::new(Some(worker)), stats, gone })
+    }
+
+    /// Queues a record; never waits. After close (or if the writer is gone) the
+    /// record is dropped, counted and logged.
+    pub fn append(&self, record: UsageRecord) {
+        if self.is_closed() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(id = %record.id, "usage record appended after the ledger closed: dropped");
+            return;
+        }
+        if let Err(mpsc::error::SendError(Message::Record(record))) =
+            self.sender.send(Message::Record(Box::new(record)))
+        {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(id = %record.id, "the ledger writer stopped: usage record dropped");
+        }
+    }
+
+    /// Resolves when every record appended before the call is written, or with the
+    /// error of the write that should have covered it.
+    pub async fn flush(&self) -> StoreResult<()> {
+        if self.is_closed() {
+            return Err(closed_error());
+        }
+        let (ack, done) = oneshot::channel();
+        self.sender.send(Message::Flush(ack)).map_err(|_| self.writer_gone())?;
+        done.await.map_err(|_| self.writer_gone())?
+    }
+
+    /// Flushes and stops the writer, then waits for it to finish. A second close is a
+    /// no-op.
+    pub async fn close(&self) -> StoreResult<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let (ack, done) = oneshot::channel();
+        let result = match self.sender.send(Message::Close(ack)) {
+            Ok(()) => done.await.unwrap_or_else(|_| Err(self.writer_gone())),
+            Err(_) => Err(self.writer_gone()),
+        };
+        let worker = self.worker.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let joined = match worker {
+            None => true,
+            Some(Worker::Task(handle)) => handle.await.is_ok(),
+            // The writer has answered Close and is returning; joining is quick, but it
+            // is still a blocking call.
+            Some(Worker::Thread(handle)) => tokio::task::spawn_blocking(move || handle.join()).await?.is_ok(),
+        };
+        if !joined {
+            return Err(self.writer_gone());
+        }
+        result
+    }
+
+    /// True once [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub fn stats(&self) -> &LedgerStats {
+        &self.stats
+    }
+
+    fn writer_gone(&self) -> StoreError {
+        StoreError::internal(self.gone)
+    }
+}
+
+/// The writer's state, owned by its task or thread.
+struct Writer<S> {
+    sink: S,
+    policy: BatchPolicy,
+    queued: Vec<UsageRecord>,
+    /// Set while the database refuses writes: when to try again.
+    retry_at: Option<Instant>,
+    stats: Arc<LedgerStats>,
+}
+
+impl<S: BatchSink> Writer<S> {
+    /// Batches messages into writes until closed, or until every sender is gone (the
+    /// ledger was dropped).
+    async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Message>) {
+        loop {
+            // With records left over from a failed write, wake up to retry them even
+            // if nothing new arrives.
+            let first = if self.queued.is_empty() {
+                receiver.recv().await
+            } else {
+                let retry_at = self.retry_at.unwrap_or_else(|| Instant::now() + self.policy.retry_pause);
+                tokio::select! {
+                    message = receiver.recv() => message,
+                    () = tokio::time::sleep_until(retry_at) => {
+                        // Failures are logged inside; the records stay queued.
+                        let _ = self.write_queued().await;
+                        continue;
+                    }
+                }
+            };
+            let Some(first) = first else {
+                // Dropped without close: write what is left, then stop.
+                if let Err(error) = self.write_queued().await {
+                    let why = format!("the ledger was dropped while {} refused writes: {error}", self.policy.database);
+                    self.drop_all(&why);
+                }
+                return;
+            };
+
+            let mut waiters = Vec::new();
+            let mut close = None;
+            let mut take = |message, queued: &mut Vec<UsageRecord>| match message {
+                Message::Record(record) => queued.push(*record),
+                Message::Flush(ack) => waiters.push(ack),
+                Message::Close(ack) => close = Some(ack),
+            };
+            let mut closing = matches!(first, Message::Close(_));
+            take(first, &mut self.queued);
+            let mut drained = 1;
+            while !closing && drained < self.policy.max_batch {
+                let Ok(message) = receiver.try_recv() else {
+                    break;
+                };
+                closing = matches!(message, Message::Close(_));
+                take(message, &mut self.queued);
+                drained += 1;
+            }
+            if close.is_some() {
+                // Nothing after Close is part of it; answer stragglers that raced it.
+                refuse_after_close(&mut receiver, &self.stats);
+            }
+
+            let not_due = self.policy.fail_fast_during_outage
+                && close.is_none()
+                && self.retry_at.is_some_and(|at| Instant::now() < at);
+            let result = if not_due {
+                self.bound();
+                if waiters.is_empty() {
+                    Ok(())
+                } else {
+                    Err(StoreError::unavailable(format!(
+                        "{} refuses writes; {} usage records wait in memory for it",
+                        self.policy.database,
+                        self.queued.len()
+                    )))
+                }
+            } else {
+                self.write_queued().await
+            };
+            for waiter in waiters {
+                // A flusher that stopped waiting is not an error.
+                let _ = waiter.send(result.clone());
+            }
+            if let Some(ack) = close {
+                if !self.queued.is_empty() {
+                    let why = format!("the ledger closed while {} refused writes", self.policy.database);
+                    self.drop_all(&why);
+                }
+                let _ = ack.send(result);
+                return;
+            }
+        }
+    }
+
+    /// Writes everything queued, [`BatchPolicy::rows_per_write`] records per call.
+    /// What could not be written stays queued (bounded) and the error is returned for
+    /// the flushers.
+    async fn write_queued(&mut self) -> StoreResult<()> {
+        while !self.queued.is_empty() {
+            let n = self.queued.len().min(self.policy.rows_per_write);
+            let mut last_error = None;
+            for attempt in 1..=self.policy.attempts {
+                match self.sink.write(&self.queued[..n]).await {
+                    Ok(()) => {
+                        last_error = None;
+                        if attempt > 1 || self.retry_at.is_some() {
+                            tracing::info!(
+                                attempt,
+                                records = n,
+                                "usage batch written after {} failed",
+                                self.policy.database
+                            );
+                        }
+                        break;
+                    }
+                    Err(error) => {
+                        self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(%error, attempt, records = n, "usage batch write failed");
+                        last_error = Some(error);
+                        if attempt < self.policy.attempts {
+                            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                        }
+                    }
+                }
+            }
+            if let Some(error) = last_error {
+                self.retry_at = Some(Instant::now() + self.policy.retry_pause);
+                self.bound();
+                return Err(error);
+            }
+            self.queued.drain(..n);
+            self.stats.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        self.retry_at = None;
+        self.stats.queued.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Keeps at most `max_retained` records, dropping the oldest (with an error log).
+    fn bound(&mut self) {
+        let bound = self.policy.max_retained;
+        if self.queued.len() > bound {
+            let dropped = self.queued.len() - bound;
+            self.queued.drain(..dropped);
+            self.stats.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+            tracing::error!(
+                dropped,
+                bound,
+                "usage records dropped: {} refused writes longer than the ledger buffer holds",
+                self.policy.database
+            );
+        }
+        self.stats.queued.store(self.queued.len() as u64, Ordering::Relaxed);
+    }
+
+    fn drop_all(&mut self, why: &str) {
+        let lost = self.queued.len();
+        self.queued.clear();
+        self.stats.dropped.fetch_add(lost as u64, Ordering::Relaxed);
+        self.stats.queued.store(0, Ordering::Relaxed);
+        tracing::error!(lost, "usage records lost: {why}");
+    }
+}
+
+/// Answers whatever raced a `Close` into the channel: flushes get an error, records
+/// are counted and logged as dropped.
+fn refuse_after_close(receiver: &mut mpsc::UnboundedReceiver<Message>, stats: &LedgerStats) {
+    let mut dropped = 0u64;
+    while let Ok(message) = receiver.try_recv() {
+        match message {
+            Message::Record(_) => dropped += 1,
+            Message::Flush(ack) | Message::Close(ack) => {
+                let _ = ack.send(Err(closed_error()));
+            }
+        }
+    }
+    if dropped > 0 {
+        stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+        tracing::error!(dropped, "usage records appended while the ledger closed: dropped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The state machine against an in-memory sink that can be told to refuse.
+
+    use super::*;
+
+    /// Records the ids it stored and the size of every write; refuses while `down`.
+    #[derive(Clone, Default)]
+    struct MemorySink {
+        down: Arc<AtomicBool>,
+        stored: Arc<Mutex<Vec<String>>>,
+        writes: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl MemorySink {
+        fn stored(&self) -> Vec<String> {
+            self.stored.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        }
+        fn writes(&self) -> Vec<usize> {
+            self.writes.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        }
+    }
+
+    impl BatchSink for MemorySink {
+        async fn write(&mut self, records: &[UsageRecord]) -> StoreResult<()> {
+            self.writes.lock().unwrap_or_else(PoisonError::into_inner).push(records.len());
+            if self.down.load(Ordering::Relaxed) {
+                return Err(StoreError::unavailable("the sink is down"));
+            }
+            let mut stored = self.stored.lock().unwrap_or_else(PoisonError::into_inner);
+            stored.extend(records.iter().map(|r| r.id.clone()));
+            Ok(())
+        }
+    }
+
+    fn policy(fail_fast: bool) -> BatchPolicy {
+        BatchPolicy {
+            database: "memory",
+            max_batch: 1_000,
+            rows_per_write: usize::MAX,
+            attempts: 2,
+            retry_pause: Duration::from_millis(200),
+            max_retained: 8,
+            fail_fast_during_outage: fail_fast,
+        }
+    }
+
+    fn record(i: usize) -> UsageRecord {
+        UsageRecord { id: format!("r{i}"), ..UsageRecord::default() }
+    }
+
+    #[tokio::test]
+    async fn flush_covers_every_append_in_both_homes() {
+        for home in [WriterHome::Task, WriterHome::Thread("test-ledger")] {
+            let sink = MemorySink::default();
+            let writer = BatchWriter::start(sink.clone(), policy(true), home).expect("start");
+            for i in 0..50 {
+                writer.append(record(i));
+            }
+            writer.flush().await.expect("flush");
+            assert_eq!(sink.stored().len(), 50, "{home:?}");
+            writer.append(record(50));
+            writer.close().await.expect("close");
+            assert_eq!(sink.stored().len(), 51, "close writes what is queued ({home:?})");
+            assert_eq!(writer.stats().written.load(Ordering::Relaxed), 51);
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_per_write_splits_what_is_queued() {
+        let sink = MemorySink::default();
+        let writer =
+            BatchWriter::start(sink.clone(), BatchPolicy { rows_per_write: 4, ..policy(true) }, WriterHome::Task)
+                .expect("start");
+        // Queued while the sink is down, so they are all written together later.
+        sink.down.store(true, Ordering::Relaxed);
+        for i in 0..6 {
+            writer.append(record(i));
+        }
+        assert!(writer.flush().await.is_err());
+        sink.down.store(false, Ordering::Relaxed);
+        writer.close().await.expect("close");
+        assert_eq!(sink.stored().len(), 6);
+        assert!(sink.writes().ends_with(&[4, 2]), "writes: {:?}", sink.writes());
+    }
+
+    /// Fail fast: once a write failed, flushes are answered at once until the pause
+    /// is over; beyond the bound the oldest records are dropped and counted; after
+    /// recovery the writer writes by itself.
+    #[tokio::test]
+    async fn fail_fast_buffers_bounded_and_recovers_alone() {
+        let sink = MemorySink::default();
+        let writer = BatchWriter::start(sink.clone(), policy(true), WriterHome::Task).expect("start");
+        sink.down.store(true, Ordering::Relaxed);
+        for i in 0..5 {
+            writer.append(record(i));
+        }
+        assert!(matches!(writer.flush().await, Err(StoreError::Unavailable { .. })));
+        assert_eq!(sink.writes().len(), 2, "two attempts");
+        for i in 5..12 {
+            writer.append(record(i));
+        }
+        let started = std::time::Instant::now();
+        assert!(writer.flush().await.is_err());
+        assert!(started.elapsed() < Duration::from_millis(100), "answered at once");
+        assert_eq!(sink.writes().len(), 2, "no write before the pause is over");
+        assert_eq!(writer.stats().dropped.load(Ordering::Relaxed), 4, "12 records, room for 8");
+        assert_eq!(writer.stats().queued.load(Ordering::Relaxed), 8);
+        sink.down.store(false, Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while sink.stored().len() < 8 {
+            assert!(std::time::Instant::now() < deadline, "not written after recovery");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(sink.stored(), (4..12).map(|i| format!("r{i}")).collect::<Vec<_>>(), "the oldest were dropped");
+        writer.flush().await.expect("flush after recovery");
+        writer.close().await.expect("close");
+    }
+
+    /// Without fail fast, every flush tries again and waits for its attempts.
+    #[tokio::test]
+    async fn waiting_policy_tries_on_every_flush() {
+        let sink = MemorySink::default();
+        let writer = BatchWriter::start(sink.clone(), policy(false), WriterHome::Thread("test-ledger")).expect("start");
+        sink.down.store(true, Ordering::Relaxed);
+        writer.append(record(0));
+        assert!(writer.flush().await.is_err());
+        assert!(writer.flush().await.is_err());
+        assert_eq!(sink.writes().len(), 4, "two attempts per flush");
+        sink.down.store(false, Ordering::Relaxed);
+        writer.flush().await.expect("flush");
+        assert_eq!(sink.stored(), ["r0"]);
+        writer.close().await.expect("close");
+    }
+
+    #[tokio::test]
+    async fn after_close_everything_is_refused() {
+        let sink = MemorySink::default();
+        let writer = BatchWriter::start(sink.clone(), policy(true), WriterHome::Thread("test-ledger")).expect("start");
+        writer.append(record(0));
+        writer.close().await.expect("close");
+        writer.close().await.expect("a second close is a no-op");
+        assert!(writer.is_closed());
+        writer.append(record(1));
+        assert!(matches!(writer.flush().await, Err(StoreError::Unavailable { .. })));
+        assert_eq!(sink.stored(), ["r0"]);
+        assert_eq!(writer.stats().dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn closing_during_an_outage_drops_and_counts() {
+        let sink = MemorySink::default();
+        let writer = BatchWriter::start(sink.clone(), policy(true), WriterHome::Task).expect("start");
+        sink.down.store(true, Ordering::Relaxed);
+        for i in 0..3 {
+            writer.append(record(i));
+        }
+        assert!(writer.close().await.is_err(), "close reports the failed write");
+        assert_eq!(writer.stats().dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(writer.stats().queued.load(Ordering::Relaxed), 0);
+    }
+}
