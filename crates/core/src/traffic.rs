@@ -81,6 +81,23 @@ pub fn limit_items(authed: &Authed, traffic: &Traffic, anonymous_plan: Option<&P
     items
 }
 
+/// The endpoint of ledger records that carry a visitor's usage over to their key.
+pub const TRANSFER_ENDPOINT: &str = "anonymous.attach";
+
+/// The limits a ledger record counts against when it is replayed into counters
+/// (restarts, rebuilds). A transfer (endpoint [`TRANSFER_ENDPOINT`]) counts against
+/// the key's own limits only: the project and IP counters already hold that usage
+/// from the visitor's own records, so charging them again would count it twice.
+pub fn record_items(authed: &Authed, record: &UsageRecord, anonymous_plan: Option<&Plan>) -> Vec<LimitItem> {
+    let traffic = Traffic::of_record(record);
+    if record.endpoint == TRANSFER_ENDPOINT {
+        let mut items = limit_items(authed, &traffic, None);
+        items.retain(|item| item.spec.subject == SubjectKind::Key);
+        return items;
+    }
+    limit_items(authed, &traffic, anonymous_plan)
+}
+
 /// Subject names, made once per request and shared by every limit of that subject.
 /// IP and anonymous subjects are per project: one visitor of two products is two
 /// visitors.

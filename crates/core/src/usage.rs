@@ -18,6 +18,10 @@ pub enum UsageSource {
     /// The request ended before its usage could be known (a panic, or a shutdown
     /// that could not wait): what was reserved is what is recorded and charged.
     Estimated,
+    /// Usage an anonymous visitor made before signing up, carried over to their key
+    /// (`POST /api/v1/anonymous/attach`). It counts against the key's own limits only:
+    /// the project and IP counters already hold it from the visitor's requests.
+    Transferred,
     /// Reported by the caller through the usage events API.
     Ingested,
 }
@@ -29,6 +33,7 @@ impl UsageSource {
             UsageSource::Reported => "reported",
             UsageSource::Counted => "counted",
             UsageSource::Estimated => "estimated",
+            UsageSource::Transferred => "transferred",
             UsageSource::Ingested => "ingested",
         }
     }
@@ -39,6 +44,7 @@ impl UsageSource {
             "reported" => UsageSource::Reported,
             "counted" => UsageSource::Counted,
             "estimated" => UsageSource::Estimated,
+            "transferred" => UsageSource::Transferred,
             "ingested" => UsageSource::Ingested,
             _ => return None,
         })

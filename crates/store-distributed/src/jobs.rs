@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tollgate_core::calendar::{day_start, month_start};
-use tollgate_core::{Traffic, Window, limit_items};
+use tollgate_core::{Window, record_items};
 use tollgate_store::clock::now_ms;
 use tollgate_store::{AuthedCache, Catalog, PlanCache};
 use tollgate_store_postgres::CatalogChange;
@@ -163,7 +163,7 @@ pub async fn rebuild_calendar_counters(state: &JobContext, parts: &Distributed, 
         let record = &total.record;
         let Some(authed) = keys.get(state.catalog.as_ref(), &state.plans, &record.key_id).await? else { continue };
         let amounts = record.amounts();
-        for item in limit_items(authed, &Traffic::of_record(record), anonymous_plan.as_deref()) {
+        for item in record_items(authed, record, anonymous_plan.as_deref()) {
             let (window_start_ms, counts) = match item.spec.window {
                 Window::Month => (since, true),
                 Window::Day => (today, total.today),

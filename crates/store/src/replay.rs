@@ -3,7 +3,7 @@
 //! quotas survive restarts.
 
 use tollgate_core::calendar::{MS_PER_HOUR, month_start};
-use tollgate_core::{Traffic, limit_items};
+use tollgate_core::record_items;
 
 use crate::plans::{AuthedCache, PlanCache};
 use crate::{Catalog, Ledger, Limiter, StoreResult};
@@ -25,7 +25,7 @@ pub async fn replay_ledger(
     let mut replayed = 0;
     for record in records.iter().filter(|r| r.counted) {
         let Some(authed) = keys.get(catalog, plans, &record.key_id).await? else { continue };
-        let items = limit_items(authed, &Traffic::of_record(record), anonymous_plan.as_deref());
+        let items = record_items(authed, record, anonymous_plan.as_deref());
         limiter.apply(&record.project_id, &items, record.amounts(), record.ts_ms).await?;
         replayed += 1;
     }

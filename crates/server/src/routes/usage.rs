@@ -339,8 +339,10 @@ pub struct AttachBody {
 
 /// `POST /api/v1/anonymous/attach`: the visitor signed up and got `key_id`; their
 /// usage of the current windows (this month's ledger records made under
-/// `anonymous_id` in the key's project) is charged to the key as well, so signing up
-/// does not reset their day. Idempotent: attaching twice charges once.
+/// `anonymous_id` in the key's project) is charged to the key's own limits as well,
+/// so signing up does not reset their day. The copies are recorded as transfers
+/// (`usage_source: "transferred"`) and never charge project or IP limits again.
+/// Idempotent: attaching twice charges once.
 pub async fn attach_anonymous(
     State(state): State<AppState>,
     admin: Admin,
@@ -368,7 +370,8 @@ pub async fn attach_anonymous(
         .map(|r| UsageRecord {
             id: format!("attach:{}:{}", authed.key.id, r.id),
             key_id: authed.key.id.clone(),
-            endpoint: "anonymous.attach".to_owned(),
+            endpoint: tollgate_core::TRANSFER_ENDPOINT.to_owned(),
+            usage_source: UsageSource::Transferred,
             anonymous_id: None,
             client_ip: None,
             ..r
@@ -381,7 +384,8 @@ pub async fn attach_anonymous(
         if !is_new {
             continue;
         }
-        let items = tollgate_core::limit_items(&authed, &Traffic::of_record(record), None);
+        // The key's own limits only: project and IP counters already hold this usage.
+        let items = tollgate_core::record_items(&authed, record, None);
         state.limiter.apply(&record.project_id, &items, record.amounts(), record.ts_ms).await?;
         let a = record.amounts();
         totals.requests += a.requests;

@@ -291,3 +291,52 @@ async fn status_reports_states_and_every_header_family_is_sent() {
     let project = app.admin(Method::GET, "/api/v1/usage/status?project=acme", None).await;
     assert_eq!(project.body["state"], "exceeded");
 }
+
+/// Issue 10, item 8: attaching a visitor's usage to their new key charges the key's
+/// own limits only. Project (and IP) counters already hold that usage from the
+/// visitor's requests, so charging them again would count it twice; the copies are
+/// marked as transfers, and a restart replays them the same way.
+#[tokio::test]
+async fn attaching_a_visitor_charges_only_the_keys_own_limits() {
+    let app = spawn_app().await;
+    app.create_project("acme").await;
+    let r = app
+        .admin(
+            Method::PUT,
+            "/api/v1/plans/starter",
+            Some(json!({ "limits": [
+                { "metric": "requests", "window": "day", "limit": 10 },
+                { "metric": "requests", "window": "day", "limit": 5, "subject": "project" }] })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let site_key = app.create_key(json!({ "project": "acme", "plan": "starter" })).await.0;
+    for _ in 0..2 {
+        assert_eq!(app.chat_with(&site_key, &[("x-anonymous-id", "visitor-1")]).await.status, 200);
+    }
+    let (user_key, user_id) = app.create_key(json!({ "project": "acme", "plan": "starter" })).await;
+    let body = json!({ "anonymous_id": "visitor-1", "key_id": user_id });
+    let r = app.admin(Method::POST, "/api/v1/anonymous/attach", Some(body)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["records_attached"], 2);
+    let usage = app.usage(&format!("?key={user_id}")).await;
+    let sources: Vec<&str> =
+        usage["data"].as_array().expect("records").iter().filter_map(|r| r["usage_source"].as_str()).collect();
+    assert_eq!(sources, ["transferred", "transferred"], "{usage}");
+    // The project has used 2 of its 5: three more fit (charging the transfer again
+    // would leave one).
+    for n in 0..3 {
+        assert_eq!(app.chat(&user_key).await.status, 200, "request {n} within the project's day");
+    }
+    let r = app.chat(&user_key).await;
+    assert_eq!(r.status, 429, "{:?}", r.body);
+
+    // After a restart the replayed counters agree: project 5 of 5, the key 5 of 10.
+    let (data_dir, mock_url, tmp) = app.stop().await;
+    let app = spawn_app_with(config(&data_dir, &mock_url)).await;
+    let v = app.verify(json!({ "key": user_key, "dry_run": true })).await;
+    let remaining: Vec<u64> =
+        v.body["limits"].as_array().expect("limits").iter().filter_map(|l| l["remaining"].as_u64()).collect();
+    assert_eq!(remaining, [5, 0], "{:?}", v.body);
+    drop(tmp);
+}
