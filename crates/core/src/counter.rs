@@ -196,6 +196,19 @@ pub fn calendar_bounds(window: Window, now_ms: i64) -> (i64, i64) {
     }
 }
 
+/// Whether usage that happened at `at_ms` still counts in `window` as it stands at
+/// `now_ms`: within the last window length for a sliding window, within the current
+/// calendar window for a day or month. Late usage (an event reported after the fact)
+/// is charged only to the windows it falls in, and charged *now*, so a late report
+/// never moves a counter's window; usage dated after `now_ms` counts as `now_ms`.
+pub fn counts_now(window: Window, at_ms: i64, now_ms: i64) -> bool {
+    let at_ms = at_ms.min(now_ms);
+    match window.sliding_ms() {
+        Some(length) => at_ms > now_ms - length,
+        None => at_ms >= calendar_bounds(window, now_ms).0,
+    }
+}
+
 /// The state of one (subject, limit) pair.
 #[derive(Clone, Debug)]
 pub enum LimitState {
@@ -345,5 +358,24 @@ mod tests {
         assert_eq!(w.used(50_000), 3);
         w.charge(50_000, 1);
         assert_eq!(w.used(100_000), 4);
+    }
+}
+
+#[cfg(test)]
+mod counts_now_tests {
+    use super::*;
+    use crate::calendar::MS_PER_MINUTE;
+
+    #[test]
+    fn late_usage_counts_only_in_the_windows_it_falls_in() {
+        let now = 1_764_633_600_000 + 10 * MS_PER_DAY + 12 * 3_600_000; // mid-month, midday
+        assert!(counts_now(Window::Minute, now - 30_000, now));
+        assert!(!counts_now(Window::Minute, now - 2 * MS_PER_MINUTE, now));
+        assert!(counts_now(Window::Hour, now - 30 * MS_PER_MINUTE, now));
+        assert!(counts_now(Window::Day, day_start(now), now));
+        assert!(!counts_now(Window::Day, day_start(now) - 1, now));
+        assert!(counts_now(Window::Month, now - 5 * MS_PER_DAY, now));
+        assert!(!counts_now(Window::Month, month_start(now) - 1, now));
+        assert!(counts_now(Window::Day, now + 4 * MS_PER_MINUTE, now), "the future is now");
     }
 }

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use tollgate_core::calendar::{MS_PER_DAY, MS_PER_MINUTE, month_start, to_rfc3339};
 use tollgate_core::{Amounts, Decision, KeyRecord, UsageRecord, UsageSource};
 
+use tollgate_core::counter::counts_now;
 use tollgate_core::{Authed, Traffic};
 use tollgate_gateway::now_ms;
 
@@ -76,6 +77,8 @@ async fn check_event(state: &AppState, admin: &Admin, raw: Value, now: i64) -> R
     if event.id.is_empty() || event.id.len() > 128 || !event.id.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ApiError::invalid_field("id", "must be 1-128 visible ASCII characters"));
     }
+    // Clock skew of a few minutes is accepted, but the event is recorded at the
+    // server's time: nothing a client sends moves a counter into the future.
     let ts_ms = match &event.timestamp {
         None => now,
         Some(value) => timestamp_field("timestamp", value)?.unwrap_or(now),
@@ -83,6 +86,7 @@ async fn check_event(state: &AppState, admin: &Admin, raw: Value, now: i64) -> R
     if ts_ms < now - MAX_EVENT_AGE_MS || ts_ms > now + 5 * MS_PER_MINUTE {
         return Err(ApiError::invalid_field("timestamp", "must be within the last 35 days and not in the future"));
     }
+    let ts_ms = ts_ms.min(now);
     for (field, value) in [
         ("prompt_tokens", event.prompt_tokens),
         ("completion_tokens", event.completion_tokens),
@@ -202,9 +206,13 @@ pub async fn ingest_events(
             continue;
         }
         accepted += 1;
-        let items = state.limits_for(&checked.authed, &checked.traffic);
+        // A late event counts only in the windows it falls in, and is charged now:
+        // charging it at its own time would move live counters (a sliding window
+        // would be cleared by a time ahead, a day counter moved to tomorrow).
         let r = &checked.record;
-        state.limiter.apply(&r.project_id, &items, r.amounts(), r.ts_ms).await?;
+        let mut items = state.limits_for(&checked.authed, &checked.traffic);
+        items.retain(|item| counts_now(item.spec.window, r.ts_ms, now));
+        state.limiter.apply(&r.project_id, &items, r.amounts(), now).await?;
     }
     let rejected = results.len() - accepted - duplicates;
     Ok(AxumJson(json!({

@@ -340,3 +340,42 @@ async fn attaching_a_visitor_charges_only_the_keys_own_limits() {
     assert_eq!(remaining, [5, 0], "{:?}", v.body);
     drop(tmp);
 }
+
+/// Issue 10, item 7: a usage event dated minutes ahead (accepted as clock skew) or
+/// weeks back is charged now, and only to the windows it falls in: it never clears a
+/// live sliding window or moves a day counter.
+#[tokio::test]
+async fn late_and_future_dated_events_never_move_live_counters() {
+    let app = spawn_app().await;
+    let (key, id) = key_with_limits(
+        &app,
+        "acme",
+        json!([
+            { "metric": "requests", "window": "minute", "limit": 10 },
+            { "metric": "requests", "window": "month", "limit": 100 }
+        ]),
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(app.chat(&key).await.status, 200);
+    }
+    let now_s = tollgate_gateway::now_ms() / 1000;
+    let events = json!({ "events": [
+        { "id": "ahead", "key_id": id, "timestamp": now_s + 240 },
+        { "id": "weeks-back", "key_id": id, "timestamp": now_s - 34 * 86_400 },
+    ] });
+    let r = app.admin(Method::POST, "/api/v1/usage/events", Some(events)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["accepted"], 2, "{:?}", r.body);
+    let v = app.verify(json!({ "key": key, "dry_run": true })).await;
+    let remaining: Vec<u64> =
+        v.body["limits"].as_array().expect("limits").iter().filter_map(|l| l["remaining"].as_u64()).collect();
+    // Minute: the 3 requests and the skewed event (the old one is long out of the
+    // minute). Month: the same 4, since an event 34 days back is in an earlier month.
+    assert_eq!(remaining, [6, 96], "{:?}", v.body);
+    let usage = app.usage("?project=acme").await;
+    let ahead = usage["data"].as_array().expect("records").iter().find(|r| r["id"] == "ahead").cloned();
+    let ahead = ahead.expect("the skewed event is recorded");
+    let recorded = ahead["timestamp"].as_str().and_then(tollgate_core::calendar::parse_timestamp);
+    assert!(recorded.is_some_and(|ts| ts <= tollgate_gateway::now_ms()), "recorded at the server's time: {ahead}");
+}
