@@ -45,9 +45,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_for() { # url, seconds, log
+wait_for() { # url, seconds, log, pid of the command that should answer
     local deadline=$((SECONDS + $2))
     until curl -fsS -o /dev/null "$1" 2>/dev/null; do
+        if ! kill -0 "$4" 2>/dev/null; then
+            tail -n 40 "$3" >&2 || true
+            die "the command exited before $1 answered"
+        fi
         if [ "$SECONDS" -ge "$deadline" ]; then
             tail -n 40 "$3" >&2 || true
             die "$1 did not answer within $2 s"
@@ -59,9 +63,10 @@ wait_for() { # url, seconds, log
 # The mock's command names port 9000; run it on a free port instead.
 MOCK_COMMAND="${MOCK_COMMAND/--port 9000/--port $MOCK_PORT}"
 setsid bash -c "$MOCK_COMMAND" >"$WORK/mock.log" 2>&1 &
-pids+=("$!")
+MOCK_PID=$!
+pids+=("$MOCK_PID")
 # A cold release build takes minutes on two cores.
-wait_for "http://127.0.0.1:$MOCK_PORT/v1/models" 1800 "$WORK/mock.log"
+wait_for "http://127.0.0.1:$MOCK_PORT/v1/models" 1800 "$WORK/mock.log" "$MOCK_PID"
 say "mock upstream answers on port $MOCK_PORT"
 
 export TOLLGATE_ADMIN_TOKEN="smoke-admin-token-0123456789"
@@ -74,7 +79,7 @@ export TOLLGATE_URL="http://127.0.0.1:$GATEWAY_PORT"
 ) >"$WORK/gateway.log" 2>&1 &
 GATEWAY_PID=$!
 pids+=("$GATEWAY_PID")
-wait_for "$TOLLGATE_URL/health" 1800 "$WORK/gateway.log"
+wait_for "$TOLLGATE_URL/health" 1800 "$WORK/gateway.log" "$GATEWAY_PID"
 say "gateway answers /health on port $GATEWAY_PORT"
 
 TOLLGATE="$ROOT/target/release/tollgate"
