@@ -37,17 +37,14 @@ struct Env {
     database_url: String,
 }
 
+/// Where Redis and PostgreSQL are: `TOLLGATE_TEST_REDIS_URL` and
+/// `TOLLGATE_TEST_DATABASE_URL`, else the local defaults scripts/test.sh uses. Never
+/// skipped: a missing service fails these tests rather than letting them pass.
 fn env() -> Option<Env> {
-    match (std::env::var("TOLLGATE_TEST_REDIS_URL"), std::env::var("TOLLGATE_TEST_DATABASE_URL")) {
-        (Ok(redis_url), Ok(database_url)) => Some(Env { redis_url, database_url }),
-        _ => {
-            eprintln!(
-                "skipped: TOLLGATE_TEST_REDIS_URL and TOLLGATE_TEST_DATABASE_URL are not both set \
-                 (scripts/test.sh sets them)"
-            );
-            None
-        }
-    }
+    let redis_url = std::env::var("TOLLGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let database_url = std::env::var("TOLLGATE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/tollgate_test".to_owned());
+    Some(Env { redis_url, database_url })
 }
 
 fn unique(label: &str) -> String {
@@ -472,5 +469,36 @@ async fn redis_outage_fails_open_or_closed_and_both_recover() {
         schema.count("SELECT count(*) FROM usage WHERE project_id = 'outage' AND status = 200").await,
         counted as i64
     );
+    schema.drop().await;
+}
+
+/// Issue 10, item 18: failing open must not hand a spent budget out again. When Redis
+/// goes away, the local limiter is seeded with the ledger's day and month totals
+/// before it decides, so a month quota 8/10 spent leaves exactly 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failing_open_starts_from_the_ledgers_totals_not_from_zero() {
+    let Some(env) = env() else { return };
+    let mut redis = PrivateRedis::start();
+    let schema = Schema::create(&env).await;
+    let mock = spawn_mock().await;
+    let mut raw = config(&mock, &redis.url(), &schema.url, "tgtest:seed:");
+    raw.on_store_error = tollgate_server::config::OnStoreError::Open;
+    raw.instances = 1;
+    let open = start(raw).await;
+    let (key, _) = open.project_key("seeded", json!([{ "metric": "requests", "window": "month", "limit": 10 }])).await;
+    for _ in 0..8 {
+        assert_eq!(open.chat(&key).await.status, 200);
+    }
+    open.state.ledger.flush().await.expect("flush");
+
+    redis.kill();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(open.chat(&key).await.status);
+    }
+    assert_eq!(statuses, [200, 200, 429, 429], "8 of 10 spent before the outage: 2 left, not 10");
+    assert!(open.parts.limiter.is_down(), "the breaker opened");
+    assert!(open.parts.limiter.is_seeded(), "the local limiter was seeded");
+    open.stop().await;
     schema.drop().await;
 }

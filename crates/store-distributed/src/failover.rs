@@ -15,6 +15,9 @@ use tollgate_store_redis::RedisLimiter;
 
 use crate::{BREAKER_THRESHOLD, OnStoreError};
 
+/// How long a local decision waits for the ledger's totals at the start of an outage.
+const SEED_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Counters of the failover limiter, for logs, metrics and tests.
 #[derive(Debug, Default)]
 pub struct FailoverStats {
@@ -38,6 +41,14 @@ pub struct FailoverLimiter {
     /// Reservations the local limiter holds, so their settlement goes there.
     local_held: Mutex<HashSet<String>>,
     recovered: Notify,
+    /// The local limiter holds the ledger's day and month totals for this outage.
+    seeded: AtomicBool,
+    /// A seeding was asked for (by the first local decision of an outage).
+    seeding: AtomicBool,
+    /// Wakes the seeding job.
+    seed_wanted: Notify,
+    /// Wakes local decisions waiting for the seed.
+    seed_done: Notify,
     stats: FailoverStats,
 }
 
@@ -52,6 +63,10 @@ impl FailoverLimiter {
             failures: AtomicU32::new(0),
             local_held: Mutex::new(HashSet::new()),
             recovered: Notify::new(),
+            seeded: AtomicBool::new(false),
+            seeding: AtomicBool::new(false),
+            seed_wanted: Notify::new(),
+            seed_done: Notify::new(),
             stats: FailoverStats::default(),
         }
     }
@@ -89,7 +104,67 @@ impl FailoverLimiter {
         self.failures.store(0, Ordering::Release);
         if self.open.swap(false, Ordering::AcqRel) {
             tracing::info!("Redis is back: exact shared counting resumed");
+            // The next outage starts again from the ledger, not from this one's counts.
+            self.seeded.store(false, Ordering::Release);
+            self.seeding.store(false, Ordering::Release);
             self.recovered.notify_one();
+        }
+    }
+
+    /// Resolves when local decisions need the ledger's totals (the first local
+    /// decision of an outage): the seeding job then calls [`seed`](Self::seed) for
+    /// every counter and [`seeded`](Self::seeded) once done.
+    pub async fn seed_wanted(&self) {
+        self.seed_wanted.notified().await;
+    }
+
+    /// Charges the local limiter with this instance's share (`÷ instances`) of
+    /// usage the ledger already holds for `items` in their current windows.
+    pub async fn seed(&self, partition: &str, items: &[LimitItem], amounts: Amounts, now_ms: i64) -> StoreResult<()> {
+        let local = self.local_items(items);
+        let share = Amounts {
+            requests: amounts.requests / self.instances,
+            input_tokens: amounts.input_tokens / self.instances,
+            output_tokens: amounts.output_tokens / self.instances,
+            cost_micros: amounts.cost_micros / self.instances,
+        };
+        self.local.apply(partition, &local, share, now_ms).await
+    }
+
+    /// The seed is in (or could not be had): local decisions go ahead.
+    pub fn seeded(&self) {
+        self.seeded.store(true, Ordering::Release);
+        self.seed_done.notify_waiters();
+    }
+
+    /// Whether the local limiter holds the ledger's totals for this outage (tests).
+    pub fn is_seeded(&self) -> bool {
+        self.seeded.load(Ordering::Acquire)
+    }
+
+    /// Before a local decision: the first of an outage clears what an earlier outage
+    /// counted and asks for the seed; every one waits (bounded) until it is in, so a
+    /// spent monthly budget is not handed out again while Redis is down.
+    async fn await_seed(&self) {
+        if self.seeded.load(Ordering::Acquire) {
+            return;
+        }
+        if !self.seeding.swap(true, Ordering::AcqRel) {
+            self.local.clear();
+            self.held().clear();
+            self.seed_wanted.notify_one();
+        }
+        let wait = async {
+            loop {
+                let done = self.seed_done.notified();
+                if self.seeded.load(Ordering::Acquire) {
+                    return;
+                }
+                done.await;
+            }
+        };
+        if tokio::time::timeout(SEED_WAIT, wait).await.is_err() {
+            tracing::warn!("the ledger's totals did not arrive in time: deciding locally without them");
         }
     }
 
@@ -180,6 +255,7 @@ impl Limiter for FailoverLimiter {
             return Ok(decision);
         }
         self.when_down()?;
+        self.await_seed().await;
         let items = self.local_items(request.items);
         let decision = self.local.reserve(ReserveRequest { items: &items, ..request.clone() }).await?;
         if request.hold && decision.allowed() {
@@ -211,6 +287,7 @@ impl Limiter for FailoverLimiter {
             return Ok(decision);
         }
         self.when_down()?;
+        self.await_seed().await;
         let local = self.local_items(items);
         let mut decision = self.local.peek(partition, &local, amounts, now_ms).await?;
         // Report the configured limits, not the local shares, in the statuses' specs.

@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tollgate_core::calendar::{day_start, month_start};
-use tollgate_core::{Window, record_items};
+use tollgate_core::{Amounts, Metric, Window, record_items};
 use tollgate_store::clock::now_ms;
 use tollgate_store::{AuthedCache, Catalog, PlanCache};
 use tollgate_store_postgres::CatalogChange;
@@ -107,6 +107,27 @@ impl Backend {
             });
         }
 
+        // Failing open: seed the local counters from the ledger when an outage starts.
+        {
+            let (state, parts, cancel) = (state.clone(), parts.clone(), cancel.clone());
+            tracker.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = parts.limiter.seed_wanted() => {}
+                    }
+                    match seed_local_counters(&state, &parts, now_ms()).await {
+                        Ok(seeded) => tracing::info!(seeded, "local counters seeded from the ledger's totals"),
+                        Err(error) => tracing::warn!(
+                            error = %format!("{error:#}"),
+                            "cannot read the ledger's totals: local counters start empty"
+                        ),
+                    }
+                    parts.limiter.seeded();
+                }
+            });
+        }
+
         // Counter rebuild: periodically and as soon as Redis is back.
         {
             let (state, parts, cancel) = (state.clone(), parts.clone(), cancel.clone());
@@ -151,14 +172,18 @@ impl Backend {
 ///
 /// This is what makes Redis derived data: after a restart or failover that lost
 /// counters, quotas are exact again within one run of this job.
-pub async fn rebuild_calendar_counters(state: &JobContext, parts: &Distributed, now: i64) -> anyhow::Result<usize> {
+/// Partition → counter key → the ledger's total for each day and month counter.
+type Targets = HashMap<String, HashMap<String, CalendarTarget>>;
+
+/// The ledger's usage in the current day and month windows, counter by counter (one
+/// SQL aggregate), resolved to limits as requests are.
+async fn calendar_targets(state: &JobContext, parts: &Distributed, now: i64) -> anyhow::Result<Targets> {
     let since = month_start(now);
     let today = day_start(now);
     let totals = parts.ledger.usage_totals_since(since, today).await.context("summing the ledger")?;
     let anonymous_plan = state.plans.get(&state.anonymous_plan);
     let mut keys = AuthedCache::default();
-    // partition -> counter key -> target
-    let mut targets: HashMap<String, HashMap<String, CalendarTarget>> = HashMap::new();
+    let mut targets = Targets::new();
     for total in &totals {
         let record = &total.record;
         let Some(authed) = keys.get(state.catalog.as_ref(), &state.plans, &record.key_id).await? else { continue };
@@ -182,6 +207,11 @@ pub async fn rebuild_calendar_counters(state: &JobContext, parts: &Distributed, 
             target.amount = target.amount.saturating_add(amount);
         }
     }
+    Ok(targets)
+}
+
+pub async fn rebuild_calendar_counters(state: &JobContext, parts: &Distributed, now: i64) -> anyhow::Result<usize> {
+    let targets = calendar_targets(state, parts, now).await?;
     let mut raised = 0;
     for (partition, counters) in targets {
         let counters: Vec<CalendarTarget> = counters.into_values().collect();
@@ -192,4 +222,33 @@ pub async fn rebuild_calendar_counters(state: &JobContext, parts: &Distributed, 
             .with_context(|| format!("raising the counters of project {partition}"))?;
     }
     Ok(raised)
+}
+
+/// Seeds the failover limiter's local counters with this instance's share of the
+/// ledger's day and month totals, so failing open does not hand a spent budget out
+/// again. Minute and hour windows start empty (they refill within the hour anyway).
+/// Returns how many counters were seeded.
+pub async fn seed_local_counters(state: &JobContext, parts: &Distributed, now: i64) -> anyhow::Result<usize> {
+    let targets = calendar_targets(state, parts, now).await?;
+    let mut seeded = 0;
+    for (partition, counters) in targets {
+        for target in counters.into_values() {
+            let amounts = amounts_of(target.item.spec.metric, target.amount);
+            parts.limiter.seed(&partition, std::slice::from_ref(&target.item), amounts, now).await?;
+            seeded += 1;
+        }
+    }
+    Ok(seeded)
+}
+
+/// Amounts that charge `amount` to a limit on `metric`.
+fn amounts_of(metric: Metric, amount: u64) -> Amounts {
+    let mut amounts = Amounts::default();
+    match metric {
+        Metric::Requests => amounts.requests = amount,
+        Metric::InputTokens | Metric::TotalTokens => amounts.input_tokens = amount,
+        Metric::OutputTokens => amounts.output_tokens = amount,
+        Metric::CostMicros => amounts.cost_micros = amount,
+    }
+    amounts
 }

@@ -45,7 +45,7 @@ mod failover;
 mod jobs;
 
 pub use failover::{FailoverLimiter, FailoverStats};
-pub use jobs::{JobContext, rebuild_calendar_counters};
+pub use jobs::{JobContext, rebuild_calendar_counters, seed_local_counters};
 
 /// How often plans are reloaded from PostgreSQL in distributed mode, notices or not.
 pub const PLAN_REFRESH: Duration = Duration::from_secs(1);

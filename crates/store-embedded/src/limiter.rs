@@ -211,6 +211,14 @@ impl EmbeddedLimiter {
         self.lock().expire_reservations(older_than_ms)
     }
 
+    /// Drops every counter and held reservation (the distributed failover limiter
+    /// starts each outage afresh from the ledger's totals).
+    pub fn clear(&self) {
+        let mut state = self.lock();
+        state.counters.clear();
+        state.reservations.clear();
+    }
+
     /// Counters currently kept in memory.
     pub fn counters(&self) -> usize {
         self.lock().counters.len()
