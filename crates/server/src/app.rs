@@ -82,7 +82,8 @@ impl Application {
             tasks: TaskTracker::new(),
             ids: Arc::new(RequestIds::new()),
         };
-        let state = AppState { gateway, config: Arc::new(config), configured_operator };
+        let invalid_keys = Arc::new(crate::http::guard::InvalidKeyGuard::new(config.invalid_keys_per_minute));
+        let state = AppState { gateway, config: Arc::new(config), configured_operator, invalid_keys };
         // Embedded counters start empty and replay the ledger; shared (Redis) counters
         // are only raised to the ledger's totals, never added to.
         let rebuilt = if backend.distributed.is_some() {
@@ -280,6 +281,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Hash of the operator token given by configuration (`TOLLGATE_ADMIN_TOKEN`).
     pub configured_operator: Option<KeyHash>,
+    /// The brake on key guessing per client address.
+    pub invalid_keys: Arc<crate::http::guard::InvalidKeyGuard>,
 }
 
 impl std::ops::Deref for AppState {

@@ -68,11 +68,19 @@ pub struct RawLimits {
     pub anonymous_plan: String,
     /// Output tokens reserved when a request sets no `max_tokens`.
     pub default_max_output_tokens: u64,
+    /// Unknown or malformed keys one client address may present in a minute before it
+    /// is refused (429 `too_many_invalid_keys`) until the minute ends; 0: no brake.
+    pub invalid_keys_per_minute: u32,
 }
 
 impl Default for RawLimits {
     fn default() -> Self {
-        Self { forwarded_for_hops: 0, anonymous_plan: "anonymous".into(), default_max_output_tokens: 4096 }
+        Self {
+            forwarded_for_hops: 0,
+            anonymous_plan: "anonymous".into(),
+            default_max_output_tokens: 4096,
+            invalid_keys_per_minute: 60,
+        }
     }
 }
 
@@ -190,6 +198,8 @@ pub struct Config {
     /// Plans created on first start (never overwritten afterwards).
     pub seed_plans: Vec<Plan>,
     pub forwarded_for_hops: usize,
+    /// See `RawLimits::invalid_keys_per_minute`.
+    pub invalid_keys_per_minute: u32,
     pub anonymous_plan: String,
     /// The upstream provider's name (`upstream.provider`).
     pub provider: String,
@@ -359,6 +369,7 @@ impl Config {
             forward_headers,
             seed_plans,
             forwarded_for_hops: raw.limits.forwarded_for_hops,
+            invalid_keys_per_minute: raw.limits.invalid_keys_per_minute,
             anonymous_plan: raw.limits.anonymous_plan,
             provider: raw.upstream.provider.clone(),
             default_max_output_tokens: raw.limits.default_max_output_tokens,

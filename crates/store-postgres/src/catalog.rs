@@ -12,7 +12,11 @@
 //!   ([`ChangePublisher`]); an announcement received drops entries older than the
 //!   version it names;
 //! - entries expire after the TTL (30 s by default) in case an announcement was lost,
-//!   and unknown secrets are remembered for at most [`NEGATIVE_TTL`].
+//!   and unknown secrets are remembered for at most [`NEGATIVE_TTL`], in a cache of
+//!   their own with a bound of its own ([`MAX_UNKNOWN`]): anyone can mint well-formed
+//!   keys (the checksum is not a secret), and a flood of them must neither evict the
+//!   keys in use nor grow memory; when either part is full, its oldest entries go,
+//!   the cache is never cleared whole.
 //!
 //! Admin tokens and plans are not cached here (the admin API is not a hot path; the
 //! server keeps its own plan cache and refreshes it on plan announcements).
@@ -35,8 +39,10 @@ use crate::{pool_error, sql_error, sql_error_or_conflict, u64_column};
 /// How long an unknown secret is remembered as unknown (protects PostgreSQL from a
 /// flood of well-formed but unknown keys without delaying a new key noticeably).
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(1);
-/// Entries beyond which the cache starts over (a bound on memory, not a tuning knob).
+/// Known secrets kept at most (a bound on memory, not a tuning knob).
 const MAX_ENTRIES: usize = 200_000;
+/// Unknown secrets remembered at most.
+pub const MAX_UNKNOWN: usize = 100_000;
 
 /// A secret's key and, during a rotation's grace period, when the secret stops.
 type Found = Option<(Arc<KeyRecord>, Option<i64>)>;
@@ -52,9 +58,20 @@ struct CacheState {
     by_key: HashMap<String, Vec<KeyHash>>,
 }
 
+/// Unknown secrets, oldest first, each remembered for [`NEGATIVE_TTL`].
+#[derive(Default)]
+struct UnknownSecrets {
+    order: std::collections::VecDeque<(KeyHash, Instant)>,
+    at: HashMap<KeyHash, Instant>,
+}
+
 /// The key cache (see the module documentation).
 struct KeyCache {
     state: RwLock<CacheState>,
+    unknown: std::sync::Mutex<UnknownSecrets>,
+    /// Bounds of the two parts.
+    max_known: usize,
+    max_unknown: usize,
     epoch: AtomicU64,
     ttl: Duration,
     /// A shorter TTL in force while change notices cannot arrive, in ms (0: none).
@@ -70,16 +87,72 @@ impl KeyCache {
         self.state.write().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn new(ttl: Duration, max_known: usize, max_unknown: usize) -> Self {
+        Self {
+            state: RwLock::default(),
+            unknown: std::sync::Mutex::default(),
+            max_known,
+            max_unknown,
+            epoch: AtomicU64::new(0),
+            ttl,
+            degraded_ttl_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn unknown(&self) -> std::sync::MutexGuard<'_, UnknownSecrets> {
+        self.unknown.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn capped(&self, ttl: Duration) -> Duration {
+        match self.degraded_ttl_ms.load(Ordering::Relaxed) {
+            0 => ttl,
+            degraded => ttl.min(Duration::from_millis(degraded)),
+        }
+    }
+
     /// `Some(found)` for a fresh entry, `None` for a miss.
     fn get(&self, hash: &KeyHash) -> Option<Found> {
-        let state = self.read();
-        let cached = state.by_hash.get(hash)?;
-        let mut ttl = if cached.found.is_some() { self.ttl } else { self.ttl.min(NEGATIVE_TTL) };
-        let degraded = self.degraded_ttl_ms.load(Ordering::Relaxed);
-        if degraded > 0 {
-            ttl = ttl.min(Duration::from_millis(degraded));
+        {
+            let state = self.read();
+            if let Some(cached) = state.by_hash.get(hash) {
+                return (cached.loaded.elapsed() < self.capped(self.ttl)).then(|| cached.found.clone());
+            }
         }
-        (cached.loaded.elapsed() < ttl).then(|| cached.found.clone())
+        let unknown = self.unknown();
+        let at = unknown.at.get(hash)?;
+        (at.elapsed() < self.capped(self.ttl.min(NEGATIVE_TTL))).then_some(None)
+    }
+
+    /// Remembers an unknown secret, forgetting the oldest beyond the bound.
+    fn insert_unknown(&self, hash: KeyHash) {
+        let mut unknown = self.unknown();
+        let now = Instant::now();
+        while unknown.order.len() >= self.max_unknown.max(1) {
+            let Some((old, at)) = unknown.order.pop_front() else { break };
+            if unknown.at.get(&old) == Some(&at) {
+                unknown.at.remove(&old);
+            }
+        }
+        unknown.order.push_back((hash, now));
+        unknown.at.insert(hash, now);
+    }
+
+    /// Makes room for one known secret: expired entries first, then the oldest.
+    fn evict_known(&self, state: &mut CacheState) {
+        if state.by_hash.len() < self.max_known {
+            return;
+        }
+        let ttl = self.ttl;
+        state.by_hash.retain(|_, cached| cached.loaded.elapsed() < ttl);
+        while state.by_hash.len() >= self.max_known.max(1) {
+            let Some(oldest) = state.by_hash.iter().min_by_key(|(_, c)| c.loaded).map(|(h, _)| *h) else { break };
+            state.by_hash.remove(&oldest);
+        }
+        let CacheState { by_hash, by_key } = state;
+        by_key.retain(|_, hashes| {
+            hashes.retain(|h| by_hash.contains_key(h));
+            !hashes.is_empty()
+        });
     }
 
     fn epoch(&self) -> u64 {
@@ -99,10 +172,16 @@ impl KeyCache {
         {
             return;
         }
-        if state.by_hash.len() >= MAX_ENTRIES {
-            *state = CacheState::default();
+        let Some((record, _)) = &found else {
+            drop(state);
+            self.insert_unknown(hash);
+            return;
+        };
+        self.unknown().at.remove(&hash);
+        if !state.by_hash.contains_key(&hash) {
+            self.evict_known(&mut state);
         }
-        if let Some((record, _)) = &found {
+        {
             let hashes = state.by_key.entry(record.id.clone()).or_default();
             if !hashes.contains(&hash) {
                 hashes.push(hash);
@@ -140,10 +219,15 @@ impl KeyCache {
         let mut state = self.write();
         self.epoch.fetch_add(1, Ordering::AcqRel);
         *state = CacheState::default();
+        *self.unknown() = UnknownSecrets::default();
     }
 
     fn len(&self) -> usize {
         self.read().by_hash.len()
+    }
+
+    fn unknown_len(&self) -> usize {
+        self.unknown().at.len()
     }
 }
 
@@ -207,16 +291,7 @@ async fn get_key_on(client: &tokio_postgres::Client, id: &str) -> StoreResult<Op
 
 impl PostgresCatalog {
     pub(crate) fn new(pool: Pool, key_cache_ttl: Duration) -> Self {
-        Self {
-            pool,
-            cache: KeyCache {
-                state: RwLock::default(),
-                epoch: AtomicU64::new(0),
-                ttl: key_cache_ttl,
-                degraded_ttl_ms: AtomicU64::new(0),
-            },
-            publisher: OnceLock::new(),
-        }
+        Self { pool, cache: KeyCache::new(key_cache_ttl, MAX_ENTRIES, MAX_UNKNOWN), publisher: OnceLock::new() }
     }
 
     /// Where committed changes are announced. Set once, before serving; without one,
@@ -247,9 +322,14 @@ impl PostgresCatalog {
         self.cache.clear();
     }
 
-    /// Secrets currently cached.
+    /// Known secrets currently cached.
     pub fn cached_secrets(&self) -> usize {
         self.cache.len()
+    }
+
+    /// Unknown secrets currently remembered.
+    pub fn cached_unknown_secrets(&self) -> usize {
+        self.cache.unknown_len()
     }
 
     async fn client(&self) -> StoreResult<Object> {
@@ -620,12 +700,35 @@ mod tests {
     }
 
     fn cache() -> KeyCache {
-        KeyCache {
-            state: RwLock::default(),
-            epoch: AtomicU64::new(0),
-            ttl: Duration::from_secs(30),
-            degraded_ttl_ms: AtomicU64::new(0),
+        KeyCache::new(Duration::from_secs(30), MAX_ENTRIES, MAX_UNKNOWN)
+    }
+
+    /// Issue 10, item 12: forged keys (well-formed, unknown) cannot flush the keys in
+    /// use out of the cache, and neither part grows past its bound.
+    #[test]
+    fn a_flood_of_unknown_secrets_never_evicts_known_ones_and_stays_bounded() {
+        let cache = KeyCache::new(Duration::from_secs(30), 4, 100);
+        let known = KeyHash::of("known");
+        cache.insert(known, Some((record("k", 1), None)), cache.epoch());
+        for n in 0..10_000 {
+            cache.insert(KeyHash::of(&format!("forged-{n}")), None, cache.epoch());
         }
+        assert!(cache.get(&known).is_some_and(|f| f.is_some()), "the known key is still served from memory");
+        assert_eq!(cache.unknown_len(), 100, "unknown secrets stay within their bound");
+        assert!(cache.get(&KeyHash::of("forged-9999")).is_some(), "the newest unknown is remembered");
+        assert!(cache.get(&KeyHash::of("forged-0")).is_none(), "the oldest unknown was forgotten");
+    }
+
+    #[test]
+    fn a_full_cache_evicts_its_oldest_entries_instead_of_starting_over() {
+        let cache = KeyCache::new(Duration::from_secs(30), 3, 100);
+        let hashes: Vec<KeyHash> = (0..5).map(|n| KeyHash::of(&format!("s{n}"))).collect();
+        for (n, hash) in hashes.iter().enumerate() {
+            cache.insert(*hash, Some((record(&format!("k{n}"), 1), None)), cache.epoch());
+        }
+        assert_eq!(cache.len(), 3);
+        assert!(cache.get(&hashes[0]).is_none() && cache.get(&hashes[1]).is_none(), "the oldest two went");
+        assert!(hashes[2..].iter().all(|h| cache.get(h).is_some()), "the newest three stayed");
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub enum ApiError {
     RateLimited(Box<LimitRefusal>),
     #[error("quota exceeded")]
     QuotaExceeded(Box<LimitRefusal>),
+    /// Too many unknown keys from one client address: it waits this many seconds.
+    #[error("Too many requests with invalid API keys from your address. Try again in {0}s.")]
+    TooManyInvalidKeys(u64),
     #[error("{0}")]
     UpstreamUnavailable(String),
     #[error("{0}")]
@@ -108,6 +111,7 @@ impl ApiError {
             MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "method_not_allowed"),
             RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limit_exceeded"),
             QuotaExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded_error", "quota_exceeded"),
+            TooManyInvalidKeys(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "too_many_invalid_keys"),
             UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_unavailable"),
             UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_error", "upstream_timeout"),
             UpstreamInvalid(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_invalid_response"),
@@ -188,6 +192,10 @@ impl IntoResponse for ApiError {
                 retry_after = Some(r.retry_after_secs());
                 let (m, d) = refusal_body(r, false);
                 (m, Some(d), None)
+            }
+            ApiError::TooManyInvalidKeys(secs) => {
+                retry_after = Some(*secs);
+                (self.to_string(), None, None)
             }
             ApiError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod error;
 pub mod extract;
+pub mod guard;
 pub mod headers;
 
 use serde_json::Value;

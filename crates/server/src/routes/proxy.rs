@@ -85,7 +85,8 @@ async fn forward(
 ) -> Response {
     let started = Instant::now();
     let now = now_ms();
-    let authed = match authenticate_request(&state, &headers, now).await {
+    let client_ip = client_ip(&headers, peer, state.config.forwarded_for_hops);
+    let authed = match authenticate_guarded(&state, &headers, client_ip, now).await {
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
@@ -97,7 +98,6 @@ async fn forward(
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    let client_ip = client_ip(&headers, peer, state.config.forwarded_for_hops);
     let request = ProxyRequest { endpoint, body, client_ip, anonymous_id, headers, started, now_ms: now };
     let proxied = state.proxy(&authed, request).await;
     let response = match proxied.result {
@@ -137,10 +137,29 @@ fn respond(answer: Answer) -> Response {
     response
 }
 
+/// Authenticates the bearer key unless the client address is braked for guessing
+/// keys (`http::guard`); an unknown or malformed key counts against the address.
+async fn authenticate_guarded(
+    state: &AppState,
+    headers: &HeaderMap,
+    client_ip: Option<std::net::IpAddr>,
+    now: i64,
+) -> Result<tollgate_core::Authed, ApiError> {
+    if let Some(secs) = state.invalid_keys.blocked(client_ip, now) {
+        return Err(ApiError::TooManyInvalidKeys(secs));
+    }
+    let result = authenticate_request(state, headers, now).await;
+    if matches!(result, Err(ApiError::InvalidKey(_))) {
+        state.invalid_keys.failed(client_ip, now);
+    }
+    result
+}
+
 /// `GET /v1/models`: authenticated, not limited, not recorded, passed through.
-async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
+async fn models(State(state): State<AppState>, Peer(peer): Peer, headers: HeaderMap) -> Response {
     let now = now_ms();
-    if let Err(e) = authenticate_request(&state, &headers, now).await {
+    let client_ip = client_ip(&headers, peer, state.config.forwarded_for_hops);
+    if let Err(e) = authenticate_guarded(&state, &headers, client_ip, now).await {
         return e.into_response();
     }
     let request_id = state.ids.next();

@@ -121,7 +121,16 @@ async fn run(state: &AppState, request: VerifyRequest, peer_ip: Option<IpAddr>) 
         anonymous_id: request.anonymous_id,
         client_ip,
     };
+    // The brake on key guessing counts the caller's own address, not `client_ip`
+    // from the body (anyone can write any address there).
+    let now = tollgate_gateway::now_ms();
+    if let Some(secs) = state.invalid_keys.blocked(peer_ip, now) {
+        return Err(ApiError::TooManyInvalidKeys(secs));
+    }
     let verdict = state.verify(check).await?;
+    if matches!(verdict, Verdict::Refused("NOT_FOUND")) {
+        state.invalid_keys.failed(peer_ip, now);
+    }
     let code = verdict.code();
     let (authed, decision, now) = match verdict {
         Verdict::Refused(code) => return Ok(refused(code)),

@@ -769,3 +769,33 @@ async fn oversized_and_lying_requests_never_crash_the_gateway() {
     let r = reply(app.http.get(app.url("/health"))).await;
     assert_eq!(r.status, 200);
 }
+
+/// Issue 10, item 12: well-formed forged keys (anyone can compute the checksum) are
+/// braked per client address: past `limits.invalid_keys_per_minute` unknown keys the
+/// address gets 429 `too_many_invalid_keys` with a `Retry-After`, before any store
+/// lookup, on the proxy and the verify endpoint alike.
+#[tokio::test]
+async fn guessing_keys_is_braked_per_client_address() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mock_url =
+        spawn_mock(MockConfig { expected_api_key: Some("sk-provider-test".into()), ..MockConfig::default() }).await;
+    let mut config = config(tmp.path(), &mock_url);
+    config.invalid_keys_per_minute = 5;
+    let app = spawn_app_with(config).await;
+    let forged: Vec<String> = (0..7u8)
+        .map(|n| {
+            tollgate_core::ApiKey::generate(&[n; tollgate_core::key::RANDOM_BYTES]).expect("key").expose().to_owned()
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for key in &forged[..6] {
+        statuses.push(app.chat(key).await.status);
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429], "five guesses, then the brake");
+    let r = app.chat(&forged[6]).await;
+    assert_eq!(r.body["error"]["code"], "too_many_invalid_keys", "{:?}", r.body);
+    assert!(r.header("retry-after").is_some_and(|s| s.parse::<u64>().is_ok_and(|n| (1..=60).contains(&n))));
+    let v = app.verify(json!({ "key": forged[0] })).await;
+    assert_eq!(v.status, 429, "{:?}", v.body);
+    assert_eq!(v.body["error"]["code"], "too_many_invalid_keys");
+}
