@@ -19,5 +19,8 @@ pub use decision::{Decision, LimitStatus, Refusal};
 pub use key::{AdminToken, ApiKey, KeyHash, KeyParseError, KeyRecord, KeyState, Project};
 pub use limit::{Amounts, LimitError, LimitSpec, Metric, Plan, Slot, SubjectKind, Window};
 pub use secret::Secret;
-pub use traffic::{Authed, LimitItem, TRANSFER_ENDPOINT, Traffic, anonymous_subject, limit_items, record_items};
+pub use traffic::{
+    ANONYMOUS_PER_ADDRESS_FACTOR, Authed, LimitItem, TRANSFER_ENDPOINT, Traffic, address_block, anonymous_subject,
+    limit_items, record_items,
+};
 pub use usage::{UsageQuery, UsageRecord, UsageSource};

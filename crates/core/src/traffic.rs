@@ -77,6 +77,15 @@ pub fn limit_items(authed: &Authed, traffic: &Traffic, anonymous_plan: Option<&P
         if let Some(subject) = subjects.get(spec.subject, authed, traffic) {
             items.push(LimitItem { subject, spec: spec.clone() });
         }
+        if spec.subject == SubjectKind::Anonymous
+            && traffic.anonymous_id.is_some()
+            && let Some(ip) = traffic.client_ip
+        {
+            let mut per_address = spec.clone();
+            per_address.limit = spec.limit.saturating_mul(ANONYMOUS_PER_ADDRESS_FACTOR);
+            let subject = Arc::from(format!("anon:{}:addr:{}", authed.key.project_id, address_block(ip)));
+            items.push(LimitItem { subject, spec: per_address });
+        }
     }
     items
 }
@@ -122,10 +131,10 @@ impl Subjects {
             *slot = match kind {
                 SubjectKind::Key => Some(Arc::from(format!("key:{}", authed.key.id))),
                 SubjectKind::Project => Some(Arc::from(format!("project:{project}"))),
-                SubjectKind::Ip => traffic.client_ip.map(|ip| Arc::from(format!("ip:{project}:{ip}"))),
+                SubjectKind::Ip => traffic.client_ip.map(|ip| Arc::from(format!("ip:{project}:{}", address_block(ip)))),
                 SubjectKind::Anonymous => match (&traffic.anonymous_id, traffic.client_ip) {
                     (Some(id), _) => Some(Arc::from(format!("anon:{project}:{id}"))),
-                    (None, Some(ip)) => Some(Arc::from(format!("anon:{project}:ip:{ip}"))),
+                    (None, Some(ip)) => Some(Arc::from(format!("anon:{project}:ip:{}", address_block(ip)))),
                     (None, None) => None,
                 },
             };
@@ -134,8 +143,84 @@ impl Subjects {
     }
 }
 
+/// How much more than one visitor every anonymous visitor behind one address (block)
+/// may use together. `X-Anonymous-Id` is the client's own word: a new id per request
+/// would be a fresh quota each time, so with an id the anonymous limits also count
+/// per address, at this multiple (an office behind one NAT is several visitors).
+pub const ANONYMOUS_PER_ADDRESS_FACTOR: u64 = 10;
+
+/// The block an address is limited by: IPv4 whole, IPv6 by its /64 (the block one
+/// client usually holds; a /128 limit is no limit, a host has 2^64 of them).
+pub fn address_block(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{}/64", std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+    }
+}
+
 /// The subject an anonymous visitor's usage was counted under, for attaching it to a
 /// key when the visitor signs up.
 pub fn anonymous_subject(project: &str, anonymous_id: &str) -> String {
     format!("anon:{project}:{anonymous_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Metric, Window};
+
+    fn authed(plan: Plan) -> Authed {
+        let key = KeyRecord {
+            id: "k1".into(),
+            project_id: "acme".into(),
+            name: None,
+            plan: plan.name.clone(),
+            metadata: serde_json::Map::new(),
+            limit_overrides: Vec::new(),
+            created_at_ms: 0,
+            expires_at_ms: None,
+            revoked_at_ms: None,
+            version: 1,
+        };
+        Authed { key: Arc::new(key), plan: Arc::new(plan) }
+    }
+
+    fn traffic(ip: &str, anonymous_id: Option<&str>) -> Traffic {
+        Traffic { client_ip: ip.parse().ok(), anonymous_id: anonymous_id.map(str::to_owned), ..Traffic::default() }
+    }
+
+    #[test]
+    fn ipv6_clients_are_limited_per_slash_64() {
+        let plan = Plan {
+            name: "p".into(),
+            description: None,
+            limits: vec![LimitSpec::new(Metric::Requests, Window::Day, 5).with_subject(SubjectKind::Ip)],
+        };
+        let authed = authed(plan);
+        let a = limit_items(&authed, &traffic("2001:db8:1:2::1", None), None);
+        let b = limit_items(&authed, &traffic("2001:db8:1:2:ffff:ffff:ffff:fffe", None), None);
+        let c = limit_items(&authed, &traffic("2001:db8:1:3::1", None), None);
+        assert_eq!(a[0].subject, b[0].subject, "one /64, one counter");
+        assert_ne!(a[0].subject, c[0].subject);
+        assert_eq!(&*a[0].subject, "ip:acme:2001:db8:1:2::/64");
+        let v4 = limit_items(&authed, &traffic("203.0.113.9", None), None);
+        assert_eq!(&*v4[0].subject, "ip:acme:203.0.113.9");
+    }
+
+    #[test]
+    fn an_anonymous_id_also_counts_per_address() {
+        let own = Plan { name: "own".into(), description: None, limits: Vec::new() };
+        let anonymous = Plan {
+            name: "anonymous".into(),
+            description: None,
+            limits: vec![LimitSpec::new(Metric::Requests, Window::Day, 50).with_subject(SubjectKind::Anonymous)],
+        };
+        let authed = authed(own);
+        let items = limit_items(&authed, &traffic("203.0.113.9", Some("visitor-1")), Some(&anonymous));
+        let subjects: Vec<(&str, u64)> = items.iter().map(|i| (&*i.subject, i.spec.limit)).collect();
+        assert_eq!(subjects, [("anon:acme:visitor-1", 50), ("anon:acme:addr:203.0.113.9", 500)]);
+    }
 }

@@ -18,6 +18,9 @@ pub struct VerifyCheck {
     pub endpoint: String,
     pub anonymous_id: Option<String>,
     pub client_ip: Option<IpAddr>,
+    /// Set when a project-scoped admin token vouches for the caller-given fields: a
+    /// key of another project is then answered `NOT_FOUND` and charged nothing.
+    pub project_scope: Option<String>,
 }
 
 /// The answer to "is this key valid and under its limits?".
@@ -53,6 +56,9 @@ impl Gateway {
             Err(KeyRefusal::Expired) => return Ok(Verdict::Refused("EXPIRED")),
             Err(other) => return Err(other.into()),
         };
+        if check.project_scope.as_ref().is_some_and(|p| *p != authed.key.project_id) {
+            return Ok(Verdict::Refused("NOT_FOUND"));
+        }
         let traffic = Traffic {
             provider: String::new(),
             model: String::new(),

@@ -16,6 +16,7 @@ use tollgate_core::Decision;
 use tollgate_gateway::verify::{Verdict, VerifyCheck};
 
 use crate::app::AppState;
+use crate::auth::admin_from_headers;
 use crate::http::client::{Peer, client_ip};
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
@@ -36,6 +37,7 @@ pub struct VerifyRequest {
     #[serde(default)]
     anonymous_id: Option<String>,
     /// The end client's IP address, for IP limits (default: the caller's address).
+    /// Like `anonymous_id` and `endpoint`, only with an admin token.
     #[serde(default)]
     client_ip: Option<String>,
 }
@@ -93,13 +95,35 @@ pub async fn verify(
     Json(request): Json<VerifyRequest>,
 ) -> Response {
     let peer_ip = client_ip(&headers, peer, state.config.forwarded_for_hops);
-    match run(&state, request, peer_ip).await {
+    match run(&state, &headers, request, peer_ip).await {
         Ok(body) => AxumJson(body).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn run(state: &AppState, request: VerifyRequest, peer_ip: Option<IpAddr>) -> Result<VerifyResponse, ApiError> {
+async fn run(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: VerifyRequest,
+    peer_ip: Option<IpAddr>,
+) -> Result<VerifyResponse, ApiError> {
+    // `client_ip`, `anonymous_id` and `endpoint` choose which counters a call is
+    // charged to: from an anonymous caller they would let anyone pick a fresh quota.
+    // Only a caller with an admin token (the service in front of its users) may set
+    // them; a project-scoped token only for keys of its project.
+    let vouches = request.client_ip.is_some() || request.anonymous_id.is_some() || request.endpoint.is_some();
+    let project_scope = if vouches {
+        let admin = admin_from_headers(state, headers).await.map_err(|_| {
+            ApiError::AdminUnauthorized(
+                "client_ip, anonymous_id and endpoint are accepted only with an admin token \
+                 (Authorization: Bearer <admin token>)."
+                    .into(),
+            )
+        })?;
+        admin.0.project_id
+    } else {
+        None
+    };
     if request.cost > MAX_COST {
         return Err(ApiError::invalid_field("cost", format!("must be between 0 and {MAX_COST}")));
     }
@@ -120,6 +144,7 @@ async fn run(state: &AppState, request: VerifyRequest, peer_ip: Option<IpAddr>) 
         endpoint: request.endpoint.unwrap_or_else(|| "verify".to_owned()),
         anonymous_id: request.anonymous_id,
         client_ip,
+        project_scope,
     };
     // The brake on key guessing counts the caller's own address, not `client_ip`
     // from the body (anyone can write any address there).

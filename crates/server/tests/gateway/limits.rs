@@ -118,3 +118,28 @@ async fn two_hundred_concurrent_requests_against_fifty_left_admit_exactly_fifty(
     }
     assert_eq!((ok, refused), (50, 150));
 }
+
+/// Issue 10, item 13: a new `X-Anonymous-Id` per request is not a fresh quota each
+/// time: with an id, the anonymous limits also count per client address, at
+/// `ANONYMOUS_PER_ADDRESS_FACTOR` times the per-visitor limit.
+#[tokio::test]
+async fn rotating_anonymous_ids_still_meet_a_per_address_limit() {
+    let app = spawn_app().await;
+    let r = app
+        .admin(
+            reqwest::Method::PUT,
+            "/api/v1/plans/anonymous",
+            Some(serde_json::json!({ "limits": [
+                { "metric": "requests", "window": "day", "limit": 1, "subject": "anonymous" }] })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let key = app.project_key("acme", "pro").await;
+    let per_address = tollgate_core::ANONYMOUS_PER_ADDRESS_FACTOR as usize;
+    for n in 0..per_address {
+        let id = format!("visitor-{n}");
+        assert_eq!(app.chat_with(&key, &[("x-anonymous-id", &id)]).await.status, 200, "visitor {n}");
+    }
+    let r = app.chat_with(&key, &[("x-anonymous-id", "visitor-new")]).await;
+    assert_eq!(r.status, 429, "a fresh id from the same address: {:?}", r.body);
+}

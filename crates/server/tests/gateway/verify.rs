@@ -72,3 +72,30 @@ async fn verify_answers_each_code() {
     let r = app.verify(json!({ "key": quota_key, "cost": -1 })).await;
     assert_eq!(r.status, 400);
 }
+
+/// Issue 10, item 13: `client_ip`, `anonymous_id` and `endpoint` choose the counters a
+/// verify is charged to, so they are taken only from a caller with an admin token
+/// (a project-scoped one only for its own project's keys), never from anyone.
+#[tokio::test]
+async fn verify_takes_caller_chosen_identities_only_from_an_admin() {
+    let app = spawn_app().await;
+    let key = app.project_key("acme", "free").await;
+    for field in [json!({ "client_ip": "198.51.100.7" }), json!({ "anonymous_id": "v1" }), json!({ "endpoint": "x" })] {
+        let mut body = json!({ "key": key });
+        body.as_object_mut().expect("object").extend(field.as_object().expect("object").clone());
+        let r = app.verify(body.clone()).await;
+        assert_eq!(r.status, 401, "{body}: {:?}", r.body);
+        assert_eq!(r.body["error"]["code"], "invalid_admin_token", "{:?}", r.body);
+        let r = reply(app.http.post(app.url("/api/v1/keys/verify")).bearer_auth(ADMIN_TOKEN).json(&body)).await;
+        assert_eq!((r.status, r.body["code"].as_str()), (200, Some("VALID")), "{body}: {:?}", r.body);
+    }
+    // A project token of another project learns nothing and charges nothing.
+    app.create_project("other").await;
+    let token = app.admin(Method::POST, "/api/v1/projects/other/tokens", None).await.body["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let body = json!({ "key": key, "client_ip": "198.51.100.7" });
+    let r = reply(app.http.post(app.url("/api/v1/keys/verify")).bearer_auth(&token).json(&body)).await;
+    assert_eq!((r.status, r.body["code"].as_str()), (200, Some("NOT_FOUND")), "{:?}", r.body);
+}
