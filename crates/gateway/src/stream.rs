@@ -51,7 +51,7 @@ impl AccountingStream {
     fn finish(&mut self) {
         if let Some(f) = self.settlement.take() {
             let outcome = match &mut self.watcher {
-                Watcher::Json(scanner) => Outcome::Json { usage: scanner.finish(), body: None },
+                Watcher::Json(scanner) => Outcome::Json { usage: scanner.finish(), body: None, model: None },
                 Watcher::Sse(rewriter) => Outcome::Stream(rewriter.finish()),
                 Watcher::Pass => Outcome::Nothing,
             };

@@ -68,6 +68,8 @@ impl Application {
             provider: config.provider.clone(),
             anonymous_plan: config.anonymous_plan.clone(),
             default_max_output_tokens: config.default_max_output_tokens,
+            max_reserved_output_tokens: config.max_reserved_output_tokens,
+            unknown_model: config.unknown_model_policy,
             durable_responses: config.durable_responses,
             prices: config.prices.clone(),
             forward_headers: config.forward_headers.clone(),

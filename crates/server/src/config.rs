@@ -41,6 +41,12 @@ pub struct RawConfig {
     pub durability: Durability,
     /// Price overrides and additions, by model id.
     pub prices: BTreeMap<String, tollgate_pricing::PriceOverride>,
+    /// A model the price table does not know: `refuse` (a 400 naming the model when
+    /// a cost limit applies) or `default_price` (priced at `default_price`); either
+    /// way its records are marked `price_estimated`.
+    pub unknown_model_policy: UnknownModelPolicy,
+    /// The price of models the table does not know (gpt-4o's rates unless set).
+    pub default_price: Option<tollgate_pricing::PriceOverride>,
     // Distributed store (`store = "distributed"`), see docs/configuration.md.
     pub redis_url: Option<Secret>,
     pub redis_cluster: bool,
@@ -68,11 +74,19 @@ pub struct RawLimits {
     pub anonymous_plan: String,
     /// Output tokens reserved when a request sets no `max_tokens`.
     pub default_max_output_tokens: u64,
+    /// Most output tokens one request may reserve: `max_tokens` × `n` × `best_of` ×
+    /// prompts. An explicit request for more is a 400.
+    pub max_reserved_output_tokens: u64,
 }
 
 impl Default for RawLimits {
     fn default() -> Self {
-        Self { forwarded_for_hops: 0, anonymous_plan: "anonymous".into(), default_max_output_tokens: 4096 }
+        Self {
+            forwarded_for_hops: 0,
+            anonymous_plan: "anonymous".into(),
+            default_max_output_tokens: 4096,
+            max_reserved_output_tokens: 1_000_000,
+        }
     }
 }
 
@@ -112,6 +126,8 @@ impl Default for RawConfig {
             limits: RawLimits::default(),
             durability: Durability::Sync,
             prices: BTreeMap::new(),
+            unknown_model_policy: UnknownModelPolicy::Refuse,
+            default_price: None,
             redis_url: None,
             redis_cluster: false,
             redis_key_prefix: "tg:".into(),
@@ -164,6 +180,16 @@ pub enum StoreKind {
     Distributed,
 }
 
+/// How a model without a known price is priced (`unknown_model_policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownModelPolicy {
+    /// Refused with a 400 naming the model when a cost limit applies.
+    Refuse,
+    /// Priced at `default_price`.
+    DefaultPrice,
+}
+
 /// When an answer may end (`durability`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -194,6 +220,8 @@ pub struct Config {
     /// The upstream provider's name (`upstream.provider`).
     pub provider: String,
     pub default_max_output_tokens: u64,
+    pub max_reserved_output_tokens: u64,
+    pub unknown_model_policy: tollgate_gateway::UnknownModelPolicy,
     /// Whether responses wait for their ledger record to be durable.
     pub durable_responses: bool,
     /// The built-in price table with the configured overrides.
@@ -247,6 +275,8 @@ const ENV_KEYS: &[&str] = &[
     "plans",
     "limits",
     "prices",
+    "unknown_model_policy",
+    "default_price",
     "redis_url",
     "redis_cluster",
     "redis_key_prefix",
@@ -331,7 +361,22 @@ impl Config {
             return Err(invalid("limits.default_max_output_tokens", "must be between 1 and 10,000,000"));
         }
         let durable_responses = raw.durability == Durability::Sync;
-        let prices = std::sync::Arc::new(tollgate_pricing::PriceTable::with_overrides(raw.prices.clone()));
+        let max_output = raw.limits.max_reserved_output_tokens;
+        if max_output < raw.limits.default_max_output_tokens || max_output > 1_000_000_000 {
+            return Err(invalid(
+                "limits.max_reserved_output_tokens",
+                "must be at least limits.default_max_output_tokens and at most 1,000,000,000",
+            ));
+        }
+        let mut prices = tollgate_pricing::PriceTable::with_overrides(raw.prices.clone());
+        if let Some(default) = &raw.default_price {
+            prices = prices.with_default_price(default.to_price());
+        }
+        let prices = std::sync::Arc::new(prices);
+        let unknown_model_policy = match raw.unknown_model_policy {
+            UnknownModelPolicy::Refuse => tollgate_gateway::UnknownModelPolicy::Refuse,
+            UnknownModelPolicy::DefaultPrice => tollgate_gateway::UnknownModelPolicy::DefaultPrice,
+        };
         let cors_allowed_origins = cors_origins(&raw.cors_allowed_origins)?;
         let mut seed_plans = Vec::new();
         for (name, plan) in raw.plans {
@@ -362,6 +407,8 @@ impl Config {
             anonymous_plan: raw.limits.anonymous_plan,
             provider: raw.upstream.provider.clone(),
             default_max_output_tokens: raw.limits.default_max_output_tokens,
+            max_reserved_output_tokens: max_output,
+            unknown_model_policy,
             durable_responses,
             prices,
             store,

@@ -65,6 +65,10 @@ pub enum ApiError {
     RateLimited(Box<LimitRefusal>),
     #[error("quota exceeded")]
     QuotaExceeded(Box<LimitRefusal>),
+    /// A request that asks for more than a limit allows in a whole window: waiting
+    /// would not help, so a 400 without `Retry-After`.
+    #[error("request larger than a limit")]
+    RequestTooLarge(Box<LimitRefusal>),
     #[error("{0}")]
     UpstreamUnavailable(String),
     #[error("{0}")]
@@ -108,6 +112,7 @@ impl ApiError {
             MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "method_not_allowed"),
             RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limit_exceeded"),
             QuotaExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded_error", "quota_exceeded"),
+            RequestTooLarge(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", "request_too_large"),
             UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_unavailable"),
             UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_error", "upstream_timeout"),
             UpstreamInvalid(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_invalid_response"),
@@ -152,17 +157,10 @@ fn refusal_body(r: &LimitRefusal, rate: bool) -> (String, Value) {
         let period = match s.spec.window {
             Window::Day => "Daily",
             Window::Month => "Monthly",
-            Window::Minute | Window::Hour => "Quota",
+            Window::Hour => "Hourly",
+            Window::Minute => "Per-minute",
         };
-        let message = if r.retry_at_ms.is_none() {
-            format!(
-                "{period} quota exceeded: this request alone needs more than the {} {} allowed.",
-                s.spec.limit,
-                s.spec.metric.as_str()
-            )
-        } else {
-            format!("{period} quota exceeded. Upgrade your plan or wait until quota resets.")
-        };
+        let message = format!("{period} quota exceeded. Upgrade your plan or wait until quota resets.");
         let details = json!({
             "used": s.used,
             "limit": s.spec.limit,
@@ -188,6 +186,19 @@ impl IntoResponse for ApiError {
                 retry_after = Some(r.retry_after_secs());
                 let (m, d) = refusal_body(r, false);
                 (m, Some(d), None)
+            }
+            ApiError::RequestTooLarge(r) => {
+                let s = &r.status;
+                let message = format!(
+                    "This request can never be admitted: it needs more than the {} {} per {} that the {} plan \
+                     allows. Lower max_tokens (or n), or shorten the prompt.",
+                    s.spec.limit,
+                    s.spec.metric.as_str(),
+                    s.spec.window.as_str(),
+                    r.plan
+                );
+                let details = json!({ "limit": s.spec.limit, "metric": s.spec.metric.as_str(), "window": s.spec.window.as_str() });
+                (message, Some(details), None)
             }
             ApiError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
