@@ -59,6 +59,10 @@ pub struct GatewaySettings {
     pub prices: Arc<PriceTable>,
     /// Client headers passed through to the upstream.
     pub forward_headers: Vec<HeaderName>,
+    /// How long a stream whose client left is still read for its usage chunk.
+    pub drain_after_hangup: std::time::Duration,
+    /// How much of such a stream is read at most.
+    pub drain_after_hangup_bytes: usize,
 }
 
 /// How a model the price table does not know is priced (`pricing.unknown_model`).

@@ -104,6 +104,11 @@ impl Settlement {
         }
     }
 
+    /// The pipeline this settlement records to, while it is unfinished.
+    pub fn gateway(&self) -> Option<&Gateway> {
+        self.pending.as_ref().map(|p| &p.gateway)
+    }
+
     /// The upstream answered with `status`: 2xx spent tokens; its own failures (5xx)
     /// and throttling (429) are refunded, they are not the client's usage.
     pub fn answered(&mut self, status: u16) {

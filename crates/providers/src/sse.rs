@@ -189,6 +189,11 @@ impl SseRewriter {
     /// Call when the upstream body ended normally, before [`finish`](Self::finish):
     /// returns what was still held back (an event the upstream never finished, which
     /// SSE clients discard anyway), unless it is a usage-only chunk to remove.
+    /// Whether a usage block has been read (the stream's accounting is complete).
+    pub fn has_usage(&self) -> bool {
+        self.summary.usage.is_some()
+    }
+
     pub fn flush(&mut self) -> Bytes {
         let held = concat(std::mem::take(&mut self.held));
         if held.is_empty() || !self.strip_usage_chunk {

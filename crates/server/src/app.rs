@@ -70,6 +70,8 @@ impl Application {
             default_max_output_tokens: config.default_max_output_tokens,
             max_reserved_output_tokens: config.max_reserved_output_tokens,
             unknown_model: config.unknown_model_policy,
+            drain_after_hangup: config.drain_after_hangup,
+            drain_after_hangup_bytes: config.drain_after_hangup_bytes,
             durable_responses: config.durable_responses,
             prices: config.prices.clone(),
             forward_headers: config.forward_headers.clone(),

@@ -102,6 +102,10 @@ pub struct RawUpstream {
     pub pool_max_idle_per_host: usize,
     /// Client request headers passed on to the upstream (lower case).
     pub forward_headers: Vec<String>,
+    /// A stream whose client left before its usage chunk is still read for this long
+    /// (and at most `drain_after_hangup_bytes`), so its reported usage is recorded.
+    pub drain_after_hangup_ms: u64,
+    pub drain_after_hangup_bytes: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -158,6 +162,8 @@ impl Default for RawUpstream {
             timeout_secs: 600,
             pool_max_idle_per_host: 512,
             forward_headers: vec!["openai-organization".into(), "openai-project".into(), "openai-beta".into()],
+            drain_after_hangup_ms: 2_000,
+            drain_after_hangup_bytes: 64 * 1024,
         }
     }
 }
@@ -222,6 +228,9 @@ pub struct Config {
     pub default_max_output_tokens: u64,
     pub max_reserved_output_tokens: u64,
     pub unknown_model_policy: tollgate_gateway::UnknownModelPolicy,
+    /// How long and how much of a stream whose client left is still read.
+    pub drain_after_hangup: Duration,
+    pub drain_after_hangup_bytes: usize,
     /// Whether responses wait for their ledger record to be durable.
     pub durable_responses: bool,
     /// The built-in price table with the configured overrides.
@@ -409,6 +418,8 @@ impl Config {
             default_max_output_tokens: raw.limits.default_max_output_tokens,
             max_reserved_output_tokens: max_output,
             unknown_model_policy,
+            drain_after_hangup: Duration::from_millis(raw.upstream.drain_after_hangup_ms),
+            drain_after_hangup_bytes: raw.upstream.drain_after_hangup_bytes,
             durable_responses,
             prices,
             store,
@@ -489,5 +500,31 @@ mod tests {
         assert!(err.contains("durability"), "{err}");
         let err = Config::load(Some(Path::new("/nonexistent/tollgate.toml"))).expect_err("missing").to_string();
         assert!(err.contains("--config"), "{err}");
+    }
+
+    #[test]
+    fn admission_and_pricing_settings_are_read_and_checked() {
+        let defaults = Config::from_raw(RawConfig::default()).expect("defaults");
+        assert_eq!(defaults.max_reserved_output_tokens, 1_000_000);
+        assert_eq!(defaults.unknown_model_policy, tollgate_gateway::UnknownModelPolicy::Refuse);
+        assert_eq!(defaults.drain_after_hangup, Duration::from_secs(2));
+        let file = write(
+            r#"
+            unknown_model_policy = "default_price"
+            default_price = { input_per_mtok_micros = 1000000, output_per_mtok_micros = 3000000 }
+            [limits]
+            max_reserved_output_tokens = 50000
+            [upstream]
+            drain_after_hangup_ms = 500
+            "#,
+        );
+        let config = Config::load(Some(file.path())).expect("valid");
+        assert_eq!(config.unknown_model_policy, tollgate_gateway::UnknownModelPolicy::DefaultPrice);
+        assert_eq!(config.prices.default_price().output_per_mtok_micros, 3_000_000);
+        assert_eq!(config.max_reserved_output_tokens, 50_000);
+        assert_eq!(config.drain_after_hangup, Duration::from_millis(500));
+        let file = write("[limits]\nmax_reserved_output_tokens = 100\n");
+        let err = Config::load(Some(file.path())).expect_err("below the default").to_string();
+        assert!(err.contains("max_reserved_output_tokens"), "{err}");
     }
 }

@@ -278,3 +278,31 @@ impl From<GatewayError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tollgate_core::LimitSpec;
+
+    use super::*;
+
+    fn refusal(window: Window, retry_at_ms: Option<i64>) -> Box<LimitRefusal> {
+        let spec = LimitSpec::new(Metric::TotalTokens, window, 2_000);
+        let status = LimitStatus { spec, used: 1_990, remaining: 10, reset_at_ms: 60_000 };
+        Box::new(LimitRefusal { status, plan: "free".into(), now_ms: 0, retry_at_ms })
+    }
+
+    #[test]
+    fn every_quota_message_names_its_period_once() {
+        for window in [Window::Minute, Window::Hour, Window::Day, Window::Month] {
+            let (message, _) = refusal_body(&refusal(window, Some(30_000)), false);
+            assert!(!message.to_lowercase().contains("quota quota"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_request_that_can_never_fit_is_a_400_without_retry_after() {
+        let response = ApiError::RequestTooLarge(refusal(Window::Day, None)).into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+    }
+}
