@@ -50,7 +50,8 @@ async fn prompts_of_megabytes_of_any_content_are_answered_while_others_are_serve
     let body = |content: String| json!({ "model": "gpt-4o", "messages": [{ "role": "user", "content": content }] });
     let cases: Vec<(&str, String, Value, Option<&str>)> = vec![
         ("4 MiB of spaces, limited", limited.clone(), body(" ".repeat(4 * 1024 * 1024 - 100)), None),
-        ("4 MiB of newlines and tabs, limited", limited.clone(), body("\n\t".repeat(2 * 1024 * 1024 - 100)), None),
+        // Escaped in JSON, each "\n\t" is 4 bytes: a 4 MiB body.
+        ("4 MiB of newlines and tabs, limited", limited.clone(), body("\n\t".repeat(1024 * 1024 - 100)), None),
         ("1.1 MB of spaces, limited", limited.clone(), body(" ".repeat(1_100_000)), None),
         ("0.9 MB of spaces, limited", limited.clone(), body(" ".repeat(900_000)), None),
         ("4 MiB of spaces, roomy", roomy.clone(), body(" ".repeat(4 * 1024 * 1024 - 100)), None),
