@@ -86,6 +86,10 @@ pub struct UsageRecord {
     /// The price table version that produced `cost_micros`, to reproduce a bill.
     #[serde(default)]
     pub price_version: Option<String>,
+    /// The cost is an estimate: the model had no known price and the default price
+    /// was used (`pricing.unknown_model`).
+    #[serde(default)]
+    pub price_estimated: bool,
     /// The client address the limits saw (when IP limits apply).
     #[serde(default)]
     pub client_ip: Option<String>,

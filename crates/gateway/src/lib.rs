@@ -20,6 +20,7 @@
 
 pub mod admit;
 pub mod auth;
+pub mod count;
 pub mod error;
 pub mod proxy;
 pub mod settle;
@@ -45,14 +46,34 @@ pub struct GatewaySettings {
     pub provider: String,
     /// The plan whose limits count anonymous visitors on top of the key's own.
     pub anonymous_plan: String,
-    /// Output tokens reserved for a request that sets no `max_tokens`.
+    /// Output tokens reserved for a request that sets no `max_tokens` (per choice).
     pub default_max_output_tokens: u64,
+    /// Most output tokens one request may reserve (`max_tokens` × `n` × `best_of` ×
+    /// prompts); an explicit request for more is a 400.
+    pub max_reserved_output_tokens: u64,
+    /// What a model without a known price costs when a cost limit applies.
+    pub unknown_model: UnknownModelPolicy,
     /// Whether answers wait for their ledger record to be durable (`durability = "sync"`).
     pub durable_responses: bool,
     /// The built-in price table with the configured overrides.
     pub prices: Arc<PriceTable>,
     /// Client headers passed through to the upstream.
     pub forward_headers: Vec<HeaderName>,
+    /// How long a stream whose client left is still read for its usage chunk.
+    pub drain_after_hangup: std::time::Duration,
+    /// How much of such a stream is read at most.
+    pub drain_after_hangup_bytes: usize,
+}
+
+/// How a model the price table does not know is priced (`pricing.unknown_model`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnknownModelPolicy {
+    /// A request subject to a cost limit is refused with a 400 naming the model;
+    /// other requests are recorded at the default price, marked estimated.
+    #[default]
+    Refuse,
+    /// The table's default price (`pricing.default_price`), marked estimated.
+    DefaultPrice,
 }
 
 /// The pipeline's shared state: the stores behind their traits, the upstream, the

@@ -93,15 +93,16 @@ impl Gateway {
             anonymous_id,
         };
         let items = self.limits_for(authed, &traffic);
-        let estimate = self.estimate(&view, &body, &items);
-        let admission = match self.reserve(authed, items, estimate, now_ms, true).await {
+        let admission = match self.admit(authed, &view, &body, items, now_ms).await {
             Ok(a) => a,
             Err(e) => return early(e),
         };
+        let estimate = admission.estimate;
         let request_id = admission.request_id;
         let mut record = new_record(authed, &request_id, now_ms, endpoint.name(), &traffic);
-        if !admission.decision.allowed() {
-            record.status = 429;
+        if let Some((_, refusal)) = admission.decision.refused_status() {
+            // A request that can never fit is the client's error (400), not a wait.
+            record.status = if refusal.retry_at_ms.is_some() { 429 } else { 400 };
             record.latency_ms = started.elapsed().as_millis() as u64;
             self.ledger.append(record);
             let result = Err(GatewayError::Refused { plan: authed.plan.name.clone() });
@@ -182,11 +183,15 @@ async fn forward(
     }
     match collect_json(upstream.body).await {
         Collected::Whole(whole) => {
-            let usage = if success { tollgate_providers::usage::checked_usage_from_json(&whole) } else { Ok(None) };
-            match usage {
-                Ok(usage) => {
+            let meta = if success {
+                tollgate_providers::usage::checked_answer_from_json(&whole)
+            } else {
+                Ok(tollgate_providers::usage::AnswerMeta::default())
+            };
+            match meta {
+                Ok(tollgate_providers::usage::AnswerMeta { usage, model }) => {
                     let held = usage.is_none().then(|| whole.clone());
-                    let (commit, settle) = settlement.finish_inline(Outcome::Json { usage, body: held });
+                    let (commit, settle) = settlement.finish_inline(Outcome::Json { usage, body: held, model });
                     if let Some(commit) = commit {
                         commit.await;
                     }

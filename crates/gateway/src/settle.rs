@@ -12,14 +12,13 @@ use std::pin::Pin;
 use std::time::Instant;
 
 use bytes::Bytes;
-use serde::Deserialize;
 use tollgate_core::{Amounts, Authed, Traffic, UsageRecord, UsageSource};
 use tollgate_providers::sse::StreamSummary;
 use tollgate_providers::{Endpoint, TokenUsage};
 use tollgate_store::SettleRequest;
-use tollgate_tokenize::count_text;
 
 use crate::admit::price;
+use crate::count::{self, Delivered};
 use crate::{Gateway, now_ms};
 
 /// A boxed future the answer or a tracked task waits on.
@@ -36,8 +35,9 @@ pub const STATUS_ABANDONED: u16 = 499;
 /// What the upstream's answer told us, collected as it streamed by.
 pub enum Outcome {
     /// A JSON answer; `usage` is its usage block, if any; `body` the whole answer
-    /// when it was held (to count its text when no usage was reported).
-    Json { usage: Option<TokenUsage>, body: Option<Bytes> },
+    /// when it was held (to count its text when no usage was reported); `model` the
+    /// model it names (what it is priced by).
+    Json { usage: Option<TokenUsage>, body: Option<Bytes>, model: Option<String> },
     /// A streamed answer.
     Stream(StreamSummary),
     /// Nothing usable (an error before or instead of an answer).
@@ -102,6 +102,11 @@ impl Settlement {
                 started,
             }),
         }
+    }
+
+    /// The pipeline this settlement records to, while it is unfinished.
+    pub fn gateway(&self) -> Option<&Gateway> {
+        self.pending.as_ref().map(|p| &p.gateway)
     }
 
     /// The upstream answered with `status`: 2xx spent tokens; its own failures (5xx)
@@ -199,16 +204,26 @@ fn commit_and_settle(gateway: Gateway, record: UsageRecord, actual: Amounts) -> 
 fn close(pending: Pending, outcome: Outcome) -> (Commit, BoxFuture) {
     let Pending { gateway, mut record, endpoint, body, refund, success, started, .. } = pending;
     record.latency_ms = started.elapsed().as_millis() as u64;
-    let actual = if refund {
+    if refund {
         record.counted = false;
-        Amounts::default()
-    } else {
-        record.counted = true;
-        if success {
-            account_tokens(&gateway, &mut record, endpoint, &body, outcome);
+        return commit_and_settle(gateway, record, Amounts::default());
+    }
+    record.counted = true;
+    if success {
+        let (reported, delivered, model) = match outcome {
+            Outcome::Json { usage, body, model } => (usage, body.map_or(Delivered::Nothing, Delivered::Json), model),
+            Outcome::Stream(summary) => (summary.usage, Delivered::Text(summary.completion_text), summary.model),
+            Outcome::Nothing => (None, Delivered::Nothing, None),
+        };
+        match reported {
+            Some(usage) => account_reported(&gateway, &mut record, usage, model.as_deref()),
+            None => {
+                let commit = count_then_record(gateway, record, endpoint, body, delivered, model);
+                return (commit, Box::pin(async {}));
+            }
         }
-        record.amounts()
-    };
+    }
+    let actual = record.amounts();
     commit_and_settle(gateway, record, actual)
 }
 
@@ -222,75 +237,71 @@ fn close_estimated(pending: Pending) -> (Commit, BoxFuture) {
     record.completion_tokens = estimate.output_tokens;
     record.cost_micros = estimate.cost_micros;
     record.usage_source = UsageSource::Estimated;
+    record.price_estimated = !gateway.settings.prices.price(record.model.as_deref().unwrap_or_default()).known;
     commit_and_settle(gateway, record, estimate)
 }
 
-/// The generated text of a chat or completions answer (for counting its tokens when
-/// the upstream reported none). Only runs on that rare path.
-fn completion_text_from_json(body: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct Answer {
-        #[serde(default)]
-        choices: Vec<Choice>,
-    }
-    #[derive(Deserialize)]
-    struct Choice {
-        #[serde(default)]
-        message: Option<Message>,
-        #[serde(default)]
-        text: Option<String>,
-    }
-    #[derive(Deserialize)]
-    struct Message {
-        #[serde(default)]
-        content: Option<String>,
-    }
-    let Ok(answer) = serde_json::from_slice::<Answer>(body) else { return String::new() };
-    let mut text = String::new();
-    for choice in answer.choices {
-        if let Some(t) = choice.text {
-            text.push_str(&t);
-        }
-        if let Some(c) = choice.message.and_then(|m| m.content) {
-            text.push_str(&c);
-        }
-    }
-    text
+/// Fills the record's tokens from the reported usage, and its cost.
+fn account_reported(gateway: &Gateway, record: &mut UsageRecord, u: TokenUsage, model: Option<&str>) {
+    record.prompt_tokens = u.prompt_tokens;
+    record.completion_tokens = u.completion_tokens;
+    record.cached_tokens = u.cached_tokens.min(u.prompt_tokens);
+    record.usage_source = UsageSource::Reported;
+    apply_price(gateway, record, model);
 }
 
-/// Fills the record's tokens (reported, or counted) and cost.
-fn account_tokens(gateway: &Gateway, record: &mut UsageRecord, endpoint: Endpoint, body: &[u8], outcome: Outcome) {
-    let model = record.model.clone().unwrap_or_default();
-    let (reported, delivered_text) = match outcome {
-        Outcome::Json { usage: None, body: Some(body) } => (None, Some(completion_text_from_json(&body))),
-        Outcome::Json { usage, .. } => (usage, None),
-        Outcome::Stream(summary) => (summary.usage, Some(summary.completion_text)),
-        Outcome::Nothing => (None, None),
+/// Prices the record by the model the answer names when the table knows it, else by
+/// the requested model; a model without a known price gets the default price and the
+/// record is marked `price_estimated`.
+fn apply_price(gateway: &Gateway, record: &mut UsageRecord, answered_model: Option<&str>) {
+    let table = &gateway.settings.prices;
+    let answered = answered_model.map(|m| table.price(m)).filter(|l| l.known);
+    let (model_price, estimated) = match answered {
+        Some(lookup) => (lookup.price, false),
+        None => price(table, record.model.as_deref().unwrap_or_default()),
     };
-    match reported {
-        Some(u) => {
-            record.prompt_tokens = u.prompt_tokens;
-            record.completion_tokens = u.completion_tokens;
-            record.cached_tokens = u.cached_tokens.min(u.prompt_tokens);
-            record.usage_source = UsageSource::Reported;
-        }
-        None => {
-            // The rare path (no usage reported): the body is parsed again here, off
-            // the request's way, only to count its prompt.
-            record.prompt_tokens = match tollgate_providers::RequestView::parse(endpoint, body) {
-                Ok(view) => crate::admit::prompt_tokens(&view, body),
-                Err(_) => body.len() as u64 / 4,
-            };
-            record.completion_tokens = delivered_text.map_or(0, |t| count_text(&model, &t));
-            record.usage_source = UsageSource::Counted;
-        }
-    }
-    let cost = price(&gateway.settings.prices, &model).cost(
-        record.prompt_tokens,
-        record.cached_tokens,
-        record.completion_tokens,
-    );
+    let cost = model_price.cost(record.prompt_tokens, record.cached_tokens, record.completion_tokens);
     record.cost_micros = cost.micros;
     record.uncached_cost_micros = cost.uncached_micros;
-    record.price_version = Some(gateway.settings.prices.version().to_owned());
+    record.price_version = Some(table.version().to_owned());
+    record.price_estimated = estimated;
+}
+
+/// The rare path (no usage reported): the prompt and the delivered text are counted
+/// off the async workers in a tracked task, which then records and settles; the
+/// answer's end waits (with `durability = "sync"`) until the record is committed.
+fn count_then_record(
+    gateway: Gateway,
+    mut record: UsageRecord,
+    endpoint: Endpoint,
+    body: Bytes,
+    delivered: Delivered,
+    answered_model: Option<String>,
+) -> Commit {
+    let (queued_tx, queued_rx) = tokio::sync::oneshot::channel::<()>();
+    let commit: Commit = gateway.settings.durable_responses.then(|| {
+        let ledger = gateway.ledger.clone();
+        let id = record.id.clone();
+        Box::pin(async move {
+            if queued_rx.await.is_ok()
+                && let Err(e) = ledger.flush().await
+            {
+                tracing::error!(request_id = %id, error = %e, "ledger commit failed");
+            }
+        }) as BoxFuture
+    });
+    let tracked = gateway.clone();
+    let work = Box::pin(async move {
+        let model = record.model.clone().unwrap_or_default();
+        record.prompt_tokens = count::prompt_tokens(endpoint, body).await;
+        record.completion_tokens = count::completion_tokens(model, delivered).await;
+        record.usage_source = UsageSource::Counted;
+        apply_price(&gateway, &mut record, answered_model.as_deref());
+        let actual = record.amounts();
+        let (_commit, settle) = commit_and_settle(gateway, record, actual);
+        let _ = queued_tx.send(());
+        settle.await;
+    }) as BoxFuture;
+    spawn_tracked(&tracked, work);
+    commit
 }

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tollgate_providers::sse::SseRewriter;
 use tollgate_providers::{UpstreamError, UsageScanner};
 
@@ -51,7 +51,7 @@ impl AccountingStream {
     fn finish(&mut self) {
         if let Some(f) = self.settlement.take() {
             let outcome = match &mut self.watcher {
-                Watcher::Json(scanner) => Outcome::Json { usage: scanner.finish(), body: None },
+                Watcher::Json(scanner) => Outcome::Json { usage: scanner.finish(), body: None, model: None },
                 Watcher::Sse(rewriter) => Outcome::Stream(rewriter.finish()),
                 Watcher::Pass => Outcome::Nothing,
             };
@@ -139,7 +139,49 @@ impl Stream for AccountingStream {
 }
 
 impl Drop for AccountingStream {
+    /// The client went away (or the body ended). A stream dropped before its end,
+    /// whose usage has not been read yet, is drained in a tracked task, briefly
+    /// ([`GatewaySettings::drain_after_hangup`] and `_bytes`): a client that closes
+    /// right after the last content chunk must not lose the usage chunk that follows.
     fn drop(&mut self) {
+        let wants_drain = !self.done && matches!(&self.watcher, Watcher::Sse(r) if !r.has_usage());
+        let gateway = self.settlement.as_ref().and_then(Settlement::gateway).cloned();
+        if let (true, Some(gateway), Ok(runtime)) = (wants_drain, gateway, tokio::runtime::Handle::try_current())
+            && let Some(settlement) = self.settlement.take()
+        {
+            let inner = std::mem::replace(&mut self.inner, Box::pin(futures_util::stream::empty()));
+            let Watcher::Sse(rewriter) = std::mem::replace(&mut self.watcher, Watcher::Pass) else { return };
+            let (time, bytes) = (gateway.settings.drain_after_hangup, gateway.settings.drain_after_hangup_bytes);
+            gateway.tasks.spawn_on(drain(inner, rewriter, settlement, time, bytes), &runtime);
+            return;
+        }
         self.finish();
     }
+}
+
+/// Reads what is left of a stream whose client left, until its usage is read, it
+/// ends, `max_bytes` were read or `max_time` passed; then settles with what it saw.
+async fn drain(
+    mut inner: UpstreamBody,
+    mut rewriter: SseRewriter,
+    settlement: Settlement,
+    max_time: std::time::Duration,
+    max_bytes: usize,
+) {
+    let read_rest = async {
+        let mut read = 0usize;
+        while let Some(Ok(chunk)) = inner.next().await {
+            read = read.saturating_add(chunk.len());
+            let _ = rewriter.process(chunk);
+            if rewriter.has_usage() || read >= max_bytes {
+                break;
+            }
+        }
+    };
+    if tokio::time::timeout(max_time, read_rest).await.is_err() {
+        tracing::debug!("the stream's usage did not come within the drain time after the client left");
+    }
+    let _ = rewriter.flush();
+    // Nobody waits for the commit: the client is gone.
+    let _commit = settlement.finish(Outcome::Stream(rewriter.finish()));
 }

@@ -13,7 +13,8 @@
 //! * `x-mock-status: 429` — answer that status (400..=599) with an OpenAI-shaped
 //!   error body; 429 also carries `Retry-After: 7`.
 //! * `x-mock-usage: P,C` — report P prompt and C completion tokens.
-//! * `x-mock-fault: malformed | no-usage | reset | stall` — see [`Fault`].
+//! * `x-mock-fault: malformed | no-usage | reset | stall | hold-usage` — see [`Fault`].
+//! * `x-mock-model: NAME` — name NAME as the answer's `model` (instead of the request's).
 //!
 //! The same server is exposed by the CLI as `tollgate mock-upstream` and
 //! documented in `docs/mock-upstream.md`.
@@ -50,6 +51,8 @@ pub const HEADER_STATUS: &str = "x-mock-status";
 pub const HEADER_USAGE: &str = "x-mock-usage";
 /// Header that injects a protocol fault; see [`Fault`].
 pub const HEADER_FAULT: &str = "x-mock-fault";
+/// Header naming the model the answer says it came from.
+pub const HEADER_MODEL: &str = "x-mock-model";
 
 /// `Retry-After` value sent with injected 429s; odd on purpose so tests can
 /// tell it apart from any default the gateway might invent.
@@ -110,6 +113,8 @@ struct Inner {
     config: MockConfig,
     served: AtomicU64,
     next_id: AtomicU64,
+    /// Permits for streams held by `hold-usage` ([`MockUpstream::release_held_usage`]).
+    usage_gate: Arc<tokio::sync::Semaphore>,
 }
 
 impl Inner {
@@ -121,7 +126,20 @@ impl Inner {
 impl MockUpstream {
     /// A mock with the given configuration and zeroed counters.
     pub fn new(config: MockConfig) -> Self {
-        Self { inner: Arc::new(Inner { config, served: AtomicU64::new(0), next_id: AtomicU64::new(0) }) }
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                served: AtomicU64::new(0),
+                next_id: AtomicU64::new(0),
+                usage_gate: Arc::new(tokio::sync::Semaphore::new(0)),
+            }),
+        }
+    }
+
+    /// Lets one stream held by `x-mock-fault: hold-usage` send its usage chunk and
+    /// `[DONE]` (a release before the stream waits is kept for it).
+    pub fn release_held_usage(&self) {
+        self.inner.usage_gate.add_permits(1);
     }
 
     /// The configuration this mock answers with.
@@ -142,6 +160,8 @@ impl MockUpstream {
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(middleware::from_fn_with_state(self.inner.clone(), count_requests))
+            // Large enough for the gateway's biggest bodies (its own limit applies first).
+            .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(self.inner.clone())
     }
 
@@ -241,6 +261,11 @@ impl RunningMock {
         &self.upstream
     }
 
+    /// See [`MockUpstream::release_held_usage`].
+    pub fn release_held_usage(&self) {
+        self.upstream.release_held_usage();
+    }
+
     /// See [`MockUpstream::requests_served`].
     pub fn requests_served(&self) -> u64 {
         self.upstream.requests_served()
@@ -280,6 +305,9 @@ pub enum Fault {
     Reset,
     /// `stall`: send part of the body (streams: one chunk), then nothing more.
     Stall,
+    /// `hold-usage`: a stream sends every content chunk, then holds the usage chunk
+    /// and `[DONE]` until [`MockUpstream::release_held_usage`].
+    HoldUsage,
 }
 
 impl Fault {
@@ -289,6 +317,7 @@ impl Fault {
             "no-usage" => Some(Self::NoUsage),
             "reset" => Some(Self::Reset),
             "stall" => Some(Self::Stall),
+            "hold-usage" => Some(Self::HoldUsage),
             _ => None,
         }
     }
@@ -301,6 +330,8 @@ struct Directives {
     prompt_tokens: u64,
     completion_tokens: u64,
     fault: Option<Fault>,
+    /// The model the answer names, if not the request's.
+    model: Option<String>,
 }
 
 impl Directives {
@@ -335,7 +366,8 @@ impl Directives {
             Some(v) => Some(Fault::parse(v).ok_or_else(|| bad_mock_header(HEADER_FAULT, v))?),
             None => None,
         };
-        Ok(Self { latency: Duration::from_millis(latency_ms), status, prompt_tokens, completion_tokens, fault })
+        let model = header_str(headers, HEADER_MODEL)?.map(|m| m.trim().to_owned());
+        Ok(Self { latency: Duration::from_millis(latency_ms), status, prompt_tokens, completion_tokens, fault, model })
     }
 
     fn usage(&self) -> Value {
@@ -568,13 +600,14 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let directives = prelude(&inner, &headers).await?;
     let (body, model) = parse_body(&body)?;
+    let model = directives.model.clone().unwrap_or(model);
     check_messages(&body)?;
     let id = format!("chatcmpl-mock-{}", inner.next_id());
     let created = unix_now();
     if is_stream(&body) {
         let stream =
             StreamSpec { id, created, model, object: "chat.completion.chunk", include_usage: include_usage(&body) };
-        return Ok(sse_reply(stream.events(&directives, chat_choice), directives.fault));
+        return Ok(sse_reply(stream.events(&directives, chat_choice), directives.fault, &inner.usage_gate));
     }
     let reply = json!({
         "id": id,
@@ -596,11 +629,12 @@ async fn chat_completions(
 async fn completions(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let directives = prelude(&inner, &headers).await?;
     let (body, model) = parse_body(&body)?;
+    let model = directives.model.clone().unwrap_or(model);
     let id = format!("cmpl-mock-{}", inner.next_id());
     let created = unix_now();
     if is_stream(&body) {
         let stream = StreamSpec { id, created, model, object: "text_completion", include_usage: include_usage(&body) };
-        return Ok(sse_reply(stream.events(&directives, text_choice), directives.fault));
+        return Ok(sse_reply(stream.events(&directives, text_choice), directives.fault, &inner.usage_gate));
     }
     let reply = json!({
         "id": id,
@@ -621,6 +655,7 @@ async fn completions(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: 
 async fn embeddings(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let directives = prelude(&inner, &headers).await?;
     let (body, model) = parse_body(&body)?;
+    let model = directives.model.clone().unwrap_or(model);
     let inputs = embedding_inputs(body.get("input"))?;
     // The official SDKs ask for base64 by default and decode it themselves.
     let base64 = match body.get("encoding_format") {

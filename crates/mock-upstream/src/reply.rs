@@ -21,7 +21,7 @@ pub(crate) fn json_reply(mut value: Value, fault: Option<Fault>) -> Response {
         Bytes::from(text).slice(..half)
     };
     match fault {
-        None => Json(value).into_response(),
+        None | Some(Fault::HoldUsage) => Json(value).into_response(),
         Some(Fault::NoUsage) => {
             if let Some(object) = value.as_object_mut() {
                 object.remove("usage");
@@ -138,8 +138,29 @@ fn sse_event(chunk: &Value) -> Bytes {
 }
 
 /// An SSE answer made of `events`, cut short as the fault demands.
-pub(crate) fn sse_reply(events: Vec<Bytes>, fault: Option<Fault>) -> Response {
+pub(crate) fn sse_reply(
+    mut events: Vec<Bytes>,
+    fault: Option<Fault>,
+    usage_gate: &std::sync::Arc<tokio::sync::Semaphore>,
+) -> Response {
     let body: BoxStream<'static, Result<Bytes, io::Error>> = match fault {
+        Some(Fault::HoldUsage) => {
+            // The usage chunk (`"choices":[]`) and `[DONE]` wait for a release.
+            let held_from = events
+                .iter()
+                .position(|e| e.windows(12).any(|w| w == br#""choices":[]"#))
+                .unwrap_or(events.len().saturating_sub(1));
+            let held = events.split_off(held_from);
+            let gate = usage_gate.clone();
+            let release = stream::once(async move {
+                if let Ok(permit) = gate.acquire().await {
+                    permit.forget();
+                }
+                stream::iter(held.into_iter().map(Ok))
+            })
+            .flatten();
+            stream::iter(events.into_iter().map(Ok)).chain(release).boxed()
+        }
         Some(Fault::Reset) => stream::iter(events.into_iter().take(2).map(Ok)).chain(reset_after_delay()).boxed(),
         Some(Fault::Stall) => stream::iter(events.into_iter().take(1).map(Ok)).chain(stream::pending()).boxed(),
         _ => stream::iter(events.into_iter().map(Ok)).boxed(),

@@ -14,6 +14,8 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tollgate_tokenize::{MAX_OUTPUT_TOKENS, Prompt, validate_output_limit};
 
+mod shape;
+
 /// Longest model name accepted.
 pub const MAX_MODEL_LEN: usize = 256;
 
@@ -122,6 +124,9 @@ pub struct RequestView<'a> {
     pub best_of: u64,
     /// Where the prompt text lies, for the tokenizer.
     pub prompt: Option<Prompt<'a>>,
+    /// Prompts in the request: one, or one per element of a completions `prompt`
+    /// array of strings or token arrays (each is completed separately).
+    pub prompts: u64,
     /// The raw `stream_options` member, if present (even as `null`).
     stream_options: Option<&'a RawValue>,
     body: &'a [u8],
@@ -147,7 +152,12 @@ impl<'a> RequestView<'a> {
         if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(RequestError::body("the request body must be a JSON object"));
         }
-        let probe: Probe<'a> = serde_json::from_slice(body).map_err(|e| {
+        // JSON is UTF-8 (RFC 8259); serde skips the strings it does not read without
+        // checking them, so the whole body is checked here, once.
+        let text = std::str::from_utf8(body).map_err(|e| {
+            RequestError::body(format!("the request body is not valid UTF-8 (at byte {})", e.valid_up_to()))
+        })?;
+        let probe: Probe<'a> = serde_json::from_str(text).map_err(|e| {
             if e.is_data() {
                 RequestError::body(format!("invalid request body: {e}"))
             } else {
@@ -190,12 +200,27 @@ impl<'a> RequestView<'a> {
         };
         let n = count_field("n", &probe.n, MAX_CHOICES)?;
         let best_of = count_field("best_of", &probe.best_of, MAX_CHOICES)?;
+        let mut prompts = 1;
         let prompt = match endpoint {
             Endpoint::ChatCompletions => {
-                probe.messages.map(|messages| Prompt::Chat { messages, tools: probe.tools, functions: probe.functions })
+                let messages = probe.messages.ok_or_else(|| RequestError::field("messages", "is required"))?;
+                shape::check_messages(messages)?;
+                shape::check_definitions("tools", probe.tools)?;
+                shape::check_definitions("functions", probe.functions)?;
+                Some(Prompt::Chat { messages, tools: probe.tools, functions: probe.functions })
             }
-            Endpoint::Completions => probe.prompt.map(Prompt::Text),
-            Endpoint::Embeddings => probe.input.map(Prompt::Text),
+            Endpoint::Completions => match probe.prompt.filter(|p| p.get() != "null") {
+                Some(raw) => {
+                    prompts = shape::check_text_input("prompt", raw)?;
+                    Some(Prompt::Text(raw))
+                }
+                None => None,
+            },
+            Endpoint::Embeddings => {
+                let input = probe.input.ok_or_else(|| RequestError::field("input", "is required"))?;
+                shape::check_text_input("input", input)?;
+                Some(Prompt::Text(input))
+            }
         };
         Ok(Self {
             endpoint,
@@ -206,9 +231,16 @@ impl<'a> RequestView<'a> {
             n,
             best_of,
             prompt,
+            prompts,
             stream_options: probe.stream_options,
             body,
         })
+    }
+
+    /// How many times the per-choice output limit the request may generate at most:
+    /// `n` × `best_of` × prompts.
+    pub fn output_multiplier(&self) -> u64 {
+        self.n.saturating_mul(self.best_of.max(1)).saturating_mul(self.prompts)
     }
 
     /// Whether the gateway asks the upstream for the usage chunk on the client's
@@ -274,21 +306,21 @@ mod tests {
 
     #[test]
     fn the_usage_chunk_is_asked_for_only_when_the_client_did_not() {
-        let plain = r#"{"model":"m","stream":true,"messages":[]}"#;
+        let plain = r#"{"model":"m","stream":true,"messages":[{"role":"user"}]}"#;
         let asked: Value = serde_json::from_str(&upstream(plain)).expect("json");
         assert_eq!(asked["stream_options"]["include_usage"], true);
-        let null = r#"{"model":"m","stream":true,"stream_options":null,"messages":[]}"#;
+        let null = r#"{"model":"m","stream":true,"stream_options":null,"messages":[{"role":"user"}]}"#;
         let asked: Value = serde_json::from_str(&upstream(null)).expect("json");
         assert_eq!(asked["stream_options"]["include_usage"], true);
-        let other = r#"{"model":"m","stream":true,"stream_options":{"x":1},"messages":[]}"#;
+        let other = r#"{"model":"m","stream":true,"stream_options":{"x":1},"messages":[{"role":"user"}]}"#;
         let asked: Value = serde_json::from_str(&upstream(other)).expect("json");
         assert_eq!(
             (asked["stream_options"]["include_usage"].clone(), asked["stream_options"]["x"].clone()),
             (Value::Bool(true), 1.into())
         );
-        let own = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
+        let own = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user"}]}"#;
         assert_eq!(upstream(own), own);
-        let not_streaming = r#"{"model":"m","messages":[]}"#;
+        let not_streaming = r#"{"model":"m","messages":[{"role":"user"}]}"#;
         assert_eq!(upstream(not_streaming), not_streaming);
     }
 
@@ -301,5 +333,51 @@ mod tests {
         for bad in [r#"{"model":"m","n":0}"#, r#"{"model":"m","n":129}"#, r#"{"model":"m","best_of":"x"}"#] {
             assert!(RequestView::parse(Endpoint::ChatCompletions, bad.as_bytes()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn malformed_prompts_are_refused_before_admission() {
+        let chat = |body: &[u8]| RequestView::parse(Endpoint::ChatCompletions, body).map(|v| v.prompts);
+        assert_eq!(chat(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#), Ok(1));
+        let parts = br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x"}]},{"role":"assistant","content":null,"tool_calls":[]}]}"#;
+        assert_eq!(chat(parts), Ok(1));
+        for bad in [
+            &b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}"[..],
+            br#"{"model":"m"}"#,
+            br#"{"model":"m","messages":null}"#,
+            br#"{"model":"m","messages":[]}"#,
+            br#"{"model":"m","messages":"hi"}"#,
+            br#"{"model":"m","messages":[1]}"#,
+            br#"{"model":"m","messages":[{"content":"no role"}]}"#,
+            br#"{"model":"m","messages":[{"role":5,"content":"x"}]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":7}]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":["x"]}]}"#,
+            br#"{"model":"m","messages":[{"role":"user","name":1}]}"#,
+            br#"{"model":"m","messages":[{"role":"user"}],"tools":{}}"#,
+            br#"{"model":"m","messages":[{"role":"user"}],"functions":[1]}"#,
+        ] {
+            let e = chat(bad).expect_err(&String::from_utf8_lossy(bad));
+            assert!(!e.message.contains(" at line "), "{}", e.message);
+        }
+        let completions = |body: &[u8]| RequestView::parse(Endpoint::Completions, body).map(|v| v.prompts);
+        assert_eq!(completions(br#"{"model":"m"}"#), Ok(1));
+        assert_eq!(completions(br#"{"model":"m","prompt":"a"}"#), Ok(1));
+        assert_eq!(completions(br#"{"model":"m","prompt":["a","b","c"]}"#), Ok(3));
+        assert_eq!(completions(br#"{"model":"m","prompt":[1,2,3]}"#), Ok(1));
+        assert_eq!(completions(br#"{"model":"m","prompt":[[1],[2,3]]}"#), Ok(2));
+        for bad in [r#"[]"#, r#"5"#, r#"{}"#, r#"["a",1]"#, r#"[[1],"a"]"#, r#"[[]]"#, r#"[-1]"#, r#"[true]"#] {
+            let body = format!(r#"{{"model":"m","prompt":{bad}}}"#);
+            assert!(completions(body.as_bytes()).is_err(), "{body}");
+            let body = format!(r#"{{"model":"m","input":{bad}}}"#);
+            assert!(RequestView::parse(Endpoint::Embeddings, body.as_bytes()).is_err(), "{body}");
+        }
+        assert!(RequestView::parse(Endpoint::Embeddings, br#"{"model":"m"}"#).is_err());
+        assert!(RequestView::parse(Endpoint::Embeddings, br#"{"model":"m","input":["a","b"]}"#).is_ok());
+    }
+
+    #[test]
+    fn the_output_multiplier_covers_choices_best_of_and_prompts() {
+        let body = br#"{"model":"m","n":3,"best_of":4,"prompt":["a","b"]}"#;
+        assert_eq!(RequestView::parse(Endpoint::Completions, body).expect("valid").output_multiplier(), 24);
     }
 }

@@ -55,6 +55,9 @@ pub struct StreamSummary {
     pub error: Option<String>,
     /// Usage-only events removed from what the client saw.
     pub stripped_events: u32,
+    /// The model the chunks name (the first non-empty `model`): what the answer is
+    /// priced by.
+    pub model: Option<String>,
 }
 
 /// The incremental scanner and (optionally) usage-chunk remover for one stream.
@@ -186,6 +189,11 @@ impl SseRewriter {
     /// Call when the upstream body ended normally, before [`finish`](Self::finish):
     /// returns what was still held back (an event the upstream never finished, which
     /// SSE clients discard anyway), unless it is a usage-only chunk to remove.
+    /// Whether a usage block has been read (the stream's accounting is complete).
+    pub fn has_usage(&self) -> bool {
+        self.summary.usage.is_some()
+    }
+
     pub fn flush(&mut self) -> Bytes {
         let held = concat(std::mem::take(&mut self.held));
         if held.is_empty() || !self.strip_usage_chunk {
@@ -284,7 +292,7 @@ impl SseRewriter {
             self.summary.saw_done = true;
             return false;
         }
-        let Some(chunk) = parse_chunk_into(data, &mut self.summary.completion_text) else {
+        let Some(chunk) = parse_chunk_into(data, &mut self.summary.completion_text, &mut self.summary.model) else {
             return false;
         };
         if let Some(message) = chunk.error
@@ -449,6 +457,8 @@ struct WireChunk<'a> {
     usage: Option<&'a RawValue>,
     #[serde(default, borrow)]
     error: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    model: Text<'a>,
 }
 
 #[derive(Deserialize)]
@@ -504,13 +514,18 @@ struct ParsedChunk {
 }
 
 fn parse_chunk(data: &[u8]) -> Option<ParsedChunk> {
-    parse_chunk_into(data, &mut String::new())
+    parse_chunk_into(data, &mut String::new(), &mut None)
 }
 
 /// Parses one event's JSON, appending its completion text to `text`; `None` when
 /// the data is not a JSON object.
-fn parse_chunk_into(data: &[u8], text: &mut String) -> Option<ParsedChunk> {
+fn parse_chunk_into(data: &[u8], text: &mut String, model: &mut Option<String>) -> Option<ParsedChunk> {
     let chunk: WireChunk<'_> = serde_json::from_slice(data).ok()?;
+    if model.is_none()
+        && let Some(named) = chunk.model.0.as_deref().filter(|m| !m.is_empty() && m.len() <= 256)
+    {
+        *model = Some(named.to_owned());
+    }
     let mut push = |t: &Text<'_>| {
         if let Some(s) = &t.0 {
             text.push_str(s);

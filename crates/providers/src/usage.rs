@@ -58,6 +58,38 @@ struct Envelope {
     usage: Option<TokenUsage>,
 }
 
+#[derive(Deserialize)]
+struct AnswerEnvelope {
+    #[serde(default)]
+    usage: Option<TokenUsage>,
+    /// Any JSON: an odd `model` must not lose the usage.
+    #[serde(default)]
+    model: Option<serde_json::Value>,
+}
+
+/// What a whole JSON answer says about its accounting, read in one pass.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AnswerMeta {
+    pub usage: Option<TokenUsage>,
+    /// The model the answer names (what it is priced by), if it names one.
+    pub model: Option<String>,
+}
+
+/// Like [`checked_usage_from_json`], and also reads the answer's `model`.
+pub fn checked_answer_from_json(body: &[u8]) -> Result<AnswerMeta, serde_json::Error> {
+    match serde_json::from_slice::<AnswerEnvelope>(body) {
+        Ok(envelope) => {
+            let model = match envelope.model {
+                Some(serde_json::Value::String(m)) if !m.is_empty() && m.len() <= 256 => Some(m),
+                _ => None,
+            };
+            Ok(AnswerMeta { usage: envelope.usage, model })
+        }
+        Err(e) if e.is_data() => serde_json::from_slice::<serde::de::IgnoredAny>(body).map(|_| AnswerMeta::default()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Extracts `usage` from a whole JSON response body.
 pub fn usage_from_json(body: &[u8]) -> Option<TokenUsage> {
     serde_json::from_slice::<Envelope>(body).ok()?.usage

@@ -41,6 +41,12 @@ pub struct RawConfig {
     pub durability: Durability,
     /// Price overrides and additions, by model id.
     pub prices: BTreeMap<String, tollgate_pricing::PriceOverride>,
+    /// A model the price table does not know: `refuse` (a 400 naming the model when
+    /// a cost limit applies) or `default_price` (priced at `default_price`); either
+    /// way its records are marked `price_estimated`.
+    pub unknown_model_policy: UnknownModelPolicy,
+    /// The price of models the table does not know (gpt-4o's rates unless set).
+    pub default_price: Option<tollgate_pricing::PriceOverride>,
     // Distributed store (`store = "distributed"`), see docs/configuration.md.
     pub redis_url: Option<Secret>,
     pub redis_cluster: bool,
@@ -71,6 +77,9 @@ pub struct RawLimits {
     /// Unknown or malformed keys one client address may present in a minute before it
     /// is refused (429 `too_many_invalid_keys`) until the minute ends; 0: no brake.
     pub invalid_keys_per_minute: u32,
+    /// Most output tokens one request may reserve: `max_tokens` × `n` × `best_of` ×
+    /// prompts. An explicit request for more is a 400.
+    pub max_reserved_output_tokens: u64,
 }
 
 impl Default for RawLimits {
@@ -80,6 +89,7 @@ impl Default for RawLimits {
             anonymous_plan: "anonymous".into(),
             default_max_output_tokens: 4096,
             invalid_keys_per_minute: 60,
+            max_reserved_output_tokens: 1_000_000,
         }
     }
 }
@@ -96,6 +106,10 @@ pub struct RawUpstream {
     pub pool_max_idle_per_host: usize,
     /// Client request headers passed on to the upstream (lower case).
     pub forward_headers: Vec<String>,
+    /// A stream whose client left before its usage chunk is still read for this long
+    /// (and at most `drain_after_hangup_bytes`), so its reported usage is recorded.
+    pub drain_after_hangup_ms: u64,
+    pub drain_after_hangup_bytes: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -120,6 +134,8 @@ impl Default for RawConfig {
             limits: RawLimits::default(),
             durability: Durability::Sync,
             prices: BTreeMap::new(),
+            unknown_model_policy: UnknownModelPolicy::Refuse,
+            default_price: None,
             redis_url: None,
             redis_cluster: false,
             redis_key_prefix: "tg:".into(),
@@ -150,6 +166,8 @@ impl Default for RawUpstream {
             timeout_secs: 600,
             pool_max_idle_per_host: 512,
             forward_headers: vec!["openai-organization".into(), "openai-project".into(), "openai-beta".into()],
+            drain_after_hangup_ms: 2_000,
+            drain_after_hangup_bytes: 64 * 1024,
         }
     }
 }
@@ -170,6 +188,16 @@ pub enum StoreKind {
     Embedded,
     /// Redis for counters, PostgreSQL for the catalog and ledger: many instances.
     Distributed,
+}
+
+/// How a model without a known price is priced (`unknown_model_policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownModelPolicy {
+    /// Refused with a 400 naming the model when a cost limit applies.
+    Refuse,
+    /// Priced at `default_price`.
+    DefaultPrice,
 }
 
 /// When an answer may end (`durability`).
@@ -204,6 +232,11 @@ pub struct Config {
     /// The upstream provider's name (`upstream.provider`).
     pub provider: String,
     pub default_max_output_tokens: u64,
+    pub max_reserved_output_tokens: u64,
+    pub unknown_model_policy: tollgate_gateway::UnknownModelPolicy,
+    /// How long and how much of a stream whose client left is still read.
+    pub drain_after_hangup: Duration,
+    pub drain_after_hangup_bytes: usize,
     /// Whether responses wait for their ledger record to be durable.
     pub durable_responses: bool,
     /// The built-in price table with the configured overrides.
@@ -257,6 +290,8 @@ const ENV_KEYS: &[&str] = &[
     "plans",
     "limits",
     "prices",
+    "unknown_model_policy",
+    "default_price",
     "redis_url",
     "redis_cluster",
     "redis_key_prefix",
@@ -341,7 +376,22 @@ impl Config {
             return Err(invalid("limits.default_max_output_tokens", "must be between 1 and 10,000,000"));
         }
         let durable_responses = raw.durability == Durability::Sync;
-        let prices = std::sync::Arc::new(tollgate_pricing::PriceTable::with_overrides(raw.prices.clone()));
+        let max_output = raw.limits.max_reserved_output_tokens;
+        if max_output < raw.limits.default_max_output_tokens || max_output > 1_000_000_000 {
+            return Err(invalid(
+                "limits.max_reserved_output_tokens",
+                "must be at least limits.default_max_output_tokens and at most 1,000,000,000",
+            ));
+        }
+        let mut prices = tollgate_pricing::PriceTable::with_overrides(raw.prices.clone());
+        if let Some(default) = &raw.default_price {
+            prices = prices.with_default_price(default.to_price());
+        }
+        let prices = std::sync::Arc::new(prices);
+        let unknown_model_policy = match raw.unknown_model_policy {
+            UnknownModelPolicy::Refuse => tollgate_gateway::UnknownModelPolicy::Refuse,
+            UnknownModelPolicy::DefaultPrice => tollgate_gateway::UnknownModelPolicy::DefaultPrice,
+        };
         let cors_allowed_origins = cors_origins(&raw.cors_allowed_origins)?;
         let mut seed_plans = Vec::new();
         for (name, plan) in raw.plans {
@@ -373,6 +423,10 @@ impl Config {
             anonymous_plan: raw.limits.anonymous_plan,
             provider: raw.upstream.provider.clone(),
             default_max_output_tokens: raw.limits.default_max_output_tokens,
+            max_reserved_output_tokens: max_output,
+            unknown_model_policy,
+            drain_after_hangup: Duration::from_millis(raw.upstream.drain_after_hangup_ms),
+            drain_after_hangup_bytes: raw.upstream.drain_after_hangup_bytes,
             durable_responses,
             prices,
             store,
@@ -453,5 +507,31 @@ mod tests {
         assert!(err.contains("durability"), "{err}");
         let err = Config::load(Some(Path::new("/nonexistent/tollgate.toml"))).expect_err("missing").to_string();
         assert!(err.contains("--config"), "{err}");
+    }
+
+    #[test]
+    fn admission_and_pricing_settings_are_read_and_checked() {
+        let defaults = Config::from_raw(RawConfig::default()).expect("defaults");
+        assert_eq!(defaults.max_reserved_output_tokens, 1_000_000);
+        assert_eq!(defaults.unknown_model_policy, tollgate_gateway::UnknownModelPolicy::Refuse);
+        assert_eq!(defaults.drain_after_hangup, Duration::from_secs(2));
+        let file = write(
+            r#"
+            unknown_model_policy = "default_price"
+            default_price = { input_per_mtok_micros = 1000000, output_per_mtok_micros = 3000000 }
+            [limits]
+            max_reserved_output_tokens = 50000
+            [upstream]
+            drain_after_hangup_ms = 500
+            "#,
+        );
+        let config = Config::load(Some(file.path())).expect("valid");
+        assert_eq!(config.unknown_model_policy, tollgate_gateway::UnknownModelPolicy::DefaultPrice);
+        assert_eq!(config.prices.default_price().output_per_mtok_micros, 3_000_000);
+        assert_eq!(config.max_reserved_output_tokens, 50_000);
+        assert_eq!(config.drain_after_hangup, Duration::from_millis(500));
+        let file = write("[limits]\nmax_reserved_output_tokens = 100\n");
+        let err = Config::load(Some(file.path())).expect_err("below the default").to_string();
+        assert!(err.contains("max_reserved_output_tokens"), "{err}");
     }
 }

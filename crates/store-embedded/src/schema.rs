@@ -96,6 +96,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX usage_project_ts ON usage (project_id, ts_ms, id);
     CREATE INDEX usage_key_ts ON usage (key_id, ts_ms, id);
     "#,
+    // 2: a record whose cost was estimated (a model without a known price).
+    r#"
+    ALTER TABLE usage ADD COLUMN price_estimated INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// What a connection is for; readers cannot write by accident.

@@ -4,7 +4,7 @@
 //! the queue, batching, retries and flush/close semantics) running as a task on the
 //! current runtime. It writes the records with one statement per [`MAX_BATCH`] rows:
 //! `INSERT ... SELECT * FROM UNNEST($1::text[], ...) ON CONFLICT (id) DO NOTHING`
-//! (twenty array parameters whatever the batch size, so one prepared statement; the
+//! (twenty-one array parameters whatever the batch size, so one prepared statement; the
 //! id is the primary key, so replays are ignored and the first copy wins).
 //!
 //! The policy is this backend's: two attempts per write; when PostgreSQL refuses
@@ -40,7 +40,7 @@ static INSERT: LazyLock<String> = LazyLock::new(|| {
         "INSERT INTO usage ({USAGE_COLUMNS}) \
          SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], \
          $8::bool[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], \
-         $15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[]) \
+         $15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[], $21::bool[]) \
          ON CONFLICT (id) DO NOTHING"
     )
 });
@@ -123,6 +123,7 @@ fn record_from_row(row: &Row) -> StoreResult<UsageRecord> {
         price_version: column(row, 17)?,
         client_ip: column(row, 18)?,
         anonymous_id: column(row, 19)?,
+        price_estimated: column(row, 20)?,
     };
     Ok(usage.into_record()?)
 }
@@ -284,6 +285,7 @@ async fn insert_batch(pool: &Pool, records: &[UsageRecord], returning: bool) -> 
     let mut prices = Vec::with_capacity(n);
     let mut ips = Vec::with_capacity(n);
     let mut anonymous = Vec::with_capacity(n);
+    let mut estimated = Vec::with_capacity(n);
     for r in records {
         ids.push(r.id.as_str());
         ts.push(r.ts_ms);
@@ -305,6 +307,7 @@ async fn insert_batch(pool: &Pool, records: &[UsageRecord], returning: bool) -> 
         prices.push(r.price_version.as_deref());
         ips.push(r.client_ip.as_deref());
         anonymous.push(r.anonymous_id.as_deref());
+        estimated.push(r.price_estimated);
     }
     let client = pool.get().await.map_err(pool_error)?;
     let statement =
@@ -333,6 +336,7 @@ async fn insert_batch(pool: &Pool, records: &[UsageRecord], returning: bool) -> 
                 &prices,
                 &ips,
                 &anonymous,
+                &estimated,
             ],
         )
         .await

@@ -18,7 +18,7 @@ use crate::{StoreError, StoreResult};
 pub const USAGE_COLUMNS: &str = "id, ts_ms, project_id, key_id, endpoint, model, status, counted, requests, \
                                  prompt_tokens, completion_tokens, cost_micros, latency_ms, provider, \
                                  cached_tokens, uncached_cost_micros, usage_source, price_version, client_ip, \
-                                 anonymous_id";
+                                 anonymous_id, price_estimated";
 
 /// A stored value that does not fit the field it is read into: corrupt data, so it
 /// becomes [`StoreError::Internal`].
@@ -88,6 +88,7 @@ pub struct UsageRow {
     pub price_version: Option<String>,
     pub client_ip: Option<String>,
     pub anonymous_id: Option<String>,
+    pub price_estimated: bool,
 }
 
 impl UsageRow {
@@ -116,6 +117,7 @@ impl UsageRow {
             price_version: self.price_version,
             client_ip: self.client_ip,
             anonymous_id: self.anonymous_id,
+            price_estimated: self.price_estimated,
         })
     }
 }
@@ -125,13 +127,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn usage_columns_are_twenty_distinct_names() {
+    fn usage_columns_are_twenty_one_distinct_names() {
         let names: Vec<&str> = USAGE_COLUMNS.split(", ").collect();
-        assert_eq!(names.len(), 20);
+        assert_eq!(names.len(), 21);
         let mut sorted = names.clone();
         sorted.sort_unstable();
         sorted.dedup();
-        assert_eq!(sorted.len(), 20, "{names:?}");
+        assert_eq!(sorted.len(), 21, "{names:?}");
         assert_eq!((names[6], names[8], names[16]), ("status", "requests", "usage_source"), "indices used above");
     }
 

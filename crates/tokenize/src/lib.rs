@@ -33,6 +33,17 @@ use tiktoken_rs::CoreBPE;
 /// Largest output-token figure accepted from a request: anything above is a mistake.
 pub const MAX_OUTPUT_TOKENS: u64 = 10_000_000;
 
+/// Largest prompt (its JSON text) counted exactly; a longer one is estimated at its
+/// upper bound, one token per byte ([`prompt_upper_bound`]).
+pub const MAX_COUNTED_BYTES: usize = 1024 * 1024;
+
+/// Longest piece of text handed to the BPE at once. tiktoken's pre-tokenizer
+/// backtracks on long whitespace runs: ~0.5 s of CPU for 768 KB of spaces, and a
+/// panic (fancy-regex's backtrack limit, unwrapped) from about 1 MB under o200k.
+/// Pieces this short cost little (linear in the text); a split can change the count by at most a
+/// token per piece.
+const CHUNK_BYTES: usize = 4 * 1024;
+
 /// The BPE encodings tollgate counts with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Encoding {
@@ -120,15 +131,78 @@ impl Counter {
         Counter { encoding, bpe: encoder(encoding) }
     }
 
+    /// Never panics: text is encoded in pieces of at most [`CHUNK_BYTES`], and a
+    /// piece the encoder panics on counts as its bytes (an upper bound).
     fn text(self, text: &str) -> u64 {
         if text.is_empty() {
             return 0;
         }
-        match self.bpe {
-            Some(bpe) => bpe.encode_ordinary(text).len() as u64,
-            None => (text.len() as u64).div_ceil(4),
+        let Some(bpe) = self.bpe else { return (text.len() as u64).div_ceil(4) };
+        let mut total = 0u64;
+        let mut rest = text;
+        while !rest.is_empty() {
+            let cut = split_point(rest, CHUNK_BYTES);
+            let (piece, tail) = rest.split_at(cut);
+            let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bpe.encode_ordinary(piece).len()));
+            total += match encoded {
+                Ok(n) => n as u64,
+                Err(_) => piece.len() as u64,
+            };
+            rest = tail;
         }
+        total
     }
+}
+
+/// Where to end the next piece of `text`: all of it if it fits in `max` bytes, else
+/// at the last start of a word in the second half of the window (where the
+/// pre-tokenizer would split anyway), else at the last char boundary.
+fn split_point(text: &str, max: usize) -> usize {
+    if text.len() <= max {
+        return text.len();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let window = &text.as_bytes()[max / 2..end];
+    let word_start = window.windows(2).rposition(|w| w[0].is_ascii_whitespace() && !w[1].is_ascii_whitespace());
+    match word_start {
+        Some(i) => max / 2 + i + 1,
+        None => end,
+    }
+}
+
+/// A bound no count of `prompt` can exceed, from its length alone (no parsing):
+/// every token is at least one byte of text, a message's 3 tokens of overhead are
+/// at most its braces and comma, the reply priming is 3, and tool definitions,
+/// counted by the cookbook's formula, cost at most 4 tokens a byte plus 12.
+pub fn prompt_upper_bound(prompt: Prompt<'_>) -> u64 {
+    match prompt {
+        Prompt::Chat { messages, tools, functions } => {
+            let definitions = tools.map_or(0, |t| t.get().len()) + functions.map_or(0, |f| f.get().len());
+            let definitions = if definitions == 0 { 0 } else { 4 * definitions as u64 + 12 };
+            messages.get().len() as u64 + REPLY_PRIMING + definitions
+        }
+        Prompt::Text(raw) => raw.get().len() as u64,
+    }
+}
+
+/// The prompt's tokens, counted exactly when its JSON is at most
+/// [`MAX_COUNTED_BYTES`], else (and for a shape the counter cannot read) its
+/// [`prompt_upper_bound`]. CPU-bound: call it off the async workers.
+pub fn count_prompt_capped(model: &str, prompt: Prompt<'_>) -> u64 {
+    let bound = prompt_upper_bound(prompt);
+    let size = match prompt {
+        Prompt::Chat { messages, tools, functions } => {
+            messages.get().len() + tools.map_or(0, |t| t.get().len()) + functions.map_or(0, |f| f.get().len())
+        }
+        Prompt::Text(raw) => raw.get().len(),
+    };
+    if size > MAX_COUNTED_BYTES {
+        return bound;
+    }
+    count_prompt(model, prompt).unwrap_or(bound)
 }
 
 // ---- chat completions ----
@@ -487,6 +561,46 @@ pub fn validate_output_limit(field: &'static str, value: Option<&Value>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn megabytes_of_whitespace_are_counted_without_a_panic() {
+        // Whole, o200k panics on this (a regex backtrack limit, unwrapped in tiktoken).
+        for text in [format!("a{}b", " ".repeat(1_100_000)), "\n \t".repeat(100_000)] {
+            for model in ["gpt-4o", "gpt-4"] {
+                let n = count_text(model, &text);
+                assert!(n >= 1 && n <= text.len() as u64, "{model}: {n}");
+            }
+        }
+        let words = "hello world ".repeat(10_000);
+        let whole = Counter::for_model("gpt-4o").bpe.expect("o200k").encode_ordinary(&words).len() as u64;
+        let pieces = count_text("gpt-4o", &words);
+        assert!(pieces.abs_diff(whole) <= (words.len() / CHUNK_BYTES) as u64 + 1, "{pieces} vs {whole}");
+    }
+
+    #[test]
+    fn the_upper_bound_is_never_below_the_count() {
+        let body = r#"{"messages":[{"role":"user","content":"a b c d e f g"},{"role":"assistant","name":"x","content":[{"type":"text","text":"日本語"}]},{}],
+            "tools":[{"type":"function","function":{"name":"f","parameters":{"properties":{"a":{"type":"string","enum":[1,2]}}}}}],
+            "functions":[{},{}]}"#;
+        #[derive(Deserialize)]
+        struct B<'a> {
+            #[serde(borrow)]
+            messages: &'a RawValue,
+            #[serde(borrow)]
+            tools: &'a RawValue,
+            #[serde(borrow)]
+            functions: &'a RawValue,
+        }
+        let b: B<'_> = serde_json::from_str(body).expect("json");
+        for model in ["gpt-4o", "gpt-4"] {
+            let prompt = Prompt::Chat { messages: b.messages, tools: Some(b.tools), functions: Some(b.functions) };
+            let counted = count_prompt(model, prompt).expect("count");
+            assert!(counted <= prompt_upper_bound(prompt), "{counted} > {}", prompt_upper_bound(prompt));
+            assert_eq!(count_prompt_capped(model, prompt), counted);
+        }
+        let text: &RawValue = serde_json::from_str(r#"[[1,2,3],"x y z",[4]]"#).expect("json");
+        assert!(count_prompt("gpt-4o", Prompt::Text(text)).expect("count") <= prompt_upper_bound(Prompt::Text(text)));
+    }
 
     #[test]
     fn hello_world_is_two_tokens_in_both_encodings() {

@@ -110,6 +110,7 @@ fn expected_summary(stripped: u32) -> StreamSummary {
         saw_done: true,
         error: None,
         stripped_events: stripped,
+        model: Some("gpt-4o-mini-2024-07-18".to_owned()),
     }
 }
 

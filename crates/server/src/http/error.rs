@@ -68,6 +68,10 @@ pub enum ApiError {
     /// Too many unknown keys from one client address: it waits this many seconds.
     #[error("Too many requests with invalid API keys from your address. Try again in {0}s.")]
     TooManyInvalidKeys(u64),
+    /// A request that asks for more than a limit allows in a whole window: waiting
+    /// would not help, so a 400 without `Retry-After`.
+    #[error("request larger than a limit")]
+    RequestTooLarge(Box<LimitRefusal>),
     #[error("{0}")]
     UpstreamUnavailable(String),
     #[error("{0}")]
@@ -112,6 +116,7 @@ impl ApiError {
             RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limit_exceeded"),
             QuotaExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded_error", "quota_exceeded"),
             TooManyInvalidKeys(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "too_many_invalid_keys"),
+            RequestTooLarge(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", "request_too_large"),
             UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_unavailable"),
             UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_error", "upstream_timeout"),
             UpstreamInvalid(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_invalid_response"),
@@ -156,17 +161,10 @@ fn refusal_body(r: &LimitRefusal, rate: bool) -> (String, Value) {
         let period = match s.spec.window {
             Window::Day => "Daily",
             Window::Month => "Monthly",
-            Window::Minute | Window::Hour => "Quota",
+            Window::Hour => "Hourly",
+            Window::Minute => "Per-minute",
         };
-        let message = if r.retry_at_ms.is_none() {
-            format!(
-                "{period} quota exceeded: this request alone needs more than the {} {} allowed.",
-                s.spec.limit,
-                s.spec.metric.as_str()
-            )
-        } else {
-            format!("{period} quota exceeded. Upgrade your plan or wait until quota resets.")
-        };
+        let message = format!("{period} quota exceeded. Upgrade your plan or wait until quota resets.");
         let details = json!({
             "used": s.used,
             "limit": s.spec.limit,
@@ -196,6 +194,19 @@ impl IntoResponse for ApiError {
             ApiError::TooManyInvalidKeys(secs) => {
                 retry_after = Some(*secs);
                 (self.to_string(), None, None)
+            }
+            ApiError::RequestTooLarge(r) => {
+                let s = &r.status;
+                let message = format!(
+                    "This request can never be admitted: it needs more than the {} {} per {} that the {} plan \
+                     allows. Lower max_tokens (or n), or shorten the prompt.",
+                    s.spec.limit,
+                    s.spec.metric.as_str(),
+                    s.spec.window.as_str(),
+                    r.plan
+                );
+                let details = json!({ "limit": s.spec.limit, "metric": s.spec.metric.as_str(), "window": s.spec.window.as_str() });
+                (message, Some(details), None)
             }
             ApiError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
@@ -273,5 +284,33 @@ impl From<GatewayError> for ApiError {
             GatewayError::Upstream(u) => u.into(),
             GatewayError::Internal(m) => ApiError::Internal(m),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tollgate_core::LimitSpec;
+
+    use super::*;
+
+    fn refusal(window: Window, retry_at_ms: Option<i64>) -> Box<LimitRefusal> {
+        let spec = LimitSpec::new(Metric::TotalTokens, window, 2_000);
+        let status = LimitStatus { spec, used: 1_990, remaining: 10, reset_at_ms: 60_000 };
+        Box::new(LimitRefusal { status, plan: "free".into(), now_ms: 0, retry_at_ms })
+    }
+
+    #[test]
+    fn every_quota_message_names_its_period_once() {
+        for window in [Window::Minute, Window::Hour, Window::Day, Window::Month] {
+            let (message, _) = refusal_body(&refusal(window, Some(30_000)), false);
+            assert!(!message.to_lowercase().contains("quota quota"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_request_that_can_never_fit_is_a_400_without_retry_after() {
+        let response = ApiError::RequestTooLarge(refusal(Window::Day, None)).into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
     }
 }

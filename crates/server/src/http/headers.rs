@@ -27,10 +27,10 @@ pub fn refusal(decision: &Decision, plan: &str, now_ms: i64) -> Option<ApiError>
         now_ms,
         retry_at_ms: refusal.retry_at_ms,
     });
-    Some(if status.spec.window.is_rate() && refusal.retry_at_ms.is_some() {
-        ApiError::RateLimited(r)
-    } else {
-        ApiError::QuotaExceeded(r)
+    Some(match refusal.retry_at_ms {
+        None => ApiError::RequestTooLarge(r),
+        Some(_) if status.spec.window.is_rate() => ApiError::RateLimited(r),
+        Some(_) => ApiError::QuotaExceeded(r),
     })
 }
 

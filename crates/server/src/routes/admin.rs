@@ -478,6 +478,7 @@ fn usage_view(r: &UsageRecord) -> Value {
         "uncached_cost_micros": r.uncached_cost_micros,
         "usage_source": r.usage_source,
         "price_version": r.price_version,
+        "price_estimated": r.price_estimated,
         "client_ip": r.client_ip,
         "anonymous_id": r.anonymous_id,
         "latency_ms": r.latency_ms,

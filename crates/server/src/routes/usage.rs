@@ -118,16 +118,13 @@ async fn check_event(state: &AppState, admin: &Admin, raw: Value, now: i64) -> R
     let authed = resolve(state, key)?;
     let key = &authed.key;
     let model = event.model.unwrap_or_default();
-    let (cost_micros, uncached_cost_micros, price_version) = match event.cost_micros {
-        Some(c) => (c, c, None),
-        None if model.is_empty() => (0, 0, None),
+    let (cost_micros, uncached_cost_micros, price_version, price_estimated) = match event.cost_micros {
+        Some(c) => (c, c, None, false),
+        None if model.is_empty() => (0, 0, None, false),
         None => {
-            let cost = state.settings.prices.price(&model).price.cost(
-                event.prompt_tokens,
-                event.cached_tokens,
-                event.completion_tokens,
-            );
-            (cost.micros, cost.uncached_micros, Some(state.settings.prices.version().to_owned()))
+            let lookup = state.settings.prices.price(&model);
+            let cost = lookup.price.cost(event.prompt_tokens, event.cached_tokens, event.completion_tokens);
+            (cost.micros, cost.uncached_micros, Some(state.settings.prices.version().to_owned()), !lookup.known)
         }
     };
     let traffic = Traffic {
@@ -155,6 +152,7 @@ async fn check_event(state: &AppState, admin: &Admin, raw: Value, now: i64) -> R
         uncached_cost_micros,
         usage_source: UsageSource::Ingested,
         price_version,
+        price_estimated,
         client_ip: traffic.client_ip.map(|ip| ip.to_string()),
         anonymous_id: traffic.anonymous_id.clone(),
         latency_ms: 0,

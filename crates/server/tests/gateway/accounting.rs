@@ -258,11 +258,14 @@ async fn status_reports_states_and_every_header_family_is_sent() {
         ]),
     )
     .await;
-    // Without max_tokens the default 4,096 output tokens would be reserved, more than
-    // the 1,000 tokens a minute allowed: such a request is refused up front.
-    let r = app.chat(&key).await;
-    assert_eq!(r.status, 429);
-    assert_eq!(r.body["error"]["code"], "quota_exceeded", "{:?}", r.body);
+    // A request that asks for more output than the 1,000 tokens a minute allowed can
+    // never fit: a 400 that says so, with no Retry-After to make SDKs wait and retry.
+    let huge =
+        json!({ "model": "gpt-4o-mini", "max_tokens": 2_000, "messages": [{ "role": "user", "content": "Hi" }] });
+    let r = reply(app.http.post(app.url("/v1/chat/completions")).bearer_auth(&key).json(&huge)).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "request_too_large", "{:?}", r.body);
+    assert_eq!(r.header("retry-after"), None);
     let body = json!({ "model": "gpt-4o-mini", "max_tokens": 10, "messages": [{ "role": "user", "content": "Hi" }] });
     for _ in 0..8 {
         assert_eq!(app.chat_body(&key, body.clone(), &[]).await.status(), 200);

@@ -30,6 +30,11 @@ pub async fn spawn_mock(config: MockConfig) -> String {
 }
 
 pub fn config(data_dir: &Path, mock_url: &str) -> Config {
+    Config::from_raw(raw_config(data_dir, mock_url)).expect("valid test config")
+}
+
+/// The test configuration before validation, for tests that set more.
+pub fn raw_config(data_dir: &Path, mock_url: &str) -> RawConfig {
     let mut raw = RawConfig {
         listen: "127.0.0.1:0".into(),
         data_dir: data_dir.to_path_buf(),
@@ -54,10 +59,10 @@ pub fn config(data_dir: &Path, mock_url: &str) -> Config {
         },
     );
     // Lets tests drive the mock's misbehaviour through the gateway.
-    raw.upstream
-        .forward_headers
-        .extend(["x-mock-status", "x-mock-usage", "x-mock-fault", "x-mock-latency-ms"].map(String::from));
-    Config::from_raw(raw).expect("valid test config")
+    raw.upstream.forward_headers.extend(
+        ["x-mock-status", "x-mock-usage", "x-mock-fault", "x-mock-latency-ms", "x-mock-model"].map(String::from),
+    );
+    raw
 }
 
 pub async fn spawn_app() -> TestApp {

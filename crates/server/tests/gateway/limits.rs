@@ -98,7 +98,7 @@ async fn two_hundred_concurrent_requests_against_fifty_left_admit_exactly_fifty(
             let r = http
                 .post(url)
                 .bearer_auth(key)
-                .json(&json!({ "model": "gpt-4o-mini", "messages": [] }))
+                .json(&json!({ "model": "gpt-4o-mini", "messages": [{ "role": "user", "content": "Hi" }] }))
                 .send()
                 .await
                 .expect("sent");

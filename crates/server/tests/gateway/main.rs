@@ -3,6 +3,7 @@
 
 mod accounting;
 mod admin;
+mod admission;
 mod crash;
 mod faults;
 mod hangup;

@@ -48,6 +48,28 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
+/// A chat message: mostly well formed, sometimes with a field of the wrong type.
+fn message() -> impl Strategy<Value = Value> {
+    let role = prop_oneof![4 => Just(json!("user")), 1 => json_value()];
+    let content = prop_oneof![
+        3 => "\\PC{0,12}".prop_map(Value::String),
+        1 => Just(Value::Null),
+        1 => Just(json!([{ "type": "text", "text": "hi" }])),
+        1 => json_value(),
+    ];
+    (prop::option::of(role), prop::option::of(content), prop::option::of(json_value())).prop_map(
+        |(role, content, name)| {
+            let mut map = Map::new();
+            for (k, v) in [("role", role), ("content", content), ("name", name)] {
+                if let Some(v) = v {
+                    map.insert(k.into(), v);
+                }
+            }
+            Value::Object(map)
+        },
+    )
+}
+
 /// A request body: the fields `inspect` reads (each maybe absent), with any values.
 fn request_object() -> impl Strategy<Value = Value> {
     let field = |name: &'static str| prop::option::of(json_value()).prop_map(move |v| (name, v));
@@ -61,7 +83,11 @@ fn request_object() -> impl Strategy<Value = Value> {
         field("max_tokens"),
         field("max_completion_tokens"),
         field("stream_options"),
-        field("messages"),
+        prop::option::of(prop_oneof![
+            3 => prop::collection::vec(message(), 0..3).prop_map(Value::Array),
+            1 => json_value(),
+        ])
+        .prop_map(|v| ("messages", v)),
     )
         .prop_map(|(model, stream, max_tokens, max_completion, options, messages)| {
             let mut map = Map::new();
@@ -103,6 +129,18 @@ proptest! {
 /// `(stream, max_output_tokens)` for a request `inspect` should accept, else `None`.
 fn expected(body: &Value) -> Option<(bool, Option<u64>)> {
     body["model"].as_str().filter(|m| !m.trim().is_empty() && m.len() <= 256)?;
+    let messages = body["messages"].as_array().filter(|m| !m.is_empty())?;
+    for m in messages {
+        m.as_object()?;
+        m["role"].as_str()?;
+        let parts_ok = m["content"].as_array().is_some_and(|p| p.iter().all(Value::is_object));
+        if !(matches!(m["content"], Value::Null | Value::String(_)) || parts_ok) {
+            return None;
+        }
+        if !matches!(m["name"], Value::Null | Value::String(_)) {
+            return None;
+        }
+    }
     let stream = match &body["stream"] {
         Value::Null => false,
         Value::Bool(b) => *b,
@@ -140,6 +178,11 @@ fn hand_picked_bodies() {
         b"{\"model\":\"m\",\"stream\":\"yes\"}",
         b"{\"model\":\"m\",\"model\":\"n\"}",
         b"{\"model\":\"m\"} trailing",
+        // Invalid UTF-8 inside a prompt the gateway does not parse field by field.
+        b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\xc3\x28\"}]}",
+        b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":5}]}",
+        b"{\"model\":\"m\",\"messages\":[]}",
+        b"{\"model\":\"m\"}",
     ] {
         harness::request_parsing(body);
         assert!(inspect(Endpoint::ChatCompletions, body).is_err(), "{}", String::from_utf8_lossy(body));
@@ -149,7 +192,10 @@ fn hand_picked_bodies() {
     harness::request_parsing(deep.as_bytes());
     let deep = format!("{{\"model\":\"m\",\"messages\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
     harness::request_parsing(deep.as_bytes());
-    let ok = serde_json::to_vec(&json!({"model": "m", "max_tokens": 10_000_000, "stream": true})).expect("json");
+    let ok = serde_json::to_vec(
+        &json!({"model": "m", "max_tokens": 10_000_000, "stream": true, "messages": [{"role": "user"}]}),
+    )
+    .expect("json");
     assert_eq!(inspect(Endpoint::ChatCompletions, &ok).expect("valid").max_output_tokens, Some(10_000_000));
 }
 

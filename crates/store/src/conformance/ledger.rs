@@ -31,6 +31,7 @@ fn record(id: &str, ts_ms: i64, project_id: &str, key_id: &str) -> UsageRecord {
         price_version: Some("2026-11-01".to_owned()),
         client_ip: Some("203.0.113.7".to_owned()),
         anonymous_id: Some("anon-1".to_owned()),
+        price_estimated: false,
     }
 }
 
@@ -62,6 +63,7 @@ pub async fn append_flush_query(ledger: &dyn Ledger) {
         completion_tokens: 0,
         cost_micros: 0,
         latency_ms: 3,
+        price_estimated: true,
         ..first.clone()
     };
     ledger.append(first.clone());
