@@ -7,14 +7,22 @@
 # control switched on (requests, tokens and cost over several windows, limits high
 # enough never to refuse), and then, for each concurrency, runs bounded-time loads of:
 #
-#   chat     non-streaming chat completion: upstream alone (straight to the mock) and
-#            through tollgate (auth, 8-limit reservation, forward, usage, ledger, settle)
+#   chat     non-streaming chat completion: upstream alone (straight to the mock), through
+#            a bare reverse proxy (nginx, keep-alive both sides), and through tollgate
+#            (auth, 8-limit reservation, forward, usage, ledger, settle)
+#   chat4k   the same with a 4 KB prompt
 #   stream   streamed chat completion (SSE): time to first byte and total latency
+#   stream20 the same with 20 content chunks
 #   verify   POST /api/v1/keys/verify alone (auth + one 8-limit decision + ledger)
 #
-# and prints ONE table: requests/s, p50, p99, p99.9 for the upstream alone and through
-# tollgate, throughput kept (%) and latency added (ms). Also RSS of tollgate idle and
-# after the load. Everything it starts is stopped on exit; traffic stays on 127.0.0.1.
+# The gateway (tollgate, or nginx for the baseline) is pinned to its own core with
+# taskset (BENCH_GATEWAY_CPU, default 1), the load generator and the upstream to the
+# other (BENCH_LOAD_CPUS, default 0), and the gateway's CPU time per request is read
+# from /proc/<pid>/stat before and after each run. It prints ONE table: requests/s and
+# latency for the upstream alone, the bare proxy and tollgate, tollgate's throughput
+# kept (% of the bare proxy, the figure that matters: both pay the same two hops), and
+# the CPU microseconds each spends per request. Also RSS of tollgate idle and after the
+# load. Everything it starts is stopped on exit; traffic stays on 127.0.0.1.
 #
 # Usage: bench/run.sh [--duration SECS] [--concurrency "1 16 64 256"] [--scenarios "chat stream verify"]
 #                     [--distributed | --store embedded|distributed|both] [--durability "sync async"]
@@ -23,7 +31,10 @@
 # Environment (flags win):
 #   BENCH_DURATION      seconds per load run (default 5)
 #   BENCH_CONCURRENCY   connection counts (default "1 16 64 256")
-#   BENCH_SCENARIOS     scenarios to run (default "chat stream verify")
+#   BENCH_SCENARIOS     scenarios to run (default "chat chat4k stream stream20 verify")
+#   BENCH_GATEWAY_CPU   the core tollgate and the bare proxy run on (default 1)
+#   BENCH_LOAD_CPUS     the cores of the load generator and the upstream (default 0)
+#   BENCH_PROXY         0 to skip the nginx baseline (default 1)
 #   BENCH_THREADS       load generator threads (default: number of CPUs)
 #   BENCH_WARMUP        seconds of warm-up per store before measuring (default 1)
 #   BENCH_DURABILITY    ledger durability settings to run each store with, e.g. "sync async"
@@ -43,7 +54,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DURATION="${BENCH_DURATION:-5}"
 CONCURRENCY="${BENCH_CONCURRENCY:-1 16 64 256}"
-SCENARIOS="${BENCH_SCENARIOS:-chat stream verify}"
+SCENARIOS="${BENCH_SCENARIOS:-chat chat4k stream stream20 verify}"
 WARMUP="${BENCH_WARMUP:-1}"
 THREADS="${BENCH_THREADS:-$(nproc 2>/dev/null || echo 2)}"
 STORES="embedded"
@@ -173,6 +184,40 @@ if ! command -v wrk >/dev/null; then
 fi
 command -v curl >/dev/null || die "curl is needed"
 
+# Pinning: the gateway alone on its core, everything else on the other(s).
+GW_CPU="${BENCH_GATEWAY_CPU:-1}"
+LOAD_CPUS="${BENCH_LOAD_CPUS:-0}"
+PIN_GW=()
+PIN_LOAD=()
+if command -v taskset >/dev/null && [[ $(nproc) -ge 2 ]]; then
+  PIN_GW=(taskset -c "$GW_CPU")
+  PIN_LOAD=(taskset -c "$LOAD_CPUS")
+  PINNING="gateway on CPU $GW_CPU, load generator and upstream on CPU $LOAD_CPUS"
+else
+  PINNING="not pinned (taskset missing or one CPU)"
+fi
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
+# CPU time (user + system, in clock ticks) of PID and its children's threads: fields
+# 14 and 15 of /proc/PID/stat (the command name, field 2, has no spaces here).
+cpu_ticks() {
+  local total=0 p
+  for p in "$@"; do
+    [[ -r "/proc/$p/stat" ]] || continue
+    total=$((total + $(awk '{ print $14 + $15 }' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+
+PROXY="${BENCH_PROXY:-1}"
+if [[ "$PROXY" == 1 ]] && ! command -v nginx >/dev/null; then
+  note "installing nginx-light from Debian (the bare-proxy baseline)"
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  $SUDO apt-get install -y -qq nginx-light >/dev/null 2>&1 \
+    || { $SUDO apt-get update -qq >/dev/null 2>&1 && $SUDO apt-get install -y -qq nginx-light >/dev/null 2>&1; } \
+    || { note "could not install nginx: no bare-proxy baseline"; PROXY=0; }
+fi
+
 # ---------------------------------------------------------------------------------------
 # Load generators: each prints one flat JSON line; `field LINE NAME` reads a number.
 # ---------------------------------------------------------------------------------------
@@ -186,7 +231,7 @@ run_wrk() {
   local url="$1" conns="$2" secs="$3" body="$4" headers="$5" threads line
   threads=$(( conns < THREADS ? conns : THREADS ))
   line=$(BENCH_BODY_FILE="$body" BENCH_HEADERS="$headers" \
-    wrk -t "$threads" -c "$conns" -d "${secs}s" --timeout 10s -s "$ROOT/bench/wrk/request.lua" "$url" \
+    ${PIN_LOAD[@]+"${PIN_LOAD[@]}"} wrk -t "$threads" -c "$conns" -d "${secs}s" --timeout 10s -s "$ROOT/bench/wrk/request.lua" "$url" \
     | sed -n 's/^BENCH_RESULT //p')
   [[ -n "$line" ]] || { echo '{"rps":0,"errors":-1}'; return; }
   # Same shape as the loadgen's line: wrk only knows the total latency.
@@ -200,7 +245,7 @@ run_loadgen() {
   local args=("$url" -c "$conns" -d "$secs" -t "$threads")
   [[ -n "$body" ]] && args+=(--body-file "$body")
   while IFS= read -r h; do [[ -n "$h" ]] && args+=(-H "$h"); done <<<"$headers"
-  "$LOADGEN_BIN" "${args[@]}" 2>>"$WORK/loadgen.log" || echo '{"rps":0,"errors":-1}'
+  ${PIN_LOAD[@]+"${PIN_LOAD[@]}"} "$LOADGEN_BIN" "${args[@]}" 2>>"$WORK/loadgen.log" || echo '{"rps":0,"errors":-1}'
 }
 
 # ---------------------------------------------------------------------------------------
@@ -214,6 +259,7 @@ run_loadgen() {
 # ---------------------------------------------------------------------------------------
 
 CHAT_BODY="$WORK/chat.json"
+CHAT4K_BODY="$WORK/chat4k.json"
 STREAM_BODY="$WORK/stream.json"
 VERIFY_BODY="$WORK/verify.json"
 UPSTREAM_KEY="sk-bench-upstream-key"
@@ -228,6 +274,11 @@ scenario_chat() {
   ROWS="total"
 }
 
+scenario_chat4k() {
+  scenario_chat
+  BODY="$CHAT4K_BODY"
+}
+
 scenario_stream() {
   GEN=loadgen
   BASE_URL="http://127.0.0.1:$MOCK_PORT/v1/chat/completions"
@@ -236,6 +287,12 @@ scenario_stream() {
   BASE_HDRS="Authorization: Bearer $UPSTREAM_KEY"
   TG_HDRS="Authorization: Bearer $BENCH_KEY"
   ROWS="ttfb total"
+}
+
+scenario_stream20() {
+  scenario_stream
+  BASE_HDRS+=$'\n'"x-mock-chunks: 20"
+  TG_HDRS+=$'\n'"x-mock-chunks: 20"
 }
 
 scenario_verify() {
@@ -253,6 +310,7 @@ for s in $SCENARIOS; do
 done
 
 printf '%s' '{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Hello! How are you today?"}]}' >"$CHAT_BODY"
+python3 -c 'import json, sys; text = ("The quarterly report shows that revenue grew by twelve percent. " * 80)[:4096]; sys.stdout.write(json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": text}]}))' >"$CHAT4K_BODY"
 printf '%s' '{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Hello! How are you today?"}]}' >"$STREAM_BODY"
 
 # ---------------------------------------------------------------------------------------
@@ -311,9 +369,48 @@ wait_redis() {
 
 ADMIN_TOKEN="bench-admin-token-$(date +%s)-$$"
 MOCK_PORT=$(free_port)
-start mock "$TOLLGATE_BIN" mock-upstream --port "$MOCK_PORT" --expected-api-key "$UPSTREAM_KEY"
+start mock ${PIN_LOAD[@]+"${PIN_LOAD[@]}"} "$TOLLGATE_BIN" mock-upstream --port "$MOCK_PORT" --expected-api-key "$UPSTREAM_KEY"
 MOCK_PID=$LAST_PID
 wait_http "http://127.0.0.1:$MOCK_PORT/health" "$MOCK_PID" 10 || { cat "$WORK/mock.log" >&2; die "the mock upstream did not start"; }
+
+# The bare-proxy baseline: nginx, one worker on the gateway's core, keep-alive to the
+# mock, nothing buffered: two HTTP hops and nothing else.
+NGX_PIDS=()
+if [[ "$PROXY" == 1 ]]; then
+  NGX_PORT=$(free_port)
+  mkdir -p "$WORK/nginx/logs"
+  {
+    [[ $(id -u) -eq 0 ]] && echo "user root;"
+    echo "worker_processes 1;"
+    echo "daemon off;"
+    echo "pid $WORK/nginx/nginx.pid;"
+    echo "error_log $WORK/nginx/error.log warn;"
+    echo "events { worker_connections 8192; }"
+    echo "http {"
+    echo "  access_log off;"
+    for t in client_body proxy fastcgi uwsgi scgi; do echo "  ${t}_temp_path $WORK/nginx/$t;"; done
+    echo "  upstream mock { server 127.0.0.1:$MOCK_PORT; keepalive 512; }"
+    echo "  server {"
+    echo "    listen 127.0.0.1:$NGX_PORT;"
+    echo "    location / {"
+    echo "      proxy_pass http://mock;"
+    echo "      proxy_http_version 1.1;"
+    echo "      proxy_set_header Connection \"\";"
+    echo "      proxy_buffering off;"
+    echo "      proxy_request_buffering off;"
+    echo "    }"
+    echo "  }"
+    echo "}"
+  } >"$WORK/nginx/nginx.conf"
+  start nginx ${PIN_GW[@]+"${PIN_GW[@]}"} nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log"
+  NGX_MASTER=$LAST_PID
+  if wait_http "http://127.0.0.1:$NGX_PORT/health" "$NGX_MASTER" 10; then
+    NGX_PIDS=("$NGX_MASTER" $(pgrep -P "$NGX_MASTER" || true))
+  else
+    note "nginx did not start ($(tail -n 2 "$WORK/nginx/error.log" 2>/dev/null | tr '\n' ' ')): no bare-proxy baseline"
+    PROXY=0
+  fi
+fi
 
 # A plan with every control on. Limits are far above what a run can use, so nothing is
 # refused, but every one is checked and charged on every request.
@@ -344,6 +441,7 @@ start_tollgate() {
     echo "[upstream]"
     echo "base_url = \"http://127.0.0.1:$MOCK_PORT/v1\""
     echo "api_key = \"$UPSTREAM_KEY\""
+    echo "forward_headers = [\"x-mock-chunks\"]"
   } >"$config"
   while IFS= read -r l; do
     [[ -n "$l" ]] || continue
@@ -352,7 +450,7 @@ start_tollgate() {
     local name="${l%%=*}"
     envs+=("TOLLGATE_$(tr '[:upper:]' '[:lower:]' <<<"${name#TOLLGATE_}")=${l#*=}")
   done <<<"$env_lines"
-  start "tollgate-$store$durability" env ${envs[@]+"${envs[@]}"} "$TOLLGATE_BIN" serve --config "$config"
+  start "tollgate-$store$durability" ${PIN_GW[@]+"${PIN_GW[@]}"} env ${envs[@]+"${envs[@]}"} "$TOLLGATE_BIN" serve --config "$config"
   TG_PID=$LAST_PID
   if ! wait_http "http://127.0.0.1:$TG_PORT/health" "$TG_PID" 60; then
     local said; said=$(grep -v '^\s*$' "$WORK/tollgate-$store$durability.log" | tail -n 2 | tr '\n' ' ')
@@ -383,13 +481,27 @@ start_tollgate() {
 # Runs
 # ---------------------------------------------------------------------------------------
 
-RESULTS="$WORK/results.tsv"   # store scenario conc row base_json tg_json
+RESULTS="$WORK/results.tsv"   # store scenario conc row base_json proxy_json tg_json
 : >"$RESULTS"
 RSS_LINES=()
 
 measure() {
   local gen="$1" url="$2" conns="$3" secs="$4" body="$5" headers="$6"
   "run_$gen" "$url" "$conns" "$secs" "$body" "$headers"
+}
+
+# measure_cpu PIDS GEN URL ... -> the result line with "cpu_us": CPU microseconds the
+# processes PIDS (space-separated) spent per request during the run.
+measure_cpu() {
+  local pids="$1"; shift
+  local before after line requests
+  before=$(cpu_ticks $pids)
+  line=$(measure "$@")
+  after=$(cpu_ticks $pids)
+  requests=$(field "$line" requests)
+  local cpu
+  cpu=$(awk -v d="$((after - before))" -v hz="$CLK_TCK" -v n="${requests:-0}" 'BEGIN { if (n > 0) printf "%.1f", d * 1e6 / hz / n; else print 0 }')
+  echo "${line%\}},\"cpu_us\":$cpu}"
 }
 
 VARIANTS=""
@@ -413,12 +525,16 @@ for store in $VARIANTS; do
     for c in $CONCURRENCY; do
       note "$store / $s / c=$c"
       base='{}'
+      proxy='{}'
       if [[ -n "$BASE_URL" ]]; then
         base=$(measure "$GEN" "$BASE_URL" "$c" "$DURATION" "$BODY" "$BASE_HDRS")
+        if [[ "$PROXY" == 1 ]]; then
+          proxy=$(measure_cpu "${NGX_PIDS[*]}" "$GEN" "${BASE_URL/:$MOCK_PORT\//:$NGX_PORT/}" "$c" "$DURATION" "$BODY" "$BASE_HDRS")
+        fi
       fi
-      tg=$(measure "$GEN" "$TG_URL" "$c" "$DURATION" "$BODY" "$TG_HDRS")
+      tg=$(measure_cpu "$TG_PID" "$GEN" "$TG_URL" "$c" "$DURATION" "$BODY" "$TG_HDRS")
       for row in $ROWS; do
-        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$store" "$s" "$c" "$row" "$base" "$tg" >>"$RESULTS"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$store" "$s" "$c" "$row" "$base" "$proxy" "$tg" >>"$RESULTS"
       done
     done
   done
@@ -435,27 +551,25 @@ done
 ms() { awk -v us="$1" 'BEGIN { if (us == "") print "-"; else printf "%.3f", us / 1000 }'; }
 
 table() {
-  echo "| store | scenario | conc | upstream rps | p50 ms | p99 ms | p99.9 ms | tollgate rps | p50 ms | p99 ms | p99.9 ms | kept % | +p50 ms | +p99 ms | errors u/t |"
+  echo "| store | scenario | conc | upstream rps | bare proxy rps | proxy µs CPU/req | tollgate rps | p50 ms | p99 ms | p99.9 ms | tollgate µs CPU/req | kept % of proxy | kept % of upstream | +p50 ms vs proxy | errors u/p/t |"
   echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
-  while IFS=$'\t' read -r store s c row base tg; do
+  while IFS=$'\t' read -r store s c row base proxy tg; do
     local name="$s"
-    [[ "$s" == stream ]] && name="stream $row"
-    local b_rps b50 b99 b999 t_rps t50 t99 t999 kept d50 d99 b_err t_err
+    [[ "$s" == stream* ]] && name="$s $row"
+    local b_rps p_rps p_cpu p50 t_rps t50 t99 t999 t_cpu kept_p kept_u d50 b_err p_err t_err
     t_rps=$(field "$tg" rps); t50=$(field "$tg" "${row}_p50"); t99=$(field "$tg" "${row}_p99"); t999=$(field "$tg" "${row}_p999")
-    t_err=$(failures "$tg")
-    if [[ "$base" == '{}' ]]; then
-      printf '| %s | %s | %s | - | - | - | - | %.0f | %s | %s | %s | - | - | - | -/%s |\n' \
-        "$store" "$name" "$c" "${t_rps:-0}" "$(ms "$t50")" "$(ms "$t99")" "$(ms "$t999")" "$t_err"
-      continue
-    fi
-    b_rps=$(field "$base" rps); b50=$(field "$base" "${row}_p50"); b99=$(field "$base" "${row}_p99"); b999=$(field "$base" "${row}_p999")
-    b_err=$(failures "$base")
-    kept=$(awk -v t="${t_rps:-0}" -v b="${b_rps:-0}" 'BEGIN { if (b > 0) printf "%.1f", 100 * t / b; else print "-" }')
-    d50=$(awk -v t="${t50:-0}" -v b="${b50:-0}" 'BEGIN { printf "%+.3f", (t - b) / 1000 }')
-    d99=$(awk -v t="${t99:-0}" -v b="${b99:-0}" 'BEGIN { printf "%+.3f", (t - b) / 1000 }')
-    printf '| %s | %s | %s | %.0f | %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s/%s |\n' \
-      "$store" "$name" "$c" "${b_rps:-0}" "$(ms "$b50")" "$(ms "$b99")" "$(ms "$b999")" \
-      "${t_rps:-0}" "$(ms "$t50")" "$(ms "$t99")" "$(ms "$t999")" "$kept" "$d50" "$d99" "$b_err" "$t_err"
+    t_cpu=$(field "$tg" cpu_us); t_err=$(failures "$tg")
+    b_rps=$(field "$base" rps); b_err=$( [[ "$base" == '{}' ]] && echo - || failures "$base")
+    p_rps=$(field "$proxy" rps); p_cpu=$(field "$proxy" cpu_us); p50=$(field "$proxy" "${row}_p50")
+    p_err=$( [[ "$proxy" == '{}' ]] && echo - || failures "$proxy")
+    kept_p=$(awk -v t="${t_rps:-0}" -v b="${p_rps:-0}" 'BEGIN { if (b > 0) printf "%.1f", 100 * t / b; else print "-" }')
+    kept_u=$(awk -v t="${t_rps:-0}" -v b="${b_rps:-0}" 'BEGIN { if (b > 0) printf "%.1f", 100 * t / b; else print "-" }')
+    d50=$(awk -v t="${t50:-0}" -v b="$p50" 'BEGIN { if (b == "") print "-"; else printf "%+.3f", (t - b) / 1000 }')
+    num() { awk -v x="$1" 'BEGIN { if (x == "") print "-"; else printf "%.0f", x }'; }
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s/%s/%s |\n' \
+      "$store" "$name" "$c" "$(num "$b_rps")" "$(num "$p_rps")" "${p_cpu:--}" \
+      "$(num "$t_rps")" "$(ms "$t50")" "$(ms "$t99")" "$(ms "$t999")" "${t_cpu:--}" "$kept_p" "$kept_u" "$d50" \
+      "$b_err" "$p_err" "$t_err"
   done <"$RESULTS"
 }
 
@@ -467,13 +581,13 @@ report() {
   if [[ -n "$(cd "$ROOT" && git status --porcelain -- crates 2>/dev/null)" ]]; then commit="$commit+dirty"; fi
   echo
   echo "tollgate bench: $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $commit, $(nproc) CPUs ($cpu), $mem"
-  echo "load: ${DURATION}s per run, generator threads $THREADS; chat/verify with wrk, stream with tollgate-loadgen; loopback"
+  echo "load: ${DURATION}s per run, generator threads $THREADS; chat/verify with wrk, stream with tollgate-loadgen; loopback; $PINNING"
   echo "limits on: ${LIMITS_ON:-none}; load average before the table: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
   table
   echo
   for l in "${RSS_LINES[@]}"; do echo "RSS $l"; done
-  echo "errors u/t = non-2xx + socket errors (upstream alone / through tollgate); kept % = tollgate rps / upstream rps"
+  echo "errors u/p/t = non-2xx + socket errors (upstream alone / bare proxy / tollgate); kept % of proxy = tollgate rps / nginx rps on the same core; µs CPU/req from /proc/<pid>/stat over the run"
 }
 
 if [[ -n "$OUT" ]]; then report | tee "$OUT"; else report; fi

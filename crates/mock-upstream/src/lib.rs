@@ -15,6 +15,7 @@
 //! * `x-mock-usage: P,C` — report P prompt and C completion tokens.
 //! * `x-mock-fault: malformed | no-usage | reset | stall | hold-usage` — see [`Fault`].
 //! * `x-mock-model: NAME` — name NAME as the answer's `model` (instead of the request's).
+//! * `x-mock-chunks: N` — stream N content chunks (1 to 10,000).
 //!
 //! The same server is exposed by the CLI as `tollgate mock-upstream` and
 //! documented in `docs/mock-upstream.md`.
@@ -45,6 +46,8 @@ use reply::{StreamSpec, chat_choice, json_reply, sse_reply, text_choice};
 
 /// Header that overrides the configured latency for one request.
 pub const HEADER_LATENCY: &str = "x-mock-latency-ms";
+/// Content chunks of a streamed answer (1 to 10,000; default: the six of the reply).
+pub const HEADER_CHUNKS: &str = "x-mock-chunks";
 /// Header that makes the mock answer with an error status.
 pub const HEADER_STATUS: &str = "x-mock-status";
 /// Header that overrides the reported token usage: `prompt,completion`.
@@ -332,6 +335,8 @@ struct Directives {
     fault: Option<Fault>,
     /// The model the answer names, if not the request's.
     model: Option<String>,
+    /// Content chunks of a streamed answer (`None`: the reply's own pieces).
+    chunks: Option<usize>,
 }
 
 impl Directives {
@@ -367,7 +372,25 @@ impl Directives {
             None => None,
         };
         let model = header_str(headers, HEADER_MODEL)?.map(|m| m.trim().to_owned());
-        Ok(Self { latency: Duration::from_millis(latency_ms), status, prompt_tokens, completion_tokens, fault, model })
+        let chunks = match header_str(headers, HEADER_CHUNKS)? {
+            Some(v) => Some(
+                v.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=10_000).contains(n))
+                    .ok_or_else(|| bad_mock_header(HEADER_CHUNKS, v))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            latency: Duration::from_millis(latency_ms),
+            status,
+            prompt_tokens,
+            completion_tokens,
+            fault,
+            model,
+            chunks,
+        })
     }
 
     fn usage(&self) -> Value {

@@ -120,8 +120,13 @@ impl StreamSpec {
         if directives.fault == Some(Fault::Malformed) {
             events.push(Bytes::from_static(b"data: {\"id\": \"mock-malformed\", \"choices\": [{\"delta\n\n"));
         } else {
+            let count = directives.chunks.unwrap_or(REPLY_PIECES.len());
             events.extend(
-                REPLY_PIECES.iter().map(|p| sse_event(&self.chunk(json!([choice(ChunkPiece::Text(p))]), None))),
+                REPLY_PIECES
+                    .iter()
+                    .cycle()
+                    .take(count)
+                    .map(|p| sse_event(&self.chunk(json!([choice(ChunkPiece::Text(p))]), None))),
             );
         }
         events.push(sse_event(&self.chunk(json!([choice(ChunkPiece::Finish)]), None)));

@@ -405,3 +405,19 @@ async fn keep_alive_connection_serves_many_streams() {
     }
     assert_eq!(mock.requests_served(), 20);
 }
+
+#[tokio::test]
+async fn the_chunks_header_sets_how_many_content_chunks_a_stream_has() {
+    let mock = start(MockConfig::default()).await;
+    let resp = post_chat(&mock, &chat_body(true, false), &[("x-mock-chunks", "20")]).await;
+    assert_eq!(resp.status(), 200);
+    let events = sse_data(&resp.text().await.expect("body"));
+    let content_chunks = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter(|c| c["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty()))
+        .count();
+    assert_eq!(content_chunks, 20);
+    let bad = post_chat(&mock, &chat_body(true, false), &[("x-mock-chunks", "0")]).await;
+    assert_eq!(bad.status(), 400);
+}
