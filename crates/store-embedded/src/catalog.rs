@@ -17,7 +17,7 @@ use tollgate_core::{KeyHash, KeyRecord, LimitSpec, Plan, Project};
 use tollgate_store::columns;
 use tollgate_store::{AdminScope, Catalog, KeyQuery, StoreError, StoreResult};
 
-use crate::{sql_error, sql_error_or_conflict};
+use crate::{DirLock, sql_error, sql_error_or_conflict};
 
 /// One secret's entry: the key it opens and, during a rotation's grace period, when
 /// it stops working (exclusive).
@@ -52,6 +52,8 @@ impl KeyIndex {
 struct Inner {
     conn: Mutex<Connection>,
     index: RwLock<KeyIndex>,
+    /// The directory stays locked while the catalog (and its key index) lives.
+    _lock: Arc<DirLock>,
 }
 
 /// The SQLite catalog. Obtain it from [`EmbeddedStore::catalog`](crate::EmbeddedStore::catalog).
@@ -61,10 +63,10 @@ pub struct EmbeddedCatalog {
 
 impl EmbeddedCatalog {
     /// Wraps a migrated connection and loads the key index from it.
-    pub(crate) fn open(conn: Connection) -> StoreResult<Self> {
+    pub(crate) fn open(conn: Connection, lock: Arc<DirLock>) -> StoreResult<Self> {
         let index = load_index(&conn)?;
         tracing::debug!(secrets = index.by_hash.len(), keys = index.by_key.len(), "key index loaded");
-        Ok(Self { inner: Arc::new(Inner { conn: Mutex::new(conn), index: RwLock::new(index) }) })
+        Ok(Self { inner: Arc::new(Inner { conn: Mutex::new(conn), index: RwLock::new(index), _lock: lock }) })
     }
 
     /// Secrets in the in-memory index (current and retiring ones).
