@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::limit::effective_limits;
-use crate::{KeyRecord, LimitSpec, Plan, SubjectKind, UsageRecord};
+use crate::{KeyRecord, LimitSpec, Plan, ProjectSettings, SubjectKind, UsageRecord};
 
 /// One limit of one subject, as a request presents it to the limiter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,11 +20,13 @@ pub struct LimitItem {
     pub spec: LimitSpec,
 }
 
-/// A usable key with its plan resolved.
+/// A usable key with its plan and its project's settings resolved.
 #[derive(Clone, Debug)]
 pub struct Authed {
     pub key: Arc<KeyRecord>,
     pub plan: Arc<Plan>,
+    /// The key's project's settings: its project-wide limits count every request.
+    pub project: Arc<ProjectSettings>,
 }
 
 /// What a request is, for choosing the limits that count it.
@@ -50,8 +52,12 @@ impl Traffic {
     }
 }
 
-/// Every limit that counts this request, bound to its subject. Limits whose subject
-/// cannot be identified (an IP limit with no address) are skipped.
+/// Every limit that counts this request, bound to its subject: the key's effective
+/// limits, the anonymous plan's for a visitor, and the project's own limits, which
+/// apply whatever the key's plan. Two limits on one counter (a project limit in the
+/// slot of a plan's) become one item with the lower limit, so nothing is charged
+/// twice. Limits whose subject cannot be identified (an IP limit with no address)
+/// are skipped.
 pub fn limit_items(authed: &Authed, traffic: &Traffic, anonymous_plan: Option<&Plan>) -> Vec<LimitItem> {
     let key = &authed.key;
     let effective;
@@ -69,13 +75,17 @@ pub fn limit_items(authed: &Authed, traffic: &Traffic, anonymous_plan: Option<&P
         _ => &[],
     };
     let mut subjects = Subjects::default();
-    let mut items = Vec::with_capacity(limits.len() + anonymous.len());
-    for spec in limits.iter().chain(anonymous) {
+    let project = &authed.project.limits;
+    let mut items: Vec<LimitItem> = Vec::with_capacity(limits.len() + anonymous.len() + project.len());
+    for spec in limits.iter().chain(anonymous).chain(project) {
         if !spec.matches(&traffic.provider, &traffic.model, &traffic.endpoint) {
             continue;
         }
         if let Some(subject) = subjects.get(spec.subject, authed, traffic) {
-            items.push(LimitItem { subject, spec: spec.clone() });
+            match items.iter_mut().find(|i| i.subject == subject && i.spec.slot() == spec.slot()) {
+                Some(same) => same.spec.limit = same.spec.limit.min(spec.limit),
+                None => items.push(LimitItem { subject, spec: spec.clone() }),
+            }
         }
     }
     items
@@ -121,4 +131,60 @@ impl Subjects {
 /// key when the visitor signs up.
 pub fn anonymous_subject(project: &str, anonymous_id: &str) -> String {
     format!("anon:{project}:{anonymous_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Metric, Window};
+
+    fn authed(plan: Vec<LimitSpec>, project: Vec<LimitSpec>) -> Authed {
+        let key = KeyRecord {
+            id: "k".into(),
+            project_id: "p".into(),
+            name: None,
+            plan: "x".into(),
+            metadata: Default::default(),
+            limit_overrides: vec![],
+            created_at_ms: 0,
+            expires_at_ms: None,
+            revoked_at_ms: None,
+            version: 1,
+        };
+        let settings = ProjectSettings { limits: project, ..ProjectSettings::default() };
+        Authed {
+            key: Arc::new(key),
+            plan: Arc::new(Plan { name: "x".into(), description: None, limits: plan }),
+            project: Arc::new(settings),
+        }
+    }
+
+    #[test]
+    fn project_limits_count_every_key_and_share_a_counter_with_the_plan_once() {
+        let month = |n| LimitSpec::new(Metric::Requests, Window::Month, n).with_subject(SubjectKind::Project);
+        let minute = LimitSpec::new(Metric::Requests, Window::Minute, 10);
+        let a = authed(vec![minute.clone(), month(1_000)], vec![month(500)]);
+        let items = limit_items(&a, &Traffic::default(), None);
+        assert_eq!(items.len(), 2, "{items:?}");
+        assert_eq!(&*items[1].subject, "project:p");
+        assert_eq!(items[1].spec.limit, 500, "the lower of the plan's and the project's");
+        let a = authed(vec![minute], vec![month(500)]);
+        let items = limit_items(&a, &Traffic::default(), None);
+        assert_eq!(items.iter().map(|i| i.spec.limit).collect::<Vec<_>>(), vec![10, 500]);
+    }
+
+    #[test]
+    fn overrides_may_lower_add_or_raise_up_to_the_allowed_ceiling() {
+        let plan = [LimitSpec::new(Metric::Requests, Window::Minute, 10)];
+        let mut settings = ProjectSettings::default();
+        let ok =
+            |s: &ProjectSettings, n| s.check_overrides(&plan, &[LimitSpec::new(Metric::Requests, Window::Minute, n)]);
+        assert!(ok(&settings, 5).is_ok());
+        assert!(ok(&settings, 10).is_ok());
+        assert!(ok(&settings, 11).is_err());
+        assert!(settings.check_overrides(&plan, &[LimitSpec::new(Metric::Requests, Window::Day, 1 << 40)]).is_ok());
+        settings.max_overrides = vec![LimitSpec::new(Metric::Requests, Window::Minute, 50)];
+        assert!(ok(&settings, 50).is_ok());
+        assert!(ok(&settings, 51).unwrap_err().contains("requests_per_minute"));
+    }
 }

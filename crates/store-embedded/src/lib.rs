@@ -40,7 +40,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rusqlite::ErrorCode;
 use tollgate_core::{KeyHash, KeyRecord, Plan, Project};
-use tollgate_store::{AdminScope, Catalog, KeyQuery, StoreError, StoreResult};
+use tollgate_store::{AdminTokenRecord, Catalog, KeyQuery, StoreError, StoreResult};
 
 pub use catalog::EmbeddedCatalog;
 pub use ledger::EmbeddedLedger;
@@ -157,6 +157,9 @@ impl Catalog for EmbeddedStore {
     async fn list_projects(&self) -> StoreResult<Vec<Project>> {
         self.catalog.list_projects().await
     }
+    async fn update_project(&self, project: Project) -> StoreResult<Project> {
+        self.catalog.update_project(project).await
+    }
     async fn put_plan(&self, plan: Plan) -> StoreResult<()> {
         self.catalog.put_plan(plan).await
     }
@@ -195,14 +198,23 @@ impl Catalog for EmbeddedStore {
     async fn lookup_key(&self, hash: &KeyHash, now_ms: i64) -> StoreResult<Option<Arc<KeyRecord>>> {
         self.catalog.lookup_key(hash, now_ms).await
     }
-    async fn create_admin_token(&self, hash: KeyHash, scope: AdminScope, created_at_ms: i64) -> StoreResult<()> {
-        self.catalog.create_admin_token(hash, scope, created_at_ms).await
+    async fn create_admin_token(&self, record: AdminTokenRecord, hash: KeyHash) -> StoreResult<AdminTokenRecord> {
+        self.catalog.create_admin_token(record, hash).await
     }
-    async fn lookup_admin_token(&self, hash: &KeyHash) -> StoreResult<Option<AdminScope>> {
+    async fn lookup_admin_token(&self, hash: &KeyHash) -> StoreResult<Option<AdminTokenRecord>> {
         self.catalog.lookup_admin_token(hash).await
     }
-    async fn has_operator_token(&self) -> StoreResult<bool> {
-        self.catalog.has_operator_token().await
+    async fn get_admin_token(&self, id: &str) -> StoreResult<Option<AdminTokenRecord>> {
+        self.catalog.get_admin_token(id).await
+    }
+    async fn list_admin_tokens(&self, project_id: Option<&str>) -> StoreResult<Vec<AdminTokenRecord>> {
+        self.catalog.list_admin_tokens(project_id).await
+    }
+    async fn revoke_admin_token(&self, id: &str, at_ms: i64) -> StoreResult<Option<AdminTokenRecord>> {
+        self.catalog.revoke_admin_token(id, at_ms).await
+    }
+    async fn has_operator_token(&self, now_ms: i64) -> StoreResult<bool> {
+        self.catalog.has_operator_token(now_ms).await
     }
 }
 

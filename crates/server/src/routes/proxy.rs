@@ -140,11 +140,12 @@ fn respond(answer: Answer) -> Response {
 /// `GET /v1/models`: authenticated, not limited, not recorded, passed through.
 async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let now = now_ms();
-    if let Err(e) = authenticate_request(&state, &headers, now).await {
-        return e.into_response();
-    }
+    let authed = match authenticate_request(&state, &headers, now).await {
+        Ok(authed) => authed,
+        Err(e) => return e.into_response(),
+    };
     let request_id = state.ids.next();
-    let response = match state.models(&headers).await {
+    let response = match state.models(&authed, &headers).await {
         Ok(answer) => respond(answer),
         Err(e) => ApiError::from(e).into_response(),
     };

@@ -54,9 +54,9 @@ pub fn config(data_dir: &Path, mock_url: &str) -> Config {
         },
     );
     // Lets tests drive the mock's misbehaviour through the gateway.
-    raw.upstream
-        .forward_headers
-        .extend(["x-mock-status", "x-mock-usage", "x-mock-fault", "x-mock-latency-ms"].map(String::from));
+    raw.upstream.forward_headers.extend(
+        ["x-mock-status", "x-mock-usage", "x-mock-fault", "x-mock-latency-ms", "x-mock-echo-headers"].map(String::from),
+    );
     Config::from_raw(raw).expect("valid test config")
 }
 

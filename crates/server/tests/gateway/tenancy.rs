@@ -5,7 +5,194 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
+use reqwest::Method;
+use serde_json::json;
+
 use crate::helpers::*;
+
+/// A project and a token scoped to it; returns the token.
+async fn project_token(app: &TestApp, project: &str) -> String {
+    app.create_project(project).await;
+    let r = app.admin(Method::POST, &format!("/api/v1/projects/{project}/tokens"), None).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    r.body["token"].as_str().expect("token").to_owned()
+}
+
+#[tokio::test]
+async fn a_project_token_cannot_lift_its_own_limits() {
+    let app = spawn_app().await;
+    let token = project_token(&app, "acme").await;
+    let as_project = |method: Method, path: &str, body: Option<serde_json::Value>| {
+        let path = path.to_owned();
+        let (app, token) = (&app, &token);
+        async move { app.admin_as(token, method, &path, body).await }
+    };
+
+    // Any plan but the allowed ones (by default: free) is the operator's call.
+    let r = as_project(Method::POST, "/api/v1/keys", Some(json!({ "project": "acme", "plan": "enterprise" }))).await;
+    assert_eq!(r.status, 403, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "forbidden");
+    let r = as_project(Method::POST, "/api/v1/keys", Some(json!({ "project": "acme" }))).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_owned();
+    let key = r.body["key"].as_str().expect("key").to_owned();
+    let path = format!("/api/v1/keys/{id}");
+    let r = as_project(Method::PATCH, &path, Some(json!({ "plan": "enterprise" }))).await;
+    assert_eq!(r.status, 403, "moving a key to a plan not allowed: {:?}", r.body);
+
+    // Overrides may lower a limit or add one, never raise one above the plan.
+    let minute = |n: u64| json!({ "limits": [{ "metric": "requests", "window": "minute", "limit": n }] });
+    let r = as_project(Method::PATCH, &path, Some(minute(1_000))).await;
+    assert_eq!(r.status, 403, "raising requests_per_minute: {:?}", r.body);
+    assert!(r.body["error"]["message"].as_str().is_some_and(|m| m.contains("requests_per_minute")), "{:?}", r.body);
+    let r = as_project(
+        Method::POST,
+        "/api/v1/keys",
+        Some(
+            json!({ "project": "acme", "limits": [{ "metric": "requests", "window": "month", "limit": 10_000_000 }] }),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 403, "raising the monthly quota on create: {:?}", r.body);
+    let r = as_project(Method::PATCH, &path, Some(minute(2))).await;
+    assert_eq!(r.status, 200, "lowering is fine: {:?}", r.body);
+    assert_eq!(app.chat(&key).await.status, 200);
+    assert_eq!(app.chat(&key).await.status, 200);
+    assert_eq!(app.chat(&key).await.status, 429, "the lowered limit holds");
+
+    // Nor can it change what it is allowed.
+    let r = as_project(Method::PATCH, "/api/v1/projects/acme", Some(json!({ "allowed_plans": ["enterprise"] }))).await;
+    assert_eq!(r.status, 403, "{:?}", r.body);
+
+    // The operator widens the allowance; the project may then use exactly that.
+    let r = app
+        .admin(
+            Method::PATCH,
+            "/api/v1/projects/acme",
+            Some(json!({
+                "allowed_plans": ["free", "starter"],
+                "max_overrides": [{ "metric": "requests", "window": "minute", "limit": 30 }],
+            })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["allowed_plans"], json!(["free", "starter"]));
+    assert_eq!(as_project(Method::PATCH, &path, Some(json!({ "plan": "starter" }))).await.status, 200);
+    assert_eq!(as_project(Method::PATCH, &path, Some(json!({ "plan": "enterprise" }))).await.status, 403);
+    let on_free = |n: u64| json!({ "project": "acme", "plan": "free", "limits": [{ "metric": "requests", "window": "minute", "limit": n }] });
+    let r = as_project(Method::POST, "/api/v1/keys", Some(on_free(30))).await;
+    assert_eq!(r.status, 201, "up to max_overrides: {:?}", r.body);
+    assert_eq!(as_project(Method::POST, "/api/v1/keys", Some(on_free(31))).await.status, 403);
+    // The operator is not bound by any of it.
+    let r = app.admin(Method::POST, "/api/v1/keys", Some(json!({ "project": "acme", "plan": "enterprise" }))).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+}
+
+#[tokio::test]
+async fn project_budgets_apply_to_every_key_whatever_its_plan() {
+    let app = spawn_app().await;
+    let token = project_token(&app, "acme").await;
+    // Subject defaults to `project` for a project's limits; another subject is refused.
+    let r = app
+        .admin(
+            Method::PATCH,
+            "/api/v1/projects/acme",
+            Some(json!({ "limits": [{ "metric": "requests", "window": "month", "limit": 3, "subject": "key" }] })),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(r.body["error"]["param"], "limits");
+    let r = app
+        .admin(
+            Method::PATCH,
+            "/api/v1/projects/acme",
+            Some(json!({ "limits": [{ "metric": "requests", "window": "month", "limit": 3 }] })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["limits"][0]["subject"], "project");
+    assert_eq!(r.body["limits"][0]["name"], "requests_per_month_project");
+
+    let (a, _) = app.create_key(json!({ "project": "acme", "plan": "enterprise" })).await;
+    let (b, _) = app.create_key(json!({ "project": "acme", "plan": "pro" })).await;
+    assert_eq!(app.chat(&a).await.status, 200);
+    assert_eq!(app.chat(&b).await.status, 200);
+    assert_eq!(app.chat(&a).await.status, 200);
+    let r = app.chat(&b).await;
+    assert_eq!(r.status, 429, "the project's budget is spent across its keys: {:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "quota_exceeded");
+    // A new key, whoever makes it and on whatever plan, starts inside the same budget.
+    let r = app.admin_as(&token, Method::POST, "/api/v1/keys", Some(json!({ "project": "acme" }))).await;
+    let fresh = r.body["key"].as_str().expect("key").to_owned();
+    assert_eq!(app.chat(&fresh).await.status, 429);
+    let (enterprise, _) = app.create_key(json!({ "project": "acme", "plan": "enterprise" })).await;
+    assert_eq!(app.chat(&enterprise).await.status, 429);
+    // Another project is not affected.
+    let other = app.project_key("other", "free").await;
+    assert_eq!(app.chat(&other).await.status, 200);
+}
+
+/// A chat call whose answer says which billing headers reached the upstream.
+async fn upstream_billing(app: &TestApp, key: &str) -> serde_json::Value {
+    let r = app
+        .chat_with(
+            key,
+            &[
+                ("x-mock-echo-headers", "openai-organization, openai-project"),
+                ("OpenAI-Organization", "org-chosen-by-the-tenant"),
+                ("OpenAI-Project", "proj_chosen_by_the_tenant"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.body["mock_echo"].clone()
+}
+
+#[tokio::test]
+async fn tenants_never_choose_the_openai_organization_the_operator_pays_for() {
+    let app = spawn_app().await;
+    let key = app.project_key("acme", "free").await;
+    assert_eq!(
+        upstream_billing(&app, &key).await,
+        json!({ "openai-organization": [], "openai-project": [] }),
+        "the client's billing headers are not forwarded by default"
+    );
+
+    // The operator sets them per project; the client's are still ignored.
+    let r = app
+        .admin(
+            Method::PATCH,
+            "/api/v1/projects/acme",
+            Some(json!({ "openai_organization": "org-operator-acme", "openai_project": "proj_acme" })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        upstream_billing(&app, &key).await,
+        json!({ "openai-organization": ["org-operator-acme"], "openai-project": ["proj_acme"] })
+    );
+    let other = app.project_key("other", "free").await;
+    assert_eq!(upstream_billing(&app, &other).await, json!({ "openai-organization": [], "openai-project": [] }));
+
+    // Project tokens cannot set them; bad values are a 400, null clears.
+    let token = app.admin(Method::POST, "/api/v1/projects/acme/tokens", None).await.body["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let r = app
+        .admin_as(&token, Method::PATCH, "/api/v1/projects/acme", Some(json!({ "openai_organization": "org-x" })))
+        .await;
+    assert_eq!(r.status, 403, "{:?}", r.body);
+    let r = app.admin(Method::PATCH, "/api/v1/projects/acme", Some(json!({ "openai_project": "bad\nvalue" }))).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(r.body["error"]["param"], "openai_project");
+    let r = app.admin(Method::PATCH, "/api/v1/projects/acme", Some(json!({ "openai_organization": null }))).await;
+    assert_eq!(r.body["openai_organization"], json!(null));
+    assert_eq!(
+        upstream_billing(&app, &key).await,
+        json!({ "openai-organization": [], "openai-project": ["proj_acme"] })
+    );
+}
 
 /// Runs `tollgate serve` on `data_dir` until it exits or logs that it is listening;
 /// returns (whether it got to listening, its exit success, everything it wrote to
