@@ -35,7 +35,7 @@ pub enum Command {
     /// Manage plans.
     #[command(subcommand)]
     Plans(PlansCommand),
-    /// Create project-scoped admin tokens.
+    /// Admin tokens: create (project-scoped or operator), list, get, revoke.
     #[command(subcommand)]
     Tokens(TokensCommand),
     /// List ledger records, newest first.
@@ -151,6 +151,34 @@ pub enum ProjectsCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    Get {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+    },
+    /// Change a project's name or operator-only settings (operator token).
+    Update {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Plans the project's own admin tokens may assign (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        allowed_plans: Option<Vec<String>>,
+        /// How far the project's tokens may raise a key's limit: `requests/minute=30`.
+        #[arg(long = "max-override")]
+        max_overrides: Vec<String>,
+        /// A project-wide limit on every key of it: `requests/month=100000`.
+        #[arg(long = "limit")]
+        limits: Vec<String>,
+        /// `OpenAI-Organization` sent upstream for this project (empty: none).
+        #[arg(long)]
+        openai_organization: Option<String>,
+        /// `OpenAI-Project` sent upstream for this project (empty: none).
+        #[arg(long)]
+        openai_project: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -183,12 +211,39 @@ pub enum PlansCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum TokensCommand {
-    /// Create an admin token that can only see and change one project.
+    /// Create an admin token for one project (`--project`) or the operator
+    /// (`--operator`); the token is printed once.
     Create {
         #[command(flatten)]
         server: ServerArgs,
+        #[arg(long, required_unless_present = "operator", conflicts_with = "operator")]
+        project: Option<String>,
+        /// An operator token (every project, every action).
         #[arg(long)]
-        project: String,
+        operator: bool,
+        #[arg(long)]
+        name: Option<String>,
+        /// RFC 3339 or Unix seconds.
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    /// List admin tokens (ids and prefixes, never the tokens).
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        project: Option<String>,
+    },
+    Get {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+    },
+    /// Revoke an admin token by id: it stops working at once.
+    Revoke {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
     },
 }
 
@@ -302,6 +357,42 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
                 (server, Method::POST, "/api/v1/projects".to_owned(), Some(json!({ "id": id, "name": name })))
             }
             ProjectsCommand::List { server } => (server, Method::GET, "/api/v1/projects".to_owned(), None),
+            ProjectsCommand::Get { server, id } => {
+                (server, Method::GET, format!("/api/v1/projects/{}", urlencode(&id)), None)
+            }
+            ProjectsCommand::Update {
+                server,
+                id,
+                name,
+                allowed_plans,
+                max_overrides,
+                limits,
+                openai_organization,
+                openai_project,
+            } => {
+                let mut body = serde_json::Map::new();
+                if let Some(n) = name {
+                    body.insert("name".into(), n.into());
+                }
+                if let Some(p) = allowed_plans {
+                    body.insert("allowed_plans".into(), json!(p));
+                }
+                if !max_overrides.is_empty() {
+                    let parsed = max_overrides.iter().map(|l| parse_limit(l)).collect::<anyhow::Result<Vec<_>>>()?;
+                    body.insert("max_overrides".into(), Value::Array(parsed));
+                }
+                if !limits.is_empty() {
+                    let parsed = limits.iter().map(|l| parse_limit(l)).collect::<anyhow::Result<Vec<_>>>()?;
+                    body.insert("limits".into(), Value::Array(parsed));
+                }
+                for (field, value) in [("openai_organization", openai_organization), ("openai_project", openai_project)]
+                {
+                    if let Some(v) = value {
+                        body.insert(field.into(), if v.is_empty() { Value::Null } else { v.into() });
+                    }
+                }
+                (server, Method::PATCH, format!("/api/v1/projects/{}", urlencode(&id)), Some(Value::Object(body)))
+            }
         },
         Command::Plans(p) => match p {
             PlansCommand::List { server } => (server, Method::GET, "/api/v1/plans".to_owned(), None),
@@ -317,9 +408,24 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
                 (server, Method::DELETE, format!("/api/v1/plans/{}", urlencode(&name)), None)
             }
         },
-        Command::Tokens(TokensCommand::Create { server, project }) => {
-            (server, Method::POST, format!("/api/v1/projects/{}/tokens", urlencode(&project)), None)
-        }
+        Command::Tokens(t) => match t {
+            TokensCommand::Create { server, project, operator: _, name, expires_at } => {
+                let body = json!({ "name": name, "expires_at": expires_at });
+                match project {
+                    Some(p) => (server, Method::POST, format!("/api/v1/projects/{}/tokens", urlencode(&p)), Some(body)),
+                    None => (server, Method::POST, "/api/v1/admin-tokens".to_owned(), Some(body)),
+                }
+            }
+            TokensCommand::List { server, project } => {
+                (server, Method::GET, format!("/api/v1/admin-tokens{}", query(&[("project", project)])), None)
+            }
+            TokensCommand::Get { server, id } => {
+                (server, Method::GET, format!("/api/v1/admin-tokens/{}", urlencode(&id)), None)
+            }
+            TokensCommand::Revoke { server, id } => {
+                (server, Method::POST, format!("/api/v1/admin-tokens/{}/revoke", urlencode(&id)), None)
+            }
+        },
         Command::Usage { server, project, key, from, to, limit } => {
             let q = query(&[
                 ("project", project),

@@ -204,6 +204,12 @@ impl AdminToken {
     pub fn expose(&self) -> &str {
         &self.text
     }
+
+    /// `tga_` and the first four characters after it: enough to tell tokens apart
+    /// in a list, far too little to guess the rest (28 base62 characters remain).
+    pub fn prefix(&self) -> &str {
+        &self.text[..ADMIN_PREFIX.len() + 4]
+    }
 }
 
 /// The tenant: owns keys, limits and settings.
@@ -212,6 +218,85 @@ pub struct Project {
     pub id: String,
     pub name: String,
     pub created_at_ms: i64,
+    /// What the operator decides for the project (a project-scoped admin token may
+    /// read it, never change it).
+    #[serde(default)]
+    pub settings: ProjectSettings,
+}
+
+impl Project {
+    /// A project with the default settings.
+    pub fn new(id: impl Into<String>, name: impl Into<String>, created_at_ms: i64) -> Self {
+        Self { id: id.into(), name: name.into(), created_at_ms, settings: ProjectSettings::default() }
+    }
+}
+
+/// The plan new keys get when none is named, and the one plan a project's own admin
+/// token may assign unless the operator allows others.
+pub const DEFAULT_PLAN: &str = "free";
+
+/// A project's operator-only settings: what its own admin token may do to its keys,
+/// the budgets every key of it shares, and how its requests bill upstream.
+///
+/// Stored as one JSON document, so a field added later reads as its default from
+/// rows written before it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProjectSettings {
+    /// Plans a project-scoped admin token may put keys on (the operator may use any).
+    pub allowed_plans: Vec<String>,
+    /// How far a project-scoped admin token may raise a key's limit above its plan,
+    /// per limit slot. A token may always lower a limit or add one the plan lacks.
+    pub max_overrides: Vec<LimitSpec>,
+    /// Project-wide limits (subject `project`): charged on every request of every
+    /// key of the project, whatever its plan.
+    pub limits: Vec<LimitSpec>,
+    /// Sent upstream as `OpenAI-Organization` on this project's requests (the
+    /// client's header is never passed on).
+    pub openai_organization: Option<String>,
+    /// Sent upstream as `OpenAI-Project` on this project's requests.
+    pub openai_project: Option<String>,
+}
+
+impl Default for ProjectSettings {
+    fn default() -> Self {
+        Self {
+            allowed_plans: vec![DEFAULT_PLAN.to_owned()],
+            max_overrides: Vec::new(),
+            limits: Vec::new(),
+            openai_organization: None,
+            openai_project: None,
+        }
+    }
+}
+
+impl ProjectSettings {
+    /// Whether a project-scoped token may put a key on `plan`.
+    pub fn allows_plan(&self, plan: &str) -> bool {
+        self.allowed_plans.iter().any(|p| p == plan)
+    }
+
+    /// Checks that `overrides` on a key of `plan` raise no limit beyond what the
+    /// plan gives or `max_overrides` allows; names the first that does.
+    pub fn check_overrides(&self, plan: &[LimitSpec], overrides: &[LimitSpec]) -> Result<(), String> {
+        for o in overrides {
+            let same = |l: &&LimitSpec| l.slot() == o.slot();
+            let ceiling = match (plan.iter().find(same), self.max_overrides.iter().find(same)) {
+                // A slot the plan does not limit: a new limit only restricts.
+                (None, _) => continue,
+                (Some(p), None) => p.limit,
+                (Some(p), Some(m)) => p.limit.max(m.limit),
+            };
+            if o.limit > ceiling {
+                return Err(format!(
+                    "{} = {} is above what this project may set ({ceiling}); only the operator can raise it",
+                    o.name(),
+                    o.limit
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What the stores keep about a key (never its secret).

@@ -16,7 +16,9 @@ pub mod usage;
 
 pub use counter::{CalendarCounter, LimitState, SlidingWindow};
 pub use decision::{Decision, LimitStatus, Refusal};
-pub use key::{AdminToken, ApiKey, KeyHash, KeyParseError, KeyRecord, KeyState, Project};
+pub use key::{
+    AdminToken, ApiKey, DEFAULT_PLAN, KeyHash, KeyParseError, KeyRecord, KeyState, Project, ProjectSettings,
+};
 pub use limit::{Amounts, LimitError, LimitSpec, Metric, Plan, Slot, SubjectKind, Window};
 pub use secret::Secret;
 pub use traffic::{

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::limit::effective_limits;
-use crate::{KeyRecord, LimitSpec, Plan, SubjectKind, UsageRecord};
+use crate::{KeyRecord, LimitSpec, Plan, ProjectSettings, SubjectKind, UsageRecord};
 
 /// One limit of one subject, as a request presents it to the limiter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,11 +20,13 @@ pub struct LimitItem {
     pub spec: LimitSpec,
 }
 
-/// A usable key with its plan resolved.
+/// A usable key with its plan and its project's settings resolved.
 #[derive(Clone, Debug)]
 pub struct Authed {
     pub key: Arc<KeyRecord>,
     pub plan: Arc<Plan>,
+    /// The key's project's settings: its project-wide limits count every request.
+    pub project: Arc<ProjectSettings>,
 }
 
 /// What a request is, for choosing the limits that count it.
@@ -50,8 +52,12 @@ impl Traffic {
     }
 }
 
-/// Every limit that counts this request, bound to its subject. Limits whose subject
-/// cannot be identified (an IP limit with no address) are skipped.
+/// Every limit that counts this request, bound to its subject: the key's effective
+/// limits, the anonymous plan's for a visitor, and the project's own limits, which
+/// apply whatever the key's plan. Two limits on one counter (a project limit in the
+/// slot of a plan's) become one item with the lower limit, so nothing is charged
+/// twice. Limits whose subject cannot be identified (an IP limit with no address)
+/// are skipped.
 pub fn limit_items(authed: &Authed, traffic: &Traffic, anonymous_plan: Option<&Plan>) -> Vec<LimitItem> {
     let key = &authed.key;
     let effective;
@@ -69,13 +75,17 @@ pub fn limit_items(authed: &Authed, traffic: &Traffic, anonymous_plan: Option<&P
         _ => &[],
     };
     let mut subjects = Subjects::default();
-    let mut items = Vec::with_capacity(limits.len() + anonymous.len());
-    for spec in limits.iter().chain(anonymous) {
+    let project = &authed.project.limits;
+    let mut items: Vec<LimitItem> = Vec::with_capacity(limits.len() + anonymous.len() + project.len());
+    for spec in limits.iter().chain(anonymous).chain(project) {
         if !spec.matches(&traffic.provider, &traffic.model, &traffic.endpoint) {
             continue;
         }
         if let Some(subject) = subjects.get(spec.subject, authed, traffic) {
-            items.push(LimitItem { subject, spec: spec.clone() });
+            match items.iter_mut().find(|i| i.subject == subject && i.spec.slot() == spec.slot()) {
+                Some(same) => same.spec.limit = same.spec.limit.min(spec.limit),
+                None => items.push(LimitItem { subject, spec: spec.clone() }),
+            }
         }
         if spec.subject == SubjectKind::Anonymous
             && traffic.anonymous_id.is_some()
@@ -172,20 +182,54 @@ mod tests {
     use super::*;
     use crate::{Metric, Window};
 
-    fn authed(plan: Plan) -> Authed {
+    fn authed(plan: Vec<LimitSpec>, project: Vec<LimitSpec>) -> Authed {
         let key = KeyRecord {
-            id: "k1".into(),
-            project_id: "acme".into(),
+            id: "k".into(),
+            project_id: "p".into(),
             name: None,
-            plan: plan.name.clone(),
-            metadata: serde_json::Map::new(),
-            limit_overrides: Vec::new(),
+            plan: "x".into(),
+            metadata: Default::default(),
+            limit_overrides: vec![],
             created_at_ms: 0,
             expires_at_ms: None,
             revoked_at_ms: None,
             version: 1,
         };
-        Authed { key: Arc::new(key), plan: Arc::new(plan) }
+        let settings = ProjectSettings { limits: project, ..ProjectSettings::default() };
+        Authed {
+            key: Arc::new(key),
+            plan: Arc::new(Plan { name: "x".into(), description: None, limits: plan }),
+            project: Arc::new(settings),
+        }
+    }
+
+    #[test]
+    fn project_limits_count_every_key_and_share_a_counter_with_the_plan_once() {
+        let month = |n| LimitSpec::new(Metric::Requests, Window::Month, n).with_subject(SubjectKind::Project);
+        let minute = LimitSpec::new(Metric::Requests, Window::Minute, 10);
+        let a = authed(vec![minute.clone(), month(1_000)], vec![month(500)]);
+        let items = limit_items(&a, &Traffic::default(), None);
+        assert_eq!(items.len(), 2, "{items:?}");
+        assert_eq!(&*items[1].subject, "project:p");
+        assert_eq!(items[1].spec.limit, 500, "the lower of the plan's and the project's");
+        let a = authed(vec![minute], vec![month(500)]);
+        let items = limit_items(&a, &Traffic::default(), None);
+        assert_eq!(items.iter().map(|i| i.spec.limit).collect::<Vec<_>>(), vec![10, 500]);
+    }
+
+    #[test]
+    fn overrides_may_lower_add_or_raise_up_to_the_allowed_ceiling() {
+        let plan = [LimitSpec::new(Metric::Requests, Window::Minute, 10)];
+        let mut settings = ProjectSettings::default();
+        let ok =
+            |s: &ProjectSettings, n| s.check_overrides(&plan, &[LimitSpec::new(Metric::Requests, Window::Minute, n)]);
+        assert!(ok(&settings, 5).is_ok());
+        assert!(ok(&settings, 10).is_ok());
+        assert!(ok(&settings, 11).is_err());
+        assert!(settings.check_overrides(&plan, &[LimitSpec::new(Metric::Requests, Window::Day, 1 << 40)]).is_ok());
+        settings.max_overrides = vec![LimitSpec::new(Metric::Requests, Window::Minute, 50)];
+        assert!(ok(&settings, 50).is_ok());
+        assert!(ok(&settings, 51).unwrap_err().contains("requests_per_minute"));
     }
 
     fn traffic(ip: &str, anonymous_id: Option<&str>) -> Traffic {
@@ -194,33 +238,28 @@ mod tests {
 
     #[test]
     fn ipv6_clients_are_limited_per_slash_64() {
-        let plan = Plan {
-            name: "p".into(),
-            description: None,
-            limits: vec![LimitSpec::new(Metric::Requests, Window::Day, 5).with_subject(SubjectKind::Ip)],
-        };
-        let authed = authed(plan);
+        let authed =
+            authed(vec![LimitSpec::new(Metric::Requests, Window::Day, 5).with_subject(SubjectKind::Ip)], vec![]);
         let a = limit_items(&authed, &traffic("2001:db8:1:2::1", None), None);
         let b = limit_items(&authed, &traffic("2001:db8:1:2:ffff:ffff:ffff:fffe", None), None);
         let c = limit_items(&authed, &traffic("2001:db8:1:3::1", None), None);
         assert_eq!(a[0].subject, b[0].subject, "one /64, one counter");
         assert_ne!(a[0].subject, c[0].subject);
-        assert_eq!(&*a[0].subject, "ip:acme:2001:db8:1:2::/64");
+        assert_eq!(&*a[0].subject, "ip:p:2001:db8:1:2::/64");
         let v4 = limit_items(&authed, &traffic("203.0.113.9", None), None);
-        assert_eq!(&*v4[0].subject, "ip:acme:203.0.113.9");
+        assert_eq!(&*v4[0].subject, "ip:p:203.0.113.9");
     }
 
     #[test]
     fn an_anonymous_id_also_counts_per_address() {
-        let own = Plan { name: "own".into(), description: None, limits: Vec::new() };
         let anonymous = Plan {
             name: "anonymous".into(),
             description: None,
             limits: vec![LimitSpec::new(Metric::Requests, Window::Day, 50).with_subject(SubjectKind::Anonymous)],
         };
-        let authed = authed(own);
+        let authed = authed(vec![], vec![]);
         let items = limit_items(&authed, &traffic("203.0.113.9", Some("visitor-1")), Some(&anonymous));
         let subjects: Vec<(&str, u64)> = items.iter().map(|i| (&*i.subject, i.spec.limit)).collect();
-        assert_eq!(subjects, [("anon:acme:visitor-1", 50), ("anon:acme:addr:203.0.113.9", 500)]);
+        assert_eq!(subjects, [("anon:p:visitor-1", 50), ("anon:p:addr:203.0.113.9", 500)]);
     }
 }

@@ -1,6 +1,8 @@
 //! Phase 1, authenticate: a presented key, checked in order of cost: format and
 //! checksum (no store), hash lookup (in memory on the embedded store), state
-//! (revoked, expired), plan.
+//! (revoked, expired), plan and project settings (in memory; one this instance has
+//! not loaded yet, made through another instance a moment ago, is read from the
+//! catalog on demand).
 
 use tollgate_core::key::KEY_PREFIX;
 use tollgate_core::{ApiKey, Authed, KeyState};
@@ -22,8 +24,9 @@ pub enum KeyRefusal {
     Revoked,
     #[error("This API key has expired.")]
     Expired,
-    /// The key names a plan that does not exist: an operator's mistake, not the caller's.
-    #[error("key {key_id} names missing plan '{plan}'")]
+    /// The key names a plan the catalog does not have (a plan not loaded yet is
+    /// loaded on demand first): an operator's mistake, answered 403, never a 500.
+    #[error("This API key is on plan '{plan}', which does not exist; the operator must move key {key_id} to a plan.")]
     PlanMissing { key_id: String, plan: String },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -50,7 +53,16 @@ impl Gateway {
             KeyState::Revoked => return Err(KeyRefusal::Revoked),
             KeyState::Expired => return Err(KeyRefusal::Expired),
         }
+        if let Some(authed) = self.plans.resolve_cached(&record) {
+            return Ok(authed);
+        }
         let (key_id, plan) = (record.id.clone(), record.plan.clone());
-        self.plans.resolve(record).ok_or(KeyRefusal::PlanMissing { key_id, plan })
+        match self.plans.resolve_loading(self.catalog.as_ref(), record).await? {
+            Some(authed) => Ok(authed),
+            None => {
+                tracing::warn!(key_id, plan, "a key names a plan that does not exist");
+                Err(KeyRefusal::PlanMissing { key_id, plan })
+            }
+        }
     }
 }

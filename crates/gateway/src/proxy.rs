@@ -12,9 +12,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use reqwest::header::HeaderMap;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::oneshot;
-use tollgate_core::{Authed, Decision, Traffic};
+use tollgate_core::{Authed, Decision, ProjectSettings, Traffic};
 use tollgate_providers::sse::SseRewriter;
 use tollgate_providers::{Endpoint, RequestView, UpstreamError, UsageScanner};
 
@@ -64,16 +64,38 @@ pub enum AnswerBody {
     Stream(Box<AccountingStream>),
 }
 
-/// The client headers configured to pass through (`upstream.forward_headers`).
-pub fn forwarded_headers(settings: &GatewaySettings, headers: &HeaderMap) -> HeaderMap {
+/// The client headers configured to pass through (`upstream.forward_headers`), then
+/// the upstream organization and project the operator set for the key's project
+/// (`OpenAI-Organization`, `OpenAI-Project`), which replace any the client sent: a
+/// tenant never chooses what the operator's provider key bills.
+pub fn forwarded_headers(
+    settings: &GatewaySettings,
+    headers: &HeaderMap,
+    project: Option<&ProjectSettings>,
+) -> HeaderMap {
     let mut passed = HeaderMap::new();
     for name in &settings.forward_headers {
         for value in headers.get_all(name) {
             passed.append(name.clone(), value.clone());
         }
     }
+    let Some(project) = project else { return passed };
+    for (name, value) in
+        [(OPENAI_ORGANIZATION, &project.openai_organization), (OPENAI_PROJECT, &project.openai_project)]
+    {
+        // Validated when the operator set it; a value that is somehow not a header
+        // value is left out rather than failing the request.
+        if let Some(value) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+            passed.insert(HeaderName::from_static(name), value);
+        }
+    }
     passed
 }
+
+/// The header naming the OpenAI organization a request bills.
+pub const OPENAI_ORGANIZATION: &str = "openai-organization";
+/// The header naming the OpenAI project a request bills.
+pub const OPENAI_PROJECT: &str = "openai-project";
 
 impl Gateway {
     /// Admits, forwards and answers one request of an authenticated key.
@@ -112,7 +134,7 @@ impl Gateway {
         let upstream_body = view.upstream_body(&body);
         drop(view);
         let settlement = Settlement::new(self.clone(), record, endpoint, body, estimate, started);
-        let passed = forwarded_headers(&self.settings, &headers);
+        let passed = forwarded_headers(&self.settings, &headers, Some(&authed.project));
         let (answer_tx, answer_rx) = oneshot::channel();
         let gateway = self.clone();
         self.tasks.spawn(async move {
@@ -125,8 +147,8 @@ impl Gateway {
     }
 
     /// `GET /v1/models`: passed through, not limited, not recorded.
-    pub async fn models(&self, headers: &HeaderMap) -> Result<Answer, GatewayError> {
-        let passed = forwarded_headers(&self.settings, headers);
+    pub async fn models(&self, authed: &Authed, headers: &HeaderMap) -> Result<Answer, GatewayError> {
+        let passed = forwarded_headers(&self.settings, headers, Some(&authed.project));
         match self.upstream.send(reqwest::Method::GET, "/models", passed, None).await {
             Ok(up) => Ok(Answer {
                 status: up.status,

@@ -16,6 +16,9 @@
 //! * `x-mock-fault: malformed | no-usage | reset | stall | hold-usage` — see [`Fault`].
 //! * `x-mock-model: NAME` — name NAME as the answer's `model` (instead of the request's).
 //! * `x-mock-chunks: N` — stream N content chunks (1 to 10,000).
+//! * `x-mock-echo-headers: a, b` — a (non-streamed) chat completion carries
+//!   `"mock_echo": {"a": [values received], "b": []}`, so a test can see which
+//!   headers the gateway sent upstream.
 //!
 //! The same server is exposed by the CLI as `tollgate mock-upstream` and
 //! documented in `docs/mock-upstream.md`.
@@ -56,6 +59,8 @@ pub const HEADER_USAGE: &str = "x-mock-usage";
 pub const HEADER_FAULT: &str = "x-mock-fault";
 /// Header naming the model the answer says it came from.
 pub const HEADER_MODEL: &str = "x-mock-model";
+/// Names the request headers a chat completion answer echoes back (`mock_echo`).
+pub const HEADER_ECHO: &str = "x-mock-echo-headers";
 
 /// `Retry-After` value sent with injected 429s; odd on purpose so tests can
 /// tell it apart from any default the gateway might invent.
@@ -646,7 +651,23 @@ async fn chat_completions(
         "usage": directives.usage(),
         "system_fingerprint": "fp_mock",
     });
+    let mut reply = reply;
+    if let Some(echo) = echoed_headers(&headers) {
+        reply["mock_echo"] = echo;
+    }
     Ok(json_reply(reply, directives.fault))
+}
+
+/// The headers `x-mock-echo-headers` names, each with every value received.
+fn echoed_headers(headers: &HeaderMap) -> Option<Value> {
+    let names = headers.get(HEADER_ECHO)?.to_str().ok()?;
+    let mut echo = serde_json::Map::new();
+    for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let values: Vec<Value> =
+            headers.get_all(name).iter().map(|v| Value::String(String::from_utf8_lossy(v.as_bytes()).into())).collect();
+        echo.insert(name.to_ascii_lowercase(), Value::Array(values));
+    }
+    Some(Value::Object(echo))
 }
 
 async fn completions(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use tollgate_core::{AdminToken, KeyHash};
 use tollgate_gateway::{Gateway, GatewaySettings, RequestIds, now_ms};
 use tollgate_providers::Upstream;
-use tollgate_store::{AdminScope, Catalog, PlanCache};
+use tollgate_store::{AdminTokenRecord, Catalog, PlanCache};
 use tollgate_store_distributed::{Backend, JobContext};
 
 use crate::config::Config;
@@ -33,7 +33,8 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     port: u16,
-    /// The operator token made on first start, to print once (never logged).
+    /// The operator token made on first start (or when no usable operator token is
+    /// left), to hand over once with [`hand_over_generated_token`] (never logged).
     pub created_admin_token: Option<String>,
     backend: Backend,
 }
@@ -49,11 +50,20 @@ impl Application {
         }
         let configured_operator = config.admin_token.as_ref().map(|t| KeyHash::of(t.expose()));
         let mut created_admin_token = None;
-        if configured_operator.is_none() && !catalog.has_operator_token().await? {
+        if configured_operator.is_none() && !catalog.has_operator_token(now_ms()).await? {
             let mut random = [0u8; tollgate_core::key::RANDOM_BYTES];
             getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
             let token = AdminToken::generate(&random).context("generating the admin token")?;
-            catalog.create_admin_token(token.hash(), AdminScope { project_id: None }, now_ms()).await?;
+            let record = AdminTokenRecord {
+                id: AdminTokenRecord::id_for(&token.hash()),
+                project_id: None,
+                name: Some("operator (generated at start)".to_owned()),
+                prefix: Some(token.prefix().to_owned()),
+                created_at_ms: now_ms(),
+                expires_at_ms: None,
+                revoked_at_ms: None,
+            };
+            catalog.create_admin_token(record, token.hash()).await?;
             created_admin_token = Some(token.expose().to_owned());
         }
         let plans = Arc::new(PlanCache::load(catalog.as_ref()).await?);
@@ -306,6 +316,57 @@ impl AppState {
             anonymous_plan: self.settings.anonymous_plan.clone(),
         }
     }
+}
+
+/// The file a generated operator token is written to when stdout is not a terminal.
+pub const GENERATED_TOKEN_FILE: &str = "operator-token";
+
+/// Where a generated operator token went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TokenHandover {
+    /// Printed: stdout is a terminal, so a person is reading it.
+    Printed,
+    /// Written to this file (mode 0600): stdout is a pipe or a file, which under
+    /// systemd or a container is the log.
+    File(std::path::PathBuf),
+}
+
+/// Hands a generated operator token to the operator without ever putting it in a
+/// log: printed when stdout is a terminal, else written to `<data_dir>/operator-token`
+/// readable only by its owner, and the path (never the token) logged.
+pub fn hand_over_generated_token(
+    token: &str,
+    data_dir: &std::path::Path,
+    stdout_is_terminal: bool,
+) -> anyhow::Result<TokenHandover> {
+    if stdout_is_terminal {
+        println!("\n  Admin token (shown once; only its hash is stored):\n\n    {token}\n");
+        println!("  export TOLLGATE_ADMIN_TOKEN={token}\n");
+        return Ok(TokenHandover::Printed);
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let path = data_dir.join(GENERATED_TOKEN_FILE);
+    // A leftover file from an earlier start is replaced, never widened: the new file
+    // is created with 0600 from the start, so the token is never readable by others.
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing the old {}", path.display())),
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&path).with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    tracing::warn!(
+        path = %path.display(),
+        "no operator token was configured: one was generated and written to this file (readable only by its \
+         owner); read it, keep it somewhere safe, then delete the file"
+    );
+    Ok(TokenHandover::File(path))
 }
 
 /// Fresh random bytes for keys and tokens.

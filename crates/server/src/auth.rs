@@ -5,7 +5,8 @@ use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use subtle::ConstantTimeEq;
-use tollgate_core::{Authed, KeyHash};
+use tollgate_core::{Authed, KeyHash, KeyState};
+use tollgate_gateway::now_ms;
 use tollgate_store::AdminScope;
 
 use crate::app::AppState;
@@ -117,9 +118,13 @@ pub async fn admin_from_headers(state: &AppState, headers: &HeaderMap) -> Result
         {
             return Ok(Admin(AdminScope { project_id: None }));
         }
-        match state.catalog.lookup_admin_token(&hash).await? {
-            Some(scope) => Ok(Admin(scope)),
-            None => Err(ApiError::AdminUnauthorized("Invalid admin token.".into())),
+        let Some(record) = state.catalog.lookup_admin_token(&hash).await? else {
+            return Err(ApiError::AdminUnauthorized("Invalid admin token.".into()));
+        };
+        match record.state(now_ms()) {
+            KeyState::Active => Ok(Admin(record.scope())),
+            KeyState::Revoked => Err(ApiError::AdminUnauthorized("This admin token has been revoked.".into())),
+            KeyState::Expired => Err(ApiError::AdminUnauthorized("This admin token has expired.".into())),
         }
     }
 }

@@ -165,7 +165,11 @@ impl Default for RawUpstream {
             connect_timeout_ms: 5_000,
             timeout_secs: 600,
             pool_max_idle_per_host: 512,
-            forward_headers: vec!["openai-organization".into(), "openai-project".into(), "openai-beta".into()],
+            // Never `openai-organization` or `openai-project` by default: they choose
+            // what the operator's provider key bills, which is the operator's call,
+            // made per tollgate project (project settings `openai_organization`,
+            // `openai_project`).
+            forward_headers: vec!["openai-beta".into()],
             drain_after_hangup_ms: 2_000,
             drain_after_hangup_bytes: 64 * 1024,
         }

@@ -33,9 +33,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry::init(config.log_format);
             let app = app::Application::build(config).await?;
             if let Some(token) = &app.created_admin_token {
-                // Printed once, to the terminal, never to the log.
-                println!("\n  Admin token (shown once; only its hash is stored):\n\n    {token}\n");
-                println!("  export TOLLGATE_ADMIN_TOKEN={token}\n");
+                // To a terminal, or to a 0600 file in the data dir: never to a log.
+                use std::io::IsTerminal;
+                let data_dir = app.state().config.data_dir.clone();
+                app::hand_over_generated_token(token, &data_dir, std::io::stdout().is_terminal())?;
             }
             app.run_until_stopped(shutdown_signal()).await
         }

@@ -11,9 +11,12 @@
 //!   Redis by themselves when it is restarted, and the rebuild job restores the month
 //!   counter from the ledger.
 //!
+//! - a key on a plan and project made a moment ago elsewhere (no change notice, no
+//!   refresh yet) is served at once: the plan and project are loaded on demand.
+//!
 //! Each test works in a PostgreSQL schema and under a Redis key prefix of its own.
-//! Without the variables every test prints a notice and passes; with them set and a
-//! server unreachable, the tests fail.
+//! Without the variables, or with a server unreachable, the tests fail: a skip would
+//! pass silently in a CI that lost its services.
 
 use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
@@ -501,4 +504,70 @@ async fn failing_open_starts_from_the_ledgers_totals_not_from_zero() {
     assert!(open.parts.limiter.is_seeded(), "the local limiter was seeded");
     open.stop().await;
     schema.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_on_a_plan_and_project_this_instance_has_not_loaded_is_served_at_once() {
+    let Some(env) = env() else { return };
+    let schema = Schema::create(&env).await;
+    let mock = spawn_mock().await;
+    let prefix = format!("{}:", unique("tgtest"));
+    let b = start(config(&mock, &env.redis_url, &schema.url, &prefix)).await;
+
+    // Made straight in PostgreSQL, as another instance would, but with no change
+    // notice: B learns of none of it before the request (its refresh runs every
+    // second; without loading on demand this answered 500 "names missing plan").
+    use tollgate_core::{ApiKey, KeyRecord, LimitSpec, Metric, Plan, Project, SubjectKind, Window};
+    use tollgate_store::Catalog;
+    let catalog = schema.store.catalog();
+    for round in 0..3 {
+        let (plan, project) = (format!("late-plan-{round}"), format!("late-{round}"));
+        let limits = vec![LimitSpec::new(Metric::Requests, Window::Minute, 1000)];
+        catalog.put_plan(Plan { name: plan.clone(), description: None, limits }).await.expect("plan");
+        let mut p = Project::new(&project, &project, 1);
+        p.settings.limits = vec![LimitSpec::new(Metric::Requests, Window::Month, 1).with_subject(SubjectKind::Project)];
+        catalog.create_project(p).await.expect("project");
+        let key = ApiKey::generate(&[round as u8 + 11; 96]).expect("key");
+        let record = KeyRecord {
+            id: key.public_id().to_owned(),
+            project_id: project.clone(),
+            name: None,
+            plan: plan.clone(),
+            metadata: serde_json::Map::new(),
+            limit_overrides: Vec::new(),
+            created_at_ms: 1,
+            expires_at_ms: None,
+            revoked_at_ms: None,
+            version: 1,
+        };
+        catalog.create_key(record, key.hash()).await.expect("key");
+
+        let r = b.chat(key.expose()).await;
+        assert_eq!(r.status, 200, "round {round}: {:?}", r.body);
+        let r = b.chat(key.expose()).await;
+        assert_eq!(r.status, 429, "round {round}: the project's own limit, loaded with it: {:?}", r.body);
+    }
+
+    // A key whose plan does not exist at all is a clear 403, never a 500.
+    let key = ApiKey::generate(&[99; 96]).expect("key");
+    let record = KeyRecord {
+        id: key.public_id().to_owned(),
+        project_id: "late-0".to_owned(),
+        name: None,
+        plan: "no-such-plan".to_owned(),
+        metadata: serde_json::Map::new(),
+        limit_overrides: Vec::new(),
+        created_at_ms: 1,
+        expires_at_ms: None,
+        revoked_at_ms: None,
+        version: 1,
+    };
+    catalog.create_key(record, key.hash()).await.expect("key");
+    let r = b.chat(key.expose()).await;
+    assert_eq!(r.status, 403, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "plan_unavailable");
+
+    b.stop().await;
+    schema.drop().await;
+    delete_redis_prefix(&env.redis_url, &prefix).await;
 }

@@ -52,7 +52,9 @@ impl Backend {
                         BusEvent::Lost => catalog.set_short_ttl(Some(DEGRADED_KEY_TTL)),
                         BusEvent::Message(text) => match CatalogChange::decode(&text) {
                             Some(change @ CatalogChange::Key { .. }) => catalog.apply_change(&change),
-                            Some(CatalogChange::Plan { .. }) => plans_changed.notify_one(),
+                            Some(CatalogChange::Plan { .. } | CatalogChange::Project { .. }) => {
+                                plans_changed.notify_one()
+                            }
                             Some(CatalogChange::AdminToken) => {}
                             None => tracing::debug!(notice = %text, "ignoring an unknown catalog notice"),
                         },
@@ -61,7 +63,8 @@ impl Backend {
             });
         }
 
-        // Plans: on notice and every PLAN_REFRESH.
+        // Plans and project settings: on notice and every PLAN_REFRESH. (A key on a
+        // plan or project not loaded yet loads it on demand: `PlanCache::resolve_loading`.)
         {
             let (state, cancel) = (state.clone(), cancel.clone());
             tracker.spawn(async move {
@@ -72,9 +75,14 @@ impl Backend {
                         () = plans_changed.notified() => {}
                         () = tokio::time::sleep(PLAN_REFRESH) => {}
                     }
-                    match state.catalog.list_plans().await {
-                        Ok(plans) => {
+                    let loaded = match state.catalog.list_plans().await {
+                        Ok(plans) => state.catalog.list_projects().await.map(|projects| (plans, projects)),
+                        Err(error) => Err(error),
+                    };
+                    match loaded {
+                        Ok((plans, projects)) => {
                             state.plans.replace_all(plans);
+                            state.plans.replace_all_projects(projects);
                             if failing {
                                 tracing::info!("plans reloaded from PostgreSQL again");
                             }

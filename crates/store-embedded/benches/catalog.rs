@@ -51,7 +51,7 @@ fn build(n: usize, runtime: &tokio::runtime::Runtime) -> Fixture {
     let started = Instant::now();
     let mut hits = Vec::with_capacity(SAMPLE);
     runtime.block_on(async {
-        let project = Project { id: "bench".into(), name: "bench".into(), created_at_ms: NOW_MS };
+        let project = Project::new("bench", "bench", NOW_MS);
         store.create_project(project).await.expect("project");
         let mut rng = Rng::new(0x7011_6a7e ^ n as u64);
         let mut random = [0u8; RANDOM_BYTES];

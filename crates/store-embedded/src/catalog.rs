@@ -15,9 +15,9 @@ use rusqlite::types::{Type, Value};
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use tollgate_core::{KeyHash, KeyRecord, LimitSpec, Plan, Project};
 use tollgate_store::columns;
-use tollgate_store::{AdminScope, Catalog, KeyQuery, StoreError, StoreResult};
+use tollgate_store::{AdminTokenRecord, Catalog, KeyQuery, StoreError, StoreResult};
 
-use crate::{sql_error, sql_error_or_conflict};
+use crate::{DirLock, sql_error, sql_error_or_conflict};
 
 /// One secret's entry: the key it opens and, during a rotation's grace period, when
 /// it stops working (exclusive).
@@ -52,6 +52,8 @@ impl KeyIndex {
 struct Inner {
     conn: Mutex<Connection>,
     index: RwLock<KeyIndex>,
+    /// The directory stays locked while the catalog (and its key index) lives.
+    _lock: Arc<DirLock>,
 }
 
 /// The SQLite catalog. Obtain it from [`EmbeddedStore::catalog`](crate::EmbeddedStore::catalog).
@@ -61,10 +63,10 @@ pub struct EmbeddedCatalog {
 
 impl EmbeddedCatalog {
     /// Wraps a migrated connection and loads the key index from it.
-    pub(crate) fn open(conn: Connection) -> StoreResult<Self> {
+    pub(crate) fn open(conn: Connection, lock: Arc<DirLock>) -> StoreResult<Self> {
         let index = load_index(&conn)?;
         tracing::debug!(secrets = index.by_hash.len(), keys = index.by_key.len(), "key index loaded");
-        Ok(Self { inner: Arc::new(Inner { conn: Mutex::new(conn), index: RwLock::new(index) }) })
+        Ok(Self { inner: Arc::new(Inner { conn: Mutex::new(conn), index: RwLock::new(index), _lock: lock }) })
     }
 
     /// Secrets in the in-memory index (current and retiring ones).
@@ -140,8 +142,36 @@ fn plan_from_row(row: &Row<'_>) -> rusqlite::Result<Plan> {
     Ok(Plan { name: row.get(0)?, description: row.get(1)?, limits: json_column::<Vec<LimitSpec>>(row, 2)? })
 }
 
+const PROJECT_COLUMNS: &str = "id, name, created_at_ms, settings";
+
 fn project_from_row(row: &Row<'_>) -> rusqlite::Result<Project> {
-    Ok(Project { id: row.get(0)?, name: row.get(1)?, created_at_ms: row.get(2)? })
+    Ok(Project { id: row.get(0)?, name: row.get(1)?, created_at_ms: row.get(2)?, settings: json_column(row, 3)? })
+}
+
+fn get_project_on(conn: &Connection, id: &str) -> StoreResult<Option<Project>> {
+    conn.query_row(&format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = ?1"), [id], project_from_row)
+        .optional()
+        .map_err(sql_error)
+}
+
+const TOKEN_COLUMNS: &str = "id, project_id, name, prefix, created_at_ms, expires_at_ms, revoked_at_ms";
+
+fn token_from_row(row: &Row<'_>) -> rusqlite::Result<AdminTokenRecord> {
+    Ok(AdminTokenRecord {
+        id: row.get(0)?,
+        project_id: row.get(1)?,
+        name: row.get(2)?,
+        prefix: row.get(3)?,
+        created_at_ms: row.get(4)?,
+        expires_at_ms: row.get(5)?,
+        revoked_at_ms: row.get(6)?,
+    })
+}
+
+fn get_token_on(conn: &Connection, column: &str, value: &str) -> StoreResult<Option<AdminTokenRecord>> {
+    conn.query_row(&format!("SELECT {TOKEN_COLUMNS} FROM admin_tokens WHERE {column} = ?1"), [value], token_from_row)
+        .optional()
+        .map_err(sql_error)
 }
 
 fn get_key_on(conn: &Connection, id: &str) -> StoreResult<Option<KeyRecord>> {
@@ -190,10 +220,11 @@ fn load_index(conn: &Connection) -> StoreResult<KeyIndex> {
 #[async_trait]
 impl Catalog for EmbeddedCatalog {
     async fn create_project(&self, project: Project) -> StoreResult<Project> {
+        let settings = columns::json_text(&project.settings)?;
         self.run(move |conn, _| {
             conn.execute(
-                "INSERT INTO projects (id, name, created_at_ms) VALUES (?1, ?2, ?3)",
-                params![project.id, project.name, project.created_at_ms],
+                &format!("INSERT INTO projects ({PROJECT_COLUMNS}) VALUES (?1, ?2, ?3, ?4)"),
+                params![project.id, project.name, project.created_at_ms, settings],
             )
             .map_err(sql_error_or_conflict(|| format!("project '{}' already exists", project.id)))?;
             Ok(project)
@@ -203,20 +234,33 @@ impl Catalog for EmbeddedCatalog {
 
     async fn get_project(&self, id: &str) -> StoreResult<Option<Project>> {
         let id = id.to_owned();
-        self.run(move |conn, _| {
-            conn.query_row("SELECT id, name, created_at_ms FROM projects WHERE id = ?1", [id], project_from_row)
-                .optional()
-                .map_err(sql_error)
-        })
-        .await
+        self.run(move |conn, _| get_project_on(conn, &id)).await
     }
 
     async fn list_projects(&self) -> StoreResult<Vec<Project>> {
         self.run(|conn, _| {
-            let mut stmt =
-                conn.prepare_cached("SELECT id, name, created_at_ms FROM projects ORDER BY id").map_err(sql_error)?;
+            let mut stmt = conn
+                .prepare_cached(&format!("SELECT {PROJECT_COLUMNS} FROM projects ORDER BY id"))
+                .map_err(sql_error)?;
             let rows = stmt.query_map([], project_from_row).map_err(sql_error)?;
             rows.collect::<rusqlite::Result<_>>().map_err(sql_error)
+        })
+        .await
+    }
+
+    async fn update_project(&self, project: Project) -> StoreResult<Project> {
+        let settings = columns::json_text(&project.settings)?;
+        self.run(move |conn, _| {
+            let changed = conn
+                .execute(
+                    "UPDATE projects SET name = ?2, settings = ?3 WHERE id = ?1",
+                    params![project.id, project.name, settings],
+                )
+                .map_err(sql_error)?;
+            if changed == 0 {
+                return Err(StoreError::not_found("project", project.id));
+            }
+            get_project_on(conn, &project.id)?.ok_or_else(|| StoreError::not_found("project", project.id))
         })
         .await
     }
@@ -456,34 +500,73 @@ impl Catalog for EmbeddedCatalog {
             .map(|(record, _)| record.clone()))
     }
 
-    async fn create_admin_token(&self, hash: KeyHash, scope: AdminScope, created_at_ms: i64) -> StoreResult<()> {
+    async fn create_admin_token(&self, record: AdminTokenRecord, hash: KeyHash) -> StoreResult<AdminTokenRecord> {
         self.run(move |conn, _| {
             conn.execute(
-                "INSERT INTO admin_tokens (hash, project_id, created_at_ms) VALUES (?1, ?2, ?3)",
-                params![hash.to_hex(), scope.project_id, created_at_ms],
+                &format!("INSERT INTO admin_tokens (hash, {TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+                params![
+                    hash.to_hex(),
+                    record.id,
+                    record.project_id,
+                    record.name,
+                    record.prefix,
+                    record.created_at_ms,
+                    record.expires_at_ms,
+                    record.revoked_at_ms,
+                ],
             )
             .map_err(sql_error_or_conflict(|| "the admin token's hash is already in use".to_owned()))?;
-            Ok(())
+            Ok(record)
         })
         .await
     }
 
-    async fn lookup_admin_token(&self, hash: &KeyHash) -> StoreResult<Option<AdminScope>> {
+    async fn lookup_admin_token(&self, hash: &KeyHash) -> StoreResult<Option<AdminTokenRecord>> {
         let hex = hash.to_hex();
+        self.run(move |conn, _| get_token_on(conn, "hash", &hex)).await
+    }
+
+    async fn get_admin_token(&self, id: &str) -> StoreResult<Option<AdminTokenRecord>> {
+        let id = id.to_owned();
+        self.run(move |conn, _| get_token_on(conn, "id", &id)).await
+    }
+
+    async fn list_admin_tokens(&self, project_id: Option<&str>) -> StoreResult<Vec<AdminTokenRecord>> {
+        let project_id = project_id.map(str::to_owned);
         self.run(move |conn, _| {
-            let project: Option<Option<String>> = conn
-                .query_row("SELECT project_id FROM admin_tokens WHERE hash = ?1", [hex], |row| row.get(0))
-                .optional()
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {TOKEN_COLUMNS} FROM admin_tokens WHERE ?1 IS NULL OR project_id = ?1 ORDER BY id"
+                ))
                 .map_err(sql_error)?;
-            Ok(project.map(|project_id| AdminScope { project_id }))
+            let rows = stmt.query_map([project_id], token_from_row).map_err(sql_error)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(sql_error)
         })
         .await
     }
 
-    async fn has_operator_token(&self) -> StoreResult<bool> {
-        self.run(|conn, _| {
-            conn.query_row("SELECT EXISTS (SELECT 1 FROM admin_tokens WHERE project_id IS NULL)", [], |row| row.get(0))
-                .map_err(sql_error)
+    async fn revoke_admin_token(&self, id: &str, at_ms: i64) -> StoreResult<Option<AdminTokenRecord>> {
+        let id = id.to_owned();
+        self.run(move |conn, _| {
+            conn.execute(
+                "UPDATE admin_tokens SET revoked_at_ms = COALESCE(revoked_at_ms, ?2) WHERE id = ?1",
+                params![id, at_ms],
+            )
+            .map_err(sql_error)?;
+            get_token_on(conn, "id", &id)
+        })
+        .await
+    }
+
+    async fn has_operator_token(&self, now_ms: i64) -> StoreResult<bool> {
+        self.run(move |conn, _| {
+            conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM admin_tokens WHERE project_id IS NULL AND revoked_at_ms IS NULL
+                                AND (expires_at_ms IS NULL OR expires_at_ms > ?1))",
+                [now_ms],
+                |row| row.get(0),
+            )
+            .map_err(sql_error)
         })
         .await
     }

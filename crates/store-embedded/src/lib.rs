@@ -21,7 +21,13 @@
 //! FULL commit took ~3.8 ms on this machine's disk, which every response would wait on.
 //!
 //! One process at a time: the key index and the counters live in this process, so two
-//! processes sharing a directory would not see each other's writes.
+//! processes sharing a directory would not see each other's writes and would each
+//! admit a full limit. [`EmbeddedStore::open`] therefore takes an exclusive OS lock
+//! on `<dir>/tollgate.lock` ([`LOCK_FILE`]) and keeps it for as long as the store
+//! (or its catalog) lives; a second open of the same directory, from this process or
+//! another, fails with an error that names the lock file. The OS releases the lock
+//! when the process ends, however it ends (`kill -9` included), so a stale lock file
+//! never blocks a restart.
 
 mod catalog;
 mod ledger;
@@ -34,7 +40,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rusqlite::ErrorCode;
 use tollgate_core::{KeyHash, KeyRecord, Plan, Project};
-use tollgate_store::{AdminScope, Catalog, KeyQuery, StoreError, StoreResult};
+use tollgate_store::{AdminTokenRecord, Catalog, KeyQuery, StoreError, StoreResult};
 
 pub use catalog::EmbeddedCatalog;
 pub use ledger::EmbeddedLedger;
@@ -42,6 +48,38 @@ pub use limiter::{EmbeddedLimiter, RESERVATION_TTL_MS};
 
 /// The database file inside the store's directory.
 pub const DB_FILE: &str = "tollgate.db";
+/// The file locked for as long as a store has the directory open.
+pub const LOCK_FILE: &str = "tollgate.lock";
+
+/// The exclusive lock on a store directory; released when dropped (and by the OS
+/// when the process ends).
+#[derive(Debug)]
+pub(crate) struct DirLock {
+    _file: std::fs::File,
+}
+
+impl DirLock {
+    /// Locks `<dir>/tollgate.lock` without waiting: `Unavailable`, naming the lock
+    /// file, when another store holds it.
+    fn acquire(dir: &Path) -> StoreResult<DirLock> {
+        let path = dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| {
+            StoreError::unavailable_with_source(format!("cannot open lock file {}: {e}", path.display()), e)
+        })?;
+        match file.try_lock() {
+            Ok(()) => Ok(DirLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::unavailable(format!(
+                "data directory {} is in use by another tollgate process (it holds the lock on {}); \
+                 stop it, or give this one another data_dir",
+                dir.display(),
+                path.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(StoreError::unavailable_with_source(format!("cannot lock {}: {e}", path.display()), e))
+            }
+        }
+    }
+}
 
 /// The embedded store: a directory holding one SQLite database.
 ///
@@ -50,6 +88,7 @@ pub const DB_FILE: &str = "tollgate.db";
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db_path: PathBuf,
+    _lock: Arc<DirLock>,
     catalog: Arc<EmbeddedCatalog>,
     limiter: Arc<EmbeddedLimiter>,
     ledger: Arc<EmbeddedLedger>,
@@ -62,8 +101,10 @@ impl std::fmt::Debug for EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Creates `dir` if needed, opens `<dir>/tollgate.db`, applies pending schema
-    /// migrations, loads the key index and starts the ledger writer thread.
+    /// Creates `dir` if needed, locks it (`<dir>/tollgate.lock`: a second store on the
+    /// same directory fails, naming the lock), opens `<dir>/tollgate.db`, applies
+    /// pending schema migrations, loads the key index and starts the ledger writer
+    /// thread.
     ///
     /// This blocks on file I/O: call it at startup, before serving (or inside
     /// `spawn_blocking`).
@@ -71,12 +112,13 @@ impl EmbeddedStore {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::unavailable_with_source(format!("cannot create store directory {}: {e}", dir.display()), e)
         })?;
+        let lock = Arc::new(DirLock::acquire(dir)?);
         let db_path = dir.join(DB_FILE);
         let mut conn = schema::open_connection(&db_path, schema::Role::Writer)?;
         schema::migrate(&mut conn)?;
-        let catalog = Arc::new(EmbeddedCatalog::open(conn)?);
+        let catalog = Arc::new(EmbeddedCatalog::open(conn, lock.clone())?);
         let ledger = Arc::new(EmbeddedLedger::open(&db_path)?);
-        Ok(EmbeddedStore { db_path, catalog, limiter: Arc::new(EmbeddedLimiter::new()), ledger })
+        Ok(EmbeddedStore { db_path, _lock: lock, catalog, limiter: Arc::new(EmbeddedLimiter::new()), ledger })
     }
 
     /// The path of the SQLite database file.
@@ -114,6 +156,9 @@ impl Catalog for EmbeddedStore {
     }
     async fn list_projects(&self) -> StoreResult<Vec<Project>> {
         self.catalog.list_projects().await
+    }
+    async fn update_project(&self, project: Project) -> StoreResult<Project> {
+        self.catalog.update_project(project).await
     }
     async fn put_plan(&self, plan: Plan) -> StoreResult<()> {
         self.catalog.put_plan(plan).await
@@ -153,14 +198,23 @@ impl Catalog for EmbeddedStore {
     async fn lookup_key(&self, hash: &KeyHash, now_ms: i64) -> StoreResult<Option<Arc<KeyRecord>>> {
         self.catalog.lookup_key(hash, now_ms).await
     }
-    async fn create_admin_token(&self, hash: KeyHash, scope: AdminScope, created_at_ms: i64) -> StoreResult<()> {
-        self.catalog.create_admin_token(hash, scope, created_at_ms).await
+    async fn create_admin_token(&self, record: AdminTokenRecord, hash: KeyHash) -> StoreResult<AdminTokenRecord> {
+        self.catalog.create_admin_token(record, hash).await
     }
-    async fn lookup_admin_token(&self, hash: &KeyHash) -> StoreResult<Option<AdminScope>> {
+    async fn lookup_admin_token(&self, hash: &KeyHash) -> StoreResult<Option<AdminTokenRecord>> {
         self.catalog.lookup_admin_token(hash).await
     }
-    async fn has_operator_token(&self) -> StoreResult<bool> {
-        self.catalog.has_operator_token().await
+    async fn get_admin_token(&self, id: &str) -> StoreResult<Option<AdminTokenRecord>> {
+        self.catalog.get_admin_token(id).await
+    }
+    async fn list_admin_tokens(&self, project_id: Option<&str>) -> StoreResult<Vec<AdminTokenRecord>> {
+        self.catalog.list_admin_tokens(project_id).await
+    }
+    async fn revoke_admin_token(&self, id: &str, at_ms: i64) -> StoreResult<Option<AdminTokenRecord>> {
+        self.catalog.revoke_admin_token(id, at_ms).await
+    }
+    async fn has_operator_token(&self, now_ms: i64) -> StoreResult<bool> {
+        self.catalog.has_operator_token(now_ms).await
     }
 }
 
@@ -189,5 +243,24 @@ pub(crate) fn sql_error_or_conflict(message: impl FnOnce() -> String) -> impl Fn
     move |error| match error.sqlite_error_code() {
         Some(ErrorCode::ConstraintViolation) => StoreError::Conflict(message()),
         _ => sql_error(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_store_on_one_directory_is_refused_naming_the_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = EmbeddedStore::open(dir.path()).expect("first open");
+        let second = EmbeddedStore::open(dir.path()).expect_err("a second store on the same directory");
+        assert!(second.to_string().contains(LOCK_FILE), "{second}");
+        // The catalog alone keeps the directory locked.
+        let catalog = first.catalog();
+        drop(first);
+        assert!(EmbeddedStore::open(dir.path()).is_err(), "still locked by the catalog");
+        drop(catalog);
+        EmbeddedStore::open(dir.path()).expect("the lock is released with the store");
     }
 }

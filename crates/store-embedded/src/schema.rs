@@ -100,6 +100,19 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE usage ADD COLUMN price_estimated INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 3: project settings (JSON, '{}' reads as the defaults); admin tokens get an id
+    // (the first 16 hex digits of their hash), a name, a prefix, expiry and revocation.
+    r#"
+    ALTER TABLE projects ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE admin_tokens ADD COLUMN id TEXT;
+    ALTER TABLE admin_tokens ADD COLUMN name TEXT;
+    ALTER TABLE admin_tokens ADD COLUMN prefix TEXT;
+    ALTER TABLE admin_tokens ADD COLUMN expires_at_ms INTEGER;
+    ALTER TABLE admin_tokens ADD COLUMN revoked_at_ms INTEGER;
+    UPDATE admin_tokens SET id = substr(hash, 1, 16);
+    CREATE UNIQUE INDEX admin_tokens_id ON admin_tokens (id);
+    CREATE INDEX admin_tokens_project ON admin_tokens (project_id, id);
+    "#,
 ];
 
 /// What a connection is for; readers cannot write by accident.
@@ -200,6 +213,27 @@ mod tests {
 
         conn.pragma_update(None, "user_version", 99).unwrap();
         assert!(matches!(migrate(&mut conn), Err(StoreError::Internal { .. })));
+    }
+
+    #[test]
+    fn version_1_rows_get_default_settings_and_token_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = open_connection(&path, Role::Writer).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        let hash = "ab".repeat(32);
+        conn.execute("INSERT INTO admin_tokens (hash, project_id, created_at_ms) VALUES (?1, NULL, 1)", [&hash])
+            .unwrap();
+        conn.execute("INSERT INTO projects (id, name, created_at_ms) VALUES ('p', 'P', 1)", []).unwrap();
+        drop(conn);
+        let mut conn = open_connection(&path, Role::Writer).unwrap();
+        migrate(&mut conn).unwrap();
+        let id: String = conn.query_row("SELECT id FROM admin_tokens", [], |r| r.get(0)).unwrap();
+        assert_eq!(id, hash[..16]);
+        let settings: String = conn.query_row("SELECT settings FROM projects", [], |r| r.get(0)).unwrap();
+        let settings: tollgate_core::ProjectSettings = serde_json::from_str(&settings).unwrap();
+        assert_eq!(settings, tollgate_core::ProjectSettings::default());
     }
 
     #[test]

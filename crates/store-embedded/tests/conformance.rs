@@ -8,8 +8,20 @@ use std::time::{Duration, Instant};
 
 use tollgate_core::{AdminToken, ApiKey, KeyRecord, LimitSpec, Metric, Plan, Project, UsageQuery, UsageRecord, Window};
 use tollgate_store::conformance::{self, NOW};
-use tollgate_store::{AdminScope, Catalog, Ledger, Limiter, StoreError};
+use tollgate_store::{AdminTokenRecord, Catalog, Ledger, Limiter, StoreError};
 use tollgate_store_embedded::{DB_FILE, EmbeddedStore};
+
+fn operator_token(token: &AdminToken, project_id: Option<&str>) -> AdminTokenRecord {
+    AdminTokenRecord {
+        id: AdminTokenRecord::id_for(&token.hash()),
+        project_id: project_id.map(str::to_owned),
+        name: None,
+        prefix: Some(token.prefix().to_owned()),
+        created_at_ms: NOW,
+        expires_at_ms: None,
+        revoked_at_ms: None,
+    }
+}
 
 fn fresh() -> (tempfile::TempDir, EmbeddedStore) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -40,6 +52,7 @@ mod catalog {
     use super::*;
     scenarios!(catalog:
         projects,
+        project_settings,
         plans,
         keys_create_get_list,
         update_key_versions_and_revocation,
@@ -138,7 +151,7 @@ async fn close_then_reopen_keeps_everything() {
         description: None,
         limits: vec![LimitSpec::new(Metric::Requests, Window::Minute, 5)],
     };
-    let project = Project { id: "reopen".to_owned(), name: "Reopen".to_owned(), created_at_ms: NOW };
+    let project = Project::new("reopen", "Reopen", NOW);
     let grace_until = NOW + 60_000;
     let record = {
         let store = EmbeddedStore::open(dir.path()).expect("open");
@@ -148,7 +161,7 @@ async fn close_then_reopen_keeps_everything() {
         catalog.create_key(key_record(key.public_id(), "reopen", "reopen-plan"), key.hash()).await.expect("key");
         let record =
             catalog.rotate_key_secret(key.public_id(), rotated.hash(), Some(grace_until)).await.expect("rotate");
-        catalog.create_admin_token(admin.hash(), AdminScope { project_id: None }, NOW).await.expect("admin");
+        catalog.create_admin_token(operator_token(&admin, None), admin.hash()).await.expect("admin");
         // Appended just before close, never flushed: close must commit them.
         let ledger = store.ledger();
         for i in 0..50 {
@@ -169,8 +182,8 @@ async fn close_then_reopen_keeps_everything() {
     let found = catalog.lookup_key(&key.hash(), grace_until - 1).await.expect("lookup old");
     assert_eq!(found.as_deref(), Some(&record), "the old secret's grace period survives a restart");
     assert!(catalog.lookup_key(&key.hash(), grace_until).await.expect("lookup old late").is_none());
-    assert_eq!(catalog.lookup_admin_token(&admin.hash()).await.expect("admin"), Some(AdminScope { project_id: None }));
-    assert!(catalog.has_operator_token().await.expect("operator"));
+    assert_eq!(catalog.lookup_admin_token(&admin.hash()).await.expect("admin"), Some(operator_token(&admin, None)));
+    assert!(catalog.has_operator_token(NOW).await.expect("operator"));
 
     let ledger = store.ledger();
     let records = ledger.records_since(NOW).await.expect("records since");
@@ -203,10 +216,7 @@ async fn no_secret_reaches_the_disk() {
     let admin = AdminToken::generate(&random(9)).expect("admin");
     catalog.create_key(key_record(key.public_id(), "p", "free"), key.hash()).await.expect("create key");
     catalog.rotate_key_secret(key.public_id(), rotated.hash(), Some(NOW)).await.expect("rotate");
-    catalog
-        .create_admin_token(admin.hash(), AdminScope { project_id: Some("p".to_owned()) }, NOW)
-        .await
-        .expect("admin");
+    catalog.create_admin_token(operator_token(&admin, Some("p")), admin.hash()).await.expect("admin");
 
     let files = raw_files(dir.path());
     assert!(files.iter().any(|(name, _)| name.ends_with(DB_FILE)));

@@ -31,7 +31,7 @@ use deadpool_postgres::{Object, Pool};
 use tokio_postgres::Row;
 use tollgate_core::{KeyHash, KeyRecord, LimitSpec, Plan, Project};
 use tollgate_store::columns;
-use tollgate_store::{AdminScope, Catalog, KeyQuery, StoreError, StoreResult};
+use tollgate_store::{AdminTokenRecord, Catalog, KeyQuery, StoreError, StoreResult};
 
 use crate::changes::{CatalogChange, ChangePublisher};
 use crate::{pool_error, sql_error, sql_error_or_conflict, u64_column};
@@ -275,11 +275,28 @@ fn plan_from_row(row: &Row) -> StoreResult<Plan> {
     })
 }
 
+const PROJECT_COLUMNS: &str = "id, name, created_at_ms, settings::text";
+
 fn project_from_row(row: &Row) -> StoreResult<Project> {
     Ok(Project {
         id: row.try_get(0).map_err(sql_error)?,
         name: row.try_get(1).map_err(sql_error)?,
         created_at_ms: row.try_get(2).map_err(sql_error)?,
+        settings: json_column(row, 3)?,
+    })
+}
+
+const TOKEN_COLUMNS: &str = "id, project_id, name, prefix, created_at_ms, expires_at_ms, revoked_at_ms";
+
+fn token_from_row(row: &Row) -> StoreResult<AdminTokenRecord> {
+    Ok(AdminTokenRecord {
+        id: row.try_get(0).map_err(sql_error)?,
+        project_id: row.try_get(1).map_err(sql_error)?,
+        name: row.try_get(2).map_err(sql_error)?,
+        prefix: row.try_get(3).map_err(sql_error)?,
+        created_at_ms: row.try_get(4).map_err(sql_error)?,
+        expires_at_ms: row.try_get(5).map_err(sql_error)?,
+        revoked_at_ms: row.try_get(6).map_err(sql_error)?,
     })
 }
 
@@ -351,21 +368,24 @@ impl PostgresCatalog {
 #[async_trait]
 impl Catalog for PostgresCatalog {
     async fn create_project(&self, project: Project) -> StoreResult<Project> {
+        let settings = columns::json_text(&project.settings)?;
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO projects (id, name, created_at_ms) VALUES ($1, $2, $3)",
-                &[&project.id, &project.name, &project.created_at_ms],
+                "INSERT INTO projects (id, name, created_at_ms, settings) VALUES ($1, $2, $3, $4::text::jsonb)",
+                &[&project.id, &project.name, &project.created_at_ms, &settings],
             )
             .await
             .map_err(sql_error_or_conflict(|_| format!("project '{}' already exists", project.id)))?;
+        drop(client);
+        self.changed(CatalogChange::Project { id: project.id.clone() }).await;
         Ok(project)
     }
 
     async fn get_project(&self, id: &str) -> StoreResult<Option<Project>> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT id, name, created_at_ms FROM projects WHERE id = $1", &[&id])
+            .query_opt(&format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = $1"), &[&id])
             .await
             .map_err(sql_error)?;
         row.as_ref().map(project_from_row).transpose()
@@ -373,9 +393,30 @@ impl Catalog for PostgresCatalog {
 
     async fn list_projects(&self) -> StoreResult<Vec<Project>> {
         let client = self.client().await?;
-        let rows =
-            client.query("SELECT id, name, created_at_ms FROM projects ORDER BY id", &[]).await.map_err(sql_error)?;
+        let rows = client
+            .query(&format!("SELECT {PROJECT_COLUMNS} FROM projects ORDER BY id"), &[])
+            .await
+            .map_err(sql_error)?;
         rows.iter().map(project_from_row).collect()
+    }
+
+    async fn update_project(&self, project: Project) -> StoreResult<Project> {
+        let settings = columns::json_text(&project.settings)?;
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "UPDATE projects SET name = $2, settings = $3::text::jsonb WHERE id = $1 RETURNING {PROJECT_COLUMNS}"
+                ),
+                &[&project.id, &project.name, &settings],
+            )
+            .await
+            .map_err(sql_error)?;
+        drop(client);
+        let Some(row) = row else { return Err(StoreError::not_found("project", project.id)) };
+        let stored = project_from_row(&row)?;
+        self.changed(CatalogChange::Project { id: stored.id.clone() }).await;
+        Ok(stored)
     }
 
     async fn put_plan(&self, plan: Plan) -> StoreResult<()> {
@@ -647,33 +688,89 @@ impl Catalog for PostgresCatalog {
         Ok(usable(found))
     }
 
-    async fn create_admin_token(&self, hash: KeyHash, scope: AdminScope, created_at_ms: i64) -> StoreResult<()> {
+    async fn create_admin_token(&self, record: AdminTokenRecord, hash: KeyHash) -> StoreResult<AdminTokenRecord> {
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO admin_tokens (hash, project_id, created_at_ms) VALUES ($1, $2, $3)",
-                &[&hash.to_hex(), &scope.project_id, &created_at_ms],
+                &format!("INSERT INTO admin_tokens (hash, {TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
+                &[
+                    &hash.to_hex(),
+                    &record.id,
+                    &record.project_id,
+                    &record.name,
+                    &record.prefix,
+                    &record.created_at_ms,
+                    &record.expires_at_ms,
+                    &record.revoked_at_ms,
+                ],
             )
             .await
             .map_err(sql_error_or_conflict(|_| "the admin token's hash is already in use".to_owned()))?;
         drop(client);
         self.changed(CatalogChange::AdminToken).await;
-        Ok(())
+        Ok(record)
     }
 
-    async fn lookup_admin_token(&self, hash: &KeyHash) -> StoreResult<Option<AdminScope>> {
+    async fn lookup_admin_token(&self, hash: &KeyHash) -> StoreResult<Option<AdminTokenRecord>> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT project_id FROM admin_tokens WHERE hash = $1", &[&hash.to_hex()])
+            .query_opt(&format!("SELECT {TOKEN_COLUMNS} FROM admin_tokens WHERE hash = $1"), &[&hash.to_hex()])
             .await
             .map_err(sql_error)?;
-        row.map(|row| Ok(AdminScope { project_id: row.try_get(0).map_err(sql_error)? })).transpose()
+        row.as_ref().map(token_from_row).transpose()
     }
 
-    async fn has_operator_token(&self) -> StoreResult<bool> {
+    async fn get_admin_token(&self, id: &str) -> StoreResult<Option<AdminTokenRecord>> {
         let client = self.client().await?;
         let row = client
-            .query_one("SELECT EXISTS (SELECT 1 FROM admin_tokens WHERE project_id IS NULL)", &[])
+            .query_opt(&format!("SELECT {TOKEN_COLUMNS} FROM admin_tokens WHERE id = $1"), &[&id])
+            .await
+            .map_err(sql_error)?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn list_admin_tokens(&self, project_id: Option<&str>) -> StoreResult<Vec<AdminTokenRecord>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {TOKEN_COLUMNS} FROM admin_tokens WHERE $1::text IS NULL OR project_id = $1 ORDER BY id"
+                ),
+                &[&project_id],
+            )
+            .await
+            .map_err(sql_error)?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn revoke_admin_token(&self, id: &str, at_ms: i64) -> StoreResult<Option<AdminTokenRecord>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "UPDATE admin_tokens SET revoked_at_ms = COALESCE(revoked_at_ms, $2) WHERE id = $1
+                     RETURNING {TOKEN_COLUMNS}"
+                ),
+                &[&id, &at_ms],
+            )
+            .await
+            .map_err(sql_error)?;
+        drop(client);
+        let record = row.as_ref().map(token_from_row).transpose()?;
+        if record.is_some() {
+            self.changed(CatalogChange::AdminToken).await;
+        }
+        Ok(record)
+    }
+
+    async fn has_operator_token(&self, now_ms: i64) -> StoreResult<bool> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM admin_tokens WHERE project_id IS NULL AND revoked_at_ms IS NULL
+                                AND (expires_at_ms IS NULL OR expires_at_ms > $1))",
+                &[&now_ms],
+            )
             .await
             .map_err(sql_error)?;
         row.try_get(0).map_err(sql_error)

@@ -11,16 +11,19 @@ pub enum CatalogChange {
     Key { id: String, version: u64 },
     /// A plan was created, replaced or deleted.
     Plan { name: String },
-    /// An admin token was created.
+    /// A project was created or its settings changed.
+    Project { id: String },
+    /// An admin token was created or revoked.
     AdminToken,
 }
 
 impl CatalogChange {
-    /// The wire form: `key <version> <id>`, `plan <name>`, `token`.
+    /// The wire form: `key <version> <id>`, `plan <name>`, `project <id>`, `token`.
     pub fn encode(&self) -> String {
         match self {
             CatalogChange::Key { id, version } => format!("key {version} {id}"),
             CatalogChange::Plan { name } => format!("plan {name}"),
+            CatalogChange::Project { id } => format!("project {id}"),
             CatalogChange::AdminToken => "token".to_owned(),
         }
     }
@@ -37,6 +40,10 @@ impl CatalogChange {
             "plan" => {
                 let name = parts.next().filter(|n| !n.is_empty())?;
                 parts.next().is_none().then(|| CatalogChange::Plan { name: name.to_owned() })
+            }
+            "project" => {
+                let id = parts.next().filter(|n| !n.is_empty())?;
+                parts.next().is_none().then(|| CatalogChange::Project { id: id.to_owned() })
             }
             "token" => parts.next().is_none().then_some(CatalogChange::AdminToken),
             _ => None,
@@ -61,11 +68,14 @@ mod tests {
         for change in [
             CatalogChange::Key { id: "abcDEF012345".into(), version: 7 },
             CatalogChange::Plan { name: "free".into() },
+            CatalogChange::Project { id: "acme".into() },
             CatalogChange::AdminToken,
         ] {
             assert_eq!(CatalogChange::decode(&change.encode()), Some(change));
         }
-        for bad in ["", "key", "key x abc", "key 3 ", "plan", "plan a b", "token x", "kee 1 a"] {
+        for bad in
+            ["", "key", "key x abc", "key 3 ", "plan", "plan a b", "token x", "kee 1 a", "project", "project a b"]
+        {
             assert_eq!(CatalogChange::decode(bad), None, "{bad:?}");
         }
     }

@@ -74,6 +74,7 @@ mod catalog {
     use super::*;
     scenarios!(catalog:
         projects,
+        project_settings,
         plans,
         keys_create_get_list,
         update_key_versions_and_revocation,
@@ -113,7 +114,7 @@ async fn migrations_apply_once_and_refuse_newer_schemas() {
     again.ledger().close().await.expect("close");
     let client = store.pool().get().await.expect("client");
     let versions: i64 = client.query_one("SELECT count(*) FROM tollgate_migrations", &[]).await.expect("count").get(0);
-    assert_eq!(versions, 2, "every migration once");
+    assert_eq!(versions, 3, "every migration once");
     client.execute("INSERT INTO tollgate_migrations (version) VALUES (999)", &[]).await.expect("fake newer");
     drop(client);
     let newer = PostgresStore::open(&settings).await;

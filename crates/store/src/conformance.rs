@@ -41,6 +41,7 @@ pub const NOW: i64 = 1_700_000_000_000;
 pub async fn run_catalog(catalog: &dyn Catalog) {
     catalog::admin_tokens(catalog).await;
     catalog::projects(catalog).await;
+    catalog::project_settings(catalog).await;
     catalog::plans(catalog).await;
     catalog::keys_create_get_list(catalog).await;
     catalog::update_key_versions_and_revocation(catalog).await;

@@ -23,7 +23,7 @@ pub use plans::{AuthedCache, PlanCache};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tollgate_core::{Amounts, Decision, KeyHash, KeyRecord, Plan, Project, UsageQuery, UsageRecord};
+use tollgate_core::{Amounts, Decision, KeyHash, KeyRecord, KeyState, Plan, Project, UsageQuery, UsageRecord};
 
 /// The error a store keeps as the cause of an `Unavailable` or `Internal` failure.
 ///
@@ -110,6 +110,46 @@ pub struct AdminScope {
     pub project_id: Option<String>,
 }
 
+/// What the stores keep about an admin token (never the token: it is looked up by
+/// its hash, and shown once when made).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminTokenRecord {
+    /// Names the token in lists and in revoke calls: the first 16 hex digits of the
+    /// token's SHA-256 (so tokens made before ids existed have one too).
+    pub id: String,
+    /// `None`: an operator token (every project).
+    pub project_id: Option<String>,
+    pub name: Option<String>,
+    /// The token's first characters (`tga_` and four more), to tell tokens apart;
+    /// `None` for tokens made before prefixes were kept.
+    pub prefix: Option<String>,
+    pub created_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub revoked_at_ms: Option<i64>,
+}
+
+impl AdminTokenRecord {
+    /// The id a token with this hash gets.
+    pub fn id_for(hash: &KeyHash) -> String {
+        hash.to_hex()[..16].to_owned()
+    }
+
+    pub fn scope(&self) -> AdminScope {
+        AdminScope { project_id: self.project_id.clone() }
+    }
+
+    /// Whether the token may be used at `now_ms`.
+    pub fn state(&self, now_ms: i64) -> KeyState {
+        if self.revoked_at_ms.is_some_and(|t| t <= now_ms) {
+            KeyState::Revoked
+        } else if self.expires_at_ms.is_some_and(|t| t <= now_ms) {
+            KeyState::Expired
+        } else {
+            KeyState::Active
+        }
+    }
+}
+
 /// A page of keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyQuery {
@@ -126,6 +166,9 @@ pub trait Catalog: Send + Sync + 'static {
     async fn create_project(&self, project: Project) -> StoreResult<Project>;
     async fn get_project(&self, id: &str) -> StoreResult<Option<Project>>;
     async fn list_projects(&self) -> StoreResult<Vec<Project>>;
+    /// Replaces a project's name and settings (`NotFound` if there is no such
+    /// project; `created_at_ms` is kept). Returns the project as stored.
+    async fn update_project(&self, project: Project) -> StoreResult<Project>;
 
     /// Creates or replaces a plan.
     async fn put_plan(&self, plan: Plan) -> StoreResult<()>;
@@ -156,9 +199,20 @@ pub trait Catalog: Send + Sync + 'static {
     /// (the caller decides), or `None` for an unknown or retired secret.
     async fn lookup_key(&self, hash: &KeyHash, now_ms: i64) -> StoreResult<Option<Arc<KeyRecord>>>;
 
-    async fn create_admin_token(&self, hash: KeyHash, scope: AdminScope, created_at_ms: i64) -> StoreResult<()>;
-    async fn lookup_admin_token(&self, hash: &KeyHash) -> StoreResult<Option<AdminScope>>;
-    async fn has_operator_token(&self) -> StoreResult<bool>;
+    /// Stores a new admin token's record and hash. `Conflict` if the hash (or id)
+    /// is taken.
+    async fn create_admin_token(&self, record: AdminTokenRecord, hash: KeyHash) -> StoreResult<AdminTokenRecord>;
+    /// The token a hash belongs to, revoked and expired ones included (the caller
+    /// decides).
+    async fn lookup_admin_token(&self, hash: &KeyHash) -> StoreResult<Option<AdminTokenRecord>>;
+    async fn get_admin_token(&self, id: &str) -> StoreResult<Option<AdminTokenRecord>>;
+    /// Tokens of one project (`Some`), or every token (`None`), ordered by id.
+    async fn list_admin_tokens(&self, project_id: Option<&str>) -> StoreResult<Vec<AdminTokenRecord>>;
+    /// Marks a token revoked at `at_ms` (a token already revoked keeps its earlier
+    /// time). `None` if there is no such token.
+    async fn revoke_admin_token(&self, id: &str, at_ms: i64) -> StoreResult<Option<AdminTokenRecord>>;
+    /// Whether an operator token usable at `now_ms` (not revoked, not expired) exists.
+    async fn has_operator_token(&self, now_ms: i64) -> StoreResult<bool>;
 }
 
 pub use tollgate_core::LimitItem;

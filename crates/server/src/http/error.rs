@@ -51,6 +51,8 @@ pub enum ApiError {
     AdminUnauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    #[error("{0}")]
+    PlanUnavailable(String),
     #[error("{what} '{id}' not found")]
     NotFound { what: &'static str, id: String },
     #[error("{0}")]
@@ -108,6 +110,7 @@ impl ApiError {
             KeyExpired => (StatusCode::FORBIDDEN, "permission_error", "key_expired"),
             AdminUnauthorized(_) => (StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_admin_token"),
             Forbidden(_) => (StatusCode::FORBIDDEN, "permission_error", "forbidden"),
+            PlanUnavailable(_) => (StatusCode::FORBIDDEN, "permission_error", "plan_unavailable"),
             NotFound { .. } => (StatusCode::NOT_FOUND, "invalid_request_error", "not_found"),
             Conflict(_) => (StatusCode::CONFLICT, "invalid_request_error", "conflict"),
             PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "payload_too_large"),
@@ -250,7 +253,7 @@ impl From<KeyRefusal> for ApiError {
             KeyRefusal::Malformed(_) | KeyRefusal::Unknown { .. } => ApiError::InvalidKey(r.to_string()),
             KeyRefusal::Revoked => ApiError::KeyRevoked,
             KeyRefusal::Expired => ApiError::KeyExpired,
-            KeyRefusal::PlanMissing { .. } => ApiError::internal(r),
+            KeyRefusal::PlanMissing { .. } => ApiError::PlanUnavailable(r.to_string()),
             KeyRefusal::Store(e) => e.into(),
         }
     }

@@ -1,8 +1,12 @@
-//! The admin API under `/api/v1`: projects, plans, keys, scoped admin tokens and the
-//! usage ledger. Handlers validate, ask the domain, and hand records to the stores.
+//! The admin API under `/api/v1`: plans, keys and the usage ledger here; projects
+//! and their settings in [`projects`](crate::routes::projects), admin tokens in
+//! [`tokens`](crate::routes::tokens). Handlers validate, ask the domain, and hand
+//! records to the stores.
 //!
 //! Tenant isolation lives in [`Admin::check_project`]: a token scoped to one project
-//! gets 404 for anything of another project, exactly as if it did not exist.
+//! gets 404 for anything of another project, exactly as if it did not exist. What a
+//! scoped token may do to its own keys (plans, overrides) is
+//! [`check_key_policy`](crate::routes::projects::check_key_policy).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,21 +17,21 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value, json};
 use tollgate_core::calendar::{parse_timestamp, to_rfc3339};
 use tollgate_core::limit::{is_slug, validate_limits};
-use tollgate_core::{AdminToken, ApiKey, KeyRecord, KeyState, LimitSpec, Plan, Project, UsageQuery, UsageRecord};
-use tollgate_store::{AdminScope, KeyQuery};
+use tollgate_core::{ApiKey, DEFAULT_PLAN, KeyRecord, KeyState, LimitSpec, Plan, UsageQuery, UsageRecord};
+use tollgate_store::KeyQuery;
 
 use crate::app::{AppState, random_bytes};
 use crate::auth::Admin;
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, Path, Query};
 use crate::http::timestamp_field;
+use crate::routes::projects::check_key_policy;
 use tollgate_gateway::now_ms;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/api/v1/projects", get(list_projects).post(create_project))
-        .route("/api/v1/projects/{id}", get(get_project))
-        .route("/api/v1/projects/{id}/tokens", post(create_project_token))
+        .merge(crate::routes::projects::routes())
+        .merge(crate::routes::tokens::routes())
         .route("/api/v1/plans", get(list_plans).post(create_plan))
         .route("/api/v1/plans/{name}", get(get_plan).put(replace_plan).delete(delete_plan))
         .route("/api/v1/keys", get(list_keys).post(create_key))
@@ -42,77 +46,6 @@ pub fn routes() -> Router<AppState> {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
-
-// ----- projects -----
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateProject {
-    id: String,
-    #[serde(default)]
-    name: Option<String>,
-}
-
-async fn create_project(
-    State(state): State<AppState>,
-    admin: Admin,
-    Json(body): Json<CreateProject>,
-) -> ApiResult<Response> {
-    admin.require_operator()?;
-    if !is_slug(&body.id) {
-        return Err(ApiError::invalid_field("id", "must be 1-64 characters of a-z, 0-9, '-' or '_'"));
-    }
-    let name = body.name.unwrap_or_else(|| body.id.clone());
-    if name.len() > 200 {
-        return Err(ApiError::invalid_field("name", "must be at most 200 characters"));
-    }
-    let project = state.catalog.create_project(Project { id: body.id, name, created_at_ms: now_ms() }).await?;
-    Ok((StatusCode::CREATED, AxumJson(project_view(&project))).into_response())
-}
-
-fn project_view(p: &Project) -> Value {
-    json!({ "id": p.id, "name": p.name, "created_at": to_rfc3339(p.created_at_ms) })
-}
-
-async fn list_projects(State(state): State<AppState>, admin: Admin) -> ApiResult<AxumJson<Value>> {
-    let projects = state.catalog.list_projects().await?;
-    let data: Vec<Value> = projects
-        .iter()
-        .filter(|p| admin.0.project_id.as_ref().is_none_or(|own| own == &p.id))
-        .map(project_view)
-        .collect();
-    Ok(AxumJson(json!({ "data": data })))
-}
-
-async fn get_project(
-    State(state): State<AppState>,
-    admin: Admin,
-    Path(id): Path<String>,
-) -> ApiResult<AxumJson<Value>> {
-    admin.check_project(&id, "project", &id)?;
-    let project = state.catalog.get_project(&id).await?.ok_or(ApiError::NotFound { what: "project", id })?;
-    Ok(AxumJson(project_view(&project)))
-}
-
-async fn create_project_token(
-    State(state): State<AppState>,
-    admin: Admin,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    admin.require_operator()?;
-    if state.catalog.get_project(&id).await?.is_none() {
-        return Err(ApiError::NotFound { what: "project", id });
-    }
-    let token = AdminToken::generate(&random_bytes()?).ok_or_else(|| ApiError::internal("token generation"))?;
-    let scope = AdminScope { project_id: Some(id.clone()) };
-    state.catalog.create_admin_token(token.hash(), scope, now_ms()).await?;
-    let body = json!({
-        "token": token.expose(),
-        "project": id,
-        "note": "Store this token now: it is shown once and only its hash is kept.",
-    });
-    Ok((StatusCode::CREATED, AxumJson(body)).into_response())
-}
 
 // ----- plans -----
 
@@ -267,13 +200,14 @@ async fn create_key(State(state): State<AppState>, admin: Admin, Json(body): Jso
     if state.catalog.get_project(&body.project).await?.is_none() {
         return Err(ApiError::invalid_field("project", format!("no project named '{}'", body.project)));
     }
-    let plan = body.plan.unwrap_or_else(|| "free".to_owned());
+    let plan = body.plan.unwrap_or_else(|| DEFAULT_PLAN.to_owned());
     check_plan_exists(&state, &plan).await?;
     check_name(&body.name)?;
     let metadata = body.metadata.unwrap_or_default();
     check_metadata(&metadata)?;
     let overrides = body.limits.unwrap_or_default();
     validate_limits(&overrides).map_err(|e| ApiError::invalid_field("limits", e))?;
+    check_key_policy(&state, &admin, &body.project, &plan, true, &overrides).await?;
     let now = now_ms();
     let expires_at_ms = match &body.expires_at {
         Some(v) => timestamp_field("expires_at", v)?,
@@ -362,6 +296,8 @@ async fn update_key(
     Json(body): Json<UpdateKey>,
 ) -> ApiResult<AxumJson<Value>> {
     let mut key = load_key(&state, &admin, &id).await?;
+    let plan_changed = body.plan.as_ref().is_some_and(|p| p != &key.plan);
+    let policy_applies = plan_changed || body.limits.is_some();
     if let Some(plan) = body.plan {
         check_plan_exists(&state, &plan).await?;
         key.plan = plan;
@@ -385,6 +321,9 @@ async fn update_key(
     if let Some(limits) = body.limits {
         validate_limits(&limits).map_err(|e| ApiError::invalid_field("limits", e))?;
         key.limit_overrides = limits;
+    }
+    if policy_applies {
+        check_key_policy(&state, &admin, &key.project_id, &key.plan, plan_changed, &key.limit_overrides).await?;
     }
     let key = state.catalog.update_key(key).await?;
     Ok(AxumJson(key_view(&key, now_ms())))

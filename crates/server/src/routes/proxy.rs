@@ -159,11 +159,12 @@ async fn authenticate_guarded(
 async fn models(State(state): State<AppState>, Peer(peer): Peer, headers: HeaderMap) -> Response {
     let now = now_ms();
     let client_ip = client_ip(&headers, peer, state.config.forwarded_for_hops);
-    if let Err(e) = authenticate_guarded(&state, &headers, client_ip, now).await {
-        return e.into_response();
-    }
+    let authed = match authenticate_guarded(&state, &headers, client_ip, now).await {
+        Ok(authed) => authed,
+        Err(e) => return e.into_response(),
+    };
     let request_id = state.ids.next();
-    let response = match state.models(&headers).await {
+    let response = match state.models(&authed, &headers).await {
         Ok(answer) => respond(answer),
         Err(e) => ApiError::from(e).into_response(),
     };

@@ -15,6 +15,7 @@ use tollgate_core::{Amounts, Decision, KeyRecord, UsageRecord, UsageSource};
 
 use tollgate_core::counter::counts_now;
 use tollgate_core::{Authed, Traffic};
+use tollgate_gateway::auth::KeyRefusal;
 use tollgate_gateway::now_ms;
 
 use crate::app::AppState;
@@ -115,7 +116,7 @@ async fn check_event(state: &AppState, admin: &Admin, raw: Value, now: i64) -> R
     admin
         .check_project(&key.project_id, "key", &event.key_id)
         .map_err(|_| ApiError::invalid_field("key_id", format!("no key '{}'", event.key_id)))?;
-    let authed = resolve(state, key)?;
+    let authed = resolve(state, key).await?;
     let key = &authed.key;
     let model = event.model.unwrap_or_default();
     let (cost_micros, uncached_cost_micros, price_version, price_estimated) = match event.cost_micros {
@@ -273,12 +274,14 @@ async fn key_status(state: &AppState, authed: &Authed, now: i64) -> Result<Value
     }))
 }
 
-fn resolve(state: &AppState, key: KeyRecord) -> Result<Authed, ApiError> {
+async fn resolve(state: &AppState, key: KeyRecord) -> Result<Authed, ApiError> {
     let (key_id, plan) = (key.id.clone(), key.plan.clone());
     state
         .plans
-        .resolve(Arc::new(key))
-        .ok_or_else(|| ApiError::internal(format!("key {key_id} names missing plan '{plan}'")))
+        .resolve_loading(state.catalog.as_ref(), Arc::new(key))
+        .await?
+        .ok_or(KeyRefusal::PlanMissing { key_id, plan })
+        .map_err(ApiError::from)
 }
 
 /// `GET /api/v1/usage/status`: with an admin token, for `?key=` or `?project=`; with
@@ -299,7 +302,7 @@ pub async fn status(
         (Some(id), None) => {
             let key = state.catalog.get_key(&id).await?.ok_or(ApiError::NotFound { what: "key", id: id.clone() })?;
             admin.check_project(&key.project_id, "key", &id)?;
-            let authed = resolve(&state, key)?;
+            let authed = resolve(&state, key).await?;
             Ok(AxumJson(key_status(&state, &authed, now).await?).into_response())
         }
         (None, Some(project)) => {
@@ -315,7 +318,7 @@ pub async fn status(
             let mut worst = "ok";
             let rank = |s: &str| ["ok", "warning", "critical", "exceeded"].iter().position(|x| *x == s).unwrap_or(0);
             for key in keys {
-                let authed = resolve(&state, key)?;
+                let authed = resolve(&state, key).await?;
                 let status = key_status(&state, &authed, now).await?;
                 if let Some(s) = status["state"].as_str()
                     && rank(s) > rank(worst)
@@ -361,7 +364,7 @@ pub async fn attach_anonymous(
         .ok_or(ApiError::NotFound { what: "key", id: body.key_id.clone() })?;
     admin.check_project(&key.project_id, "key", &body.key_id)?;
     let now = now_ms();
-    let authed = resolve(&state, key)?;
+    let authed = resolve(&state, key).await?;
     state.ledger.flush().await?;
     let since = month_start(now).min(now - tollgate_core::calendar::MS_PER_HOUR);
     let records = state.ledger.records_since(since).await?;

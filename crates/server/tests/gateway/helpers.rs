@@ -60,7 +60,8 @@ pub fn raw_config(data_dir: &Path, mock_url: &str) -> RawConfig {
     );
     // Lets tests drive the mock's misbehaviour through the gateway.
     raw.upstream.forward_headers.extend(
-        ["x-mock-status", "x-mock-usage", "x-mock-fault", "x-mock-latency-ms", "x-mock-model"].map(String::from),
+        ["x-mock-status", "x-mock-usage", "x-mock-fault", "x-mock-latency-ms", "x-mock-model", "x-mock-echo-headers"]
+            .map(String::from),
     );
     raw
 }

@@ -12,4 +12,5 @@ mod limits;
 mod parsing;
 mod proxy;
 mod security;
+mod tenancy;
 mod verify;

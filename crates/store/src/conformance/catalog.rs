@@ -1,13 +1,15 @@
 //! Catalog scenarios: projects, plans, keys, secret rotation and admin tokens.
 
 use serde_json::json;
-use tollgate_core::{KeyHash, KeyRecord, KeyState, LimitSpec, Metric, Plan, Project, Window};
+use tollgate_core::{
+    KeyHash, KeyRecord, KeyState, LimitSpec, Metric, Plan, Project, ProjectSettings, SubjectKind, Window,
+};
 
 use super::NOW;
-use crate::{AdminScope, Catalog, KeyQuery, StoreError};
+use crate::{AdminTokenRecord, Catalog, KeyQuery, StoreError};
 
 fn project(id: &str, name: &str) -> Project {
-    Project { id: id.to_owned(), name: name.to_owned(), created_at_ms: NOW }
+    Project::new(id, name, NOW)
 }
 
 fn plan(name: &str, per_minute: u64) -> Plan {
@@ -297,32 +299,104 @@ pub async fn lookup_unknown_hash(catalog: &dyn Catalog) {
     assert!(found.is_none());
 }
 
-/// Admin tokens: scoped and operator tokens, lookup and `has_operator_token`. Needs a
-/// catalog with no admin token yet.
+fn token(hash: &KeyHash, project_id: Option<&str>) -> AdminTokenRecord {
+    AdminTokenRecord {
+        id: AdminTokenRecord::id_for(hash),
+        project_id: project_id.map(str::to_owned),
+        name: Some("conformance".to_owned()),
+        prefix: Some("tga_Conf".to_owned()),
+        created_at_ms: NOW,
+        expires_at_ms: None,
+        revoked_at_ms: None,
+    }
+}
+
+/// Admin tokens: scoped and operator tokens, lookup by hash and by id, listing per
+/// project, expiry and revocation, and `has_operator_token` counting only usable
+/// operator tokens. Needs a catalog with no admin token yet.
 pub async fn admin_tokens(catalog: &dyn Catalog) {
-    assert!(!catalog.has_operator_token().await.expect("has operator (empty)"));
+    assert!(!catalog.has_operator_token(NOW).await.expect("has operator (empty)"));
+    assert!(catalog.list_admin_tokens(None).await.expect("list (empty)").is_empty());
 
     let scoped = secret("admin scoped");
-    let scope = AdminScope { project_id: Some("conf-admin".to_owned()) };
-    catalog.create_admin_token(scoped, scope.clone(), NOW).await.expect("create scoped");
-    assert_eq!(catalog.lookup_admin_token(&scoped).await.expect("lookup scoped"), Some(scope.clone()));
+    let scoped_record = token(&scoped, Some("conf-admin"));
+    let stored = catalog.create_admin_token(scoped_record.clone(), scoped).await.expect("create scoped");
+    assert_eq!(stored, scoped_record);
+    assert_eq!(catalog.lookup_admin_token(&scoped).await.expect("lookup scoped"), Some(scoped_record.clone()));
+    assert_eq!(catalog.get_admin_token(&scoped_record.id).await.expect("get scoped"), Some(scoped_record.clone()));
     assert!(
-        !catalog.has_operator_token().await.expect("has operator (scoped only)"),
+        !catalog.has_operator_token(NOW).await.expect("has operator (scoped only)"),
         "a project-scoped token is not an operator token"
     );
 
-    let operator = secret("admin operator");
-    let everything = AdminScope { project_id: None };
-    catalog.create_admin_token(operator, everything.clone(), NOW).await.expect("create operator");
-    assert!(catalog.has_operator_token().await.expect("has operator"));
-    assert_eq!(catalog.lookup_admin_token(&operator).await.expect("lookup operator"), Some(everything));
+    // An operator token that has expired does not count; one that has not does.
+    let expired = secret("admin expired operator");
+    let expired_record = AdminTokenRecord { expires_at_ms: Some(NOW - 1), ..token(&expired, None) };
+    catalog.create_admin_token(expired_record.clone(), expired).await.expect("create expired");
+    assert!(!catalog.has_operator_token(NOW).await.expect("has operator (expired only)"));
+    assert_eq!(catalog.lookup_admin_token(&expired).await.expect("lookup expired"), Some(expired_record.clone()));
+    assert_eq!(expired_record.state(NOW), KeyState::Expired);
 
-    let dup = catalog.create_admin_token(scoped, AdminScope { project_id: None }, NOW).await;
+    let operator = secret("admin operator");
+    let operator_record = AdminTokenRecord { expires_at_ms: Some(NOW + 60_000), ..token(&operator, None) };
+    catalog.create_admin_token(operator_record.clone(), operator).await.expect("create operator");
+    assert!(catalog.has_operator_token(NOW).await.expect("has operator"));
+    assert!(!catalog.has_operator_token(NOW + 60_000).await.expect("has operator after its expiry"));
+    assert_eq!(catalog.lookup_admin_token(&operator).await.expect("lookup operator"), Some(operator_record.clone()));
+
+    let dup = catalog.create_admin_token(token(&scoped, None), scoped).await;
     assert!(is_conflict(&dup), "a token hash already stored must be a Conflict: {dup:?}");
     assert_eq!(
         catalog.lookup_admin_token(&scoped).await.expect("lookup after dup"),
-        Some(scope),
+        Some(scoped_record.clone()),
         "a refused duplicate must not widen the token's scope"
     );
     assert_eq!(catalog.lookup_admin_token(&secret("admin none")).await.expect("lookup none"), None);
+
+    // Listing: one project's, or all, ordered by id.
+    let mine = catalog.list_admin_tokens(Some("conf-admin")).await.expect("list project");
+    assert_eq!(mine, vec![scoped_record.clone()]);
+    assert!(catalog.list_admin_tokens(Some("conf-other")).await.expect("list other").is_empty());
+    let all = catalog.list_admin_tokens(None).await.expect("list all");
+    let mut ids: Vec<&str> = [&scoped_record, &expired_record, &operator_record].map(|r| r.id.as_str()).to_vec();
+    ids.sort_unstable();
+    assert_eq!(all.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ids);
+
+    // Revocation: kept with its time, the first time wins, and an operator token
+    // revoked no longer counts.
+    let revoked = catalog.revoke_admin_token(&operator_record.id, NOW + 5).await.expect("revoke").expect("found");
+    assert_eq!(revoked.revoked_at_ms, Some(NOW + 5));
+    let again = catalog.revoke_admin_token(&operator_record.id, NOW + 9).await.expect("revoke again").expect("found");
+    assert_eq!(again.revoked_at_ms, Some(NOW + 5), "a second revoke keeps the first time");
+    assert_eq!(catalog.lookup_admin_token(&operator).await.expect("lookup revoked"), Some(revoked.clone()));
+    assert_eq!(revoked.state(NOW + 5), KeyState::Revoked);
+    assert!(!catalog.has_operator_token(NOW + 10).await.expect("has operator after revoke"));
+    assert_eq!(catalog.revoke_admin_token("0000000000000000", NOW).await.expect("revoke unknown"), None);
+    assert_eq!(catalog.get_admin_token("0000000000000000").await.expect("get unknown"), None);
+}
+
+/// Project settings: stored with the project, replaced by `update_project` (which
+/// keeps `created_at_ms`), `NotFound` for a project that does not exist.
+pub async fn project_settings(catalog: &dyn Catalog) {
+    let created = catalog.create_project(project("conf-settings", "Settings")).await.expect("create");
+    assert_eq!(created.settings, ProjectSettings::default());
+    assert_eq!(created.settings.allowed_plans, vec!["free".to_owned()], "keys default to free, and only free");
+
+    let settings = ProjectSettings {
+        allowed_plans: vec!["free".to_owned(), "starter".to_owned()],
+        max_overrides: vec![LimitSpec::new(Metric::Requests, Window::Minute, 100)],
+        limits: vec![LimitSpec::new(Metric::CostMicros, Window::Month, 5_000_000).with_subject(SubjectKind::Project)],
+        openai_organization: Some("org-conformance".to_owned()),
+        openai_project: Some("proj_conformance".to_owned()),
+    };
+    let changed = Project { name: "Renamed".to_owned(), created_at_ms: NOW + 1_000, settings, ..created.clone() };
+    let stored = catalog.update_project(changed.clone()).await.expect("update");
+    let expected = Project { created_at_ms: NOW, ..changed };
+    assert_eq!(stored, expected, "update_project keeps created_at_ms");
+    assert_eq!(catalog.get_project("conf-settings").await.expect("get"), Some(expected.clone()));
+    assert!(catalog.list_projects().await.expect("list").contains(&expected));
+
+    let missing = catalog.update_project(project("conf-settings-missing", "x")).await;
+    assert!(is_not_found(&missing), "updating an unknown project is NotFound: {missing:?}");
+    assert_eq!(catalog.get_project("conf-settings-missing").await.expect("get missing"), None);
 }
