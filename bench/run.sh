@@ -41,6 +41,7 @@
 #                       (default: none set, i.e. the build's default)
 #   TOLLGATE_BIN        use this tollgate binary instead of building one
 #   LOADGEN_BIN         use this tollgate-loadgen binary instead of building one
+#   MOCK_BIN            run the mock upstream from this tollgate binary (default TOLLGATE_BIN)
 #   TOLLGATE_REDIS_URL, TOLLGATE_DATABASE_URL   for the distributed store (default: a
 #                       private redis-server on a free port, and a fresh database on the
 #                       local PostgreSQL, dropped on exit)
@@ -369,7 +370,10 @@ wait_redis() {
 
 ADMIN_TOKEN="bench-admin-token-$(date +%s)-$$"
 MOCK_PORT=$(free_port)
-start mock ${PIN_LOAD[@]+"${PIN_LOAD[@]}"} "$TOLLGATE_BIN" mock-upstream --port "$MOCK_PORT" --expected-api-key "$UPSTREAM_KEY"
+# The mock may come from another build (MOCK_BIN), so two tollgate builds compared in
+# one session face the same upstream.
+MOCK_BIN="${MOCK_BIN:-$TOLLGATE_BIN}"
+start mock ${PIN_LOAD[@]+"${PIN_LOAD[@]}"} "$MOCK_BIN" mock-upstream --port "$MOCK_PORT" --expected-api-key "$UPSTREAM_KEY"
 MOCK_PID=$LAST_PID
 wait_http "http://127.0.0.1:$MOCK_PORT/health" "$MOCK_PID" 10 || { cat "$WORK/mock.log" >&2; die "the mock upstream did not start"; }
 
