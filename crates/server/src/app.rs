@@ -40,7 +40,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let backend = tollgate_store_distributed::open(&config.store, &config.data_dir).await?;
+        let backend = tollgate_store_distributed::open(&config.store, &config.data_dir, config.ledger_fsync).await?;
         let catalog: Arc<dyn Catalog> = backend.catalog.clone();
         for plan in &config.seed_plans {
             if catalog.insert_plan_if_absent(plan.clone()).await? {
@@ -73,6 +73,7 @@ impl Application {
             drain_after_hangup: config.drain_after_hangup,
             drain_after_hangup_bytes: config.drain_after_hangup_bytes,
             durable_responses: config.durable_responses,
+            commit_timeout: config.commit_timeout,
             prices: config.prices.clone(),
             forward_headers: config.forward_headers.clone(),
         };

@@ -38,7 +38,12 @@ pub struct RawConfig {
     /// `sync`: a response ends only once its ledger record is committed to disk (a
     /// group commit shared by concurrent requests), so a 2xx survives `kill -9`.
     /// `async`: records are committed in the background, at most a batch is lost.
+    /// `fsync`: like `sync`, and the embedded ledger fsyncs every commit
+    /// (`synchronous = FULL`), so a 2xx also survives a power cut.
     pub durability: Durability,
+    /// How long a response waits for its ledger commit (and a new request for room
+    /// in the ledger's queue) before it becomes a 503.
+    pub commit_timeout_ms: u64,
     /// Price overrides and additions, by model id.
     pub prices: BTreeMap<String, tollgate_pricing::PriceOverride>,
     /// A model the price table does not know: `refuse` (a 400 naming the model when
@@ -133,6 +138,7 @@ impl Default for RawConfig {
             upstream: RawUpstream::default(),
             limits: RawLimits::default(),
             durability: Durability::Sync,
+            commit_timeout_ms: 5_000,
             prices: BTreeMap::new(),
             unknown_model_policy: UnknownModelPolicy::Refuse,
             default_price: None,
@@ -207,6 +213,10 @@ pub enum Durability {
     /// Only once its ledger record is committed (a group commit shared by
     /// concurrent requests), so a 2xx survives `kill -9`.
     Sync,
+    /// Like `sync`, and every embedded ledger commit is fsynced (`synchronous =
+    /// FULL`), so a 2xx also survives a power cut. PostgreSQL commits are fsynced
+    /// by the server in both modes.
+    Fsync,
     /// At once; records are committed in the background, at most a batch is lost.
     Async,
 }
@@ -239,6 +249,10 @@ pub struct Config {
     pub drain_after_hangup_bytes: usize,
     /// Whether responses wait for their ledger record to be durable.
     pub durable_responses: bool,
+    /// Whether the embedded ledger fsyncs every commit (`durability = "fsync"`).
+    pub ledger_fsync: bool,
+    /// See `RawConfig::commit_timeout_ms`.
+    pub commit_timeout: Duration,
     /// The built-in price table with the configured overrides.
     pub prices: std::sync::Arc<tollgate_pricing::PriceTable>,
     /// The storage backend and its settings (`store`, `redis_url`, `database_url`, ...).
@@ -304,6 +318,7 @@ const ENV_KEYS: &[&str] = &[
     "key_cache_ttl_secs",
     "counter_rebuild_secs",
     "durability",
+    "commit_timeout_ms",
     "cors_allowed_origins",
 ];
 
@@ -375,7 +390,10 @@ impl Config {
         if raw.limits.default_max_output_tokens == 0 || raw.limits.default_max_output_tokens > 10_000_000 {
             return Err(invalid("limits.default_max_output_tokens", "must be between 1 and 10,000,000"));
         }
-        let durable_responses = raw.durability == Durability::Sync;
+        let durable_responses = matches!(raw.durability, Durability::Sync | Durability::Fsync);
+        if raw.commit_timeout_ms == 0 || raw.commit_timeout_ms > 600_000 {
+            return Err(invalid("commit_timeout_ms", "must be between 1 and 600,000"));
+        }
         let max_output = raw.limits.max_reserved_output_tokens;
         if max_output < raw.limits.default_max_output_tokens || max_output > 1_000_000_000 {
             return Err(invalid(
@@ -428,6 +446,8 @@ impl Config {
             drain_after_hangup: Duration::from_millis(raw.upstream.drain_after_hangup_ms),
             drain_after_hangup_bytes: raw.upstream.drain_after_hangup_bytes,
             durable_responses,
+            ledger_fsync: raw.durability == Durability::Fsync,
+            commit_timeout: Duration::from_millis(raw.commit_timeout_ms),
             prices,
             store,
             cors_allowed_origins,

@@ -115,13 +115,16 @@ impl Backend {
     }
 }
 
-/// Opens the configured backend. Embedded: the SQLite store in `data_dir`.
+/// Opens the configured backend. Embedded: the SQLite store in `data_dir`, whose
+/// ledger fsyncs every commit when `ledger_fsync` (`durability = "fsync"`).
+/// PostgreSQL commits are durable on the server's side in either case.
 /// Distributed: PostgreSQL must answer (it holds the keys); Redis may be down at
 /// start, in which case the server starts with the breaker open.
-pub async fn open(store: &StoreConfig, data_dir: &Path) -> anyhow::Result<Backend> {
+pub async fn open(store: &StoreConfig, data_dir: &Path, ledger_fsync: bool) -> anyhow::Result<Backend> {
     let distributed = match store {
         StoreConfig::Embedded => {
-            let store = EmbeddedStore::open(data_dir)
+            let options = tollgate_store_embedded::OpenOptions { ledger_fsync };
+            let store = EmbeddedStore::open_with(data_dir, options)
                 .with_context(|| format!("opening the embedded store in {}", data_dir.display()))?;
             return Ok(Backend {
                 catalog: Arc::new(store.clone()),

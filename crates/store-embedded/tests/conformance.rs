@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tollgate_core::{AdminToken, ApiKey, KeyRecord, LimitSpec, Metric, Plan, Project, UsageQuery, UsageRecord, Window};
 use tollgate_store::conformance::{self, NOW};
 use tollgate_store::{AdminScope, Catalog, Ledger, Limiter, StoreError};
-use tollgate_store_embedded::{DB_FILE, EmbeddedStore};
+use tollgate_store_embedded::{DB_FILE, EmbeddedStore, OpenOptions};
 
 fn fresh() -> (tempfile::TempDir, EmbeddedStore) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -75,6 +75,7 @@ mod ledger {
         records_since_is_oldest_first,
         many_appends_then_flush,
         append_new_reports_replays,
+        refusals_are_aggregated_per_key_and_minute,
     );
 }
 
@@ -279,4 +280,18 @@ async fn limiter_is_usable_as_a_trait_object() {
     assert_eq!(limiter.held_reservations().await.expect("held"), 0);
     assert!(catalog.list_projects().await.expect("projects").is_empty());
     ledger.flush().await.expect("flush");
+}
+
+/// `durability = "fsync"`: the ledger's connections fsync every commit (FULL); by
+/// default they hand commits to the OS (NORMAL, survives kill -9).
+#[tokio::test]
+async fn the_fsync_option_makes_ledger_commits_synchronous_full() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path()).expect("open");
+    assert_eq!(store.ledger().synchronous().expect("pragma"), 1, "NORMAL by default");
+    store.close().await.expect("close");
+    drop(store);
+    let store = EmbeddedStore::open_with(dir.path(), OpenOptions { ledger_fsync: true }).expect("open");
+    assert_eq!(store.ledger().synchronous().expect("pragma"), 2, "FULL with fsync");
+    store.close().await.expect("close");
 }
