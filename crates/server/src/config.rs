@@ -518,6 +518,20 @@ mod tests {
     }
 
     #[test]
+    fn durability_fsync_and_commit_timeout() {
+        let file = write("durability = \"fsync\"\ncommit_timeout_ms = 250\n");
+        let config = Config::load(Some(file.path())).expect("valid");
+        assert!(config.durable_responses && config.ledger_fsync);
+        assert_eq!(config.commit_timeout, Duration::from_millis(250));
+        let defaults = Config::load(None).expect("defaults");
+        assert!(defaults.durable_responses && !defaults.ledger_fsync);
+        assert_eq!(defaults.commit_timeout, Duration::from_secs(5));
+        let file = write("commit_timeout_ms = 0\n");
+        let err = Config::load(Some(file.path())).expect_err("zero").to_string();
+        assert!(err.contains("commit_timeout_ms"), "{err}");
+    }
+
+    #[test]
     fn errors_name_the_setting() {
         let file = write("lisen = \"127.0.0.1:1\"\n");
         let err = Config::load(Some(file.path())).expect_err("unknown key").to_string();
