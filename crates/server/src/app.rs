@@ -40,7 +40,11 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let backend = tollgate_store_distributed::open(&config.store, &config.data_dir, config.ledger_fsync).await?;
+        let embedded = tollgate_store_distributed::EmbeddedOptions {
+            ledger_fsync: config.ledger_fsync,
+            ledger_buffer: config.ledger_buffer,
+        };
+        let backend = tollgate_store_distributed::open(&config.store, &config.data_dir, embedded).await?;
         let catalog: Arc<dyn Catalog> = backend.catalog.clone();
         for plan in &config.seed_plans {
             if catalog.insert_plan_if_absent(plan.clone()).await? {

@@ -253,6 +253,9 @@ pub struct Config {
     pub ledger_fsync: bool,
     /// See `RawConfig::commit_timeout_ms`.
     pub commit_timeout: Duration,
+    /// Usage records the ledger holds in memory at most (`ledger_buffer`, both
+    /// stores); new requests wait for room once half of it is in use.
+    pub ledger_buffer: usize,
     /// The built-in price table with the configured overrides.
     pub prices: std::sync::Arc<tollgate_pricing::PriceTable>,
     /// The storage backend and its settings (`store`, `redis_url`, `database_url`, ...).
@@ -448,6 +451,7 @@ impl Config {
             durable_responses,
             ledger_fsync: raw.durability == Durability::Fsync,
             commit_timeout: Duration::from_millis(raw.commit_timeout_ms),
+            ledger_buffer: raw.ledger_buffer,
             prices,
             store,
             cors_allowed_origins,

@@ -31,28 +31,30 @@ use crate::sql_error;
 
 /// Messages drained into one transaction at most.
 pub const MAX_BATCH: usize = 1_000;
-/// Records kept in memory while the database refuses writes; beyond this the oldest
-/// are dropped (with an error log) rather than exhausting memory.
+/// Records kept in memory while the database refuses writes, by default
+/// (`ledger_buffer`); beyond this the oldest are dropped (with an error log) rather
+/// than exhausting memory. Back-pressure starts at half of it, so the other half
+/// holds the records of requests already in flight and answered requests' records
+/// are not dropped.
 pub const MAX_RETAINED: usize = 100_000;
-/// Records waiting for the writer above which new requests wait for room
-/// (back-pressure); well below [`MAX_RETAINED`], so answered requests' records are
-/// not dropped.
-pub const QUEUE_CAPACITY: usize = 10_000;
 
-/// The writer's policy. A flush waits for the attempts rather than failing fast: a
-/// local disk that refuses a write (busy, full) usually does so briefly.
-const POLICY: BatchPolicy = BatchPolicy {
-    database: "SQLite",
-    max_batch: MAX_BATCH,
-    // One transaction for everything queued, records left from a failed commit
-    // included: all of it commits or none of it does.
-    rows_per_write: usize::MAX,
-    attempts: 3,
-    retry_pause: Duration::from_secs(1),
-    max_retained: MAX_RETAINED,
-    queue_capacity: QUEUE_CAPACITY,
-    fail_fast_during_outage: false,
-};
+/// The writer's policy for a buffer of `max_retained` records. A flush waits for the
+/// attempts rather than failing fast: a local disk that refuses a write (busy, full)
+/// usually does so briefly.
+fn policy(max_retained: usize) -> BatchPolicy {
+    BatchPolicy {
+        database: "SQLite",
+        max_batch: MAX_BATCH,
+        // One transaction for everything queued, records left from a failed commit
+        // included: all of it commits or none of it does.
+        rows_per_write: usize::MAX,
+        attempts: 3,
+        retry_pause: Duration::from_secs(1),
+        max_retained,
+        queue_capacity: (max_retained / 2).max(1),
+        fail_fast_during_outage: false,
+    }
+}
 
 static INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -105,7 +107,7 @@ impl BatchSink for SqliteSink {
 impl EmbeddedLedger {
     /// Opens the writer and reader connections to a migrated database and starts the
     /// writer thread.
-    pub(crate) fn open(path: &Path, fsync: bool) -> StoreResult<Self> {
+    pub(crate) fn open(path: &Path, fsync: bool, max_retained: usize) -> StoreResult<Self> {
         let writer_conn = schema::open_ledger_writer(path, fsync)?;
         let reader = schema::open_connection(path, Role::Reader)?;
         let direct = schema::open_ledger_writer(path, fsync)?;
@@ -116,8 +118,11 @@ impl EmbeddedLedger {
             .name("tollgate-checkpoint".to_owned())
             .spawn(move || run_checkpointer(&checkpoint_conn, &wal, &stop))
             .map_err(|e| StoreError::internal_with_source(format!("cannot start the checkpoint thread: {e}"), e))?;
-        let writer =
-            BatchWriter::start(SqliteSink { conn: writer_conn }, POLICY, WriterHome::Thread("tollgate-ledger"))?;
+        let writer = BatchWriter::start(
+            SqliteSink { conn: writer_conn },
+            policy(max_retained),
+            WriterHome::Thread("tollgate-ledger"),
+        )?;
         Ok(Self {
             writer,
             checkpoint_stop: Mutex::new(Some(checkpoint_stop)),

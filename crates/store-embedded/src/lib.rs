@@ -48,10 +48,19 @@ pub use limiter::{EmbeddedLimiter, RESERVATION_TTL_MS};
 pub const DB_FILE: &str = "tollgate.db";
 
 /// How the store is opened.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OpenOptions {
     /// Ledger commits are fsynced (`synchronous = FULL`), not only handed to the OS.
     pub ledger_fsync: bool,
+    /// Records the ledger holds in memory at most (`ledger_buffer`); new requests wait
+    /// for room once half of it is in use.
+    pub ledger_buffer: usize,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self { ledger_fsync: false, ledger_buffer: ledger::MAX_RETAINED }
+    }
 }
 
 /// The embedded store: a directory holding one SQLite database.
@@ -91,7 +100,7 @@ impl EmbeddedStore {
         let mut conn = schema::open_connection(&db_path, schema::Role::Writer)?;
         schema::migrate(&mut conn)?;
         let catalog = Arc::new(EmbeddedCatalog::open(conn)?);
-        let ledger = Arc::new(EmbeddedLedger::open(&db_path, options.ledger_fsync)?);
+        let ledger = Arc::new(EmbeddedLedger::open(&db_path, options.ledger_fsync, options.ledger_buffer)?);
         Ok(EmbeddedStore { db_path, catalog, limiter: Arc::new(EmbeddedLimiter::new()), ledger })
     }
 

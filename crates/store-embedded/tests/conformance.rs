@@ -291,7 +291,8 @@ async fn the_fsync_option_makes_ledger_commits_synchronous_full() {
     assert_eq!(store.ledger().synchronous().expect("pragma"), 1, "NORMAL by default");
     store.close().await.expect("close");
     drop(store);
-    let store = EmbeddedStore::open_with(dir.path(), OpenOptions { ledger_fsync: true }).expect("open");
+    let store = EmbeddedStore::open_with(dir.path(), OpenOptions { ledger_fsync: true, ..OpenOptions::default() })
+        .expect("open");
     assert_eq!(store.ledger().synchronous().expect("pragma"), 2, "FULL with fsync");
     store.close().await.expect("close");
 }

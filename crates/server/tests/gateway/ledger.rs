@@ -31,7 +31,7 @@ async fn a_key_looping_on_refusals_adds_one_counting_row_a_minute_kept_over_shut
     assert_eq!(health.body["status"], "ok", "{:?}", health.body);
     let ledger = &health.body["ledger"];
     assert!(ledger["queued"].is_u64() && ledger["written"].is_u64(), "{ledger}");
-    assert_eq!(ledger["capacity"], 10_000);
+    assert_eq!(ledger["capacity"], 50_000, "half of ledger_buffer");
     assert_eq!(ledger["dropped"], 0);
     assert!(ledger["open_refusal_rows"].as_u64().expect("open rows") >= 1, "{ledger}");
 
@@ -118,7 +118,16 @@ async fn a_stalled_commit_is_bounded_by_commit_timeout() {
 
     let conn = rusqlite::Connection::open(app.data_dir.join(DB_FILE)).expect("open db");
     conn.execute_batch("BEGIN IMMEDIATE;").expect("hold the write lock");
-    let r = app.chat(&key).await;
+    // The client gives up after 4 s, below the store's own 5 s busy timeout: only
+    // `commit_timeout_ms` can answer it in time (unbounded, the answer waited for the
+    // writer's attempts, 15 s and more).
+    let request = app
+        .http
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .timeout(std::time::Duration::from_secs(4))
+        .json(&json!({ "model": "gpt-4o-mini", "messages": [{ "role": "user", "content": "Hello" }] }));
+    let r = reply(request).await;
     assert_eq!(r.status, 503, "{:?}", r.body);
     assert_eq!(r.body["error"]["code"], "usage_not_recorded");
     let verify = app.verify(json!({ "key": key, "cost": 1 })).await;
@@ -128,4 +137,44 @@ async fn a_stalled_commit_is_bounded_by_commit_timeout() {
     let usage = app.usage("?project=acme").await;
     assert_eq!(rows(&usage).len(), 3, "every request is in the ledger after the stall: {usage}");
     assert_eq!(app.chat(&key).await.status, 200);
+}
+
+/// Back-pressure: while the ledger's queue is full (its writer stalled), a new request
+/// waits for room, at most `commit_timeout_ms`, and is then refused with a 503
+/// `ledger_backlog` before anything is forwarded or charged; `/health` says
+/// `degraded`. The answered requests' records are all kept and written afterwards.
+#[tokio::test]
+async fn a_full_ledger_queue_holds_new_requests_back_and_drops_no_record() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mock_url = spawn_mock(tollgate_mock_upstream::MockConfig {
+        expected_api_key: Some("sk-provider-test".into()),
+        ..Default::default()
+    })
+    .await;
+    let mut raw = raw_config(tmp.path(), &mock_url);
+    raw.durability = tollgate_server::config::Durability::Async;
+    raw.commit_timeout_ms = 200;
+    raw.ledger_buffer = 6; // back-pressure at 3 records waiting
+    let app = spawn_app_with(tollgate_server::config::Config::from_raw(raw).expect("config")).await;
+    let key = app.project_key("acme", "pro").await;
+
+    let conn = rusqlite::Connection::open(app.data_dir.join(DB_FILE)).expect("open db");
+    conn.execute_batch("BEGIN IMMEDIATE;").expect("stall the writer");
+    for i in 0..3 {
+        let r = app.chat(&key).await;
+        assert_eq!(r.status, 200, "request {i} fits: {:?}", r.body);
+    }
+    app.settled().await;
+    let health = reply(app.http.get(app.url("/health"))).await;
+    assert_eq!(health.body["status"], "degraded", "{:?}", health.body);
+    assert_eq!(health.body["ledger"]["queued"], 3, "{:?}", health.body);
+    let r = app.chat(&key).await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "ledger_backlog");
+    conn.execute_batch("ROLLBACK;").expect("release");
+
+    let usage = app.usage("?project=acme").await;
+    assert_eq!(rows(&usage).len(), 3, "every answered request is recorded, the refused one is not: {usage}");
+    assert_eq!(app.state.ledger.queue().dropped, 0);
+    assert_eq!(app.chat(&key).await.status, 200, "room again");
 }
