@@ -77,9 +77,10 @@ impl Gateway {
         }
         let admission = self.reserve(&authed, items, amounts, now, false).await?;
         let mut record = new_record(&authed, &admission.request_id, now, &traffic.endpoint, &traffic);
-        if !admission.decision.allowed() {
-            // Counted into the key's refusal row of the minute, never a row each.
-            record.status = 429;
+        if let Some((_, refusal)) = admission.decision.refused_status() {
+            // Counted into the key's refusal row of the minute, never a row each; as
+            // on the proxy, one that can never fit is the client's error (400).
+            record.status = if refusal.retry_at_ms.is_some() { 429 } else { 400 };
             record.counted = false;
             record.requests = 1;
             self.ledger.record_refusal(record);
