@@ -24,6 +24,10 @@ pub enum UsageSource {
     Transferred,
     /// Reported by the caller through the usage events API.
     Ingested,
+    /// Not one request but the refusals (429 or 400 by a limit) of one key, endpoint
+    /// and status within one minute: `requests` is how many, nothing is counted.
+    /// Written when the minute ends, or when the ledger closes.
+    Refusals,
 }
 
 impl UsageSource {
@@ -35,6 +39,7 @@ impl UsageSource {
             UsageSource::Estimated => "estimated",
             UsageSource::Transferred => "transferred",
             UsageSource::Ingested => "ingested",
+            UsageSource::Refusals => "refusals",
         }
     }
 
@@ -46,6 +51,7 @@ impl UsageSource {
             "estimated" => UsageSource::Estimated,
             "transferred" => UsageSource::Transferred,
             "ingested" => UsageSource::Ingested,
+            "refusals" => UsageSource::Refusals,
             _ => return None,
         })
     }

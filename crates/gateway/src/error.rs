@@ -54,6 +54,15 @@ pub enum GatewayError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Upstream(#[from] UpstreamFailure),
+    /// The ledger's queue stayed full for `commit_timeout`: the request was not
+    /// admitted (back-pressure; nothing forwarded, nothing charged).
+    #[error("the usage ledger is behind")]
+    LedgerBacklog,
+    /// The upstream answered, but the request's ledger record was not committed
+    /// within `commit_timeout` or its commit failed (`durability = "sync"`/`"fsync"`):
+    /// the answer is withheld. The record stays queued and is retried.
+    #[error("the usage record was not committed: {0}")]
+    NotRecorded(String),
     /// A bug: a phase panicked. Recorded, settled and logged.
     #[error("internal error: {0}")]
     Internal(String),

@@ -53,8 +53,12 @@ pub struct GatewaySettings {
     pub max_reserved_output_tokens: u64,
     /// What a model without a known price costs when a cost limit applies.
     pub unknown_model: UnknownModelPolicy,
-    /// Whether answers wait for their ledger record to be durable (`durability = "sync"`).
+    /// Whether answers wait for their ledger record to be durable (`durability =
+    /// "sync"` or `"fsync"`).
     pub durable_responses: bool,
+    /// How long an answer waits for its commit (and a new request for room in the
+    /// ledger's queue) before it becomes a 503 (`commit_timeout_ms`).
+    pub commit_timeout: std::time::Duration,
     /// The built-in price table with the configured overrides.
     pub prices: Arc<PriceTable>,
     /// Client headers passed through to the upstream.

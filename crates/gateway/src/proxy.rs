@@ -114,6 +114,11 @@ impl Gateway {
             client_ip,
             anonymous_id,
         };
+        // Back-pressure: while the ledger's queue is full, new requests wait for room
+        // (bounded), so the records of answered requests never need dropping.
+        if !self.ledger_room().await {
+            return early(GatewayError::LedgerBacklog);
+        }
         let items = self.limits_for(authed, &traffic);
         let admission = match self.admit(authed, &view, &body, items, now_ms).await {
             Ok(a) => a,
@@ -126,7 +131,9 @@ impl Gateway {
             // A request that can never fit is the client's error (400), not a wait.
             record.status = if refusal.retry_at_ms.is_some() { 429 } else { 400 };
             record.latency_ms = started.elapsed().as_millis() as u64;
-            self.ledger.append(record);
+            // One row per key and minute counts the refusals: a client looping on
+            // 429s cannot outrun the writer.
+            self.ledger.record_refusal(record);
             let result = Err(GatewayError::Refused { plan: authed.plan.name.clone() });
             return Proxied { request_id: Some(request_id), now_ms, decision: Some(admission.decision), result };
         }
@@ -144,6 +151,12 @@ impl Gateway {
             .await
             .unwrap_or_else(|_| Err(GatewayError::Internal("the forwarding task ended without an answer".into())));
         Proxied { request_id: Some(request_id), now_ms, decision: Some(admission.decision), result }
+    }
+
+    /// Waits (at most `commit_timeout`) until the ledger's queue has room; false if
+    /// it stayed full.
+    pub async fn ledger_room(&self) -> bool {
+        tokio::time::timeout(self.settings.commit_timeout, self.ledger.room()).await.is_ok()
     }
 
     /// `GET /v1/models`: passed through, not limited, not recorded.
@@ -186,7 +199,8 @@ async fn forward(
             let failure = failure(&e);
             settlement.failed(failure.status());
             if let Some(commit) = settlement.finish(Outcome::Nothing) {
-                commit.await;
+                // The answer is an error already; a failed commit is logged.
+                let _ = commit.await;
             }
             let _ = answer.send(Err(failure.into()));
             return;
@@ -214,10 +228,16 @@ async fn forward(
                 Ok(tollgate_providers::usage::AnswerMeta { usage, model }) => {
                     let held = usage.is_none().then(|| whole.clone());
                     let (commit, settle) = settlement.finish_inline(Outcome::Json { usage, body: held, model });
-                    if let Some(commit) = commit {
-                        commit.await;
-                    }
-                    let _ = answer.send(Ok(answer_with(AnswerBody::Whole(whole))));
+                    let committed = match commit {
+                        Some(commit) => commit.await,
+                        None => Ok(()),
+                    };
+                    // A client must not get a 2xx whose usage is not in the ledger.
+                    let result = match committed {
+                        Ok(()) => Ok(answer_with(AnswerBody::Whole(whole))),
+                        Err(why) => Err(GatewayError::NotRecorded(why)),
+                    };
+                    let _ = answer.send(result);
                     if let Some(settle) = settle {
                         settle.await;
                     }
@@ -249,7 +269,8 @@ async fn fail(
 ) {
     settlement.failed(failure.status());
     if let Some(commit) = settlement.finish(Outcome::Nothing) {
-        commit.await;
+        // The answer is an error already; a failed commit is logged.
+        let _ = commit.await;
     }
     let _ = answer.send(Err(failure.into()));
 }

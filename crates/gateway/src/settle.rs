@@ -25,8 +25,27 @@ use crate::{Gateway, now_ms};
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Resolves when the request's ledger record is durable (`durability = "sync"`), or
+/// with why it is not (the commit failed, or took longer than `commit_timeout`);
 /// `None` when nothing need wait.
-pub type Commit = Option<BoxFuture>;
+pub type Commit = Option<CommitFuture>;
+
+/// See [`Commit`].
+pub type CommitFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// Waits for the ledger to commit what was appended, at most `commit_timeout`.
+pub fn commit_wait(gateway: &Gateway, request_id: String) -> CommitFuture {
+    let ledger = gateway.ledger.clone();
+    let timeout = gateway.settings.commit_timeout;
+    Box::pin(async move {
+        let error = match tokio::time::timeout(timeout, ledger.flush()).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("the ledger did not commit within {} ms", timeout.as_millis()),
+        };
+        tracing::error!(%request_id, %error, "ledger commit failed: the answer becomes an error");
+        Err(error)
+    })
+}
 
 /// Status recorded for a request that ended without an answer from tollgate (the
 /// client's connection was gone, or a phase failed): nginx's "client closed request".
@@ -183,15 +202,7 @@ fn commit_and_settle(gateway: Gateway, record: UsageRecord, actual: Amounts) -> 
     let request_id = record.id.clone();
     let partition = record.project_id.clone();
     gateway.ledger.append(record);
-    let commit: Commit = gateway.settings.durable_responses.then(|| {
-        let ledger = gateway.ledger.clone();
-        let id = request_id.clone();
-        Box::pin(async move {
-            if let Err(e) = ledger.flush().await {
-                tracing::error!(request_id = %id, error = %e, "ledger commit failed");
-            }
-        }) as BoxFuture
-    });
+    let commit: Commit = gateway.settings.durable_responses.then(|| commit_wait(&gateway, request_id.clone()));
     let settle = Box::pin(async move {
         let settle = SettleRequest { partition: &partition, request_id: &request_id, actual, now_ms: now_ms() };
         if let Err(e) = gateway.limiter.settle(settle).await {
@@ -280,15 +291,15 @@ fn count_then_record(
 ) -> Commit {
     let (queued_tx, queued_rx) = tokio::sync::oneshot::channel::<()>();
     let commit: Commit = gateway.settings.durable_responses.then(|| {
-        let ledger = gateway.ledger.clone();
-        let id = record.id.clone();
+        let wait = commit_wait(&gateway, record.id.clone());
         Box::pin(async move {
-            if queued_rx.await.is_ok()
-                && let Err(e) = ledger.flush().await
-            {
-                tracing::error!(request_id = %id, error = %e, "ledger commit failed");
+            // The counting task queues the record first; if it is gone, the
+            // settlement's `Drop` recorded the estimate instead, and waits for nothing.
+            if queued_rx.await.is_err() {
+                return Ok(());
             }
-        }) as BoxFuture
+            wait.await
+        }) as CommitFuture
     });
     let tracked = gateway.clone();
     let work = Box::pin(async move {

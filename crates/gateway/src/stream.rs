@@ -11,7 +11,7 @@ use futures_util::{Stream, StreamExt};
 use tollgate_providers::sse::SseRewriter;
 use tollgate_providers::{UpstreamError, UsageScanner};
 
-use crate::settle::{Outcome, Settlement};
+use crate::settle::{CommitFuture, Outcome, Settlement};
 
 /// An upstream body: chunks as they arrive.
 pub type UpstreamBody = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
@@ -27,25 +27,29 @@ pub enum Watcher {
 /// Passes the upstream body through chunk by chunk while watching for usage; the
 /// settlement is finished at the end of the body, on an upstream error, or on drop (the
 /// client went away), whichever comes first, with what was delivered so far. In
-/// `sync` durability the end of the body waits for the ledger commit.
+/// `sync` durability the end of the body waits for the ledger commit: an SSE stream's
+/// `data: [DONE]` is held back until then, and replaced by an OpenAI-shaped error
+/// event if the commit fails (or takes longer than `commit_timeout`).
 pub struct AccountingStream {
     inner: UpstreamBody,
     watcher: Watcher,
     settlement: Option<Settlement>,
-    commit: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    commit: Option<CommitFuture>,
     /// Bytes to send after the commit (a held-back event, or an error event).
     tail: Option<Bytes>,
+    /// The stream's clean end (`data: [DONE]`), sent only once the commit is done.
+    clean_end: Option<Bytes>,
     done: bool,
 }
 
 impl AccountingStream {
     pub fn new(inner: UpstreamBody, watcher: Watcher, settlement: Settlement) -> Self {
-        Self { inner, watcher, settlement: Some(settlement), commit: None, tail: None, done: false }
+        Self { inner, watcher, settlement: Some(settlement), commit: None, tail: None, clean_end: None, done: false }
     }
 
     /// A body passed through untouched, with nothing to account.
     pub fn passthrough(inner: UpstreamBody) -> Self {
-        Self { inner, watcher: Watcher::Pass, settlement: None, commit: None, tail: None, done: false }
+        Self { inner, watcher: Watcher::Pass, settlement: None, commit: None, tail: None, clean_end: None, done: false }
     }
 
     fn finish(&mut self) {
@@ -73,6 +77,33 @@ fn broken_stream_event(e: &UpstreamError) -> Bytes {
     Bytes::from(format!("data: {event}\n\n"))
 }
 
+/// The event that ends a stream whose usage record could not be committed, instead
+/// of its `data: [DONE]`: the content was delivered, but the request is not recorded.
+fn not_recorded_event(why: &str) -> Bytes {
+    let message = format!(
+        "The upstream provider answered and its answer was streamed, but tollgate could not record this \
+         request's usage ({why}); the stream is not complete. Retry later."
+    );
+    let event =
+        serde_json::json!({ "error": { "message": message, "type": "api_error", "code": "usage_not_recorded" } });
+    Bytes::from(format!("data: {event}\n\n"))
+}
+
+/// Splits a trailing `data: [DONE]` event (the stream's clean end) off `out`.
+fn split_clean_end(out: &Bytes) -> Option<(Bytes, Bytes)> {
+    let trimmed = out.len() - out.iter().rev().take_while(|b| b.is_ascii_whitespace()).count();
+    let body = &out[..trimmed];
+    let start = [&b"data: [DONE]"[..], &b"data:[DONE]"[..]]
+        .iter()
+        .find(|marker| body.ends_with(marker))
+        .map(|marker| trimmed - marker.len())?;
+    // The marker must begin its line.
+    if start > 0 && out[start - 1] != b'\n' {
+        return None;
+    }
+    Some((out.slice(..start), out.slice(start..)))
+}
+
 impl Stream for AccountingStream {
     type Item = Result<Bytes, std::io::Error>;
 
@@ -81,12 +112,22 @@ impl Stream for AccountingStream {
         loop {
             if this.done {
                 if let Some(commit) = this.commit.as_mut() {
-                    if commit.as_mut().poll(cx).is_pending() {
+                    let Poll::Ready(committed) = commit.as_mut().poll(cx) else {
                         return Poll::Pending;
-                    }
+                    };
                     this.commit = None;
+                    if let Err(why) = committed {
+                        this.clean_end = None;
+                        let mut tail = bytes::BytesMut::from(&this.tail.take().unwrap_or_default()[..]);
+                        tail.extend_from_slice(&not_recorded_event(&why));
+                        this.tail = Some(tail.freeze());
+                    }
                 }
-                return Poll::Ready(this.tail.take().map(Ok));
+                let tail = match (this.tail.take(), this.clean_end.take()) {
+                    (Some(tail), Some(end)) => Some(Bytes::from([&tail[..], &end[..]].concat())),
+                    (tail, end) => tail.or(end),
+                };
+                return Poll::Ready(tail.map(Ok));
             }
             return match this.inner.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
@@ -95,7 +136,16 @@ impl Stream for AccountingStream {
                             scanner.observe(&chunk);
                             chunk
                         }
-                        Watcher::Sse(rewriter) => rewriter.process(chunk),
+                        Watcher::Sse(rewriter) => {
+                            let out = rewriter.process(chunk);
+                            match split_clean_end(&out) {
+                                Some((before, end)) => {
+                                    this.clean_end = Some(end);
+                                    before
+                                }
+                                None => out,
+                            }
+                        }
                         Watcher::Pass => chunk,
                     };
                     if out.is_empty() {
@@ -106,6 +156,7 @@ impl Stream for AccountingStream {
                 Poll::Ready(Some(Err(e))) => {
                     tracing::warn!(error = %e, "upstream body broke off");
                     this.done = true;
+                    this.clean_end = None;
                     match &mut this.watcher {
                         Watcher::Sse(rewriter) => {
                             let mut tail = bytes::BytesMut::from(&rewriter.flush()[..]);
@@ -127,7 +178,16 @@ impl Stream for AccountingStream {
                         Watcher::Sse(rewriter) => rewriter.flush(),
                         Watcher::Json(_) | Watcher::Pass => Bytes::new(),
                     };
-                    this.tail = (!tail.is_empty()).then_some(tail);
+                    // What follows a `[DONE]` already seen belongs to the clean end;
+                    // a `[DONE]` held back until now becomes the clean end.
+                    match (this.clean_end.take(), split_clean_end(&tail)) {
+                        (Some(end), _) => this.clean_end = Some(Bytes::from([&end[..], &tail[..]].concat())),
+                        (None, Some((before, end))) => {
+                            this.tail = (!before.is_empty()).then_some(before);
+                            this.clean_end = Some(end);
+                        }
+                        (None, None) => this.tail = (!tail.is_empty()).then_some(tail),
+                    }
                     this.done = true;
                     this.finish();
                     continue;

@@ -72,17 +72,29 @@ impl Gateway {
             let decision = self.limiter.peek(&authed.key.project_id, &items, amounts, now).await?;
             return Ok(Verdict::Checked { authed, decision, now_ms: now });
         }
+        if !self.ledger_room().await {
+            return Err(GatewayError::LedgerBacklog);
+        }
         let admission = self.reserve(&authed, items, amounts, now, false).await?;
-        if admission.decision.allowed() && check.cost > 0 {
-            let mut record = new_record(&authed, &admission.request_id, now, &traffic.endpoint, &traffic);
+        let mut record = new_record(&authed, &admission.request_id, now, &traffic.endpoint, &traffic);
+        if let Some((_, refusal)) = admission.decision.refused_status() {
+            // Counted into the key's refusal row of the minute, never a row each; as
+            // on the proxy, one that can never fit is the client's error (400).
+            record.status = if refusal.retry_at_ms.is_some() { 429 } else { 400 };
+            record.counted = false;
+            record.requests = 1;
+            self.ledger.record_refusal(record);
+        } else if check.cost > 0 {
             record.status = 200;
             record.counted = true;
             record.requests = check.cost;
             self.ledger.append(record);
             // `durability = "sync"`: a VALID answer is given only once the usage it
-            // charged is committed, so a crash cannot forget it.
+            // charged is committed (within `commit_timeout`), so a crash cannot forget it.
             if self.settings.durable_responses {
-                self.ledger.flush().await?;
+                crate::settle::commit_wait(self, admission.request_id.clone())
+                    .await
+                    .map_err(|why| GatewayError::Store(tollgate_store::StoreError::unavailable(why)))?;
             }
         }
         Ok(Verdict::Checked { authed, decision: admission.decision, now_ms: now })

@@ -41,7 +41,11 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let backend = tollgate_store_distributed::open(&config.store, &config.data_dir).await?;
+        let embedded = tollgate_store_distributed::EmbeddedOptions {
+            ledger_fsync: config.ledger_fsync,
+            ledger_buffer: config.ledger_buffer,
+        };
+        let backend = tollgate_store_distributed::open(&config.store, &config.data_dir, embedded).await?;
         let catalog: Arc<dyn Catalog> = backend.catalog.clone();
         for plan in &config.seed_plans {
             if catalog.insert_plan_if_absent(plan.clone()).await? {
@@ -83,6 +87,7 @@ impl Application {
             drain_after_hangup: config.drain_after_hangup,
             drain_after_hangup_bytes: config.drain_after_hangup_bytes,
             durable_responses: config.durable_responses,
+            commit_timeout: config.commit_timeout,
             prices: config.prices.clone(),
             forward_headers: config.forward_headers.clone(),
         };

@@ -38,7 +38,12 @@ pub struct RawConfig {
     /// `sync`: a response ends only once its ledger record is committed to disk (a
     /// group commit shared by concurrent requests), so a 2xx survives `kill -9`.
     /// `async`: records are committed in the background, at most a batch is lost.
+    /// `fsync`: like `sync`, and the embedded ledger fsyncs every commit
+    /// (`synchronous = FULL`), so a 2xx also survives a power cut.
     pub durability: Durability,
+    /// How long a response waits for its ledger commit (and a new request for room
+    /// in the ledger's queue) before it becomes a 503.
+    pub commit_timeout_ms: u64,
     /// Price overrides and additions, by model id.
     pub prices: BTreeMap<String, tollgate_pricing::PriceOverride>,
     /// A model the price table does not know: `refuse` (a 400 naming the model when
@@ -133,6 +138,7 @@ impl Default for RawConfig {
             upstream: RawUpstream::default(),
             limits: RawLimits::default(),
             durability: Durability::Sync,
+            commit_timeout_ms: 5_000,
             prices: BTreeMap::new(),
             unknown_model_policy: UnknownModelPolicy::Refuse,
             default_price: None,
@@ -211,6 +217,10 @@ pub enum Durability {
     /// Only once its ledger record is committed (a group commit shared by
     /// concurrent requests), so a 2xx survives `kill -9`.
     Sync,
+    /// Like `sync`, and every embedded ledger commit is fsynced (`synchronous =
+    /// FULL`), so a 2xx also survives a power cut. PostgreSQL commits are fsynced
+    /// by the server in both modes.
+    Fsync,
     /// At once; records are committed in the background, at most a batch is lost.
     Async,
 }
@@ -243,6 +253,13 @@ pub struct Config {
     pub drain_after_hangup_bytes: usize,
     /// Whether responses wait for their ledger record to be durable.
     pub durable_responses: bool,
+    /// Whether the embedded ledger fsyncs every commit (`durability = "fsync"`).
+    pub ledger_fsync: bool,
+    /// See `RawConfig::commit_timeout_ms`.
+    pub commit_timeout: Duration,
+    /// Usage records the ledger holds in memory at most (`ledger_buffer`, both
+    /// stores); new requests wait for room once half of it is in use.
+    pub ledger_buffer: usize,
     /// The built-in price table with the configured overrides.
     pub prices: std::sync::Arc<tollgate_pricing::PriceTable>,
     /// The storage backend and its settings (`store`, `redis_url`, `database_url`, ...).
@@ -308,6 +325,7 @@ const ENV_KEYS: &[&str] = &[
     "key_cache_ttl_secs",
     "counter_rebuild_secs",
     "durability",
+    "commit_timeout_ms",
     "cors_allowed_origins",
 ];
 
@@ -379,7 +397,10 @@ impl Config {
         if raw.limits.default_max_output_tokens == 0 || raw.limits.default_max_output_tokens > 10_000_000 {
             return Err(invalid("limits.default_max_output_tokens", "must be between 1 and 10,000,000"));
         }
-        let durable_responses = raw.durability == Durability::Sync;
+        let durable_responses = matches!(raw.durability, Durability::Sync | Durability::Fsync);
+        if raw.commit_timeout_ms == 0 || raw.commit_timeout_ms > 600_000 {
+            return Err(invalid("commit_timeout_ms", "must be between 1 and 600,000"));
+        }
         let max_output = raw.limits.max_reserved_output_tokens;
         if max_output < raw.limits.default_max_output_tokens || max_output > 1_000_000_000 {
             return Err(invalid(
@@ -432,6 +453,9 @@ impl Config {
             drain_after_hangup: Duration::from_millis(raw.upstream.drain_after_hangup_ms),
             drain_after_hangup_bytes: raw.upstream.drain_after_hangup_bytes,
             durable_responses,
+            ledger_fsync: raw.durability == Durability::Fsync,
+            commit_timeout: Duration::from_millis(raw.commit_timeout_ms),
+            ledger_buffer: raw.ledger_buffer,
             prices,
             store,
             cors_allowed_origins,
@@ -499,6 +523,20 @@ mod tests {
         assert_eq!(enterprise.limits.len(), 1);
         assert!(config.seed_plans.iter().any(|p| p.name == "free"), "defaults kept");
         assert!(config.prices.price("my-model").known);
+    }
+
+    #[test]
+    fn durability_fsync_and_commit_timeout() {
+        let file = write("durability = \"fsync\"\ncommit_timeout_ms = 250\n");
+        let config = Config::load(Some(file.path())).expect("valid");
+        assert!(config.durable_responses && config.ledger_fsync);
+        assert_eq!(config.commit_timeout, Duration::from_millis(250));
+        let defaults = Config::load(None).expect("defaults");
+        assert!(defaults.durable_responses && !defaults.ledger_fsync);
+        assert_eq!(defaults.commit_timeout, Duration::from_secs(5));
+        let file = write("commit_timeout_ms = 0\n");
+        let err = Config::load(Some(file.path())).expect_err("zero").to_string();
+        assert!(err.contains("commit_timeout_ms"), "{err}");
     }
 
     #[test]

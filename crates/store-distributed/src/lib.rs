@@ -46,6 +46,7 @@ mod jobs;
 
 pub use failover::{FailoverLimiter, FailoverStats};
 pub use jobs::{JobContext, rebuild_calendar_counters, seed_local_counters};
+pub use tollgate_store_embedded::OpenOptions as EmbeddedOptions;
 
 /// How often plans are reloaded from PostgreSQL in distributed mode, notices or not.
 pub const PLAN_REFRESH: Duration = Duration::from_secs(1);
@@ -115,13 +116,19 @@ impl Backend {
     }
 }
 
-/// Opens the configured backend. Embedded: the SQLite store in `data_dir`.
+/// Opens the configured backend. Embedded: the SQLite store in `data_dir`, opened with
+/// `embedded` (its ledger fsyncs every commit with `ledger_fsync`, `durability =
+/// "fsync"`; PostgreSQL commits are durable on the server's side either way).
 /// Distributed: PostgreSQL must answer (it holds the keys); Redis may be down at
 /// start, in which case the server starts with the breaker open.
-pub async fn open(store: &StoreConfig, data_dir: &Path) -> anyhow::Result<Backend> {
+pub async fn open(
+    store: &StoreConfig,
+    data_dir: &Path,
+    embedded: tollgate_store_embedded::OpenOptions,
+) -> anyhow::Result<Backend> {
     let distributed = match store {
         StoreConfig::Embedded => {
-            let store = EmbeddedStore::open(data_dir)
+            let store = EmbeddedStore::open_with(data_dir, embedded)
                 .with_context(|| format!("opening the embedded store in {}", data_dir.display()))?;
             return Ok(Backend {
                 catalog: Arc::new(store.clone()),

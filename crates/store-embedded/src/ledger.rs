@@ -31,23 +31,30 @@ use crate::sql_error;
 
 /// Messages drained into one transaction at most.
 pub const MAX_BATCH: usize = 1_000;
-/// Records kept in memory while the database refuses writes; beyond this the oldest
-/// are dropped (with an error log) rather than exhausting memory.
+/// Records kept in memory while the database refuses writes, by default
+/// (`ledger_buffer`); beyond this the oldest are dropped (with an error log) rather
+/// than exhausting memory. Back-pressure starts at half of it, so the other half
+/// holds the records of requests already in flight and answered requests' records
+/// are not dropped.
 pub const MAX_RETAINED: usize = 100_000;
 
-/// The writer's policy. A flush waits for the attempts rather than failing fast: a
-/// local disk that refuses a write (busy, full) usually does so briefly.
-const POLICY: BatchPolicy = BatchPolicy {
-    database: "SQLite",
-    max_batch: MAX_BATCH,
-    // One transaction for everything queued, records left from a failed commit
-    // included: all of it commits or none of it does.
-    rows_per_write: usize::MAX,
-    attempts: 3,
-    retry_pause: Duration::from_secs(1),
-    max_retained: MAX_RETAINED,
-    fail_fast_during_outage: false,
-};
+/// The writer's policy for a buffer of `max_retained` records. A flush waits for the
+/// attempts rather than failing fast: a local disk that refuses a write (busy, full)
+/// usually does so briefly.
+fn policy(max_retained: usize) -> BatchPolicy {
+    BatchPolicy {
+        database: "SQLite",
+        max_batch: MAX_BATCH,
+        // One transaction for everything queued, records left from a failed commit
+        // included: all of it commits or none of it does.
+        rows_per_write: usize::MAX,
+        attempts: 3,
+        retry_pause: Duration::from_secs(1),
+        max_retained,
+        queue_capacity: (max_retained / 2).max(1),
+        fail_fast_during_outage: false,
+    }
+}
 
 static INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -100,24 +107,35 @@ impl BatchSink for SqliteSink {
 impl EmbeddedLedger {
     /// Opens the writer and reader connections to a migrated database and starts the
     /// writer thread.
-    pub(crate) fn open(path: &Path) -> StoreResult<Self> {
-        let writer_conn = schema::open_connection(path, Role::LedgerWriter)?;
+    pub(crate) fn open(path: &Path, fsync: bool, max_retained: usize) -> StoreResult<Self> {
+        let writer_conn = schema::open_ledger_writer(path, fsync)?;
         let reader = schema::open_connection(path, Role::Reader)?;
-        let direct = schema::open_connection(path, Role::LedgerWriter)?;
+        let direct = schema::open_ledger_writer(path, fsync)?;
         let checkpoint_conn = schema::open_connection(path, Role::Writer)?;
         let (checkpoint_stop, stop) = mpsc::channel::<()>();
+        let wal = wal_path(path);
         std::thread::Builder::new()
             .name("tollgate-checkpoint".to_owned())
-            .spawn(move || run_checkpointer(&checkpoint_conn, &stop))
+            .spawn(move || run_checkpointer(&checkpoint_conn, &wal, &stop))
             .map_err(|e| StoreError::internal_with_source(format!("cannot start the checkpoint thread: {e}"), e))?;
-        let writer =
-            BatchWriter::start(SqliteSink { conn: writer_conn }, POLICY, WriterHome::Thread("tollgate-ledger"))?;
+        let writer = BatchWriter::start(
+            SqliteSink { conn: writer_conn },
+            policy(max_retained),
+            WriterHome::Thread("tollgate-ledger"),
+        )?;
         Ok(Self {
             writer,
             checkpoint_stop: Mutex::new(Some(checkpoint_stop)),
             reader: Arc::new(Mutex::new(reader)),
             direct: Arc::new(Mutex::new(direct)),
         })
+    }
+
+    /// The ledger connections' `PRAGMA synchronous`: 1 (NORMAL) or, with
+    /// `durability = "fsync"`, 2 (FULL). For diagnostics and tests.
+    pub fn synchronous(&self) -> StoreResult<i64> {
+        let conn = self.direct.lock().unwrap_or_else(PoisonError::into_inner);
+        conn.pragma_query_value(None, "synchronous", |row| row.get(0)).map_err(sql_error)
     }
 
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
@@ -171,6 +189,22 @@ fn select_records(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> 
 impl Ledger for EmbeddedLedger {
     fn append(&self, record: UsageRecord) {
         self.writer.append(record);
+    }
+
+    fn record_refusal(&self, record: UsageRecord) {
+        self.writer.record_refusal(record);
+    }
+
+    async fn flush_refusals(&self) -> StoreResult<()> {
+        self.writer.flush_refusals().await
+    }
+
+    async fn room(&self) {
+        self.writer.room().await;
+    }
+
+    fn queue(&self) -> tollgate_store::LedgerQueue {
+        self.writer.queue()
     }
 
     async fn flush(&self) -> StoreResult<()> {
@@ -243,13 +277,40 @@ impl Ledger for EmbeddedLedger {
 /// How often the WAL is folded back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
+/// A WAL larger than this after a passive checkpoint (readers kept it from being
+/// reset, or a burst outran it) is checkpointed with TRUNCATE: the WAL is bounded.
+const WAL_TRUNCATE_ABOVE: u64 = schema::JOURNAL_SIZE_LIMIT as u64;
+
+/// The WAL file of the database at `db`.
+fn wal_path(db: &Path) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    name.into()
+}
+
+/// One checkpoint: PASSIVE (never blocks the writer), then TRUNCATE if the WAL is
+/// still larger than `truncate_above` bytes. TRUNCATE waits for the writer's current
+/// commit and resets the file to zero bytes.
+fn checkpoint(conn: &Connection, wal: &Path, truncate_above: u64) -> rusqlite::Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+    let size = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+    if size > truncate_above {
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+        if busy != 0 {
+            tracing::warn!(wal_bytes = size, "WAL truncation blocked by readers; will retry");
+        }
+    }
+    Ok(())
+}
+
 /// Checkpoints the WAL from its own thread and connection. The ledger connections
 /// turn automatic checkpoints off: a checkpoint fsyncs, and on the writer thread it
 /// would hold up every response waiting for that commit (`durability = "sync"`).
-/// PASSIVE never blocks the writer; it copies what it can.
-fn run_checkpointer(conn: &Connection, stop: &Receiver<()>) {
+/// PASSIVE never blocks the writer; it copies what it can. A WAL grown past
+/// [`WAL_TRUNCATE_ABOVE`] is truncated ([`checkpoint`]).
+fn run_checkpointer(conn: &Connection, wal: &Path, stop: &Receiver<()>) {
     while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
-        if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        if let Err(error) = checkpoint(conn, wal, WAL_TRUNCATE_ABOVE) {
             tracing::warn!(%error, "WAL checkpoint failed; will retry");
         }
     }
@@ -297,4 +358,45 @@ fn insert_record(insert: &mut rusqlite::CachedStatement<'_>, r: &UsageRecord) ->
             i64::from(r.price_estimated),
         ])
         .map_err(sql_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(n: usize) -> Vec<UsageRecord> {
+        (0..n)
+            .map(|i| UsageRecord {
+                id: format!("wal-{i}"),
+                ts_ms: i as i64,
+                project_id: "p".into(),
+                key_id: "k".into(),
+                endpoint: "chat.completions".into(),
+                ..UsageRecord::default()
+            })
+            .collect()
+    }
+
+    /// A WAL past the bound is truncated by the checkpoint, not only copied back.
+    #[tokio::test]
+    async fn a_checkpoint_truncates_a_wal_past_its_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::EmbeddedStore::open(dir.path()).expect("open");
+        let ledger = store.ledger();
+        for r in records(3_000) {
+            ledger.append(r);
+        }
+        ledger.flush().await.expect("flush");
+        let db = store.db_path().to_owned();
+        let wal = wal_path(&db);
+        let size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        assert!(size() > 0, "the writes are in the WAL");
+        let conn = schema::open_connection(&db, Role::Writer).expect("connection");
+        checkpoint(&conn, &wal, u64::MAX).expect("passive checkpoint");
+        assert!(size() > 0, "a passive checkpoint copies back but leaves the file");
+        checkpoint(&conn, &wal, 0).expect("checkpoint");
+        assert_eq!(size(), 0, "truncated");
+        assert_eq!(ledger.records_since(0).await.expect("read").len(), 3_000, "nothing lost");
+        store.close().await.expect("close");
+    }
 }

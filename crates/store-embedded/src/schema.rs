@@ -129,8 +129,23 @@ pub(crate) enum Role {
 /// are short, so this is only reached when something is badly wrong.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The WAL's size after a checkpoint resets it, at most (`journal_size_limit`): a burst
+/// of writes does not leave a file that large behind.
+pub(crate) const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// Opens a connection for the ledger writer: `synchronous = NORMAL`, or `FULL` with
+/// `fsync` (`durability = "fsync"`: every commit survives a power cut).
+pub(crate) fn open_ledger_writer(path: &Path, fsync: bool) -> StoreResult<Connection> {
+    let conn = open_connection(path, Role::LedgerWriter)?;
+    if fsync {
+        conn.pragma_update(None, "synchronous", "FULL").map_err(sql_error)?;
+    }
+    Ok(conn)
+}
+
 /// Opens a connection to `path` in WAL mode with `synchronous = FULL`, or `NORMAL`
-/// for the ledger writer (see the crate documentation for why).
+/// for the ledger writer (see the crate documentation for why, and
+/// [`open_ledger_writer`] for `durability = "fsync"`).
 pub(crate) fn open_connection(path: &Path, role: Role) -> StoreResult<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
@@ -155,6 +170,7 @@ pub(crate) fn open_connection(path: &Path, role: Role) -> StoreResult<Connection
     // the next checkpoint; in exchange no response waits for an fsync.
     let synchronous = if role == Role::LedgerWriter { "NORMAL" } else { "FULL" };
     conn.pragma_update(None, "synchronous", synchronous).map_err(sql_error)?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT).map_err(sql_error)?;
     if role == Role::LedgerWriter {
         // Four B-trees (the table and its indexes) outgrow SQLite's 2 MB default
         // cache quickly; a bigger cache keeps inserts from re-reading pages.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tollgate_core::{AdminToken, ApiKey, KeyRecord, LimitSpec, Metric, Plan, Project, UsageQuery, UsageRecord, Window};
 use tollgate_store::conformance::{self, NOW};
 use tollgate_store::{AdminTokenRecord, Catalog, Ledger, Limiter, StoreError};
-use tollgate_store_embedded::{DB_FILE, EmbeddedStore};
+use tollgate_store_embedded::{DB_FILE, EmbeddedStore, OpenOptions};
 
 fn operator_token(token: &AdminToken, project_id: Option<&str>) -> AdminTokenRecord {
     AdminTokenRecord {
@@ -88,6 +88,7 @@ mod ledger {
         records_since_is_oldest_first,
         many_appends_then_flush,
         append_new_reports_replays,
+        refusals_are_aggregated_per_key_and_minute,
     );
 }
 
@@ -289,4 +290,19 @@ async fn limiter_is_usable_as_a_trait_object() {
     assert_eq!(limiter.held_reservations().await.expect("held"), 0);
     assert!(catalog.list_projects().await.expect("projects").is_empty());
     ledger.flush().await.expect("flush");
+}
+
+/// `durability = "fsync"`: the ledger's connections fsync every commit (FULL); by
+/// default they hand commits to the OS (NORMAL, survives kill -9).
+#[tokio::test]
+async fn the_fsync_option_makes_ledger_commits_synchronous_full() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path()).expect("open");
+    assert_eq!(store.ledger().synchronous().expect("pragma"), 1, "NORMAL by default");
+    store.close().await.expect("close");
+    drop(store);
+    let store = EmbeddedStore::open_with(dir.path(), OpenOptions { ledger_fsync: true, ..OpenOptions::default() })
+        .expect("open");
+    assert_eq!(store.ledger().synchronous().expect("pragma"), 2, "FULL with fsync");
+    store.close().await.expect("close");
 }

@@ -56,6 +56,9 @@ fn policy(max_queued: usize) -> BatchPolicy {
         attempts: 2,
         retry_pause: RETRY_PAUSE,
         max_retained: max_queued,
+        // Back-pressure at half the buffer: the other half is headroom for the
+        // requests already in flight, so their records are not dropped.
+        queue_capacity: (max_queued / 2).max(1),
         fail_fast_during_outage: true,
     }
 }
@@ -187,6 +190,22 @@ impl PostgresLedger {
 impl Ledger for PostgresLedger {
     fn append(&self, record: UsageRecord) {
         self.writer.append(record);
+    }
+
+    fn record_refusal(&self, record: UsageRecord) {
+        self.writer.record_refusal(record);
+    }
+
+    async fn flush_refusals(&self) -> StoreResult<()> {
+        self.writer.flush_refusals().await
+    }
+
+    async fn room(&self) {
+        self.writer.room().await;
+    }
+
+    fn queue(&self) -> tollgate_store::LedgerQueue {
+        self.writer.queue()
     }
 
     async fn append_new(&self, records: Vec<UsageRecord>) -> StoreResult<Vec<bool>> {

@@ -93,6 +93,7 @@ mod ledger {
         records_since_is_oldest_first,
         many_appends_then_flush,
         append_new_reports_replays,
+        refusals_are_aggregated_per_key_and_minute,
     );
 }
 

@@ -25,6 +25,14 @@
 //!   [`BatchPolicy::fail_fast_during_outage`], batches arriving before that pause is
 //!   over only queue, and their flushers are answered `Unavailable` at once.
 //!
+//! - the queue is bounded by back-pressure: [`BatchWriter::room`] resolves only while
+//!   fewer than [`BatchPolicy::queue_capacity`] records wait, and the pipeline awaits
+//!   it before admitting a request, so records of answered requests are never dropped
+//!   for lack of room (`max_retained` is the last resort of a long outage);
+//! - refused requests are counted into per-key, per-minute aggregates
+//!   ([`crate::refusals`]), written when their minute ends, by
+//!   [`BatchWriter::flush_refusals`] and on close.
+//!
 //! Nothing is dropped without an error log.
 
 use std::future::Future;
@@ -32,11 +40,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tollgate_core::UsageRecord;
 
-use crate::{StoreError, StoreResult};
+use crate::refusals::Refusals;
+use crate::{LedgerQueue, StoreError, StoreResult};
 
 /// Where a backend's records go: one write of a batch.
 pub trait BatchSink: Send + 'static {
@@ -65,8 +74,12 @@ pub struct BatchPolicy {
     /// left queued again, when no new message arrives first.
     pub retry_pause: Duration,
     /// Records kept in memory while the database refuses writes; beyond this the
-    /// oldest are dropped (counted and logged) rather than exhausting memory.
+    /// oldest are dropped (counted and logged) rather than exhausting memory. Keep it
+    /// well above `queue_capacity`: back-pressure should act long before this does.
     pub max_retained: usize,
+    /// Records waiting (queued or unwritten) above which [`BatchWriter::room`] makes
+    /// new requests wait.
+    pub queue_capacity: usize,
     /// While a failed write's retry pause runs, do not write at all: queue new
     /// records and answer flushers `Unavailable` at once (responses that wait on a
     /// flush must not wait on an outage). Without it every batch tries again, and
@@ -96,7 +109,7 @@ pub struct LedgerStats {
     pub dropped: AtomicU64,
     /// Write attempts that failed.
     pub failed_writes: AtomicU64,
-    /// Records waiting in memory for the database right now (updated after writes).
+    /// Records appended (or refusal aggregates due) and not yet written or dropped.
     pub queued: AtomicU64,
 }
 
@@ -113,6 +126,8 @@ enum Message {
     Flush(Ack),
     /// Like `Flush`, then the writer stops.
     Close(Ack),
+    /// A refusal aggregate was opened: the writer learns when its minute ends.
+    Wake,
 }
 
 enum Worker {
@@ -132,6 +147,10 @@ pub struct BatchWriter {
     stats: Arc<LedgerStats>,
     /// The error when the writer is gone (panicked): names a thread or a task.
     gone: &'static str,
+    refusals: Arc<Refusals>,
+    /// Notified when records were written (or dropped): waiters for room look again.
+    room: Arc<Notify>,
+    capacity: u64,
 }
 
 impl std::fmt::Debug for BatchWriter {
@@ -153,9 +172,21 @@ impl BatchWriter {
             rows_per_write: policy.rows_per_write.max(1),
             attempts: policy.attempts.max(1),
             max_retained: policy.max_retained.max(1),
+            queue_capacity: policy.queue_capacity.max(1),
             ..policy
         };
-        let writer = Writer { sink, policy, queued: Vec::new(), retry_at: None, stats: stats.clone() };
+        let capacity = policy.queue_capacity as u64;
+        let refusals = Arc::new(Refusals::default());
+        let room = Arc::new(Notify::new());
+        let writer = Writer {
+            sink,
+            policy,
+            queued: Vec::new(),
+            retry_at: None,
+            stats: stats.clone(),
+            refusals: refusals.clone(),
+            room: room.clone(),
+        };
         let (worker, gone) = match home {
             WriterHome::Task => (Worker::Task(tokio::spawn(writer.run(receiver))), "the ledger writer task stopped"),
             WriterHome::Thread(name) => {
@@ -171,7 +202,16 @@ impl BatchWriter {
                 (Worker::Thread(handle), "the ledger writer thread stopped")
             }
         };
-        Ok(Self { sender, closed: AtomicBool::new(false), worker: Mutex::new(Some(worker)), stats, gone })
+        Ok(Self {
+            sender,
+            closed: AtomicBool::new(false),
+            worker: Mutex::new(Some(worker)),
+            stats,
+            gone,
+            refusals,
+            room,
+            capacity,
+        })
     }
 
     /// Queues a record; never waits. After close (or if the writer is gone) the
@@ -182,11 +222,60 @@ impl BatchWriter {
             tracing::error!(id = %record.id, "usage record appended after the ledger closed: dropped");
             return;
         }
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
         if let Err(mpsc::error::SendError(Message::Record(record))) =
             self.sender.send(Message::Record(Box::new(record)))
         {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::error!(id = %record.id, "the ledger writer stopped: usage record dropped");
+        }
+    }
+
+    /// Counts a refused request into its key's aggregate for the minute (see
+    /// [`crate::refusals`]); never waits, never adds a row per refusal.
+    pub fn record_refusal(&self, record: UsageRecord) {
+        if self.is_closed() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(id = %record.id, "refusal counted after the ledger closed: dropped");
+            return;
+        }
+        if self.refusals.count(record, crate::clock::now_ms()) {
+            // The writer may be asleep with no timer for this minute.
+            let _ = self.sender.send(Message::Wake);
+        }
+    }
+
+    /// Writes every open refusal aggregate now, then flushes.
+    pub async fn flush_refusals(&self) -> StoreResult<()> {
+        for aggregate in self.refusals.take_all() {
+            self.append(aggregate);
+        }
+        self.flush().await
+    }
+
+    /// Resolves once fewer than `queue_capacity` records wait (or the ledger closed).
+    pub async fn room(&self) {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.stats.queued.load(Ordering::Acquire) < self.capacity || self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The queue's depth and the writer's counters.
+    pub fn queue(&self) -> LedgerQueue {
+        LedgerQueue {
+            queued: self.stats.queued.load(Ordering::Relaxed),
+            capacity: self.capacity,
+            open_refusal_rows: self.refusals.len() as u64,
+            written: self.stats.written.load(Ordering::Relaxed),
+            dropped: self.stats.dropped.load(Ordering::Relaxed),
+            failed_writes: self.stats.failed_writes.load(Ordering::Relaxed),
         }
     }
 
@@ -220,6 +309,14 @@ impl BatchWriter {
             // is still a blocking call.
             Some(Worker::Thread(handle)) => tokio::task::spawn_blocking(move || handle.join()).await?.is_ok(),
         };
+        // The writer took every open aggregate at Close; one counted in that instant
+        // is reported, not lost in silence.
+        let late = self.refusals.take_all().len();
+        if late > 0 {
+            self.stats.dropped.fetch_add(late as u64, Ordering::Relaxed);
+            tracing::error!(late, "refusal aggregates opened while the ledger closed: dropped");
+        }
+        self.room.notify_waiters();
         if !joined {
             return Err(self.writer_gone());
         }
@@ -248,27 +345,49 @@ struct Writer<S> {
     /// Set while the database refuses writes: when to try again.
     retry_at: Option<Instant>,
     stats: Arc<LedgerStats>,
+    refusals: Arc<Refusals>,
+    room: Arc<Notify>,
+}
+
+/// The tokio instant at which the wall-clock time `at_ms` is reached.
+fn instant_at(at_ms: i64) -> Instant {
+    let wait = at_ms.saturating_sub(crate::clock::now_ms()).max(0);
+    Instant::now() + Duration::from_millis(u64::try_from(wait).unwrap_or(0))
 }
 
 impl<S: BatchSink> Writer<S> {
+    /// Moves `aggregates` into the queue.
+    fn enqueue(&mut self, aggregates: Vec<UsageRecord>) {
+        self.stats.queued.fetch_add(aggregates.len() as u64, Ordering::Relaxed);
+        self.queued.extend(aggregates);
+    }
+
     /// Batches messages into writes until closed, or until every sender is gone (the
     /// ledger was dropped).
     async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Message>) {
         loop {
             // With records left over from a failed write, wake up to retry them even
-            // if nothing new arrives.
-            let first = if self.queued.is_empty() {
-                receiver.recv().await
-            } else {
-                let retry_at = self.retry_at.unwrap_or_else(|| Instant::now() + self.policy.retry_pause);
-                tokio::select! {
+            // if nothing new arrives; with refusal aggregates open, when the first
+            // minute ends.
+            let retry_at = (!self.queued.is_empty())
+                .then(|| self.retry_at.unwrap_or_else(|| Instant::now() + self.policy.retry_pause));
+            let refusals_at = self.refusals.next_due_ms().map(instant_at);
+            let wake_at = match (retry_at, refusals_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let first = match wake_at {
+                None => receiver.recv().await,
+                Some(wake_at) => tokio::select! {
                     message = receiver.recv() => message,
-                    () = tokio::time::sleep_until(retry_at) => {
+                    () = tokio::time::sleep_until(wake_at) => {
+                        let due = self.refusals.take_due(crate::clock::now_ms());
+                        self.enqueue(due);
                         // Failures are logged inside; the records stay queued.
                         let _ = self.write_queued().await;
                         continue;
                     }
-                }
+                },
             };
             let Some(first) = first else {
                 // Dropped without close: write what is left, then stop.
@@ -285,6 +404,7 @@ impl<S: BatchSink> Writer<S> {
                 Message::Record(record) => queued.push(*record),
                 Message::Flush(ack) => waiters.push(ack),
                 Message::Close(ack) => close = Some(ack),
+                Message::Wake => {}
             };
             let mut closing = matches!(first, Message::Close(_));
             take(first, &mut self.queued);
@@ -300,6 +420,10 @@ impl<S: BatchSink> Writer<S> {
             if close.is_some() {
                 // Nothing after Close is part of it; answer stragglers that raced it.
                 refuse_after_close(&mut receiver, &self.stats);
+                // Every open refusal aggregate is part of it: nothing is lost on a
+                // graceful shutdown.
+                let open = self.refusals.take_all();
+                self.enqueue(open);
             }
 
             let not_due = self.policy.fail_fast_during_outage
@@ -372,9 +496,10 @@ impl<S: BatchSink> Writer<S> {
             }
             self.queued.drain(..n);
             self.stats.written.fetch_add(n as u64, Ordering::Relaxed);
+            self.stats.queued.fetch_sub(n as u64, Ordering::AcqRel);
+            self.room.notify_waiters();
         }
         self.retry_at = None;
-        self.stats.queued.store(0, Ordering::Relaxed);
         Ok(())
     }
 
@@ -385,6 +510,8 @@ impl<S: BatchSink> Writer<S> {
             let dropped = self.queued.len() - bound;
             self.queued.drain(..dropped);
             self.stats.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+            self.stats.queued.fetch_sub(dropped as u64, Ordering::AcqRel);
+            self.room.notify_waiters();
             tracing::error!(
                 dropped,
                 bound,
@@ -392,14 +519,14 @@ impl<S: BatchSink> Writer<S> {
                 self.policy.database
             );
         }
-        self.stats.queued.store(self.queued.len() as u64, Ordering::Relaxed);
     }
 
     fn drop_all(&mut self, why: &str) {
         let lost = self.queued.len();
         self.queued.clear();
         self.stats.dropped.fetch_add(lost as u64, Ordering::Relaxed);
-        self.stats.queued.store(0, Ordering::Relaxed);
+        self.stats.queued.fetch_sub(lost as u64, Ordering::AcqRel);
+        self.room.notify_waiters();
         tracing::error!(lost, "usage records lost: {why}");
     }
 }
@@ -414,10 +541,12 @@ fn refuse_after_close(receiver: &mut mpsc::UnboundedReceiver<Message>, stats: &L
             Message::Flush(ack) | Message::Close(ack) => {
                 let _ = ack.send(Err(closed_error()));
             }
+            Message::Wake => {}
         }
     }
     if dropped > 0 {
         stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+        stats.queued.fetch_sub(dropped, Ordering::AcqRel);
         tracing::error!(dropped, "usage records appended while the ledger closed: dropped");
     }
 }
@@ -433,6 +562,7 @@ mod tests {
     struct MemorySink {
         down: Arc<AtomicBool>,
         stored: Arc<Mutex<Vec<String>>>,
+        rows: Arc<Mutex<Vec<UsageRecord>>>,
         writes: Arc<Mutex<Vec<usize>>>,
     }
 
@@ -443,6 +573,15 @@ mod tests {
         fn writes(&self) -> Vec<usize> {
             self.writes.lock().unwrap_or_else(PoisonError::into_inner).clone()
         }
+        fn rows(&self) -> Vec<UsageRecord> {
+            self.rows.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        }
+    }
+
+    /// Whether a future is ready at its first poll.
+    async fn ready_now<F: Future>(future: std::pin::Pin<&mut F>) -> bool {
+        let mut future = future;
+        std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx).is_ready())).await
     }
 
     impl BatchSink for MemorySink {
@@ -453,6 +592,7 @@ mod tests {
             }
             let mut stored = self.stored.lock().unwrap_or_else(PoisonError::into_inner);
             stored.extend(records.iter().map(|r| r.id.clone()));
+            self.rows.lock().unwrap_or_else(PoisonError::into_inner).extend(records.iter().cloned());
             Ok(())
         }
     }
@@ -465,6 +605,7 @@ mod tests {
             attempts: 2,
             retry_pause: Duration::from_millis(200),
             max_retained: 8,
+            queue_capacity: 4,
             fail_fast_during_outage: fail_fast,
         }
     }
@@ -582,5 +723,80 @@ mod tests {
         assert!(writer.close().await.is_err(), "close reports the failed write");
         assert_eq!(writer.stats().dropped.load(Ordering::Relaxed), 3);
         assert_eq!(writer.stats().queued.load(Ordering::Relaxed), 0);
+    }
+
+    /// Back-pressure: with `queue_capacity` records unwritten, `room` waits; it
+    /// resolves once they are written. Nothing is dropped meanwhile.
+    #[tokio::test]
+    async fn room_waits_while_the_queue_is_full_and_nothing_is_dropped() {
+        let sink = MemorySink::default();
+        let writer = BatchWriter::start(sink.clone(), policy(false), WriterHome::Task).expect("start");
+        sink.down.store(true, Ordering::Relaxed);
+        for i in 0..3 {
+            writer.append(record(i));
+        }
+        assert!(ready_now(std::pin::pin!(writer.room())).await, "3 of 4: room");
+        writer.append(record(3));
+        assert_eq!(writer.queue().queued, 4);
+        assert_eq!(writer.queue().capacity, 4);
+        let room = writer.room();
+        tokio::pin!(room);
+        assert!(!ready_now(room.as_mut()).await, "4 of 4: a new request waits");
+        assert!(writer.flush().await.is_err());
+        assert!(!ready_now(room.as_mut()).await, "still full while the sink refuses");
+        sink.down.store(false, Ordering::Relaxed);
+        writer.flush().await.expect("flush after recovery");
+        room.await;
+        assert_eq!(writer.queue().queued, 0);
+        assert_eq!(writer.stats().dropped.load(Ordering::Relaxed), 0);
+        writer.close().await.expect("close");
+    }
+
+    fn refusal(i: usize, key: &str, ts_ms: i64) -> UsageRecord {
+        UsageRecord {
+            id: format!("q{i}"),
+            ts_ms,
+            key_id: key.to_owned(),
+            status: 429,
+            requests: 1,
+            endpoint: "chat.completions".into(),
+            ..UsageRecord::default()
+        }
+    }
+
+    /// Refusals become one row per key and minute: `flush_refusals` writes the open
+    /// ones and close those still open. (That the writer takes them by itself when
+    /// they are due: `refusals::tests`.)
+    #[tokio::test]
+    async fn refusals_are_one_row_per_key_and_minute_written_by_flush_and_on_close() {
+        for home in [WriterHome::Task, WriterHome::Thread("test-ledger")] {
+            let sink = MemorySink::default();
+            let writer = BatchWriter::start(sink.clone(), policy(true), home).expect("start");
+            for i in 0..1_000 {
+                writer.record_refusal(refusal(i, "looping", 60_000 + i as i64));
+            }
+            writer.flush_refusals().await.expect("flush refusals");
+            assert_eq!(sink.stored(), ["refusals_q0"], "{home:?}");
+            assert_eq!(sink.rows()[0].requests, 1_000);
+            // The current minute: open until close.
+            let now = crate::clock::now_ms();
+            for i in 0..50 {
+                writer.record_refusal(refusal(2_000 + i, "looping", now));
+            }
+            writer.record_refusal(refusal(3_000, "other", now));
+            assert_eq!(writer.queue().open_refusal_rows, 2);
+            writer.close().await.expect("close");
+            let mut rows: Vec<_> = sink.rows().into_iter().map(|r| (r.id, r.requests)).collect();
+            rows.sort();
+            assert_eq!(
+                rows,
+                [
+                    ("refusals_q0".to_owned(), 1_000),
+                    ("refusals_q2000".to_owned(), 50),
+                    ("refusals_q3000".to_owned(), 1)
+                ]
+            );
+            assert_eq!(writer.stats().dropped.load(Ordering::Relaxed), 0);
+        }
     }
 }

@@ -73,4 +73,5 @@ pub async fn run_ledger(ledger: &dyn Ledger) {
     ledger::records_since_is_oldest_first(ledger).await;
     ledger::many_appends_then_flush(ledger).await;
     ledger::append_new_reports_replays(ledger).await;
+    ledger::refusals_are_aggregated_per_key_and_minute(ledger).await;
 }

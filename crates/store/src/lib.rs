@@ -16,6 +16,7 @@ pub mod clock;
 pub mod columns;
 pub mod conformance;
 pub mod plans;
+pub mod refusals;
 pub mod replay;
 
 pub use plans::{AuthedCache, PlanCache};
@@ -279,5 +280,40 @@ pub trait Ledger: Send + Sync + 'static {
     /// Every record with `ts_ms >= since_ms`, oldest first (counter rebuild).
     async fn records_since(&self, since_ms: i64) -> StoreResult<Vec<UsageRecord>>;
     /// Flushes and stops the writer; later appends are dropped with an error log.
+    /// Open refusal aggregates are written first.
     async fn close(&self) -> StoreResult<()>;
+    /// Counts a refused request (`record` as it would be appended) into the one
+    /// aggregate row of its key, endpoint and status for its minute (see
+    /// [`UsageSource::Refusals`](tollgate_core::UsageSource::Refusals)): a client
+    /// looping on refusals adds one row a minute, not one per refusal. The row is
+    /// written when its minute ends, by [`flush_refusals`](Self::flush_refusals) and
+    /// by [`close`](Self::close). Never waits.
+    fn record_refusal(&self, record: UsageRecord) {
+        self.append(record);
+    }
+    /// Writes every open refusal aggregate now (tests, exports), then flushes.
+    async fn flush_refusals(&self) -> StoreResult<()> {
+        self.flush().await
+    }
+    /// Resolves once the writer's queue is below its capacity (back-pressure: new
+    /// requests wait here, so records of answered requests never need dropping).
+    async fn room(&self) {}
+    /// The writer's queue right now, for `/health` and metrics.
+    fn queue(&self) -> LedgerQueue {
+        LedgerQueue::default()
+    }
+}
+
+/// The ledger writer's queue, as `GET /health` shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LedgerQueue {
+    /// Records appended and not yet written.
+    pub queued: u64,
+    /// Above this many, new requests wait for room (back-pressure).
+    pub capacity: u64,
+    /// Refusal aggregates not yet written (one per key, endpoint, status and minute).
+    pub open_refusal_rows: u64,
+    pub written: u64,
+    pub dropped: u64,
+    pub failed_writes: u64,
 }

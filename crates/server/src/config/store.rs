@@ -13,6 +13,10 @@ fn invalid(setting: &str, message: impl Into<String>) -> ConfigError {
 
 /// Checks `store` and the settings it needs; every error names its setting.
 pub fn store_from_raw(raw: &RawConfig) -> Result<StoreConfig, ConfigError> {
+    // Both ledgers hold at most this many records; back-pressure starts at half.
+    if raw.ledger_buffer < 2 {
+        return Err(invalid("ledger_buffer", "must be at least 2"));
+    }
     match raw.store {
         StoreKind::Embedded => Ok(StoreConfig::Embedded),
         StoreKind::Distributed => {
@@ -45,9 +49,6 @@ pub fn store_from_raw(raw: &RawConfig) -> Result<StoreConfig, ConfigError> {
             }
             if raw.instances == 0 {
                 return Err(invalid("instances", "must be at least 1"));
-            }
-            if raw.ledger_buffer == 0 {
-                return Err(invalid("ledger_buffer", "must be at least 1"));
             }
             if !(1..=1024).contains(&raw.database_pool_size) {
                 return Err(invalid("database_pool_size", "must be between 1 and 1024"));

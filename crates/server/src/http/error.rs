@@ -82,6 +82,12 @@ pub enum ApiError {
     UpstreamInvalid(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The ledger's queue stayed full: the request was not admitted.
+    #[error("{0}")]
+    LedgerBacklog(String),
+    /// The upstream answered but the usage record was not committed: answer withheld.
+    #[error("{0}")]
+    UsageNotRecorded(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -124,6 +130,8 @@ impl ApiError {
             UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_error", "upstream_timeout"),
             UpstreamInvalid(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_invalid_response"),
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "api_error", "service_unavailable"),
+            LedgerBacklog(_) => (StatusCode::SERVICE_UNAVAILABLE, "api_error", "ledger_backlog"),
+            UsageNotRecorded(_) => (StatusCode::SERVICE_UNAVAILABLE, "api_error", "usage_not_recorded"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "api_error", "internal_error"),
         }
     }
@@ -285,6 +293,18 @@ impl From<GatewayError> for ApiError {
             GatewayError::Refused { plan } => ApiError::internal(format!("refused by plan {plan} without a decision")),
             GatewayError::Store(s) => s.into(),
             GatewayError::Upstream(u) => u.into(),
+            GatewayError::LedgerBacklog => ApiError::LedgerBacklog(
+                "tollgate's usage ledger is behind; the request was not forwarded. Try again shortly.".into(),
+            ),
+            GatewayError::NotRecorded(why) => {
+                tracing::error!(%why, "answer withheld: its usage record was not committed");
+                ApiError::UsageNotRecorded(
+                    "The upstream provider answered, but tollgate could not record the usage of this request, so \
+                     the answer is withheld. The usage may still be charged once the ledger recovers; retrying \
+                     repeats the upstream call."
+                        .into(),
+                )
+            }
             GatewayError::Internal(m) => ApiError::Internal(m),
         }
     }

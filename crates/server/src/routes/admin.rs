@@ -473,8 +473,14 @@ async fn list_usage(
 #[derive(Serialize)]
 struct Health {
     status: &'static str,
+    /// The ledger writer's queue: depth, capacity (back-pressure), open refusal rows.
+    ledger: tollgate_store::LedgerQueue,
 }
 
-pub async fn health() -> AxumJson<Value> {
-    AxumJson(json!(Health { status: "ok" }))
+/// `GET /health`: up, and how far behind the ledger writer is. `status` is
+/// `"degraded"` while new requests wait for room in the ledger's queue.
+pub async fn health(State(state): State<AppState>) -> AxumJson<Value> {
+    let ledger = state.ledger.queue();
+    let status = if ledger.capacity > 0 && ledger.queued >= ledger.capacity { "degraded" } else { "ok" };
+    AxumJson(json!(Health { status, ledger }))
 }

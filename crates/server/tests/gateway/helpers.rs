@@ -201,7 +201,8 @@ impl TestApp {
 
     pub async fn usage(&self, query: &str) -> Value {
         self.settled().await;
-        self.state.ledger.flush().await.expect("ledger flush");
+        // Refusal rows of the current minute too (they are otherwise written when it ends).
+        self.state.ledger.flush_refusals().await.expect("ledger flush");
         let r = self.admin(reqwest::Method::GET, &format!("/api/v1/usage{query}"), None).await;
         assert_eq!(r.status, 200, "{:?}", r.body);
         r.body

@@ -8,6 +8,7 @@ mod crash;
 mod faults;
 mod hangup;
 mod helpers;
+mod ledger;
 mod limits;
 mod parsing;
 mod proxy;

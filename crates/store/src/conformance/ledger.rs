@@ -205,3 +205,44 @@ pub async fn append_new_reports_replays(ledger: &dyn Ledger) {
     assert_eq!(ids(&stored), vec!["conf-new-c", "conf-new-b", "conf-new-a"]);
     assert_eq!(stored[1].prompt_tokens, b.prompt_tokens, "the first record stored wins");
 }
+
+/// Refused requests become one row per key, endpoint, status and minute, counting
+/// them (`requests`), marked `usage_source: "refusals"` and not counted; written by
+/// `flush_refusals` (and when the minute ends, or on close).
+pub async fn refusals_are_aggregated_per_key_and_minute(ledger: &dyn Ledger) {
+    let project = "conf-ledger-refusals";
+    let refusal = |i: i64, key: &str, ts_ms: i64| UsageRecord {
+        status: 429,
+        counted: false,
+        requests: 1,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        cost_micros: 0,
+        cached_tokens: 0,
+        uncached_cost_micros: 0,
+        usage_source: UsageSource::None,
+        ..record(&format!("conf-refusal-{key}-{i}"), ts_ms, project, key)
+    };
+    let minute = NOW - NOW.rem_euclid(60_000);
+    for i in 0..300 {
+        ledger.record_refusal(refusal(i, "confLoopKey", minute + i * 100));
+    }
+    ledger.record_refusal(refusal(0, "confOtherKey", minute + 5));
+    ledger.record_refusal(refusal(1, "confLoopKey", minute + 60_000));
+    ledger.flush_refusals().await.expect("flush refusals");
+    let rows = query(ledger, in_project(project, 10)).await;
+    let mut seen: Vec<_> = rows.iter().map(|r| (r.key_id.as_str(), r.ts_ms, r.requests)).collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [("confLoopKey", minute, 300), ("confLoopKey", minute + 60_000, 1), ("confOtherKey", minute + 5, 1)],
+        "one row per key and minute: {rows:?}"
+    );
+    for row in &rows {
+        assert_eq!(row.usage_source, UsageSource::Refusals, "{row:?}");
+        assert!(!row.counted && row.status == 429 && row.cost_micros == 0, "{row:?}");
+        assert!(row.id.starts_with(crate::refusals::ID_PREFIX), "{row:?}");
+        assert_eq!((row.client_ip.as_deref(), row.anonymous_id.as_deref()), (None, None));
+    }
+    assert_eq!(ledger.queue().open_refusal_rows, 0);
+}
