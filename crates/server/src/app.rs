@@ -72,6 +72,7 @@ impl Application {
             unknown_model: config.unknown_model_policy,
             drain_after_hangup: config.drain_after_hangup,
             drain_after_hangup_bytes: config.drain_after_hangup_bytes,
+            total_timeout: config.total_timeout,
             durable_responses: config.durable_responses,
             prices: config.prices.clone(),
             forward_headers: config.forward_headers.clone(),

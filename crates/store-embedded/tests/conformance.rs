@@ -62,6 +62,7 @@ mod limiter {
         repeated_reserve_does_not_double_charge,
         retry_and_reset_times,
         apply_charges_without_checking,
+        a_reservation_lives_as_long_as_its_hold,
         prune_drops_idle_counters,
     );
 }

@@ -177,7 +177,14 @@ pub struct ReserveRequest<'a> {
     pub now_ms: i64,
     /// Keep a reservation for [`Limiter::settle`]; `false` makes the charge final.
     pub hold: bool,
+    /// How long a held reservation waits for its settlement before the store forgets
+    /// it (its charge then stays as reserved). The gateway derives it from the
+    /// request's total deadline, so a reservation lives as long as its request.
+    pub hold_ms: i64,
 }
+
+/// The hold of a reservation whose request has no deadline of its own (verify, tests).
+pub const DEFAULT_RESERVATION_TTL_MS: i64 = 10 * 60 * 1_000;
 
 /// Replace a held reservation by what was actually used (zero to refund).
 #[derive(Clone, Debug)]
