@@ -261,8 +261,9 @@ async fn prune_loop(state: AppState, cancel: CancellationToken) {
     }
 }
 
-/// Replays the counted ledger records of the current windows into the limiter, so
-/// counters survive a restart. Returns how many records were replayed.
+/// Replays the counted usage of the current windows into the limiter (sums the store
+/// computes, read in bounded pages), so counters survive a restart. Returns how many
+/// sums were replayed.
 pub async fn rebuild_counters(state: &AppState, now: i64) -> anyhow::Result<usize> {
     let g = &state.gateway;
     tollgate_store::replay::replay_ledger(

@@ -100,6 +100,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE usage ADD COLUMN price_estimated INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 3: an anonymous visitor's records, for attaching them to a key without a scan.
+    r#"
+    CREATE INDEX usage_anonymous_ts ON usage (project_id, anonymous_id, ts_ms, id)
+        WHERE anonymous_id IS NOT NULL;
+    "#,
 ];
 
 /// What a connection is for; readers cannot write by accident.

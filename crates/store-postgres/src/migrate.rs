@@ -12,8 +12,11 @@ use tollgate_store::{StoreError, StoreResult};
 use crate::{pool_error, sql_error};
 
 /// Every migration, oldest first: (version, SQL).
-pub(crate) const MIGRATIONS: &[(i32, &str)] =
-    &[(1, include_str!("../migrations/0001_init.sql")), (2, include_str!("../migrations/0002_price_estimated.sql"))];
+pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_price_estimated.sql")),
+    (3, include_str!("../migrations/0003_usage_anonymous.sql")),
+];
 
 /// Serialises migrations across instances (an arbitrary constant: "tollgate" in hex).
 const LOCK_ID: i64 = 0x746f_6c6c_6761_7465;

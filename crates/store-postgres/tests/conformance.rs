@@ -90,6 +90,8 @@ mod ledger {
         append_is_idempotent,
         query_filters_order_and_pages,
         records_since_is_oldest_first,
+        usage_totals_sum_counted_usage_per_bucket,
+        anonymous_records_are_one_visitors_in_pages,
         many_appends_then_flush,
         append_new_reports_replays,
     );
@@ -113,7 +115,7 @@ async fn migrations_apply_once_and_refuse_newer_schemas() {
     again.ledger().close().await.expect("close");
     let client = store.pool().get().await.expect("client");
     let versions: i64 = client.query_one("SELECT count(*) FROM tollgate_migrations", &[]).await.expect("count").get(0);
-    assert_eq!(versions, 2, "every migration once");
+    assert_eq!(versions, 3, "every migration once");
     client.execute("INSERT INTO tollgate_migrations (version) VALUES (999)", &[]).await.expect("fake newer");
     drop(client);
     let newer = PostgresStore::open(&settings).await;

@@ -28,6 +28,7 @@
 
 mod bus;
 mod keys;
+mod lease;
 mod limiter;
 
 use std::time::Duration;
@@ -38,6 +39,7 @@ use tollgate_store::{StoreError, StoreResult};
 
 pub use bus::{BusEvent, ChangeBus};
 pub use keys::KeySpace;
+pub use lease::Lease;
 pub use limiter::{CalendarTarget, RESERVATION_TTL_MS, RedisLimiter, calendar_window_start};
 
 /// How to reach Redis.

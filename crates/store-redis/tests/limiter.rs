@@ -402,3 +402,28 @@ async fn the_whole_group_on_a_redis_cluster() {
         assert_eq!((peek.statuses[0].used, peek.statuses[1].used), (0, 0), "{partition}: refunded");
     }
 }
+
+/// The counter rebuild's lease (issue 10, item 17): one holder at a time; the holder
+/// renews it, another cannot take it until it is released (or expires), and then can.
+#[tokio::test]
+async fn a_lease_has_one_holder_at_a_time() {
+    let Some(limiter) = redis_limiter(false).await else { return };
+    let key = limiter.keys().lease("counter-rebuild");
+    let ttl = Duration::from_secs(60);
+    let lease = |holder: &str| {
+        tollgate_store_redis::Lease::new(limiter.connection().clone(), key.clone(), holder.to_owned(), ttl, TIMEOUT)
+    };
+    let (a, b) = (lease("instance-a"), lease("instance-b"));
+    assert!(a.acquire_or_renew().await.expect("a takes it"), "a free lease is taken");
+    assert!(!b.acquire_or_renew().await.expect("b tries"), "a held lease is not taken by another");
+    assert!(a.acquire_or_renew().await.expect("a renews"), "the holder renews it");
+    let mut conn = limiter.connection().clone();
+    let pttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.expect("pttl");
+    assert!(pttl > 0 && pttl <= 60_000, "the lease expires by itself: {pttl}");
+    b.release().await.expect("b releases what it does not hold");
+    assert!(!b.acquire_or_renew().await.expect("b tries again"), "only the holder can release it");
+    a.release().await.expect("a releases");
+    assert!(b.acquire_or_renew().await.expect("b takes it"), "a released lease is taken at once");
+    assert!(!a.acquire_or_renew().await.expect("a tries"), "and is b's now");
+    cleanup(&limiter).await;
+}

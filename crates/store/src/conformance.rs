@@ -73,4 +73,6 @@ pub async fn run_ledger(ledger: &dyn Ledger) {
     ledger::records_since_is_oldest_first(ledger).await;
     ledger::many_appends_then_flush(ledger).await;
     ledger::append_new_reports_replays(ledger).await;
+    ledger::usage_totals_sum_counted_usage_per_bucket(ledger).await;
+    ledger::anonymous_records_are_one_visitors_in_pages(ledger).await;
 }
