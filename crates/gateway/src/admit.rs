@@ -71,6 +71,7 @@ impl Gateway {
                 amounts,
                 now_ms,
                 hold,
+                hold_ms: self.settings.reservation_hold_ms(),
             })
             .await?;
         Ok(Admission { request_id, items, estimate: amounts, decision })

@@ -67,6 +67,23 @@ pub struct GatewaySettings {
     pub drain_after_hangup: std::time::Duration,
     /// How much of such a stream is read at most.
     pub drain_after_hangup_bytes: usize,
+    /// The longest a proxied request may take from admission to its last byte
+    /// (`upstream.total_timeout_secs`); a stream past it ends with an error event.
+    pub total_timeout: std::time::Duration,
+}
+
+/// How much longer than its request's deadline (and drain) a reservation is held:
+/// room for the settlement itself, which runs after the stream ends.
+pub const RESERVATION_MARGIN: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+impl GatewaySettings {
+    /// How long a proxied request's reservation is held: as long as the request may
+    /// run (its total deadline, then the drain after a hang-up) and a margin for the
+    /// settlement, so a long stream never outlives its reservation.
+    pub fn reservation_hold_ms(&self) -> i64 {
+        let hold = self.total_timeout + self.drain_after_hangup + RESERVATION_MARGIN;
+        i64::try_from(hold.as_millis()).unwrap_or(i64::MAX)
+    }
 }
 
 /// How a model the price table does not know is priced (`pricing.unknown_model`).

@@ -145,7 +145,8 @@ impl Gateway {
         let (answer_tx, answer_rx) = oneshot::channel();
         let gateway = self.clone();
         self.tasks.spawn(async move {
-            forward(gateway, endpoint, upstream_body, passed, settlement, strip_usage, answer_tx).await;
+            let deadline = tokio::time::Instant::from_std(started) + gateway.settings.total_timeout;
+            forward(gateway, endpoint, upstream_body, passed, settlement, strip_usage, deadline, answer_tx).await;
         });
         let result = answer_rx
             .await
@@ -182,7 +183,10 @@ fn failure(e: &UpstreamError) -> UpstreamFailure {
 }
 
 /// Forwards, reads the answer, and sends it to the waiting handler; a whole answer
-/// is recorded before it is sent, and settled after.
+/// is recorded before it is sent, and settled after. Everything ends by `deadline`
+/// (the request's total deadline): before the head, a 504; a stream, with an error
+/// event.
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     gateway: Gateway,
     endpoint: Endpoint,
@@ -190,9 +194,12 @@ async fn forward(
     headers: HeaderMap,
     mut settlement: Settlement,
     strip_usage: bool,
+    deadline: tokio::time::Instant,
     answer: oneshot::Sender<Result<Answer, GatewayError>>,
 ) {
-    let sent = gateway.upstream.send(reqwest::Method::POST, endpoint.upstream_path(), headers, Some(body)).await;
+    let total = gateway.settings.total_timeout;
+    let send = gateway.upstream.send(reqwest::Method::POST, endpoint.upstream_path(), headers, Some(body));
+    let sent = tokio::time::timeout_at(deadline, send).await.unwrap_or(Err(UpstreamError::Timeout(total)));
     let upstream = match sent {
         Ok(u) => u,
         Err(e) => {
@@ -213,11 +220,13 @@ async fn forward(
     let answer_with =
         |body| Answer { status, content_type: content_type.clone(), retry_after: retry_after.clone(), body };
     if is_sse {
-        let stream = AccountingStream::new(upstream.body, Watcher::Sse(SseRewriter::new(strip_usage)), settlement);
+        let stream = AccountingStream::new(upstream.body, Watcher::Sse(SseRewriter::new(strip_usage)), settlement)
+            .with_deadline(deadline, total);
         let _ = answer.send(Ok(answer_with(AnswerBody::Stream(Box::new(stream)))));
         return;
     }
-    match collect_json(upstream.body).await {
+    let collected = tokio::time::timeout_at(deadline, collect_json(upstream.body)).await;
+    match collected.unwrap_or(Collected::Broken(UpstreamError::Timeout(total))) {
         Collected::Whole(whole) => {
             let meta = if success {
                 tollgate_providers::usage::checked_answer_from_json(&whole)
@@ -255,7 +264,8 @@ async fn forward(
         // Too big to hold: pass it through as it comes, counting instead of parsing.
         Collected::TooBig { head, rest } => {
             let stream = futures_util::stream::iter(head.into_iter().map(Ok)).chain(rest);
-            let stream = AccountingStream::new(Box::pin(stream), Watcher::Json(UsageScanner::new(0)), settlement);
+            let stream = AccountingStream::new(Box::pin(stream), Watcher::Json(UsageScanner::new(0)), settlement)
+                .with_deadline(deadline, total);
             let _ = answer.send(Ok(answer_with(AnswerBody::Stream(Box::new(stream)))));
         }
     }

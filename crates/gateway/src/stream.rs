@@ -40,16 +40,65 @@ pub struct AccountingStream {
     /// The stream's clean end (`data: [DONE]`), sent only once the commit is done.
     clean_end: Option<Bytes>,
     done: bool,
+    /// The request's total deadline (`upstream.total_timeout_secs`) and its length.
+    deadline: Option<(Pin<Box<tokio::time::Sleep>>, std::time::Duration)>,
 }
 
 impl AccountingStream {
     pub fn new(inner: UpstreamBody, watcher: Watcher, settlement: Settlement) -> Self {
-        Self { inner, watcher, settlement: Some(settlement), commit: None, tail: None, clean_end: None, done: false }
+        Self {
+            inner,
+            watcher,
+            settlement: Some(settlement),
+            commit: None,
+            tail: None,
+            clean_end: None,
+            done: false,
+            deadline: None,
+        }
+    }
+
+    /// Ends the body at `at` (the request's total deadline, `total` after it began)
+    /// if it has not ended by then: a stream gets an error event and is settled for
+    /// what it delivered.
+    pub fn with_deadline(mut self, at: tokio::time::Instant, total: std::time::Duration) -> Self {
+        self.deadline = Some((Box::pin(tokio::time::sleep_until(at)), total));
+        self
+    }
+
+    /// Ends the body early: an SSE stream gets what the rewriter held back and then
+    /// `event`; another body ends with an I/O error (returned). Settles either way.
+    fn break_off(&mut self, event: Bytes, error: String) -> Option<std::io::Error> {
+        self.done = true;
+        // A broken stream has no clean end to hold back for the commit.
+        self.clean_end = None;
+        match &mut self.watcher {
+            Watcher::Sse(rewriter) => {
+                let mut tail = bytes::BytesMut::from(&rewriter.flush()[..]);
+                tail.extend_from_slice(&event);
+                self.tail = Some(tail.freeze());
+                self.finish();
+                None
+            }
+            Watcher::Json(_) | Watcher::Pass => {
+                self.finish();
+                Some(std::io::Error::other(error))
+            }
+        }
     }
 
     /// A body passed through untouched, with nothing to account.
     pub fn passthrough(inner: UpstreamBody) -> Self {
-        Self { inner, watcher: Watcher::Pass, settlement: None, commit: None, tail: None, clean_end: None, done: false }
+        Self {
+            inner,
+            watcher: Watcher::Pass,
+            settlement: None,
+            commit: None,
+            tail: None,
+            clean_end: None,
+            done: false,
+            deadline: None,
+        }
     }
 
     fn finish(&mut self) {
@@ -104,6 +153,17 @@ fn split_clean_end(out: &Bytes) -> Option<(Bytes, Bytes)> {
     Some((out.slice(..start), out.slice(start..)))
 }
 
+/// The SSE event that ends a stream still running at the request's total deadline.
+fn deadline_event(total: std::time::Duration) -> Bytes {
+    let message = format!(
+        "The request ran past its total time limit of {}s (upstream.total_timeout_secs); the stream was cut off.",
+        total.as_secs()
+    );
+    let event =
+        serde_json::json!({ "error": { "message": message, "type": "upstream_error", "code": "request_timeout" } });
+    Bytes::from(format!("data: {event}\n\n"))
+}
+
 impl Stream for AccountingStream {
     type Item = Result<Bytes, std::io::Error>;
 
@@ -128,6 +188,18 @@ impl Stream for AccountingStream {
                     (tail, end) => tail.or(end),
                 };
                 return Poll::Ready(tail.map(Ok));
+            }
+            if let Some((sleep, total)) = this.deadline.as_mut()
+                && sleep.as_mut().poll(cx).is_ready()
+            {
+                let total = *total;
+                this.deadline = None;
+                tracing::warn!(total_secs = total.as_secs(), "a stream ran past the request's total deadline");
+                let error = format!("the request ran past its total time limit of {}s", total.as_secs());
+                match this.break_off(deadline_event(total), error) {
+                    None => continue,
+                    Some(error) => return Poll::Ready(Some(Err(error))),
+                }
             }
             return match this.inner.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
@@ -155,20 +227,9 @@ impl Stream for AccountingStream {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     tracing::warn!(error = %e, "upstream body broke off");
-                    this.done = true;
-                    this.clean_end = None;
-                    match &mut this.watcher {
-                        Watcher::Sse(rewriter) => {
-                            let mut tail = bytes::BytesMut::from(&rewriter.flush()[..]);
-                            tail.extend_from_slice(&broken_stream_event(&e));
-                            this.tail = Some(tail.freeze());
-                            this.finish();
-                            continue;
-                        }
-                        Watcher::Json(_) | Watcher::Pass => {
-                            this.finish();
-                            Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))))
-                        }
+                    match this.break_off(broken_stream_event(&e), e.to_string()) {
+                        None => continue,
+                        Some(error) => Poll::Ready(Some(Err(error))),
                     }
                 }
                 Poll::Ready(None) => {

@@ -86,6 +86,7 @@ impl Application {
             unknown_model: config.unknown_model_policy,
             drain_after_hangup: config.drain_after_hangup,
             drain_after_hangup_bytes: config.drain_after_hangup_bytes,
+            total_timeout: config.total_timeout,
             durable_responses: config.durable_responses,
             commit_timeout: config.commit_timeout,
             prices: config.prices.clone(),
@@ -275,8 +276,9 @@ async fn prune_loop(state: AppState, cancel: CancellationToken) {
     }
 }
 
-/// Replays the counted ledger records of the current windows into the limiter, so
-/// counters survive a restart. Returns how many records were replayed.
+/// Replays the counted usage of the current windows into the limiter (sums the store
+/// computes, read in bounded pages), so counters survive a restart. Returns how many
+/// sums were replayed.
 pub async fn rebuild_counters(state: &AppState, now: i64) -> anyhow::Result<usize> {
     let g = &state.gateway;
     tollgate_store::replay::replay_ledger(

@@ -108,6 +108,10 @@ pub struct RawUpstream {
     pub api_key: Option<Secret>,
     pub connect_timeout_ms: u64,
     pub timeout_secs: u64,
+    /// The longest a proxied request may take in all, however steadily its stream
+    /// flows; past it a stream ends with an error event and is charged what it
+    /// delivered. Reservations are held this long (plus the drain and a margin).
+    pub total_timeout_secs: u64,
     pub pool_max_idle_per_host: usize,
     /// Client request headers passed on to the upstream (lower case).
     pub forward_headers: Vec<String>,
@@ -170,6 +174,7 @@ impl Default for RawUpstream {
             api_key: None,
             connect_timeout_ms: 5_000,
             timeout_secs: 600,
+            total_timeout_secs: 3_600,
             pool_max_idle_per_host: 512,
             // Never `openai-organization` or `openai-project` by default: they choose
             // what the operator's provider key bills, which is the operator's call,
@@ -250,6 +255,8 @@ pub struct Config {
     pub unknown_model_policy: tollgate_gateway::UnknownModelPolicy,
     /// How long and how much of a stream whose client left is still read.
     pub drain_after_hangup: Duration,
+    /// The total deadline of a proxied request (`upstream.total_timeout_secs`).
+    pub total_timeout: Duration,
     pub drain_after_hangup_bytes: usize,
     /// Whether responses wait for their ledger record to be durable.
     pub durable_responses: bool,
@@ -382,6 +389,9 @@ impl Config {
         if raw.upstream.timeout_secs == 0 {
             return Err(invalid("upstream.timeout_secs", "must be at least 1"));
         }
+        if raw.upstream.total_timeout_secs == 0 {
+            return Err(invalid("upstream.total_timeout_secs", "must be at least 1"));
+        }
         let mut forward_headers = Vec::new();
         for name in &raw.upstream.forward_headers {
             let header = axum::http::HeaderName::from_bytes(name.trim().as_bytes())
@@ -451,6 +461,7 @@ impl Config {
             max_reserved_output_tokens: max_output,
             unknown_model_policy,
             drain_after_hangup: Duration::from_millis(raw.upstream.drain_after_hangup_ms),
+            total_timeout: Duration::from_secs(raw.upstream.total_timeout_secs),
             drain_after_hangup_bytes: raw.upstream.drain_after_hangup_bytes,
             durable_responses,
             ledger_fsync: raw.durability == Durability::Fsync,

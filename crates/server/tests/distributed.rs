@@ -577,3 +577,32 @@ async fn a_key_on_a_plan_and_project_this_instance_has_not_loaded_is_served_at_o
     schema.drop().await;
     delete_redis_prefix(&env.redis_url, &prefix).await;
 }
+
+fn rebuilds(instance: &Instance) -> u64 {
+    instance.parts.rebuilds.load(Ordering::Relaxed)
+}
+
+/// Issue 10, item 17: every instance used to run the full-month aggregate of the
+/// counter rebuild every period. Now one instance does, the holder of a lease in
+/// Redis; the other skips while it is held and takes over when the holder stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_one_instance_runs_the_periodic_counter_rebuild() {
+    let Some(env) = env() else { return };
+    let schema = Schema::create(&env).await;
+    let mock = spawn_mock().await;
+    let prefix = format!("{}:", unique("tgtest"));
+    let mut raw = config(&mock, &env.redis_url, &schema.url, &prefix);
+    raw.counter_rebuild_secs = 1;
+    let a = start(raw.clone()).await;
+    let b = start(raw).await;
+    eventually(Duration::from_secs(60), "three periodic rebuilds", || async { rebuilds(&a) + rebuilds(&b) >= 3 }).await;
+    let (ran_a, ran_b) = (rebuilds(&a), rebuilds(&b));
+    assert!(ran_a == 0 || ran_b == 0, "both instances ran the rebuild: {ran_a} and {ran_b}");
+    // The holder stops (releasing its lease): the other one takes over.
+    let (holder, other) = if ran_a > 0 { (a, b) } else { (b, a) };
+    holder.stop().await;
+    eventually(Duration::from_secs(60), "the other instance takes over", || async { rebuilds(&other) > 0 }).await;
+    other.stop().await;
+    delete_redis_prefix(&env.redis_url, &prefix).await;
+    schema.drop().await;
+}

@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 use tollgate_core::calendar::{day_start, month_start};
 use tollgate_core::{Amounts, Metric, Window, record_items};
 use tollgate_store::clock::now_ms;
-use tollgate_store::{AuthedCache, Catalog, PlanCache};
+use tollgate_store::{AuthedCache, Catalog, Ledger, PlanCache, TotalsQuery};
 use tollgate_store_postgres::CatalogChange;
 use tollgate_store_redis::{BusEvent, CalendarTarget};
 
@@ -136,19 +136,35 @@ impl Backend {
             });
         }
 
-        // Counter rebuild: periodically and as soon as Redis is back.
+        // Counter rebuild: periodically and as soon as Redis is back, by the one
+        // instance that holds the rebuild lease.
         {
             let (state, parts, cancel) = (state.clone(), parts.clone(), cancel.clone());
             tracker.spawn(async move {
                 loop {
                     tokio::select! {
-                        () = cancel.cancelled() => return,
+                        () = cancel.cancelled() => {
+                            if let Err(error) = parts.rebuild_lease.release().await {
+                                tracing::debug!(%error, "cannot release the counter rebuild lease; it expires");
+                            }
+                            return;
+                        }
                         () = parts.limiter.recovered() => {}
                         () = tokio::time::sleep(parts.config.counter_rebuild_every) => {}
                     }
                     if parts.limiter.is_down() {
                         continue;
                     }
+                    match parts.rebuild_lease.acquire_or_renew().await {
+                        Ok(true) => {}
+                        // Another instance rebuilds.
+                        Ok(false) => continue,
+                        Err(error) => {
+                            tracing::debug!(%error, "cannot take the counter rebuild lease");
+                            continue;
+                        }
+                    }
+                    parts.rebuilds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     match rebuild_calendar_counters(&state, &parts, now_ms()).await {
                         Ok(raised) if raised > 0 => {
                             tracing::info!(raised, "day and month counters raised to the ledger's totals");
@@ -184,38 +200,56 @@ impl Backend {
 type Targets = HashMap<String, HashMap<String, CalendarTarget>>;
 
 /// The ledger's usage in the current day and month windows, counter by counter (one
-/// SQL aggregate), resolved to limits as requests are.
+/// SQL aggregate per UTC day, read in bounded pages), resolved to limits as requests
+/// are. Memory: a page of sums and one target per counter.
 async fn calendar_targets(state: &JobContext, parts: &Distributed, now: i64) -> anyhow::Result<Targets> {
     let since = month_start(now);
     let today = day_start(now);
-    let totals = parts.ledger.usage_totals_since(since, today).await.context("summing the ledger")?;
+    let mut pages = parts.ledger.usage_totals(TotalsQuery::for_calendar(now)).await.context("summing the ledger")?;
     let anonymous_plan = state.plans.get(&state.anonymous_plan);
     let mut keys = AuthedCache::default();
     let mut targets = Targets::new();
-    for total in &totals {
-        let record = &total.record;
-        let Some(authed) = keys.get(state.catalog.as_ref(), &state.plans, &record.key_id).await? else { continue };
-        let amounts = record.amounts();
-        for item in record_items(authed, record, anonymous_plan.as_deref()) {
-            let (window_start_ms, counts) = match item.spec.window {
-                Window::Month => (since, true),
-                Window::Day => (today, total.today),
-                Window::Minute | Window::Hour => continue,
-            };
-            if !counts {
-                continue;
-            }
-            let amount = amounts.get(item.spec.metric);
-            let counter = parts.redis.keys().counter(&record.project_id, &item);
-            let target = targets
-                .entry(record.project_id.clone())
-                .or_default()
-                .entry(counter)
-                .or_insert_with(|| CalendarTarget { item, window_start_ms, amount: 0 });
-            target.amount = target.amount.saturating_add(amount);
+    while let Some(page) = pages.recv().await {
+        for record in &page.context("summing the ledger")? {
+            add_targets(state, parts, &mut keys, anonymous_plan.as_deref(), record, (since, today), &mut targets)
+                .await?;
         }
     }
     Ok(targets)
+}
+
+/// Adds one day's sum to the month counters it counts in (and, for today, the day
+/// counters).
+async fn add_targets(
+    state: &JobContext,
+    parts: &Distributed,
+    keys: &mut AuthedCache,
+    anonymous_plan: Option<&tollgate_core::Plan>,
+    record: &tollgate_core::UsageRecord,
+    (since, today): (i64, i64),
+    targets: &mut Targets,
+) -> anyhow::Result<()> {
+    let Some(authed) = keys.get(state.catalog.as_ref(), &state.plans, &record.key_id).await? else { return Ok(()) };
+    let amounts = record.amounts();
+    for item in record_items(authed, record, anonymous_plan) {
+        let (window_start_ms, counts) = match item.spec.window {
+            Window::Month => (since, true),
+            Window::Day => (today, record.ts_ms >= today),
+            Window::Minute | Window::Hour => continue,
+        };
+        if !counts {
+            continue;
+        }
+        let amount = amounts.get(item.spec.metric);
+        let counter = parts.redis.keys().counter(&record.project_id, &item);
+        let target = targets
+            .entry(record.project_id.clone())
+            .or_default()
+            .entry(counter)
+            .or_insert_with(|| CalendarTarget { item, window_start_ms, amount: 0 });
+        target.amount = target.amount.saturating_add(amount);
+    }
+    Ok(())
 }
 
 pub async fn rebuild_calendar_counters(state: &JobContext, parts: &Distributed, now: i64) -> anyhow::Result<usize> {

@@ -16,7 +16,11 @@
 //! - the plan refresher: reloads plans every [`PLAN_REFRESH`] whatever happens;
 //! - the counter rebuild: raises Redis's day and month counters to what the ledger
 //!   holds, every `counter_rebuild_secs` and as soon as Redis comes back, so a Redis
-//!   restart loses quota state for at most that long ([`rebuild_calendar_counters`]);
+//!   restart loses quota state for at most that long ([`rebuild_calendar_counters`]).
+//!   One instance of many runs it: the one holding the rebuild lease in Redis
+//!   ([`REBUILD_LEASE`], `SET NX PX`, renewed each period, released on shutdown;
+//!   another instance takes over within [`rebuild_lease_ttl`] of the holder's death).
+//!   Every instance still rebuilds once at start;
 //! - the breaker probe: while Redis is considered down, pings it and restores exact
 //!   counting as soon as it answers.
 //!
@@ -29,6 +33,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -39,7 +44,7 @@ use tollgate_store_embedded::EmbeddedStore;
 use tollgate_store_postgres::{
     CatalogChange, ChangePublisher, PostgresCatalog, PostgresLedger, PostgresSettings, PostgresStore,
 };
-use tollgate_store_redis::{ChangeBus, KeySpace, RedisConn, RedisLimiter, RedisSettings};
+use tollgate_store_redis::{ChangeBus, KeySpace, Lease, RedisConn, RedisLimiter, RedisSettings};
 
 mod failover;
 mod jobs;
@@ -108,6 +113,31 @@ pub struct Distributed {
     pub ledger: Arc<PostgresLedger>,
     pub bus: Arc<ChangeBus>,
     pub postgres: PostgresStore,
+    /// The lease that makes one instance of many run the periodic counter rebuild.
+    pub rebuild_lease: Lease,
+    /// Periodic counter rebuilds this instance ran (it held the lease).
+    pub rebuilds: AtomicU64,
+}
+
+/// The name of the counter rebuild's lease in Redis.
+pub const REBUILD_LEASE: &str = "counter-rebuild";
+
+/// How long the rebuild lease outlives its last renewal: several rebuild periods, so
+/// a busy holder keeps it, and a dead one hands over within this time.
+pub fn rebuild_lease_ttl(every: Duration) -> Duration {
+    (every * 3).max(Duration::from_secs(30))
+}
+
+/// A holder name unique to this process: random, so two instances on one host (or
+/// two containers that are both pid 1) never share it.
+fn instance_holder() -> String {
+    let mut bytes = [0u8; 12];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No randomness: fall back on what differs between processes here.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        return format!("pid{}-{nanos}", std::process::id());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Backend {
@@ -163,6 +193,13 @@ pub async fn open(
         Ok(Err(e)) => limiter.mark_down(&e.to_string()),
         Err(_) => limiter.mark_down("no answer at start"),
     }
+    let rebuild_lease = Lease::new(
+        conn.clone(),
+        keys.lease(REBUILD_LEASE),
+        instance_holder(),
+        rebuild_lease_ttl(distributed.counter_rebuild_every),
+        distributed.redis_timeout,
+    );
     let bus = Arc::new(ChangeBus::new(conn, redis_settings, &keys));
     let catalog = postgres.catalog();
     catalog.set_publisher(Arc::new(BusPublisher(bus.clone())));
@@ -175,6 +212,8 @@ pub async fn open(
         ledger: ledger.clone(),
         bus,
         postgres,
+        rebuild_lease,
+        rebuilds: AtomicU64::new(0),
     });
     Ok(Backend { catalog, limiter, ledger, distributed: Some(parts) })
 }

@@ -22,7 +22,15 @@ use tollgate_store_embedded::EmbeddedLimiter;
 use common::{NOW_MS, items_for, plan_of_eight, ready};
 
 fn reserve_request<'a>(items: &'a [LimitItem], id: &'a str, now_ms: i64, hold: bool) -> ReserveRequest<'a> {
-    ReserveRequest { partition: "bench", request_id: id, items, amounts: Amounts::ONE_REQUEST, now_ms, hold }
+    ReserveRequest {
+        partition: "bench",
+        request_id: id,
+        items,
+        amounts: Amounts::ONE_REQUEST,
+        now_ms,
+        hold,
+        hold_ms: tollgate_store::DEFAULT_RESERVATION_TTL_MS,
+    }
 }
 
 /// What a chat completion reports back: one request, 10 + 20 tokens, some cost.

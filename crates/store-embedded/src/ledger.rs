@@ -24,7 +24,8 @@ use rusqlite::{Connection, Row, params, params_from_iter};
 use tollgate_core::{UsageQuery, UsageRecord};
 use tollgate_store::batch::{self, BatchPolicy, BatchSink, BatchWriter, WriterHome};
 use tollgate_store::columns::{USAGE_COLUMNS, UsageRow, to_sql_int};
-use tollgate_store::{Ledger, StoreError, StoreResult};
+use tollgate_store::totals::TotalRow;
+use tollgate_store::{Ledger, StoreError, StoreResult, TOTALS_PAGE, TotalsPages, TotalsQuery};
 
 use crate::schema::{self, Role};
 use crate::sql_error;
@@ -268,10 +269,85 @@ impl Ledger for EmbeddedLedger {
         .await
     }
 
+    async fn usage_totals(&self, query: TotalsQuery) -> StoreResult<TotalsPages> {
+        let (pages, rx) = tokio::sync::mpsc::channel(1);
+        let reader = self.reader.clone();
+        // The rows are stepped one at a time on a blocking thread and handed over a
+        // page at a time; a full channel waits for the consumer.
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(PoisonError::into_inner);
+            let sent = send_totals(&conn, &query, &pages);
+            if let Err(error) = sent {
+                let _ = pages.blocking_send(Err(error));
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn anonymous_records(
+        &self,
+        project_id: &str,
+        anonymous_id: &str,
+        since_ms: i64,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> StoreResult<Vec<UsageRecord>> {
+        let (project_id, anonymous_id) = (project_id.to_owned(), anonymous_id.to_owned());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            // Without a cursor, start before every record of the window.
+            let (after_ts, after_id) = after.unwrap_or((since_ms - 1, String::new()));
+            let sql = format!(
+                "SELECT {USAGE_COLUMNS} FROM usage INDEXED BY usage_anonymous_ts \
+                 WHERE project_id = ?1 AND anonymous_id = ?2 AND ts_ms >= ?3 AND (ts_ms, id) > (?4, ?5) AND counted \
+                 ORDER BY ts_ms, id LIMIT ?6"
+            );
+            select_records(conn, &sql, params![project_id, anonymous_id, since_ms, after_ts, after_id, limit])
+        })
+        .await
+    }
+
     async fn close(&self) -> StoreResult<()> {
         drop(self.checkpoint_stop.lock().unwrap_or_else(PoisonError::into_inner).take());
         self.writer.close().await
     }
+}
+
+/// Runs the totals statement and sends its rows in pages of [`TOTALS_PAGE`]; stops
+/// early (without error) when the receiver is gone.
+fn send_totals(
+    conn: &Connection,
+    query: &TotalsQuery,
+    pages: &tokio::sync::mpsc::Sender<StoreResult<Vec<UsageRecord>>>,
+) -> StoreResult<()> {
+    let sql = query.sql(|i| format!("?{}", i + 1));
+    let mut stmt = conn.prepare(&sql).map_err(sql_error)?;
+    let mut rows = stmt.query(params_from_iter(query.params())).map_err(sql_error)?;
+    let mut page = Vec::with_capacity(TOTALS_PAGE);
+    while let Some(row) = rows.next().map_err(sql_error)? {
+        let total = TotalRow {
+            bucket_ms: row.get(0).map_err(sql_error)?,
+            project_id: row.get(1).map_err(sql_error)?,
+            key_id: row.get(2).map_err(sql_error)?,
+            provider: row.get(3).map_err(sql_error)?,
+            model: row.get(4).map_err(sql_error)?,
+            endpoint: row.get(5).map_err(sql_error)?,
+            client_ip: row.get(6).map_err(sql_error)?,
+            anonymous_id: row.get(7).map_err(sql_error)?,
+            requests: row.get(8).map_err(sql_error)?,
+            prompt_tokens: row.get(9).map_err(sql_error)?,
+            completion_tokens: row.get(10).map_err(sql_error)?,
+            cost_micros: row.get(11).map_err(sql_error)?,
+        };
+        page.push(total.into_record()?);
+        if page.len() == TOTALS_PAGE && pages.blocking_send(Ok(std::mem::take(&mut page))).is_err() {
+            return Ok(());
+        }
+    }
+    if !page.is_empty() {
+        let _ = pages.blocking_send(Ok(page));
+    }
+    Ok(())
 }
 
 /// How often the WAL is folded back into the database file.

@@ -8,8 +8,8 @@
 //!   every key secret's hash indexed in memory so `lookup_key` runs no SQL;
 //! - [`EmbeddedLimiter`] ([`Limiter`](tollgate_store::Limiter)): counters behind one
 //!   mutex, so a decision over several limits is exact and all-or-nothing. They are
-//!   not persisted: after a restart the server rebuilds them from the ledger
-//!   (`records_since` + `apply`);
+//!   not persisted: after a restart the server rebuilds them from sums the ledger
+//!   computes (`usage_totals` + `apply`, `tollgate_store::replay`);
 //! - [`EmbeddedLedger`] ([`Ledger`](tollgate_store::Ledger)): appends go through a
 //!   channel to one writer thread that commits them in batches.
 //!

@@ -10,9 +10,10 @@
 //! [`Limiter::apply`] (oldest record first) to rebuild them.
 //!
 //! Reservations that are never settled (a request task that died, a bug) would pin
-//! their counters forever, so [`Limiter::prune`] first forgets reservations older
-//! than [`RESERVATION_TTL_MS`]: their reserved amounts stay charged as if settled with
-//! the estimate, which errs on the side of the limit.
+//! their counters forever, so [`Limiter::prune`] first forgets reservations whose hold
+//! (`ReserveRequest::hold_ms`, derived from the request's total deadline) has run
+//! out: their reserved amounts stay charged as if settled with the estimate, which
+//! errs on the side of the limit.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -21,9 +22,8 @@ use async_trait::async_trait;
 use tollgate_core::{Amounts, Decision, LimitState, LimitStatus, Metric, Refusal, Window};
 use tollgate_store::{LimitItem, Limiter, ReserveRequest, SettleRequest, StoreResult};
 
-/// How long a held reservation may wait for its settlement before `prune` forgets it
-/// (its charge then stays as reserved). Ten minutes outlasts any proxied request.
-pub const RESERVATION_TTL_MS: i64 = 10 * 60 * 1_000;
+/// The hold of a reservation made without a deadline of its own (tests, tools).
+pub use tollgate_store::DEFAULT_RESERVATION_TTL_MS as RESERVATION_TTL_MS;
 
 /// Whose counter, what it counts, over which window, for which scope of traffic
 /// (provider, model, endpoint). The limit itself is not part of the key: changing a
@@ -39,6 +39,8 @@ struct Held {
 
 struct Reservation {
     reserved_at_ms: i64,
+    /// `prune` forgets the reservation once this instant has passed.
+    expires_at_ms: i64,
     items: Vec<Held>,
 }
 
@@ -204,9 +206,9 @@ impl EmbeddedLimiter {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Forgets held reservations made before `older_than_ms`; their charges stay as
-    /// reserved. Returns how many were forgotten. `prune` calls it with
-    /// `now - RESERVATION_TTL_MS`.
+    /// Forgets held reservations made before `older_than_ms`, whatever their hold;
+    /// their charges stay as reserved. Returns how many were forgotten. (`prune`
+    /// forgets those whose hold has run out.)
     pub fn expire_reservations(&self, older_than_ms: i64) -> usize {
         self.lock().expire_reservations(older_than_ms)
     }
@@ -228,7 +230,7 @@ impl EmbeddedLimiter {
 #[async_trait]
 impl Limiter for EmbeddedLimiter {
     async fn reserve(&self, request: ReserveRequest<'_>) -> StoreResult<Decision> {
-        let ReserveRequest { request_id, items, amounts, now_ms, hold, .. } = request;
+        let ReserveRequest { request_id, items, amounts, now_ms, hold, hold_ms, .. } = request;
         let mut state = self.lock();
         if state.reservations.contains_key(request_id) {
             // A retry of a request whose reservation is still held: it was admitted
@@ -241,7 +243,10 @@ impl Limiter for EmbeddedLimiter {
         }
         let held = state.charge(items, amounts, now_ms, &mut decision.statuses);
         if hold {
-            state.reservations.insert(request_id.to_owned(), Reservation { reserved_at_ms: now_ms, items: held });
+            let expires_at_ms = now_ms.saturating_add(hold_ms.max(0));
+            state
+                .reservations
+                .insert(request_id.to_owned(), Reservation { reserved_at_ms: now_ms, expires_at_ms, items: held });
         }
         Ok(decision)
     }
@@ -297,7 +302,9 @@ impl Limiter for EmbeddedLimiter {
 
     async fn prune(&self, now_ms: i64) -> StoreResult<usize> {
         let mut state = self.lock();
-        let expired = state.expire_reservations(now_ms.saturating_sub(RESERVATION_TTL_MS));
+        let before = state.reservations.len();
+        state.reservations.retain(|_, r| r.expires_at_ms >= now_ms);
+        let expired = before - state.reservations.len();
         if expired > 0 {
             tracing::warn!(expired, "forgot reservations never settled; their estimates stay charged");
         }
@@ -326,7 +333,15 @@ mod tests {
     }
 
     fn reserve<'a>(id: &'a str, items: &'a [LimitItem], now_ms: i64) -> ReserveRequest<'a> {
-        ReserveRequest { partition: "p", request_id: id, items, amounts: Amounts::ONE_REQUEST, now_ms, hold: true }
+        ReserveRequest {
+            partition: "p",
+            request_id: id,
+            items,
+            amounts: Amounts::ONE_REQUEST,
+            now_ms,
+            hold: true,
+            hold_ms: RESERVATION_TTL_MS,
+        }
     }
 
     #[tokio::test]
@@ -377,6 +392,7 @@ mod tests {
             amounts: Amounts::requests(2),
             now_ms: NOW,
             hold: false,
+            hold_ms: 0,
         };
         let decision = limiter.reserve(request).await.unwrap();
         assert_eq!(decision.refused.map(|r| r.index), Some(1), "2 + 2 does not fit 3");

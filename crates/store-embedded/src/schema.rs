@@ -113,6 +113,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX admin_tokens_id ON admin_tokens (id);
     CREATE INDEX admin_tokens_project ON admin_tokens (project_id, id);
     "#,
+    // 4: an anonymous visitor's records, for attaching them to a key without a scan.
+    r#"
+    CREATE INDEX usage_anonymous_ts ON usage (project_id, anonymous_id, ts_ms, id)
+        WHERE anonymous_id IS NOT NULL;
+    "#,
 ];
 
 /// What a connection is for; readers cannot write by accident.

@@ -75,6 +75,7 @@ mod limiter {
         repeated_reserve_does_not_double_charge,
         retry_and_reset_times,
         apply_charges_without_checking,
+        a_reservation_lives_as_long_as_its_hold,
         prune_drops_idle_counters,
     );
 }
@@ -86,6 +87,8 @@ mod ledger {
         append_is_idempotent,
         query_filters_order_and_pages,
         records_since_is_oldest_first,
+        usage_totals_sum_counted_usage_per_bucket,
+        anonymous_records_are_one_visitors_in_pages,
         many_appends_then_flush,
         append_new_reports_replays,
         refusals_are_aggregated_per_key_and_minute,

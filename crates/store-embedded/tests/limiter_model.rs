@@ -232,8 +232,15 @@ async fn run(items: Vec<LimitItem>, start: i64, ops: Vec<Op>) -> Result<(), Test
                     _ => format!("r{step}"),
                 };
                 let amounts = Amounts { requests: 1, input_tokens: input, output_tokens: output, cost_micros: cost };
-                let request =
-                    ReserveRequest { partition: PARTITION, request_id: &id, items: &items, amounts, now_ms: now, hold };
+                let request = ReserveRequest {
+                    partition: PARTITION,
+                    request_id: &id,
+                    items: &items,
+                    amounts,
+                    now_ms: now,
+                    hold,
+                    hold_ms: RESERVATION_TTL_MS,
+                };
                 let before: Vec<u64> = (0..items.len()).map(|l| model.used(l)).collect();
                 let decision = limiter.reserve(request).await.expect("reserve");
                 model.observe(now);

@@ -25,9 +25,10 @@ use tokio_postgres::types::{FromSql, ToSql};
 use tollgate_core::{UsageQuery, UsageRecord};
 use tollgate_store::batch::{self, BatchPolicy, BatchSink, BatchWriter, LedgerStats, WriterHome};
 use tollgate_store::columns::{USAGE_COLUMNS, UsageRow, to_sql_int};
-use tollgate_store::{Ledger, StoreResult};
+use tollgate_store::totals::TotalRow;
+use tollgate_store::{Ledger, StoreResult, TOTALS_PAGE, TotalsPages, TotalsQuery};
 
-use crate::{pool_error, sql_error, u64_column};
+use crate::{pool_error, sql_error};
 
 /// Rows per statement and messages drained into one write at most.
 pub const MAX_BATCH: usize = 1_000;
@@ -61,18 +62,6 @@ fn policy(max_queued: usize) -> BatchPolicy {
         queue_capacity: (max_queued / 2).max(1),
         fail_fast_during_outage: true,
     }
-}
-
-/// Per-group sums of counted usage, for the counter rebuild job: one row per
-/// (project, key, provider, model, endpoint, client ip, anonymous id) and whether the
-/// records fall in the current day.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UsageTotal {
-    /// The group's identity with the summed amounts (`counted` is true; `ts_ms` is
-    /// the start of the range the sums cover).
-    pub record: UsageRecord,
-    /// True when the sums cover records at or after the day start asked for.
-    pub today: bool,
 }
 
 /// The PostgreSQL usage ledger. Obtain it from
@@ -141,48 +130,6 @@ impl PostgresLedger {
 
     pub fn stats(&self) -> &LedgerStats {
         self.writer.stats()
-    }
-
-    /// Sums of counted usage since `since_ms`, grouped by what limits look at, split
-    /// at `day_start_ms` (see [`UsageTotal`]). One query, whatever the traffic.
-    pub async fn usage_totals_since(&self, since_ms: i64, day_start_ms: i64) -> StoreResult<Vec<UsageTotal>> {
-        let client = self.pool.get().await.map_err(pool_error)?;
-        let rows = client
-            .query(
-                "SELECT project_id, key_id, provider, model, endpoint, client_ip, anonymous_id,
-                        ts_ms >= $2 AS today,
-                        SUM(requests)::bigint, SUM(prompt_tokens)::bigint,
-                        SUM(completion_tokens)::bigint, SUM(cost_micros)::bigint
-                 FROM usage WHERE counted AND ts_ms >= $1
-                 GROUP BY project_id, key_id, provider, model, endpoint, client_ip, anonymous_id, today",
-                &[&since_ms, &day_start_ms],
-            )
-            .await
-            .map_err(sql_error)?;
-        rows.iter()
-            .map(|row| {
-                let today: bool = row.try_get(7).map_err(sql_error)?;
-                Ok(UsageTotal {
-                    record: UsageRecord {
-                        project_id: row.try_get(0).map_err(sql_error)?,
-                        key_id: row.try_get(1).map_err(sql_error)?,
-                        provider: row.try_get(2).map_err(sql_error)?,
-                        model: row.try_get(3).map_err(sql_error)?,
-                        endpoint: row.try_get(4).map_err(sql_error)?,
-                        client_ip: row.try_get(5).map_err(sql_error)?,
-                        anonymous_id: row.try_get(6).map_err(sql_error)?,
-                        ts_ms: if today { day_start_ms } else { since_ms },
-                        counted: true,
-                        requests: u64_column(row, 8)?,
-                        prompt_tokens: u64_column(row, 9)?,
-                        completion_tokens: u64_column(row, 10)?,
-                        cost_micros: u64_column(row, 11)?,
-                        ..UsageRecord::default()
-                    },
-                    today,
-                })
-            })
-            .collect()
     }
 }
 
@@ -275,9 +222,93 @@ impl Ledger for PostgresLedger {
         rows.iter().map(record_from_row).collect()
     }
 
+    async fn usage_totals(&self, query: TotalsQuery) -> StoreResult<TotalsPages> {
+        let (pages, rx) = tokio::sync::mpsc::channel(1);
+        let pool = self.pool.clone();
+        // A cursor (portal) fetched a page at a time, in a task; a full channel waits
+        // for the consumer, so neither side holds more than a page or two.
+        tokio::spawn(async move {
+            if let Err(error) = send_totals(&pool, &query, &pages).await {
+                let _ = pages.send(Err(error)).await;
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn anonymous_records(
+        &self,
+        project_id: &str,
+        anonymous_id: &str,
+        since_ms: i64,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> StoreResult<Vec<UsageRecord>> {
+        let (after_ts, after_id) = after.unwrap_or((since_ms - 1, String::new()));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let sql = format!(
+            "SELECT {USAGE_COLUMNS} FROM usage \
+             WHERE project_id = $1 AND anonymous_id = $2 AND ts_ms >= $3 AND (ts_ms, id) > ($4, $5) AND counted \
+             ORDER BY ts_ms, id LIMIT $6"
+        );
+        let statement = client.prepare_cached(&sql).await.map_err(sql_error)?;
+        let rows = client
+            .query(&statement, &[&project_id, &anonymous_id, &since_ms, &after_ts, &after_id, &limit])
+            .await
+            .map_err(sql_error)?;
+        rows.iter().map(record_from_row).collect()
+    }
+
     async fn close(&self) -> StoreResult<()> {
         self.writer.close().await
     }
+}
+
+/// Runs the totals statement through a portal and sends its rows in pages of
+/// [`TOTALS_PAGE`]; stops early (without error) when the receiver is gone.
+async fn send_totals(
+    pool: &Pool,
+    query: &TotalsQuery,
+    pages: &tokio::sync::mpsc::Sender<StoreResult<Vec<UsageRecord>>>,
+) -> StoreResult<()> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await.map_err(sql_error)?;
+    let sql = query.sql(|i| format!("${}", i + 1));
+    let statement = tx.prepare(&sql).await.map_err(sql_error)?;
+    let params = query.params();
+    let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    let portal = tx.bind(&statement, &params).await.map_err(sql_error)?;
+    let page_rows = i32::try_from(TOTALS_PAGE).unwrap_or(i32::MAX);
+    loop {
+        let rows = tx.query_portal(&portal, page_rows).await.map_err(sql_error)?;
+        let last = rows.len() < TOTALS_PAGE;
+        let page = rows.iter().map(total_from_row).collect::<StoreResult<Vec<_>>>()?;
+        if !page.is_empty() && pages.send(Ok(page)).await.is_err() {
+            return Ok(());
+        }
+        if last {
+            break;
+        }
+    }
+    tx.commit().await.map_err(sql_error)
+}
+
+fn total_from_row(row: &Row) -> StoreResult<UsageRecord> {
+    let total = TotalRow {
+        bucket_ms: column(row, 0)?,
+        project_id: column(row, 1)?,
+        key_id: column(row, 2)?,
+        provider: column(row, 3)?,
+        model: column(row, 4)?,
+        endpoint: column(row, 5)?,
+        client_ip: column(row, 6)?,
+        anonymous_id: column(row, 7)?,
+        requests: column(row, 8)?,
+        prompt_tokens: column(row, 9)?,
+        completion_tokens: column(row, 10)?,
+        cost_micros: column(row, 11)?,
+    };
+    Ok(total.into_record()?)
 }
 
 /// Inserts `records` in one statement, ignoring ids already stored; with `returning`,

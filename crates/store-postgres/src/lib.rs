@@ -33,7 +33,7 @@ use tollgate_store::{StoreError, StoreResult, columns};
 
 pub use catalog::PostgresCatalog;
 pub use changes::{CatalogChange, ChangePublisher};
-pub use ledger::{PostgresLedger, UsageTotal};
+pub use ledger::PostgresLedger;
 /// The writer's counters, shared with the embedded ledger's writer.
 pub use tollgate_store::batch::LedgerStats;
 

@@ -16,6 +16,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_price_estimated.sql")),
     (3, include_str!("../migrations/0003_project_settings_and_token_lifecycle.sql")),
+    (4, include_str!("../migrations/0004_usage_anonymous.sql")),
 ];
 
 /// Serialises migrations across instances (an arbitrary constant: "tollgate" in hex).

@@ -91,6 +91,8 @@ mod ledger {
         append_is_idempotent,
         query_filters_order_and_pages,
         records_since_is_oldest_first,
+        usage_totals_sum_counted_usage_per_bucket,
+        anonymous_records_are_one_visitors_in_pages,
         many_appends_then_flush,
         append_new_reports_replays,
         refusals_are_aggregated_per_key_and_minute,

@@ -94,6 +94,11 @@ impl KeySpace {
         key
     }
 
+    /// Where the lease named `name` is kept (one key, no partition).
+    pub fn lease(&self, name: &str) -> String {
+        format!("{}lease:{name}", self.prefix)
+    }
+
     /// The pub/sub channel of catalog changes.
     pub fn changes_channel(&self) -> String {
         format!("{}catalog-changes", self.prefix)

@@ -21,12 +21,14 @@
 //! ```
 //!
 //! Every key expires on its own when its window ends (`PEXPIRE`); held reservations
-//! expire after [`RESERVATION_TTL_MS`], their charge staying as reserved. Redis is not
+//! expire when their hold runs out (`ReserveRequest::hold_ms`, derived from the
+//! request's total deadline), their charge staying as reserved. Redis is not
 //! the system of record: the server's counter rebuild job raises day and month
 //! counters to what the PostgreSQL ledger holds ([`RedisLimiter::raise_calendar_counters`]).
 
 mod bus;
 mod keys;
+mod lease;
 mod limiter;
 
 use std::time::Duration;
@@ -37,6 +39,7 @@ use tollgate_store::{StoreError, StoreResult};
 
 pub use bus::{BusEvent, ChangeBus};
 pub use keys::KeySpace;
+pub use lease::Lease;
 pub use limiter::{CalendarTarget, RESERVATION_TTL_MS, RedisLimiter, calendar_window_start};
 
 /// How to reach Redis.

@@ -19,7 +19,7 @@
 //!
 //! `prune` has nothing to do (keys expire by themselves) and returns 0.
 //! `held_reservations` counts the reservations this instance made and has not seen
-//! settled, forgetting them after [`RESERVATION_TTL_MS`] as Redis does: across
+//! settled, forgetting each when its hold (`ReserveRequest::hold_ms`) runs out, as Redis does: across
 //! instances it is a per-instance figure, which is what the in-flight overrun bound of
 //! one instance needs.
 
@@ -35,10 +35,11 @@ use tollgate_store::{LimitItem, Limiter, ReserveRequest, SettleRequest, StoreErr
 use crate::keys::{KeySpace, metric_code, window_code};
 use crate::{RedisConn, bounded};
 
-/// How long a held reservation waits for its settlement before Redis forgets it (its
-/// charge then stays as reserved). Ten minutes outlasts any proxied request; the same
-/// figure as the embedded limiter's.
-pub const RESERVATION_TTL_MS: i64 = 10 * 60 * 1_000;
+/// The hold of a reservation made without a deadline of its own (tests, tools); a
+/// proxied request's reservation lives `ReserveRequest::hold_ms`, derived from its
+/// total deadline. Redis forgets a reservation when its hold runs out (its charge
+/// then stays as reserved).
+pub use tollgate_store::DEFAULT_RESERVATION_TTL_MS as RESERVATION_TTL_MS;
 
 const DECIDE: &str = concat!(include_str!("lua/calendar.lua"), include_str!("lua/decide.lua"));
 const SETTLE: &str = concat!(include_str!("lua/calendar.lua"), include_str!("lua/settle.lua"));
@@ -172,7 +173,7 @@ impl RedisLimiter {
         items: &[LimitItem],
         amounts: Amounts,
         now_ms: i64,
-        hold: bool,
+        hold: Option<i64>,
     ) -> StoreResult<Vec<i64>> {
         let mut keys = Vec::with_capacity(1 + items.len());
         keys.push(self.keys.reservation(partition, request_id));
@@ -181,8 +182,8 @@ impl RedisLimiter {
             op.to_owned(),
             flag(self.clock_from_request).to_owned(),
             now_ms.to_string(),
-            flag(hold).to_owned(),
-            RESERVATION_TTL_MS.to_string(),
+            flag(hold.is_some()).to_owned(),
+            hold.unwrap_or(0).max(1).to_string(),
             items.len().to_string(),
         ]);
         for item in items {
@@ -283,10 +284,12 @@ fn decision(reply: &[i64], items: &[LimitItem]) -> Decision {
 #[async_trait]
 impl Limiter for RedisLimiter {
     async fn reserve(&self, request: ReserveRequest<'_>) -> StoreResult<Decision> {
-        let ReserveRequest { partition, request_id, items, amounts, now_ms, hold } = request;
-        let reply = self.decide("reserve", partition, request_id, items, amounts, now_ms, hold).await?;
-        if reply[0] == 1 && hold {
-            self.held().insert(request_id.to_owned(), Instant::now());
+        let ReserveRequest { partition, request_id, items, amounts, now_ms, hold, hold_ms } = request;
+        let hold_ms = hold.then_some(hold_ms);
+        let reply = self.decide("reserve", partition, request_id, items, amounts, now_ms, hold_ms).await?;
+        if let (1, Some(hold_ms)) = (reply[0], hold_ms) {
+            let expires = Instant::now() + Duration::from_millis(hold_ms.unsigned_abs());
+            self.held().insert(request_id.to_owned(), expires);
         }
         Ok(decision(&reply, items))
     }
@@ -309,20 +312,20 @@ impl Limiter for RedisLimiter {
 
     async fn peek(&self, partition: &str, items: &[LimitItem], amounts: Amounts, now_ms: i64) -> StoreResult<Decision> {
         // The reservation key is only named (a peek never reads or writes it).
-        let reply = self.decide("peek", partition, "", items, amounts, now_ms, false).await?;
+        let reply = self.decide("peek", partition, "", items, amounts, now_ms, None).await?;
         Ok(decision(&reply, items))
     }
 
     async fn apply(&self, partition: &str, items: &[LimitItem], amounts: Amounts, at_ms: i64) -> StoreResult<()> {
-        self.decide("apply", partition, "", items, amounts, at_ms, false).await?;
+        self.decide("apply", partition, "", items, amounts, at_ms, None).await?;
         Ok(())
     }
 
     async fn prune(&self, _now_ms: i64) -> StoreResult<usize> {
         // Counters expire in Redis; only the local count of held reservations needs
         // to forget what Redis has forgotten.
-        let ttl = Duration::from_millis(RESERVATION_TTL_MS.unsigned_abs());
-        self.held().retain(|_, at| at.elapsed() < ttl);
+        let now = Instant::now();
+        self.held().retain(|_, expires| *expires > now);
         Ok(0)
     }
 

@@ -70,6 +70,7 @@ mod conformance_suite {
         repeated_reserve_does_not_double_charge,
         retry_and_reset_times,
         apply_charges_without_checking,
+        a_reservation_lives_as_long_as_its_hold,
         prune_drops_idle_counters,
     );
 
@@ -86,7 +87,15 @@ fn item(subject: &str, metric: Metric, window: Window, limit: u64) -> LimitItem 
 }
 
 fn reserve<'a>(id: &'a str, items: &'a [LimitItem], amounts: Amounts, now_ms: i64, hold: bool) -> ReserveRequest<'a> {
-    ReserveRequest { partition: "p", request_id: id, items, amounts, now_ms, hold }
+    ReserveRequest {
+        partition: "p",
+        request_id: id,
+        items,
+        amounts,
+        now_ms,
+        hold,
+        hold_ms: tollgate_store::DEFAULT_RESERVATION_TTL_MS,
+    }
 }
 
 fn wall_ms() -> i64 {
@@ -279,7 +288,7 @@ async fn scripts_reload_after_script_flush() {
 }
 
 /// Every key carries the partition's hash tag and an expiry no later than its
-/// window's end; a held reservation expires after the reservation TTL.
+/// window's end; a held reservation expires when its request's hold runs out.
 #[tokio::test]
 async fn keys_carry_the_hash_tag_and_expire_with_their_window() {
     let Some(limiter) = redis_limiter(false).await else { return };
@@ -296,6 +305,7 @@ async fn keys_carry_the_hash_tag_and_expire_with_their_window() {
         amounts: Amounts::ONE_REQUEST,
         now_ms: 0,
         hold: true,
+        hold_ms: 2 * 60 * 60 * 1_000,
     };
     assert!(limiter.reserve(request).await.expect("reserve").allowed());
     let mut conn = limiter.connection().clone();
@@ -307,7 +317,9 @@ async fn keys_carry_the_hash_tag_and_expire_with_their_window() {
         assert!(key.contains("{tag-project}"), "{key} lacks the hash tag");
         let ttl: i64 = redis::cmd("PTTL").arg(key).query_async(&mut conn).await.expect("pttl");
         let bound = if key.contains(":r:") {
-            tollgate_store_redis::RESERVATION_TTL_MS
+            // A reservation lives as long as its request's hold, not a fixed 10 minutes.
+            assert!(ttl > tollgate_store::DEFAULT_RESERVATION_TTL_MS, "{key}: ttl {ttl} below the request's hold");
+            2 * 60 * 60 * 1_000
         } else if key.contains("|minute|") {
             61_000
         } else if key.contains("|hour|") {
@@ -379,6 +391,7 @@ async fn the_whole_group_on_a_redis_cluster() {
             amounts: Amounts::ONE_REQUEST,
             now_ms: NOW,
             hold: true,
+            hold_ms: tollgate_store::DEFAULT_RESERVATION_TTL_MS,
         };
         assert!(limiter.reserve(request.clone()).await.expect("reserve").allowed());
         let again = ReserveRequest { request_id: "cluster-2", ..request };
@@ -388,4 +401,29 @@ async fn the_whole_group_on_a_redis_cluster() {
         let peek = limiter.peek(partition, &items, Amounts::default(), NOW).await.expect("peek");
         assert_eq!((peek.statuses[0].used, peek.statuses[1].used), (0, 0), "{partition}: refunded");
     }
+}
+
+/// The counter rebuild's lease (issue 10, item 17): one holder at a time; the holder
+/// renews it, another cannot take it until it is released (or expires), and then can.
+#[tokio::test]
+async fn a_lease_has_one_holder_at_a_time() {
+    let Some(limiter) = redis_limiter(false).await else { return };
+    let key = limiter.keys().lease("counter-rebuild");
+    let ttl = Duration::from_secs(60);
+    let lease = |holder: &str| {
+        tollgate_store_redis::Lease::new(limiter.connection().clone(), key.clone(), holder.to_owned(), ttl, TIMEOUT)
+    };
+    let (a, b) = (lease("instance-a"), lease("instance-b"));
+    assert!(a.acquire_or_renew().await.expect("a takes it"), "a free lease is taken");
+    assert!(!b.acquire_or_renew().await.expect("b tries"), "a held lease is not taken by another");
+    assert!(a.acquire_or_renew().await.expect("a renews"), "the holder renews it");
+    let mut conn = limiter.connection().clone();
+    let pttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.expect("pttl");
+    assert!(pttl > 0 && pttl <= 60_000, "the lease expires by itself: {pttl}");
+    b.release().await.expect("b releases what it does not hold");
+    assert!(!b.acquire_or_renew().await.expect("b tries again"), "only the holder can release it");
+    a.release().await.expect("a releases");
+    assert!(b.acquire_or_renew().await.expect("b takes it"), "a released lease is taken at once");
+    assert!(!a.acquire_or_renew().await.expect("a tries"), "and is b's now");
+    cleanup(&limiter).await;
 }

@@ -62,6 +62,7 @@ pub async fn run_limiter(limiter: Arc<dyn Limiter>) {
     limiter::repeated_reserve_does_not_double_charge(limiter.clone()).await;
     limiter::retry_and_reset_times(limiter.clone()).await;
     limiter::apply_charges_without_checking(limiter.clone()).await;
+    limiter::a_reservation_lives_as_long_as_its_hold(limiter.clone()).await;
     limiter::prune_drops_idle_counters(limiter).await;
 }
 
@@ -74,4 +75,6 @@ pub async fn run_ledger(ledger: &dyn Ledger) {
     ledger::many_appends_then_flush(ledger).await;
     ledger::append_new_reports_replays(ledger).await;
     ledger::refusals_are_aggregated_per_key_and_minute(ledger).await;
+    ledger::usage_totals_sum_counted_usage_per_bucket(ledger).await;
+    ledger::anonymous_records_are_one_visitors_in_pages(ledger).await;
 }

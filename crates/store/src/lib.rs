@@ -18,8 +18,10 @@ pub mod conformance;
 pub mod plans;
 pub mod refusals;
 pub mod replay;
+pub mod totals;
 
 pub use plans::{AuthedCache, PlanCache};
+pub use totals::{TOTALS_PAGE, TotalsPages, TotalsQuery};
 
 use std::sync::Arc;
 
@@ -232,7 +234,14 @@ pub struct ReserveRequest<'a> {
     pub now_ms: i64,
     /// Keep a reservation for [`Limiter::settle`]; `false` makes the charge final.
     pub hold: bool,
+    /// How long a held reservation waits for its settlement before the store forgets
+    /// it (its charge then stays as reserved). The gateway derives it from the
+    /// request's total deadline, so a reservation lives as long as its request.
+    pub hold_ms: i64,
 }
+
+/// The hold of a reservation whose request has no deadline of its own (verify, tests).
+pub const DEFAULT_RESERVATION_TTL_MS: i64 = 10 * 60 * 1_000;
 
 /// Replace a held reservation by what was actually used (zero to refund).
 #[derive(Clone, Debug)]
@@ -277,8 +286,25 @@ pub trait Ledger: Send + Sync + 'static {
     /// A page of records matching the query, newest first (`ts_ms` then `id`, both
     /// descending).
     async fn query(&self, query: UsageQuery) -> StoreResult<Vec<UsageRecord>>;
-    /// Every record with `ts_ms >= since_ms`, oldest first (counter rebuild).
+    /// Every record with `ts_ms >= since_ms`, oldest first. Loads them all: for tests
+    /// and tools; the server rebuilds counters from [`usage_totals`](Self::usage_totals).
     async fn records_since(&self, since_ms: i64) -> StoreResult<Vec<UsageRecord>>;
+    /// The counted usage of `query`, summed in the store per what limits look at and
+    /// per bucket, oldest bucket first, in pages of at most [`TOTALS_PAGE`] (see
+    /// [`totals`]): memory stays bounded whatever the ledger holds.
+    async fn usage_totals(&self, query: TotalsQuery) -> StoreResult<TotalsPages>;
+    /// The counted records of one anonymous visitor in one project with
+    /// `ts_ms >= since_ms`, oldest first (`ts_ms`, then `id`), at most `limit` after
+    /// the cursor `after` (the last page's final `(ts_ms, id)`). Served by an index on
+    /// (project, anonymous id, time): an attach reads only that visitor's records.
+    async fn anonymous_records(
+        &self,
+        project_id: &str,
+        anonymous_id: &str,
+        since_ms: i64,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> StoreResult<Vec<UsageRecord>>;
     /// Flushes and stops the writer; later appends are dropped with an error log.
     /// Open refusal aggregates are written first.
     async fn close(&self) -> StoreResult<()>;

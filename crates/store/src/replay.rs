@@ -1,15 +1,19 @@
-//! Counters are derived data: on start, the counted ledger records of the current
-//! windows are replayed into a limiter that starts empty (the embedded store), so
-//! quotas survive restarts.
+//! Counters are derived data: on start, the counted usage of the current windows is
+//! replayed into a limiter that starts empty (the embedded store), so quotas survive
+//! restarts.
+//!
+//! The ledger is not loaded: the store sums it per what limits look at and per time
+//! bucket ([`TotalsQuery::for_replay`]) and hands the sums over in bounded pages, and
+//! each sum is charged at its bucket's start, which moves every counter exactly as
+//! charging each record at its own time did.
 
-use tollgate_core::calendar::{MS_PER_HOUR, month_start};
 use tollgate_core::record_items;
 
 use crate::plans::{AuthedCache, PlanCache};
-use crate::{Catalog, Ledger, Limiter, StoreResult};
+use crate::{Catalog, Ledger, Limiter, StoreResult, TotalsQuery};
 
-/// Replays the counted ledger records of the current month (and the last hour, for
-/// the sliding windows) into `limiter`. Returns how many records were replayed.
+/// Replays the counted usage of the current month (and the last hour, for the
+/// sliding windows) into `limiter`. Returns how many sums were replayed.
 pub async fn replay_ledger(
     catalog: &dyn Catalog,
     ledger: &dyn Ledger,
@@ -18,16 +22,17 @@ pub async fn replay_ledger(
     anonymous_plan: &str,
     now_ms: i64,
 ) -> StoreResult<usize> {
-    let since = month_start(now_ms).min(now_ms - MS_PER_HOUR);
-    let records = ledger.records_since(since).await?;
+    let mut pages = ledger.usage_totals(TotalsQuery::for_replay(now_ms)).await?;
     let mut keys = AuthedCache::default();
     let anonymous_plan = plans.get(anonymous_plan);
     let mut replayed = 0;
-    for record in records.iter().filter(|r| r.counted) {
-        let Some(authed) = keys.get(catalog, plans, &record.key_id).await? else { continue };
-        let items = record_items(authed, record, anonymous_plan.as_deref());
-        limiter.apply(&record.project_id, &items, record.amounts(), record.ts_ms).await?;
-        replayed += 1;
+    while let Some(page) = pages.recv().await {
+        for total in page? {
+            let Some(authed) = keys.get(catalog, plans, &total.key_id).await? else { continue };
+            let items = record_items(authed, &total, anonymous_plan.as_deref());
+            limiter.apply(&total.project_id, &items, total.amounts(), total.ts_ms).await?;
+            replayed += 1;
+        }
     }
     Ok(replayed)
 }

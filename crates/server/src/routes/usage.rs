@@ -339,6 +339,9 @@ pub async fn status(
     }
 }
 
+/// Records of one visitor read per page when attaching them.
+const ATTACH_PAGE: usize = 500;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttachBody {
@@ -367,41 +370,49 @@ pub async fn attach_anonymous(
     let authed = resolve(&state, key).await?;
     state.ledger.flush().await?;
     let since = month_start(now).min(now - tollgate_core::calendar::MS_PER_HOUR);
-    let records = state.ledger.records_since(since).await?;
-    let moved: Vec<UsageRecord> = records
-        .into_iter()
-        .filter(|r| {
-            r.counted
-                && r.project_id == authed.key.project_id
-                && r.key_id != authed.key.id
-                && r.anonymous_id.as_deref() == Some(body.anonymous_id.as_str())
-        })
-        .map(|r| UsageRecord {
-            id: format!("attach:{}:{}", authed.key.id, r.id),
-            key_id: authed.key.id.clone(),
-            endpoint: tollgate_core::TRANSFER_ENDPOINT.to_owned(),
-            usage_source: UsageSource::Transferred,
-            anonymous_id: None,
-            client_ip: None,
-            ..r
-        })
-        .collect();
-    let fresh = if moved.is_empty() { Vec::new() } else { state.ledger.append_new(moved.clone()).await? };
     let mut totals = Amounts::default();
     let mut attached = 0;
-    for (record, is_new) in moved.iter().zip(fresh) {
-        if !is_new {
-            continue;
+    // Only this visitor's records (an index on project, anonymous id and time), a
+    // page at a time.
+    let mut after = None;
+    loop {
+        let page = state
+            .ledger
+            .anonymous_records(&authed.key.project_id, &body.anonymous_id, since, after.take(), ATTACH_PAGE)
+            .await?;
+        let full = page.len() == ATTACH_PAGE;
+        after = page.last().map(|r| (r.ts_ms, r.id.clone()));
+        let moved: Vec<UsageRecord> = page
+            .into_iter()
+            .filter(|r| r.counted && r.key_id != authed.key.id)
+            .map(|r| UsageRecord {
+                id: format!("attach:{}:{}", authed.key.id, r.id),
+                key_id: authed.key.id.clone(),
+                endpoint: tollgate_core::TRANSFER_ENDPOINT.to_owned(),
+                usage_source: UsageSource::Transferred,
+                anonymous_id: None,
+                client_ip: None,
+                ..r
+            })
+            .collect();
+        let fresh = if moved.is_empty() { Vec::new() } else { state.ledger.append_new(moved.clone()).await? };
+        for (record, is_new) in moved.iter().zip(fresh) {
+            if !is_new {
+                continue;
+            }
+            // The key's own limits only: project and IP counters already hold this usage.
+            let items = tollgate_core::record_items(&authed, record, None);
+            state.limiter.apply(&record.project_id, &items, record.amounts(), record.ts_ms).await?;
+            let a = record.amounts();
+            totals.requests += a.requests;
+            totals.input_tokens += a.input_tokens;
+            totals.output_tokens += a.output_tokens;
+            totals.cost_micros += a.cost_micros;
+            attached += 1;
         }
-        // The key's own limits only: project and IP counters already hold this usage.
-        let items = tollgate_core::record_items(&authed, record, None);
-        state.limiter.apply(&record.project_id, &items, record.amounts(), record.ts_ms).await?;
-        let a = record.amounts();
-        totals.requests += a.requests;
-        totals.input_tokens += a.input_tokens;
-        totals.output_tokens += a.output_tokens;
-        totals.cost_micros += a.cost_micros;
-        attached += 1;
+        if !full {
+            break;
+        }
     }
     Ok(AxumJson(json!({
         "key_id": authed.key.id, "anonymous_id": body.anonymous_id, "records_attached": attached,

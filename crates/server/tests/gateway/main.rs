@@ -5,6 +5,7 @@ mod accounting;
 mod admin;
 mod admission;
 mod crash;
+mod deadline;
 mod faults;
 mod hangup;
 mod helpers;

@@ -7,7 +7,7 @@
 use tollgate_core::{UsageQuery, UsageRecord, UsageSource};
 
 use super::NOW;
-use crate::Ledger;
+use crate::{Ledger, TOTALS_PAGE, TotalsQuery};
 
 fn record(id: &str, ts_ms: i64, project_id: &str, key_id: &str) -> UsageRecord {
     UsageRecord {
@@ -245,4 +245,148 @@ pub async fn refusals_are_aggregated_per_key_and_minute(ledger: &dyn Ledger) {
         assert_eq!((row.client_ip.as_deref(), row.anonymous_id.as_deref()), (None, None));
     }
     assert_eq!(ledger.queue().open_refusal_rows, 0);
+}
+
+/// Every page of [`Ledger::usage_totals`], checked for size and order.
+async fn all_totals(ledger: &dyn Ledger, query: TotalsQuery) -> Vec<UsageRecord> {
+    let mut pages = ledger.usage_totals(query).await.expect("usage totals");
+    let mut all: Vec<UsageRecord> = Vec::new();
+    while let Some(page) = pages.recv().await {
+        let page = page.expect("a page of totals");
+        assert!(!page.is_empty() && page.len() <= TOTALS_PAGE, "a page holds 1..={TOTALS_PAGE}, not {}", page.len());
+        all.extend(page);
+    }
+    assert!(all.windows(2).all(|w| w[0].ts_ms <= w[1].ts_ms), "oldest bucket first");
+    all
+}
+
+/// What the limits look at in a total, with its bucket.
+type GroupKey = (i64, String, String, Option<String>, String, Option<String>, Option<String>);
+
+fn group_of(record: &UsageRecord, bucket: i64) -> GroupKey {
+    (
+        bucket,
+        record.key_id.clone(),
+        record.provider.clone(),
+        record.model.clone(),
+        record.endpoint.clone(),
+        record.client_ip.clone(),
+        record.anonymous_id.clone(),
+    )
+}
+
+/// The store sums counted usage per what limits look at and per bucket (per second
+/// in the last two minutes, per minute in the last two hours, per quarter hour
+/// before, nothing before the month), exactly as summing the records would, oldest
+/// bucket first, in pages of at most `TOTALS_PAGE` (a project with more groups than
+/// a page spans pages).
+pub async fn usage_totals_sum_counted_usage_per_bucket(ledger: &dyn Ledger) {
+    let project = "conf-ledger-totals";
+    let query = TotalsQuery::for_replay(NOW);
+    let month = tollgate_core::calendar::month_start(NOW);
+    let times = [
+        NOW,
+        NOW - 400,
+        NOW - 1_000,
+        NOW - 1_001,
+        NOW - 90_000,
+        NOW - 119_999,
+        NOW - 3_600_000,
+        NOW - 7_000_000,
+        NOW - 7_300_000,
+        NOW - 86_400_000,
+        month + 1,
+        month,
+        month - 1,
+    ];
+    let mut records = Vec::new();
+    for (i, ts) in times.iter().enumerate() {
+        for variant in 0..4u64 {
+            let mut r = record(&format!("conf-totals-{i}-{variant}"), *ts, project, ["confTotA", "confTotB"][i % 2]);
+            r.requests = 1 + variant;
+            r.prompt_tokens = 100 * (i as u64 + 1) + variant;
+            r.completion_tokens = 7 * variant;
+            r.cost_micros = 1_000 + variant;
+            match variant {
+                1 => r.anonymous_id = None,
+                2 => (r.client_ip, r.model) = (None, None),
+                3 => r.endpoint = "embeddings".to_owned(),
+                _ => {}
+            }
+            records.push(r);
+        }
+        let mut refused = record(&format!("conf-totals-{i}-refused"), *ts, project, "confTotA");
+        refused.counted = false;
+        records.push(refused);
+    }
+    // More groups than one page, all in one bucket.
+    let wide = "conf-ledger-totals-wide";
+    for i in 0..TOTALS_PAGE + 50 {
+        records.push(record(&format!("conf-totals-wide-{i}"), NOW - 5_000_000, wide, &format!("confWide{i:05}")));
+    }
+    for r in &records {
+        ledger.append(r.clone());
+    }
+    ledger.flush().await.expect("flush");
+
+    let mut expected: std::collections::BTreeMap<(String, GroupKey), [u64; 4]> = Default::default();
+    for r in records.iter().filter(|r| r.counted && r.ts_ms >= query.since_ms) {
+        let sums = expected.entry((r.project_id.clone(), group_of(r, query.bucket_of(r.ts_ms)))).or_default();
+        for (sum, add) in sums.iter_mut().zip([r.requests, r.prompt_tokens, r.completion_tokens, r.cost_micros]) {
+            *sum += add;
+        }
+    }
+    let mut found: std::collections::BTreeMap<(String, GroupKey), [u64; 4]> = Default::default();
+    for total in all_totals(ledger, query).await.into_iter().filter(|t| t.project_id == project || t.project_id == wide)
+    {
+        assert!(total.counted && total.id.is_empty(), "{total:?}");
+        let sums = [total.requests, total.prompt_tokens, total.completion_tokens, total.cost_micros];
+        let previous = found.insert((total.project_id.clone(), group_of(&total, total.ts_ms)), sums);
+        assert!(previous.is_none(), "one total per group and bucket: {total:?}");
+    }
+    assert_eq!(found, expected);
+    // Buckets nest: the second and the minute a record falls in are kept.
+    assert_eq!(TotalsQuery::for_replay(NOW).bucket_of(NOW - 1_001), NOW - 2_000);
+    assert_eq!(TotalsQuery::for_replay(NOW).bucket_of(NOW - 300_000) % 60_000, 0);
+}
+
+/// An attach reads one visitor's counted records in one project, oldest first, a
+/// page at a time: not another visitor's, not another project's, not refusals, not
+/// before `since`.
+pub async fn anonymous_records_are_one_visitors_in_pages(ledger: &dyn Ledger) {
+    let project = "conf-ledger-anon";
+    let mut mine = Vec::new();
+    let mut records = Vec::new();
+    for (i, ts) in [NOW - 50, NOW - 40, NOW - 40, NOW - 40, NOW - 10].into_iter().enumerate() {
+        let mut r = record(&format!("conf-anon-{i}"), ts, project, "confAnonKey");
+        r.anonymous_id = Some("visitor-a".to_owned());
+        mine.push(r.id.clone());
+        records.push(r);
+    }
+    let mut other_visitor = record("conf-anon-other", NOW - 30, project, "confAnonKey");
+    other_visitor.anonymous_id = Some("visitor-b".to_owned());
+    let mut other_project = record("conf-anon-elsewhere", NOW - 30, "conf-ledger-anon-2", "confAnonKey");
+    other_project.anonymous_id = Some("visitor-a".to_owned());
+    let mut refused = record("conf-anon-refused", NOW - 30, project, "confAnonKey");
+    (refused.anonymous_id, refused.counted) = (Some("visitor-a".to_owned()), false);
+    let mut early = record("conf-anon-early", NOW - 1_000, project, "confAnonKey");
+    early.anonymous_id = Some("visitor-a".to_owned());
+    records.extend([other_visitor, other_project, refused, early]);
+    for r in &records {
+        ledger.append(r.clone());
+    }
+    ledger.flush().await.expect("flush");
+    let mut after = None;
+    let mut seen = Vec::new();
+    loop {
+        let page = ledger.anonymous_records(project, "visitor-a", NOW - 100, after.take(), 2).await.expect("page");
+        assert!(page.len() <= 2);
+        let full = page.len() == 2;
+        after = page.last().map(|r| (r.ts_ms, r.id.clone()));
+        seen.extend(page.into_iter().map(|r| r.id));
+        if !full {
+            break;
+        }
+    }
+    assert_eq!(seen, mine, "oldest first (time, then id), every page after the last");
 }

@@ -32,7 +32,15 @@ async fn reserve(
     hold: bool,
 ) -> Decision {
     limiter
-        .reserve(ReserveRequest { partition: PARTITION, request_id: id, items, amounts, now_ms, hold })
+        .reserve(ReserveRequest {
+            partition: PARTITION,
+            request_id: id,
+            items,
+            amounts,
+            now_ms,
+            hold,
+            hold_ms: crate::DEFAULT_RESERVATION_TTL_MS,
+        })
         .await
         .expect("reserve")
 }
@@ -224,6 +232,31 @@ pub async fn settle_with_zero_refunds(limiter: Arc<dyn Limiter>) {
     settle(limiter, "conf-refund-1", Amounts::default(), NOW + 10).await;
     assert_eq!(used(limiter, &minute, NOW + 10).await, 0);
     assert_eq!(used(limiter, &month, NOW + 10).await, 0);
+}
+
+/// A reservation held for a long request (`hold_ms` beyond the old fixed ten
+/// minutes) survives pruning until its hold runs out, so the settlement of a stream
+/// that ran for half an hour still replaces the estimate by what was used.
+pub async fn a_reservation_lives_as_long_as_its_hold(limiter: Arc<dyn Limiter>) {
+    let limiter = &*limiter;
+    let month = item("key:conf-long", Metric::TotalTokens, Window::Month, 100_000);
+    let items = std::slice::from_ref(&month);
+    let request = ReserveRequest {
+        partition: PARTITION,
+        request_id: "conf-long-1",
+        items,
+        amounts: tokens(1_000, 4_000),
+        now_ms: NOW,
+        hold: true,
+        hold_ms: 3 * 60 * MS_PER_MINUTE,
+    };
+    assert!(limiter.reserve(request).await.expect("reserve").allowed());
+    let later = NOW + 30 * MS_PER_MINUTE;
+    // (Pruning may forget other scenarios' shorter holds: only this one is checked.)
+    limiter.prune(later).await.expect("prune");
+    assert!(held(limiter).await >= 1, "a reservation within its hold is kept");
+    settle(limiter, "conf-long-1", tokens(1_000, 234), later).await;
+    assert_eq!(used(limiter, &month, later).await, 1_234, "the late settlement replaced the estimate");
 }
 
 /// `hold: false` makes the charge final: nothing is held, and settle does nothing.

@@ -1,0 +1,141 @@
+//! Usage sums computed in the store, for rebuilding counters without loading the
+//! ledger: [`Ledger::usage_totals`](crate::Ledger::usage_totals) answers, per what
+//! limits look at (project, key, provider, model, endpoint, client address,
+//! anonymous id) and per time bucket, the counted usage, in bounded pages.
+//!
+//! Buckets are fine where the windows are short and coarse where only calendar
+//! windows still count: charging a sum at its bucket's start moves every counter
+//! exactly as charging each record at its own time did, as long as no bucket spans an
+//! edge a counter cares about (see [`TotalsQuery::for_replay`]).
+
+use tollgate_core::UsageRecord;
+use tollgate_core::calendar::{MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, month_start};
+
+/// Totals per page at most; at most one more page is buffered while one is used.
+pub const TOTALS_PAGE: usize = 1_000;
+
+/// Pages of totals, oldest bucket first, as the store computes them. A page is a
+/// `Vec` of at most [`TOTALS_PAGE`] sums; each is a [`UsageRecord`] whose `ts_ms` is
+/// its bucket's start, whose amounts are the sums (`requests`, tokens, cost), with
+/// `counted` set and no id. A failure ends the pages with an `Err`.
+pub type TotalsPages = tokio::sync::mpsc::Receiver<crate::StoreResult<Vec<UsageRecord>>>;
+
+/// Which counted records to sum, and in which buckets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TotalsQuery {
+    /// Records with `ts_ms >= since_ms`.
+    pub since_ms: i64,
+    /// `(from_ms, bucket_ms)`, newest first: a record at or after `from_ms` is summed
+    /// per `bucket_ms` (of the first tier it reaches). Each bucket must divide the
+    /// next coarser one, so buckets keep the records' order.
+    pub finer: Vec<(i64, i64)>,
+    /// The bucket of every older record.
+    pub bucket_ms: i64,
+}
+
+/// The finest bucket of a sliding window (`core::counter`: 60 buckets per window).
+const MINUTE_BUCKET_MS: i64 = MS_PER_MINUTE / 60;
+const HOUR_BUCKET_MS: i64 = MS_PER_HOUR / 60;
+/// Older records count only in day and month windows, whose edges are whole
+/// quarter hours in every time zone in use.
+const CALENDAR_BUCKET_MS: i64 = 15 * MS_PER_MINUTE;
+
+impl TotalsQuery {
+    /// What the counter rebuild at start replays: the current month (and the last
+    /// hour), per second where a minute window still sees it, per minute where an
+    /// hour window does, per quarter hour before.
+    pub fn for_replay(now_ms: i64) -> Self {
+        Self {
+            since_ms: month_start(now_ms).min(now_ms - MS_PER_HOUR),
+            finer: vec![(now_ms - 2 * MS_PER_MINUTE, MINUTE_BUCKET_MS), (now_ms - 2 * MS_PER_HOUR, HOUR_BUCKET_MS)],
+            bucket_ms: CALENDAR_BUCKET_MS,
+        }
+    }
+
+    /// The current month per UTC day (the distributed rebuild: day and month counters).
+    pub fn for_calendar(now_ms: i64) -> Self {
+        Self { since_ms: month_start(now_ms), finer: Vec::new(), bucket_ms: MS_PER_DAY }
+    }
+
+    /// The start of the bucket a record at `ts_ms` is summed in.
+    pub fn bucket_of(&self, ts_ms: i64) -> i64 {
+        let size = self.finer.iter().find(|(from, _)| ts_ms >= *from).map_or(self.bucket_ms, |(_, size)| *size);
+        ts_ms - ts_ms.rem_euclid(size)
+    }
+
+    /// The one statement both SQL stores run (SQLite and PostgreSQL read it alike),
+    /// with `param(i)` naming the `i`-th (0-based) of [`params`](Self::params). It
+    /// selects the bucket start, then `project_id, key_id, provider, model, endpoint,
+    /// client_ip, anonymous_id`, then the sums of requests, prompt tokens, completion
+    /// tokens and cost; oldest bucket first.
+    pub fn sql(&self, param: impl Fn(usize) -> String) -> String {
+        let size = param(1 + 2 * self.finer.len());
+        let mut bucket = format!("ts_ms - ts_ms % {size}");
+        if !self.finer.is_empty() {
+            let mut case = String::from("CASE");
+            for i in 0..self.finer.len() {
+                let (from, size) = (param(1 + 2 * i), param(2 + 2 * i));
+                case.push_str(&format!(" WHEN ts_ms >= {from} THEN ts_ms - ts_ms % {size}"));
+            }
+            bucket = format!("{case} ELSE {bucket} END");
+        }
+        let since = param(0);
+        format!(
+            "SELECT {bucket} AS bucket, {GROUP}, CAST(SUM(requests) AS BIGINT), CAST(SUM(prompt_tokens) AS BIGINT), \
+             CAST(SUM(completion_tokens) AS BIGINT), CAST(SUM(cost_micros) AS BIGINT) \
+             FROM usage WHERE counted AND ts_ms >= {since} \
+             GROUP BY bucket, {GROUP} ORDER BY bucket"
+        )
+    }
+
+    /// The values of the placeholders of [`sql`](Self::sql).
+    pub fn params(&self) -> Vec<i64> {
+        let mut params = vec![self.since_ms];
+        params.extend(self.finer.iter().flat_map(|(from, size)| [*from, *size]));
+        params.push(self.bucket_ms);
+        params
+    }
+}
+
+/// The columns a total is grouped by (after the bucket in [`TotalsQuery::sql`]).
+const GROUP: &str = "project_id, key_id, provider, model, endpoint, client_ip, anonymous_id";
+
+/// A total from the columns [`TotalsQuery::sql`] selects, read by a backend.
+#[derive(Clone, Debug, Default)]
+pub struct TotalRow {
+    pub bucket_ms: i64,
+    pub project_id: String,
+    pub key_id: String,
+    pub provider: String,
+    pub model: Option<String>,
+    pub endpoint: String,
+    pub client_ip: Option<String>,
+    pub anonymous_id: Option<String>,
+    pub requests: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cost_micros: i64,
+}
+
+impl TotalRow {
+    /// The total as a record (see [`TotalsPages`]).
+    pub fn into_record(self) -> Result<UsageRecord, crate::columns::BadColumn> {
+        use crate::columns::u64_from_sql;
+        Ok(UsageRecord {
+            ts_ms: self.bucket_ms,
+            project_id: self.project_id,
+            key_id: self.key_id,
+            provider: self.provider,
+            model: self.model,
+            endpoint: self.endpoint,
+            client_ip: self.client_ip,
+            anonymous_id: self.anonymous_id,
+            counted: true,
+            requests: u64_from_sql(8, self.requests)?,
+            prompt_tokens: u64_from_sql(9, self.prompt_tokens)?,
+            completion_tokens: u64_from_sql(10, self.completion_tokens)?,
+            cost_micros: u64_from_sql(11, self.cost_micros)?,
+            ..UsageRecord::default()
+        })
+    }
+}
