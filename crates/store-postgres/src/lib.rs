@@ -21,6 +21,7 @@
 
 mod catalog;
 mod changes;
+mod key_cache;
 mod ledger;
 mod migrate;
 
@@ -33,6 +34,7 @@ use tollgate_store::{StoreError, StoreResult, columns};
 
 pub use catalog::PostgresCatalog;
 pub use changes::{CatalogChange, ChangePublisher};
+pub use key_cache::{MAX_UNKNOWN, NEGATIVE_TTL};
 pub use ledger::PostgresLedger;
 /// The writer's counters, shared with the embedded ledger's writer.
 pub use tollgate_store::batch::LedgerStats;

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use tollgate_core::calendar::MS_PER_MINUTE;
@@ -30,18 +31,25 @@ pub struct InvalidKeyGuard {
     per_minute: u32,
     /// Address → (minute start, unknown keys in it).
     seen: Mutex<HashMap<IpAddr, (i64, u32)>>,
+    /// The last minute in which some address reached the limit: every other minute
+    /// `blocked` answers without taking the lock, so the guard costs the proxy path
+    /// one atomic load.
+    braked_minute: AtomicI64,
 }
 
 impl InvalidKeyGuard {
     /// `per_minute = 0` turns the guard off.
     pub fn new(per_minute: u32) -> Self {
-        Self { per_minute, seen: Mutex::new(HashMap::new()) }
+        Self { per_minute, seen: Mutex::new(HashMap::new()), braked_minute: AtomicI64::new(i64::MIN) }
     }
 
     /// Seconds the address must wait, or `None` if it may try a key.
     pub fn blocked(&self, ip: Option<IpAddr>, now_ms: i64) -> Option<u64> {
         let ip = ip.filter(|_| self.per_minute > 0)?;
         let minute = now_ms - now_ms.rem_euclid(MS_PER_MINUTE);
+        if self.braked_minute.load(Ordering::Relaxed) != minute {
+            return None;
+        }
         let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         match seen.get(&bucket_of(ip)) {
             Some((start, count)) if *start == minute && *count >= self.per_minute => {
@@ -67,6 +75,9 @@ impl InvalidKeyGuard {
             *entry = (minute, 0);
         }
         entry.1 = entry.1.saturating_add(1);
+        if entry.1 >= self.per_minute {
+            self.braked_minute.store(minute, Ordering::Relaxed);
+        }
     }
 }
 
