@@ -256,11 +256,17 @@ impl BatchWriter {
 
     /// Resolves once fewer than `queue_capacity` records wait (or the ledger closed).
     pub async fn room(&self) {
+        let has_room = || self.stats.queued.load(Ordering::Acquire) < self.capacity || self.is_closed();
+        // The usual case answers with one atomic load: registering with the `Notify`
+        // takes its lock, which every request would otherwise contend on.
+        if has_room() {
+            return;
+        }
         loop {
             let notified = self.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.stats.queued.load(Ordering::Acquire) < self.capacity || self.is_closed() {
+            if has_room() {
                 return;
             }
             notified.await;
