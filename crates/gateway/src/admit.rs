@@ -47,7 +47,9 @@ impl Estimate {
 impl Gateway {
     /// Every limit that counts `traffic` for this key, bound to its subject.
     pub fn limits_for(&self, authed: &Authed, traffic: &Traffic) -> Vec<LimitItem> {
-        let anonymous_plan = self.plans.get(&self.settings.anonymous_plan);
+        // The anonymous plan counts only requests that name a visitor: the others skip
+        // the plan cache's lock.
+        let anonymous_plan = traffic.anonymous_id.as_ref().and_then(|_| self.plans.get(&self.settings.anonymous_plan));
         limit_items(authed, traffic, anonymous_plan.as_deref())
     }
 
