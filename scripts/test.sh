@@ -49,6 +49,21 @@ if ! setup_openai; then
     exit 1
 fi
 
+# --- promtool (the /metrics test checks the scrape with Prometheus's linter) ---
+setup_promtool() {
+    if command -v promtool >/dev/null; then
+        say "promtool: present"
+        return 0
+    fi
+    apt_install prometheus || return 1
+    command -v promtool >/dev/null || return 1
+    say "promtool: installed"
+}
+if ! setup_promtool; then
+    echo "[test.sh] ERROR: promtool is missing and could not be installed (Debian package 'prometheus')." >&2
+    exit 1
+fi
+
 # --- Redis (distributed backend tests) ---------------------------------------
 setup_redis() {
     if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then

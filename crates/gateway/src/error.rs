@@ -18,6 +18,10 @@ pub enum UpstreamFailure {
     /// A 2xx answer whose body is not what the API promises.
     #[error("the upstream provider returned an invalid response")]
     Invalid,
+    /// The upstream answered 401 and tollgate has no provider key to send: a gateway
+    /// misconfiguration, answered 502 (not the upstream's 401 blaming the client).
+    #[error("the gateway has no provider key and the upstream requires one")]
+    NoProviderKey,
 }
 
 impl UpstreamFailure {
@@ -25,7 +29,7 @@ impl UpstreamFailure {
     pub fn status(&self) -> u16 {
         match self {
             UpstreamFailure::Timeout(_) => 504,
-            UpstreamFailure::Unavailable | UpstreamFailure::Invalid => 502,
+            UpstreamFailure::Unavailable | UpstreamFailure::Invalid | UpstreamFailure::NoProviderKey => 502,
         }
     }
 }

@@ -18,10 +18,12 @@
 //! authenticate and admit phases. New capabilities (the cache, the router) add a
 //! phase here, not a branch in a handler.
 
+pub mod access;
 pub mod admit;
 pub mod auth;
 pub mod count;
 pub mod error;
+pub mod metrics;
 pub mod proxy;
 pub mod settle;
 pub mod stream;
@@ -70,6 +72,8 @@ pub struct GatewaySettings {
     /// The longest a proxied request may take from admission to its last byte
     /// (`upstream.total_timeout_secs`); a stream past it ends with an error event.
     pub total_timeout: std::time::Duration,
+    /// Whether one access-log line is written per request (`access_log`).
+    pub access_log: bool,
 }
 
 /// How much longer than its request's deadline (and drain) a reservation is held:
@@ -111,6 +115,8 @@ pub struct Gateway {
     /// left, settlements).
     pub tasks: TaskTracker,
     pub ids: Arc<RequestIds>,
+    /// What `/metrics` reports (atomics; see [`metrics`]).
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// Request ids unique across processes: a random per-process prefix and a counter.

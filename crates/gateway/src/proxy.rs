@@ -47,10 +47,16 @@ pub struct Proxied {
     pub now_ms: i64,
     pub decision: Option<Decision>,
     pub result: Result<Answer, GatewayError>,
+    /// The requested model's label in `/metrics` ([`crate::metrics::Metrics::model`]).
+    pub model_label: u16,
 }
 
 /// The upstream's answer, on its way to the client.
 pub struct Answer {
+    /// How long the upstream took before this answer could be handed over (its head
+    /// for a stream, its whole body for a JSON answer): the part of the time to first
+    /// byte that is not tollgate's own.
+    pub upstream: std::time::Duration,
     pub status: u16,
     pub content_type: Option<String>,
     pub retry_after: Option<String>,
@@ -101,12 +107,20 @@ impl Gateway {
     /// Admits, forwards and answers one request of an authenticated key.
     pub async fn proxy(&self, authed: &Authed, request: ProxyRequest) -> Proxied {
         let ProxyRequest { endpoint, body, client_ip, anonymous_id, headers, started, now_ms } = request;
-        let early = |result: GatewayError| Proxied { request_id: None, now_ms, decision: None, result: Err(result) };
+        let no_model = self.metrics.no_model();
+        let early = |result: GatewayError, model_label| Proxied {
+            request_id: None,
+            now_ms,
+            decision: None,
+            result: Err(result),
+            model_label,
+        };
         // The one parse of the body: every later step reads this view.
         let view = match RequestView::parse(endpoint, &body) {
             Ok(v) => v,
-            Err(e) => return early(e.into()),
+            Err(e) => return early(e.into(), no_model),
         };
+        let model_label = self.metrics.model(&view.model);
         let traffic = Traffic {
             provider: self.settings.provider.clone(),
             model: view.model.clone().into_owned(),
@@ -117,13 +131,14 @@ impl Gateway {
         // Back-pressure: while the ledger's queue is full, new requests wait for room
         // (bounded), so the records of answered requests never need dropping.
         if !self.ledger_room().await {
-            return early(GatewayError::LedgerBacklog);
+            return early(GatewayError::LedgerBacklog, model_label);
         }
         let items = self.limits_for(authed, &traffic);
         let admission = match self.admit(authed, &view, &body, items, now_ms).await {
             Ok(a) => a,
-            Err(e) => return early(e),
+            Err(e) => return early(e, model_label),
         };
+        self.metrics.decision(&admission.decision);
         let estimate = admission.estimate;
         let request_id = admission.request_id;
         let mut record = new_record(authed, &request_id, now_ms, endpoint.name(), &traffic);
@@ -131,11 +146,18 @@ impl Gateway {
             // A request that can never fit is the client's error (400), not a wait.
             record.status = if refusal.retry_at_ms.is_some() { 429 } else { 400 };
             record.latency_ms = started.elapsed().as_millis() as u64;
+            crate::access::log(self, &record, started.elapsed(), None);
             // One row per key and minute counts the refusals: a client looping on
             // 429s cannot outrun the writer.
             self.ledger.record_refusal(record);
             let result = Err(GatewayError::Refused { plan: authed.plan.name.clone() });
-            return Proxied { request_id: Some(request_id), now_ms, decision: Some(admission.decision), result };
+            return Proxied {
+                request_id: Some(request_id),
+                now_ms,
+                decision: Some(admission.decision),
+                result,
+                model_label,
+            };
         }
         let strip_usage = view.strips_usage();
         let upstream_body = view.upstream_body(&body);
@@ -151,7 +173,7 @@ impl Gateway {
         let result = answer_rx
             .await
             .unwrap_or_else(|_| Err(GatewayError::Internal("the forwarding task ended without an answer".into())));
-        Proxied { request_id: Some(request_id), now_ms, decision: Some(admission.decision), result }
+        Proxied { request_id: Some(request_id), now_ms, decision: Some(admission.decision), result, model_label }
     }
 
     /// Waits (at most `commit_timeout`) until the ledger's queue has room; false if
@@ -163,14 +185,20 @@ impl Gateway {
     /// `GET /v1/models`: passed through, not limited, not recorded.
     pub async fn models(&self, authed: &Authed, headers: &HeaderMap) -> Result<Answer, GatewayError> {
         let passed = forwarded_headers(&self.settings, headers, Some(&authed.project));
+        let sent = Instant::now();
         match self.upstream.send(reqwest::Method::GET, "/models", passed, None).await {
             Ok(up) => Ok(Answer {
+                upstream: sent.elapsed(),
                 status: up.status,
                 content_type: up.content_type,
                 retry_after: up.retry_after,
                 body: AnswerBody::Stream(Box::new(AccountingStream::passthrough(up.body))),
             }),
-            Err(e) => Err(failure(&e).into()),
+            Err(e) => {
+                let failure = failure(&e);
+                self.metrics.upstream_error((&failure).into());
+                Err(failure.into())
+            }
         }
     }
 }
@@ -198,12 +226,14 @@ async fn forward(
     answer: oneshot::Sender<Result<Answer, GatewayError>>,
 ) {
     let total = gateway.settings.total_timeout;
+    let sent_at = settlement.sent();
     let send = gateway.upstream.send(reqwest::Method::POST, endpoint.upstream_path(), headers, Some(body));
     let sent = tokio::time::timeout_at(deadline, send).await.unwrap_or(Err(UpstreamError::Timeout(total)));
     let upstream = match sent {
         Ok(u) => u,
         Err(e) => {
             let failure = failure(&e);
+            gateway.metrics.upstream_error((&failure).into());
             settlement.failed(failure.status());
             if let Some(commit) = settlement.finish(Outcome::Nothing) {
                 // The answer is an error already; a failed commit is logged.
@@ -213,12 +243,29 @@ async fn forward(
             return;
         }
     };
+    if upstream.status == 401 && !gateway.upstream.has_api_key() {
+        // The upstream's own message would blame the client's key; the fault is the
+        // gateway's configuration. Refunded: nothing is charged.
+        gateway.metrics.upstream_error(crate::metrics::UpstreamErrorKind::NoProviderKey);
+        fail(settlement, UpstreamFailure::NoProviderKey, answer).await;
+        return;
+    }
     settlement.answered(upstream.status);
+    if upstream.status == 429 {
+        gateway.metrics.upstream_error(crate::metrics::UpstreamErrorKind::Throttled);
+    } else if upstream.status >= 500 {
+        gateway.metrics.upstream_error(crate::metrics::UpstreamErrorKind::ServerError);
+    }
     let success = (200..300).contains(&upstream.status);
     let is_sse = upstream.content_type.as_deref().is_some_and(|ct| ct.starts_with("text/event-stream"));
     let (status, content_type, retry_after) = (upstream.status, upstream.content_type, upstream.retry_after);
-    let answer_with =
-        |body| Answer { status, content_type: content_type.clone(), retry_after: retry_after.clone(), body };
+    let answer_with = |body| Answer {
+        upstream: sent_at.elapsed(),
+        status,
+        content_type: content_type.clone(),
+        retry_after: retry_after.clone(),
+        body,
+    };
     if is_sse {
         let stream = AccountingStream::new(upstream.body, Watcher::Sse(SseRewriter::new(strip_usage)), settlement)
             .with_deadline(deadline, total);
@@ -253,12 +300,15 @@ async fn forward(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "upstream answered 2xx with a body that is not JSON");
+                    gateway.metrics.upstream_error(crate::metrics::UpstreamErrorKind::InvalidResponse);
                     fail(settlement, UpstreamFailure::Invalid, answer).await;
                 }
             }
         }
         Collected::Broken(e) => {
             tracing::warn!(error = %e, "upstream body broke off");
+            let failure = UpstreamFailure::from(&e);
+            gateway.metrics.upstream_error((&failure).into());
             fail(settlement, UpstreamFailure::from(&e), answer).await;
         }
         // Too big to hold: pass it through as it comes, counting instead of parsing.

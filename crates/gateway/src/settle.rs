@@ -93,6 +93,9 @@ struct Pending {
     /// The upstream answered 2xx: tokens were spent.
     success: bool,
     started: Instant,
+    /// When the upstream call was sent (for its duration in `/metrics` and the
+    /// access log).
+    sent: Option<Instant>,
 }
 
 /// The obligation to record and settle one admitted request; see the module doc.
@@ -119,6 +122,7 @@ impl Settlement {
                 refund: false,
                 success: false,
                 started,
+                sent: None,
             }),
         }
     }
@@ -126,6 +130,15 @@ impl Settlement {
     /// The pipeline this settlement records to, while it is unfinished.
     pub fn gateway(&self) -> Option<&Gateway> {
         self.pending.as_ref().map(|p| &p.gateway)
+    }
+
+    /// The upstream call is being sent now; returns that instant.
+    pub fn sent(&mut self) -> Instant {
+        let now = Instant::now();
+        if let Some(p) = &mut self.pending {
+            p.sent = Some(now);
+        }
+        now
     }
 
     /// The upstream answered with `status`: 2xx spent tokens; its own failures (5xx)
@@ -194,8 +207,27 @@ fn spawn_tracked(gateway: &Gateway, settle: BoxFuture) {
     }
 }
 
+/// When a request started and when its upstream call was sent.
+#[derive(Clone, Copy)]
+struct Timing {
+    endpoint: Endpoint,
+    started: Instant,
+    sent: Option<Instant>,
+}
+
+impl Timing {
+    /// Counts the request into `/metrics` and writes its access-log line.
+    fn observe(self, gateway: &Gateway, record: &UsageRecord) {
+        let total = self.started.elapsed();
+        let upstream = self.sent.map(|s| s.elapsed());
+        gateway.metrics.recorded(record, crate::metrics::Route::from_endpoint(self.endpoint), total, upstream);
+        crate::access::log(gateway, record, total, upstream);
+    }
+}
+
 /// Appends the record and returns (durability wait, settlement).
-fn commit_and_settle(gateway: Gateway, record: UsageRecord, actual: Amounts) -> (Commit, BoxFuture) {
+fn commit_and_settle(gateway: Gateway, record: UsageRecord, actual: Amounts, timing: Timing) -> (Commit, BoxFuture) {
+    timing.observe(&gateway, &record);
     // The record is queued before the client sees the end of the body, and with
     // `durability = "sync"` the end waits for the commit: a client that got a
     // complete 2xx finds it in the ledger, even after a crash.
@@ -213,11 +245,12 @@ fn commit_and_settle(gateway: Gateway, record: UsageRecord, actual: Amounts) -> 
 }
 
 fn close(pending: Pending, outcome: Outcome) -> (Commit, BoxFuture) {
-    let Pending { gateway, mut record, endpoint, body, refund, success, started, .. } = pending;
+    let Pending { gateway, mut record, endpoint, body, refund, success, started, sent, .. } = pending;
+    let timing = Timing { endpoint, started, sent };
     record.latency_ms = started.elapsed().as_millis() as u64;
     if refund {
         record.counted = false;
-        return commit_and_settle(gateway, record, Amounts::default());
+        return commit_and_settle(gateway, record, Amounts::default(), timing);
     }
     record.counted = true;
     if success {
@@ -229,18 +262,19 @@ fn close(pending: Pending, outcome: Outcome) -> (Commit, BoxFuture) {
         match reported {
             Some(usage) => account_reported(&gateway, &mut record, usage, model.as_deref()),
             None => {
-                let commit = count_then_record(gateway, record, endpoint, body, delivered, model);
+                let commit = count_then_record(gateway, record, timing, body, delivered, model);
                 return (commit, Box::pin(async {}));
             }
         }
     }
     let actual = record.amounts();
-    commit_and_settle(gateway, record, actual)
+    commit_and_settle(gateway, record, actual, timing)
 }
 
 /// A request that ended with no outcome: charged and recorded as reserved.
 fn close_estimated(pending: Pending) -> (Commit, BoxFuture) {
-    let Pending { gateway, mut record, estimate, started, .. } = pending;
+    let Pending { gateway, mut record, estimate, started, sent, endpoint, .. } = pending;
+    let timing = Timing { endpoint, started, sent };
     record.latency_ms = started.elapsed().as_millis() as u64;
     record.counted = true;
     record.requests = estimate.requests;
@@ -249,7 +283,7 @@ fn close_estimated(pending: Pending) -> (Commit, BoxFuture) {
     record.cost_micros = estimate.cost_micros;
     record.usage_source = UsageSource::Estimated;
     record.price_estimated = !gateway.settings.prices.price(record.model.as_deref().unwrap_or_default()).known;
-    commit_and_settle(gateway, record, estimate)
+    commit_and_settle(gateway, record, estimate, timing)
 }
 
 /// Fills the record's tokens from the reported usage, and its cost.
@@ -284,7 +318,7 @@ fn apply_price(gateway: &Gateway, record: &mut UsageRecord, answered_model: Opti
 fn count_then_record(
     gateway: Gateway,
     mut record: UsageRecord,
-    endpoint: Endpoint,
+    timing: Timing,
     body: Bytes,
     delivered: Delivered,
     answered_model: Option<String>,
@@ -304,12 +338,12 @@ fn count_then_record(
     let tracked = gateway.clone();
     let work = Box::pin(async move {
         let model = record.model.clone().unwrap_or_default();
-        record.prompt_tokens = count::prompt_tokens(endpoint, body).await;
+        record.prompt_tokens = count::prompt_tokens(timing.endpoint, body).await;
         record.completion_tokens = count::completion_tokens(model, delivered).await;
         record.usage_source = UsageSource::Counted;
         apply_price(&gateway, &mut record, answered_model.as_deref());
         let actual = record.amounts();
-        let (_commit, settle) = commit_and_settle(gateway, record, actual);
+        let (_commit, settle) = commit_and_settle(gateway, record, actual, timing);
         let _ = queued_tx.send(());
         settle.await;
     }) as BoxFuture;

@@ -70,12 +70,14 @@ impl Gateway {
         let amounts = Amounts::requests(check.cost);
         if check.dry_run {
             let decision = self.limiter.peek(&authed.key.project_id, &items, amounts, now).await?;
+            self.metrics.decision(&decision);
             return Ok(Verdict::Checked { authed, decision, now_ms: now });
         }
         if !self.ledger_room().await {
             return Err(GatewayError::LedgerBacklog);
         }
         let admission = self.reserve(&authed, items, amounts, now, false).await?;
+        self.metrics.decision(&admission.decision);
         let mut record = new_record(&authed, &admission.request_id, now, &traffic.endpoint, &traffic);
         if let Some((_, refusal)) = admission.decision.refused_status() {
             // Counted into the key's refusal row of the minute, never a row each; as

@@ -288,6 +288,12 @@ impl PriceTable {
         }
     }
 
+    /// Every model id the table prices (built-in and configured), in no order: the
+    /// bounded set `/metrics` labels models by.
+    pub fn model_ids(&self) -> impl Iterator<Item = &str> {
+        self.models.keys().map(String::as_str)
+    }
+
     /// The default price for unknown models.
     pub fn default_price(&self) -> ModelPrice {
         self.default

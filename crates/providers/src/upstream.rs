@@ -97,6 +97,11 @@ impl Upstream {
         Ok(Self { client, base_url, authorization, read_timeout: config.read_timeout })
     }
 
+    /// Whether a provider key is configured (sent as `Authorization: Bearer`).
+    pub fn has_api_key(&self) -> bool {
+        self.authorization.is_some()
+    }
+
     pub fn base_url(&self) -> &str {
         &self.base_url
     }

@@ -74,6 +74,14 @@ impl Application {
         // Loading a tokenizer takes 85-190 ms: do it now, not on the first request.
         tokio::task::spawn_blocking(tollgate_tokenize::preload);
         let upstream = Arc::new(Upstream::new(&config.upstream).context("configuring the upstream")?);
+        if !upstream.has_api_key() {
+            tracing::warn!(
+                upstream = %upstream.base_url(),
+                "no provider key is configured (upstream.api_key, OPENAI_API_KEY or TOLLGATE_UPSTREAM__API_KEY): \
+                 requests are forwarded without one. If the upstream requires a key it answers 401, and \
+                 tollgate answers clients 502 provider_key_missing, charging nothing"
+            );
+        }
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {} (setting `listen`)", config.listen))?;
@@ -91,7 +99,9 @@ impl Application {
             commit_timeout: config.commit_timeout,
             prices: config.prices.clone(),
             forward_headers: config.forward_headers.clone(),
+            access_log: config.access_log,
         };
+        let metrics = Arc::new(tollgate_gateway::metrics::Metrics::new(&config.provider, &config.prices));
         let gateway = Gateway {
             catalog,
             limiter: backend.limiter.clone(),
@@ -101,9 +111,11 @@ impl Application {
             settings: Arc::new(settings),
             tasks: TaskTracker::new(),
             ids: Arc::new(RequestIds::new()),
+            metrics,
         };
         let invalid_keys = Arc::new(crate::http::guard::InvalidKeyGuard::new(config.invalid_keys_per_minute));
-        let state = AppState { gateway, config: Arc::new(config), configured_operator, invalid_keys };
+        let distributed = backend.distributed.clone();
+        let state = AppState { gateway, config: Arc::new(config), configured_operator, invalid_keys, distributed };
         // Embedded counters start empty and replay the ledger; shared (Redis) counters
         // are only raised to the ledger's totals, never added to.
         let rebuilt = if backend.distributed.is_some() {
@@ -186,6 +198,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::routes::proxy::routes())
         .merge(crate::routes::admin::routes())
         .route("/health", get(crate::routes::admin::health))
+        .route("/metrics", get(crate::routes::metrics::metrics))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(fallback)
         .with_state(state);
@@ -304,6 +317,8 @@ pub struct AppState {
     pub configured_operator: Option<KeyHash>,
     /// The brake on key guessing per client address.
     pub invalid_keys: Arc<crate::http::guard::InvalidKeyGuard>,
+    /// The distributed backend's parts (its breaker and key cache are in `/metrics`).
+    pub distributed: Option<Arc<tollgate_store_distributed::Distributed>>,
 }
 
 impl std::ops::Deref for AppState {

@@ -67,6 +67,8 @@ pub struct RawConfig {
     /// Browser origins allowed to call tollgate (CORS), e.g. `https://app.example.com`,
     /// or `["*"]` for any. Empty (the default): no CORS headers at all.
     pub cors_allowed_origins: Vec<String>,
+    /// One access-log line per request (target `access`, in `log_format`).
+    pub access_log: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -158,6 +160,7 @@ impl Default for RawConfig {
             key_cache_ttl_secs: 30,
             counter_rebuild_secs: 60,
             cors_allowed_origins: Vec::new(),
+            access_log: true,
             plans: default_plans()
                 .into_iter()
                 .map(|p| (p.name, RawPlan { description: p.description, limits: p.limits }))
@@ -180,7 +183,8 @@ impl Default for RawUpstream {
             // what the operator's provider key bills, which is the operator's call,
             // made per tollgate project (project settings `openai_organization`,
             // `openai_project`).
-            forward_headers: vec!["openai-beta".into()],
+            // W3C trace context goes on, so the upstream's spans join the client's trace.
+            forward_headers: vec!["openai-beta".into(), "traceparent".into(), "tracestate".into()],
             drain_after_hangup_ms: 2_000,
             drain_after_hangup_bytes: 64 * 1024,
         }
@@ -273,6 +277,7 @@ pub struct Config {
     pub store: tollgate_store_distributed::StoreConfig,
     /// Origins allowed by CORS; empty: CORS is off. `["*"]`: any origin.
     pub cors_allowed_origins: Vec<axum::http::HeaderValue>,
+    pub access_log: bool,
 }
 
 /// A configuration error that names the setting.
@@ -334,7 +339,37 @@ const ENV_KEYS: &[&str] = &[
     "durability",
     "commit_timeout_ms",
     "cors_allowed_origins",
+    "access_log",
 ];
+
+/// `TOLLGATE_*` variables that are not server configuration: read by the CLI, the
+/// tests and the benchmarks. Any other unknown `TOLLGATE_*` variable is an error
+/// (a typo such as `TOLLGATE_LISTN` must not be silently ignored).
+const ENV_NOT_CONFIG: &[&str] = &["config", "url", "admin_token_file", "bin", "key", "base_url", "streaming"];
+const ENV_NOT_CONFIG_PREFIXES: &[&str] = &["test_", "bench_"];
+
+/// The first `TOLLGATE_*` variable of `vars` whose top-level key is no setting.
+fn unknown_env_var(vars: impl Iterator<Item = String>) -> Option<String> {
+    vars.filter_map(|name| {
+        let rest = name.strip_prefix("TOLLGATE_")?.to_ascii_lowercase();
+        let top = rest.split("__").next().unwrap_or(&rest).to_owned();
+        let known = ENV_KEYS.contains(&top.as_str())
+            || ENV_NOT_CONFIG.contains(&top.as_str())
+            || ENV_NOT_CONFIG_PREFIXES.iter().any(|p| top.starts_with(p));
+        (!known).then_some(name)
+    })
+    .min()
+}
+
+/// Parses `listen`: an IP address and port, or `localhost:PORT` (127.0.0.1).
+pub fn parse_listen(listen: &str) -> Option<SocketAddr> {
+    let listen = listen.trim();
+    if let Ok(address) = listen.parse() {
+        return Some(address);
+    }
+    let port = listen.strip_prefix("localhost:")?.parse::<u16>().ok()?;
+    Some(SocketAddr::from(([127, 0, 0, 1], port)))
+}
 
 impl Config {
     /// Loads defaults, then `OPENAI_*`, then the file (if any), then `TOLLGATE_*`.
@@ -362,15 +397,20 @@ impl Config {
                 })
                 .split("__"),
         );
+        if let Some(name) = unknown_env_var(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok())) {
+            return Err(invalid(
+                name.clone(),
+                format!("unknown setting: {name} names no top-level setting (see docs/configuration.md)"),
+            ));
+        }
         let raw: RawConfig = figment.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
         Self::from_raw(raw)
     }
 
     pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
-        let listen: SocketAddr = raw
-            .listen
-            .parse()
-            .map_err(|_| invalid("listen", format!("'{}' is not an address like 127.0.0.1:8080", raw.listen)))?;
+        let listen = parse_listen(&raw.listen).ok_or_else(|| {
+            invalid("listen", format!("'{}' is not an address like 127.0.0.1:8080 or localhost:8080", raw.listen))
+        })?;
         let store = store::store_from_raw(&raw)?;
         let log_format = raw.log_format;
         if raw.max_body_bytes < 1024 {
@@ -470,6 +510,7 @@ impl Config {
             prices,
             store,
             cors_allowed_origins,
+            access_log: raw.access_log,
         })
     }
 }
@@ -586,5 +627,41 @@ mod tests {
         let file = write("[limits]\nmax_reserved_output_tokens = 100\n");
         let err = Config::load(Some(file.path())).expect_err("below the default").to_string();
         assert!(err.contains("max_reserved_output_tokens"), "{err}");
+    }
+
+    #[test]
+    fn unknown_top_level_tollgate_variables_are_named_and_tool_variables_are_not() {
+        let vars = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>().into_iter();
+        assert_eq!(
+            unknown_env_var(vars(&["TOLLGATE_LISTN", "TOLLGATE_LISTEN", "PATH"])),
+            Some("TOLLGATE_LISTN".into())
+        );
+        assert_eq!(unknown_env_var(vars(&["TOLLGATE_UPSTRAEM__BASE_URL"])), Some("TOLLGATE_UPSTRAEM__BASE_URL".into()));
+        assert_eq!(
+            unknown_env_var(vars(&[
+                "TOLLGATE_LISTEN",
+                "TOLLGATE_UPSTREAM__BASE_URL",
+                "TOLLGATE_CONFIG",
+                "TOLLGATE_URL",
+                "TOLLGATE_ADMIN_TOKEN_FILE",
+                "TOLLGATE_TEST_REDIS_URL",
+                "TOLLGATE_ACCESS_LOG",
+            ])),
+            None
+        );
+    }
+
+    #[test]
+    fn localhost_with_a_port_is_a_listen_address() {
+        assert_eq!(parse_listen("localhost:8080"), Some(SocketAddr::from(([127, 0, 0, 1], 8080))));
+        assert_eq!(parse_listen("0.0.0.0:80"), Some(SocketAddr::from(([0, 0, 0, 0], 80))));
+        assert_eq!(parse_listen("[::1]:9"), "[::1]:9".parse().ok());
+        assert_eq!(parse_listen("localhost"), None);
+        assert_eq!(parse_listen("example.com:80"), None);
+        let mut raw = RawConfig { listen: "localhost:nope".into(), ..RawConfig::default() };
+        let err = Config::from_raw(raw.clone()).expect_err("no port").to_string();
+        assert!(err.contains("listen") && err.contains("localhost:8080"), "{err}");
+        raw.listen = "localhost:7070".into();
+        assert_eq!(Config::from_raw(raw).expect("valid").listen.port(), 7070);
     }
 }

@@ -208,6 +208,10 @@ impl Ledger for EmbeddedLedger {
         self.writer.queue()
     }
 
+    fn commit_latency(&self) -> Option<tollgate_store::histogram::HistogramSnapshot> {
+        Some(self.writer.stats().commit_latency.snapshot())
+    }
+
     async fn flush(&self) -> StoreResult<()> {
         self.writer.flush().await
     }

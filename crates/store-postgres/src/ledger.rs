@@ -155,6 +155,10 @@ impl Ledger for PostgresLedger {
         self.writer.queue()
     }
 
+    fn commit_latency(&self) -> Option<tollgate_store::histogram::HistogramSnapshot> {
+        Some(self.writer.stats().commit_latency.snapshot())
+    }
+
     async fn append_new(&self, records: Vec<UsageRecord>) -> StoreResult<Vec<bool>> {
         if self.writer.is_closed() {
             return Err(batch::closed_error());

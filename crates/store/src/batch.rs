@@ -111,6 +111,8 @@ pub struct LedgerStats {
     pub failed_writes: AtomicU64,
     /// Records appended (or refusal aggregates due) and not yet written or dropped.
     pub queued: AtomicU64,
+    /// How long each successful write of a batch took (the commit latency).
+    pub commit_latency: crate::histogram::Histogram,
 }
 
 /// The error a ledger answers once it is closed.
@@ -472,8 +474,10 @@ impl<S: BatchSink> Writer<S> {
             let n = self.queued.len().min(self.policy.rows_per_write);
             let mut last_error = None;
             for attempt in 1..=self.policy.attempts {
+                let write_started = std::time::Instant::now();
                 match self.sink.write(&self.queued[..n]).await {
                     Ok(()) => {
+                        self.stats.commit_latency.observe(write_started.elapsed());
                         last_error = None;
                         if attempt > 1 || self.retry_at.is_some() {
                             tracing::info!(

@@ -15,6 +15,7 @@ pub mod batch;
 pub mod clock;
 pub mod columns;
 pub mod conformance;
+pub mod histogram;
 pub mod plans;
 pub mod refusals;
 pub mod replay;
@@ -327,6 +328,11 @@ pub trait Ledger: Send + Sync + 'static {
     /// The writer's queue right now, for `/health` and metrics.
     fn queue(&self) -> LedgerQueue {
         LedgerQueue::default()
+    }
+    /// How long the writer's batch commits take, for `/metrics`; `None` for a ledger
+    /// without a batch writer.
+    fn commit_latency(&self) -> Option<histogram::HistogramSnapshot> {
+        None
     }
 }
 

@@ -80,6 +80,10 @@ pub enum ApiError {
     UpstreamTimeout(String),
     #[error("{0}")]
     UpstreamInvalid(String),
+    /// The upstream refused tollgate's call for want of a provider key, and none is
+    /// configured: the operator's fault, not the client's.
+    #[error("{0}")]
+    NoProviderKey(String),
     #[error("{0}")]
     Unavailable(String),
     /// The ledger's queue stayed full: the request was not admitted.
@@ -129,6 +133,7 @@ impl ApiError {
             UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_unavailable"),
             UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_error", "upstream_timeout"),
             UpstreamInvalid(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_invalid_response"),
+            NoProviderKey(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "provider_key_missing"),
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "api_error", "service_unavailable"),
             LedgerBacklog(_) => (StatusCode::SERVICE_UNAVAILABLE, "api_error", "ledger_backlog"),
             UsageNotRecorded(_) => (StatusCode::SERVICE_UNAVAILABLE, "api_error", "usage_not_recorded"),
@@ -279,6 +284,12 @@ impl From<UpstreamFailure> for ApiError {
             UpstreamFailure::Invalid => {
                 ApiError::UpstreamInvalid("The upstream provider returned an invalid response.".into())
             }
+            UpstreamFailure::NoProviderKey => ApiError::NoProviderKey(
+                "The gateway has no provider API key configured, and the upstream provider requires one. \
+                 This is a configuration error of the gateway, not of your request or your API key; \
+                 nothing was charged."
+                    .into(),
+            ),
         }
     }
 }

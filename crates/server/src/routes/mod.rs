@@ -2,6 +2,7 @@
 //! and the admin API. Handlers validate and shape JSON; the pipeline decides.
 
 pub mod admin;
+pub mod metrics;
 pub mod projects;
 pub mod proxy;
 pub mod tokens;

@@ -4,7 +4,7 @@
 //! rate-limit headers.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tollgate_core::Decision;
+use tollgate_gateway::metrics::Route;
 use tollgate_gateway::proxy::{Answer, AnswerBody, ProxyRequest};
 use tollgate_gateway::{GatewayError, now_ms};
 use tollgate_providers::Endpoint;
@@ -85,23 +86,38 @@ async fn forward(
 ) -> Response {
     let started = Instant::now();
     let now = now_ms();
+    let route = Route::from_endpoint(endpoint);
+    // Answered before admission: counted and logged here (later, the pipeline logs).
+    let unadmitted = |e: ApiError| {
+        let response = e.into_response();
+        let status = response.status().as_u16();
+        let elapsed = started.elapsed();
+        state.metrics.request(route, status, state.metrics.no_model(), elapsed, Duration::ZERO);
+        tollgate_gateway::access::log_unadmitted(&state, endpoint.name(), status, elapsed);
+        response
+    };
     let client_ip = client_ip(&headers, peer, state.config.forwarded_for_hops);
     let authed = match authenticate_guarded(&state, &headers, client_ip, now).await {
         Ok(a) => a,
-        Err(e) => return e.into_response(),
+        Err(e) => return unadmitted(e),
     };
     let body = match read_body(&headers, body, state.config.max_body_bytes).await {
         Ok(b) => b,
-        Err(e) => return e.into_response(),
+        Err(e) => return unadmitted(e),
     };
     let anonymous_id = match anonymous_id(&headers) {
         Ok(a) => a,
-        Err(e) => return e.into_response(),
+        Err(e) => return unadmitted(e),
     };
     let request = ProxyRequest { endpoint, body, client_ip, anonymous_id, headers, started, now_ms: now };
     let proxied = state.proxy(&authed, request).await;
+    let admitted = proxied.request_id.is_some();
+    let mut upstream = Duration::ZERO;
     let response = match proxied.result {
-        Ok(answer) => respond(answer),
+        Ok(answer) => {
+            upstream = answer.upstream;
+            respond(answer)
+        }
         Err(GatewayError::Refused { plan }) => {
             match proxied.decision.as_ref().and_then(|d| headers::refusal(d, &plan, now)) {
                 Some(refused) => refused.into_response(),
@@ -110,7 +126,14 @@ async fn forward(
         }
         Err(e) => ApiError::from(e).into_response(),
     };
-    with_headers(response, proxied.decision.as_ref(), proxied.request_id.as_deref(), proxied.now_ms)
+    let response = with_headers(response, proxied.decision.as_ref(), proxied.request_id.as_deref(), proxied.now_ms);
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    state.metrics.request(route, status, proxied.model_label, elapsed, upstream);
+    if !admitted {
+        tollgate_gateway::access::log_unadmitted(&state, endpoint.name(), status, elapsed);
+    }
+    response
 }
 
 /// The upstream's answer as an HTTP response: its status, content type and
@@ -163,10 +186,23 @@ async fn models(State(state): State<AppState>, Peer(peer): Peer, headers: Header
         Ok(authed) => authed,
         Err(e) => return e.into_response(),
     };
+    let started = Instant::now();
     let request_id = state.ids.next();
+    let mut upstream = Duration::ZERO;
     let response = match state.models(&authed, &headers).await {
-        Ok(answer) => respond(answer),
+        Ok(answer) => {
+            upstream = answer.upstream;
+            respond(answer)
+        }
         Err(e) => ApiError::from(e).into_response(),
     };
-    with_headers(response, None, Some(&request_id), now)
+    let response = with_headers(response, None, Some(&request_id), now);
+    state.metrics.request(
+        Route::Models,
+        response.status().as_u16(),
+        state.metrics.no_model(),
+        started.elapsed(),
+        upstream,
+    );
+    response
 }

@@ -94,11 +94,16 @@ pub async fn verify(
     headers: HeaderMap,
     Json(request): Json<VerifyRequest>,
 ) -> Response {
+    let started = std::time::Instant::now();
     let peer_ip = client_ip(&headers, peer, state.config.forwarded_for_hops);
-    match run(&state, &headers, request, peer_ip).await {
+    let response = match run(&state, &headers, request, peer_ip).await {
         Ok(body) => AxumJson(body).into_response(),
         Err(e) => e.into_response(),
-    }
+    };
+    let status = response.status().as_u16();
+    let m = &state.metrics;
+    m.request(tollgate_gateway::metrics::Route::Verify, status, m.no_model(), started.elapsed(), Default::default());
+    response
 }
 
 async fn run(

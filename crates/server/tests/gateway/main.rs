@@ -11,6 +11,7 @@ mod hangup;
 mod helpers;
 mod ledger;
 mod limits;
+mod observability;
 mod parsing;
 mod proxy;
 mod security;
