@@ -26,6 +26,9 @@ pub enum Command {
     },
     /// Run an OpenAI-compatible mock upstream (for tests and benchmarks).
     MockUpstream(MockArgs),
+    /// Check a configuration without starting the server.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -54,6 +57,18 @@ pub enum Command {
         to: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Load and validate the configuration (defaults, `OPENAI_*`, the file,
+    /// `TOLLGATE_*`) exactly as `serve` would, then print the effective settings as
+    /// TOML with every secret redacted. Exits non-zero naming the bad setting.
+    Check {
+        /// TOML configuration file.
+        #[arg(long, env = "TOLLGATE_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -319,7 +334,7 @@ fn urlencode(s: &str) -> String {
 pub async fn run_admin(command: Command) -> anyhow::Result<()> {
     use reqwest::Method;
     let (server, method, path, body) = match command {
-        Command::Serve { .. } | Command::MockUpstream(_) => bail!("not an admin command"),
+        Command::Serve { .. } | Command::MockUpstream(_) | Command::Config(_) => bail!("not an admin command"),
         Command::Keys(k) => match k {
             KeysCommand::Create { server, project, plan, name, expires_at } => {
                 let body = json!({ "project": project, "plan": plan, "name": name, "expires_at": expires_at });

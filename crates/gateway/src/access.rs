@@ -22,11 +22,16 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Writes the access-log line of a recorded (or refused) request.
+/// Writes the access-log line of a recorded (or refused) request, unless
+/// `access_log` is off.
 pub fn log(gateway: &Gateway, record: &UsageRecord, total: Duration, upstream: Option<Duration>) {
-    if !gateway.settings.access_log {
-        return;
+    if gateway.settings.access_log {
+        write(record, total, upstream);
     }
+}
+
+/// The line itself (see [`log`]).
+pub fn write(record: &UsageRecord, total: Duration, upstream: Option<Duration>) {
     let upstream_us = upstream.map(micros).unwrap_or(0);
     let total_us = micros(total);
     let cache = if record.cached_tokens > 0 { "prompt_cache_hit" } else { "none" };

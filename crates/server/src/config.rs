@@ -361,6 +361,9 @@ fn unknown_env_var(vars: impl Iterator<Item = String>) -> Option<String> {
     .min()
 }
 
+/// What `tollgate config check` prints for a secret that is set.
+pub const REDACTED: &str = "<redacted>";
+
 /// Parses `listen`: an IP address and port, or `localhost:PORT` (127.0.0.1).
 pub fn parse_listen(listen: &str) -> Option<SocketAddr> {
     let listen = listen.trim();
@@ -374,6 +377,33 @@ pub fn parse_listen(listen: &str) -> Option<SocketAddr> {
 impl Config {
     /// Loads defaults, then `OPENAI_*`, then the file (if any), then `TOLLGATE_*`.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_raw(Self::load_raw(file)?)
+    }
+
+    /// `tollgate config check`: loads and validates like [`load`](Self::load), and
+    /// also returns the effective settings as TOML, every secret replaced by
+    /// `<redacted>` (set) or left out (unset).
+    pub fn check(file: Option<&Path>) -> Result<(Self, String), ConfigError> {
+        let raw = Self::load_raw(file)?;
+        let mut shown = raw.clone();
+        let redacted = || Some(Secret::new(REDACTED));
+        if shown.admin_token.is_some() {
+            shown.admin_token = redacted();
+        }
+        if shown.upstream.api_key.is_some() {
+            shown.upstream.api_key = redacted();
+        }
+        if shown.redis_url.is_some() {
+            shown.redis_url = redacted();
+        }
+        if shown.database_url.is_some() {
+            shown.database_url = redacted();
+        }
+        let text = toml::to_string_pretty(&shown).map_err(|e| invalid("(output)", e.to_string()))?;
+        Ok((Self::from_raw(raw)?, text))
+    }
+
+    fn load_raw(file: Option<&Path>) -> Result<RawConfig, ConfigError> {
         let mut figment = Figment::new().merge(Serialized::defaults(RawConfig::default()));
         if let Ok(url) = std::env::var("OPENAI_BASE_URL") {
             figment = figment.merge(Serialized::default("upstream.base_url", url));
@@ -403,8 +433,7 @@ impl Config {
                 format!("unknown setting: {name} names no top-level setting (see docs/configuration.md)"),
             ));
         }
-        let raw: RawConfig = figment.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
-        Self::from_raw(raw)
+        figment.extract().map_err(|e| ConfigError::Load(Box::new(e)))
     }
 
     pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {

@@ -40,6 +40,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             app.run_until_stopped(shutdown_signal()).await
         }
+        Command::Config(tollgate_cli::ConfigCommand::Check { config }) => {
+            let (config, effective) = Config::check(config.as_deref())?;
+            print!("{effective}");
+            if config.upstream.api_key.is_none() {
+                eprintln!(
+                    "warning: no provider key is configured (upstream.api_key or OPENAI_API_KEY); if the upstream \
+                     requires one, clients get 502 provider_key_missing"
+                );
+            }
+            eprintln!("configuration is valid");
+            Ok(())
+        }
         Command::MockUpstream(args) => {
             telemetry::init(tollgate_server::config::LogFormat::Text);
             let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;

@@ -15,5 +15,6 @@ mod observability;
 mod parsing;
 mod proxy;
 mod security;
+mod startup;
 mod tenancy;
 mod verify;
