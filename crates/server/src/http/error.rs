@@ -23,16 +23,36 @@ pub struct LimitRefusal {
 }
 
 impl LimitRefusal {
+    /// The one instant every reset field of this refusal is derived from: when the
+    /// request would fit again (for a quota, the window's end).
+    pub fn reset(&self) -> ResetInstant {
+        ResetInstant::of(self.retry_at_ms.unwrap_or(self.status.reset_at_ms), self.now_ms)
+    }
+
     pub fn retry_after_secs(&self) -> u64 {
-        let at = self.retry_at_ms.unwrap_or(self.status.reset_at_ms);
-        secs_until(at, self.now_ms)
+        self.reset().after_secs
     }
 }
 
-/// Whole seconds from `now_ms` until `at_ms`, rounded up, at least 1.
-pub fn secs_until(at_ms: i64, now_ms: i64) -> u64 {
-    let ms = (at_ms - now_ms).max(0) as u64;
-    ms.div_ceil(1000).max(1)
+/// A refusal's reset instant in the two forms clients read, derived together so they
+/// never disagree: `at_secs` (Unix seconds, the instant rounded up to a whole second,
+/// so a client waiting until then is never early) and `after_secs` (seconds from now,
+/// at least 1), with `at_secs == floor(now) + after_secs` exactly. `X-RateLimit-Reset`
+/// / `X-Quota-Reset`, `details.resetAt`, `Retry-After`, `details.retryAfter`, OpenAI's
+/// `x-ratelimit-reset-*` and the IETF `t=` of the refusing limit all come from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResetInstant {
+    pub at_secs: i64,
+    pub after_secs: u64,
+}
+
+impl ResetInstant {
+    pub fn of(at_ms: i64, now_ms: i64) -> Self {
+        let at_secs = at_ms.div_euclid(1000) + i64::from(at_ms.rem_euclid(1000) > 0);
+        let now_secs = now_ms.div_euclid(1000);
+        let after = (at_secs - now_secs).max(1);
+        Self { at_secs: now_secs + after, after_secs: after as u64 }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,7 +178,7 @@ fn metric_phrase(metric: Metric, limit: u64) -> String {
 
 fn refusal_body(r: &LimitRefusal, rate: bool) -> (String, Value) {
     let s = &r.status;
-    let reset_at = s.reset_at_ms.div_euclid(1000);
+    let reset = r.reset();
     if rate {
         let message = format!(
             "Rate limit exceeded. You can {} per {} on the {} plan.",
@@ -169,8 +189,8 @@ fn refusal_body(r: &LimitRefusal, rate: bool) -> (String, Value) {
         let details = json!({
             "limit": s.spec.limit,
             "remaining": s.remaining,
-            "resetAt": r.retry_at_ms.map_or(reset_at, |t| t.div_euclid(1000)),
-            "retryAfter": r.retry_after_secs(),
+            "resetAt": reset.at_secs,
+            "retryAfter": reset.after_secs,
         });
         (message, details)
     } else {
@@ -185,8 +205,8 @@ fn refusal_body(r: &LimitRefusal, rate: bool) -> (String, Value) {
             "used": s.used,
             "limit": s.spec.limit,
             "remaining": s.remaining,
-            "resetAt": reset_at,
-            "retryAfter": r.retry_after_secs(),
+            "resetAt": reset.at_secs,
+            "retryAfter": reset.after_secs,
         });
         (message, details)
     }

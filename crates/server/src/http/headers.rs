@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use tollgate_core::{Decision, LimitStatus, Metric};
 
-use crate::http::error::{ApiError, LimitRefusal};
+use crate::http::error::{ApiError, LimitRefusal, ResetInstant};
 
 static RL_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static RL_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
@@ -38,10 +38,55 @@ fn put(headers: &mut HeaderMap, name: &HeaderName, value: u64) {
     headers.insert(name.clone(), HeaderValue::from(value));
 }
 
-fn put_status(headers: &mut HeaderMap, names: [&HeaderName; 3], s: &LimitStatus) {
+/// Each limit's reset as the headers give it. On a refusal, the refusing limit's reset
+/// is the refusal's one instant ([`ResetInstant`]: when the request fits again), so
+/// every field of a 429 tells the same time; other limits keep their window's reset.
+struct Resets<'a> {
+    decision: &'a Decision,
+    refusal: Option<(usize, ResetInstant)>,
+    now_ms: i64,
+}
+
+impl<'a> Resets<'a> {
+    fn new(decision: &'a Decision, now_ms: i64) -> Self {
+        let refusal = decision.refused.and_then(|r| {
+            decision.statuses.get(r.index)?;
+            Some((r.index, ResetInstant::of(r.retry_at_ms?, now_ms)))
+        });
+        Self { decision, refusal, now_ms }
+    }
+
+    fn refusing(&self, s: &LimitStatus) -> Option<ResetInstant> {
+        let (index, instant) = self.refusal?;
+        std::ptr::eq(self.decision.statuses.get(index)?, s).then_some(instant)
+    }
+
+    /// Unix seconds (rounded up).
+    fn at_secs(&self, s: &LimitStatus) -> u64 {
+        match self.refusing(s) {
+            Some(instant) => instant.at_secs.max(0) as u64,
+            None => ResetInstant::of(s.reset_at_ms, self.now_ms).at_secs.max(0) as u64,
+        }
+    }
+
+    /// Milliseconds from now (a refusal's: its whole seconds).
+    fn after_ms(&self, s: &LimitStatus) -> i64 {
+        match self.refusing(s) {
+            Some(instant) => instant.after_secs as i64 * 1000,
+            None => (s.reset_at_ms - self.now_ms).max(0),
+        }
+    }
+
+    /// The refusing limit's status, if any.
+    fn refused(&self) -> Option<&'a LimitStatus> {
+        self.decision.statuses.get(self.refusal?.0)
+    }
+}
+
+fn put_status(headers: &mut HeaderMap, names: [&HeaderName; 3], s: &LimitStatus, resets: &Resets<'_>) {
     put(headers, names[0], s.spec.limit);
     put(headers, names[1], s.remaining);
-    put(headers, names[2], s.reset_at_ms.div_euclid(1000).max(0) as u64);
+    put(headers, names[2], resets.at_secs(s));
 }
 
 static OA_LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
@@ -58,24 +103,31 @@ pub fn apply_headers(headers: &mut HeaderMap, decision: &Decision, now_ms: i64) 
     if decision.statuses.is_empty() {
         return;
     }
-    if let Some(s) = decision.tightest_rate() {
-        put_status(headers, [&RL_LIMIT, &RL_REMAINING, &RL_RESET], s);
+    let resets = Resets::new(decision, now_ms);
+    // On a refusal, the family of the refusing limit shows that limit.
+    let refused = resets.refused();
+    let rate = refused.filter(|s| s.spec.window.is_rate()).or_else(|| decision.tightest_rate());
+    if let Some(s) = rate {
+        put_status(headers, [&RL_LIMIT, &RL_REMAINING, &RL_RESET], s, &resets);
     }
-    if let Some(s) = decision.tightest_quota() {
-        put_status(headers, [&Q_LIMIT, &Q_REMAINING, &Q_RESET], s);
+    let quota = refused.filter(|s| !s.spec.window.is_rate()).or_else(|| decision.tightest_quota());
+    if let Some(s) = quota {
+        put_status(headers, [&Q_LIMIT, &Q_REMAINING, &Q_RESET], s, &resets);
     }
     let tightest = |metrics: &[Metric]| {
-        decision.statuses.iter().filter(|s| metrics.contains(&s.spec.metric)).min_by_key(|s| s.remaining)
+        refused.filter(|s| metrics.contains(&s.spec.metric)).or_else(|| {
+            decision.statuses.iter().filter(|s| metrics.contains(&s.spec.metric)).min_by_key(|s| s.remaining)
+        })
     };
     if let Some(s) = tightest(&[Metric::Requests]) {
         put(headers, &OA_LIMIT_REQUESTS, s.spec.limit);
         put(headers, &OA_REMAINING_REQUESTS, s.remaining);
-        put_text(headers, &OA_RESET_REQUESTS, &openai_duration(s.reset_at_ms - now_ms));
+        put_text(headers, &OA_RESET_REQUESTS, &openai_duration(resets.after_ms(s)));
     }
     if let Some(s) = tightest(&[Metric::TotalTokens, Metric::InputTokens, Metric::OutputTokens]) {
         put(headers, &OA_LIMIT_TOKENS, s.spec.limit);
         put(headers, &OA_REMAINING_TOKENS, s.remaining);
-        put_text(headers, &OA_RESET_TOKENS, &openai_duration(s.reset_at_ms - now_ms));
+        put_text(headers, &OA_RESET_TOKENS, &openai_duration(resets.after_ms(s)));
     }
     let (mut policy, mut current) = (String::new(), String::new());
     for s in &decision.statuses {
@@ -84,7 +136,10 @@ pub fn apply_headers(headers: &mut HeaderMap, decision: &Decision, now_ms: i64) 
         let window_secs =
             s.spec.window.sliding_ms().map_or_else(|| (s.reset_at_ms - now_ms).max(0).div_euclid(1000), |ms| ms / 1000);
         let _ = write!(policy, "{sep}\"{name}\";q={};w={window_secs}", s.spec.limit);
-        let reset = (s.reset_at_ms - now_ms).max(0).div_euclid(1000);
+        let reset = match resets.refusing(s) {
+            Some(instant) => instant.after_secs as i64,
+            None => (s.reset_at_ms - now_ms).max(0).div_euclid(1000),
+        };
         let _ = write!(current, "{sep}\"{name}\";r={};t={reset}", s.remaining);
     }
     put_text(headers, &IETF_POLICY, &policy);

@@ -73,8 +73,30 @@ struct Checked {
     traffic: Traffic,
 }
 
+/// Reads one event, naming the field at fault in `param` (docs/api.md): a wrong type
+/// by its path, a missing or unknown field by its name, anything else `null`.
+fn parse_event(raw: Value) -> Result<Event, ApiError> {
+    serde_path_to_error::deserialize::<_, Event>(raw).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let named = |prefix: &str| {
+            let rest = inner.strip_prefix(prefix)?;
+            Some(rest.split('`').next()?.to_owned())
+        };
+        let field = if path != "." && !path.is_empty() {
+            Some(path)
+        } else {
+            named("missing field `").or_else(|| named("unknown field `"))
+        };
+        match field {
+            Some(field) => ApiError::invalid_field(&field, inner),
+            None => ApiError::bad_request(inner),
+        }
+    })
+}
+
 async fn check_event(state: &AppState, admin: &Admin, raw: Value, now: i64) -> Result<Checked, ApiError> {
-    let event: Event = serde_json::from_value(raw).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let event: Event = parse_event(raw)?;
     if event.id.is_empty() || event.id.len() > 128 || !event.id.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ApiError::invalid_field("id", "must be 1-128 visible ASCII characters"));
     }

@@ -54,8 +54,9 @@ pub struct LimitView {
     name: String,
     limit: u64,
     remaining: u64,
-    /// Unix seconds at which the limit is fully available again.
-    reset: i64,
+    /// When the limit is fully available again (RFC 3339 UTC, like every time in
+    /// JSON answers but the seeds' 429 body).
+    reset: String,
 }
 
 #[derive(Serialize)]
@@ -181,7 +182,7 @@ async fn run(
                 name: s.spec.name(),
                 limit: s.spec.limit,
                 remaining: s.remaining,
-                reset: s.reset_at_ms.div_euclid(1000),
+                reset: tollgate_core::calendar::to_rfc3339(s.reset_at_ms),
             })
             .collect(),
     })
@@ -190,5 +191,5 @@ async fn run(
 fn retry_after(decision: &Decision, now: i64) -> Option<u64> {
     let (status, refusal) = decision.refused_status()?;
     let at = refusal.retry_at_ms.unwrap_or(status.reset_at_ms);
-    Some(crate::http::error::secs_until(at, now))
+    Some(crate::http::error::ResetInstant::of(at, now).after_secs)
 }

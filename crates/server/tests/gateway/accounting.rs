@@ -382,3 +382,29 @@ async fn late_and_future_dated_events_never_move_live_counters() {
     let recorded = ahead["timestamp"].as_str().and_then(tollgate_core::calendar::parse_timestamp);
     assert!(recorded.is_some_and(|ts| ts <= tollgate_gateway::now_ms()), "recorded at the server's time: {ahead}");
 }
+
+/// A rejected usage event names the field at fault in `param`, whatever was wrong
+/// with it: a wrong type, a missing field, an unknown field, a bad value.
+#[tokio::test]
+async fn rejected_usage_events_name_the_field_in_param() {
+    let app = spawn_app().await;
+    let (_key, id) =
+        key_with_limits(&app, "acme", json!([{ "metric": "total_tokens", "window": "month", "limit": 1_000 }])).await;
+    let events = json!({ "events": [
+        { "id": "e1", "key_id": id, "prompt_tokens": -4 },
+        { "id": "e2", "key_id": id, "completion_tokens": "many" },
+        { "id": "e3" },
+        { "id": "e4", "key_id": id, "promt_tokens": 3 },
+        { "id": "e5", "key_id": id, "client_ip": "not-an-ip" },
+        { "id": "e6", "key_id": id, "timestamp": "yesterday" },
+    ]});
+    let r = app.admin(Method::POST, "/api/v1/usage/events", Some(events)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let params: Vec<&str> = r.body["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|e| e["error"]["param"].as_str().unwrap_or("(none)"))
+        .collect();
+    assert_eq!(params, ["prompt_tokens", "completion_tokens", "key_id", "promt_tokens", "client_ip", "timestamp"]);
+}

@@ -143,3 +143,36 @@ async fn rotating_anonymous_ids_still_meet_a_per_address_limit() {
     let r = app.chat_with(&key, &[("x-anonymous-id", "visitor-new")]).await;
     assert_eq!(r.status, 429, "a fresh id from the same address: {:?}", r.body);
 }
+
+/// The 429's five reset fields (`X-RateLimit-Reset`, `details.resetAt`,
+/// `Retry-After`, `details.retryAfter`, OpenAI's duration, the IETF `t=`) tell one
+/// instant: whole seconds, `resetAt` = now + `retryAfter`.
+#[tokio::test]
+async fn every_reset_field_of_a_429_is_derived_from_one_instant() {
+    let app = spawn_app().await;
+    let key = app.project_key("acme", "free").await;
+    for _ in 0..10 {
+        assert_eq!(app.chat(&key).await.status, 200);
+    }
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let r = app.chat(&key).await;
+    let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    assert_eq!(r.status, 429);
+    let d = &r.body["error"]["details"];
+    let reset_at = d["resetAt"].as_u64().expect("resetAt");
+    let retry_after = d["retryAfter"].as_u64().expect("retryAfter");
+    assert_eq!(r.header_u64("retry-after"), retry_after);
+    assert_eq!(r.header_u64("x-ratelimit-reset"), reset_at, "header and body agree");
+    assert!((before..=after).any(|now| now + retry_after == reset_at), "resetAt = now + retryAfter");
+    assert_eq!(r.header("x-ratelimit-reset-requests"), Some(headers_duration(retry_after).as_str()));
+    let ietf = r.header("ratelimit").expect("RateLimit");
+    assert!(ietf.contains(&format!("\"requests_per_minute\";r=0;t={retry_after}")), "{ietf}");
+}
+
+fn headers_duration(secs: u64) -> String {
+    match (secs / 3600, (secs % 3600) / 60, secs % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, m, s) => format!("{h}h{m}m{s}s"),
+    }
+}

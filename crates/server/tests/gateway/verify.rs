@@ -99,3 +99,17 @@ async fn verify_takes_caller_chosen_identities_only_from_an_admin() {
     let r = reply(app.http.post(app.url("/api/v1/keys/verify")).bearer_auth(&token).json(&body)).await;
     assert_eq!((r.status, r.body["code"].as_str()), (200, Some("NOT_FOUND")), "{:?}", r.body);
 }
+
+/// JSON answers give times in RFC 3339 (docs/api.md); only the seeds' 429 body keeps
+/// its Unix seconds.
+#[tokio::test]
+async fn verify_gives_resets_in_rfc_3339_like_usage_status() {
+    let app = spawn_app().await;
+    let key = app.project_key("acme", "free").await;
+    let r = app.verify(json!({ "key": key, "dry_run": true })).await;
+    assert_eq!(r.status, 200);
+    for limit in r.body["limits"].as_array().expect("limits") {
+        let reset = limit["reset"].as_str().expect("a string");
+        assert!(reset.len() >= 20 && reset.ends_with('Z') && reset.as_bytes()[10] == b'T', "{reset}");
+    }
+}
