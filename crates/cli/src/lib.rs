@@ -1,6 +1,14 @@
-//! The command line: `serve`, `mock-upstream`, and admin commands (`keys`, `projects`,
-//! `plans`, `tokens`, `usage`) that call a running server's admin API, so they work
-//! the same against one embedded instance or a fleet.
+//! The command line: `serve`, `mock-upstream`, `config check`, and admin commands
+//! (`keys`, `projects`, `plans`, `tokens`, `usage`, `status`) that call a running
+//! server's admin API, so they work the same against one embedded instance or a fleet.
+//!
+//! Admin commands print tables when stdout is a terminal, JSON otherwise or with
+//! `--json` (`output`). Lists that page (`keys list`, `usage`) take `--after`,
+//! `--limit` and `--all`. The admin token comes from `TOLLGATE_ADMIN_TOKEN`,
+//! `--admin-token-file` / `TOLLGATE_ADMIN_TOKEN_FILE`, or `--admin-token` (which
+//! other users can read in `ps`: prefer the others).
+
+mod output;
 
 use std::path::PathBuf;
 
@@ -19,6 +27,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the gateway.
+    #[command(after_long_help = SERVE_SETTINGS)]
     Serve {
         /// TOML configuration file.
         #[arg(long, env = "TOLLGATE_CONFIG")]
@@ -45,8 +54,10 @@ pub enum Command {
     Usage {
         #[command(flatten)]
         server: ServerArgs,
+        /// Only this project's records.
         #[arg(long)]
         project: Option<String>,
+        /// Only this key's records (key id).
         #[arg(long)]
         key: Option<String>,
         /// RFC 3339 or Unix seconds (inclusive).
@@ -55,10 +66,66 @@ pub enum Command {
         /// RFC 3339 or Unix seconds (exclusive).
         #[arg(long)]
         to: Option<String>,
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Usage against every limit of a key (`--key`) or a project (`--project`):
+    /// used, remaining, percent, reset, state.
+    Status {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Key id.
+        #[arg(long, required_unless_present = "project", conflicts_with = "project")]
+        key: Option<String>,
+        /// Project id.
+        #[arg(long)]
+        project: Option<String>,
     },
 }
+
+/// Paging of a list: one page (`--after`, `--limit`) or every page (`--all`).
+#[derive(Args, Debug, Clone)]
+pub struct PageArgs {
+    /// Start after this item (the `next` value a previous page printed).
+    #[arg(long, conflicts_with = "all")]
+    pub after: Option<String>,
+    /// Items per page (1-1000).
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    /// Follow every page and print them as one list.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Every setting `serve` reads, for `tollgate serve --help` (docs/configuration.md
+/// says what each does). A test checks this list against the server's own.
+pub const SERVE_SETTINGS: &str = "\
+Settings (TOML file, or TOLLGATE_<NAME>, nested with __: TOLLGATE_UPSTREAM__BASE_URL):
+  listen                 address:port or localhost:PORT [127.0.0.1:8080]
+  data_dir               embedded store directory [./data]
+  store                  embedded | distributed [embedded]
+  admin_token            operator token (16+ characters) [generated at first start]
+  log_format             text | json [text]
+  access_log             one access-log line per request [true]
+  max_body_bytes         largest request body [4194304]
+  shutdown_grace_secs    drain time on SIGTERM [30]
+  durability             sync | fsync | async [sync]
+  commit_timeout_ms      wait for a ledger commit or queue room [5000]
+  upstream.*             base_url, api_key, provider, connect_timeout_ms, timeout_secs,
+                         total_timeout_secs, pool_max_idle_per_host, forward_headers,
+                         drain_after_hangup_ms, drain_after_hangup_bytes
+  limits.*               forwarded_for_hops, invalid_keys_per_minute, anonymous_plan,
+                         default_max_output_tokens, max_reserved_output_tokens
+  plans.<name>           plans created on first start
+  prices.<model>         price overrides (micro-dollars per million tokens)
+  unknown_model_policy   refuse | default_price [refuse]
+  default_price          price of models the table does not know
+  cors_allowed_origins   browser origins allowed to call tollgate [none]
+  redis_url, redis_cluster, redis_key_prefix, redis_timeout_ms, database_url,
+  database_pool_size, on_store_error, instances, ledger_buffer, key_cache_ttl_secs,
+  counter_rebuild_secs   the distributed store (store = \"distributed\")
+Also read: OPENAI_API_KEY, OPENAI_BASE_URL, RUST_LOG. Check a configuration with
+`tollgate config check`. Details: docs/configuration.md.";
 
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
@@ -94,9 +161,35 @@ pub struct ServerArgs {
     /// Base URL of the running tollgate.
     #[arg(long, env = "TOLLGATE_URL", default_value = "http://127.0.0.1:8080", global = true)]
     pub url: String,
-    /// Admin token (operator or project-scoped).
+    /// Admin token (operator or project-scoped). Prefer the environment variable or
+    /// `--admin-token-file`: a command line is visible to other users in `ps`.
     #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true, global = true)]
     pub admin_token: Option<String>,
+    /// File holding the admin token (e.g. `<data_dir>/operator-token`).
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN_FILE", global = true, conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Print JSON even on a terminal (it is the default when stdout is not one).
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl ServerArgs {
+    /// The admin token from the flag, the environment or the file.
+    fn token(&self) -> anyhow::Result<String> {
+        if let Some(token) = &self.admin_token {
+            return Ok(token.clone());
+        }
+        if let Some(path) = &self.admin_token_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the admin token from {}", path.display()))?;
+            let token = text.trim();
+            if token.is_empty() {
+                bail!("{} is empty", path.display());
+            }
+            return Ok(token.to_owned());
+        }
+        bail!("no admin token: set TOLLGATE_ADMIN_TOKEN or TOLLGATE_ADMIN_TOKEN_FILE (or pass --admin-token-file)")
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -105,39 +198,63 @@ pub enum KeysCommand {
     Create {
         #[command(flatten)]
         server: ServerArgs,
+        /// The project the key belongs to.
         #[arg(long)]
         project: String,
+        /// The key's plan.
         #[arg(long, default_value = "free")]
         plan: String,
+        /// A label for people.
         #[arg(long)]
         name: Option<String>,
         /// RFC 3339 or Unix seconds.
         #[arg(long)]
         expires_at: Option<String>,
+        /// A per-key limit overriding the plan's in its slot (repeatable):
+        /// `requests/minute=5`, scoped `total_tokens/day=1000;model=gpt-4o`, or for
+        /// another subject `requests/minute=30;subject=ip`.
+        #[arg(long = "limit")]
+        limits: Vec<String>,
     },
+    /// List keys (ids, plans, states; never secrets), a page at a time.
     List {
         #[command(flatten)]
         server: ServerArgs,
+        /// Only this project's keys.
         #[arg(long)]
         project: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
     },
+    /// Show one key.
     Get {
         #[command(flatten)]
         server: ServerArgs,
         id: String,
     },
-    /// Change a key's plan, name or expiry.
+    /// Change a key's plan, name, expiry or limit overrides.
     Update {
         #[command(flatten)]
         server: ServerArgs,
         id: String,
+        /// Move the key to this plan.
         #[arg(long)]
         plan: Option<String>,
+        /// A label for people.
         #[arg(long)]
         name: Option<String>,
+        /// RFC 3339 or Unix seconds.
         #[arg(long)]
         expires_at: Option<String>,
+        /// Set one limit override, keeping the key's other overrides (repeatable;
+        /// syntax as `keys create --limit`).
+        #[arg(long = "limit")]
+        limits: Vec<String>,
+        /// Drop every limit override (the plan's limits apply again).
+        #[arg(long, conflicts_with = "limits")]
+        clear_limits: bool,
     },
+    /// Revoke a key: refused at once, everywhere.
     Revoke {
         #[command(flatten)]
         server: ServerArgs,
@@ -155,17 +272,21 @@ pub enum KeysCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum ProjectsCommand {
+    /// Create a project (a tenant).
     Create {
         #[command(flatten)]
         server: ServerArgs,
         id: String,
+        /// A name for people.
         #[arg(long)]
         name: Option<String>,
     },
+    /// List projects (all of them: projects are few).
     List {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Show one project and its settings.
     Get {
         #[command(flatten)]
         server: ServerArgs,
@@ -198,25 +319,39 @@ pub enum ProjectsCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum PlansCommand {
+    /// List plans and their limits.
     List {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Show one plan.
     Get {
         #[command(flatten)]
         server: ServerArgs,
         name: String,
     },
-    /// Create or replace a plan: `--limit requests/minute=10 --limit requests/month=50000`.
+    /// Change some limits of a plan and keep the others (`PATCH`):
+    /// `--limit requests/minute=20` replaces that limit only. With `--replace` the plan
+    /// becomes exactly what is given (`PUT`, created if absent).
     Set {
         #[command(flatten)]
         server: ServerArgs,
         name: String,
-        #[arg(long = "limit", required = true)]
+        /// A limit to set (repeatable): `requests/minute=10`, scoped
+        /// `total_tokens/day=1000;model=gpt-4o`, or `requests/minute=30;subject=ip`.
+        #[arg(long = "limit", required_unless_present_any = ["remove", "description"])]
         limits: Vec<String>,
+        /// Drop a limit by name, e.g. `requests_per_minute` (repeatable).
+        #[arg(long, conflicts_with = "replace")]
+        remove: Vec<String>,
+        /// A description for people.
         #[arg(long)]
         description: Option<String>,
+        /// Replace the whole plan with the given limits (dropping every other one).
+        #[arg(long)]
+        replace: bool,
     },
+    /// Delete a plan no key uses.
     Delete {
         #[command(flatten)]
         server: ServerArgs,
@@ -249,6 +384,7 @@ pub enum TokensCommand {
         #[arg(long)]
         project: Option<String>,
     },
+    /// Show one admin token (id, prefix, scope, expiry).
     Get {
         #[command(flatten)]
         server: ServerArgs,
@@ -262,32 +398,48 @@ pub enum TokensCommand {
     },
 }
 
-/// Parses `metric/window=limit`, e.g. `requests/minute=10`.
-fn parse_limit(text: &str) -> anyhow::Result<Value> {
-    let (slot, limit) = text.split_once('=').context("a limit reads metric/window=number")?;
-    let (metric, window) = slot.split_once('/').context("a limit reads metric/window=number")?;
+/// Parses `metric/window=limit[;subject=…][;provider=…][;model=…][;endpoint=…]`,
+/// e.g. `requests/minute=10` or `total_tokens/day=1000;model=gpt-4o;subject=project`.
+pub fn parse_limit(text: &str) -> anyhow::Result<Value> {
+    const SYNTAX: &str = "a limit reads metric/window=number[;subject=…][;provider=…][;model=…][;endpoint=…]";
+    let mut parts = text.split(';');
+    let head = parts.next().unwrap_or_default();
+    let (slot, limit) = head.split_once('=').context(SYNTAX)?;
+    let (metric, window) = slot.split_once('/').context(SYNTAX)?;
     let limit: u64 = limit.trim().parse().with_context(|| format!("'{limit}' is not a whole number"))?;
-    Ok(json!({ "metric": metric.trim(), "window": window.trim(), "limit": limit }))
+    let mut spec = json!({ "metric": metric.trim(), "window": window.trim(), "limit": limit });
+    for part in parts {
+        let (field, value) = part.split_once('=').context(SYNTAX)?;
+        let field = field.trim();
+        if !["subject", "provider", "model", "endpoint"].contains(&field) {
+            bail!("unknown limit field '{field}': {SYNTAX}");
+        }
+        spec[field] = Value::from(value.trim());
+    }
+    Ok(spec)
+}
+
+fn parse_limits(texts: &[String]) -> anyhow::Result<Vec<Value>> {
+    texts.iter().map(|l| parse_limit(l)).collect()
 }
 
 struct Client {
     http: reqwest::Client,
-    server: ServerArgs,
+    base: String,
+    token: String,
 }
 
 impl Client {
-    fn new(server: ServerArgs) -> anyhow::Result<Self> {
+    fn new(server: &ServerArgs) -> anyhow::Result<Self> {
+        let token = server.token()?;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder().build().context("building the HTTP client")?;
-        Ok(Self { http, server })
+        Ok(Self { http, base: server.url.trim_end_matches('/').to_owned(), token })
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let url = format!("{}{}", self.server.url.trim_end_matches('/'), path);
-        let mut request = self.http.request(method, &url);
-        if let Some(token) = &self.server.admin_token {
-            request = request.bearer_auth(token);
-        }
+        let url = format!("{}{}", self.base, path);
+        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -306,14 +458,50 @@ impl Client {
         }
         Ok(value)
     }
+
+    /// A list, one page or (`--all`) every page: `cursor` is the query parameter
+    /// that continues it, `next` the answer's field naming where.
+    async fn list(
+        &self,
+        path: &str,
+        pairs: Vec<(&str, Option<String>)>,
+        page: &PageArgs,
+        paging: Paging,
+    ) -> anyhow::Result<Value> {
+        if page.limit == 0 || page.limit > 1000 {
+            bail!("--limit must be between 1 and 1000");
+        }
+        let mut after = page.after.clone();
+        let mut rows = Vec::new();
+        loop {
+            let mut q = pairs.clone();
+            q.push(("limit", Some(page.limit.to_string())));
+            q.push((paging.cursor, after.clone()));
+            let mut answer = self.call(reqwest::Method::GET, &format!("{path}{}", query(&q)), None).await?;
+            let next = answer.get(paging.next).and_then(Value::as_str).map(str::to_owned);
+            if !page.all {
+                return Ok(answer);
+            }
+            if let Some(Value::Array(data)) = answer.get_mut("data").map(Value::take) {
+                rows.extend(data);
+            }
+            match next {
+                Some(n) if after.as_deref() != Some(n.as_str()) => after = Some(n),
+                _ => return Ok(json!({ "data": rows, paging.next: Value::Null })),
+            }
+        }
+    }
 }
 
-fn print(value: &Value) -> anyhow::Result<()> {
-    if !value.is_null() {
-        println!("{}", serde_json::to_string_pretty(value)?);
-    }
-    Ok(())
+/// How a list continues: the query parameter and the answer's field.
+#[derive(Clone, Copy)]
+struct Paging {
+    cursor: &'static str,
+    next: &'static str,
 }
+
+const KEY_PAGES: Paging = Paging { cursor: "after", next: "next_after" };
+const USAGE_PAGES: Paging = Paging { cursor: "cursor", next: "next_cursor" };
 
 fn query(pairs: &[(&str, Option<String>)]) -> String {
     let parts: Vec<String> =
@@ -330,21 +518,86 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
+/// The slot of a limit as JSON (what an override replaces): metric, window, subject
+/// and scope.
+fn slot(limit: &Value) -> [Value; 6] {
+    let field = |f: &str| limit.get(f).cloned().unwrap_or(Value::Null);
+    let subject = match field("subject") {
+        Value::Null => Value::from("key"),
+        other => other,
+    };
+    [field("metric"), field("window"), subject, field("provider"), field("model"), field("endpoint")]
+}
+
+/// `existing` with each of `changes` replacing the limit in its slot, or added.
+fn merge_limits(existing: &[Value], changes: Vec<Value>) -> Vec<Value> {
+    let mut merged: Vec<Value> = existing
+        .iter()
+        .map(|l| {
+            let mut l = l.clone();
+            if let Some(o) = l.as_object_mut() {
+                o.remove("name");
+            }
+            l
+        })
+        .collect();
+    for change in changes {
+        match merged.iter_mut().find(|l| slot(l) == slot(&change)) {
+            Some(l) => *l = change,
+            None => merged.push(change),
+        }
+    }
+    merged
+}
+
 /// Runs an admin command against a server.
 pub async fn run_admin(command: Command) -> anyhow::Result<()> {
     use reqwest::Method;
-    let (server, method, path, body) = match command {
+    let (server, call) = admin_call(command)?;
+    let client = Client::new(&server)?;
+    let result = match call {
+        Call::Plain(method, path, body) => client.call(method, &path, body).await?,
+        Call::List { path, pairs, page, paging } => client.list(&path, pairs, &page, paging).await?,
+        Call::KeyUpdate { id, mut body, limits } => {
+            let path = format!("/api/v1/keys/{}", urlencode(&id));
+            if !limits.is_empty() {
+                let key = client.call(Method::GET, &path, None).await?;
+                let existing = key.get("limits").and_then(Value::as_array).cloned().unwrap_or_default();
+                body.insert("limits".into(), Value::Array(merge_limits(&existing, limits)));
+            }
+            client.call(Method::PATCH, &path, Some(Value::Object(body))).await?
+        }
+    };
+    output::print(&result, output::Format::choose(server.json))
+}
+
+enum Call {
+    Plain(reqwest::Method, String, Option<Value>),
+    List { path: String, pairs: Vec<(&'static str, Option<String>)>, page: PageArgs, paging: Paging },
+    KeyUpdate { id: String, body: serde_json::Map<String, Value>, limits: Vec<Value> },
+}
+
+fn admin_call(command: Command) -> anyhow::Result<(ServerArgs, Call)> {
+    use reqwest::Method;
+    let plain = |server, method, path: String, body| Ok((server, Call::Plain(method, path, body)));
+    match command {
         Command::Serve { .. } | Command::MockUpstream(_) | Command::Config(_) => bail!("not an admin command"),
         Command::Keys(k) => match k {
-            KeysCommand::Create { server, project, plan, name, expires_at } => {
-                let body = json!({ "project": project, "plan": plan, "name": name, "expires_at": expires_at });
-                (server, Method::POST, "/api/v1/keys".to_owned(), Some(body))
+            KeysCommand::Create { server, project, plan, name, expires_at, limits } => {
+                let mut body = json!({ "project": project, "plan": plan, "name": name, "expires_at": expires_at });
+                if !limits.is_empty() {
+                    body["limits"] = Value::Array(parse_limits(&limits)?);
+                }
+                plain(server, Method::POST, "/api/v1/keys".to_owned(), Some(body))
             }
-            KeysCommand::List { server, project } => {
-                (server, Method::GET, format!("/api/v1/keys{}", query(&[("project", project)])), None)
+            KeysCommand::List { server, project, page } => Ok((
+                server,
+                Call::List { path: "/api/v1/keys".into(), pairs: vec![("project", project)], page, paging: KEY_PAGES },
+            )),
+            KeysCommand::Get { server, id } => {
+                plain(server, Method::GET, format!("/api/v1/keys/{}", urlencode(&id)), None)
             }
-            KeysCommand::Get { server, id } => (server, Method::GET, format!("/api/v1/keys/{}", urlencode(&id)), None),
-            KeysCommand::Update { server, id, plan, name, expires_at } => {
+            KeysCommand::Update { server, id, plan, name, expires_at, limits, clear_limits } => {
                 let mut body = serde_json::Map::new();
                 if let Some(p) = plan {
                     body.insert("plan".into(), p.into());
@@ -355,12 +608,15 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
                 if let Some(e) = expires_at {
                     body.insert("expires_at".into(), e.into());
                 }
-                (server, Method::PATCH, format!("/api/v1/keys/{}", urlencode(&id)), Some(Value::Object(body)))
+                if clear_limits {
+                    body.insert("limits".into(), json!([]));
+                }
+                Ok((server, Call::KeyUpdate { id, body, limits: parse_limits(&limits)? }))
             }
             KeysCommand::Revoke { server, id } => {
-                (server, Method::POST, format!("/api/v1/keys/{}/revoke", urlencode(&id)), None)
+                plain(server, Method::POST, format!("/api/v1/keys/{}/revoke", urlencode(&id)), None)
             }
-            KeysCommand::Regenerate { server, id, grace_period_secs } => (
+            KeysCommand::Regenerate { server, id, grace_period_secs } => plain(
                 server,
                 Method::POST,
                 format!("/api/v1/keys/{}/regenerate", urlencode(&id)),
@@ -369,11 +625,11 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
         },
         Command::Projects(p) => match p {
             ProjectsCommand::Create { server, id, name } => {
-                (server, Method::POST, "/api/v1/projects".to_owned(), Some(json!({ "id": id, "name": name })))
+                plain(server, Method::POST, "/api/v1/projects".to_owned(), Some(json!({ "id": id, "name": name })))
             }
-            ProjectsCommand::List { server } => (server, Method::GET, "/api/v1/projects".to_owned(), None),
+            ProjectsCommand::List { server } => plain(server, Method::GET, "/api/v1/projects".to_owned(), None),
             ProjectsCommand::Get { server, id } => {
-                (server, Method::GET, format!("/api/v1/projects/{}", urlencode(&id)), None)
+                plain(server, Method::GET, format!("/api/v1/projects/{}", urlencode(&id)), None)
             }
             ProjectsCommand::Update {
                 server,
@@ -393,12 +649,10 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
                     body.insert("allowed_plans".into(), json!(p));
                 }
                 if !max_overrides.is_empty() {
-                    let parsed = max_overrides.iter().map(|l| parse_limit(l)).collect::<anyhow::Result<Vec<_>>>()?;
-                    body.insert("max_overrides".into(), Value::Array(parsed));
+                    body.insert("max_overrides".into(), Value::Array(parse_limits(&max_overrides)?));
                 }
                 if !limits.is_empty() {
-                    let parsed = limits.iter().map(|l| parse_limit(l)).collect::<anyhow::Result<Vec<_>>>()?;
-                    body.insert("limits".into(), Value::Array(parsed));
+                    body.insert("limits".into(), Value::Array(parse_limits(&limits)?));
                 }
                 for (field, value) in [("openai_organization", openai_organization), ("openai_project", openai_project)]
                 {
@@ -406,55 +660,94 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
                         body.insert(field.into(), if v.is_empty() { Value::Null } else { v.into() });
                     }
                 }
-                (server, Method::PATCH, format!("/api/v1/projects/{}", urlencode(&id)), Some(Value::Object(body)))
+                plain(server, Method::PATCH, format!("/api/v1/projects/{}", urlencode(&id)), Some(Value::Object(body)))
             }
         },
         Command::Plans(p) => match p {
-            PlansCommand::List { server } => (server, Method::GET, "/api/v1/plans".to_owned(), None),
+            PlansCommand::List { server } => plain(server, Method::GET, "/api/v1/plans".to_owned(), None),
             PlansCommand::Get { server, name } => {
-                (server, Method::GET, format!("/api/v1/plans/{}", urlencode(&name)), None)
+                plain(server, Method::GET, format!("/api/v1/plans/{}", urlencode(&name)), None)
             }
-            PlansCommand::Set { server, name, limits, description } => {
-                let limits = limits.iter().map(|l| parse_limit(l)).collect::<anyhow::Result<Vec<_>>>()?;
-                let body = json!({ "description": description, "limits": limits });
-                (server, Method::PUT, format!("/api/v1/plans/{}", urlencode(&name)), Some(body))
+            PlansCommand::Set { server, name, limits, remove, description, replace } => {
+                let limits = parse_limits(&limits)?;
+                let path = format!("/api/v1/plans/{}", urlencode(&name));
+                if replace {
+                    let body = json!({ "description": description, "limits": limits });
+                    return plain(server, Method::PUT, path, Some(body));
+                }
+                let mut body = json!({ "limits": limits, "remove": remove });
+                if let Some(d) = description {
+                    body["description"] = Value::from(d);
+                }
+                plain(server, Method::PATCH, path, Some(body))
             }
             PlansCommand::Delete { server, name } => {
-                (server, Method::DELETE, format!("/api/v1/plans/{}", urlencode(&name)), None)
+                plain(server, Method::DELETE, format!("/api/v1/plans/{}", urlencode(&name)), None)
             }
         },
         Command::Tokens(t) => match t {
             TokensCommand::Create { server, project, operator: _, name, expires_at } => {
                 let body = json!({ "name": name, "expires_at": expires_at });
                 match project {
-                    Some(p) => (server, Method::POST, format!("/api/v1/projects/{}/tokens", urlencode(&p)), Some(body)),
-                    None => (server, Method::POST, "/api/v1/admin-tokens".to_owned(), Some(body)),
+                    Some(p) => {
+                        plain(server, Method::POST, format!("/api/v1/projects/{}/tokens", urlencode(&p)), Some(body))
+                    }
+                    None => plain(server, Method::POST, "/api/v1/admin-tokens".to_owned(), Some(body)),
                 }
             }
             TokensCommand::List { server, project } => {
-                (server, Method::GET, format!("/api/v1/admin-tokens{}", query(&[("project", project)])), None)
+                plain(server, Method::GET, format!("/api/v1/admin-tokens{}", query(&[("project", project)])), None)
             }
             TokensCommand::Get { server, id } => {
-                (server, Method::GET, format!("/api/v1/admin-tokens/{}", urlencode(&id)), None)
+                plain(server, Method::GET, format!("/api/v1/admin-tokens/{}", urlencode(&id)), None)
             }
             TokensCommand::Revoke { server, id } => {
-                (server, Method::POST, format!("/api/v1/admin-tokens/{}/revoke", urlencode(&id)), None)
+                plain(server, Method::POST, format!("/api/v1/admin-tokens/{}/revoke", urlencode(&id)), None)
             }
         },
-        Command::Usage { server, project, key, from, to, limit } => {
-            let q = query(&[
-                ("project", project),
-                ("key", key),
-                ("from", from),
-                ("to", to),
-                ("limit", Some(limit.to_string())),
-            ]);
-            (server, Method::GET, format!("/api/v1/usage{q}"), None)
+        Command::Usage { server, project, key, from, to, page } => Ok((
+            server,
+            Call::List {
+                path: "/api/v1/usage".into(),
+                pairs: vec![("project", project), ("key", key), ("from", from), ("to", to)],
+                page,
+                paging: USAGE_PAGES,
+            },
+        )),
+        Command::Status { server, key, project } => {
+            let q = query(&[("key", key), ("project", project)]);
+            plain(server, Method::GET, format!("/api/v1/usage/status{q}"), None)
         }
-    };
-    if server.admin_token.is_none() {
-        bail!("no admin token: pass --admin-token or set TOLLGATE_ADMIN_TOKEN");
     }
-    let client = Client::new(server)?;
-    print(&client.call(method, &path, body).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_parse_with_subjects_and_scopes() {
+        assert_eq!(
+            parse_limit("total_tokens/day=1000;model=gpt-4o;subject=project").expect("valid"),
+            json!({ "metric": "total_tokens", "window": "day", "limit": 1000, "model": "gpt-4o", "subject": "project" })
+        );
+        assert!(parse_limit("requests/minute=ten").is_err());
+        assert!(parse_limit("requests/minute=1;colour=red").is_err());
+    }
+
+    #[test]
+    fn an_override_replaces_its_slot_and_keeps_the_others() {
+        let existing = vec![
+            json!({ "name": "requests_per_minute", "metric": "requests", "window": "minute", "limit": 5 }),
+            json!({ "metric": "requests", "window": "minute", "limit": 50, "subject": "ip" }),
+        ];
+        let merged = merge_limits(&existing, vec![json!({ "metric": "requests", "window": "minute", "limit": 7 })]);
+        assert_eq!(
+            merged,
+            vec![
+                json!({ "metric": "requests", "window": "minute", "limit": 7 }),
+                json!({ "metric": "requests", "window": "minute", "limit": 50, "subject": "ip" }),
+            ]
+        );
+    }
 }

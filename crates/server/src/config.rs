@@ -311,7 +311,7 @@ const NEVER_FORWARDED: &[&str] = &[
 
 /// Top-level keys a `TOLLGATE_*` variable may set (others, like `TOLLGATE_CONFIG`
 /// or the CLI's `TOLLGATE_URL`, are not configuration of the server).
-const ENV_KEYS: &[&str] = &[
+pub const ENV_KEYS: &[&str] = &[
     "listen",
     "data_dir",
     "store",

@@ -33,7 +33,7 @@ pub fn routes() -> Router<AppState> {
         .merge(crate::routes::projects::routes())
         .merge(crate::routes::tokens::routes())
         .route("/api/v1/plans", get(list_plans).post(create_plan))
-        .route("/api/v1/plans/{name}", get(get_plan).put(replace_plan).delete(delete_plan))
+        .route("/api/v1/plans/{name}", get(get_plan).put(replace_plan).patch(update_plan).delete(delete_plan))
         .route("/api/v1/keys", get(list_keys).post(create_key))
         .route("/api/v1/keys/verify", post(crate::routes::verify::verify))
         .route("/api/v1/keys/{id}", get(get_key).patch(update_key).delete(revoke_key))
@@ -68,10 +68,15 @@ fn checked_plan(name: String, body: PlanBody) -> ApiResult<Plan> {
 }
 
 fn plan_view(p: &Plan) -> Value {
+    // Every field of each limit (its subject and scope too), and its name.
     let limits: Vec<Value> = p
         .limits
         .iter()
-        .map(|l| json!({ "name": l.name(), "metric": l.metric, "window": l.window, "limit": l.limit }))
+        .map(|l| {
+            let mut v = serde_json::to_value(l).unwrap_or_else(|_| json!({}));
+            v["name"] = Value::from(l.name());
+            v
+        })
         .collect();
     json!({ "name": p.name, "description": p.description, "limits": limits })
 }
@@ -116,6 +121,55 @@ async fn replace_plan(
         return Err(ApiError::invalid_field("name", "does not match the plan in the path"));
     }
     let plan = checked_plan(name, body)?;
+    state.catalog.put_plan(plan.clone()).await?;
+    state.plans.put(plan.clone());
+    Ok(AxumJson(plan_view(&plan)))
+}
+
+/// `PATCH /api/v1/plans/{name}`: changes some limits and keeps the others. Each of
+/// `limits` replaces the plan's limit in the same slot (metric, window, subject and
+/// scope) or is added; `remove` drops limits by name (`requests_per_minute`);
+/// `description` replaces the description (`null` clears it). `PUT` still replaces
+/// the whole plan.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanPatch {
+    #[serde(default, deserialize_with = "present")]
+    description: Option<Value>,
+    #[serde(default)]
+    limits: Vec<LimitSpec>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+async fn update_plan(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(name): Path<String>,
+    Json(patch): Json<PlanPatch>,
+) -> ApiResult<AxumJson<Value>> {
+    admin.require_operator()?;
+    let mut plan = state.catalog.get_plan(&name).await?.ok_or(ApiError::NotFound { what: "plan", id: name })?;
+    for gone in &patch.remove {
+        let before = plan.limits.len();
+        plan.limits.retain(|l| &l.name() != gone);
+        if plan.limits.len() == before {
+            return Err(ApiError::invalid_field("remove", format!("the plan has no limit named '{gone}'")));
+        }
+    }
+    for limit in patch.limits {
+        match plan.limits.iter_mut().find(|l| l.slot() == limit.slot()) {
+            Some(existing) => *existing = limit,
+            None => plan.limits.push(limit),
+        }
+    }
+    match patch.description {
+        None => {}
+        Some(Value::Null) => plan.description = None,
+        Some(Value::String(d)) => plan.description = Some(d),
+        Some(_) => return Err(ApiError::invalid_field("description", "must be a string or null")),
+    }
+    validate_limits(&plan.limits).map_err(|e| ApiError::invalid_field("limits", e))?;
     state.catalog.put_plan(plan.clone()).await?;
     state.plans.put(plan.clone());
     Ok(AxumJson(plan_view(&plan)))
