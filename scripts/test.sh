@@ -49,6 +49,40 @@ if ! setup_openai; then
     exit 1
 fi
 
+# --- FastAPI (the verify middleware example, docs/examples/middleware/fastapi) -
+setup_fastapi() {
+    if python3 -c 'import fastapi, httpx' 2>/dev/null; then
+        say "python fastapi: present"
+        return 0
+    fi
+    python3 -m pip install --quiet fastapi httpx 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages fastapi httpx || return 1
+    python3 -c 'import fastapi, httpx' 2>/dev/null || return 1
+    say "python fastapi: installed"
+}
+if ! setup_fastapi; then
+    echo "[test.sh] ERROR: FastAPI and httpx could not be installed (python3 -m pip install fastapi httpx)." >&2
+    exit 1
+fi
+
+# --- Express (the verify middleware example, docs/examples/middleware/express) -
+setup_express() {
+    local dir=docs/examples/middleware/express
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        apt_install nodejs npm || return 1
+    fi
+    if [ -d "$dir/node_modules/express" ]; then
+        say "npm express: present"
+        return 0
+    fi
+    (cd "$dir" && npm ci --no-audit --no-fund --silent) || return 1
+    say "npm express: installed"
+}
+if ! setup_express; then
+    echo "[test.sh] ERROR: Express could not be installed (cd docs/examples/middleware/express && npm ci)." >&2
+    exit 1
+fi
+
 # --- promtool (the /metrics test checks the scrape with Prometheus's linter) ---
 setup_promtool() {
     if command -v promtool >/dev/null; then
