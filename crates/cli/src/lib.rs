@@ -459,6 +459,19 @@ impl Client {
         Ok(value)
     }
 
+    /// The status of `GET path` (to tell a missing resource from an error).
+    async fn status(&self, path: &str) -> anyhow::Result<reqwest::StatusCode> {
+        let url = format!("{}{}", self.base, path);
+        let response = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("calling {url}: is tollgate running?"))?;
+        Ok(response.status())
+    }
+
     /// A list, one page or (`--all`) every page: `cursor` is the query parameter
     /// that continues it, `next` the answer's field naming where.
     async fn list(
@@ -567,14 +580,38 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
             }
             client.call(Method::PATCH, &path, Some(Value::Object(body))).await?
         }
+        Call::PlanSet { path, patch, create } => match client.status(&path).await? {
+            reqwest::StatusCode::NOT_FOUND => {
+                if patch.get("remove").and_then(Value::as_array).is_some_and(|r| !r.is_empty()) {
+                    bail!("there is no such plan to remove limits from");
+                }
+                client.call(Method::PUT, &path, Some(create)).await?
+            }
+            _ => client.call(Method::PATCH, &path, Some(patch)).await?,
+        },
     };
     output::print(&result, output::Format::choose(server.json))
 }
 
 enum Call {
     Plain(reqwest::Method, String, Option<Value>),
-    List { path: String, pairs: Vec<(&'static str, Option<String>)>, page: PageArgs, paging: Paging },
-    KeyUpdate { id: String, body: serde_json::Map<String, Value>, limits: Vec<Value> },
+    List {
+        path: String,
+        pairs: Vec<(&'static str, Option<String>)>,
+        page: PageArgs,
+        paging: Paging,
+    },
+    KeyUpdate {
+        id: String,
+        body: serde_json::Map<String, Value>,
+        limits: Vec<Value>,
+    },
+    /// `plans set`: PATCH an existing plan, or create it (PUT) when there is none.
+    PlanSet {
+        path: String,
+        patch: Value,
+        create: Value,
+    },
 }
 
 fn admin_call(command: Command) -> anyhow::Result<(ServerArgs, Call)> {
@@ -675,11 +712,12 @@ fn admin_call(command: Command) -> anyhow::Result<(ServerArgs, Call)> {
                     let body = json!({ "description": description, "limits": limits });
                     return plain(server, Method::PUT, path, Some(body));
                 }
-                let mut body = json!({ "limits": limits, "remove": remove });
+                let create = json!({ "description": description, "limits": limits });
+                let mut patch = json!({ "limits": limits, "remove": remove });
                 if let Some(d) = description {
-                    body["description"] = Value::from(d);
+                    patch["description"] = Value::from(d);
                 }
-                plain(server, Method::PATCH, path, Some(body))
+                Ok((server, Call::PlanSet { path, patch, create }))
             }
             PlansCommand::Delete { server, name } => {
                 plain(server, Method::DELETE, format!("/api/v1/plans/{}", urlencode(&name)), None)

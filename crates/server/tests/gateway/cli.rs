@@ -119,6 +119,8 @@ async fn plans_set_changes_one_limit_and_keeps_the_others_while_replace_and_put_
         assert_eq!(names(&scoped).len(), expected.len() + 1);
         let back = json_of(&app, &["plans", "set", "free", "--remove", "total_tokens_per_day_model_gpt-4o"]);
         assert_eq!(names(&back), expected);
+        let created = json_of(&app, &["plans", "set", "brand-new", "--limit", "requests/minute=4"]);
+        assert_eq!(names(&created), [("requests_per_minute".to_owned(), 4)], "a plan that does not exist is created");
         let replaced = json_of(&app, &["plans", "set", "free", "--replace", "--limit", "requests/minute=3"]);
         assert_eq!(names(&replaced), [("requests_per_minute".to_owned(), 3)], "--replace is PUT");
     });

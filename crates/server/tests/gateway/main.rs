@@ -7,6 +7,7 @@ mod admission;
 mod cli;
 mod crash;
 mod deadline;
+mod deployment;
 mod examples;
 mod faults;
 mod hangup;
