@@ -54,6 +54,13 @@ pub fn next_month_start(ms: i64) -> i64 {
 
 /// Formats `ms` as an RFC 3339 UTC timestamp with millisecond precision.
 pub fn to_rfc3339(ms: i64) -> String {
+    let mut out = String::with_capacity(24);
+    write_rfc3339(&mut out, ms);
+    out
+}
+
+/// [`to_rfc3339`] into `out`, allocating nothing (the access log writes one a request).
+pub fn write_rfc3339(out: &mut String, ms: i64) {
     let days = ms.div_euclid(MS_PER_DAY);
     let rem = ms.rem_euclid(MS_PER_DAY);
     let (y, mo, d) = civil_from_days(days);
@@ -61,7 +68,7 @@ pub fn to_rfc3339(ms: i64) -> String {
     let mi = (rem % MS_PER_HOUR) / MS_PER_MINUTE;
     let s = (rem % MS_PER_MINUTE) / MS_PER_SECOND;
     let milli = rem % MS_PER_SECOND;
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}Z")
+    let _ = std::fmt::Write::write_fmt(out, format_args!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}Z"));
 }
 
 /// Parses an RFC 3339 timestamp (`2026-11-23T04:30:00Z`, optional fraction and

@@ -1,14 +1,15 @@
 //! What `/metrics` and the access log add to one proxied request, in CPU time:
 //! everything a request that reaches the upstream does for them (the model's label,
 //! the limit decision, the answer's route/status/latencies, the recorded tokens and
-//! cost), and the access-log line formatted as JSON (written to a sink, so the figure
-//! is the formatting; the write itself is one `write(2)` to stderr).
+//! cost), and the access-log line formatted and put in its thread's buffer (the
+//! flusher thread writes the buffers to stderr every 200 ms: run with `2>/dev/null`).
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tollgate_core::{Decision, UsageRecord, UsageSource};
+use tollgate_gateway::access::AccessLog;
 use tollgate_gateway::metrics::{Metrics, Route};
 use tollgate_pricing::PriceTable;
 
@@ -55,30 +56,18 @@ fn observe(c: &mut Criterion) {
             );
         })
     });
-    let subscriber = tracing_subscriber::fmt().json().with_writer(std::io::sink).with_target(false).finish();
-    tracing::subscriber::with_default(subscriber, || {
-        c.bench_function("access log: one JSON line, formatted", |b| {
+    for (name, format) in [("JSON", AccessLog::Json), ("text", AccessLog::Text)] {
+        c.bench_function(&format!("access log: one {name} line, formatted and buffered"), |b| {
             b.iter(|| {
                 tollgate_gateway::access::write(
+                    format,
                     black_box(&record),
                     Duration::from_micros(5_120),
                     Some(Duration::from_micros(5_010)),
                 )
             })
         });
-    });
-    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(std::io::sink).with_target(false).finish();
-    tracing::subscriber::with_default(subscriber, || {
-        c.bench_function("access log: one text line, formatted", |b| {
-            b.iter(|| {
-                tollgate_gateway::access::write(
-                    black_box(&record),
-                    Duration::from_micros(5_120),
-                    Some(Duration::from_micros(5_010)),
-                )
-            })
-        });
-    });
+    }
     let mut out = String::new();
     c.bench_function("metrics: render the scrape (not per request)", |b| {
         b.iter(|| {

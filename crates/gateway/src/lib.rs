@@ -72,8 +72,9 @@ pub struct GatewaySettings {
     /// The longest a proxied request may take from admission to its last byte
     /// (`upstream.total_timeout_secs`); a stream past it ends with an error event.
     pub total_timeout: std::time::Duration,
-    /// Whether one access-log line is written per request (`access_log`).
-    pub access_log: bool,
+    /// Whether and how one access-log line is written per request (`access_log`,
+    /// `log_format`).
+    pub access_log: access::AccessLog,
 }
 
 /// How much longer than its request's deadline (and drain) a reservation is held:

@@ -99,7 +99,11 @@ impl Application {
             commit_timeout: config.commit_timeout,
             prices: config.prices.clone(),
             forward_headers: config.forward_headers.clone(),
-            access_log: config.access_log,
+            access_log: match (config.access_log, config.log_format) {
+                (false, _) => tollgate_gateway::access::AccessLog::Off,
+                (true, crate::config::LogFormat::Text) => tollgate_gateway::access::AccessLog::Text,
+                (true, crate::config::LogFormat::Json) => tollgate_gateway::access::AccessLog::Json,
+            },
         };
         let metrics = Arc::new(tollgate_gateway::metrics::Metrics::new(&config.provider, &config.prices));
         let gateway = Gateway {
@@ -187,6 +191,7 @@ impl Application {
         state.tasks.close();
         state.tasks.wait().await;
         state.ledger.close().await.context("flushing the ledger")?;
+        tollgate_gateway::access::flush();
         tracing::info!("shutdown complete: ledger flushed");
         Ok(())
     }
