@@ -83,6 +83,23 @@ if ! setup_express; then
     exit 1
 fi
 
+# --- Go, Ruby and curl (docs/examples/api runs in every language) -----------
+setup_example_toolchains() {
+    local missing=()
+    command -v go >/dev/null || missing+=(golang-go)
+    command -v ruby >/dev/null || missing+=(ruby)
+    command -v curl >/dev/null || missing+=(curl)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt_install "${missing[@]}" || return 1
+    fi
+    command -v go >/dev/null && command -v ruby >/dev/null && command -v curl >/dev/null || return 1
+    say "go, ruby, curl: present"
+}
+if ! setup_example_toolchains; then
+    echo "[test.sh] ERROR: go, ruby or curl is missing and could not be installed (Debian: golang-go ruby curl)." >&2
+    exit 1
+fi
+
 # --- promtool (the /metrics test checks the scrape with Prometheus's linter) ---
 setup_promtool() {
     if command -v promtool >/dev/null; then

@@ -221,6 +221,7 @@ impl Shared {
 /// An error answer in OpenAI's shape.
 fn refusal<B: From<Bytes>>(status: StatusCode, code: &str, message: &str, retry_after: Option<u64>) -> Response<B> {
     let kind = match status {
+        StatusCode::FORBIDDEN => "permission_error",
         StatusCode::TOO_MANY_REQUESTS if code == "quota_exceeded" => "quota_exceeded_error",
         StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
         StatusCode::SERVICE_UNAVAILABLE => "api_error",

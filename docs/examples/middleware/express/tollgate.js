@@ -10,8 +10,8 @@
 
 const REFUSALS = {
   NOT_FOUND: [401, "invalid_api_key", "invalid_request_error", "Invalid API key."],
-  REVOKED: [403, "key_revoked", "invalid_request_error", "This API key has been revoked."],
-  EXPIRED: [403, "key_expired", "invalid_request_error", "This API key has expired."],
+  REVOKED: [403, "key_revoked", "permission_error", "This API key has been revoked."],
+  EXPIRED: [403, "key_expired", "permission_error", "This API key has expired."],
   RATE_LIMITED: [429, "rate_limit_exceeded", "rate_limit_error", "Rate limit exceeded."],
   QUOTA_EXCEEDED: [429, "quota_exceeded", "quota_exceeded_error", "Quota exceeded."],
 };

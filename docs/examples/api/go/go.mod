@@ -1,0 +1,3 @@
+module example.com/tollgate-example
+
+go 1.19
