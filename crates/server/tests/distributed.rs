@@ -606,3 +606,34 @@ async fn only_one_instance_runs_the_periodic_counter_rebuild() {
     delete_redis_prefix(&env.redis_url, &prefix).await;
     schema.drop().await;
 }
+
+/// In distributed mode `/metrics` adds the Redis breaker and the key cache, and the
+/// whole scrape still passes `promtool check metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_show_the_breaker_and_the_key_cache_and_pass_promtool() {
+    let Some(env) = env() else { return };
+    let schema = Schema::create(&env).await;
+    let mock = spawn_mock().await;
+    let prefix = format!("{}:", unique("tgtest"));
+    let a = start(config(&mock, &env.redis_url, &schema.url, &prefix)).await;
+    let (key, _) = a.project_key("metrics", json!([{ "metric": "requests", "window": "month", "limit": 100 }])).await;
+    assert_eq!(a.chat(&key).await.status, 200);
+    let text = a.http.get(format!("{}/metrics", a.base)).send().await.expect("scrape").text().await.expect("body");
+    assert!(text.contains("tollgate_breaker_open{breaker=\"redis_limiter\"} 0"), "{text}");
+    assert!(text.contains("tollgate_key_cache_entries{kind=\"known\"} 1"), "the key just used is cached: {text}");
+    assert!(text.contains("tollgate_ledger_commit_duration_seconds_count"), "PostgreSQL commits are timed");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is needed (Debian package `prometheus`; scripts/test.sh installs it)");
+    std::io::Write::write_all(&mut promtool.stdin.take().expect("stdin"), text.as_bytes()).expect("write");
+    let out = promtool.wait_with_output().expect("promtool ran");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}");
+    a.stop().await;
+    schema.drop().await;
+    delete_redis_prefix(&env.redis_url, &prefix).await;
+}
