@@ -103,6 +103,10 @@ pub struct UsageRecord {
     #[serde(default)]
     pub anonymous_id: Option<String>,
     pub latency_ms: u64,
+    /// The upstream's own id of the call (its `x-request-id`), to find it in the
+    /// provider's logs.
+    #[serde(default)]
+    pub upstream_request_id: Option<String>,
 }
 
 impl UsageRecord {

@@ -243,6 +243,7 @@ async fn forward(
             return;
         }
     };
+    settlement.upstream_request_id(upstream.request_id.clone());
     if upstream.status == 401 && !gateway.upstream.has_api_key() {
         // The upstream's own message would blame the client's key; the fault is the
         // gateway's configuration. Refunded: nothing is charged.

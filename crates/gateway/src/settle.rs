@@ -141,6 +141,13 @@ impl Settlement {
         now
     }
 
+    /// The upstream's own id of the call, kept in the record.
+    pub fn upstream_request_id(&mut self, id: Option<String>) {
+        if let Some(p) = &mut self.pending {
+            p.record.upstream_request_id = id;
+        }
+    }
+
     /// The upstream answered with `status`: 2xx spent tokens; its own failures (5xx)
     /// and throttling (429) are refunded, they are not the client's usage.
     pub fn answered(&mut self, status: u16) {

@@ -55,6 +55,9 @@ pub struct UpstreamResponse {
     pub content_type: Option<String>,
     /// `Retry-After` passed on when the provider sends one (its own 429s).
     pub retry_after: Option<String>,
+    /// The provider's own id of the call (`x-request-id`), at most 200 visible ASCII
+    /// characters.
+    pub request_id: Option<String>,
     pub body: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>,
 }
 
@@ -133,10 +136,12 @@ impl Upstream {
         };
         let content_type = header(reqwest::header::CONTENT_TYPE);
         let retry_after = header(reqwest::header::RETRY_AFTER);
+        let request_id = header(reqwest::header::HeaderName::from_static("x-request-id"))
+            .filter(|id| !id.is_empty() && id.len() <= 200 && id.bytes().all(|b| b.is_ascii_graphic()));
         let status = response.status().as_u16();
         let read_timeout = self.read_timeout;
         let body = response.bytes_stream().map(move |r| r.map_err(|e| classify(&e, read_timeout)));
-        Ok(UpstreamResponse { status, content_type, retry_after, body: Box::pin(body) })
+        Ok(UpstreamResponse { status, content_type, retry_after, request_id, body: Box::pin(body) })
     }
 }
 

@@ -60,7 +60,7 @@ fn policy(max_retained: usize) -> BatchPolicy {
 static INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT OR IGNORE INTO usage ({USAGE_COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
     )
 });
 
@@ -176,6 +176,7 @@ fn row_from_sql(row: &Row<'_>) -> rusqlite::Result<UsageRow> {
         client_ip: row.get(18)?,
         anonymous_id: row.get(19)?,
         price_estimated: row.get::<_, i64>(20)? != 0,
+        upstream_request_id: row.get(21)?,
     })
 }
 
@@ -436,6 +437,7 @@ fn insert_record(insert: &mut rusqlite::CachedStatement<'_>, r: &UsageRecord) ->
             r.client_ip,
             r.anonymous_id,
             i64::from(r.price_estimated),
+            r.upstream_request_id,
         ])
         .map_err(sql_error)
 }

@@ -118,6 +118,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX usage_anonymous_ts ON usage (project_id, anonymous_id, ts_ms, id)
         WHERE anonymous_id IS NOT NULL;
     "#,
+    // 5: the upstream's own request id (its `x-request-id`).
+    "ALTER TABLE usage ADD COLUMN upstream_request_id TEXT;",
 ];
 
 /// What a connection is for; readers cannot write by accident.

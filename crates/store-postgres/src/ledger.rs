@@ -41,7 +41,8 @@ static INSERT: LazyLock<String> = LazyLock::new(|| {
         "INSERT INTO usage ({USAGE_COLUMNS}) \
          SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], \
          $8::bool[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], \
-         $15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[], $21::bool[]) \
+         $15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[], $21::bool[], \
+         $22::text[]) \
          ON CONFLICT (id) DO NOTHING"
     )
 });
@@ -116,6 +117,7 @@ fn record_from_row(row: &Row) -> StoreResult<UsageRecord> {
         client_ip: column(row, 18)?,
         anonymous_id: column(row, 19)?,
         price_estimated: column(row, 20)?,
+        upstream_request_id: column(row, 21)?,
     };
     Ok(usage.into_record()?)
 }
@@ -340,6 +342,7 @@ async fn insert_batch(pool: &Pool, records: &[UsageRecord], returning: bool) -> 
     let mut ips = Vec::with_capacity(n);
     let mut anonymous = Vec::with_capacity(n);
     let mut estimated = Vec::with_capacity(n);
+    let mut upstream_ids = Vec::with_capacity(n);
     for r in records {
         ids.push(r.id.as_str());
         ts.push(r.ts_ms);
@@ -362,6 +365,7 @@ async fn insert_batch(pool: &Pool, records: &[UsageRecord], returning: bool) -> 
         ips.push(r.client_ip.as_deref());
         anonymous.push(r.anonymous_id.as_deref());
         estimated.push(r.price_estimated);
+        upstream_ids.push(r.upstream_request_id.as_deref());
     }
     let client = pool.get().await.map_err(pool_error)?;
     let statement =
@@ -391,6 +395,7 @@ async fn insert_batch(pool: &Pool, records: &[UsageRecord], returning: bool) -> 
                 &ips,
                 &anonymous,
                 &estimated,
+                &upstream_ids,
             ],
         )
         .await

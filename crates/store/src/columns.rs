@@ -18,7 +18,7 @@ use crate::{StoreError, StoreResult};
 pub const USAGE_COLUMNS: &str = "id, ts_ms, project_id, key_id, endpoint, model, status, counted, requests, \
                                  prompt_tokens, completion_tokens, cost_micros, latency_ms, provider, \
                                  cached_tokens, uncached_cost_micros, usage_source, price_version, client_ip, \
-                                 anonymous_id, price_estimated";
+                                 anonymous_id, price_estimated, upstream_request_id";
 
 /// A stored value that does not fit the field it is read into: corrupt data, so it
 /// becomes [`StoreError::Internal`].
@@ -89,6 +89,7 @@ pub struct UsageRow {
     pub client_ip: Option<String>,
     pub anonymous_id: Option<String>,
     pub price_estimated: bool,
+    pub upstream_request_id: Option<String>,
 }
 
 impl UsageRow {
@@ -118,6 +119,7 @@ impl UsageRow {
             client_ip: self.client_ip,
             anonymous_id: self.anonymous_id,
             price_estimated: self.price_estimated,
+            upstream_request_id: self.upstream_request_id,
         })
     }
 }
@@ -127,13 +129,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn usage_columns_are_twenty_one_distinct_names() {
+    fn usage_columns_are_twenty_two_distinct_names() {
         let names: Vec<&str> = USAGE_COLUMNS.split(", ").collect();
-        assert_eq!(names.len(), 21);
+        assert_eq!(names.len(), 22);
         let mut sorted = names.clone();
         sorted.sort_unstable();
         sorted.dedup();
-        assert_eq!(sorted.len(), 21, "{names:?}");
+        assert_eq!(sorted.len(), 22, "{names:?}");
         assert_eq!((names[6], names[8], names[16]), ("status", "requests", "usage_source"), "indices used above");
     }
 

@@ -474,6 +474,7 @@ fn usage_view(r: &UsageRecord) -> Value {
         "price_estimated": r.price_estimated,
         "client_ip": r.client_ip,
         "anonymous_id": r.anonymous_id,
+        "upstream_request_id": r.upstream_request_id,
         "latency_ms": r.latency_ms,
     })
 }

@@ -179,6 +179,7 @@ async fn check_event(state: &AppState, admin: &Admin, raw: Value, now: i64) -> R
         client_ip: traffic.client_ip.map(|ip| ip.to_string()),
         anonymous_id: traffic.anonymous_id.clone(),
         latency_ms: 0,
+        upstream_request_id: None,
     };
     Ok(Checked { record, authed, traffic })
 }

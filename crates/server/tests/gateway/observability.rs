@@ -333,3 +333,16 @@ async fn traceparent_and_tracestate_are_passed_upstream() {
     assert_eq!(r.body["mock_echo"]["traceparent"], json!([traceparent]));
     assert_eq!(r.body["mock_echo"]["tracestate"], json!(["vendor=abc"]));
 }
+
+#[tokio::test]
+async fn the_upstreams_request_id_is_kept_in_the_ledger() {
+    let app = spawn_app().await;
+    let key = app.project_key("acme", "pro").await;
+    let r = app.chat(&key).await;
+    assert_eq!(r.status, 200);
+    let usage = app.usage("?project=acme").await;
+    let row = &usage["data"][0];
+    assert_eq!(row["id"], r.header("x-request-id").expect("tollgate's id"));
+    let upstream = row["upstream_request_id"].as_str().expect("the mock's x-request-id");
+    assert!(upstream.starts_with("req_mock_"), "{upstream}");
+}

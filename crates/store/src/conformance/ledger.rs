@@ -32,6 +32,7 @@ fn record(id: &str, ts_ms: i64, project_id: &str, key_id: &str) -> UsageRecord {
         client_ip: Some("203.0.113.7".to_owned()),
         anonymous_id: Some("anon-1".to_owned()),
         price_estimated: false,
+        upstream_request_id: Some(format!("req_upstream_{id}")),
     }
 }
 
