@@ -143,7 +143,21 @@ pub struct Metrics {
     /// metric × window of the limit that refused.
     refusals: [AtomicU64; 20],
     upstream_errors: [AtomicU64; 6],
+    /// Upstream calls that failed in a row (unreachable, timed out, invalid, 5xx),
+    /// zeroed by the next answer (`/health`).
+    upstream_failing: AtomicU64,
 }
+
+/// The upstream as `/health` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct UpstreamHealth {
+    /// `"ok"`, or `"failing"` after [`UPSTREAM_FAILING_AFTER`] failures in a row.
+    pub status: &'static str,
+    pub consecutive_failures: u64,
+}
+
+/// Failed upstream calls in a row after which `/health` says the upstream is failing.
+pub const UPSTREAM_FAILING_AFTER: u64 = 3;
 
 impl Metrics {
     /// Counters for a gateway forwarding to `provider`, labelling the models `prices`
@@ -172,6 +186,7 @@ impl Metrics {
             decisions: Default::default(),
             refusals: Default::default(),
             upstream_errors: Default::default(),
+            upstream_failing: AtomicU64::new(0),
         }
     }
 
@@ -218,6 +233,23 @@ impl Metrics {
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
         add(&self.upstream_errors[kind as usize], 1);
+        if kind != UpstreamErrorKind::Throttled && kind != UpstreamErrorKind::NoProviderKey {
+            add(&self.upstream_failing, 1);
+        }
+    }
+
+    /// The upstream answered (any status but a 5xx): the run of failures is over. A
+    /// load first, so the common case writes nothing.
+    pub fn upstream_answered(&self) {
+        if self.upstream_failing.load(Ordering::Relaxed) != 0 {
+            self.upstream_failing.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub fn upstream_health(&self) -> UpstreamHealth {
+        let consecutive_failures = self.upstream_failing.load(Ordering::Relaxed);
+        let status = if consecutive_failures >= UPSTREAM_FAILING_AFTER { "failing" } else { "ok" };
+        UpstreamHealth { status, consecutive_failures }
     }
 
     /// A request that reached the upstream, as recorded: its tokens and cost by model,

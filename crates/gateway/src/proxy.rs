@@ -252,10 +252,13 @@ async fn forward(
         return;
     }
     settlement.answered(upstream.status);
-    if upstream.status == 429 {
-        gateway.metrics.upstream_error(crate::metrics::UpstreamErrorKind::Throttled);
-    } else if upstream.status >= 500 {
+    if upstream.status >= 500 {
         gateway.metrics.upstream_error(crate::metrics::UpstreamErrorKind::ServerError);
+    } else {
+        gateway.metrics.upstream_answered();
+        if upstream.status == 429 {
+            gateway.metrics.upstream_error(crate::metrics::UpstreamErrorKind::Throttled);
+        }
     }
     let success = (200..300).contains(&upstream.status);
     let is_sse = upstream.content_type.as_deref().is_some_and(|ct| ct.starts_with("text/event-stream"));

@@ -530,12 +530,18 @@ struct Health {
     status: &'static str,
     /// The ledger writer's queue: depth, capacity (back-pressure), open refusal rows.
     ledger: tollgate_store::LedgerQueue,
+    /// Whether the upstream has been failing (calls in a row unreachable, timed out,
+    /// invalid or 5xx); measured from real traffic, not probed.
+    upstream: tollgate_gateway::metrics::UpstreamHealth,
 }
 
-/// `GET /health`: up, and how far behind the ledger writer is. `status` is
-/// `"degraded"` while new requests wait for room in the ledger's queue.
+/// `GET /health`: up, how far behind the ledger writer is, and whether the upstream
+/// has been failing. `status` is `"degraded"` while new requests wait for room in the
+/// ledger's queue, or while the upstream fails.
 pub async fn health(State(state): State<AppState>) -> AxumJson<Value> {
     let ledger = state.ledger.queue();
-    let status = if ledger.capacity > 0 && ledger.queued >= ledger.capacity { "degraded" } else { "ok" };
-    AxumJson(json!(Health { status, ledger }))
+    let upstream = state.metrics.upstream_health();
+    let backlog = ledger.capacity > 0 && ledger.queued >= ledger.capacity;
+    let status = if backlog || upstream.status != "ok" { "degraded" } else { "ok" };
+    AxumJson(json!(Health { status, ledger, upstream }))
 }

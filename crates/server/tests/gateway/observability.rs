@@ -346,3 +346,22 @@ async fn the_upstreams_request_id_is_kept_in_the_ledger() {
     let upstream = row["upstream_request_id"].as_str().expect("the mock's x-request-id");
     assert!(upstream.starts_with("req_mock_"), "{upstream}");
 }
+
+/// `/health` no longer says ok while every call to the upstream fails, and recovers
+/// with the next answer.
+#[tokio::test]
+async fn health_says_degraded_while_the_upstream_fails_and_ok_again_after() {
+    let app = spawn_app().await;
+    let key = app.project_key("acme", "pro").await;
+    let health = || async { reply(app.http.get(app.url("/health"))).await.body };
+    assert_eq!(health().await["upstream"]["status"], "ok");
+    for _ in 0..3 {
+        assert_eq!(app.chat_with(&key, &[("x-mock-status", "503")]).await.status, 503);
+    }
+    let h = health().await;
+    assert_eq!((h["status"].as_str(), h["upstream"]["status"].as_str()), (Some("degraded"), Some("failing")), "{h}");
+    assert_eq!(h["upstream"]["consecutive_failures"], 3);
+    assert_eq!(app.chat(&key).await.status, 200);
+    let h = health().await;
+    assert_eq!((h["status"].as_str(), h["upstream"]["status"].as_str()), (Some("ok"), Some("ok")), "{h}");
+}
