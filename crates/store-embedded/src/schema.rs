@@ -118,6 +118,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX usage_anonymous_ts ON usage (project_id, anonymous_id, ts_ms, id)
         WHERE anonymous_id IS NOT NULL;
     "#,
+    // 5: a plan's time zone (an IANA name; NULL: the project's, else UTC).
+    r#"
+    ALTER TABLE plans ADD COLUMN time_zone TEXT;
+    "#,
 ];
 
 /// What a connection is for; readers cannot write by accident.
