@@ -118,7 +118,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX usage_anonymous_ts ON usage (project_id, anonymous_id, ts_ms, id)
         WHERE anonymous_id IS NOT NULL;
     "#,
-    // 5: the upstream's own request id (its `x-request-id`).
+    // 5: a plan's time zone (an IANA name; NULL: the project's, else UTC).
+    r#"
+    ALTER TABLE plans ADD COLUMN time_zone TEXT;
+    "#,
+    // 6: the upstream's own request id (its `x-request-id`).
     "ALTER TABLE usage ADD COLUMN upstream_request_id TEXT;",
 ];
 
