@@ -190,7 +190,17 @@ pub async fn ingest_events(
     State(state): State<AppState>,
     admin: Admin,
     Json(body): Json<EventsBody>,
-) -> Result<AxumJson<Value>, ApiError> {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let started = std::time::Instant::now();
+    let response = ingest(&state, admin, body).await.into_response();
+    let m = &state.metrics;
+    let route = tollgate_gateway::metrics::Route::UsageEvents;
+    m.request(route, response.status().as_u16(), m.no_model(), started.elapsed(), std::time::Duration::ZERO);
+    response
+}
+
+async fn ingest(state: &AppState, admin: Admin, body: EventsBody) -> Result<AxumJson<Value>, ApiError> {
     if body.events.is_empty() || body.events.len() > MAX_EVENTS {
         return Err(ApiError::invalid_field("events", format!("must hold 1 to {MAX_EVENTS} events")));
     }
@@ -199,7 +209,7 @@ pub async fn ingest_events(
     let mut valid = Vec::new();
     for (index, raw) in body.events.into_iter().enumerate() {
         let id = raw.get("id").cloned().unwrap_or(Value::Null);
-        match check_event(&state, &admin, raw, now).await {
+        match check_event(state, &admin, raw, now).await {
             Ok(checked) => {
                 results.push(json!({ "index": index, "id": id, "status": "accepted" }));
                 valid.push((index, checked));

@@ -46,6 +46,14 @@ async fn metrics_after_real_traffic_count_routes_models_tokens_and_refusals_and_
     assert_eq!(verified.body["valid"], true);
     let failed = app.chat_with(&pro, &[("x-mock-status", "503")]).await;
     assert_eq!(failed.status, 503);
+    let events = app
+        .admin(
+            reqwest::Method::POST,
+            "/api/v1/usage/events",
+            Some(json!({ "events": [{ "id": "evt-metrics", "key_id": verified.body["key_id"] }] })),
+        )
+        .await;
+    assert_eq!(events.status, 200, "{:?}", events.body);
     app.settled().await;
 
     let scrape = app.http.get(app.url("/metrics")).send().await.expect("scrape");
@@ -65,6 +73,13 @@ async fn metrics_after_real_traffic_count_routes_models_tokens_and_refusals_and_
         series(
             &text,
             "tollgate_http_requests_total{route=\"/api/v1/verify\",status_class=\"2xx\",model=\"other\",provider=\"openai\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        series(
+            &text,
+            "tollgate_http_requests_total{route=\"/api/v1/usage/events\",status_class=\"2xx\",model=\"other\",provider=\"openai\"}"
         ),
         Some(1.0)
     );
@@ -100,8 +115,8 @@ async fn metrics_after_real_traffic_count_routes_models_tokens_and_refusals_and_
     );
     assert_eq!(
         series(&text, "tollgate_gateway_overhead_seconds_count"),
-        Some(14.0),
-        "every answer: 13 proxied, 1 verify"
+        Some(15.0),
+        "every answer: 13 proxied, 1 verify, 1 usage events call"
     );
     assert!(series(&text, "tollgate_ledger_commit_duration_seconds_count").is_some_and(|n| n >= 1.0));
     assert!(series(&text, "tollgate_ledger_queue_depth").is_some());
