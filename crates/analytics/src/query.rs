@@ -38,7 +38,7 @@ pub struct Range {
     pub to_ms: i64,
 }
 
-/// Parses `from` and `to` (RFC 3339 or Unix milliseconds; `to` defaults to now and
+/// Parses `from` and `to` (RFC 3339 or Unix seconds; `to` defaults to now and
 /// `from` to `default_span_ms` before `to`), rounds them out to whole hours and
 /// checks that `from < to` and that the range is at most `max_span_ms`.
 pub fn parse_range(
@@ -49,9 +49,7 @@ pub fn parse_range(
     max_span_ms: i64,
 ) -> Result<Range, ParamError> {
     let time = |param: &'static str, text: &str| {
-        parse_timestamp(text)
-            .or_else(|| text.parse::<i64>().ok())
-            .ok_or_else(|| ParamError::new(param, "must be an RFC 3339 time or Unix milliseconds"))
+        parse_timestamp(text).ok_or_else(|| ParamError::new(param, "must be an RFC 3339 time or Unix seconds"))
     };
     let to_ms = match to {
         Some(text) => time("to", text)?,
