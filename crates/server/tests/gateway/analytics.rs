@@ -322,3 +322,66 @@ async fn retention_deletes_old_rows_and_summaries_still_count_them() {
     assert_eq!(s["totals"]["requests"], 35, "the rollups keep the deleted rows' usage: {s}");
     app.stop().await;
 }
+
+/// Runs the real `tollgate` binary against the app; stdout and stderr are pipes.
+fn cli(base: &str, args: &[&str]) -> (String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .env("TOLLGATE_URL", base)
+        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .expect("run tollgate");
+    assert!(output.status.success(), "tollgate {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_exports_to_a_file_and_prints_tables() {
+    let app = spawn_app().await;
+    app.create_project("an-cli").await;
+    let now = now_ms();
+    let records: Vec<UsageRecord> = (0..1_500)
+        .map(|i| {
+            let model = if i % 3 == 0 { "claude-sonnet" } else { "gpt-4o" };
+            record(format!("an-cli-{i}"), now - i * 1_000, "an-cli", "k", model, 1, 2)
+        })
+        .collect();
+    store(&app, records).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("usage.csv");
+    let base = app.base.clone();
+    let path = file.display().to_string();
+    let (out, err) = tokio::task::spawn_blocking(move || {
+        cli(&base, &["usage", "export", "--project", "an-cli", "--format", "csv", "-o", &path])
+    })
+    .await
+    .expect("join");
+    assert!(out.is_empty() && err.is_empty(), "nothing on a pipe: {out:?} {err:?}");
+    let written = std::fs::read_to_string(&file).expect("the file");
+    assert_eq!(written.lines().count(), 1_501);
+    assert!(!dir.path().join("usage.csv.partial").exists());
+
+    let base = app.base.clone();
+    let (top, _) =
+        tokio::task::spawn_blocking(move || cli(&base, &["usage", "top", "--by", "model", "--project", "an-cli"]))
+            .await
+            .expect("join");
+    let lines: Vec<&str> = top.lines().collect();
+    assert!(lines[0].starts_with("model"), "{top}");
+    assert!(lines[1].starts_with("gpt-4o") && lines[1].contains("1000"), "{top}");
+    assert!(lines[2].starts_with("claude-sonnet") && lines[2].contains("500"), "{top}");
+    let base = app.base.clone();
+    let (summary, _) = tokio::task::spawn_blocking(move || cli(&base, &["usage", "summary", "--project", "an-cli"]))
+        .await
+        .expect("join");
+    assert!(summary.lines().any(|l| l.starts_with("requests") && l.ends_with("1500")), "{summary}");
+    // The listing is unchanged.
+    let base = app.base.clone();
+    let (listed, _) =
+        tokio::task::spawn_blocking(move || cli(&base, &["usage", "--project", "an-cli", "--limit", "2"]))
+            .await
+            .expect("join");
+    let listed: Value = serde_json::from_str(&listed).expect("JSON");
+    assert_eq!(listed["data"].as_array().expect("data").len(), 2);
+    app.stop().await;
+}
