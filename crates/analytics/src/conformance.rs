@@ -165,6 +165,7 @@ pub async fn grouped_queries_sum_rollups(ledger: &dyn Ledger, analytics: &dyn An
         filter: RollupFilter { project_id: Some(project.to_owned()), ..filter },
         by_hour,
         group_by,
+        latency_buckets: true,
     };
     // Totals.
     let total = analytics.rollup_groups(query(false, vec![], RollupFilter::default())).await.expect("totals");
@@ -172,6 +173,11 @@ pub async fn grouped_queries_sum_rollups(ledger: &dyn Ledger, analytics: &dyn An
     records.iter().for_each(|r| expected.add_record(r));
     assert_eq!(total.len(), 1);
     assert_eq!(total[0].values, expected);
+    // Without the histogram: the same sums, empty buckets.
+    let lean = RollupQuery { latency_buckets: false, ..query(false, vec![], RollupFilter::default()) };
+    let lean = analytics.rollup_groups(lean).await.expect("totals without buckets");
+    let without = RollupValues { latency_buckets: Default::default(), ..expected };
+    assert_eq!(lean[0].values, without);
     // Per model, counted only.
     let by_model = analytics
         .rollup_groups(query(false, vec![Dimension::Model], RollupFilter { counted: Some(true), ..Default::default() }))

@@ -91,6 +91,9 @@ pub struct RollupQuery {
     pub filter: RollupFilter,
     pub by_hour: bool,
     pub group_by: Vec<Dimension>,
+    /// Sum the latency histogram too (its 24 columns cost most of a query's time;
+    /// without them the buckets read as zero).
+    pub latency_buckets: bool,
 }
 
 /// A parameter of a rollup statement.
@@ -102,27 +105,30 @@ pub enum SqlParam {
 }
 
 /// The summed value columns, in the order [`RollupGroup::from_columns`] reads them.
-fn value_columns() -> String {
+fn value_columns(latency_buckets: bool) -> String {
     let mut columns = String::from(
         "CAST(SUM(requests) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), \
          CAST(SUM(cached_tokens) AS BIGINT), CAST(SUM(cost_micros) AS BIGINT), \
          CAST(SUM(potential_cost_micros) AS BIGINT), CAST(SUM(latency_count) AS BIGINT), \
          CAST(SUM(latency_sum_ms) AS BIGINT), CAST(MAX(latency_max_ms) AS BIGINT)",
     );
-    for i in 0..LATENCY_BUCKETS {
-        columns.push_str(&format!(", CAST(SUM(lat_{i}) AS BIGINT)"));
+    if latency_buckets {
+        for i in 0..LATENCY_BUCKETS {
+            columns.push_str(&format!(", CAST(SUM(lat_{i}) AS BIGINT)"));
+        }
     }
     columns
 }
 
-/// How many value columns a group row has after its hour and dimensions.
+/// The most value columns a group row has after its hour and dimensions.
 pub const VALUE_COLUMNS: usize = 9 + LATENCY_BUCKETS;
 
 impl RollupQuery {
     /// The SELECT, with placeholders written by `placeholder(i)` for the `i`-th
     /// (0-based) parameter of [`params`](Self::params). Columns: the hour (when
     /// `by_hour`), one text column per `group_by` dimension, then
-    /// [`VALUE_COLUMNS`] integers. Ordered by hour, then dimensions.
+    /// [`value_column_count`](Self::value_column_count) integers. Ordered by hour,
+    /// then dimensions.
     pub fn sql(&self, placeholder: impl Fn(usize) -> String) -> String {
         let mut keys: Vec<String> = Vec::new();
         if self.by_hour {
@@ -134,7 +140,7 @@ impl RollupQuery {
             sql.push_str(k);
             sql.push_str(", ");
         }
-        sql.push_str(&value_columns());
+        sql.push_str(&value_columns(self.latency_buckets));
         sql.push_str(" FROM usage_hourly WHERE hour_ms >= ");
         sql.push_str(&placeholder(0));
         sql.push_str(" AND hour_ms < ");
@@ -161,6 +167,11 @@ impl RollupQuery {
             sql.push_str(&format!(" GROUP BY {list} ORDER BY {list}"));
         }
         sql
+    }
+
+    /// How many value columns each row has.
+    pub fn value_column_count(&self) -> usize {
+        if self.latency_buckets { VALUE_COLUMNS } else { 9 }
     }
 
     /// The parameters of [`sql`](Self::sql), in order.
@@ -350,6 +361,7 @@ mod tests {
             filter: RollupFilter { project_id: Some("p".into()), counted: Some(true), ..RollupFilter::default() },
             by_hour: true,
             group_by: vec![Dimension::Model],
+            latency_buckets: false,
         };
         let sql = query.sql(|i| format!("${}", i + 1));
         assert!(sql.starts_with("SELECT hour_ms, model, CAST(SUM(requests)"), "{sql}");

@@ -61,6 +61,7 @@ impl AnalyticsStore for EmbeddedLedger {
             let first = usize::from(query.by_hour) + dims;
             let mut groups = Vec::new();
             let mut ints = [None; VALUE_COLUMNS];
+            let count = query.value_column_count();
             while let Some(row) = rows.next().map_err(sql_error)? {
                 let hour_ms = if query.by_hour { Some(row.get(0).map_err(sql_error)?) } else { None };
                 let mut values = Vec::with_capacity(dims);
@@ -68,7 +69,7 @@ impl AnalyticsStore for EmbeddedLedger {
                     let v: Option<String> = row.get(usize::from(query.by_hour) + i).map_err(sql_error)?;
                     values.push(v.unwrap_or_default());
                 }
-                for (i, slot) in ints.iter_mut().enumerate() {
+                for (i, slot) in ints.iter_mut().take(count).enumerate() {
                     *slot = row.get(first + i).map_err(sql_error)?;
                 }
                 groups.push(RollupGroup::from_columns(hour_ms, values, &ints));

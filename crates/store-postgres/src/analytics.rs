@@ -90,9 +90,9 @@ fn boxed(param: SqlParam) -> Box<dyn ToSql + Sync + Send> {
     }
 }
 
-fn ints(row: &tokio_postgres::Row, first: usize) -> StoreResult<[Option<i64>; VALUE_COLUMNS]> {
+fn ints(row: &tokio_postgres::Row, first: usize, count: usize) -> StoreResult<[Option<i64>; VALUE_COLUMNS]> {
     let mut out = [None; VALUE_COLUMNS];
-    for (i, slot) in out.iter_mut().enumerate() {
+    for (i, slot) in out.iter_mut().take(count).enumerate() {
         *slot = row.try_get(first + i).map_err(sql_error)?;
     }
     Ok(out)
@@ -117,7 +117,7 @@ impl AnalyticsStore for PostgresLedger {
                     let v: Option<String> = row.try_get(usize::from(query.by_hour) + i).map_err(sql_error)?;
                     values.push(v.unwrap_or_default());
                 }
-                Ok(RollupGroup::from_columns(hour_ms, values, &ints(row, first)?))
+                Ok(RollupGroup::from_columns(hour_ms, values, &ints(row, first, query.value_column_count())?))
             })
             .collect()
     }
@@ -158,7 +158,7 @@ impl AnalyticsStore for PostgresLedger {
                     row.try_get(8).map_err(sql_error)?,
                 )
                 .ok_or_else(|| StoreError::internal(format!("rollup row with cache '{cache}'")))?;
-                Ok((key, RollupGroup::from_columns(None, Vec::new(), &ints(row, 9)?).values))
+                Ok((key, RollupGroup::from_columns(None, Vec::new(), &ints(row, 9, VALUE_COLUMNS)?).values))
             })
             .collect()
     }

@@ -172,18 +172,30 @@ pub async fn summary(
     let filter = scoped_filter(&state, &admin, &p).await?;
     let range = range(&state, &p, 30 * MS_PER_DAY)?;
     let top = query::parse_top(p.top.as_deref(), 5)?;
-    let base = RollupQuery { from_ms: range.from_ms, to_ms: range.to_ms, filter, by_hour: false, group_by: vec![] };
+    // One scan: grouped by every dimension the summary shows, folded here (the
+    // combinations are few: a model fixes its provider and endpoint).
+    const DIMS: [Dimension; 5] =
+        [Dimension::StatusClass, Dimension::Model, Dimension::Key, Dimension::Provider, Dimension::Endpoint];
+    let base = RollupQuery {
+        from_ms: range.from_ms,
+        to_ms: range.to_ms,
+        filter,
+        by_hour: false,
+        group_by: DIMS.to_vec(),
+        latency_buckets: true,
+    };
+    let groups = state.analytics.rollup_groups(base.clone()).await?;
     let mut totals = Bucket::default();
-    let by_class =
-        state.analytics.rollup_groups(RollupQuery { group_by: vec![Dimension::StatusClass], ..base.clone() }).await?;
-    for g in &by_class {
+    let mut per_dim: Vec<HashMap<&str, RollupValues>> = vec![HashMap::new(); 4];
+    for g in &groups {
         totals.add(&g.values, g.dims.first().and_then(|c| c.parse().ok()));
+        for (i, map) in per_dim.iter_mut().enumerate() {
+            map.entry(g.dims.get(i + 1).map_or("", String::as_str)).or_default().merge(&g.values);
+        }
     }
     let mut tops = serde_json::Map::new();
-    for dim in [Dimension::Model, Dimension::Key, Dimension::Provider, Dimension::Endpoint] {
-        let groups = state.analytics.rollup_groups(RollupQuery { group_by: vec![dim], ..base.clone() }).await?;
-        let (kept, other) =
-            top_n(groups.into_iter().map(|g| (g.dims.into_iter().next().unwrap_or_default(), g.values)).collect(), top);
+    for (dim, map) in DIMS[1..].iter().zip(per_dim) {
+        let (kept, other) = top_n(map.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(), top);
         let mut list: Vec<Value> = kept.iter().map(|(n, v)| group_view(n, v)).collect();
         if let Some(other) = other {
             list.push(json!({ "other": true, "requests": other.requests, "total_tokens": other.total_tokens(),
@@ -255,7 +267,14 @@ pub async fn timeseries(
     }
     let groups = state
         .analytics
-        .rollup_groups(RollupQuery { from_ms, to_ms: range.to_ms, filter, by_hour: true, group_by: dims })
+        .rollup_groups(RollupQuery {
+            from_ms,
+            to_ms: range.to_ms,
+            filter,
+            by_hour: true,
+            group_by: dims,
+            latency_buckets: matches!(metric, SeriesMetric::Latency(_)),
+        })
         .await?;
     let class_of = |g: &RollupGroup| {
         if metric == SeriesMetric::ErrorRate { g.dims.last().and_then(|c| c.parse::<u16>().ok()) } else { None }
@@ -423,6 +442,7 @@ pub async fn forecast(
                 filter,
                 by_hour: true,
                 group_by: vec![],
+                latency_buckets: false,
             })
             .await?;
         let hourly: BTreeMap<i64, u64> =
@@ -521,6 +541,7 @@ pub async fn anomalies(
             filter,
             by_hour: true,
             group_by: vec![by],
+            latency_buckets: false,
         })
         .await?;
     let mut per_subject: BTreeMap<String, BTreeMap<i64, u64>> = BTreeMap::new();
