@@ -14,8 +14,8 @@
 //! `actual - reserved` to that same window, and only while it still counts, so a late
 //! settlement never leaks into the next window.
 
-use crate::calendar::{MS_PER_DAY, day_start, month_start, next_month_start};
 use crate::limit::Window;
+use crate::zone::Zone;
 
 /// Buckets per sliding window: 60 gives 1 s resolution for minute limits.
 pub const BUCKETS: usize = 60;
@@ -129,26 +129,52 @@ impl SlidingWindow {
     }
 }
 
-/// A counter for one calendar window (a UTC day or month).
+/// A counter for one calendar window (a day or month in its [`Zone`]).
 #[derive(Clone, Debug)]
 pub struct CalendarCounter {
     window: Window,
+    zone: Zone,
     start_ms: i64,
     end_ms: i64,
     used: u64,
 }
 
 impl CalendarCounter {
+    /// A counter of UTC windows.
     pub fn new(window: Window, now_ms: i64) -> Self {
-        let (start_ms, end_ms) = calendar_bounds(window, now_ms);
-        Self { window, start_ms, end_ms, used: 0 }
+        Self::in_zone(window, now_ms, Zone::UTC)
+    }
+
+    /// A counter of windows in `zone` (a day resets at its local midnight).
+    pub fn in_zone(window: Window, now_ms: i64, zone: Zone) -> Self {
+        let (start_ms, end_ms) = zone.bounds(window, now_ms);
+        Self { window, zone, start_ms, end_ms, used: 0 }
     }
 
     fn advance(&mut self, now_ms: i64) {
         if now_ms >= self.end_ms {
-            let (start_ms, end_ms) = calendar_bounds(self.window, now_ms);
-            *self = Self { window: self.window, start_ms, end_ms, used: 0 };
+            let (start_ms, end_ms) = self.zone.bounds(self.window, now_ms);
+            self.start_ms = start_ms;
+            self.end_ms = end_ms;
+            self.used = 0;
         }
+    }
+
+    /// Moves the counter to `zone` (its plan's zone changed). What was counted stays
+    /// counted, in the new zone's window that contains `now_ms`: changing a zone never
+    /// hands a spent quota out again; the next reset is the new zone's.
+    pub fn set_zone(&mut self, zone: &Zone, now_ms: i64) {
+        if self.zone != *zone {
+            self.advance(now_ms);
+            self.zone = zone.clone();
+            let (start_ms, end_ms) = self.zone.bounds(self.window, now_ms);
+            self.start_ms = start_ms;
+            self.end_ms = end_ms;
+        }
+    }
+
+    pub fn zone(&self) -> &Zone {
+        &self.zone
     }
 
     pub fn used(&mut self, now_ms: i64) -> u64 {
@@ -183,17 +209,11 @@ impl CalendarCounter {
     }
 }
 
-/// `[start, end)` of the UTC calendar window containing `now_ms`.
+/// `[start, end)` of the UTC calendar window containing `now_ms` (minute and hour
+/// never reach here from `LimitState`; they are treated as days so the function is
+/// total). [`Zone::bounds`] gives the window in another zone.
 pub fn calendar_bounds(window: Window, now_ms: i64) -> (i64, i64) {
-    match window {
-        Window::Month => (month_start(now_ms), next_month_start(now_ms)),
-        // Minute and hour never reach here from `LimitState`; treat them as days so
-        // the function is total.
-        Window::Day | Window::Minute | Window::Hour => {
-            let start = day_start(now_ms);
-            (start, start + MS_PER_DAY)
-        }
-    }
+    Zone::UTC.bounds(window, now_ms)
 }
 
 /// Whether usage that happened at `at_ms` still counts in `window` as it stands at
@@ -201,12 +221,9 @@ pub fn calendar_bounds(window: Window, now_ms: i64) -> (i64, i64) {
 /// calendar window for a day or month. Late usage (an event reported after the fact)
 /// is charged only to the windows it falls in, and charged *now*, so a late report
 /// never moves a counter's window; usage dated after `now_ms` counts as `now_ms`.
+/// Calendar windows in UTC; [`Zone::counts_now`] for another zone.
 pub fn counts_now(window: Window, at_ms: i64, now_ms: i64) -> bool {
-    let at_ms = at_ms.min(now_ms);
-    match window.sliding_ms() {
-        Some(length) => at_ms > now_ms - length,
-        None => at_ms >= calendar_bounds(window, now_ms).0,
-    }
+    Zone::UTC.counts_now(window, at_ms, now_ms)
 }
 
 /// The state of one (subject, limit) pair.
@@ -218,10 +235,24 @@ pub enum LimitState {
 }
 
 impl LimitState {
+    /// The state of a limit on `window`, calendar windows in UTC.
     pub fn new(window: Window, now_ms: i64) -> Self {
+        Self::in_zone(window, now_ms, &Zone::UTC)
+    }
+
+    /// The state of a limit on `window`, calendar windows in `zone` (sliding windows
+    /// have no zone).
+    pub fn in_zone(window: Window, now_ms: i64, zone: &Zone) -> Self {
         match window.sliding_ms() {
             Some(ms) => LimitState::Sliding(Box::new(SlidingWindow::new(ms, now_ms))),
-            None => LimitState::Calendar(CalendarCounter::new(window, now_ms)),
+            None => LimitState::Calendar(CalendarCounter::in_zone(window, now_ms, zone.clone())),
+        }
+    }
+
+    /// Follows a change of the limit's zone (a calendar counter only).
+    pub fn set_zone(&mut self, zone: &Zone, now_ms: i64) {
+        if let LimitState::Calendar(c) = self {
+            c.set_zone(zone, now_ms);
         }
     }
 
@@ -272,7 +303,7 @@ impl LimitState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::calendar::MS_PER_MINUTE;
+    use crate::calendar::{MS_PER_DAY, MS_PER_MINUTE};
 
     /// Admits greedily, one unit at a time, at the given instants.
     fn admit(state: &mut LimitState, limit: u64, at: i64) -> bool {
@@ -364,7 +395,7 @@ mod tests {
 #[cfg(test)]
 mod counts_now_tests {
     use super::*;
-    use crate::calendar::MS_PER_MINUTE;
+    use crate::calendar::{MS_PER_DAY, MS_PER_MINUTE, day_start, month_start};
 
     #[test]
     fn late_usage_counts_only_in_the_windows_it_falls_in() {

@@ -256,6 +256,10 @@ pub struct ProjectSettings {
     pub openai_organization: Option<String>,
     /// Sent upstream as `OpenAI-Project` on this project's requests.
     pub openai_project: Option<String>,
+    /// The IANA time zone of the project's day and month windows: its project-wide
+    /// limits, and the plans of its keys that name no zone of their own. Unset: UTC.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<crate::Zone>,
 }
 
 impl Default for ProjectSettings {
@@ -266,6 +270,7 @@ impl Default for ProjectSettings {
             limits: Vec::new(),
             openai_organization: None,
             openai_project: None,
+            time_zone: None,
         }
     }
 }

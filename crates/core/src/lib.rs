@@ -13,6 +13,7 @@ pub mod limit;
 pub mod secret;
 pub mod traffic;
 pub mod usage;
+pub mod zone;
 
 pub use counter::{CalendarCounter, LimitState, SlidingWindow};
 pub use decision::{Decision, LimitStatus, Refusal};
@@ -26,3 +27,4 @@ pub use traffic::{
     limit_items, record_items,
 };
 pub use usage::{UsageQuery, UsageRecord, UsageSource};
+pub use zone::{UnknownZone, Zone};

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::calendar::{MS_PER_HOUR, MS_PER_MINUTE};
+use crate::zone::Zone;
 
 /// What a limit counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -212,6 +213,10 @@ pub struct Plan {
     #[serde(default)]
     pub description: Option<String>,
     pub limits: Vec<LimitSpec>,
+    /// The IANA time zone of the plan's day and month windows (a day quota resets at
+    /// local midnight). Unset: the project's `time_zone`, else UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<Zone>,
 }
 
 impl Plan {
@@ -291,6 +296,7 @@ pub fn default_plans() -> Vec<Plan> {
             LimitSpec::new(Metric::Requests, Window::Minute, per_minute),
             LimitSpec::new(Metric::Requests, Window::Month, per_month),
         ],
+        time_zone: None,
     };
     // The consumer-chat tiers: daily and monthly caps on requests, tokens and money.
     let chat = |name: &str, description: &str, x: u64| Plan {
@@ -304,6 +310,7 @@ pub fn default_plans() -> Vec<Plan> {
             LimitSpec::new(Metric::TotalTokens, Window::Month, 1_000_000 * x),
             LimitSpec::new(Metric::CostMicros, Window::Month, 50_000_000 * x),
         ],
+        time_zone: None,
     };
     vec![
         plan("free", "10 requests/min, 50,000 requests/month", 10, 50_000),
@@ -316,6 +323,7 @@ pub fn default_plans() -> Vec<Plan> {
             name: "anonymous".to_owned(),
             description: Some("anonymous visitors (X-Anonymous-Id, or the IP): 50 requests a day".to_owned()),
             limits: vec![LimitSpec::new(Metric::Requests, Window::Day, 50).with_subject(SubjectKind::Anonymous)],
+            time_zone: None,
         },
     ]
 }

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::limit::effective_limits;
-use crate::{KeyRecord, LimitSpec, Plan, ProjectSettings, SubjectKind, UsageRecord};
+use crate::{KeyRecord, LimitSpec, Plan, ProjectSettings, SubjectKind, UsageRecord, Zone};
 
 /// One limit of one subject, as a request presents it to the limiter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,6 +18,31 @@ pub struct LimitItem {
     /// `anon:<project>:<id>`.
     pub subject: Arc<str>,
     pub spec: LimitSpec,
+    /// The zone of a day or month window (UTC unless the plan or project names one).
+    pub zone: Zone,
+}
+
+impl LimitItem {
+    /// An item whose calendar windows are in UTC.
+    pub fn new(subject: impl Into<Arc<str>>, spec: LimitSpec) -> Self {
+        Self { subject: subject.into(), spec, zone: Zone::UTC }
+    }
+
+    pub fn in_zone(mut self, zone: Zone) -> Self {
+        self.zone = zone;
+        self
+    }
+
+    /// `[start, end)` of this item's calendar window containing `ms` (a day or month
+    /// in its zone).
+    pub fn calendar_bounds(&self, ms: i64) -> (i64, i64) {
+        self.zone.bounds(self.spec.window, ms)
+    }
+
+    /// Whether usage at `at_ms` still counts in this item's window at `now_ms`.
+    pub fn counts_now(&self, at_ms: i64, now_ms: i64) -> bool {
+        self.zone.counts_now(self.spec.window, at_ms, now_ms)
+    }
 }
 
 /// A usable key with its plan and its project's settings resolved.
@@ -27,6 +52,14 @@ pub struct Authed {
     pub plan: Arc<Plan>,
     /// The key's project's settings: its project-wide limits count every request.
     pub project: Arc<ProjectSettings>,
+}
+
+impl Authed {
+    /// The zone of the key's plan's calendar windows: the plan's, else the project's,
+    /// else UTC.
+    pub fn plan_zone(&self) -> Zone {
+        self.plan.time_zone.clone().or_else(|| self.project.time_zone.clone()).unwrap_or_default()
+    }
 }
 
 /// What a request is, for choosing the limits that count it.
@@ -76,15 +109,24 @@ pub fn limit_items(authed: &Authed, traffic: &Traffic, anonymous_plan: Option<&P
     };
     let mut subjects = Subjects::default();
     let project = &authed.project.limits;
+    // Zones: a plan's own, else the project's, else UTC; project limits the project's.
+    let project_zone = authed.project.time_zone.clone().unwrap_or_default();
+    let plan_zone = authed.plan_zone();
+    let anonymous_zone = anonymous_plan.and_then(|p| p.time_zone.clone()).unwrap_or_else(|| project_zone.clone());
     let mut items: Vec<LimitItem> = Vec::with_capacity(limits.len() + anonymous.len() + project.len());
-    for spec in limits.iter().chain(anonymous).chain(project) {
+    let zoned = limits
+        .iter()
+        .map(|spec| (spec, &plan_zone))
+        .chain(anonymous.iter().map(|spec| (spec, &anonymous_zone)))
+        .chain(project.iter().map(|spec| (spec, &project_zone)));
+    for (spec, zone) in zoned {
         if !spec.matches(&traffic.provider, &traffic.model, &traffic.endpoint) {
             continue;
         }
         if let Some(subject) = subjects.get(spec.subject, authed, traffic) {
             match items.iter_mut().find(|i| i.subject == subject && i.spec.slot() == spec.slot()) {
                 Some(same) => same.spec.limit = same.spec.limit.min(spec.limit),
-                None => items.push(LimitItem { subject, spec: spec.clone() }),
+                None => items.push(LimitItem { subject, spec: spec.clone(), zone: zone.clone() }),
             }
         }
         if spec.subject == SubjectKind::Anonymous
@@ -94,7 +136,7 @@ pub fn limit_items(authed: &Authed, traffic: &Traffic, anonymous_plan: Option<&P
             let mut per_address = spec.clone();
             per_address.limit = spec.limit.saturating_mul(ANONYMOUS_PER_ADDRESS_FACTOR);
             let subject = Arc::from(format!("anon:{}:addr:{}", authed.key.project_id, address_block(ip)));
-            items.push(LimitItem { subject, spec: per_address });
+            items.push(LimitItem { subject, spec: per_address, zone: zone.clone() });
         }
     }
     items
@@ -198,7 +240,7 @@ mod tests {
         let settings = ProjectSettings { limits: project, ..ProjectSettings::default() };
         Authed {
             key: Arc::new(key),
-            plan: Arc::new(Plan { name: "x".into(), description: None, limits: plan }),
+            plan: Arc::new(Plan { name: "x".into(), description: None, limits: plan, time_zone: None }),
             project: Arc::new(settings),
         }
     }
@@ -256,6 +298,7 @@ mod tests {
             name: "anonymous".into(),
             description: None,
             limits: vec![LimitSpec::new(Metric::Requests, Window::Day, 50).with_subject(SubjectKind::Anonymous)],
+            time_zone: None,
         };
         let authed = authed(vec![], vec![]);
         let items = limit_items(&authed, &traffic("203.0.113.9", Some("visitor-1")), Some(&anonymous));

@@ -347,3 +347,57 @@ enum Op {
     /// minus its amount).
     Adjust(prop::sample::Index, i64, i64),
 }
+
+/// Zones with the shapes that break naive arithmetic: whole and half and 45-minute
+/// offsets, daylight saving north and south, a midnight gap, the date line.
+const ZONES: &[&str] = &[
+    "UTC",
+    "Europe/Paris",
+    "America/New_York",
+    "America/Los_Angeles",
+    "America/Santiago",
+    "America/Havana",
+    "Asia/Kolkata",
+    "Asia/Kathmandu",
+    "Australia/Lord_Howe",
+    "Pacific/Chatham",
+    "Pacific/Kiritimati",
+    "Pacific/Pago_Pago",
+];
+
+/// 1990 to 2060, where the bundled tz database has rules for every zone above.
+const ZONED_FROM: i64 = 631_152_000_000;
+const ZONED_TO: i64 = 2_840_140_800_000;
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    /// A zone's calendar windows tile time: the window containing an instant holds
+    /// it, the next starts where it ends, a day is 23 to 25 hours (or one of the few
+    /// shorter days a zone skipped a date on), a month holds its days, and every edge
+    /// is a whole quarter hour (the ledger replay's buckets rely on it).
+    #[test]
+    fn zone_windows_tile_time(zone in prop::sample::select(ZONES), ms in ZONED_FROM..ZONED_TO) {
+        let zone = tollgate_core::Zone::parse(zone).expect("zone");
+        for window in [Window::Day, Window::Month] {
+            let (start, end) = zone.bounds(window, ms);
+            prop_assert!(start <= ms && ms < end, "{zone} {window:?} {start} <= {ms} < {end}");
+            prop_assert_eq!(zone.bounds(window, start), (start, end));
+            prop_assert_eq!(zone.bounds(window, end - 1), (start, end));
+            prop_assert_eq!(zone.bounds(window, end).0, end, "the next window starts where this one ends");
+            prop_assert_eq!(zone.bounds(window, start - 1).1, start);
+            prop_assert_eq!(start.rem_euclid(15 * MS_PER_MINUTE), 0, "quarter-hour edges");
+            let [e0, e1, e2, e3] = zone.edges(window, ms);
+            prop_assert!(e0 < e1 && e1 == start && e2 == end && e2 < e3);
+        }
+        let (day_start, day_end) = zone.bounds(Window::Day, ms);
+        let hours = (day_end - day_start) / (MS_PER_MINUTE * 60);
+        prop_assert!((22..=25).contains(&hours), "{zone}: a day of {hours} hours");
+        let (month_start, month_end) = zone.bounds(Window::Month, ms);
+        prop_assert!(month_start <= day_start && day_end <= month_end, "{zone}: the month holds the day");
+        prop_assert!((27..=32).contains(&((month_end - month_start) / MS_PER_DAY)));
+        // Usage counts now exactly when it is in the current window.
+        prop_assert!(zone.counts_now(Window::Day, day_start, ms));
+        prop_assert!(!zone.counts_now(Window::Day, day_start - 1, ms));
+    }
+}

@@ -44,6 +44,7 @@ impl Application {
         let embedded = tollgate_store_distributed::EmbeddedOptions {
             ledger_fsync: config.ledger_fsync,
             ledger_buffer: config.ledger_buffer,
+            visitor_cap: config.max_visitors_per_project,
         };
         let backend = tollgate_store_distributed::open(&config.store, &config.data_dir, embedded).await?;
         let catalog: Arc<dyn Catalog> = backend.catalog.clone();

@@ -165,6 +165,10 @@ pub struct RawLimits {
     /// Most output tokens one request may reserve: `max_tokens` × `n` × `best_of` ×
     /// prompts. An explicit request for more is a 400.
     pub max_reserved_output_tokens: u64,
+    /// Visitor counters (client addresses and anonymous ids) one project may hold in
+    /// the in-process limiter; a request that needs one more is refused by its
+    /// anonymous or IP limit until idle visitors are pruned. 0: no cap.
+    pub max_visitors_per_project: usize,
 }
 
 impl Default for RawLimits {
@@ -175,6 +179,7 @@ impl Default for RawLimits {
             default_max_output_tokens: 4096,
             invalid_keys_per_minute: 60,
             max_reserved_output_tokens: 1_000_000,
+            max_visitors_per_project: 100_000,
         }
     }
 }
@@ -207,6 +212,9 @@ pub struct RawPlan {
     #[serde(default)]
     pub description: Option<String>,
     pub limits: Vec<LimitSpec>,
+    /// IANA zone of the plan's day and month windows (default: the project's, else UTC).
+    #[serde(default)]
+    pub time_zone: Option<tollgate_core::Zone>,
 }
 
 impl Default for RawConfig {
@@ -241,7 +249,7 @@ impl Default for RawConfig {
             analytics: RawAnalytics::default(),
             plans: default_plans()
                 .into_iter()
-                .map(|p| (p.name, RawPlan { description: p.description, limits: p.limits }))
+                .map(|p| (p.name, RawPlan { description: p.description, limits: p.limits, time_zone: p.time_zone }))
                 .collect(),
         }
     }
@@ -333,6 +341,8 @@ pub struct Config {
     pub provider: String,
     pub default_max_output_tokens: u64,
     pub max_reserved_output_tokens: u64,
+    /// See `RawLimits::max_visitors_per_project`.
+    pub max_visitors_per_project: usize,
     pub unknown_model_policy: tollgate_gateway::UnknownModelPolicy,
     /// How long and how much of a stream whose client left is still read.
     pub drain_after_hangup: Duration,
@@ -518,7 +528,12 @@ impl Config {
             if !is_slug(&name) {
                 return Err(invalid(format!("plans.{name}"), "plan names are 1-64 of a-z, 0-9, '-', '_'"));
             }
-            let plan = Plan { name: name.clone(), description: plan.description, limits: plan.limits };
+            let plan = Plan {
+                name: name.clone(),
+                description: plan.description,
+                limits: plan.limits,
+                time_zone: plan.time_zone,
+            };
             plan.validate().map_err(|e| invalid(format!("plans.{name}"), e.to_string()))?;
             seed_plans.push(plan);
         }
@@ -544,6 +559,7 @@ impl Config {
             provider: raw.upstream.provider.clone(),
             default_max_output_tokens: raw.limits.default_max_output_tokens,
             max_reserved_output_tokens: max_output,
+            max_visitors_per_project: raw.limits.max_visitors_per_project,
             unknown_model_policy,
             drain_after_hangup: Duration::from_millis(raw.upstream.drain_after_hangup_ms),
             total_timeout: Duration::from_secs(raw.upstream.total_timeout_secs),

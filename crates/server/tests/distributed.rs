@@ -529,7 +529,7 @@ async fn a_key_on_a_plan_and_project_this_instance_has_not_loaded_is_served_at_o
     for round in 0..3 {
         let (plan, project) = (format!("late-plan-{round}"), format!("late-{round}"));
         let limits = vec![LimitSpec::new(Metric::Requests, Window::Minute, 1000)];
-        catalog.put_plan(Plan { name: plan.clone(), description: None, limits }).await.expect("plan");
+        catalog.put_plan(Plan { name: plan.clone(), description: None, limits, time_zone: None }).await.expect("plan");
         let mut p = Project::new(&project, &project, 1);
         p.settings.limits = vec![LimitSpec::new(Metric::Requests, Window::Month, 1).with_subject(SubjectKind::Project)];
         catalog.create_project(p).await.expect("project");
@@ -604,5 +604,48 @@ async fn only_one_instance_runs_the_periodic_counter_rebuild() {
     eventually(Duration::from_secs(60), "the other instance takes over", || async { rebuilds(&other) > 0 }).await;
     other.stop().await;
     delete_redis_prefix(&env.redis_url, &prefix).await;
+    schema.drop().await;
+}
+
+/// Issue 10, item 20: the rebuild job raises each day counter in its own zone's
+/// window. A project in Kolkata (UTC+05:30) spends 3 of 10 a day; Redis loses its
+/// counters; the job must raise the counter Kolkata's day is in, or the next
+/// request would see 9 left instead of 6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_rebuild_job_raises_day_counters_in_their_time_zone() {
+    let Some(env) = env() else { return };
+    let schema = Schema::create(&env).await;
+    let mock = spawn_mock().await;
+    let prefix = format!("{}:", unique("tgtest"));
+    let app = start(config(&mock, &env.redis_url, &schema.url, &prefix)).await;
+    let (key, _) = app.project_key("kolkata", json!([{ "metric": "requests", "window": "day", "limit": 10 }])).await;
+    let r = app
+        .admin(reqwest::Method::PATCH, "/api/v1/projects/kolkata", Some(json!({ "time_zone": "Asia/Kolkata" })))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    eventually(Duration::from_secs(10), "the project's zone reaches the plan cache", || async {
+        app.state.plans.project("kolkata").and_then(|p| p.time_zone.clone()).is_some()
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(app.chat(&key).await.status, 200);
+    }
+    app.state.tasks.close();
+    app.state.tasks.wait().await;
+    app.state.tasks.reopen();
+    app.state.ledger.flush().await.expect("flush");
+    app.parts.redis.delete_all_keys().await.expect("lose Redis's counters");
+    let raised = tollgate_store_distributed::rebuild_calendar_counters(
+        &app.state.job_context(),
+        &app.parts,
+        tollgate_gateway::now_ms(),
+    )
+    .await
+    .expect("rebuild");
+    assert!(raised >= 1, "the day counter was raised");
+    let r = app.chat(&key).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.headers["x-quota-remaining"].to_str().expect("header"), "6", "3 before, this one now");
+    app.stop().await;
     schema.drop().await;
 }

@@ -197,7 +197,7 @@ impl FailoverLimiter {
                 if spec.limit > 0 {
                     spec.limit = (spec.limit / self.instances).max(1);
                 }
-                LimitItem { subject: item.subject.clone(), spec }
+                LimitItem { subject: item.subject.clone(), spec, zone: item.zone.clone() }
             })
             .collect()
     }

@@ -9,8 +9,8 @@ use anyhow::Context;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tollgate_core::calendar::{day_start, month_start};
-use tollgate_core::{Amounts, Metric, Window, record_items};
+use tollgate_core::calendar::MS_PER_DAY;
+use tollgate_core::{Amounts, Metric, Window, Zone, record_items};
 use tollgate_store::clock::now_ms;
 use tollgate_store::{AuthedCache, Catalog, Ledger, PlanCache, TotalsQuery};
 use tollgate_store_postgres::CatalogChange;
@@ -199,54 +199,64 @@ impl Backend {
 /// Partition → counter key → the ledger's total for each day and month counter.
 type Targets = HashMap<String, HashMap<String, CalendarTarget>>;
 
-/// The ledger's usage in the current day and month windows, counter by counter (one
-/// SQL aggregate per UTC day, read in bounded pages), resolved to limits as requests
-/// are. Memory: a page of sums and one target per counter.
+/// The ledger's usage in the current day and month windows, counter by counter, resolved
+/// to limits as requests are. Windows are each limit's own, in its zone: for every zone
+/// in use, one SQL aggregate over its month and one over its day (per UTC day, read in
+/// bounded pages), each counting only the limits in that zone. Memory: a page of sums
+/// and one target per counter.
 async fn calendar_targets(state: &JobContext, parts: &Distributed, now: i64) -> anyhow::Result<Targets> {
-    let since = month_start(now);
-    let today = day_start(now);
-    let mut pages = parts.ledger.usage_totals(TotalsQuery::for_calendar(now)).await.context("summing the ledger")?;
     let anonymous_plan = state.plans.get(&state.anonymous_plan);
     let mut keys = AuthedCache::default();
     let mut targets = Targets::new();
-    while let Some(page) = pages.recv().await {
-        for record in &page.context("summing the ledger")? {
-            add_targets(state, parts, &mut keys, anonymous_plan.as_deref(), record, (since, today), &mut targets)
-                .await?;
+    for zone in state.plans.zones_in_use() {
+        for window in [Window::Month, Window::Day] {
+            let (since, _) = zone.bounds(window, now);
+            let query = TotalsQuery { since_ms: since, finer: Vec::new(), bucket_ms: MS_PER_DAY };
+            let mut pages = parts.ledger.usage_totals(query).await.context("summing the ledger")?;
+            while let Some(page) = pages.recv().await {
+                for record in &page.context("summing the ledger")? {
+                    let scope = Scope { zone: &zone, window, now };
+                    add_targets(state, parts, &mut keys, anonymous_plan.as_deref(), record, scope, &mut targets)
+                        .await?;
+                }
+            }
         }
     }
     Ok(targets)
 }
 
-/// Adds one day's sum to the month counters it counts in (and, for today, the day
-/// counters).
+/// Which counters one pass of [`calendar_targets`] fills: those of `window` in `zone`.
+struct Scope<'a> {
+    zone: &'a Zone,
+    window: Window,
+    now: i64,
+}
+
+/// Adds one sum (of records in the current `scope.window` of `scope.zone`) to the
+/// counters of that window and zone it counts in.
 async fn add_targets(
     state: &JobContext,
     parts: &Distributed,
     keys: &mut AuthedCache,
     anonymous_plan: Option<&tollgate_core::Plan>,
     record: &tollgate_core::UsageRecord,
-    (since, today): (i64, i64),
+    scope: Scope<'_>,
     targets: &mut Targets,
 ) -> anyhow::Result<()> {
     let Some(authed) = keys.get(state.catalog.as_ref(), &state.plans, &record.key_id).await? else { return Ok(()) };
     let amounts = record.amounts();
     for item in record_items(authed, record, anonymous_plan) {
-        let (window_start_ms, counts) = match item.spec.window {
-            Window::Month => (since, true),
-            Window::Day => (today, record.ts_ms >= today),
-            Window::Minute | Window::Hour => continue,
-        };
-        if !counts {
+        if item.spec.window != scope.window || item.zone != *scope.zone {
             continue;
         }
+        let (window_start_ms, window_end_ms) = item.calendar_bounds(scope.now);
         let amount = amounts.get(item.spec.metric);
         let counter = parts.redis.keys().counter(&record.project_id, &item);
         let target = targets
             .entry(record.project_id.clone())
             .or_default()
             .entry(counter)
-            .or_insert_with(|| CalendarTarget { item, window_start_ms, amount: 0 });
+            .or_insert_with(|| CalendarTarget { item, window_start_ms, window_end_ms, amount: 0 });
         target.amount = target.amount.saturating_add(amount);
     }
     Ok(())

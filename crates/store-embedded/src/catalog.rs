@@ -139,7 +139,23 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
 }
 
 fn plan_from_row(row: &Row<'_>) -> rusqlite::Result<Plan> {
-    Ok(Plan { name: row.get(0)?, description: row.get(1)?, limits: json_column::<Vec<LimitSpec>>(row, 2)? })
+    Ok(Plan {
+        name: row.get(0)?,
+        description: row.get(1)?,
+        limits: json_column::<Vec<LimitSpec>>(row, 2)?,
+        time_zone: zone_column(row, 3)?,
+    })
+}
+
+/// A plan's `time_zone` column: NULL is none; a name this build does not know (a
+/// database written by a newer tz database) reads as a conversion error.
+fn zone_column(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<tollgate_core::Zone>> {
+    let name: Option<String> = row.get(index)?;
+    name.map(|n| {
+        tollgate_core::Zone::parse(&n)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e)))
+    })
+    .transpose()
 }
 
 const PROJECT_COLUMNS: &str = "id, name, created_at_ms, settings";
@@ -267,11 +283,13 @@ impl Catalog for EmbeddedCatalog {
 
     async fn put_plan(&self, plan: Plan) -> StoreResult<()> {
         let limits = columns::json_text(&plan.limits)?;
+        let zone = plan.time_zone.as_ref().map(|z| z.name().to_owned());
         self.run(move |conn, _| {
             conn.execute(
-                "INSERT INTO plans (name, description, limits) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (name) DO UPDATE SET description = excluded.description, limits = excluded.limits",
-                params![plan.name, plan.description, limits],
+                "INSERT INTO plans (name, description, limits, time_zone) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO UPDATE SET description = excluded.description, limits = excluded.limits,
+                     time_zone = excluded.time_zone",
+                params![plan.name, plan.description, limits, zone],
             )
             .map_err(sql_error)?;
             Ok(())
@@ -281,12 +299,13 @@ impl Catalog for EmbeddedCatalog {
 
     async fn insert_plan_if_absent(&self, plan: Plan) -> StoreResult<bool> {
         let limits = columns::json_text(&plan.limits)?;
+        let zone = plan.time_zone.as_ref().map(|z| z.name().to_owned());
         self.run(move |conn, _| {
             let inserted = conn
                 .execute(
-                    "INSERT INTO plans (name, description, limits) VALUES (?1, ?2, ?3)
+                    "INSERT INTO plans (name, description, limits, time_zone) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (name) DO NOTHING",
-                    params![plan.name, plan.description, limits],
+                    params![plan.name, plan.description, limits, zone],
                 )
                 .map_err(sql_error)?;
             Ok(inserted == 1)
@@ -297,17 +316,22 @@ impl Catalog for EmbeddedCatalog {
     async fn get_plan(&self, name: &str) -> StoreResult<Option<Plan>> {
         let name = name.to_owned();
         self.run(move |conn, _| {
-            conn.query_row("SELECT name, description, limits FROM plans WHERE name = ?1", [name], plan_from_row)
-                .optional()
-                .map_err(sql_error)
+            conn.query_row(
+                "SELECT name, description, limits, time_zone FROM plans WHERE name = ?1",
+                [name],
+                plan_from_row,
+            )
+            .optional()
+            .map_err(sql_error)
         })
         .await
     }
 
     async fn list_plans(&self) -> StoreResult<Vec<Plan>> {
         self.run(|conn, _| {
-            let mut stmt =
-                conn.prepare_cached("SELECT name, description, limits FROM plans ORDER BY name").map_err(sql_error)?;
+            let mut stmt = conn
+                .prepare_cached("SELECT name, description, limits, time_zone FROM plans ORDER BY name")
+                .map_err(sql_error)?;
             let rows = stmt.query_map([], plan_from_row).map_err(sql_error)?;
             rows.collect::<rusqlite::Result<_>>().map_err(sql_error)
         })

@@ -49,7 +49,7 @@ use tollgate_store::{AdminTokenRecord, Catalog, KeyQuery, StoreError, StoreResul
 
 pub use catalog::EmbeddedCatalog;
 pub use ledger::EmbeddedLedger;
-pub use limiter::{EmbeddedLimiter, RESERVATION_TTL_MS};
+pub use limiter::{DEFAULT_VISITOR_CAP, EmbeddedLimiter, RESERVATION_TTL_MS};
 
 /// The database file inside the store's directory.
 pub const DB_FILE: &str = "tollgate.db";
@@ -94,11 +94,14 @@ pub struct OpenOptions {
     /// Records the ledger holds in memory at most (`ledger_buffer`); new requests wait
     /// for room once half of it is in use.
     pub ledger_buffer: usize,
+    /// Visitor counters (client addresses, anonymous ids) one project may hold in the
+    /// limiter (`limits.max_visitors_per_project`); 0: no cap.
+    pub visitor_cap: usize,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        Self { ledger_fsync: false, ledger_buffer: ledger::MAX_RETAINED }
+        Self { ledger_fsync: false, ledger_buffer: ledger::MAX_RETAINED, visitor_cap: limiter::DEFAULT_VISITOR_CAP }
     }
 }
 
@@ -144,7 +147,9 @@ impl EmbeddedStore {
         schema::migrate(&mut conn)?;
         let catalog = Arc::new(EmbeddedCatalog::open(conn, lock.clone())?);
         let ledger = Arc::new(EmbeddedLedger::open(&db_path, options.ledger_fsync, options.ledger_buffer)?);
-        Ok(EmbeddedStore { db_path, _lock: lock, catalog, limiter: Arc::new(EmbeddedLimiter::new()), ledger })
+        let limiter = Arc::new(EmbeddedLimiter::new());
+        limiter.set_visitor_cap(options.visitor_cap);
+        Ok(EmbeddedStore { db_path, _lock: lock, catalog, limiter, ledger })
     }
 
     /// The path of the SQLite database file.

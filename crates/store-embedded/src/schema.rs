@@ -118,9 +118,13 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX usage_anonymous_ts ON usage (project_id, anonymous_id, ts_ms, id)
         WHERE anonymous_id IS NOT NULL;
     "#,
-    // 5: hourly usage rollups (see crates/analytics), updated in the transaction that
+    // 5: a plan's time zone (an IANA name; NULL: the project's, else UTC).
+    r#"
+    ALTER TABLE plans ADD COLUMN time_zone TEXT;
+    "#,
+    // 6: hourly usage rollups (see crates/analytics), updated in the transaction that
     // inserts ledger rows; the rows already stored are rolled up once here.
-    include_str!("migrations_0005_usage_hourly.sql"),
+    include_str!("migrations_0006_usage_hourly.sql"),
 ];
 
 /// What a connection is for; readers cannot write by accident.

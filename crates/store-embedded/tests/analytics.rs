@@ -85,10 +85,10 @@ async fn the_migration_rolls_up_rows_already_stored() {
     let db = s.store().db_path().to_owned();
     s.store.take().expect("open").close().await.expect("close");
     drop(ledger);
-    // Back to schema 4: no rollup table.
+    // Back to schema 5: no rollup table.
     {
         let conn = rusqlite::Connection::open(&db).expect("open db");
-        conn.execute_batch("DROP TABLE usage_hourly; PRAGMA user_version = 4;").expect("downgrade");
+        conn.execute_batch("DROP TABLE usage_hourly; PRAGMA user_version = 5;").expect("downgrade");
     }
     s.reopen().await;
     let (_, analytics) = s.parts();

@@ -154,6 +154,7 @@ async fn close_then_reopen_keeps_everything() {
         name: "reopen-plan".to_owned(),
         description: None,
         limits: vec![LimitSpec::new(Metric::Requests, Window::Minute, 5)],
+        time_zone: Some(tollgate_core::Zone::parse("Pacific/Chatham").expect("zone")),
     };
     let project = Project::new("reopen", "Reopen", NOW);
     let grace_until = NOW + 60_000;

@@ -82,14 +82,11 @@ fn limits() -> impl Strategy<Value = Vec<LimitItem>> {
     (1u64..6, 20u64..400, prop::option::of(40u64..600)).prop_map(|(rpm, tokens, cost)| {
         let key: Arc<str> = Arc::from("key:k");
         let mut items = vec![
-            LimitItem { subject: key.clone(), spec: LimitSpec::new(Metric::Requests, Window::Minute, rpm) },
-            LimitItem { subject: key, spec: LimitSpec::new(Metric::TotalTokens, Window::Month, tokens) },
+            LimitItem::new(key.clone(), LimitSpec::new(Metric::Requests, Window::Minute, rpm)),
+            LimitItem::new(key, LimitSpec::new(Metric::TotalTokens, Window::Month, tokens)),
         ];
         if let Some(cost) = cost {
-            items.push(LimitItem {
-                subject: Arc::from("project:p"),
-                spec: LimitSpec::new(Metric::CostMicros, Window::Hour, cost),
-            });
+            items.push(LimitItem::new("project:p", LimitSpec::new(Metric::CostMicros, Window::Hour, cost)));
         }
         items
     })

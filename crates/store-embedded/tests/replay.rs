@@ -94,11 +94,14 @@ async fn counters_rebuilt_from_store_sums_equal_a_replay_of_every_record() {
     let store = EmbeddedStore::open(dir.path()).expect("open store");
     let catalog = store.catalog();
     catalog.create_project(Project::new("acme", "Acme", 0)).await.expect("project");
-    catalog.put_plan(Plan { name: "everything".into(), description: None, limits: every_limit() }).await.expect("plan");
+    catalog
+        .put_plan(Plan { name: "everything".into(), description: None, limits: every_limit(), time_zone: None })
+        .await
+        .expect("plan");
     let anonymous = [Window::Minute, Window::Hour, Window::Day, Window::Month]
         .map(|w| LimitSpec::new(Metric::Requests, w, 1_000_000_000).with_subject(SubjectKind::Anonymous));
     catalog
-        .put_plan(Plan { name: "anonymous".into(), description: None, limits: anonymous.to_vec() })
+        .put_plan(Plan { name: "anonymous".into(), description: None, limits: anonymous.to_vec(), time_zone: None })
         .await
         .expect("anon");
     let mut keys = Vec::new();

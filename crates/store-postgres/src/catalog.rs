@@ -62,6 +62,14 @@ fn plan_from_row(row: &Row) -> StoreResult<Plan> {
         name: row.try_get(0).map_err(sql_error)?,
         description: row.try_get(1).map_err(sql_error)?,
         limits: json_column::<Vec<LimitSpec>>(row, 2)?,
+        time_zone: row
+            .try_get::<_, Option<String>>(3)
+            .map_err(sql_error)?
+            .map(|name| {
+                tollgate_core::Zone::parse(&name)
+                    .map_err(|e| StoreError::internal(format!("plans.time_zone of a stored plan: {e}")))
+            })
+            .transpose()?,
     })
 }
 
@@ -210,12 +218,14 @@ impl Catalog for PostgresCatalog {
 
     async fn put_plan(&self, plan: Plan) -> StoreResult<()> {
         let limits = columns::json_text(&plan.limits)?;
+        let zone = plan.time_zone.as_ref().map(|z| z.name().to_owned());
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO plans (name, description, limits) VALUES ($1, $2, $3::text::jsonb)
-                 ON CONFLICT (name) DO UPDATE SET description = excluded.description, limits = excluded.limits",
-                &[&plan.name, &plan.description, &limits],
+                "INSERT INTO plans (name, description, limits, time_zone) VALUES ($1, $2, $3::text::jsonb, $4)
+                 ON CONFLICT (name) DO UPDATE SET description = excluded.description, limits = excluded.limits,
+                     time_zone = excluded.time_zone",
+                &[&plan.name, &plan.description, &limits, &zone],
             )
             .await
             .map_err(sql_error)?;
@@ -226,12 +236,13 @@ impl Catalog for PostgresCatalog {
 
     async fn insert_plan_if_absent(&self, plan: Plan) -> StoreResult<bool> {
         let limits = columns::json_text(&plan.limits)?;
+        let zone = plan.time_zone.as_ref().map(|z| z.name().to_owned());
         let client = self.client().await?;
         let inserted = client
             .execute(
-                "INSERT INTO plans (name, description, limits) VALUES ($1, $2, $3::text::jsonb)
+                "INSERT INTO plans (name, description, limits, time_zone) VALUES ($1, $2, $3::text::jsonb, $4)
                  ON CONFLICT (name) DO NOTHING",
-                &[&plan.name, &plan.description, &limits],
+                &[&plan.name, &plan.description, &limits, &zone],
             )
             .await
             .map_err(sql_error)?
@@ -246,7 +257,7 @@ impl Catalog for PostgresCatalog {
     async fn get_plan(&self, name: &str) -> StoreResult<Option<Plan>> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT name, description, limits::text FROM plans WHERE name = $1", &[&name])
+            .query_opt("SELECT name, description, limits::text, time_zone FROM plans WHERE name = $1", &[&name])
             .await
             .map_err(sql_error)?;
         row.as_ref().map(plan_from_row).transpose()
@@ -255,7 +266,7 @@ impl Catalog for PostgresCatalog {
     async fn list_plans(&self) -> StoreResult<Vec<Plan>> {
         let client = self.client().await?;
         let rows = client
-            .query("SELECT name, description, limits::text FROM plans ORDER BY name", &[])
+            .query("SELECT name, description, limits::text, time_zone FROM plans ORDER BY name", &[])
             .await
             .map_err(sql_error)?;
         rows.iter().map(plan_from_row).collect()

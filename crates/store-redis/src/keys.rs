@@ -107,7 +107,6 @@ impl KeySpace {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use tollgate_core::LimitSpec;
 
@@ -116,7 +115,7 @@ mod tests {
     #[test]
     fn names_share_the_partition_tag_and_never_collide() {
         let keys = KeySpace::new("tg:");
-        let item = |subject: &str, spec: LimitSpec| LimitItem { subject: Arc::from(subject), spec };
+        let item = |subject: &str, spec: LimitSpec| LimitItem::new(subject, spec);
         let plain = keys.counter("acme", &item("key:abc", LimitSpec::new(Metric::Requests, Window::Minute, 10)));
         assert_eq!(plain, "tg:{acme}:c:key:abc|requests|minute|*|*|*");
         let scoped = keys

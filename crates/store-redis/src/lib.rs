@@ -40,7 +40,7 @@ use tollgate_store::{StoreError, StoreResult};
 pub use bus::{BusEvent, ChangeBus};
 pub use keys::KeySpace;
 pub use lease::Lease;
-pub use limiter::{CalendarTarget, RESERVATION_TTL_MS, RedisLimiter, calendar_window_start};
+pub use limiter::{CalendarTarget, RESERVATION_TTL_MS, RedisLimiter};
 
 /// How to reach Redis.
 #[derive(Clone, Debug)]

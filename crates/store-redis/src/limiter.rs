@@ -24,12 +24,13 @@
 //! one instance needs.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::Script;
-use tollgate_core::{Amounts, Decision, LimitStatus, Refusal, Window};
+use tollgate_core::{Amounts, Decision, LimitStatus, Refusal};
 use tollgate_store::{LimitItem, Limiter, ReserveRequest, SettleRequest, StoreError, StoreResult};
 
 use crate::keys::{KeySpace, metric_code, window_code};
@@ -41,20 +42,33 @@ use crate::{RedisConn, bounded};
 /// then stays as reserved).
 pub use tollgate_store::DEFAULT_RESERVATION_TTL_MS as RESERVATION_TTL_MS;
 
-const DECIDE: &str = concat!(include_str!("lua/calendar.lua"), include_str!("lua/decide.lua"));
-const SETTLE: &str = concat!(include_str!("lua/calendar.lua"), include_str!("lua/settle.lua"));
-const RAISE: &str = concat!(include_str!("lua/calendar.lua"), include_str!("lua/raise.lua"));
+// The scripts do no calendar arithmetic: day and month bounds, in each limit's time
+// zone, are computed here (`tollgate_core::Zone`) and passed in.
+const DECIDE: &str = include_str!("lua/decide.lua");
+const SETTLE: &str = include_str!("lua/settle.lua");
+const RAISE: &str = include_str!("lua/raise.lua");
 
 /// Largest integer a Lua double holds exactly.
 const MAX_EXACT: u64 = 1 << 53;
 
 /// One calendar counter the rebuild job wants raised to at least `amount` in the
-/// window that starts at `window_start_ms`.
+/// window `[window_start_ms, window_end_ms)` (in the item's zone).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CalendarTarget {
     pub item: LimitItem,
     pub window_start_ms: i64,
+    pub window_end_ms: i64,
     pub amount: u64,
+}
+
+/// The edges argument of `decide.lua` for `item` at `ms`: four calendar window edges
+/// in the item's zone, or nothing for a sliding window.
+fn edges(item: &LimitItem, ms: i64) -> String {
+    if item.spec.window.is_rate() {
+        return String::new();
+    }
+    let [a, b, c, d] = item.zone.edges(item.spec.window, ms);
+    format!("{a},{b},{c},{d}")
 }
 
 /// The Redis limiter. Cheap to share behind an `Arc`.
@@ -68,6 +82,9 @@ pub struct RedisLimiter {
     raise: Script,
     /// Reservations this instance holds: request id -> when.
     held: Mutex<HashMap<String, Instant>>,
+    /// Redis's clock minus ours, in ms, as last learned from a script that found its
+    /// time outside the calendar edges sent (0 until then).
+    clock_offset: AtomicI64,
 }
 
 impl std::fmt::Debug for RedisLimiter {
@@ -100,6 +117,7 @@ impl RedisLimiter {
             settle: Script::new(SETTLE),
             raise: Script::new(RAISE),
             held: Mutex::new(HashMap::new()),
+            clock_offset: AtomicI64::new(0),
         }
     }
 
@@ -175,9 +193,14 @@ impl RedisLimiter {
         now_ms: i64,
         hold: Option<i64>,
     ) -> StoreResult<Vec<i64>> {
+        // Calendar edges are computed around the time the script will decide at:
+        // Redis's clock (as last seen from here) unless the caller's time is used.
+        let redis_clock = !self.clock_from_request && op != "apply";
+        let mut around =
+            if redis_clock { now_ms.saturating_add(self.clock_offset.load(Ordering::Relaxed)) } else { now_ms };
         let mut keys = Vec::with_capacity(1 + items.len());
         keys.push(self.keys.reservation(partition, request_id));
-        let mut args = Vec::with_capacity(6 + 4 * items.len());
+        let mut args = Vec::with_capacity(6 + 5 * items.len());
         args.extend([
             op.to_owned(),
             flag(self.clock_from_request).to_owned(),
@@ -193,9 +216,24 @@ impl RedisLimiter {
                 clamp(item.spec.limit).to_string(),
                 clamp(amounts.get(item.spec.metric)).to_string(),
                 metric_code(item.spec.metric).to_owned(),
+                edges(item, around),
             ]);
         }
-        let reply: Vec<i64> = self.run(&self.decide, DECIDE, &keys, &args).await?;
+        let mut reply: Vec<i64> = self.run(&self.decide, DECIDE, &keys, &args).await?;
+        if let [-1, redis_now] = reply[..] {
+            // Redis's clock is more than a window away from ours: learn the offset and
+            // decide again with edges around Redis's time (once: the script changed
+            // nothing).
+            self.clock_offset.store(redis_now.saturating_sub(now_ms), Ordering::Relaxed);
+            around = redis_now;
+            for (i, item) in items.iter().enumerate() {
+                args[6 + 5 * i + 4] = edges(item, around);
+            }
+            reply = self.run(&self.decide, DECIDE, &keys, &args).await?;
+            if reply.first() == Some(&-1) {
+                return Err(StoreError::internal("the limiter script found its clock outside the windows twice"));
+            }
+        }
         if reply.len() != 3 + 2 * items.len() && op != "apply" {
             return Err(StoreError::internal(format!(
                 "limiter script answered {} values for {} items",
@@ -225,8 +263,8 @@ impl RedisLimiter {
         for target in &targets {
             keys.push(self.keys.counter(partition, &target.item));
             args.extend([
-                window_code(target.item.spec.window).to_owned(),
                 target.window_start_ms.to_string(),
+                target.window_end_ms.to_string(),
                 clamp(target.amount).to_string(),
             ]);
         }
@@ -331,15 +369,5 @@ impl Limiter for RedisLimiter {
 
     async fn held_reservations(&self) -> StoreResult<usize> {
         Ok(self.held().len())
-    }
-}
-
-/// The start of `window`'s calendar window containing `ms` (day or month); for the
-/// rebuild job, which names the window it computed totals for.
-pub fn calendar_window_start(window: Window, ms: i64) -> Option<i64> {
-    match window {
-        Window::Day => Some(tollgate_core::calendar::day_start(ms)),
-        Window::Month => Some(tollgate_core::calendar::month_start(ms)),
-        Window::Minute | Window::Hour => None,
     }
 }

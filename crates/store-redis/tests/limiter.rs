@@ -83,7 +83,7 @@ mod conformance_suite {
 }
 
 fn item(subject: &str, metric: Metric, window: Window, limit: u64) -> LimitItem {
-    LimitItem { subject: Arc::from(subject), spec: LimitSpec::new(metric, window, limit) }
+    LimitItem::new(subject, LimitSpec::new(metric, window, limit))
 }
 
 fn reserve<'a>(id: &'a str, items: &'a [LimitItem], amounts: Amounts, now_ms: i64, hold: bool) -> ReserveRequest<'a> {
@@ -344,10 +344,9 @@ async fn raise_calendar_counters_never_lowers() {
     let minute = item("key:raise", Metric::Requests, Window::Minute, 100);
     let items = [month.clone(), day.clone()];
     limiter.apply("p", &items, Amounts::requests(10), NOW).await.expect("apply");
-    let target = |item: &LimitItem, amount: u64| CalendarTarget {
-        item: item.clone(),
-        window_start_ms: tollgate_store_redis::calendar_window_start(item.spec.window, NOW).unwrap_or(0),
-        amount,
+    let target = |item: &LimitItem, amount: u64| {
+        let (window_start_ms, window_end_ms) = item.calendar_bounds(NOW);
+        CalendarTarget { item: item.clone(), window_start_ms, window_end_ms, amount }
     };
     let raised = limiter
         .raise_calendar_counters("p", &[target(&month, 25), target(&day, 4), target(&minute, 99)], NOW)
@@ -357,7 +356,12 @@ async fn raise_calendar_counters_never_lowers() {
     let peek = limiter.peek("p", &items, Amounts::default(), NOW).await.expect("peek");
     assert_eq!((peek.statuses[0].used, peek.statuses[1].used), (25, 10));
     // A target for a window that is over by now lands nowhere.
-    let stale = CalendarTarget { item: day.clone(), window_start_ms: day_start(NOW) - MS_PER_DAY, amount: 50 };
+    let stale = CalendarTarget {
+        item: day.clone(),
+        window_start_ms: day_start(NOW) - MS_PER_DAY,
+        window_end_ms: day_start(NOW),
+        amount: 50,
+    };
     assert_eq!(limiter.raise_calendar_counters("p", &[stale], NOW).await.expect("raise stale"), 0);
     cleanup(&limiter).await;
 }

@@ -61,6 +61,7 @@ pub async fn run_limiter(limiter: Arc<dyn Limiter>) {
     limiter::reserve_without_hold_is_final(limiter.clone()).await;
     limiter::repeated_reserve_does_not_double_charge(limiter.clone()).await;
     limiter::retry_and_reset_times(limiter.clone()).await;
+    limiter::calendar_windows_follow_the_zone(limiter.clone()).await;
     limiter::apply_charges_without_checking(limiter.clone()).await;
     limiter::a_reservation_lives_as_long_as_its_hold(limiter.clone()).await;
     limiter::prune_drops_idle_counters(limiter).await;

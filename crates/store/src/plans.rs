@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use tollgate_core::{Authed, KeyRecord, Plan, Project, ProjectSettings};
+use tollgate_core::{Authed, KeyRecord, Plan, Project, ProjectSettings, Zone};
 
 use crate::{Catalog, StoreResult};
 
@@ -84,6 +84,21 @@ impl PlanCache {
             },
         };
         Ok(Some(Authed { key, plan, project }))
+    }
+
+    /// Every time zone a loaded plan or project names, and UTC: the zones whose day
+    /// and month windows counters can be in.
+    pub fn zones_in_use(&self) -> Vec<Zone> {
+        let mut zones = vec![Zone::UTC];
+        let plans = self.plans.read().unwrap_or_else(|e| e.into_inner());
+        let projects = self.projects.read().unwrap_or_else(|e| e.into_inner());
+        let named = plans.values().filter_map(|p| p.time_zone.clone());
+        for zone in named.chain(projects.values().filter_map(|p| p.time_zone.clone())) {
+            if !zones.contains(&zone) {
+                zones.push(zone);
+            }
+        }
+        zones
     }
 
     pub fn put(&self, plan: Plan) {

@@ -9,7 +9,7 @@
 //! edge a counter cares about (see [`TotalsQuery::for_replay`]).
 
 use tollgate_core::UsageRecord;
-use tollgate_core::calendar::{MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, month_start};
+use tollgate_core::calendar::{MS_PER_HOUR, MS_PER_MINUTE, month_start};
 
 /// Totals per page at most; at most one more page is buffered while one is used.
 pub const TOTALS_PAGE: usize = 1_000;
@@ -41,20 +41,15 @@ const HOUR_BUCKET_MS: i64 = MS_PER_HOUR / 60;
 const CALENDAR_BUCKET_MS: i64 = 15 * MS_PER_MINUTE;
 
 impl TotalsQuery {
-    /// What the counter rebuild at start replays: the current month (and the last
-    /// hour), per second where a minute window still sees it, per minute where an
-    /// hour window does, per quarter hour before.
+    /// What the counter rebuild at start replays: the current month in every time
+    /// zone (and the last hour), per second where a minute window still sees it, per
+    /// minute where an hour window does, per quarter hour before.
     pub fn for_replay(now_ms: i64) -> Self {
         Self {
-            since_ms: month_start(now_ms).min(now_ms - MS_PER_HOUR),
+            since_ms: earliest_month_start(now_ms).min(now_ms - MS_PER_HOUR),
             finer: vec![(now_ms - 2 * MS_PER_MINUTE, MINUTE_BUCKET_MS), (now_ms - 2 * MS_PER_HOUR, HOUR_BUCKET_MS)],
             bucket_ms: CALENDAR_BUCKET_MS,
         }
-    }
-
-    /// The current month per UTC day (the distributed rebuild: day and month counters).
-    pub fn for_calendar(now_ms: i64) -> Self {
-        Self { since_ms: month_start(now_ms), finer: Vec::new(), bucket_ms: MS_PER_DAY }
     }
 
     /// The start of the bucket a record at `ts_ms` is summed in.
@@ -95,6 +90,13 @@ impl TotalsQuery {
         params.push(self.bucket_ms);
         params
     }
+}
+
+/// The earliest instant that is in the current month in some time zone: local time is
+/// UTC-12:00 to UTC+14:00, so a month starts in UTC no earlier than 14 hours before
+/// the UTC month start of the instant 12 hours ago.
+pub fn earliest_month_start(now_ms: i64) -> i64 {
+    month_start(now_ms - 12 * MS_PER_HOUR) - 14 * MS_PER_HOUR
 }
 
 /// The columns a total is grouped by (after the bucket in [`TotalsQuery::sql`]).

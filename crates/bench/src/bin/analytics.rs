@@ -127,6 +127,7 @@ async fn seed_catalog(catalog: &dyn Catalog, now: i64) -> anyhow::Result<()> {
             LimitSpec::new(Metric::CostMicros, Window::Month, 5_000_000_000),
             LimitSpec::new(Metric::TotalTokens, Window::Month, 50_000_000_000),
         ],
+        time_zone: None,
     };
     catalog.put_plan(plan).await?;
     for p in 0..PROJECTS {

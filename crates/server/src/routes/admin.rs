@@ -63,6 +63,15 @@ struct PlanBody {
     #[serde(default)]
     description: Option<String>,
     limits: Vec<LimitSpec>,
+    /// An IANA zone name for the plan's day and month windows; absent or null: the
+    /// project's zone, else UTC.
+    #[serde(default)]
+    time_zone: Option<String>,
+}
+
+/// Parses an optional zone name from a request body, naming `field` when it is unknown.
+pub(crate) fn checked_zone(field: &'static str, name: Option<&str>) -> ApiResult<Option<tollgate_core::Zone>> {
+    name.map(|n| tollgate_core::Zone::parse(n).map_err(|e| ApiError::invalid_field(field, e))).transpose()
 }
 
 fn checked_plan(name: String, body: PlanBody) -> ApiResult<Plan> {
@@ -70,7 +79,8 @@ fn checked_plan(name: String, body: PlanBody) -> ApiResult<Plan> {
         return Err(ApiError::invalid_field("name", "must be 1-64 characters of a-z, 0-9, '-' or '_'"));
     }
     validate_limits(&body.limits).map_err(|e| ApiError::invalid_field("limits", e))?;
-    Ok(Plan { name, description: body.description, limits: body.limits })
+    let time_zone = checked_zone("time_zone", body.time_zone.as_deref())?;
+    Ok(Plan { name, description: body.description, limits: body.limits, time_zone })
 }
 
 fn plan_view(p: &Plan) -> Value {
@@ -79,7 +89,7 @@ fn plan_view(p: &Plan) -> Value {
         .iter()
         .map(|l| json!({ "name": l.name(), "metric": l.metric, "window": l.window, "limit": l.limit }))
         .collect();
-    json!({ "name": p.name, "description": p.description, "limits": limits })
+    json!({ "name": p.name, "description": p.description, "limits": limits, "time_zone": p.time_zone })
 }
 
 async fn list_plans(State(state): State<AppState>, _admin: Admin) -> ApiResult<AxumJson<Value>> {

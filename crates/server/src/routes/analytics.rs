@@ -16,7 +16,7 @@ use tollgate_analytics::query::{
     self, Bucket, Granularity, ParamError, SeriesMetric, limit_metric_value, parse_dimension, parse_range,
 };
 use tollgate_analytics::store::{Dimension, RollupFilter, RollupQuery};
-use tollgate_analytics::zone::{Zone, bucket_index, bucket_starts};
+use tollgate_analytics::zone::{bucket_index, bucket_starts};
 use tollgate_analytics::{RollupGroup, RollupValues};
 use tollgate_core::calendar::{MS_PER_DAY, MS_PER_HOUR, to_rfc3339};
 use tollgate_core::limit::effective_limits;
@@ -339,11 +339,10 @@ pub async fn timeseries(
     })))
 }
 
-/// A calendar window holding `now`, in `zone`.
-fn window_bounds(window: Window, now: i64, zone: &Zone) -> Option<(i64, i64)> {
+/// The calendar window holding `now`, in the limit's zone (quotas only).
+fn window_bounds(window: Window, now: i64, zone: &tollgate_core::Zone) -> Option<(i64, i64)> {
     match window {
-        Window::Day => Some((zone.day_start(now), zone.next_day_start(now))),
-        Window::Month => Some((zone.month_start(now), zone.next_month_start(now))),
+        Window::Day | Window::Month => Some(zone.bounds(window, now)),
         Window::Minute | Window::Hour => None,
     }
 }
@@ -376,8 +375,8 @@ pub async fn forecast(
         ],
     )?;
     let now = now_ms();
-    // Quota windows are UTC calendar windows (docs/quotas.md).
-    let zone = Zone::utc();
+    // Each quota in its own calendar window: the plan's zone, else the project's,
+    // else UTC (docs/quotas.md), as the limiter counts it.
     let (project_id, key_id, specs) = match (&p.key, &p.project) {
         (Some(key_id), None) => {
             let key = state
@@ -389,22 +388,30 @@ pub async fn forecast(
             let plan = state.catalog.get_plan(&key.plan).await?.ok_or_else(|| {
                 ApiError::PlanUnavailable(format!("plan '{}' of key '{key_id}' is missing", key.plan))
             })?;
-            let specs: Vec<LimitSpec> = effective_limits(&plan.limits, &key.limit_overrides)
+            let project_zone = project_zone(&state, &key.project_id).await?;
+            let zone = plan.time_zone.clone().unwrap_or_else(|| project_zone.clone());
+            let specs: Vec<(LimitSpec, tollgate_core::Zone)> = effective_limits(&plan.limits, &key.limit_overrides)
                 .into_iter()
                 .filter(|s| matches!(s.subject, SubjectKind::Key | SubjectKind::Project))
+                .map(|s| {
+                    // Project-wide limits count in the project's zone.
+                    let z = if s.subject == SubjectKind::Project { project_zone.clone() } else { zone.clone() };
+                    (s, z)
+                })
                 .collect();
             (key.project_id.clone(), Some(key_id.clone()), specs)
         }
         (None, Some(project)) => {
             admin.check_project(project, "project", project)?;
-            if state.catalog.get_project(project).await?.is_none() {
+            let Some(found) = state.catalog.get_project(project).await? else {
                 return Err(ApiError::NotFound { what: "project", id: project.clone() });
-            }
+            };
+            let project_zone = found.settings.time_zone.clone().unwrap_or_default();
             let keys = state
                 .catalog
                 .list_keys(tollgate_store::KeyQuery { project_id: Some(project.clone()), after_id: None, limit: 1000 })
                 .await?;
-            let mut specs: Vec<LimitSpec> = Vec::new();
+            let mut specs: Vec<(LimitSpec, tollgate_core::Zone)> = Vec::new();
             let mut plans_seen = std::collections::HashSet::new();
             for key in keys {
                 if !plans_seen.insert(key.plan.clone()) {
@@ -412,8 +419,8 @@ pub async fn forecast(
                 }
                 if let Some(plan) = state.catalog.get_plan(&key.plan).await? {
                     for spec in plan.limits.into_iter().filter(|s| s.subject == SubjectKind::Project) {
-                        if !specs.iter().any(|s| s.slot() == spec.slot() && s.limit == spec.limit) {
-                            specs.push(spec);
+                        if !specs.iter().any(|(s, _)| s.slot() == spec.slot() && s.limit == spec.limit) {
+                            specs.push((spec, project_zone.clone()));
                         }
                     }
                 }
@@ -423,7 +430,7 @@ pub async fn forecast(
         _ => return Err(ApiError::invalid_field("key", "give exactly one of ?key= or ?project=")),
     };
     let mut quotas = Vec::new();
-    for spec in specs {
+    for (spec, zone) in specs {
         let Some((start, end)) = window_bounds(spec.window, now, &zone) else { continue };
         let history_from = tollgate_analytics::rollup::hour_of(start.min(now - HISTORY_WEEKS * MS_PER_WEEK));
         let filter = RollupFilter {
@@ -468,6 +475,7 @@ pub async fn forecast(
             "used_percent": percent(f.used),
             "projected": f.projected,
             "projected_percent": percent(f.projected),
+            "time_zone": zone.name(),
             "window_start": to_rfc3339(start),
             "window_end": to_rfc3339(end),
             "exhausts_at": f.exhausts_at_ms.map(to_rfc3339),
@@ -476,6 +484,11 @@ pub async fn forecast(
         }));
     }
     Ok(AxumJson(json!({ "project": project_id, "key": key_id, "now": to_rfc3339(now), "quotas": quotas })))
+}
+
+/// The project's zone (UTC when unset or the project is gone).
+async fn project_zone(state: &AppState, project_id: &str) -> ApiResult<tollgate_core::Zone> {
+    Ok(state.catalog.get_project(project_id).await?.and_then(|p| p.settings.time_zone).unwrap_or_default())
 }
 
 /// `GET /api/v1/analytics/anomalies`: hours of a range where a project's (or

@@ -58,6 +58,9 @@ struct ProjectBody {
     openai_organization: Option<Value>,
     #[serde(default, deserialize_with = "present")]
     openai_project: Option<Value>,
+    /// An IANA zone name; null clears it (UTC).
+    #[serde(default, deserialize_with = "present")]
+    time_zone: Option<Value>,
 }
 
 fn check_project_name(name: &str) -> ApiResult<()> {
@@ -132,6 +135,12 @@ async fn apply_settings(state: &AppState, settings: &mut ProjectSettings, body: 
     if let Some(v) = &body.openai_project {
         settings.openai_project = header_setting("openai_project", v)?;
     }
+    match &body.time_zone {
+        None => {}
+        Some(Value::Null) => settings.time_zone = None,
+        Some(Value::String(name)) => settings.time_zone = crate::routes::admin::checked_zone("time_zone", Some(name))?,
+        Some(_) => return Err(ApiError::invalid_field("time_zone", "must be null or an IANA zone name")),
+    }
     Ok(())
 }
 
@@ -151,6 +160,7 @@ pub fn project_view(p: &Project) -> Value {
         "limits": s.limits.iter().map(limit).collect::<Vec<_>>(),
         "openai_organization": s.openai_organization,
         "openai_project": s.openai_project,
+        "time_zone": s.time_zone,
     })
 }
 

@@ -10,10 +10,9 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tollgate_core::calendar::{MS_PER_DAY, MS_PER_MINUTE, month_start, to_rfc3339};
+use tollgate_core::calendar::{MS_PER_DAY, MS_PER_MINUTE, to_rfc3339};
 use tollgate_core::{Amounts, Decision, KeyRecord, UsageRecord, UsageSource};
 
-use tollgate_core::counter::counts_now;
 use tollgate_core::{Authed, Traffic};
 use tollgate_gateway::auth::KeyRefusal;
 use tollgate_gateway::now_ms;
@@ -210,7 +209,7 @@ pub async fn ingest_events(
         // would be cleared by a time ahead, a day counter moved to tomorrow).
         let r = &checked.record;
         let mut items = state.limits_for(&checked.authed, &checked.traffic);
-        items.retain(|item| counts_now(item.spec.window, r.ts_ms, now));
+        items.retain(|item| item.counts_now(r.ts_ms, now));
         state.limiter.apply(&r.project_id, &items, r.amounts(), now).await?;
     }
     let rejected = results.len() - accepted - duplicates;
@@ -253,7 +252,7 @@ async fn key_status(state: &AppState, authed: &Authed, now: i64) -> Result<Value
     let scoped: Vec<_> = tollgate_core::limit::effective_limits(&authed.plan.limits, &authed.key.limit_overrides)
         .into_iter()
         .filter(|spec| !spec.is_unscoped() && spec.subject == tollgate_core::SubjectKind::Key)
-        .map(|spec| tollgate_core::LimitItem { subject: Arc::from(format!("key:{}", authed.key.id)), spec })
+        .map(|spec| tollgate_core::LimitItem::new(format!("key:{}", authed.key.id), spec).in_zone(authed.plan_zone()))
         .collect();
     let all: Vec<_> = items.into_iter().chain(scoped).collect();
     let decision = state.limiter.peek(&authed.key.project_id, &all, Amounts::default(), now).await?;
@@ -369,7 +368,8 @@ pub async fn attach_anonymous(
     let now = now_ms();
     let authed = resolve(&state, key).await?;
     state.ledger.flush().await?;
-    let since = month_start(now).min(now - tollgate_core::calendar::MS_PER_HOUR);
+    // The current month in any zone a limit may be in (apply drops what is older).
+    let since = tollgate_store::totals::earliest_month_start(now).min(now - tollgate_core::calendar::MS_PER_HOUR);
     let mut totals = Amounts::default();
     let mut attached = 0;
     // Only this visitor's records (an index on project, anonymous id and time), a

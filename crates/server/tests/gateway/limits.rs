@@ -143,3 +143,57 @@ async fn rotating_anonymous_ids_still_meet_a_per_address_limit() {
     let r = app.chat_with(&key, &[("x-anonymous-id", "visitor-new")]).await;
     assert_eq!(r.status, 429, "a fresh id from the same address: {:?}", r.body);
 }
+
+/// The end of the day window containing now in `zone`, read on both sides of the
+/// request so a test running across the window edge still knows both answers.
+fn day_ends(zone: &str) -> [i64; 2] {
+    let zone = tollgate_core::Zone::parse(zone).expect("zone");
+    let end = |now| zone.bounds(tollgate_core::Window::Day, now).1;
+    [end(tollgate_gateway::now_ms()), end(tollgate_gateway::now_ms() + 5_000)]
+}
+
+#[tokio::test]
+async fn a_day_quota_in_a_time_zone_resets_at_local_midnight() {
+    let app = spawn_app().await;
+    let day = json!([{ "metric": "requests", "window": "day", "limit": 1 }]);
+    let r = app
+        .admin(reqwest::Method::PUT, "/api/v1/plans/kolkata", Some(json!({ "limits": day, "time_zone": "Mars/Base" })))
+        .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(r.body["error"]["param"], "time_zone");
+    let r = app
+        .admin(
+            reqwest::Method::PUT,
+            "/api/v1/plans/kolkata",
+            Some(json!({ "limits": day, "time_zone": "Asia/Kolkata" })),
+        )
+        .await;
+    assert!(r.status == 200 || r.status == 201, "{:?}", r.body);
+    assert_eq!(r.body["time_zone"], "Asia/Kolkata");
+
+    let key = app.project_key("acme", "kolkata").await;
+    assert_eq!(app.chat(&key).await.status, 200);
+    let r = app.chat(&key).await;
+    assert_eq!(r.status, 429, "{:?}", r.body);
+    let reset_ms = r.body["error"]["details"]["resetAt"].as_i64().expect("resetAt") * 1000;
+    assert!(day_ends("Asia/Kolkata").contains(&reset_ms), "resets at Kolkata's midnight (18:30 UTC), not {reset_ms}");
+
+    // A plan naming no zone follows its project's; the project's zone is operator-set.
+    let r = app.admin(reqwest::Method::PUT, "/api/v1/plans/daily", Some(json!({ "limits": day }))).await;
+    assert!(r.status == 200 || r.status == 201, "{:?}", r.body);
+    app.create_project("nyc").await;
+    let r =
+        app.admin(reqwest::Method::PATCH, "/api/v1/projects/nyc", Some(json!({ "time_zone": "Pluto/Nowhere" }))).await;
+    assert_eq!((r.status, r.body["error"]["param"].as_str()), (400, Some("time_zone")), "{:?}", r.body);
+    let r = app
+        .admin(reqwest::Method::PATCH, "/api/v1/projects/nyc", Some(json!({ "time_zone": "America/New_York" })))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["time_zone"], "America/New_York");
+    let (key, _) = app.create_key(json!({ "project": "nyc", "plan": "daily" })).await;
+    assert_eq!(app.chat(&key).await.status, 200);
+    let r = app.chat(&key).await;
+    assert_eq!(r.status, 429, "{:?}", r.body);
+    let reset_ms = r.body["error"]["details"]["resetAt"].as_i64().expect("resetAt") * 1000;
+    assert!(day_ends("America/New_York").contains(&reset_ms), "resets at New York's midnight, not {reset_ms}");
+}

@@ -40,7 +40,7 @@ pub fn plan_of_eight() -> Vec<LimitSpec> {
 /// The limiter items of one key on that plan, as `Authed::limit_items` builds them.
 pub fn items_for(key_id: &str, limits: &[LimitSpec]) -> Vec<LimitItem> {
     let subject: Arc<str> = Arc::from(format!("key:{key_id}"));
-    limits.iter().map(|spec| LimitItem { subject: subject.clone(), spec: spec.clone() }).collect()
+    limits.iter().map(|spec| LimitItem::new(subject.clone(), spec.clone())).collect()
 }
 
 /// Resident set size of this process in bytes (Linux; 0 elsewhere).

@@ -9,10 +9,16 @@
 -- ARGV[4]      "1": hold the reservation for settle
 -- ARGV[5]      how long a held reservation lives, ms
 -- ARGV[6]      number of items n
--- ARGV[7 + 4(i-1) ..]  per item: window code (m h d M), limit, amount, metric code
+-- ARGV[7 + 5(i-1) ..]  per item: window code (m h d M), limit, amount, metric code,
+--              and for a day or month four window edges "e0,e1,e2,e3" (Unix ms,
+--              computed by the caller in the limit's time zone: [e1, e2) holds the
+--              caller's time, [e0, e1) and [e2, e3) the windows around it), or ""
 --
 -- Returns {flag, refused index (0-based, -1), retry_at (-1: never), used_1, reset_1, ...}
--- with flag 0 refused, 1 admitted (or applied), 2 a repeat of a held reservation.
+-- with flag 0 refused, 1 admitted (or applied), 2 a repeat of a held reservation;
+-- or {-1, t} when this clock's time t is outside the windows the caller computed
+-- edges for (its clock is more than a window off): the caller retries with edges
+-- around t. Nothing is read or written before that check.
 
 -- Effects replication (the default since Redis 7) lets a script that read TIME write.
 if redis.replicate_commands then
@@ -45,7 +51,23 @@ end
 
 -- The state of one counter at time t, loaded once per script run.
 local counters = {}
-local function load(base, code, t)
+-- The calendar window holding t among the edges the caller computed: its own
+-- window, or the one before or after when this clock is a little off the caller's;
+-- nil when t is outside all three.
+local function calendar(edges, t)
+  local e = {}
+  for x in string.gmatch(edges, '[^,]+') do
+    e[#e + 1] = tonumber(x)
+  end
+  for k = 1, 3 do
+    if e[k] <= t and t < e[k + 1] then
+      return e[k], e[k + 1]
+    end
+  end
+  return nil
+end
+
+local function load(base, code, t, edges)
   local c = counters[base]
   if c then
     return c
@@ -75,7 +97,7 @@ local function load(base, code, t)
     end
     c = { sliding = true, bucket_ms = bucket_ms, head = head, slots = slots, used = total, stale = stale }
   else
-    local start, stop = calendar(code, t)
+    local start, stop = calendar(edges, t)
     local key = base .. ':' .. fmt(start)
     c = { sliding = false, start = start, stop = stop, key = key, used = tonumber(redis.call('GET', key) or '0') }
   end
@@ -142,14 +164,21 @@ local function charge(base, c, amount)
 end
 
 local function item(i)
-  local o = 6 + (i - 1) * 4
-  return KEYS[i + 1], ARGV[o + 1], tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), ARGV[o + 4]
+  local o = 6 + (i - 1) * 5
+  return KEYS[i + 1], ARGV[o + 1], tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), ARGV[o + 4], ARGV[o + 5]
+end
+
+for i = 1, n do
+  local edges = ARGV[6 + (i - 1) * 5 + 5]
+  if edges ~= '' and calendar(edges, at) == nil then
+    return { -1, at }
+  end
 end
 
 local function statuses(out)
   for i = 1, n do
-    local base, code = item(i)
-    local c = load(base, code, at)
+    local base, code, _, _, _, edges = item(i)
+    local c = load(base, code, at, edges)
     out[#out + 1] = c.used
     out[#out + 1] = reset_at(c)
   end
@@ -158,8 +187,8 @@ end
 
 if op == 'apply' then
   for i = 1, n do
-    local base, code, _, amount = item(i)
-    local c = load(base, code, at)
+    local base, code, _, amount, _, edges = item(i)
+    local c = load(base, code, at, edges)
     -- A charge whose window has already closed would count nowhere.
     local open
     if c.sliding then
@@ -187,8 +216,8 @@ local refused_retry = nil
 local pending = {}
 local out = { 0, -1, -1 }
 for i = 1, n do
-  local base, code, limit, amount = item(i)
-  local c = load(base, code, at)
+  local base, code, limit, amount, _, edges = item(i)
+  local c = load(base, code, at, edges)
   local earlier = pending[base] or 0
   out[#out + 1] = c.used
   out[#out + 1] = reset_at(c)
@@ -231,7 +260,13 @@ for i = 1, n do
   local id = charge(base, counters[base], amount)
   if hold then
     record[#record + 1] = base
-    record[#record + 1] = code
+    -- A calendar window's end travels with its code ("d:<end ms>"), so settle knows
+    -- whether the window still counts without any calendar arithmetic.
+    if counters[base].sliding then
+      record[#record + 1] = code
+    else
+      record[#record + 1] = code .. ':' .. fmt(counters[base].stop)
+    end
     record[#record + 1] = fmt(id)
     record[#record + 1] = metric
     record[#record + 1] = fmt(amount)

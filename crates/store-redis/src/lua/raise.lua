@@ -5,7 +5,8 @@
 -- KEYS[i]  the counter base key of item i ({partition}:c:<counter id>)
 -- ARGV[1]  "1": use ARGV[2] as the time; "0": use the server's TIME
 -- ARGV[2]  the caller's time in Unix ms
--- ARGV[3 + 3(i-1) ..]  per item: window code (d M), window start (Unix ms), amount
+-- ARGV[3 + 3(i-1) ..]  per item: window start and end (Unix ms, computed by the caller
+--                      in the limit's time zone), amount
 --
 -- Returns how many counters were raised.
 
@@ -25,11 +26,10 @@ end
 local raised = 0
 for i = 1, #KEYS do
   local o = 2 + (i - 1) * 3
-  local code, start, amount = ARGV[o + 1], tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3])
-  local current_start, stop = calendar(code, now)
+  local start, stop, amount = tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3])
   -- Only the window that is current by this clock: a total computed just before
   -- midnight must not land in the next day.
-  if current_start == start and amount > 0 then
+  if start <= now and now < stop and amount > 0 then
     local key = KEYS[i] .. ':' .. string.format('%d', start)
     local used = tonumber(redis.call('GET', key) or '0')
     if used < amount then

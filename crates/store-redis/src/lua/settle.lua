@@ -74,12 +74,23 @@ for j = 1, #record - 4, 5 do
         end
       end
     else
-      local start, stop = calendar(code, now)
-      if id == start then
-        local key = base .. ':' .. fmt(start)
+      -- A calendar window counts until its end, which decide.lua recorded with the
+      -- code ("d:<end ms>"); a record without one (written by an older version) goes
+      -- by the counter's key, which expires when its window ends.
+      local key = base .. ':' .. fmt(id)
+      local stop = tonumber(string.match(code, ':(%d+)$') or '')
+      local open
+      if stop then
+        open = now < stop
+      else
+        open = redis.call('EXISTS', key) == 1
+      end
+      if open then
         if delta > 0 then
           redis.call('INCRBY', key, fmt(delta))
-          redis.call('PEXPIRE', key, fmt(stop - now))
+          if stop then
+            redis.call('PEXPIRE', key, fmt(stop - now))
+          end
         else
           local current = tonumber(redis.call('GET', key) or '0')
           local take = math.min(-delta, current)

@@ -20,6 +20,7 @@ fn plan(name: &str, per_minute: u64) -> Plan {
             LimitSpec::new(Metric::Requests, Window::Minute, per_minute),
             LimitSpec::new(Metric::Requests, Window::Month, per_minute * 1_000),
         ],
+        time_zone: None,
     }
 }
 
@@ -89,7 +90,11 @@ pub async fn plans(catalog: &dyn Catalog) {
     assert_eq!(catalog.get_plan(&basic.name).await.expect("get basic"), Some(basic.clone()));
 
     // put replaces, including the limits and a description going away.
-    let replaced = Plan { description: None, ..plan(&basic.name, 20) };
+    let replaced = Plan {
+        description: None,
+        time_zone: Some(tollgate_core::Zone::parse("America/New_York").expect("zone")),
+        ..plan(&basic.name, 20)
+    };
     catalog.put_plan(replaced.clone()).await.expect("put replaced");
     assert_eq!(catalog.get_plan(&basic.name).await.expect("get replaced"), Some(replaced.clone()));
 
@@ -388,6 +393,7 @@ pub async fn project_settings(catalog: &dyn Catalog) {
         limits: vec![LimitSpec::new(Metric::CostMicros, Window::Month, 5_000_000).with_subject(SubjectKind::Project)],
         openai_organization: Some("org-conformance".to_owned()),
         openai_project: Some("proj_conformance".to_owned()),
+        time_zone: Some(tollgate_core::Zone::parse("Asia/Kolkata").expect("zone")),
     };
     let changed = Project { name: "Renamed".to_owned(), created_at_ms: NOW + 1_000, settings, ..created.clone() };
     let stored = catalog.update_project(changed.clone()).await.expect("update");

@@ -16,7 +16,7 @@ use crate::{LimitItem, Limiter, ReserveRequest, SettleRequest};
 const PARTITION: &str = "conf-project";
 
 fn item(subject: &str, metric: Metric, window: Window, limit: u64) -> LimitItem {
-    LimitItem { subject: Arc::from(subject), spec: LimitSpec::new(metric, window, limit) }
+    LimitItem::new(subject, LimitSpec::new(metric, window, limit))
 }
 
 fn tokens(input: u64, output: u64) -> Amounts {
@@ -342,6 +342,54 @@ pub async fn retry_and_reset_times(limiter: Arc<dyn Limiter>) {
     assert_eq!(decision.statuses[0].reset_at_ms, next_month);
     assert_eq!(used(limiter, &month, next_month - 1).await, 2);
     assert_eq!(used(limiter, &month, next_month).await, 0, "the quota resets at the month start");
+}
+
+/// Day and month windows follow the item's zone: a day in Kolkata (UTC+05:30) runs
+/// from 18:30 UTC to 18:30 UTC, a month in Los Angeles starts at 07:00 or 08:00 UTC;
+/// reserve, settle, apply and peek all agree on those bounds.
+pub async fn calendar_windows_follow_the_zone(limiter: Arc<dyn Limiter>) {
+    let limiter = &*limiter;
+    let kolkata = tollgate_core::Zone::parse("Asia/Kolkata").expect("zone");
+    let day = item("key:conf-zone", Metric::Requests, Window::Day, 2).in_zone(kolkata.clone());
+    let items = std::slice::from_ref(&day);
+    // NOW is 2023-11-14T22:13:20Z, 03:43 on the 15th in Kolkata.
+    let (start, end) = kolkata.bounds(Window::Day, NOW);
+    assert_eq!((start, end), (1_699_986_600_000, 1_700_073_000_000), "2023-11-14T18:30Z .. 2023-11-15T18:30Z");
+    for i in 0..2 {
+        let decision = reserve(limiter, &format!("conf-zone-{i}"), items, Amounts::ONE_REQUEST, NOW, false).await;
+        assert!(decision.allowed());
+        assert_eq!(decision.statuses[0].reset_at_ms, end, "the day resets at local midnight");
+    }
+    let refused = reserve(limiter, "conf-zone-x", items, Amounts::ONE_REQUEST, NOW, false).await;
+    assert_eq!(refused.refused.map(|r| r.retry_at_ms), Some(Some(end)));
+    let utc_midnight = tollgate_core::calendar::day_start(NOW) + MS_PER_DAY;
+    assert_eq!(used(limiter, &day, utc_midnight + 1).await, 2, "UTC midnight is not Kolkata's");
+    assert_eq!(used(limiter, &day, end - 1).await, 2);
+    assert_eq!(used(limiter, &day, end).await, 0, "a new day at 18:30 UTC");
+
+    // A usage event from before the local day began counts nowhere in it.
+    limiter.apply(PARTITION, items, Amounts::requests(5), end - 1).await.expect("apply");
+    assert_eq!(used(limiter, &day, end + 1).await, 0, "yesterday's (local) usage");
+    limiter.apply(PARTITION, items, Amounts::requests(1), end + 1).await.expect("apply");
+    assert_eq!(used(limiter, &day, end + 2).await, 1);
+
+    // Settlement adjusts the zoned window it charged.
+    let tokens_day = item("key:conf-zone", Metric::TotalTokens, Window::Day, 100).in_zone(kolkata);
+    let decision =
+        reserve(limiter, "conf-zone-held", std::slice::from_ref(&tokens_day), tokens(10, 30), end + 10, true).await;
+    assert!(decision.allowed());
+    settle(limiter, "conf-zone-held", tokens(10, 5), end + 20).await;
+    assert_eq!(used(limiter, &tokens_day, end + 30).await, 15, "settled to what was used");
+
+    let la = tollgate_core::Zone::parse("America/Los_Angeles").expect("zone");
+    let month = item("key:conf-zone", Metric::Requests, Window::Month, 1).in_zone(la.clone());
+    let (_, month_end) = la.bounds(Window::Month, NOW);
+    assert_eq!(month_end, 1_701_417_600_000, "2023-12-01T08:00:00Z");
+    let decision =
+        reserve(limiter, "conf-zone-month", std::slice::from_ref(&month), Amounts::ONE_REQUEST, NOW, false).await;
+    assert_eq!(decision.statuses[0].reset_at_ms, month_end);
+    assert_eq!(used(limiter, &month, next_month_start(NOW) + 1).await, 1, "still November in Los Angeles");
+    assert_eq!(used(limiter, &month, month_end).await, 0);
 }
 
 /// `apply` charges without checking, past the limit if need be.

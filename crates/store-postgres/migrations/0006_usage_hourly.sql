@@ -1,4 +1,4 @@
--- tollgate on PostgreSQL, version 5: hourly usage rollups (see crates/analytics),
+-- tollgate on PostgreSQL, version 6: hourly usage rollups (see crates/analytics),
 -- updated in the transaction that inserts ledger rows.
 CREATE TABLE usage_hourly (
     hour_ms BIGINT NOT NULL,
