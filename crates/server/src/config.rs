@@ -89,7 +89,7 @@ pub struct RawAnalytics {
 impl Default for RawAnalytics {
     fn default() -> Self {
         Self {
-            max_range_days: 400,
+            max_range_days: 92,
             retention_days: 90,
             rollup_retention_days: 800,
             retention_batch: 5_000,
@@ -113,7 +113,7 @@ pub struct AnalyticsSettings {
 impl Default for AnalyticsSettings {
     fn default() -> Self {
         analytics_settings(&RawAnalytics::default()).unwrap_or(Self {
-            max_range_ms: 400 * tollgate_core::calendar::MS_PER_DAY,
+            max_range_ms: 92 * tollgate_core::calendar::MS_PER_DAY,
             retention: None,
             rollup_retention: None,
             retention_batch: 5_000,

@@ -255,7 +255,11 @@ pub async fn timeseries(
     let top = query::parse_top(p.top.as_deref(), 5)?;
     let filter = scoped_filter(&state, &admin, &p).await?;
     let default_span = if granularity == Granularity::Day { 30 * MS_PER_DAY } else { MS_PER_DAY };
-    let range = range(&state, &p, default_span)?;
+    let range = if granularity == Granularity::Hour {
+        range_at_most(&state, &p, default_span, MAX_HOURLY_SPAN_MS)?
+    } else {
+        range(&state, &p, default_span)?
+    };
     let days = granularity == Granularity::Day;
     // Local days: from the start of the local day holding `from`.
     let starts = bucket_starts(&zone, range.from_ms, range.to_ms, days);
@@ -544,7 +548,7 @@ pub async fn anomalies(
         Some(v) => v.parse::<u64>().map_err(|_| ApiError::invalid_field("min_volume", "must be a whole number"))?,
     };
     let filter = scoped_filter(&state, &admin, &p).await?;
-    let range = range(&state, &p, MS_PER_DAY)?;
+    let range = range_at_most(&state, &p, MS_PER_DAY, MAX_HOURLY_SPAN_MS)?;
     let history_from = range.from_ms - weeks * MS_PER_WEEK;
     let groups = state
         .analytics

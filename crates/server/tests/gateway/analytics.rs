@@ -136,6 +136,9 @@ async fn bad_parameters_get_a_400_naming_the_parameter() {
         ("/api/v1/analytics/timeseries?group_by=colour", "group_by"),
         ("/api/v1/analytics/timeseries?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z", "from"),
         ("/api/v1/analytics/summary?from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z", "to"),
+        // Hourly series and anomalies: 31 days at most, whatever the maximum.
+        ("/api/v1/analytics/timeseries?from=2026-01-01T00:00:00Z&to=2026-02-15T00:00:00Z", "to"),
+        ("/api/v1/analytics/anomalies?from=2026-01-01T00:00:00Z&to=2026-02-15T00:00:00Z", "to"),
         ("/api/v1/analytics/timeseries?tz=Mars/Olympus", "tz"),
         ("/api/v1/analytics/timeseries?metric=happiness", "metric"),
         ("/api/v1/analytics/timeseries?granularity=week", "granularity"),
