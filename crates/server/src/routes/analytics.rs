@@ -109,7 +109,15 @@ pub async fn scoped_filter(state: &AppState, admin: &Admin, p: &Params) -> ApiRe
 }
 
 fn range(state: &AppState, p: &Params, default_span_ms: i64) -> ApiResult<query::Range> {
-    Ok(parse_range(p.from.as_deref(), p.to.as_deref(), now_ms(), default_span_ms, state.config.analytics.max_range_ms)?)
+    range_at_most(state, p, default_span_ms, state.config.analytics.max_range_ms)
+}
+
+/// Queries that hold one value per hour (and subject) in memory: at most this long.
+const MAX_HOURLY_SPAN_MS: i64 = 31 * MS_PER_DAY;
+
+fn range_at_most(state: &AppState, p: &Params, default_span_ms: i64, max_ms: i64) -> ApiResult<query::Range> {
+    let max = max_ms.min(state.config.analytics.max_range_ms);
+    Ok(parse_range(p.from.as_deref(), p.to.as_deref(), now_ms(), default_span_ms, max)?)
 }
 
 fn totals_view(bucket: &Bucket) -> Value {

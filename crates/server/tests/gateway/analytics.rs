@@ -306,7 +306,11 @@ async fn exports_stream_every_row_as_csv_and_ndjson() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_deletes_old_rows_and_summaries_still_count_them() {
-    let app = spawn_app().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mock_url = spawn_mock(tollgate_mock_upstream::MockConfig::default()).await;
+    let mut raw = raw_config(tmp.path(), &mock_url);
+    raw.analytics.max_range_days = 200;
+    let app = spawn_app_with(tollgate_server::config::Config::from_raw(raw).expect("config")).await;
     app.create_project("an-ret").await;
     let now = now_ms();
     let old: Vec<UsageRecord> = (0..30)
@@ -324,6 +328,7 @@ async fn retention_deletes_old_rows_and_summaries_still_count_them() {
     let s = get(&app, &format!("/api/v1/analytics/summary?project=an-ret&from={from}")).await;
     assert_eq!(s["totals"]["requests"], 35, "the rollups keep the deleted rows' usage: {s}");
     app.stop().await;
+    drop(tmp);
 }
 
 /// Runs the real `tollgate` binary against the app; stdout and stderr are pipes.
