@@ -38,22 +38,88 @@ pub enum Command {
     /// Admin tokens: create (project-scoped or operator), list, get, revoke.
     #[command(subcommand)]
     Tokens(TokensCommand),
-    /// List ledger records, newest first.
-    Usage {
+    /// List ledger records, newest first; or `export`, `summary`, `top`.
+    Usage(UsageArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct UsageArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(subcommand)]
+    pub command: Option<UsageCommand>,
+    #[command(flatten)]
+    pub list: UsageList,
+}
+
+/// Which records (the listing's filters).
+#[derive(Args, Debug, Clone, Default)]
+pub struct UsageList {
+    #[arg(long)]
+    pub project: Option<String>,
+    #[arg(long)]
+    pub key: Option<String>,
+    /// RFC 3339 or Unix seconds (inclusive).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// RFC 3339 or Unix seconds (exclusive).
+    #[arg(long)]
+    pub to: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+}
+
+/// A scope and a range.
+#[derive(Args, Debug, Clone, Default)]
+pub struct UsageRange {
+    #[arg(long)]
+    pub project: Option<String>,
+    #[arg(long)]
+    pub key: Option<String>,
+    /// RFC 3339 or Unix seconds (inclusive).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// RFC 3339 or Unix seconds (exclusive).
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UsageCommand {
+    /// Stream ledger rows (or, with --rollups, hourly rollups) into a file, as CSV or
+    /// NDJSON; a progress line on a terminal, nothing on a pipe.
+    Export {
         #[command(flatten)]
-        server: ServerArgs,
+        range: UsageRange,
+        /// csv or ndjson.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// Hourly rollups instead of raw ledger rows.
         #[arg(long)]
-        project: Option<String>,
+        rollups: bool,
+        /// The file to write (written whole or not at all: FILE.partial until done).
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+    },
+    /// Totals of a range (requests, tokens, cost, saved, error rate, latency).
+    Summary {
+        #[command(flatten)]
+        range: UsageRange,
+        /// Print the JSON answer instead of a table.
         #[arg(long)]
-        key: Option<String>,
-        /// RFC 3339 or Unix seconds (inclusive).
+        json: bool,
+    },
+    /// The top values of one dimension over a range.
+    Top {
+        #[command(flatten)]
+        range: UsageRange,
+        /// model, key, provider or endpoint.
+        #[arg(long, default_value = "model")]
+        by: String,
+        #[arg(long, default_value_t = 10)]
+        top: usize,
         #[arg(long)]
-        from: Option<String>,
-        /// RFC 3339 or Unix seconds (exclusive).
-        #[arg(long)]
-        to: Option<String>,
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        json: bool,
     },
 }
 
@@ -255,6 +321,8 @@ fn parse_limit(text: &str) -> anyhow::Result<Value> {
     Ok(json!({ "metric": metric.trim(), "window": window.trim(), "limit": limit }))
 }
 
+mod usage;
+
 struct Client {
     http: reqwest::Client,
     server: ServerArgs,
@@ -267,7 +335,7 @@ impl Client {
         Ok(Self { http, server })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub(crate) async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let url = format!("{}{}", self.server.url.trim_end_matches('/'), path);
         let mut request = self.http.request(method, &url);
         if let Some(token) = &self.server.admin_token {
@@ -300,7 +368,7 @@ fn print(value: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn query(pairs: &[(&str, Option<String>)]) -> String {
+pub(crate) fn query(pairs: &[(&str, Option<String>)]) -> String {
     let parts: Vec<String> =
         pairs.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", urlencode(v)))).collect();
     if parts.is_empty() { String::new() } else { format!("?{}", parts.join("&")) }
@@ -426,7 +494,11 @@ pub async fn run_admin(command: Command) -> anyhow::Result<()> {
                 (server, Method::POST, format!("/api/v1/admin-tokens/{}/revoke", urlencode(&id)), None)
             }
         },
-        Command::Usage { server, project, key, from, to, limit } => {
+        Command::Usage(UsageArgs { server, command: Some(command), .. }) => {
+            return crate::usage::run(server, command).await;
+        }
+        Command::Usage(UsageArgs { server, command: None, list }) => {
+            let UsageList { project, key, from, to, limit } = list;
             let q = query(&[
                 ("project", project),
                 ("key", key),

@@ -104,7 +104,8 @@ impl Application {
             ids: Arc::new(RequestIds::new()),
         };
         let invalid_keys = Arc::new(crate::http::guard::InvalidKeyGuard::new(config.invalid_keys_per_minute));
-        let state = AppState { gateway, config: Arc::new(config), configured_operator, invalid_keys };
+        let analytics = backend.analytics.clone();
+        let state = AppState { gateway, config: Arc::new(config), configured_operator, invalid_keys, analytics };
         // Embedded counters start empty and replay the ledger; shared (Redis) counters
         // are only raised to the ledger's totals, never added to.
         let rebuilt = if backend.distributed.is_some() {
@@ -143,6 +144,7 @@ impl Application {
         let jobs = CancellationToken::new();
         let job_tasks = TaskTracker::new();
         job_tasks.spawn(prune_loop(state.clone(), jobs.clone()));
+        job_tasks.spawn(crate::retention::retention_loop(state.clone(), jobs.clone()));
         backend.spawn_jobs(&state.job_context(), &jobs, &job_tasks);
 
         let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
@@ -305,6 +307,8 @@ pub struct AppState {
     pub configured_operator: Option<KeyHash>,
     /// The brake on key guessing per client address.
     pub invalid_keys: Arc<crate::http::guard::InvalidKeyGuard>,
+    /// The hourly rollups of the ledger (the analytics API reads only these).
+    pub analytics: Arc<dyn tollgate_analytics::AnalyticsStore>,
 }
 
 impl std::ops::Deref for AppState {

@@ -122,6 +122,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE plans ADD COLUMN time_zone TEXT;
     "#,
+    // 6: hourly usage rollups (see crates/analytics), updated in the transaction that
+    // inserts ledger rows; the rows already stored are rolled up once here.
+    include_str!("migrations_0006_usage_hourly.sql"),
 ];
 
 /// What a connection is for; readers cannot write by accident.

@@ -4,6 +4,7 @@
 mod accounting;
 mod admin;
 mod admission;
+mod analytics;
 mod crash;
 mod deadline;
 mod faults;
