@@ -50,25 +50,9 @@ pub enum Command {
     /// Admin tokens: create (project-scoped or operator), list, get, revoke.
     #[command(subcommand)]
     Tokens(TokensCommand),
-    /// List ledger records, newest first.
-    Usage {
-        #[command(flatten)]
-        server: ServerArgs,
-        /// Only this project's records.
-        #[arg(long)]
-        project: Option<String>,
-        /// Only this key's records (key id).
-        #[arg(long)]
-        key: Option<String>,
-        /// RFC 3339 or Unix seconds (inclusive).
-        #[arg(long)]
-        from: Option<String>,
-        /// RFC 3339 or Unix seconds (exclusive).
-        #[arg(long)]
-        to: Option<String>,
-        #[command(flatten)]
-        page: PageArgs,
-    },
+    /// List ledger records, newest first (paged: --after, --limit, --all); or
+    /// `export`, `summary`, `top`.
+    Usage(UsageArgs),
     /// Usage against every limit of a key (`--key`) or a project (`--project`):
     /// used, remaining, percent, reset, state.
     Status {
@@ -80,6 +64,93 @@ pub enum Command {
         /// Project id.
         #[arg(long)]
         project: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct UsageArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(subcommand)]
+    pub command: Option<UsageCommand>,
+    #[command(flatten)]
+    pub list: UsageList,
+}
+
+/// Which records (the listing's filters) and which page.
+#[derive(Args, Debug, Clone)]
+pub struct UsageList {
+    /// Only this project's records.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Only this key's records (key id).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// RFC 3339 or Unix seconds (inclusive).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// RFC 3339 or Unix seconds (exclusive).
+    #[arg(long)]
+    pub to: Option<String>,
+    #[command(flatten)]
+    pub page: PageArgs,
+}
+
+/// A scope and a range.
+#[derive(Args, Debug, Clone, Default)]
+pub struct UsageRange {
+    /// Only this project.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Only this key (key id).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// RFC 3339 or Unix seconds (inclusive).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// RFC 3339 or Unix seconds (exclusive).
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UsageCommand {
+    /// Stream ledger rows (or, with --rollups, hourly rollups) into a file, as CSV or
+    /// NDJSON; a progress line on a terminal, nothing on a pipe.
+    Export {
+        #[command(flatten)]
+        range: UsageRange,
+        /// csv or ndjson.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// Hourly rollups instead of raw ledger rows.
+        #[arg(long)]
+        rollups: bool,
+        /// The file to write (written whole or not at all: FILE.partial until done).
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+    },
+    /// Totals of a range (requests, tokens, cost, saved, error rate, latency).
+    Summary {
+        #[command(flatten)]
+        range: UsageRange,
+        /// Print the JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The top values of one dimension over a range.
+    Top {
+        #[command(flatten)]
+        range: UsageRange,
+        /// model, key, provider or endpoint.
+        #[arg(long, default_value = "model")]
+        by: String,
+        /// How many values.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+        /// Print the JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -121,6 +192,8 @@ Settings (TOML file, or TOLLGATE_<NAME>, nested with __: TOLLGATE_UPSTREAM__BASE
   unknown_model_policy   refuse | default_price [refuse]
   default_price          price of models the table does not know
   cors_allowed_origins   browser origins allowed to call tollgate [none]
+  analytics.*            max_range_days, retention_days, rollup_retention_days,
+                         retention_batch, retention_every_secs (docs/analytics.md)
   redis_url, redis_cluster, redis_key_prefix, redis_timeout_ms, database_url,
   database_pool_size, on_store_error, instances, ledger_buffer, key_cache_ttl_secs,
   counter_rebuild_secs   the distributed store (store = \"distributed\")
@@ -423,21 +496,23 @@ fn parse_limits(texts: &[String]) -> anyhow::Result<Vec<Value>> {
     texts.iter().map(|l| parse_limit(l)).collect()
 }
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: String,
+mod usage;
+
+pub(crate) struct Client {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
+    pub(crate) token: String,
 }
 
 impl Client {
-    fn new(server: &ServerArgs) -> anyhow::Result<Self> {
+    pub(crate) fn new(server: &ServerArgs) -> anyhow::Result<Self> {
         let token = server.token()?;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder().build().context("building the HTTP client")?;
         Ok(Self { http, base: server.url.trim_end_matches('/').to_owned(), token })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub(crate) async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let url = format!("{}{}", self.base, path);
         let mut request = self.http.request(method, &url).bearer_auth(&self.token);
         if let Some(body) = body {
@@ -516,7 +591,7 @@ struct Paging {
 const KEY_PAGES: Paging = Paging { cursor: "after", next: "next_after" };
 const USAGE_PAGES: Paging = Paging { cursor: "cursor", next: "next_cursor" };
 
-fn query(pairs: &[(&str, Option<String>)]) -> String {
+pub(crate) fn query(pairs: &[(&str, Option<String>)]) -> String {
     let parts: Vec<String> =
         pairs.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", urlencode(v)))).collect();
     if parts.is_empty() { String::new() } else { format!("?{}", parts.join("&")) }
@@ -566,6 +641,12 @@ fn merge_limits(existing: &[Value], changes: Vec<Value>) -> Vec<Value> {
 /// Runs an admin command against a server.
 pub async fn run_admin(command: Command) -> anyhow::Result<()> {
     use reqwest::Method;
+    let command = match command {
+        Command::Usage(UsageArgs { server, command: Some(command), .. }) => {
+            return crate::usage::run(server, command).await;
+        }
+        other => other,
+    };
     let (server, call) = admin_call(command)?;
     let client = Client::new(&server)?;
     let result = match call {
@@ -743,7 +824,7 @@ fn admin_call(command: Command) -> anyhow::Result<(ServerArgs, Call)> {
                 plain(server, Method::POST, format!("/api/v1/admin-tokens/{}/revoke", urlencode(&id)), None)
             }
         },
-        Command::Usage { server, project, key, from, to, page } => Ok((
+        Command::Usage(UsageArgs { server, list: UsageList { project, key, from, to, page }, .. }) => Ok((
             server,
             Call::List {
                 path: "/api/v1/usage".into(),

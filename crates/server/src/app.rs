@@ -120,7 +120,9 @@ impl Application {
         };
         let invalid_keys = Arc::new(crate::http::guard::InvalidKeyGuard::new(config.invalid_keys_per_minute));
         let distributed = backend.distributed.clone();
-        let state = AppState { gateway, config: Arc::new(config), configured_operator, invalid_keys, distributed };
+        let analytics = backend.analytics.clone();
+        let state =
+            AppState { gateway, config: Arc::new(config), configured_operator, invalid_keys, distributed, analytics };
         // Embedded counters start empty and replay the ledger; shared (Redis) counters
         // are only raised to the ledger's totals, never added to.
         let rebuilt = if backend.distributed.is_some() {
@@ -159,6 +161,7 @@ impl Application {
         let jobs = CancellationToken::new();
         let job_tasks = TaskTracker::new();
         job_tasks.spawn(prune_loop(state.clone(), jobs.clone()));
+        job_tasks.spawn(crate::retention::retention_loop(state.clone(), jobs.clone()));
         backend.spawn_jobs(&state.job_context(), &jobs, &job_tasks);
 
         let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
@@ -325,6 +328,8 @@ pub struct AppState {
     pub invalid_keys: Arc<crate::http::guard::InvalidKeyGuard>,
     /// The distributed backend's parts (its breaker and key cache are in `/metrics`).
     pub distributed: Option<Arc<tollgate_store_distributed::Distributed>>,
+    /// The hourly rollups of the ledger (the analytics API reads only these).
+    pub analytics: Arc<dyn tollgate_analytics::AnalyticsStore>,
 }
 
 impl std::ops::Deref for AppState {

@@ -69,6 +69,86 @@ pub struct RawConfig {
     pub cors_allowed_origins: Vec<String>,
     /// One access-log line per request (target `access`, in `log_format`).
     pub access_log: bool,
+    /// Usage analytics: query bounds and retention (see docs/analytics.md).
+    pub analytics: RawAnalytics,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAnalytics {
+    /// The longest range an analytics query may ask for, in days.
+    pub max_range_days: u32,
+    /// Raw ledger rows older than this many days are deleted (0: kept forever).
+    pub retention_days: u32,
+    /// Hourly rollups older than this many days are deleted (0: kept forever).
+    pub rollup_retention_days: u32,
+    /// Ledger rows one retention statement deletes at most.
+    pub retention_batch: usize,
+    /// How often retention runs, in seconds.
+    pub retention_every_secs: u64,
+}
+
+impl Default for RawAnalytics {
+    fn default() -> Self {
+        Self {
+            max_range_days: 92,
+            retention_days: 90,
+            rollup_retention_days: 800,
+            retention_batch: 5_000,
+            retention_every_secs: 3_600,
+        }
+    }
+}
+
+/// The checked `[analytics]` settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnalyticsSettings {
+    pub max_range_ms: i64,
+    /// `None`: raw rows are kept forever.
+    pub retention: Option<Duration>,
+    /// `None`: rollups are kept forever.
+    pub rollup_retention: Option<Duration>,
+    pub retention_batch: usize,
+    pub retention_every: Duration,
+}
+
+impl Default for AnalyticsSettings {
+    fn default() -> Self {
+        analytics_settings(&RawAnalytics::default()).unwrap_or(Self {
+            max_range_ms: 92 * tollgate_core::calendar::MS_PER_DAY,
+            retention: None,
+            rollup_retention: None,
+            retention_batch: 5_000,
+            retention_every: Duration::from_secs(3_600),
+        })
+    }
+}
+
+fn analytics_settings(raw: &RawAnalytics) -> Result<AnalyticsSettings, ConfigError> {
+    const DAY: u64 = 86_400;
+    if raw.max_range_days == 0 || raw.max_range_days > 3_660 {
+        return Err(invalid("analytics.max_range_days", "must be from 1 to 3660"));
+    }
+    if raw.retention_batch == 0 || raw.retention_batch > 1_000_000 {
+        return Err(invalid("analytics.retention_batch", "must be from 1 to 1000000"));
+    }
+    if raw.retention_every_secs == 0 {
+        return Err(invalid("analytics.retention_every_secs", "must be at least 1"));
+    }
+    if raw.rollup_retention_days != 0 && raw.rollup_retention_days < raw.retention_days {
+        return Err(invalid(
+            "analytics.rollup_retention_days",
+            "must be at least analytics.retention_days (rollups outlive the rows they sum), or 0",
+        ));
+    }
+    let days = |d: u32| (d > 0).then(|| Duration::from_secs(u64::from(d) * DAY));
+    Ok(AnalyticsSettings {
+        max_range_ms: i64::from(raw.max_range_days) * tollgate_core::calendar::MS_PER_DAY,
+        retention: days(raw.retention_days),
+        rollup_retention: days(raw.rollup_retention_days),
+        retention_batch: raw.retention_batch,
+        retention_every: Duration::from_secs(raw.retention_every_secs),
+    })
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -169,6 +249,7 @@ impl Default for RawConfig {
             counter_rebuild_secs: 60,
             cors_allowed_origins: Vec::new(),
             access_log: true,
+            analytics: RawAnalytics::default(),
             plans: default_plans()
                 .into_iter()
                 .map(|p| (p.name, RawPlan { description: p.description, limits: p.limits, time_zone: p.time_zone }))
@@ -288,6 +369,8 @@ pub struct Config {
     /// Origins allowed by CORS; empty: CORS is off. `["*"]`: any origin.
     pub cors_allowed_origins: Vec<axum::http::HeaderValue>,
     pub access_log: bool,
+    /// Query bounds and retention of usage analytics (`[analytics]`).
+    pub analytics: AnalyticsSettings,
 }
 
 /// A configuration error that names the setting.
@@ -350,6 +433,7 @@ pub const ENV_KEYS: &[&str] = &[
     "commit_timeout_ms",
     "cors_allowed_origins",
     "access_log",
+    "analytics",
 ];
 
 /// `TOLLGATE_*` variables that are not server configuration: read by the CLI, the
@@ -507,6 +591,7 @@ impl Config {
             UnknownModelPolicy::DefaultPrice => tollgate_gateway::UnknownModelPolicy::DefaultPrice,
         };
         let cors_allowed_origins = cors_origins(&raw.cors_allowed_origins)?;
+        let analytics = analytics_settings(&raw.analytics)?;
         let mut seed_plans = Vec::new();
         for (name, plan) in raw.plans {
             if !is_slug(&name) {
@@ -556,6 +641,7 @@ impl Config {
             store,
             cors_allowed_origins,
             access_log: raw.access_log,
+            analytics,
         })
     }
 }

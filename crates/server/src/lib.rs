@@ -7,5 +7,6 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod retention;
 pub mod routes;
 pub mod telemetry;

@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use tollgate_analytics::AnalyticsStore;
 use tollgate_core::Secret;
 use tollgate_store::{Catalog, Ledger, Limiter};
 use tollgate_store_embedded::EmbeddedStore;
@@ -101,6 +102,8 @@ pub struct Backend {
     pub catalog: Arc<dyn Catalog>,
     pub limiter: Arc<dyn Limiter>,
     pub ledger: Arc<dyn Ledger>,
+    /// The hourly rollups of the same ledger (its rows' store).
+    pub analytics: Arc<dyn AnalyticsStore>,
     pub distributed: Option<Arc<Distributed>>,
 }
 
@@ -164,6 +167,7 @@ pub async fn open(
                 catalog: Arc::new(store.clone()),
                 limiter: store.limiter(),
                 ledger: store.ledger(),
+                analytics: store.ledger(),
                 distributed: None,
             });
         }
@@ -215,7 +219,8 @@ pub async fn open(
         rebuild_lease,
         rebuilds: AtomicU64::new(0),
     });
-    Ok(Backend { catalog, limiter, ledger, distributed: Some(parts) })
+    let analytics: Arc<dyn AnalyticsStore> = ledger.clone();
+    Ok(Backend { catalog, limiter, ledger, analytics, distributed: Some(parts) })
 }
 
 /// Announces catalog changes on Redis pub/sub.

@@ -10,6 +10,10 @@
 //! attempts, and a flush during an outage waits for its attempts; up to
 //! [`MAX_RETAINED`] records stay queued while the database refuses writes.
 //!
+//! Each transaction also adds its new records (those the ledger had not stored: a
+//! replay adds nothing) to the hourly rollups, one upsert per distinct group (see
+//! `crate::analytics`), so the rollups commit or roll back with the rows.
+//!
 //! Queries run on a separate read-only connection (WAL lets it read beside the
 //! writer) inside `spawn_blocking`.
 
@@ -21,6 +25,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::types::Value;
 use rusqlite::{Connection, Row, params, params_from_iter};
+use tollgate_analytics::Rollups;
 use tollgate_core::{UsageQuery, UsageRecord};
 use tollgate_store::batch::{self, BatchPolicy, BatchSink, BatchWriter, WriterHome};
 use tollgate_store::columns::{USAGE_COLUMNS, UsageRow, to_sql_int};
@@ -74,10 +79,10 @@ pub struct EmbeddedLedger {
     writer: BatchWriter,
     /// Dropping it stops the checkpointer thread.
     checkpoint_stop: Mutex<Option<Sender<()>>>,
-    reader: Arc<Mutex<Connection>>,
+    pub(crate) reader: Arc<Mutex<Connection>>,
     /// For `append_new`, which must answer which records were new, so it cannot go
     /// through the fire-and-forget writer queue.
-    direct: Arc<Mutex<Connection>>,
+    pub(crate) direct: Arc<Mutex<Connection>>,
 }
 
 impl std::fmt::Debug for EmbeddedLedger {
@@ -95,12 +100,16 @@ impl BatchSink for SqliteSink {
     // Blocks the writer's own thread, never an async worker (`WriterHome::Thread`).
     async fn write(&mut self, records: &[UsageRecord]) -> StoreResult<()> {
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
+        let mut rollups = Rollups::new();
         {
             let mut insert = tx.prepare_cached(&INSERT).map_err(sql_error)?;
             for r in records {
-                insert_record(&mut insert, r)?;
+                if insert_record(&mut insert, r)? == 1 {
+                    rollups.add(r);
+                }
             }
         }
+        crate::analytics::upsert_rollups(&tx, &rollups)?;
         tx.commit().map_err(sql_error)
     }
 }
@@ -117,7 +126,10 @@ impl EmbeddedLedger {
         let wal = wal_path(path);
         std::thread::Builder::new()
             .name("tollgate-checkpoint".to_owned())
-            .spawn(move || run_checkpointer(&checkpoint_conn, &wal, &stop))
+            .spawn(move || {
+                tollgate_store::batch::background_scheduling();
+                run_checkpointer(&checkpoint_conn, &wal, &stop)
+            })
             .map_err(|e| StoreError::internal_with_source(format!("cannot start the checkpoint thread: {e}"), e))?;
         let writer = BatchWriter::start(
             SqliteSink { conn: writer_conn },
@@ -139,7 +151,7 @@ impl EmbeddedLedger {
         conn.pragma_query_value(None, "synchronous", |row| row.get(0)).map_err(sql_error)
     }
 
-    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    pub(crate) async fn read<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
@@ -401,12 +413,18 @@ fn run_checkpointer(conn: &Connection, wal: &Path, stop: &Receiver<()>) {
 fn insert_batch_reporting(conn: &mut Connection, records: &[UsageRecord]) -> StoreResult<Vec<bool>> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
     let mut fresh = Vec::with_capacity(records.len());
+    let mut rollups = Rollups::new();
     {
         let mut insert = tx.prepare_cached(&INSERT).map_err(sql_error)?;
         for r in records {
-            fresh.push(insert_record(&mut insert, r)? == 1);
+            let new = insert_record(&mut insert, r)? == 1;
+            if new {
+                rollups.add(r);
+            }
+            fresh.push(new);
         }
     }
+    crate::analytics::upsert_rollups(&tx, &rollups)?;
     tx.commit().map_err(sql_error)?;
     Ok(fresh)
 }

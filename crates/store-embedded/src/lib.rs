@@ -33,6 +33,7 @@
 //! when the process ends, however it ends (`kill -9` included), so a stale lock file
 //! never blocks a restart.
 
+mod analytics;
 mod catalog;
 mod ledger;
 mod limiter;

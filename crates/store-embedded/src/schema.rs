@@ -122,7 +122,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE plans ADD COLUMN time_zone TEXT;
     "#,
-    // 6: the upstream's own request id (its `x-request-id`).
+    // 6: hourly usage rollups (see crates/analytics), updated in the transaction that
+    // inserts ledger rows; the rows already stored are rolled up once here.
+    include_str!("migrations_0006_usage_hourly.sql"),
+    // 7: the upstream's own request id (its `x-request-id`).
     "ALTER TABLE usage ADD COLUMN upstream_request_id TEXT;",
 ];
 

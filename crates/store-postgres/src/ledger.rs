@@ -7,6 +7,10 @@
 //! (twenty-one array parameters whatever the batch size, so one prepared statement; the
 //! id is the primary key, so replays are ignored and the first copy wins).
 //!
+//! The same transaction adds the rows that were new (the `RETURNING` ids: a replay
+//! adds nothing) to the hourly rollups, one `UNNEST` upsert for every group of the
+//! batch (see `crate::analytics`), so the rollups never drift from the ledger.
+//!
 //! The policy is this backend's: two attempts per write; when PostgreSQL refuses
 //! writes, the records stay queued in memory up to the configured bound and are
 //! retried every [`RETRY_PAUSE`], and a flush in between is answered at once with
@@ -22,6 +26,7 @@ use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 use tokio_postgres::types::{FromSql, ToSql};
+use tollgate_analytics::Rollups;
 use tollgate_core::{UsageQuery, UsageRecord};
 use tollgate_store::batch::{self, BatchPolicy, BatchSink, BatchWriter, LedgerStats, WriterHome};
 use tollgate_store::columns::{USAGE_COLUMNS, UsageRow, to_sql_int};
@@ -35,19 +40,18 @@ pub const MAX_BATCH: usize = 1_000;
 /// How long the writer waits before retrying records a failed write left queued.
 pub const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
-/// The insert of a batch; the id is the primary key, so replays are ignored.
-static INSERT: LazyLock<String> = LazyLock::new(|| {
+/// The insert of a batch, answering the ids that were new; the id is the primary
+/// key, so replays are ignored.
+static INSERT_RETURNING: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO usage ({USAGE_COLUMNS}) \
          SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], \
          $8::bool[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], \
          $15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[], $21::bool[], \
          $22::text[]) \
-         ON CONFLICT (id) DO NOTHING"
+         ON CONFLICT (id) DO NOTHING RETURNING id"
     )
 });
-/// The same, answering the ids that were new (for `append_new`).
-static INSERT_RETURNING: LazyLock<String> = LazyLock::new(|| format!("{} RETURNING id", *INSERT));
 
 /// The writer's policy for a buffer of `max_queued` records.
 fn policy(max_queued: usize) -> BatchPolicy {
@@ -68,7 +72,7 @@ fn policy(max_queued: usize) -> BatchPolicy {
 /// The PostgreSQL usage ledger. Obtain it from
 /// [`PostgresStore::ledger`](crate::PostgresStore::ledger).
 pub struct PostgresLedger {
-    pool: Pool,
+    pub(crate) pool: Pool,
     writer: BatchWriter,
 }
 
@@ -85,7 +89,7 @@ struct PostgresSink {
 
 impl BatchSink for PostgresSink {
     async fn write(&mut self, records: &[UsageRecord]) -> StoreResult<()> {
-        insert_batch(&self.pool, records, false).await.map(drop)
+        insert_batch(&self.pool, records).await.map(drop)
     }
 }
 
@@ -167,7 +171,7 @@ impl Ledger for PostgresLedger {
         }
         let mut fresh = Vec::with_capacity(records.len());
         for chunk in records.chunks(MAX_BATCH) {
-            let inserted = insert_batch(&self.pool, chunk, true).await?;
+            let inserted = insert_batch(&self.pool, chunk).await?;
             // Within one call the first copy of an id is the one stored.
             let mut seen = HashSet::new();
             fresh.extend(chunk.iter().map(|r| inserted.contains(r.id.as_str()) && seen.insert(r.id.as_str())));
@@ -317,9 +321,10 @@ fn total_from_row(row: &Row) -> StoreResult<UsageRecord> {
     Ok(total.into_record()?)
 }
 
-/// Inserts `records` in one statement, ignoring ids already stored; with `returning`,
-/// answers the ids that were new.
-async fn insert_batch(pool: &Pool, records: &[UsageRecord], returning: bool) -> StoreResult<HashSet<String>> {
+/// Inserts `records` in one statement, ignoring ids already stored, and adds the new
+/// ones to the hourly rollups in the same transaction (one statement for every
+/// group of the batch); answers the ids that were new.
+async fn insert_batch(pool: &Pool, records: &[UsageRecord]) -> StoreResult<HashSet<String>> {
     let n = records.len();
     let mut ids = Vec::with_capacity(n);
     let mut ts = Vec::with_capacity(n);
@@ -367,10 +372,10 @@ async fn insert_batch(pool: &Pool, records: &[UsageRecord], returning: bool) -> 
         estimated.push(r.price_estimated);
         upstream_ids.push(r.upstream_request_id.as_deref());
     }
-    let client = pool.get().await.map_err(pool_error)?;
-    let statement =
-        client.prepare_cached(if returning { &INSERT_RETURNING } else { &INSERT }).await.map_err(sql_error)?;
-    let rows = client
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await.map_err(sql_error)?;
+    let statement = tx.prepare_cached(&INSERT_RETURNING).await.map_err(sql_error)?;
+    let rows = tx
         .query(
             &statement,
             &[
@@ -400,5 +405,17 @@ async fn insert_batch(pool: &Pool, records: &[UsageRecord], returning: bool) -> 
         )
         .await
         .map_err(sql_error)?;
-    rows.iter().map(|row| row.try_get::<_, String>(0).map_err(sql_error)).collect()
+    let inserted: HashSet<String> =
+        rows.iter().map(|row| row.try_get::<_, String>(0).map_err(sql_error)).collect::<StoreResult<_>>()?;
+    // Within one statement the first copy of an id is the one stored.
+    let mut rollups = Rollups::new();
+    let mut seen = HashSet::new();
+    for r in records {
+        if inserted.contains(r.id.as_str()) && seen.insert(r.id.as_str()) {
+            rollups.add(r);
+        }
+    }
+    crate::analytics::upsert_rollups(&tx, &rollups).await?;
+    tx.commit().await.map_err(sql_error)?;
+    Ok(inserted)
 }

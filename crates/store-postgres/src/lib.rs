@@ -19,6 +19,7 @@
 //!
 //! Nothing but hashes of secrets is stored.
 
+mod analytics;
 mod catalog;
 mod changes;
 mod key_cache;

@@ -18,7 +18,8 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("../migrations/0003_project_settings_and_token_lifecycle.sql")),
     (4, include_str!("../migrations/0004_usage_anonymous.sql")),
     (5, include_str!("../migrations/0005_plan_time_zone.sql")),
-    (6, include_str!("../migrations/0006_usage_upstream_request_id.sql")),
+    (6, include_str!("../migrations/0006_usage_hourly.sql")),
+    (7, include_str!("../migrations/0007_usage_upstream_request_id.sql")),
 ];
 
 /// Serialises migrations across instances (an arbitrary constant: "tollgate" in hex).

@@ -40,6 +40,12 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/keys/{id}/revoke", post(revoke_key))
         .route("/api/v1/keys/{id}/regenerate", post(regenerate_key))
         .route("/api/v1/usage", get(list_usage))
+        .route("/api/v1/usage/export", get(crate::routes::export::usage_export))
+        .route("/api/v1/analytics/export", get(crate::routes::export::rollup_export))
+        .route("/api/v1/analytics/summary", get(crate::routes::analytics::summary))
+        .route("/api/v1/analytics/timeseries", get(crate::routes::analytics::timeseries))
+        .route("/api/v1/analytics/forecast", get(crate::routes::analytics::forecast))
+        .route("/api/v1/analytics/anomalies", get(crate::routes::analytics::anomalies))
         .route("/api/v1/usage/events", post(crate::routes::usage::ingest_events))
         .route("/api/v1/usage/status", get(crate::routes::usage::status))
         .route("/api/v1/anonymous/attach", post(crate::routes::usage::attach_anonymous))
@@ -461,7 +467,7 @@ struct ListUsage {
     cursor: Option<String>,
 }
 
-fn usage_view(r: &UsageRecord) -> Value {
+pub(crate) fn usage_view(r: &UsageRecord) -> Value {
     json!({
         "id": r.id,
         "timestamp": to_rfc3339(r.ts_ms),

@@ -2,6 +2,8 @@
 //! and the admin API. Handlers validate and shape JSON; the pipeline decides.
 
 pub mod admin;
+pub mod analytics;
+pub mod export;
 pub mod metrics;
 pub mod projects;
 pub mod proxy;

@@ -1,5 +1,6 @@
 //! `kill -9` under load: every request that got a complete 2xx is in the ledger and
-//! counted after a restart, and the counters equal what the ledger says.
+//! counted after a restart, and the counters and the hourly rollups equal what the
+//! ledger says.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -148,6 +149,15 @@ async fn kill_9_under_load_loses_no_acknowledged_request() {
     let month = month.expect("month limit");
     let used = month["limit"].as_u64().unwrap_or_default() - month["remaining"].as_u64().unwrap_or_default();
     assert_eq!(used, in_ledger.len() as u64, "counters rebuilt from the ledger");
+    // The rollups committed with the rows: after kill -9 they still sum to the ledger.
+    let summary: Value = admin(reqwest::Method::GET, "/api/v1/analytics/summary?project=acme")
+        .send()
+        .await
+        .expect("summary")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(summary["totals"]["requests"], in_ledger.len() as u64, "rollups equal the ledger: {summary}");
     child.kill().expect("stop");
     let _ = child.wait();
 }

@@ -4,6 +4,7 @@
 mod accounting;
 mod admin;
 mod admission;
+mod analytics;
 mod cli;
 mod crash;
 mod deadline;

@@ -1,0 +1,379 @@
+//! The analytics store: what the backends answer about the hourly rollups.
+//!
+//! The SQL text of the grouped query is written once here ([`RollupQuery::sql`],
+//! parameters in [`RollupQuery::params`]) and runs unchanged on SQLite and
+//! PostgreSQL; each backend binds the parameters with its driver and reads the
+//! integer columns back into [`RollupGroup`] with [`RollupGroup::from_columns`].
+//! The upsert of a batch's rollups is [`upsert_sql`] (same text on both, they share
+//! `INSERT ... ON CONFLICT DO UPDATE`).
+
+use async_trait::async_trait;
+use tollgate_store::StoreResult;
+
+use crate::latency::LATENCY_BUCKETS;
+use crate::rollup::{RollupKey, RollupValues};
+
+/// A dimension rollups can be grouped or filtered by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dimension {
+    Project,
+    Key,
+    Model,
+    Provider,
+    Endpoint,
+    StatusClass,
+    Cache,
+    Counted,
+}
+
+impl Dimension {
+    pub const ALL: [Dimension; 8] = [
+        Dimension::Project,
+        Dimension::Key,
+        Dimension::Model,
+        Dimension::Provider,
+        Dimension::Endpoint,
+        Dimension::StatusClass,
+        Dimension::Cache,
+        Dimension::Counted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dimension::Project => "project",
+            Dimension::Key => "key",
+            Dimension::Model => "model",
+            Dimension::Provider => "provider",
+            Dimension::Endpoint => "endpoint",
+            Dimension::StatusClass => "status_class",
+            Dimension::Cache => "cache",
+            Dimension::Counted => "counted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Dimension::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+
+    /// The SQL expression giving the dimension's value as text (portable).
+    fn text_sql(self) -> &'static str {
+        match self {
+            Dimension::Project => "project_id",
+            Dimension::Key => "key_id",
+            Dimension::Model => "model",
+            Dimension::Provider => "provider",
+            Dimension::Endpoint => "endpoint",
+            Dimension::StatusClass => "CAST(status_class AS TEXT)",
+            Dimension::Cache => "cache",
+            Dimension::Counted => "CASE WHEN counted THEN 'true' ELSE 'false' END",
+        }
+    }
+}
+
+/// Which rollup rows a query adds up. Unset fields match everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RollupFilter {
+    pub project_id: Option<String>,
+    pub key_id: Option<String>,
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    pub endpoint: Option<String>,
+    pub counted: Option<bool>,
+}
+
+/// Sums of the rollups of hours `[from_ms, to_ms)` matching `filter`, per hour (when
+/// `by_hour`) and per value of each of `group_by`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RollupQuery {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub filter: RollupFilter,
+    pub by_hour: bool,
+    pub group_by: Vec<Dimension>,
+    /// Sum the latency histogram too (its 24 columns cost most of a query's time;
+    /// without them the buckets read as zero).
+    pub latency_buckets: bool,
+}
+
+/// A parameter of a rollup statement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SqlParam {
+    Int(i64),
+    Text(String),
+    Bool(bool),
+}
+
+/// The summed value columns, in the order [`RollupGroup::from_columns`] reads them.
+fn value_columns(latency_buckets: bool) -> String {
+    let mut columns = String::from(
+        "CAST(SUM(requests) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), \
+         CAST(SUM(cached_tokens) AS BIGINT), CAST(SUM(cost_micros) AS BIGINT), \
+         CAST(SUM(potential_cost_micros) AS BIGINT), CAST(SUM(latency_count) AS BIGINT), \
+         CAST(SUM(latency_sum_ms) AS BIGINT), CAST(MAX(latency_max_ms) AS BIGINT)",
+    );
+    if latency_buckets {
+        for i in 0..LATENCY_BUCKETS {
+            columns.push_str(&format!(", CAST(SUM(lat_{i}) AS BIGINT)"));
+        }
+    }
+    columns
+}
+
+/// The most value columns a group row has after its hour and dimensions.
+pub const VALUE_COLUMNS: usize = 9 + LATENCY_BUCKETS;
+
+impl RollupQuery {
+    /// The SELECT, with placeholders written by `placeholder(i)` for the `i`-th
+    /// (0-based) parameter of [`params`](Self::params). Columns: the hour (when
+    /// `by_hour`), one text column per `group_by` dimension, then
+    /// [`value_column_count`](Self::value_column_count) integers. Ordered by hour,
+    /// then dimensions.
+    pub fn sql(&self, placeholder: impl Fn(usize) -> String) -> String {
+        let mut keys: Vec<String> = Vec::new();
+        if self.by_hour {
+            keys.push("hour_ms".to_owned());
+        }
+        keys.extend(self.group_by.iter().map(|d| d.text_sql().to_owned()));
+        let mut sql = String::from("SELECT ");
+        for k in &keys {
+            sql.push_str(k);
+            sql.push_str(", ");
+        }
+        sql.push_str(&value_columns(self.latency_buckets));
+        sql.push_str(" FROM usage_hourly WHERE hour_ms >= ");
+        sql.push_str(&placeholder(0));
+        sql.push_str(" AND hour_ms < ");
+        sql.push_str(&placeholder(1));
+        let mut next = 2;
+        let f = &self.filter;
+        for (column, value) in [
+            ("project_id", &f.project_id),
+            ("key_id", &f.key_id),
+            ("model", &f.model),
+            ("provider", &f.provider),
+            ("endpoint", &f.endpoint),
+        ] {
+            if value.is_some() {
+                sql.push_str(&format!(" AND {column} = {}", placeholder(next)));
+                next += 1;
+            }
+        }
+        if f.counted.is_some() {
+            sql.push_str(&format!(" AND counted = {}", placeholder(next)));
+        }
+        if !keys.is_empty() {
+            let list = keys.join(", ");
+            sql.push_str(&format!(" GROUP BY {list} ORDER BY {list}"));
+        }
+        sql
+    }
+
+    /// How many value columns each row has.
+    pub fn value_column_count(&self) -> usize {
+        if self.latency_buckets { VALUE_COLUMNS } else { 9 }
+    }
+
+    /// The parameters of [`sql`](Self::sql), in order.
+    pub fn params(&self) -> Vec<SqlParam> {
+        let mut params = vec![SqlParam::Int(self.from_ms), SqlParam::Int(self.to_ms)];
+        let f = &self.filter;
+        for value in [&f.project_id, &f.key_id, &f.model, &f.provider, &f.endpoint].into_iter().flatten() {
+            params.push(SqlParam::Text(value.clone()));
+        }
+        if let Some(counted) = f.counted {
+            params.push(SqlParam::Bool(counted));
+        }
+        params
+    }
+}
+
+/// One row of a grouped rollup query.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RollupGroup {
+    /// The hour, when the query was `by_hour`.
+    pub hour_ms: Option<i64>,
+    /// The value of each `group_by` dimension, in order.
+    pub dims: Vec<String>,
+    pub values: RollupValues,
+}
+
+fn unsigned(n: Option<i64>) -> u64 {
+    n.map_or(0, |n| u64::try_from(n).unwrap_or(0))
+}
+
+impl RollupGroup {
+    /// Builds a group from the [`VALUE_COLUMNS`] integers of a row (SQL NULL, the sum
+    /// of no rows, reads as zero).
+    pub fn from_columns(hour_ms: Option<i64>, dims: Vec<String>, ints: &[Option<i64>]) -> Self {
+        let at = |i: usize| unsigned(ints.get(i).copied().flatten());
+        let mut values = RollupValues {
+            requests: at(0),
+            input_tokens: at(1),
+            output_tokens: at(2),
+            cached_tokens: at(3),
+            cost_micros: at(4),
+            potential_cost_micros: at(5),
+            latency_count: at(6),
+            latency_sum_ms: at(7),
+            latency_max_ms: at(8),
+            ..RollupValues::default()
+        };
+        for (i, bucket) in values.latency_buckets.iter_mut().enumerate() {
+            *bucket = at(9 + i);
+        }
+        Self { hour_ms, dims, values }
+    }
+}
+
+/// The rollup table's columns, in the order of [`upsert_sql`]'s parameters and of
+/// every raw rollup row (`SELECT {ROLLUP_COLUMNS}`).
+pub fn rollup_columns() -> String {
+    let mut columns = String::from(
+        "hour_ms, project_id, key_id, model, provider, endpoint, status_class, cache, counted, requests, \
+         input_tokens, output_tokens, cached_tokens, cost_micros, potential_cost_micros, latency_count, \
+         latency_sum_ms, latency_max_ms",
+    );
+    for i in 0..LATENCY_BUCKETS {
+        columns.push_str(&format!(", lat_{i}"));
+    }
+    columns
+}
+
+/// Parameters of one rollup upsert: 9 dimensions, then 9 values and the buckets.
+pub const ROLLUP_PARAMS: usize = 18 + LATENCY_BUCKETS;
+
+/// The columns of the rollup table's primary key.
+pub const ROLLUP_KEY_COLUMNS: &str =
+    "project_id, hour_ms, key_id, model, provider, endpoint, status_class, cache, counted";
+
+/// `INSERT` of one group's values that adds to the row already there: sums add and
+/// the maximum keeps the larger. `placeholder(i)` writes the `i`-th (0-based)
+/// parameter, in [`rollup_columns`] order.
+pub fn upsert_sql(placeholder: impl Fn(usize) -> String) -> String {
+    let placeholders: Vec<String> = (0..ROLLUP_PARAMS).map(placeholder).collect();
+    let mut updates = vec![];
+    for column in [
+        "requests",
+        "input_tokens",
+        "output_tokens",
+        "cached_tokens",
+        "cost_micros",
+        "potential_cost_micros",
+        "latency_count",
+        "latency_sum_ms",
+    ] {
+        updates.push(format!("{column} = usage_hourly.{column} + excluded.{column}"));
+    }
+    updates.push(
+        "latency_max_ms = CASE WHEN excluded.latency_max_ms > usage_hourly.latency_max_ms \
+         THEN excluded.latency_max_ms ELSE usage_hourly.latency_max_ms END"
+            .to_owned(),
+    );
+    for i in 0..LATENCY_BUCKETS {
+        updates.push(format!("lat_{i} = usage_hourly.lat_{i} + excluded.lat_{i}"));
+    }
+    format!(
+        "INSERT INTO usage_hourly ({}) VALUES ({}) ON CONFLICT ({ROLLUP_KEY_COLUMNS}) DO UPDATE SET {}",
+        rollup_columns(),
+        placeholders.join(", "),
+        updates.join(", ")
+    )
+}
+
+/// The value parameters of a group (after its 9 dimensions), in [`rollup_columns`]
+/// order, as SQL integers (saturating).
+pub fn value_params(values: &RollupValues) -> [i64; 9 + LATENCY_BUCKETS] {
+    let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let mut out = [0; 9 + LATENCY_BUCKETS];
+    let head = [
+        values.requests,
+        values.input_tokens,
+        values.output_tokens,
+        values.cached_tokens,
+        values.cost_micros,
+        values.potential_cost_micros,
+        values.latency_count,
+        values.latency_sum_ms,
+        values.latency_max_ms,
+    ];
+    for (slot, v) in out.iter_mut().zip(head.iter().chain(values.latency_buckets.iter())) {
+        *slot = int(*v);
+    }
+    out
+}
+
+/// The analytics a backend answers, all from the rollup table (never raw rows but
+/// for retention, which deletes them).
+#[async_trait]
+pub trait AnalyticsStore: Send + Sync + 'static {
+    /// Grouped sums of rollups (see [`RollupQuery`]).
+    async fn rollup_groups(&self, query: RollupQuery) -> StoreResult<Vec<RollupGroup>>;
+    /// The raw rollup rows of hours `[from_ms, to_ms)` (of one project, when given),
+    /// ordered by hour then key. For exports (an hour at a time) and the
+    /// conformance suite.
+    async fn rollup_rows(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        project_id: Option<String>,
+    ) -> StoreResult<Vec<(RollupKey, RollupValues)>>;
+    /// Deletes at most `batch` ledger rows with `ts_ms < before_ms` (rollups stay);
+    /// answers how many. Retention calls it until it answers less than `batch`, so
+    /// no single statement holds the write lock for long.
+    async fn delete_usage_before(&self, before_ms: i64, batch: usize) -> StoreResult<u64>;
+    /// Deletes the rollups of hours before `before_ms`; answers how many rows.
+    async fn delete_rollups_before(&self, before_ms: i64) -> StoreResult<u64>;
+}
+
+/// Reads a raw rollup row's dimensions (its first 9 columns, [`rollup_columns`]
+/// order) into a key; `None` for a cache outcome this build does not know.
+pub fn key_from_columns(
+    hour_ms: i64,
+    strings: [String; 5],
+    status_class: i64,
+    cache: &str,
+    counted: bool,
+) -> Option<RollupKey> {
+    let [project_id, key_id, model, provider, endpoint] = strings;
+    Some(RollupKey {
+        hour_ms,
+        project_id,
+        key_id,
+        model,
+        provider,
+        endpoint,
+        status_class: u16::try_from(status_class).ok()?,
+        cache: crate::rollup::CacheOutcome::parse(cache)?,
+        counted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grouped_query_names_its_parameters_in_order() {
+        let query = RollupQuery {
+            from_ms: 0,
+            to_ms: 10,
+            filter: RollupFilter { project_id: Some("p".into()), counted: Some(true), ..RollupFilter::default() },
+            by_hour: true,
+            group_by: vec![Dimension::Model],
+            latency_buckets: false,
+        };
+        let sql = query.sql(|i| format!("${}", i + 1));
+        assert!(sql.starts_with("SELECT hour_ms, model, CAST(SUM(requests)"), "{sql}");
+        assert!(sql.contains("project_id = $3 AND counted = $4 GROUP BY hour_ms, model"), "{sql}");
+        assert_eq!(query.params().len(), 4);
+    }
+
+    #[test]
+    fn the_upsert_has_a_placeholder_per_column() {
+        let sql = upsert_sql(|i| format!("?{}", i + 1));
+        assert_eq!(rollup_columns().split(',').count(), ROLLUP_PARAMS);
+        assert!(sql.contains(&format!("?{ROLLUP_PARAMS})")));
+        assert!(!sql.contains(&format!("?{}", ROLLUP_PARAMS + 1)));
+    }
+}

@@ -1,0 +1,182 @@
+//! The analytics store in PostgreSQL: the `usage_hourly` rollup table, written by
+//! the ledger's batch transactions ([`upsert_rollups`], one `UNNEST` statement per
+//! batch) and read with the shared grouped query; retention deletes ledger rows in
+//! bounded batches.
+
+use std::sync::LazyLock;
+
+use async_trait::async_trait;
+use deadpool_postgres::Transaction;
+use tokio_postgres::types::ToSql;
+use tollgate_analytics::latency::LATENCY_BUCKETS;
+use tollgate_analytics::store::{self, ROLLUP_KEY_COLUMNS, SqlParam, VALUE_COLUMNS};
+use tollgate_analytics::{AnalyticsStore, RollupGroup, RollupKey, RollupQuery, RollupValues, Rollups};
+use tollgate_store::{StoreError, StoreResult};
+
+use crate::{PostgresLedger, pool_error, sql_error};
+
+/// The upsert of every group of a batch: one array per column. Groups are distinct
+/// within a batch, so no row is touched twice by the statement.
+static UPSERT: LazyLock<String> = LazyLock::new(|| {
+    let mut arrays = vec![
+        "$1::bigint[]".to_owned(),
+        "$2::text[]".to_owned(),
+        "$3::text[]".to_owned(),
+        "$4::text[]".to_owned(),
+        "$5::text[]".to_owned(),
+        "$6::text[]".to_owned(),
+        "$7::int[]".to_owned(),
+        "$8::text[]".to_owned(),
+        "$9::bool[]".to_owned(),
+    ];
+    for i in 0..9 + LATENCY_BUCKETS {
+        arrays.push(format!("${}::bigint[]", 10 + i));
+    }
+    let single = store::upsert_sql(|i| format!("${}", i + 1));
+    // Reuse the shared ON CONFLICT clause; replace VALUES (...) by the arrays.
+    let conflict = single.find(" ON CONFLICT").map_or("", |at| &single[at..]).to_owned();
+    format!(
+        "INSERT INTO usage_hourly ({}) SELECT * FROM UNNEST({}){conflict}",
+        store::rollup_columns(),
+        arrays.join(", ")
+    )
+});
+
+/// Adds a batch's rollups inside the transaction that inserted its rows.
+pub(crate) async fn upsert_rollups(tx: &Transaction<'_>, rollups: &Rollups<'_>) -> StoreResult<()> {
+    if rollups.is_empty() {
+        return Ok(());
+    }
+    let n = rollups.len();
+    let mut hours = Vec::with_capacity(n);
+    let mut projects = Vec::with_capacity(n);
+    let mut keys = Vec::with_capacity(n);
+    let mut models = Vec::with_capacity(n);
+    let mut providers = Vec::with_capacity(n);
+    let mut endpoints = Vec::with_capacity(n);
+    let mut classes = Vec::with_capacity(n);
+    let mut caches = Vec::with_capacity(n);
+    let mut counted = Vec::with_capacity(n);
+    let mut values: Vec<Vec<i64>> = (0..9 + LATENCY_BUCKETS).map(|_| Vec::with_capacity(n)).collect();
+    for (key, v) in rollups.iter() {
+        hours.push(key.hour_ms);
+        projects.push(key.project_id);
+        keys.push(key.key_id);
+        models.push(key.model);
+        providers.push(key.provider);
+        endpoints.push(key.endpoint);
+        classes.push(i32::from(key.status_class));
+        caches.push(key.cache.as_str());
+        counted.push(key.counted);
+        for (column, value) in values.iter_mut().zip(store::value_params(v)) {
+            column.push(value);
+        }
+    }
+    let mut params: Vec<&(dyn ToSql + Sync)> =
+        vec![&hours, &projects, &keys, &models, &providers, &endpoints, &classes, &caches, &counted];
+    for column in &values {
+        params.push(column);
+    }
+    let statement = tx.prepare_cached(&UPSERT).await.map_err(sql_error)?;
+    tx.execute(&statement, &params).await.map_err(sql_error)?;
+    Ok(())
+}
+
+fn boxed(param: SqlParam) -> Box<dyn ToSql + Sync + Send> {
+    match param {
+        SqlParam::Int(n) => Box::new(n),
+        SqlParam::Text(s) => Box::new(s),
+        SqlParam::Bool(b) => Box::new(b),
+    }
+}
+
+fn ints(row: &tokio_postgres::Row, first: usize, count: usize) -> StoreResult<[Option<i64>; VALUE_COLUMNS]> {
+    let mut out = [None; VALUE_COLUMNS];
+    for (i, slot) in out.iter_mut().take(count).enumerate() {
+        *slot = row.try_get(first + i).map_err(sql_error)?;
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl AnalyticsStore for PostgresLedger {
+    async fn rollup_groups(&self, query: RollupQuery) -> StoreResult<Vec<RollupGroup>> {
+        let sql = query.sql(|i| format!("${}", i + 1));
+        let args: Vec<Box<dyn ToSql + Sync + Send>> = query.params().into_iter().map(boxed).collect();
+        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| &**a as &(dyn ToSql + Sync)).collect();
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let statement = client.prepare_cached(&sql).await.map_err(sql_error)?;
+        let rows = client.query(&statement, &params).await.map_err(sql_error)?;
+        let dims = query.group_by.len();
+        let first = usize::from(query.by_hour) + dims;
+        rows.iter()
+            .map(|row| {
+                let hour_ms = if query.by_hour { Some(row.try_get(0).map_err(sql_error)?) } else { None };
+                let mut values = Vec::with_capacity(dims);
+                for i in 0..dims {
+                    let v: Option<String> = row.try_get(usize::from(query.by_hour) + i).map_err(sql_error)?;
+                    values.push(v.unwrap_or_default());
+                }
+                Ok(RollupGroup::from_columns(hour_ms, values, &ints(row, first, query.value_column_count())?))
+            })
+            .collect()
+    }
+
+    async fn rollup_rows(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        project_id: Option<String>,
+    ) -> StoreResult<Vec<(RollupKey, RollupValues)>> {
+        let columns = store::rollup_columns();
+        let order = format!("ORDER BY hour_ms, {ROLLUP_KEY_COLUMNS}");
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let rows = match project_id {
+            Some(p) => {
+                let sql = format!(
+                    "SELECT {columns} FROM usage_hourly WHERE project_id = $3 AND hour_ms >= $1 AND hour_ms < $2 {order}"
+                );
+                client.query(&sql, &[&from_ms, &to_ms, &p]).await
+            }
+            None => {
+                let sql = format!("SELECT {columns} FROM usage_hourly WHERE hour_ms >= $1 AND hour_ms < $2 {order}");
+                client.query(&sql, &[&from_ms, &to_ms]).await
+            }
+        }
+        .map_err(sql_error)?;
+        rows.iter()
+            .map(|row| {
+                let get = |i: usize| row.try_get::<_, String>(i).map_err(sql_error);
+                let strings = [get(1)?, get(2)?, get(3)?, get(4)?, get(5)?];
+                let cache = get(7)?;
+                let class: i32 = row.try_get(6).map_err(sql_error)?;
+                let key = store::key_from_columns(
+                    row.try_get(0).map_err(sql_error)?,
+                    strings,
+                    i64::from(class),
+                    &cache,
+                    row.try_get(8).map_err(sql_error)?,
+                )
+                .ok_or_else(|| StoreError::internal(format!("rollup row with cache '{cache}'")))?;
+                Ok((key, RollupGroup::from_columns(None, Vec::new(), &ints(row, 9, VALUE_COLUMNS)?).values))
+            })
+            .collect()
+    }
+
+    async fn delete_usage_before(&self, before_ms: i64, batch: usize) -> StoreResult<u64> {
+        let batch = i64::try_from(batch).unwrap_or(i64::MAX);
+        let client = self.pool.get().await.map_err(pool_error)?;
+        client
+            .execute(
+                "DELETE FROM usage WHERE id IN (SELECT id FROM usage WHERE ts_ms < $1 ORDER BY ts_ms LIMIT $2)",
+                &[&before_ms, &batch],
+            )
+            .await
+            .map_err(sql_error)
+    }
+
+    async fn delete_rollups_before(&self, before_ms: i64) -> StoreResult<u64> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        client.execute("DELETE FROM usage_hourly WHERE hour_ms < $1", &[&before_ms]).await.map_err(sql_error)
+    }
+}
