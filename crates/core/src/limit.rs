@@ -168,17 +168,29 @@ impl LimitSpec {
     /// A stable name such as `requests_per_minute`, `total_tokens_per_day_project`
     /// or `cost_micros_per_month_model_gpt-4o`, used in API answers.
     pub fn name(&self) -> String {
-        let mut name = format!("{}_per_{}", self.metric.as_str(), self.window.as_str());
+        let mut name = String::with_capacity(32);
+        self.write_name(&mut name);
+        name
+    }
+
+    /// Appends [`name`](Self::name) to `out` (response headers build it for every
+    /// limit of every answer: no allocation of its own).
+    pub fn write_name(&self, out: &mut String) {
+        out.push_str(self.metric.as_str());
+        out.push_str("_per_");
+        out.push_str(self.window.as_str());
         if !self.subject.is_key() {
-            name.push('_');
-            name.push_str(self.subject.as_str());
+            out.push('_');
+            out.push_str(self.subject.as_str());
         }
         for (label, value) in [("provider", &self.provider), ("model", &self.model), ("endpoint", &self.endpoint)] {
             if let Some(v) = value {
-                name.push_str(&format!("_{label}_{v}"));
+                out.push('_');
+                out.push_str(label);
+                out.push('_');
+                out.push_str(v);
             }
         }
-        name
     }
 
     pub fn slot(&self) -> Slot<'_> {

@@ -58,10 +58,16 @@ pub struct UpstreamResponse {
     pub body: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>,
 }
 
+/// The paths tollgate calls on an upstream (their URLs are parsed once).
+const KNOWN_PATHS: &[&str] = &["/chat/completions", "/completions", "/embeddings", "/models"];
+
 /// A pooled client bound to one upstream.
 pub struct Upstream {
     client: reqwest::Client,
     base_url: String,
+    /// The URL of every path tollgate calls, parsed once: a request clones one
+    /// instead of formatting and parsing (IDNA included) a string per call.
+    urls: Vec<(&'static str, reqwest::Url)>,
     authorization: Option<reqwest::header::HeaderValue>,
     read_timeout: Duration,
 }
@@ -94,7 +100,13 @@ impl Upstream {
                 "upstream base URL must start with http:// or https:// (got '{base_url}')"
             )));
         }
-        Ok(Self { client, base_url, authorization, read_timeout: config.read_timeout })
+        let mut urls = Vec::new();
+        for path in KNOWN_PATHS {
+            let url = reqwest::Url::parse(&format!("{base_url}{path}"))
+                .map_err(|e| UpstreamError::Config(format!("upstream base URL '{base_url}' is not a URL: {e}")))?;
+            urls.push((*path, url));
+        }
+        Ok(Self { client, base_url, urls, authorization, read_timeout: config.read_timeout })
     }
 
     pub fn base_url(&self) -> &str {
@@ -111,7 +123,11 @@ impl Upstream {
         headers: reqwest::header::HeaderMap,
         body: Option<Bytes>,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let url = format!("{}{}", self.base_url, path);
+        let url = match self.urls.iter().find(|(known, _)| *known == path) {
+            Some((_, url)) => url.clone(),
+            None => reqwest::Url::parse(&format!("{}{}", self.base_url, path))
+                .map_err(|e| UpstreamError::Config(format!("upstream URL for {path}: {e}")))?,
+        };
         let mut request = self.client.request(method, url).headers(headers);
         if let Some(auth) = &self.authorization {
             request = request.header(reqwest::header::AUTHORIZATION, auth.clone());

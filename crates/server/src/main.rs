@@ -8,6 +8,11 @@ use tollgate_mock_upstream as mock;
 use tollgate_server::config::Config;
 use tollgate_server::{app, telemetry};
 
+/// mimalloc: a request allocates and frees a few dozen small blocks across threads,
+/// which glibc's malloc spent about a tenth of the gateway's CPU on (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -126,7 +126,10 @@ impl EmbeddedLedger {
         let wal = wal_path(path);
         std::thread::Builder::new()
             .name("tollgate-checkpoint".to_owned())
-            .spawn(move || run_checkpointer(&checkpoint_conn, &wal, &stop))
+            .spawn(move || {
+                tollgate_store::batch::background_scheduling();
+                run_checkpointer(&checkpoint_conn, &wal, &stop)
+            })
             .map_err(|e| StoreError::internal_with_source(format!("cannot start the checkpoint thread: {e}"), e))?;
         let writer = BatchWriter::start(
             SqliteSink { conn: writer_conn },

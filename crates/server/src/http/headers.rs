@@ -77,15 +77,22 @@ pub fn apply_headers(headers: &mut HeaderMap, decision: &Decision, now_ms: i64) 
         put(headers, &OA_REMAINING_TOKENS, s.remaining);
         put_text(headers, &OA_RESET_TOKENS, &openai_duration(s.reset_at_ms - now_ms));
     }
-    let (mut policy, mut current) = (String::new(), String::new());
+    let (mut policy, mut current) = (String::with_capacity(512), String::with_capacity(512));
     for s in &decision.statuses {
-        let sep = if policy.is_empty() { "" } else { ", " };
-        let name = s.spec.name();
+        if !policy.is_empty() {
+            policy.push_str(", ");
+            current.push_str(", ");
+        }
         let window_secs =
             s.spec.window.sliding_ms().map_or_else(|| (s.reset_at_ms - now_ms).max(0).div_euclid(1000), |ms| ms / 1000);
-        let _ = write!(policy, "{sep}\"{name}\";q={};w={window_secs}", s.spec.limit);
         let reset = (s.reset_at_ms - now_ms).max(0).div_euclid(1000);
-        let _ = write!(current, "{sep}\"{name}\";r={};t={reset}", s.remaining);
+        for (out, a, b, x, y) in
+            [(&mut policy, "q", "w", s.spec.limit, window_secs), (&mut current, "r", "t", s.remaining, reset)]
+        {
+            out.push('"');
+            s.spec.write_name(out);
+            let _ = write!(out, "\";{a}={x};{b}={y}");
+        }
     }
     put_text(headers, &IETF_POLICY, &policy);
     put_text(headers, &IETF_RATELIMIT, &current);
