@@ -236,7 +236,21 @@ async fn generate(target: &Target, rows: u64, days: i64, seed: u64) -> anyhow::R
         let n = BATCH.min((rows - written) as usize);
         let batch: Vec<UsageRecord> =
             (0..n as u64).map(|j| synthetic(&mut rng, written + j, now, days, &spikes)).collect();
-        stores.ledger.append_new(batch).await.context("writing a batch")?;
+        // A batch is idempotent by id (replays are ignored), so a failed one is simply
+        // sent again: SQLite answers "database is locked" while a WAL truncation
+        // outlasts its busy timeout on a loaded disk.
+        let mut attempt = 0;
+        loop {
+            match stores.ledger.append_new(batch.clone()).await {
+                Ok(_) => break,
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    eprintln!("batch failed ({e}); retrying ({attempt}/5)");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e).context("writing a batch"),
+            }
+        }
         written += n as u64;
         if last.elapsed() >= Duration::from_secs(10) || written == rows {
             last = Instant::now();

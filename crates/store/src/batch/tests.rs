@@ -130,7 +130,10 @@ async fn fail_fast_buffers_bounded_and_recovers_alone() {
 #[tokio::test]
 async fn waiting_policy_tries_on_every_flush() {
     let sink = MemorySink::default();
-    let writer = BatchWriter::start(sink.clone(), policy(false), WriterHome::Thread("test-ledger")).expect("start");
+    // No timed retry in between (each flush sleeps between its attempts; under load
+    // two flushes outlasted a short pause and the timer added writes of its own).
+    let policy = BatchPolicy { retry_pause: Duration::from_secs(3600), ..policy(false) };
+    let writer = BatchWriter::start(sink.clone(), policy, WriterHome::Thread("test-ledger")).expect("start");
     sink.down.store(true, Ordering::Relaxed);
     writer.append(record(0));
     assert!(writer.flush().await.is_err());
