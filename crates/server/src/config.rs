@@ -440,7 +440,10 @@ pub const ENV_KEYS: &[&str] = &[
 /// tests and the benchmarks. Any other unknown `TOLLGATE_*` variable is an error
 /// (a typo such as `TOLLGATE_LISTN` must not be silently ignored).
 const ENV_NOT_CONFIG: &[&str] = &["config", "url", "admin_token_file", "bin", "key", "base_url", "streaming"];
-const ENV_NOT_CONFIG_PREFIXES: &[&str] = &["test_", "bench_"];
+/// Also ignored: the variables Kubernetes sets for a Service named `tollgate`
+/// (`TOLLGATE_SERVICE_HOST`, `TOLLGATE_SERVICE_PORT`, `TOLLGATE_PORT`,
+/// `TOLLGATE_PORT_8080_TCP_ADDR`, ...), which would otherwise stop every pod.
+const ENV_NOT_CONFIG_PREFIXES: &[&str] = &["test_", "bench_", "service_", "port"];
 
 /// The first `TOLLGATE_*` variable of `vars` whose top-level key is no setting.
 fn unknown_env_var(vars: impl Iterator<Item = String>) -> Option<String> {
@@ -777,8 +780,13 @@ mod tests {
                 "TOLLGATE_ADMIN_TOKEN_FILE",
                 "TOLLGATE_TEST_REDIS_URL",
                 "TOLLGATE_ACCESS_LOG",
+                "TOLLGATE_SERVICE_HOST",
+                "TOLLGATE_SERVICE_PORT_HTTP",
+                "TOLLGATE_PORT",
+                "TOLLGATE_PORT_8080_TCP_ADDR",
             ])),
-            None
+            None,
+            "tool and Kubernetes service variables are not settings"
         );
     }
 
