@@ -157,7 +157,7 @@ impl Upstream {
         let status = response.status().as_u16();
         let read_timeout = self.read_timeout;
         let body = response.bytes_stream().map(move |r| r.map_err(|e| classify(&e, read_timeout)));
-        Ok(UpstreamResponse { status, content_type, retry_after, request_id, body: Box::pin(body) })
+        Ok(UpstreamResponse { status, content_type, retry_after, request_id, body: Box::pin(Coalesce::new(body)) })
     }
 }
 
@@ -177,5 +177,113 @@ fn classify(e: &reqwest::Error, read_timeout: Duration) -> UpstreamError {
         UpstreamError::Body(e_no_url)
     } else {
         UpstreamError::Connect(e_no_url)
+    }
+}
+
+/// The most a coalesced chunk holds.
+const COALESCE_MAX: usize = 64 * 1024;
+
+/// Passes a body on with the chunks that are already there joined: a stream whose
+/// events arrived in one read (20 SSE chunks in one TCP segment) goes to the client in
+/// one write instead of twenty. It never waits for more: what is ready is joined, the
+/// rest follows when it comes, so streaming latency is unchanged.
+pub struct Coalesce<S> {
+    inner: S,
+    /// The end or the error found after data that was already joined: answered next.
+    held: Option<Option<Result<Bytes, UpstreamError>>>,
+}
+
+impl<S> Coalesce<S> {
+    pub fn new(inner: S) -> Self {
+        Self { inner, held: None }
+    }
+}
+
+impl<S> Stream for Coalesce<S>
+where
+    S: Stream<Item = Result<Bytes, UpstreamError>> + Unpin,
+{
+    type Item = Result<Bytes, UpstreamError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if let Some(held) = self.held.take() {
+            return Poll::Ready(held);
+        }
+        let first = match self.inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(chunk))) => chunk,
+            other => return other,
+        };
+        let mut joined: Option<bytes::BytesMut> = None;
+        loop {
+            let len = joined.as_ref().map_or(first.len(), |j| j.len());
+            if len >= COALESCE_MAX {
+                break;
+            }
+            match self.inner.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(more))) => {
+                    let j = joined.get_or_insert_with(|| {
+                        let mut j = bytes::BytesMut::with_capacity(first.len() + more.len());
+                        j.extend_from_slice(&first);
+                        j
+                    });
+                    j.extend_from_slice(&more);
+                }
+                Poll::Ready(end) => {
+                    self.held = Some(end);
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        Poll::Ready(Some(Ok(joined.map_or(first, bytes::BytesMut::freeze))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// A body that answers its script: a chunk, the end, an error, or "not yet".
+    struct Scripted(VecDeque<Option<Result<&'static str, &'static str>>>);
+
+    impl Stream for Scripted {
+        type Item = Result<Bytes, UpstreamError>;
+
+        fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            match self.0.pop_front() {
+                None => Poll::Ready(None),
+                Some(None) => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Some(Some(step)) => Poll::Ready(Some(
+                    step.map(|s| Bytes::from_static(s.as_bytes())).map_err(|e| UpstreamError::Body(e.to_owned())),
+                )),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn ready_chunks_are_joined_and_an_error_after_them_still_arrives() {
+        let body = Scripted(VecDeque::from([Some(Ok("a")), Some(Ok("b")), Some(Ok("c")), Some(Err("cut"))]));
+        let out: Vec<_> = Coalesce::new(body).collect().await;
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].as_ref().ok(), Some(&Bytes::from_static(b"abc")));
+        assert!(matches!(out[1], Err(UpstreamError::Body(_))));
+    }
+
+    #[tokio::test]
+    async fn chunks_not_yet_there_are_not_waited_for() {
+        let script = [Some(Ok("one")), None, Some(Ok("two")), Some(Ok("three")), None, Some(Ok("four"))];
+        let out: Vec<Bytes> =
+            Coalesce::new(Scripted(VecDeque::from(script))).map(|r| r.expect("chunk")).collect().await;
+        assert_eq!(out, [Bytes::from_static(b"one"), Bytes::from_static(b"twothree"), Bytes::from_static(b"four")]);
     }
 }
