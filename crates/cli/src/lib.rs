@@ -387,6 +387,10 @@ pub enum ProjectsCommand {
         /// `OpenAI-Project` sent upstream for this project (empty: none).
         #[arg(long)]
         openai_project: Option<String>,
+        /// IANA time zone of the project's day and month windows, e.g. `Asia/Kolkata`
+        /// (empty: UTC).
+        #[arg(long)]
+        time_zone: Option<String>,
     },
 }
 
@@ -412,7 +416,7 @@ pub enum PlansCommand {
         name: String,
         /// A limit to set (repeatable): `requests/minute=10`, scoped
         /// `total_tokens/day=1000;model=gpt-4o`, or `requests/minute=30;subject=ip`.
-        #[arg(long = "limit", required_unless_present_any = ["remove", "description"])]
+        #[arg(long = "limit", required_unless_present_any = ["remove", "description", "time_zone"])]
         limits: Vec<String>,
         /// Drop a limit by name, e.g. `requests_per_minute` (repeatable).
         #[arg(long, conflicts_with = "replace")]
@@ -423,6 +427,10 @@ pub enum PlansCommand {
         /// Replace the whole plan with the given limits (dropping every other one).
         #[arg(long)]
         replace: bool,
+        /// IANA time zone of the plan's day and month windows, e.g. `Europe/Paris`
+        /// (empty: the project's zone, else UTC).
+        #[arg(long)]
+        time_zone: Option<String>,
     },
     /// Delete a plan no key uses.
     Delete {
@@ -758,6 +766,7 @@ fn admin_call(command: Command) -> anyhow::Result<(ServerArgs, Call)> {
                 limits,
                 openai_organization,
                 openai_project,
+                time_zone,
             } => {
                 let mut body = serde_json::Map::new();
                 if let Some(n) = name {
@@ -772,8 +781,11 @@ fn admin_call(command: Command) -> anyhow::Result<(ServerArgs, Call)> {
                 if !limits.is_empty() {
                     body.insert("limits".into(), Value::Array(parse_limits(&limits)?));
                 }
-                for (field, value) in [("openai_organization", openai_organization), ("openai_project", openai_project)]
-                {
+                for (field, value) in [
+                    ("openai_organization", openai_organization),
+                    ("openai_project", openai_project),
+                    ("time_zone", time_zone),
+                ] {
                     if let Some(v) = value {
                         body.insert(field.into(), if v.is_empty() { Value::Null } else { v.into() });
                     }
@@ -786,17 +798,21 @@ fn admin_call(command: Command) -> anyhow::Result<(ServerArgs, Call)> {
             PlansCommand::Get { server, name } => {
                 plain(server, Method::GET, format!("/api/v1/plans/{}", urlencode(&name)), None)
             }
-            PlansCommand::Set { server, name, limits, remove, description, replace } => {
+            PlansCommand::Set { server, name, limits, remove, description, replace, time_zone } => {
                 let limits = parse_limits(&limits)?;
                 let path = format!("/api/v1/plans/{}", urlencode(&name));
+                let zone = time_zone.map(|z| if z.is_empty() { Value::Null } else { Value::from(z) });
                 if replace {
-                    let body = json!({ "description": description, "limits": limits });
+                    let body = json!({ "description": description, "limits": limits, "time_zone": zone });
                     return plain(server, Method::PUT, path, Some(body));
                 }
-                let create = json!({ "description": description, "limits": limits });
+                let create = json!({ "description": description, "limits": limits, "time_zone": zone });
                 let mut patch = json!({ "limits": limits, "remove": remove });
                 if let Some(d) = description {
                     patch["description"] = Value::from(d);
+                }
+                if let Some(zone) = zone {
+                    patch["time_zone"] = zone;
                 }
                 Ok((server, Call::PlanSet { path, patch, create }))
             }

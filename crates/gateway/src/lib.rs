@@ -103,9 +103,28 @@ pub enum UnknownModelPolicy {
 }
 
 /// The pipeline's shared state: the stores behind their traits, the upstream, the
-/// plan cache and the settings. Cheap to clone (all `Arc`s).
+/// plan cache and the settings ([`GatewayParts`], read through `Deref`). A clone is one
+/// reference count: a request clones it for its forwarding task, its settlement and
+/// its commit wait.
 #[derive(Clone)]
-pub struct Gateway {
+pub struct Gateway(Arc<GatewayParts>);
+
+impl Gateway {
+    pub fn new(parts: GatewayParts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for Gateway {
+    type Target = GatewayParts;
+
+    fn deref(&self) -> &GatewayParts {
+        &self.0
+    }
+}
+
+/// What a [`Gateway`] shares.
+pub struct GatewayParts {
     pub catalog: Arc<dyn Catalog>,
     pub limiter: Arc<dyn Limiter>,
     pub ledger: Arc<dyn Ledger>,

@@ -61,6 +61,14 @@ pub struct UpstreamResponse {
     pub body: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>,
 }
 
+/// Whether the environment names a proxy for outgoing calls (`HTTPS_PROXY` and co.,
+/// which reqwest honours); egress through a proxy keeps working as before.
+fn proxy_in_environment() -> bool {
+    ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+}
+
 /// The paths tollgate calls on an upstream (their URLs are parsed once).
 const KNOWN_PATHS: &[&str] = &["/chat/completions", "/completions", "/embeddings", "/models"];
 
@@ -80,7 +88,13 @@ impl Upstream {
         // reqwest is built with `rustls-no-provider`: the process must pick a crypto
         // provider before the first client. Installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if !proxy_in_environment() {
+            // Without a proxy to use, reqwest's per-request proxy matching only costs a
+            // URL re-parse (IDNA included) on every call.
+            builder = builder.no_proxy();
+        }
+        let client = builder
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)

@@ -107,7 +107,7 @@ impl Application {
             },
         };
         let metrics = Arc::new(tollgate_gateway::metrics::Metrics::new(&config.provider, &config.prices));
-        let gateway = Gateway {
+        let gateway = Gateway::new(tollgate_gateway::GatewayParts {
             catalog,
             limiter: backend.limiter.clone(),
             ledger: backend.ledger.clone(),
@@ -117,7 +117,7 @@ impl Application {
             tasks: TaskTracker::new(),
             ids: Arc::new(RequestIds::new()),
             metrics,
-        };
+        });
         let invalid_keys = Arc::new(crate::http::guard::InvalidKeyGuard::new(config.invalid_keys_per_minute));
         let distributed = backend.distributed.clone();
         let analytics = backend.analytics.clone();

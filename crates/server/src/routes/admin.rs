@@ -156,6 +156,9 @@ struct PlanPatch {
     limits: Vec<LimitSpec>,
     #[serde(default)]
     remove: Vec<String>,
+    /// An IANA zone name; null: the project's zone (else UTC).
+    #[serde(default, deserialize_with = "present")]
+    time_zone: Option<Value>,
 }
 
 async fn update_plan(
@@ -184,6 +187,12 @@ async fn update_plan(
         Some(Value::Null) => plan.description = None,
         Some(Value::String(d)) => plan.description = Some(d),
         Some(_) => return Err(ApiError::invalid_field("description", "must be a string or null")),
+    }
+    match patch.time_zone {
+        None => {}
+        Some(Value::Null) => plan.time_zone = None,
+        Some(Value::String(zone)) => plan.time_zone = checked_zone("time_zone", Some(&zone))?,
+        Some(_) => return Err(ApiError::invalid_field("time_zone", "must be an IANA zone name or null")),
     }
     validate_limits(&plan.limits).map_err(|e| ApiError::invalid_field("limits", e))?;
     state.catalog.put_plan(plan.clone()).await?;

@@ -177,6 +177,15 @@ async fn a_day_quota_in_a_time_zone_resets_at_local_midnight() {
     assert_eq!(r.status, 429, "{:?}", r.body);
     let reset_ms = r.body["error"]["details"]["resetAt"].as_i64().expect("resetAt") * 1000;
     assert!(day_ends("Asia/Kolkata").contains(&reset_ms), "resets at Kolkata's midnight (18:30 UTC), not {reset_ms}");
+    // PATCH changes the zone alone, checks it, and null clears it.
+    let patch = |body| app.admin(reqwest::Method::PATCH, "/api/v1/plans/kolkata", Some(body));
+    let r = patch(json!({ "time_zone": "Nowhere/Atlantis" })).await;
+    assert_eq!((r.status, r.body["error"]["param"].as_str()), (400, Some("time_zone")), "{:?}", r.body);
+    let r = patch(json!({ "time_zone": "Asia/Tokyo" })).await;
+    assert_eq!((r.status, r.body["time_zone"].as_str()), (200, Some("Asia/Tokyo")), "{:?}", r.body);
+    assert_eq!(r.body["limits"].as_array().map(Vec::len), Some(1), "the limits stay");
+    let r = patch(json!({ "time_zone": null })).await;
+    assert_eq!((r.status, r.body["time_zone"].is_null()), (200, true), "{:?}", r.body);
 
     // A plan naming no zone follows its project's; the project's zone is operator-set.
     let r = app.admin(reqwest::Method::PUT, "/api/v1/plans/daily", Some(json!({ "limits": day }))).await;
