@@ -65,8 +65,9 @@ MOCK_COMMAND="${MOCK_COMMAND/--port 9000/--port $MOCK_PORT}"
 setsid bash -c "$MOCK_COMMAND" >"$WORK/mock.log" 2>&1 &
 MOCK_PID=$!
 pids+=("$MOCK_PID")
-# A cold release build takes minutes on two cores.
-wait_for "http://127.0.0.1:$MOCK_PORT/v1/models" 1800 "$WORK/mock.log" "$MOCK_PID"
+# A cold release build takes 10 to 15 minutes on two idle cores, and over 30 when the
+# machine is busy; the wait fails at once if cargo exits (a failed build).
+wait_for "http://127.0.0.1:$MOCK_PORT/v1/models" 3600 "$WORK/mock.log" "$MOCK_PID"
 say "mock upstream answers on port $MOCK_PORT"
 
 export TOLLGATE_ADMIN_TOKEN="smoke-admin-token-0123456789"
