@@ -19,7 +19,14 @@ use tollgate_core::limit::{default_plans, is_slug};
 use tollgate_core::{LimitSpec, Plan};
 pub use tollgate_store_distributed::OnStoreError;
 
+mod analytics;
+mod env;
 mod store;
+
+use analytics::analytics_settings;
+pub use analytics::{AnalyticsSettings, RawAnalytics};
+pub use env::ENV_KEYS;
+use env::unknown_env_var;
 
 /// The file and environment shape of the configuration.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -71,84 +78,6 @@ pub struct RawConfig {
     pub access_log: bool,
     /// Usage analytics: query bounds and retention (see docs/analytics.md).
     pub analytics: RawAnalytics,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawAnalytics {
-    /// The longest range an analytics query may ask for, in days.
-    pub max_range_days: u32,
-    /// Raw ledger rows older than this many days are deleted (0: kept forever).
-    pub retention_days: u32,
-    /// Hourly rollups older than this many days are deleted (0: kept forever).
-    pub rollup_retention_days: u32,
-    /// Ledger rows one retention statement deletes at most.
-    pub retention_batch: usize,
-    /// How often retention runs, in seconds.
-    pub retention_every_secs: u64,
-}
-
-impl Default for RawAnalytics {
-    fn default() -> Self {
-        Self {
-            max_range_days: 92,
-            retention_days: 90,
-            rollup_retention_days: 800,
-            retention_batch: 5_000,
-            retention_every_secs: 3_600,
-        }
-    }
-}
-
-/// The checked `[analytics]` settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AnalyticsSettings {
-    pub max_range_ms: i64,
-    /// `None`: raw rows are kept forever.
-    pub retention: Option<Duration>,
-    /// `None`: rollups are kept forever.
-    pub rollup_retention: Option<Duration>,
-    pub retention_batch: usize,
-    pub retention_every: Duration,
-}
-
-impl Default for AnalyticsSettings {
-    fn default() -> Self {
-        analytics_settings(&RawAnalytics::default()).unwrap_or(Self {
-            max_range_ms: 92 * tollgate_core::calendar::MS_PER_DAY,
-            retention: None,
-            rollup_retention: None,
-            retention_batch: 5_000,
-            retention_every: Duration::from_secs(3_600),
-        })
-    }
-}
-
-fn analytics_settings(raw: &RawAnalytics) -> Result<AnalyticsSettings, ConfigError> {
-    const DAY: u64 = 86_400;
-    if raw.max_range_days == 0 || raw.max_range_days > 3_660 {
-        return Err(invalid("analytics.max_range_days", "must be from 1 to 3660"));
-    }
-    if raw.retention_batch == 0 || raw.retention_batch > 1_000_000 {
-        return Err(invalid("analytics.retention_batch", "must be from 1 to 1000000"));
-    }
-    if raw.retention_every_secs == 0 {
-        return Err(invalid("analytics.retention_every_secs", "must be at least 1"));
-    }
-    if raw.rollup_retention_days != 0 && raw.rollup_retention_days < raw.retention_days {
-        return Err(invalid(
-            "analytics.rollup_retention_days",
-            "must be at least analytics.retention_days (rollups outlive the rows they sum), or 0",
-        ));
-    }
-    let days = |d: u32| (d > 0).then(|| Duration::from_secs(u64::from(d) * DAY));
-    Ok(AnalyticsSettings {
-        max_range_ms: i64::from(raw.max_range_days) * tollgate_core::calendar::MS_PER_DAY,
-        retention: days(raw.retention_days),
-        rollup_retention: days(raw.rollup_retention_days),
-        retention_batch: raw.retention_batch,
-        retention_every: Duration::from_secs(raw.retention_every_secs),
-    })
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -401,62 +330,6 @@ const NEVER_FORWARDED: &[&str] = &[
     "te",
     "keep-alive",
 ];
-
-/// Top-level keys a `TOLLGATE_*` variable may set (others, like `TOLLGATE_CONFIG`
-/// or the CLI's `TOLLGATE_URL`, are not configuration of the server).
-pub const ENV_KEYS: &[&str] = &[
-    "listen",
-    "data_dir",
-    "store",
-    "admin_token",
-    "log_format",
-    "max_body_bytes",
-    "shutdown_grace_secs",
-    "upstream",
-    "plans",
-    "limits",
-    "prices",
-    "unknown_model_policy",
-    "default_price",
-    "redis_url",
-    "redis_cluster",
-    "redis_key_prefix",
-    "redis_timeout_ms",
-    "database_url",
-    "database_pool_size",
-    "on_store_error",
-    "instances",
-    "ledger_buffer",
-    "key_cache_ttl_secs",
-    "counter_rebuild_secs",
-    "durability",
-    "commit_timeout_ms",
-    "cors_allowed_origins",
-    "access_log",
-    "analytics",
-];
-
-/// `TOLLGATE_*` variables that are not server configuration: read by the CLI, the
-/// tests and the benchmarks. Any other unknown `TOLLGATE_*` variable is an error
-/// (a typo such as `TOLLGATE_LISTN` must not be silently ignored).
-const ENV_NOT_CONFIG: &[&str] = &["config", "url", "admin_token_file", "bin", "key", "base_url", "streaming"];
-/// Also ignored: the variables Kubernetes sets for a Service named `tollgate`
-/// (`TOLLGATE_SERVICE_HOST`, `TOLLGATE_SERVICE_PORT`, `TOLLGATE_PORT`,
-/// `TOLLGATE_PORT_8080_TCP_ADDR`, ...), which would otherwise stop every pod.
-const ENV_NOT_CONFIG_PREFIXES: &[&str] = &["test_", "bench_", "service_", "port"];
-
-/// The first `TOLLGATE_*` variable of `vars` whose top-level key is no setting.
-fn unknown_env_var(vars: impl Iterator<Item = String>) -> Option<String> {
-    vars.filter_map(|name| {
-        let rest = name.strip_prefix("TOLLGATE_")?.to_ascii_lowercase();
-        let top = rest.split("__").next().unwrap_or(&rest).to_owned();
-        let known = ENV_KEYS.contains(&top.as_str())
-            || ENV_NOT_CONFIG.contains(&top.as_str())
-            || ENV_NOT_CONFIG_PREFIXES.iter().any(|p| top.starts_with(p));
-        (!known).then_some(name)
-    })
-    .min()
-}
 
 /// What `tollgate config check` prints for a secret that is set.
 pub const REDACTED: &str = "<redacted>";
