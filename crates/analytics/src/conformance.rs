@@ -18,7 +18,7 @@ use tollgate_core::{UsageQuery, UsageRecord, UsageSource};
 use tollgate_store::Ledger;
 use tollgate_store::conformance::NOW;
 
-use crate::rollup::{RollupKey, RollupValues, brute_force, hour_of};
+use crate::rollup::{CacheOutcome, RollupKey, RollupValues, brute_force, hour_of};
 use crate::store::{AnalyticsStore, Dimension, RollupFilter, RollupQuery};
 
 /// What the property test needs to restart a store on the same data.
@@ -81,6 +81,89 @@ pub fn random_record(rng: &mut Rng, id: String, project_id: &str, span_hours: i6
         latency_ms: *rng.pick(&[0, 3, 40, 250, 900, 4_000, 70_000]) + rng.below(50),
         ..UsageRecord::default()
     }
+}
+
+/// The brute-force answer of a grouped query: `records` filtered and aggregated
+/// directly, keyed by (hour, dimension values). Every store answers the same
+/// whichever table it reads (the full rollup, a projection per hour or per day).
+pub fn brute_force_query(
+    records: &[UsageRecord],
+    q: &RollupQuery,
+) -> BTreeMap<(Option<i64>, Vec<String>), RollupValues> {
+    let f = &q.filter;
+    let text = |d: Dimension, r: &UsageRecord| -> String {
+        match d {
+            Dimension::Project => r.project_id.clone(),
+            Dimension::Key => r.key_id.clone(),
+            Dimension::Model => r.model.clone().unwrap_or_default(),
+            Dimension::Provider => r.provider.clone(),
+            Dimension::Endpoint => r.endpoint.clone(),
+            Dimension::StatusClass => (r.status / 100).to_string(),
+            Dimension::Cache => CacheOutcome::of(r).as_str().to_owned(),
+            Dimension::Counted => r.counted.to_string(),
+        }
+    };
+    let mut out: BTreeMap<(Option<i64>, Vec<String>), RollupValues> = BTreeMap::new();
+    if !q.by_hour && q.group_by.is_empty() {
+        out.insert((None, vec![]), RollupValues::default());
+    }
+    for r in records {
+        let hour = hour_of(r.ts_ms);
+        let matches = hour >= q.from_ms
+            && hour < q.to_ms
+            && f.project_id.as_ref().is_none_or(|v| *v == r.project_id)
+            && f.key_id.as_ref().is_none_or(|v| *v == r.key_id)
+            && f.model.as_ref().is_none_or(|v| *v == r.model.clone().unwrap_or_default())
+            && f.provider.as_ref().is_none_or(|v| *v == r.provider)
+            && f.endpoint.as_ref().is_none_or(|v| *v == r.endpoint)
+            && f.counted.is_none_or(|v| v == r.counted);
+        if matches {
+            let key = (q.by_hour.then_some(hour), q.group_by.iter().map(|d| text(*d, r)).collect());
+            out.entry(key).or_default().add_record(r);
+        }
+    }
+    if !q.latency_buckets {
+        out.values_mut().for_each(|v| v.latency_buckets = Default::default());
+    }
+    out
+}
+
+/// A random grouped query over `project`'s records of the `span_hours` before
+/// [`NOW`]: random range (often whole UTC days), dimensions, filters and grain.
+pub fn random_query(rng: &mut Rng, project: &str, span_hours: i64) -> RollupQuery {
+    let from_ms = hour_of(NOW) - rng.below(span_hours as u64 + 4) as i64 * MS_PER_HOUR;
+    let to_ms = from_ms + (1 + rng.below(span_hours as u64 + 4)) as i64 * MS_PER_HOUR;
+    let mut group_by = Vec::new();
+    for _ in 0..rng.below(3) {
+        let d = *rng.pick(&Dimension::ALL);
+        if !group_by.contains(&d) {
+            group_by.push(d);
+        }
+    }
+    let mut filter = RollupFilter { project_id: Some(project.to_owned()), ..RollupFilter::default() };
+    match rng.below(6) {
+        0 => filter.key_id = Some(format!("key{}", rng.below(3))),
+        1 => filter.model = Some(rng.pick(&["gpt-4o", "claude-sonnet", ""]).to_string()),
+        2 => filter.counted = Some(true),
+        3 => filter.provider = Some(rng.pick(&["openai", "anthropic"]).to_string()),
+        _ => {}
+    }
+    RollupQuery { from_ms, to_ms, filter, by_hour: rng.below(2) == 0, group_by, latency_buckets: rng.below(2) == 0 }
+}
+
+/// Checks `q` on the store against [`brute_force_query`] over `records`.
+pub async fn assert_query_matches(
+    analytics: &dyn AnalyticsStore,
+    records: &[UsageRecord],
+    q: &RollupQuery,
+    what: &str,
+) {
+    let groups = analytics.rollup_groups(q.clone()).await.expect("grouped query");
+    let n = groups.len();
+    let got: BTreeMap<(Option<i64>, Vec<String>), RollupValues> =
+        groups.into_iter().map(|g| ((g.hour_ms, g.dims), g.values)).collect();
+    assert_eq!(got.len(), n, "{what}: one row per group ({q:?})");
+    assert_eq!(got, brute_force_query(records, q), "{what}: {q:?} reads {:?}", q.source());
 }
 
 /// The stored rollups of a project, keyed like [`brute_force`].
@@ -331,6 +414,12 @@ pub async fn random_operations_match_brute_force(store: &mut dyn Reopen, seeds: 
             assert_eq!(got, brute_force(&all), "seed {seed} step {step}: rollups equal every record stored");
             let rows = ledger_rows(&*ledger, &project).await;
             assert_eq!(rows.len(), stored.len() - deleted.len(), "seed {seed} step {step}: ledger rows");
+            // Grouped queries, whichever table answers them, equal the records'
+            // brute-force aggregation (the projections never drift).
+            for _ in 0..3 {
+                let q = random_query(&mut rng, &project, 96);
+                assert_query_matches(&*analytics, &all, &q, &format!("seed {seed} step {step}")).await;
+            }
             let retained: BTreeMap<_, _> = got.into_iter().filter(|(k, _)| k.hour_ms >= cutoff).collect();
             let from_ledger: BTreeMap<_, _> =
                 brute_force(&rows).into_iter().filter(|(k, _)| k.hour_ms >= cutoff).collect();

@@ -10,6 +10,8 @@
 //!   conformance suite is the same function over the whole ledger);
 //! - [`store`]: the [`AnalyticsStore`] trait the backends implement (grouped sums of
 //!   hourly rollups, rollup pages, retention);
+//! - [`projection`]: narrower copies of the rollup (per hour and per UTC day) that
+//!   most queries read instead, chosen per query;
 //! - [`query`]: the parameters of the analytics API, parsed and checked;
 //! - [`zone`]: IANA time zones, and turning hours into local days;
 //! - [`forecast`] and [`anomaly`]: pure functions over hourly series;
@@ -22,6 +24,7 @@ pub mod anomaly;
 pub mod conformance;
 pub mod forecast;
 pub mod latency;
+pub mod projection;
 pub mod query;
 pub mod rollup;
 pub mod store;

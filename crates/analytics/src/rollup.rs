@@ -12,10 +12,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
-use tollgate_core::calendar::MS_PER_HOUR;
+use tollgate_core::calendar::{MS_PER_DAY, MS_PER_HOUR};
 use tollgate_core::{UsageRecord, UsageSource};
 
 use crate::latency::{LATENCY_BUCKETS, bucket_of};
+use crate::projection::{Grain, Kind};
+use crate::store::Dimension;
 
 /// Whether a cache answered part or all of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -62,6 +64,11 @@ impl CacheOutcome {
 /// The start of the UTC hour holding `ts_ms`.
 pub fn hour_of(ts_ms: i64) -> i64 {
     ts_ms.div_euclid(MS_PER_HOUR) * MS_PER_HOUR
+}
+
+/// The start of the UTC day holding `ts_ms`.
+pub fn day_of(ts_ms: i64) -> i64 {
+    ts_ms.div_euclid(MS_PER_DAY) * MS_PER_DAY
 }
 
 /// The status class of an HTTP status: 2 for 2xx, 4 for 4xx, ...
@@ -224,6 +231,32 @@ impl<'a> Rollups<'a> {
 
     pub fn iter(&self) -> impl Iterator<Item = (&RollupKeyRef<'a>, &RollupValues)> {
         self.groups.iter()
+    }
+
+    /// These rollups with the dimensions `kind` drops set to their constant and the
+    /// hours floored to `grain`: what one projection table receives
+    /// ([`crate::projection`]).
+    pub fn project(&self, kind: Kind, grain: Grain) -> Rollups<'a> {
+        let mut out: HashMap<RollupKeyRef<'a>, RollupValues> = HashMap::with_capacity(self.groups.len());
+        let keep = |d: Dimension, s: &'a str| if kind.keeps(d) { s } else { "" };
+        for (k, v) in &self.groups {
+            let key = RollupKeyRef {
+                hour_ms: match grain {
+                    Grain::Hour => k.hour_ms,
+                    Grain::Day => day_of(k.hour_ms),
+                },
+                project_id: keep(Dimension::Project, k.project_id),
+                key_id: keep(Dimension::Key, k.key_id),
+                model: keep(Dimension::Model, k.model),
+                provider: keep(Dimension::Provider, k.provider),
+                endpoint: keep(Dimension::Endpoint, k.endpoint),
+                status_class: if kind.keeps(Dimension::StatusClass) { k.status_class } else { 0 },
+                cache: if kind.keeps(Dimension::Cache) { k.cache } else { CacheOutcome::Miss },
+                counted: kind.keeps(Dimension::Counted) && k.counted,
+            };
+            out.entry(key).or_default().merge(v);
+        }
+        Rollups { groups: out }
     }
 
     /// The groups with owned keys, in key order (for comparisons).

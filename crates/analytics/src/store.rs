@@ -10,8 +10,11 @@
 use async_trait::async_trait;
 use tollgate_store::StoreResult;
 
+use tollgate_core::calendar::MS_PER_DAY;
+
 use crate::latency::LATENCY_BUCKETS;
-use crate::rollup::{RollupKey, RollupValues};
+use crate::projection::{self, Kind};
+use crate::rollup::{RollupKey, RollupValues, day_of};
 
 /// A dimension rollups can be grouped or filtered by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -124,12 +127,52 @@ fn value_columns(latency_buckets: bool) -> String {
 pub const VALUE_COLUMNS: usize = 9 + LATENCY_BUCKETS;
 
 impl RollupQuery {
-    /// The SELECT, with placeholders written by `placeholder(i)` for the `i`-th
-    /// (0-based) parameter of [`params`](Self::params). Columns: the hour (when
-    /// `by_hour`), one text column per `group_by` dimension, then
+    /// The dimensions the query filters or groups by.
+    pub fn dimensions_used(&self) -> Vec<Dimension> {
+        let f = &self.filter;
+        let mut used = self.group_by.clone();
+        for (dimension, set) in [
+            (Dimension::Project, f.project_id.is_some()),
+            (Dimension::Key, f.key_id.is_some()),
+            (Dimension::Model, f.model.is_some()),
+            (Dimension::Provider, f.provider.is_some()),
+            (Dimension::Endpoint, f.endpoint.is_some()),
+            (Dimension::Counted, f.counted.is_some()),
+        ] {
+            if set && !used.contains(&dimension) {
+                used.push(dimension);
+            }
+        }
+        used
+    }
+
+    /// Where the rows come from: the projection kind that covers the query (or the
+    /// full rollup), and for a query over whole UTC days that is not per hour, the
+    /// days `[first, last)` read from the daily table.
+    pub fn source(&self) -> (Option<Kind>, Option<(i64, i64)>) {
+        let kind = projection::choose(&self.dimensions_used());
+        let days = match kind {
+            Some(_) if !self.by_hour => {
+                let first = day_of(self.from_ms + MS_PER_DAY - 1);
+                let last = day_of(self.to_ms);
+                (first < last).then_some((first, last))
+            }
+            _ => None,
+        };
+        (kind, days)
+    }
+
+    /// The SELECT and its parameters, with placeholders written by `placeholder(i)`
+    /// for the `i`-th (0-based) parameter. Columns: the hour (when `by_hour`), one
+    /// text column per `group_by` dimension, then
     /// [`value_column_count`](Self::value_column_count) integers. Ordered by hour,
     /// then dimensions.
-    pub fn sql(&self, placeholder: impl Fn(usize) -> String) -> String {
+    fn build(&self, placeholder: impl Fn(usize) -> String) -> (String, Vec<SqlParam>) {
+        let mut params = Vec::new();
+        let mut bind = |p: SqlParam| {
+            params.push(p);
+            placeholder(params.len() - 1)
+        };
         let mut keys: Vec<String> = Vec::new();
         if self.by_hour {
             keys.push("hour_ms".to_owned());
@@ -141,32 +184,51 @@ impl RollupQuery {
             sql.push_str(", ");
         }
         sql.push_str(&value_columns(self.latency_buckets));
-        sql.push_str(" FROM usage_hourly WHERE hour_ms >= ");
-        sql.push_str(&placeholder(0));
-        sql.push_str(" AND hour_ms < ");
-        sql.push_str(&placeholder(1));
-        let mut next = 2;
         let f = &self.filter;
-        for (column, value) in [
-            ("project_id", &f.project_id),
-            ("key_id", &f.key_id),
-            ("model", &f.model),
-            ("provider", &f.provider),
-            ("endpoint", &f.endpoint),
-        ] {
-            if value.is_some() {
-                sql.push_str(&format!(" AND {column} = {}", placeholder(next)));
-                next += 1;
+        let slice = |table: &str, from: i64, to: i64, bind: &mut dyn FnMut(SqlParam) -> String| {
+            let mut part = format!(" FROM {table} WHERE hour_ms >= {}", bind(SqlParam::Int(from)));
+            part.push_str(&format!(" AND hour_ms < {}", bind(SqlParam::Int(to))));
+            for (column, value) in [
+                ("project_id", &f.project_id),
+                ("key_id", &f.key_id),
+                ("model", &f.model),
+                ("provider", &f.provider),
+                ("endpoint", &f.endpoint),
+            ] {
+                if let Some(value) = value {
+                    part.push_str(&format!(" AND {column} = {}", bind(SqlParam::Text(value.clone()))));
+                }
             }
-        }
-        if f.counted.is_some() {
-            sql.push_str(&format!(" AND counted = {}", placeholder(next)));
+            if let Some(counted) = f.counted {
+                part.push_str(&format!(" AND counted = {}", bind(SqlParam::Bool(counted))));
+            }
+            part
+        };
+        match self.source() {
+            (None, _) => sql.push_str(&slice("usage_hourly", self.from_ms, self.to_ms, &mut bind)),
+            (Some(kind), None) => sql.push_str(&slice(kind.hourly_table(), self.from_ms, self.to_ms, &mut bind)),
+            (Some(kind), Some((first, last))) => {
+                let columns = rollup_columns();
+                let mut parts = vec![format!("SELECT {columns}{}", slice(kind.daily_table(), first, last, &mut bind))];
+                for (from, to) in [(self.from_ms, first), (last, self.to_ms)] {
+                    if from < to {
+                        parts.push(format!("SELECT {columns}{}", slice(kind.hourly_table(), from, to, &mut bind)));
+                    }
+                }
+                sql.push_str(&format!(" FROM ({}) AS slices", parts.join(" UNION ALL ")));
+            }
         }
         if !keys.is_empty() {
             let list = keys.join(", ");
             sql.push_str(&format!(" GROUP BY {list} ORDER BY {list}"));
         }
-        sql
+        (sql, params)
+    }
+
+    /// The SELECT (see [`build`](Self::build)), placeholders by `placeholder(i)` for
+    /// the `i`-th (0-based) parameter of [`params`](Self::params).
+    pub fn sql(&self, placeholder: impl Fn(usize) -> String) -> String {
+        self.build(placeholder).0
     }
 
     /// How many value columns each row has.
@@ -176,15 +238,7 @@ impl RollupQuery {
 
     /// The parameters of [`sql`](Self::sql), in order.
     pub fn params(&self) -> Vec<SqlParam> {
-        let mut params = vec![SqlParam::Int(self.from_ms), SqlParam::Int(self.to_ms)];
-        let f = &self.filter;
-        for value in [&f.project_id, &f.key_id, &f.model, &f.provider, &f.endpoint].into_iter().flatten() {
-            params.push(SqlParam::Text(value.clone()));
-        }
-        if let Some(counted) = f.counted {
-            params.push(SqlParam::Bool(counted));
-        }
-        params
+        self.build(|_| String::new()).1
     }
 }
 
@@ -251,6 +305,12 @@ pub const ROLLUP_KEY_COLUMNS: &str =
 /// the maximum keeps the larger. `placeholder(i)` writes the `i`-th (0-based)
 /// parameter, in [`rollup_columns`] order.
 pub fn upsert_sql(placeholder: impl Fn(usize) -> String) -> String {
+    upsert_sql_into("usage_hourly", placeholder)
+}
+
+/// [`upsert_sql`] into `table` (the full rollup or a projection table: they have the
+/// same columns and key).
+pub fn upsert_sql_into(table: &str, placeholder: impl Fn(usize) -> String) -> String {
     let placeholders: Vec<String> = (0..ROLLUP_PARAMS).map(placeholder).collect();
     let mut updates = vec![];
     for column in [
@@ -263,18 +323,17 @@ pub fn upsert_sql(placeholder: impl Fn(usize) -> String) -> String {
         "latency_count",
         "latency_sum_ms",
     ] {
-        updates.push(format!("{column} = usage_hourly.{column} + excluded.{column}"));
+        updates.push(format!("{column} = {table}.{column} + excluded.{column}"));
     }
-    updates.push(
-        "latency_max_ms = CASE WHEN excluded.latency_max_ms > usage_hourly.latency_max_ms \
-         THEN excluded.latency_max_ms ELSE usage_hourly.latency_max_ms END"
-            .to_owned(),
-    );
+    updates.push(format!(
+        "latency_max_ms = CASE WHEN excluded.latency_max_ms > {table}.latency_max_ms \
+         THEN excluded.latency_max_ms ELSE {table}.latency_max_ms END"
+    ));
     for i in 0..LATENCY_BUCKETS {
-        updates.push(format!("lat_{i} = usage_hourly.lat_{i} + excluded.lat_{i}"));
+        updates.push(format!("lat_{i} = {table}.lat_{i} + excluded.lat_{i}"));
     }
     format!(
-        "INSERT INTO usage_hourly ({}) VALUES ({}) ON CONFLICT ({ROLLUP_KEY_COLUMNS}) DO UPDATE SET {}",
+        "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({ROLLUP_KEY_COLUMNS}) DO UPDATE SET {}",
         rollup_columns(),
         placeholders.join(", "),
         updates.join(", ")

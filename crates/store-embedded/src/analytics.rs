@@ -7,6 +7,8 @@ use std::sync::{LazyLock, PoisonError};
 use async_trait::async_trait;
 use rusqlite::types::Value;
 use rusqlite::{Transaction, params, params_from_iter};
+use tollgate_analytics::projection::{self, Grain, Kind};
+use tollgate_analytics::rollup::day_of;
 use tollgate_analytics::store::{self, SqlParam, VALUE_COLUMNS};
 use tollgate_analytics::{AnalyticsStore, RollupGroup, RollupKey, RollupQuery, RollupValues, Rollups};
 use tollgate_store::StoreResult;
@@ -16,13 +18,26 @@ use crate::sql_error;
 
 static UPSERT: LazyLock<String> = LazyLock::new(|| store::upsert_sql(|i| format!("?{}", i + 1)));
 
+/// The upsert into each projection table, with the table's kind and grain.
+static PROJECTED: LazyLock<Vec<(String, Kind, Grain)>> = LazyLock::new(|| {
+    projection::tables().map(|(t, k, g)| (store::upsert_sql_into(t, |i| format!("?{}", i + 1)), k, g)).collect()
+});
+
 /// Adds a batch's rollups inside the transaction that inserted its rows: one upsert
-/// per distinct group.
+/// per distinct group, into the full rollup and into each projection table.
 pub(crate) fn upsert_rollups(tx: &Transaction<'_>, rollups: &Rollups<'_>) -> StoreResult<()> {
     if rollups.is_empty() {
         return Ok(());
     }
-    let mut upsert = tx.prepare_cached(&UPSERT).map_err(sql_error)?;
+    upsert_into(tx, &UPSERT, rollups)?;
+    for (sql, kind, grain) in PROJECTED.iter() {
+        upsert_into(tx, sql, &rollups.project(*kind, *grain))?;
+    }
+    Ok(())
+}
+
+fn upsert_into(tx: &Transaction<'_>, sql: &str, rollups: &Rollups<'_>) -> StoreResult<()> {
+    let mut upsert = tx.prepare_cached(sql).map_err(sql_error)?;
     for (key, values) in rollups.iter() {
         let mut args: Vec<Value> = vec![
             Value::Integer(key.hour_ms),
@@ -159,6 +174,11 @@ impl AnalyticsStore for EmbeddedLedger {
         tokio::task::spawn_blocking(move || {
             let conn = direct.lock().unwrap_or_else(PoisonError::into_inner);
             let n = conn.execute("DELETE FROM usage_hourly WHERE hour_ms < ?1", [before_ms]).map_err(sql_error)?;
+            // The projections go by whole UTC days, so their hours and days agree.
+            for (table, _, _) in projection::tables() {
+                conn.execute(&format!("DELETE FROM {table} WHERE hour_ms < ?1"), [day_of(before_ms)])
+                    .map_err(sql_error)?;
+            }
             Ok(n as u64)
         })
         .await?

@@ -127,6 +127,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("migrations_0006_usage_hourly.sql"),
     // 7: the upstream's own request id (its `x-request-id`).
     "ALTER TABLE usage ADD COLUMN upstream_request_id TEXT;",
+    // 8: projections of the hourly rollup, per hour and per UTC day
+    // (crates/analytics/src/projection.rs), filled from the rollups stored.
+    include_str!("migrations_0008_rollup_projections.sql"),
 ];
 
 /// What a connection is for; readers cannot write by accident.

@@ -9,6 +9,8 @@ use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 use tollgate_analytics::latency::LATENCY_BUCKETS;
+use tollgate_analytics::projection::{self, Grain, Kind};
+use tollgate_analytics::rollup::day_of;
 use tollgate_analytics::store::{self, ROLLUP_KEY_COLUMNS, SqlParam, VALUE_COLUMNS};
 use tollgate_analytics::{AnalyticsStore, RollupGroup, RollupKey, RollupQuery, RollupValues, Rollups};
 use tollgate_store::{StoreError, StoreResult};
@@ -17,7 +19,13 @@ use crate::{PostgresLedger, pool_error, sql_error};
 
 /// The upsert of every group of a batch: one array per column. Groups are distinct
 /// within a batch, so no row is touched twice by the statement.
-static UPSERT: LazyLock<String> = LazyLock::new(|| {
+static UPSERT: LazyLock<String> = LazyLock::new(|| unnest_upsert("usage_hourly"));
+
+/// The same upsert into each projection table, with the table's kind and grain.
+static PROJECTED: LazyLock<Vec<(String, Kind, Grain)>> =
+    LazyLock::new(|| projection::tables().map(|(t, k, g)| (unnest_upsert(t), k, g)).collect());
+
+fn unnest_upsert(table: &str) -> String {
     let mut arrays = vec![
         "$1::bigint[]".to_owned(),
         "$2::text[]".to_owned(),
@@ -32,21 +40,25 @@ static UPSERT: LazyLock<String> = LazyLock::new(|| {
     for i in 0..9 + LATENCY_BUCKETS {
         arrays.push(format!("${}::bigint[]", 10 + i));
     }
-    let single = store::upsert_sql(|i| format!("${}", i + 1));
+    let single = store::upsert_sql_into(table, |i| format!("${}", i + 1));
     // Reuse the shared ON CONFLICT clause; replace VALUES (...) by the arrays.
     let conflict = single.find(" ON CONFLICT").map_or("", |at| &single[at..]).to_owned();
-    format!(
-        "INSERT INTO usage_hourly ({}) SELECT * FROM UNNEST({}){conflict}",
-        store::rollup_columns(),
-        arrays.join(", ")
-    )
-});
+    format!("INSERT INTO {table} ({}) SELECT * FROM UNNEST({}){conflict}", store::rollup_columns(), arrays.join(", "))
+}
 
 /// Adds a batch's rollups inside the transaction that inserted its rows.
 pub(crate) async fn upsert_rollups(tx: &Transaction<'_>, rollups: &Rollups<'_>) -> StoreResult<()> {
     if rollups.is_empty() {
         return Ok(());
     }
+    upsert_into(tx, &UPSERT, rollups).await?;
+    for (sql, kind, grain) in PROJECTED.iter() {
+        upsert_into(tx, sql, &rollups.project(*kind, *grain)).await?;
+    }
+    Ok(())
+}
+
+async fn upsert_into(tx: &Transaction<'_>, sql: &str, rollups: &Rollups<'_>) -> StoreResult<()> {
     let n = rollups.len();
     let mut hours = Vec::with_capacity(n);
     let mut projects = Vec::with_capacity(n);
@@ -77,7 +89,7 @@ pub(crate) async fn upsert_rollups(tx: &Transaction<'_>, rollups: &Rollups<'_>) 
     for column in &values {
         params.push(column);
     }
-    let statement = tx.prepare_cached(&UPSERT).await.map_err(sql_error)?;
+    let statement = tx.prepare_cached(sql).await.map_err(sql_error)?;
     tx.execute(&statement, &params).await.map_err(sql_error)?;
     Ok(())
 }
@@ -177,6 +189,13 @@ impl AnalyticsStore for PostgresLedger {
 
     async fn delete_rollups_before(&self, before_ms: i64) -> StoreResult<u64> {
         let client = self.pool.get().await.map_err(pool_error)?;
-        client.execute("DELETE FROM usage_hourly WHERE hour_ms < $1", &[&before_ms]).await.map_err(sql_error)
+        let n =
+            client.execute("DELETE FROM usage_hourly WHERE hour_ms < $1", &[&before_ms]).await.map_err(sql_error)?;
+        // The projections go by whole UTC days, so their hours and days agree.
+        let day = day_of(before_ms);
+        for (table, _, _) in projection::tables() {
+            client.execute(&format!("DELETE FROM {table} WHERE hour_ms < $1"), &[&day]).await.map_err(sql_error)?;
+        }
+        Ok(n)
     }
 }

@@ -180,30 +180,32 @@ pub async fn summary(
     let filter = scoped_filter(&state, &admin, &p).await?;
     let range = range(&state, &p, 30 * MS_PER_DAY)?;
     let top = query::parse_top(p.top.as_deref(), 5)?;
-    // One scan: grouped by every dimension the summary shows, folded here (the
-    // combinations are few: a model fixes its provider and endpoint).
-    const DIMS: [Dimension; 5] =
-        [Dimension::StatusClass, Dimension::Model, Dimension::Key, Dimension::Provider, Dimension::Endpoint];
+    // One query per part, each narrow enough for a projection of the rollup
+    // (analytics::projection): the totals per status class (with the latency
+    // histogram), then the groups of each dimension shown.
     let base = RollupQuery {
         from_ms: range.from_ms,
         to_ms: range.to_ms,
         filter,
         by_hour: false,
-        group_by: DIMS.to_vec(),
+        group_by: vec![Dimension::StatusClass],
         latency_buckets: true,
     };
-    let groups = state.analytics.rollup_groups(base.clone()).await?;
     let mut totals = Bucket::default();
-    let mut per_dim: Vec<HashMap<&str, RollupValues>> = vec![HashMap::new(); 4];
-    for g in &groups {
+    for g in state.analytics.rollup_groups(base.clone()).await? {
         totals.add(&g.values, g.dims.first().and_then(|c| c.parse().ok()));
-        for (i, map) in per_dim.iter_mut().enumerate() {
-            map.entry(g.dims.get(i + 1).map_or("", String::as_str)).or_default().merge(&g.values);
-        }
     }
     let mut tops = serde_json::Map::new();
-    for (dim, map) in DIMS[1..].iter().zip(per_dim) {
-        let (kept, other) = top_n(map.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(), top);
+    for dim in [Dimension::Model, Dimension::Key, Dimension::Provider, Dimension::Endpoint] {
+        let query = RollupQuery { group_by: vec![dim], latency_buckets: false, ..base.clone() };
+        let groups: Vec<(String, RollupValues)> = state
+            .analytics
+            .rollup_groups(query)
+            .await?
+            .into_iter()
+            .map(|g| (g.dims.into_iter().next().unwrap_or_default(), g.values))
+            .collect();
+        let (kept, other) = top_n(groups, top);
         let mut list: Vec<Value> = kept.iter().map(|(n, v)| group_view(n, v)).collect();
         if let Some(other) = other {
             list.push(json!({ "other": true, "requests": other.requests, "total_tokens": other.total_tokens(),
