@@ -174,6 +174,7 @@ impl AnalyticsStore for EmbeddedLedger {
         tokio::task::spawn_blocking(move || {
             let conn = direct.lock().unwrap_or_else(PoisonError::into_inner);
             let n = conn.execute("DELETE FROM usage_hourly WHERE hour_ms < ?1", [before_ms]).map_err(sql_error)?;
+            conn.execute("DELETE FROM usage_counted WHERE bucket_ms < ?1", [before_ms]).map_err(sql_error)?;
             // The projections go by whole UTC days, so their hours and days agree.
             for (table, _, _) in projection::tables() {
                 conn.execute(&format!("DELETE FROM {table} WHERE hour_ms < ?1"), [day_of(before_ms)])

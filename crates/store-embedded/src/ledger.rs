@@ -30,7 +30,7 @@ use tollgate_core::{UsageQuery, UsageRecord};
 use tollgate_store::batch::{self, BatchPolicy, BatchSink, BatchWriter, WriterHome};
 use tollgate_store::columns::{USAGE_COLUMNS, UsageRow, to_sql_int};
 use tollgate_store::totals::TotalRow;
-use tollgate_store::{Ledger, StoreError, StoreResult, TOTALS_PAGE, TotalsPages, TotalsQuery};
+use tollgate_store::{CountedSums, Ledger, StoreError, StoreResult, TOTALS_PAGE, TotalsPages, TotalsQuery};
 
 use crate::schema::{self, Role};
 use crate::sql_error;
@@ -101,17 +101,50 @@ impl BatchSink for SqliteSink {
     async fn write(&mut self, records: &[UsageRecord]) -> StoreResult<()> {
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
         let mut rollups = Rollups::new();
+        let mut counted = CountedSums::default();
         {
             let mut insert = tx.prepare_cached(&INSERT).map_err(sql_error)?;
             for r in records {
                 if insert_record(&mut insert, r)? == 1 {
                     rollups.add(r);
+                    counted.add(r);
                 }
             }
         }
         crate::analytics::upsert_rollups(&tx, &rollups)?;
+        upsert_counted(&tx, &counted)?;
         tx.commit().map_err(sql_error)
     }
+}
+
+static UPSERT_COUNTED: LazyLock<String> =
+    LazyLock::new(|| tollgate_store::totals::counted_upsert_sql(|i| format!("?{}", i + 1)));
+
+/// Adds a batch's counted sums to `usage_counted` (the counter rebuild reads them).
+fn upsert_counted(tx: &rusqlite::Transaction<'_>, counted: &CountedSums<'_>) -> StoreResult<()> {
+    if counted.is_empty() {
+        return Ok(());
+    }
+    let mut upsert = tx.prepare_cached(&UPSERT_COUNTED).map_err(sql_error)?;
+    for (k, [requests, prompt, completion, cost]) in counted.iter() {
+        upsert
+            .execute(params![
+                k.bucket_ms,
+                k.project_id,
+                k.key_id,
+                k.provider,
+                k.model,
+                k.endpoint,
+                k.client_ip,
+                k.anonymous_id,
+                requests,
+                prompt,
+                completion,
+                cost
+            ])
+            .map_err(sql_error)?;
+    }
+    Ok(())
 }
 
 impl EmbeddedLedger {
@@ -414,17 +447,20 @@ fn insert_batch_reporting(conn: &mut Connection, records: &[UsageRecord]) -> Sto
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
     let mut fresh = Vec::with_capacity(records.len());
     let mut rollups = Rollups::new();
+    let mut counted = CountedSums::default();
     {
         let mut insert = tx.prepare_cached(&INSERT).map_err(sql_error)?;
         for r in records {
             let new = insert_record(&mut insert, r)? == 1;
             if new {
                 rollups.add(r);
+                counted.add(r);
             }
             fresh.push(new);
         }
     }
     crate::analytics::upsert_rollups(&tx, &rollups)?;
+    upsert_counted(&tx, &counted)?;
     tx.commit().map_err(sql_error)?;
     Ok(fresh)
 }

@@ -130,6 +130,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // 8: projections of the hourly rollup, per hour and per UTC day
     // (crates/analytics/src/projection.rs), filled from the rollups stored.
     include_str!("migrations_0008_rollup_projections.sql"),
+    // 9: the counted rollup the counter rebuild reads (tollgate_store::totals).
+    include_str!("migrations_0009_usage_counted.sql"),
 ];
 
 /// What a connection is for; readers cannot write by accident.

@@ -92,7 +92,7 @@ async fn the_migration_rolls_up_rows_already_stored() {
             "DROP TABLE usage_hourly; ALTER TABLE usage DROP COLUMN upstream_request_id; \
              DROP TABLE usage_hourly_project; DROP TABLE usage_daily_project; DROP TABLE usage_hourly_endpoint; \
              DROP TABLE usage_daily_endpoint; DROP TABLE usage_hourly_model; DROP TABLE usage_daily_model; \
-             DROP TABLE usage_hourly_key; DROP TABLE usage_daily_key; PRAGMA user_version = 5;",
+             DROP TABLE usage_hourly_key; DROP TABLE usage_daily_key; DROP TABLE usage_counted; PRAGMA user_version = 5;",
         )
         .expect("downgrade");
     }

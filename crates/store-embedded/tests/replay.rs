@@ -183,16 +183,101 @@ async fn counters_rebuilt_from_store_sums_equal_a_replay_of_every_record() {
     }
     assert!(sums < ordered.len(), "the store summed records ({sums} sums for {} records)", ordered.len());
 
-    let mut compared = 0;
-    for r in &records {
-        let items = record_items(&authed_of(&r.key_id), r, anonymous_plan.as_deref());
-        let want = replayed.peek("acme", &items, Amounts::default(), NOW).await.expect("peek");
-        let got = rebuilt.peek("acme", &items, Amounts::default(), NOW).await.expect("peek");
-        for (w, g) in want.statuses.iter().zip(&got.statuses) {
-            assert_eq!((g.used, g.reset_at_ms), (w.used, w.reset_at_ms), "{} after the rebuild", w.spec.name());
-            compared += 1;
+    let compare = async |rebuilt: &EmbeddedLimiter, what: &str| {
+        let mut compared = 0;
+        for r in &records {
+            let items = record_items(&authed_of(&r.key_id), r, anonymous_plan.as_deref());
+            let want = replayed.peek("acme", &items, Amounts::default(), NOW).await.expect("peek");
+            let got = rebuilt.peek("acme", &items, Amounts::default(), NOW).await.expect("peek");
+            for (w, g) in want.statuses.iter().zip(&got.statuses) {
+                assert_eq!((g.used, g.reset_at_ms), (w.used, w.reset_at_ms), "{} {what}", w.spec.name());
+                compared += 1;
+            }
         }
+        assert!(compared > 10_000, "{compared} statuses compared");
+        assert!(replayed.counters() > 100 && replayed.counters() == rebuilt.counters(), "the same counters exist");
+    };
+    compare(&rebuilt, "after the rebuild").await;
+
+    // The rebuild reads the counted rollup, not the ledger's rows: with every raw row
+    // older than the finer tiers deleted behind the store's back, it rebuilds the
+    // same counters from the same number of sums.
+    let cutoff = NOW - 2 * MS_PER_HOUR - 15 * 60_000;
+    let deleted = rusqlite::Connection::open(store.db_path())
+        .expect("open db")
+        .execute("DELETE FROM usage WHERE ts_ms < ?1", [cutoff])
+        .expect("delete old rows");
+    assert!(deleted > 1_000, "{deleted} rows deleted");
+    let again = EmbeddedLimiter::new();
+    let sums_again = replay_ledger(&*catalog, &ledger, &again, &plans, "anonymous", NOW).await.expect("rebuild");
+    assert_eq!(sums_again, sums);
+    compare(&again, "after the rebuild without the old rows").await;
+}
+
+/// A large ledger of few groups: the rebuild replays one sum per group and bucket,
+/// not one per row, so its work and memory follow the groups, not the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rebuild_of_a_large_ledger_replays_sums_per_bucket_not_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path()).expect("open store");
+    let catalog = store.catalog();
+    catalog.create_project(Project::new("acme", "Acme", 0)).await.expect("project");
+    let limits = vec![LimitSpec::new(Metric::Requests, Window::Month, 1_000_000_000_000)];
+    catalog.put_plan(Plan { name: "monthly".into(), description: None, limits, time_zone: None }).await.expect("plan");
+    catalog
+        .put_plan(Plan { name: "anonymous".into(), description: None, limits: Vec::new(), time_zone: None })
+        .await
+        .expect("anon");
+    let key = ApiKey::generate(&[7; tollgate_core::key::RANDOM_BYTES]).expect("key");
+    let record = KeyRecord {
+        id: key.public_id().to_owned(),
+        project_id: "acme".into(),
+        name: None,
+        plan: "monthly".into(),
+        metadata: serde_json::Map::new(),
+        limit_overrides: Vec::new(),
+        created_at_ms: 0,
+        expires_at_ms: None,
+        revoked_at_ms: None,
+        version: 1,
+    };
+    let key = catalog.create_key(record, key.hash()).await.expect("create key");
+    // 200,000 rows over the last 5 days (or the month so far, if shorter).
+    let month = month_start(NOW);
+    let span = (NOW - month).min(5 * MS_PER_DAY);
+    const ROWS: i64 = 200_000;
+    for batch in 0..ROWS / 5_000 {
+        let records: Vec<UsageRecord> = (0..5_000)
+            .map(|i| {
+                let n = batch * 5_000 + i;
+                UsageRecord {
+                    id: format!("big{n:06}"),
+                    ts_ms: NOW - 1 - (n * span / ROWS),
+                    project_id: "acme".into(),
+                    key_id: key.id.clone(),
+                    endpoint: "chat.completions".into(),
+                    provider: "openai".into(),
+                    model: Some("gpt-4o".into()),
+                    status: 200,
+                    counted: true,
+                    requests: 1,
+                    usage_source: UsageSource::Reported,
+                    ..UsageRecord::default()
+                }
+            })
+            .collect();
+        store.ledger().append_new(records).await.expect("append");
     }
-    assert!(compared > 10_000, "{compared} statuses compared");
-    assert!(replayed.counters() > 100 && replayed.counters() == rebuilt.counters(), "the same counters exist");
+    let plans = PlanCache::load(&*catalog).await.expect("plans");
+    let ledger = NoFullLoad { inner: store.ledger() };
+    let limiter = EmbeddedLimiter::new();
+    let sums = replay_ledger(&*catalog, &ledger, &limiter, &plans, "anonymous", NOW).await.expect("rebuild");
+    // Quarter hours of the span, plus the minute and second buckets of the finer tiers.
+    let bound = (span / (15 * 60_000)) as usize + 2 * 60 + 2 * 60 + 4;
+    assert!(sums <= bound, "{sums} sums replayed for {ROWS} rows (bound {bound})");
+    let authed = plans.resolve(Arc::new(key.clone())).expect("plan");
+    let probe = UsageRecord { key_id: key.id.clone(), project_id: "acme".into(), ..UsageRecord::default() };
+    let items = record_items(&authed, &probe, None);
+    let status = limiter.peek("acme", &items, Amounts::default(), NOW).await.expect("peek");
+    assert_eq!(status.statuses[0].used, ROWS as u64, "every row counted once");
 }

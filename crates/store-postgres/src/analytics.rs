@@ -191,6 +191,7 @@ impl AnalyticsStore for PostgresLedger {
         let client = self.pool.get().await.map_err(pool_error)?;
         let n =
             client.execute("DELETE FROM usage_hourly WHERE hour_ms < $1", &[&before_ms]).await.map_err(sql_error)?;
+        client.execute("DELETE FROM usage_counted WHERE bucket_ms < $1", &[&before_ms]).await.map_err(sql_error)?;
         // The projections go by whole UTC days, so their hours and days agree.
         let day = day_of(before_ms);
         for (table, _, _) in projection::tables() {

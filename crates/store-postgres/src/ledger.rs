@@ -28,6 +28,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::{FromSql, ToSql};
 use tollgate_analytics::Rollups;
 use tollgate_core::{UsageQuery, UsageRecord};
+use tollgate_store::CountedSums;
 use tollgate_store::batch::{self, BatchPolicy, BatchSink, BatchWriter, LedgerStats, WriterHome};
 use tollgate_store::columns::{USAGE_COLUMNS, UsageRow, to_sql_int};
 use tollgate_store::totals::TotalRow;
@@ -409,13 +410,57 @@ async fn insert_batch(pool: &Pool, records: &[UsageRecord]) -> StoreResult<HashS
         rows.iter().map(|row| row.try_get::<_, String>(0).map_err(sql_error)).collect::<StoreResult<_>>()?;
     // Within one statement the first copy of an id is the one stored.
     let mut rollups = Rollups::new();
+    let mut counted = CountedSums::default();
     let mut seen = HashSet::new();
     for r in records {
         if inserted.contains(r.id.as_str()) && seen.insert(r.id.as_str()) {
             rollups.add(r);
+            counted.add(r);
         }
     }
     crate::analytics::upsert_rollups(&tx, &rollups).await?;
+    upsert_counted(&tx, &counted).await?;
     tx.commit().await.map_err(sql_error)?;
     Ok(inserted)
+}
+
+/// Adds a batch's counted sums to `usage_counted` (the counter rebuild reads them): one
+/// `UNNEST` statement; the groups are distinct, so no row is touched twice.
+async fn upsert_counted(tx: &deadpool_postgres::Transaction<'_>, counted: &CountedSums<'_>) -> StoreResult<()> {
+    use tollgate_store::totals::{COUNTED_COLUMNS, COUNTED_ON_CONFLICT};
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "INSERT INTO usage_counted ({COUNTED_COLUMNS}) SELECT * FROM UNNEST($1::bigint[], $2::text[], \
+             $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[], \
+             $11::bigint[], $12::bigint[]){COUNTED_ON_CONFLICT}"
+        )
+    });
+    if counted.is_empty() {
+        return Ok(());
+    }
+    let n = counted.len();
+    let mut buckets = Vec::with_capacity(n);
+    let mut text: [Vec<&str>; 7] = Default::default();
+    let mut sums: [Vec<i64>; 4] = Default::default();
+    for (k, values) in counted.iter() {
+        buckets.push(k.bucket_ms);
+        for (column, v) in
+            text.iter_mut().zip([k.project_id, k.key_id, k.provider, k.model, k.endpoint, k.client_ip, k.anonymous_id])
+        {
+            column.push(v);
+        }
+        for (column, v) in sums.iter_mut().zip(values) {
+            column.push(v);
+        }
+    }
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&buckets];
+    for column in &text {
+        params.push(column);
+    }
+    for column in &sums {
+        params.push(column);
+    }
+    let statement = tx.prepare_cached(&SQL).await.map_err(sql_error)?;
+    tx.execute(&statement, &params).await.map_err(sql_error)?;
+    Ok(())
 }

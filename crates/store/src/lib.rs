@@ -22,7 +22,7 @@ pub mod replay;
 pub mod totals;
 
 pub use plans::{AuthedCache, PlanCache};
-pub use totals::{TOTALS_PAGE, TotalsPages, TotalsQuery};
+pub use totals::{CountedSums, TOTALS_PAGE, TotalsPages, TotalsQuery};
 
 use std::sync::Arc;
 
