@@ -176,15 +176,50 @@ impl AnalyticsStore for PostgresLedger {
     }
 
     async fn delete_usage_before(&self, before_ms: i64, batch: usize) -> StoreResult<u64> {
-        let batch = i64::try_from(batch).unwrap_or(i64::MAX);
+        let limit = i64::try_from(batch).unwrap_or(i64::MAX);
         let client = self.pool.get().await.map_err(pool_error)?;
-        client
-            .execute(
-                "DELETE FROM usage WHERE id IN (SELECT id FROM usage WHERE ts_ms < $1 ORDER BY ts_ms LIMIT $2)",
-                &[&before_ms, &batch],
+        // Whole months before the cutoff: their partitions are dropped (counted first).
+        let mut deleted = 0u64;
+        let parts = client
+            .query(
+                "SELECT c.relname::text, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i \
+                 JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'usage'::regclass",
+                &[],
             )
             .await
-            .map_err(sql_error)
+            .map_err(sql_error)?;
+        for part in &parts {
+            let name: String = part.try_get(0).map_err(sql_error)?;
+            let bound: Option<String> = part.try_get(1).map_err(sql_error)?;
+            let Some(end) = bound.as_deref().and_then(partition_end) else { continue };
+            if end <= before_ms {
+                let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+                let row = client.query_one(&format!("SELECT count(*) FROM {quoted}"), &[]).await.map_err(sql_error)?;
+                let n: i64 = row.try_get(0).map_err(sql_error)?;
+                client.execute(&format!("DROP TABLE {quoted}"), &[]).await.map_err(sql_error)?;
+                deleted += u64::try_from(n).unwrap_or(0);
+            }
+        }
+        // The rest oldest first, at most `batch` rows per statement, and their ids.
+        let rows = client
+            .execute(
+                "DELETE FROM usage WHERE (ts_ms, id) IN \
+                 (SELECT ts_ms, id FROM usage WHERE ts_ms < $1 ORDER BY ts_ms, id LIMIT $2)",
+                &[&before_ms, &limit],
+            )
+            .await
+            .map_err(sql_error)?;
+        let ids = client
+            .execute(
+                "DELETE FROM usage_ids WHERE (ts_ms, id) IN \
+                 (SELECT ts_ms, id FROM usage_ids WHERE ts_ms < $1 ORDER BY ts_ms, id LIMIT $2)",
+                &[&before_ms, &limit],
+            )
+            .await
+            .map_err(sql_error)?;
+        // Until both are done, answer at least what the ids took (a dropped month
+        // leaves its ids to delete in batches).
+        Ok((deleted + rows).max(ids))
     }
 
     async fn delete_rollups_before(&self, before_ms: i64) -> StoreResult<u64> {
@@ -198,5 +233,22 @@ impl AnalyticsStore for PostgresLedger {
             client.execute(&format!("DELETE FROM {table} WHERE hour_ms < $1"), &[&day]).await.map_err(sql_error)?;
         }
         Ok(n)
+    }
+}
+
+/// The upper bound of a month partition, from its `FOR VALUES FROM ('a') TO ('b')`.
+fn partition_end(bound: &str) -> Option<i64> {
+    let to = &bound[bound.find(" TO (")? + 5..];
+    to.trim_start_matches('\'').split(|c: char| !c.is_ascii_digit() && c != '-').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_partition_bound_reads_its_end() {
+        let bound = "FOR VALUES FROM ('1698796800000') TO ('1701388800000')";
+        assert_eq!(super::partition_end(bound), Some(1_701_388_800_000));
+        assert_eq!(super::partition_end("FOR VALUES FROM (1) TO (2)"), Some(2));
+        assert_eq!(super::partition_end("DEFAULT"), None);
     }
 }

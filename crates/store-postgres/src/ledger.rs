@@ -3,9 +3,10 @@
 //! `append` hands the record to a [`BatchWriter`] (see `tollgate_store::batch` for
 //! the queue, batching, retries and flush/close semantics) running as a task on the
 //! current runtime. It writes the records with one statement per [`MAX_BATCH`] rows:
-//! `INSERT ... SELECT * FROM UNNEST($1::text[], ...) ON CONFLICT (id) DO NOTHING`
-//! (twenty-one array parameters whatever the batch size, so one prepared statement; the
-//! id is the primary key, so replays are ignored and the first copy wins).
+//! the ids into `usage_ids` (`ON CONFLICT (id) DO NOTHING`), and the rows whose id was
+//! new into `usage`, partitioned by month (made on demand, `tollgate_usage_partition`),
+//! in one statement over `UNNEST` arrays (twenty-two array parameters whatever the batch
+//! size, so one prepared statement; replays are ignored and the first copy wins).
 //!
 //! The same transaction adds the rows that were new (the `RETURNING` ids: a replay
 //! adds nothing) to the hourly rollups, one `UNNEST` upsert for every group of the
@@ -41,16 +42,19 @@ pub const MAX_BATCH: usize = 1_000;
 /// How long the writer waits before retrying records a failed write left queued.
 pub const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
-/// The insert of a batch, answering the ids that were new; the id is the primary
-/// key, so replays are ignored.
+/// The insert of a batch, answering the ids that were new. The ids go first into
+/// `usage_ids` (its primary key ignores replays; the partitioned `usage` cannot hold a
+/// unique index without the month), and only the rows whose id was new into `usage`,
+/// in one statement. The batch holds each id once (the first copy).
 static INSERT_RETURNING: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO usage ({USAGE_COLUMNS}) \
+        "WITH fresh AS (INSERT INTO usage_ids (id, ts_ms) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+         ON CONFLICT (id) DO NOTHING RETURNING id) \
+         INSERT INTO usage ({USAGE_COLUMNS}) \
          SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], \
          $8::bool[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], \
          $15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[], $21::bool[], \
-         $22::text[]) \
-         ON CONFLICT (id) DO NOTHING RETURNING id"
+         $22::text[]) AS batch ({USAGE_COLUMNS}) WHERE batch.id IN (SELECT id FROM fresh) RETURNING id"
     )
 });
 
@@ -325,7 +329,14 @@ fn total_from_row(row: &Row) -> StoreResult<UsageRecord> {
 /// Inserts `records` in one statement, ignoring ids already stored, and adds the new
 /// ones to the hourly rollups in the same transaction (one statement for every
 /// group of the batch); answers the ids that were new.
-async fn insert_batch(pool: &Pool, records: &[UsageRecord]) -> StoreResult<HashSet<String>> {
+async fn insert_batch(pool: &Pool, all: &[UsageRecord]) -> StoreResult<HashSet<String>> {
+    // The first copy of each id (a later copy in the same batch is a replay).
+    let mut first = HashSet::with_capacity(all.len());
+    let records: Vec<&UsageRecord> = all.iter().filter(|r| first.insert(r.id.as_str())).collect();
+    // The months the batch falls in: their partitions are made first if missing.
+    let mut months: Vec<i64> = records.iter().map(|r| tollgate_core::calendar::month_start(r.ts_ms)).collect();
+    months.sort_unstable();
+    months.dedup();
     let n = records.len();
     let mut ids = Vec::with_capacity(n);
     let mut ts = Vec::with_capacity(n);
@@ -349,7 +360,7 @@ async fn insert_batch(pool: &Pool, records: &[UsageRecord]) -> StoreResult<HashS
     let mut anonymous = Vec::with_capacity(n);
     let mut estimated = Vec::with_capacity(n);
     let mut upstream_ids = Vec::with_capacity(n);
-    for r in records {
+    for r in &records {
         ids.push(r.id.as_str());
         ts.push(r.ts_ms);
         projects.push(r.project_id.as_str());
@@ -375,6 +386,8 @@ async fn insert_batch(pool: &Pool, records: &[UsageRecord]) -> StoreResult<HashS
     }
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(sql_error)?;
+    let partitions = tx.prepare_cached("SELECT tollgate_usage_partition($1::bigint[])").await.map_err(sql_error)?;
+    tx.execute(&partitions, &[&months]).await.map_err(sql_error)?;
     let statement = tx.prepare_cached(&INSERT_RETURNING).await.map_err(sql_error)?;
     let rows = tx
         .query(

@@ -21,7 +21,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("../migrations/0006_usage_hourly.sql")),
     (7, include_str!("../migrations/0007_usage_upstream_request_id.sql")),
     (8, include_str!("../migrations/0008_rollup_projections.sql")),
-    (9, include_str!("../migrations/0009_usage_counted.sql")),
+    (9, include_str!("../migrations/0009_usage_counted_and_partitions.sql")),
 ];
 
 /// Serialises migrations across instances (an arbitrary constant: "tollgate" in hex).

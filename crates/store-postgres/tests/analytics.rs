@@ -92,3 +92,125 @@ async fn random_operations_match_brute_force() {
     conformance::random_operations_match_brute_force(&mut pg, 0..6, 40).await;
     pg.finish().await;
 }
+
+/// Records of three months, the partitions of the ledger they made.
+async fn three_months(pg: &Postgres, project: &str) -> Vec<tollgate_core::UsageRecord> {
+    use tollgate_core::calendar::MS_PER_DAY;
+    let mut rng = conformance::Rng::new(77);
+    let mut records = Vec::new();
+    // 2023-09-20, 2023-10-15 and 2023-11-14 (NOW), 100 rows each.
+    for (m, at) in [
+        (9, tollgate_store::conformance::NOW - 55 * MS_PER_DAY),
+        (10, tollgate_store::conformance::NOW - 30 * MS_PER_DAY),
+        (11, tollgate_store::conformance::NOW),
+    ] {
+        for i in 0..100 {
+            let mut r = conformance::random_record(&mut rng, format!("{project}-{m}-{i}"), project, 12);
+            r.ts_ms = at - (tollgate_store::conformance::NOW - r.ts_ms);
+            records.push(r);
+        }
+    }
+    let ledger = pg.store.ledger();
+    for r in &records {
+        ledger.append(r.clone());
+    }
+    ledger.flush().await.expect("flush");
+    records
+}
+
+async fn partitions(pg: &Postgres) -> Vec<String> {
+    let client = pg.store.pool().get().await.expect("client");
+    let rows = client
+        .query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'usage'::regclass ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("partitions");
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// The ledger is partitioned by UTC month; replays are ignored across partitions;
+/// retention drops the months before its cutoff whole and batches the rest; the
+/// rollups outlive them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_is_partitioned_by_month_and_retention_drops_whole_months() {
+    let pg = Postgres::fresh().await;
+    let project = "an-partitions";
+    let records = three_months(&pg, project).await;
+    assert_eq!(partitions(&pg).await, ["usage_202309", "usage_202310", "usage_202311"]);
+    // Replays of every id (other values) are ignored, whichever month they are in.
+    let replays: Vec<_> = records.iter().map(|r| tollgate_core::UsageRecord { requests: 9, ..r.clone() }).collect();
+    assert!(pg.store.ledger().append_new(replays).await.expect("append_new").iter().all(|new| !new));
+    let rollups = conformance::stored_rollups(&*pg.store.ledger(), project).await;
+    assert_eq!(rollups, tollgate_analytics::rollup::brute_force(&records));
+    // Retention up to 2023-11-01 plus a day: September and October go whole.
+    let cutoff = tollgate_core::calendar::month_start(tollgate_store::conformance::NOW) + 86_400_000;
+    let old = records.iter().filter(|r| r.ts_ms < cutoff).count() as u64;
+    let analytics = pg.store.ledger();
+    let mut deleted = 0;
+    loop {
+        let n = analytics.delete_usage_before(cutoff, 50).await.expect("retention");
+        deleted += n.min(old);
+        if n < 50 {
+            break;
+        }
+    }
+    assert_eq!(partitions(&pg).await, ["usage_202311"], "the old months are dropped");
+    let left = conformance::ledger_rows(&*pg.store.ledger(), project).await;
+    assert!(left.iter().all(|r| r.ts_ms >= cutoff));
+    assert_eq!(left.len() as u64, records.len() as u64 - old);
+    assert!(deleted >= old);
+    let client = pg.store.pool().get().await.expect("client");
+    let ids: i64 = client.query_one("SELECT count(*) FROM usage_ids", &[]).await.expect("ids").get(0);
+    assert_eq!(ids as usize, left.len(), "the ids of deleted rows go too");
+    drop(client);
+    assert_eq!(conformance::stored_rollups(&*pg.store.ledger(), project).await, rollups, "rollups outlive raw rows");
+    pg.finish().await;
+}
+
+/// Migration 9 moves a ledger stored before it into month partitions, keeps its ids
+/// (replays still ignored) and fills the counted rollup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_9_moves_existing_rows_into_month_partitions() {
+    let mut pg = Postgres::fresh().await;
+    let project = "an-migration-9";
+    let records = three_months(&pg, project).await;
+    // Back to version 8: one unpartitioned table, its id the primary key.
+    {
+        let client = pg.store.pool().get().await.expect("client");
+        client
+            .batch_execute(
+                "CREATE TABLE usage_v8 (LIKE usage INCLUDING DEFAULTS); INSERT INTO usage_v8 SELECT * FROM usage; \
+                 DROP TABLE usage; DROP TABLE usage_ids; DROP TABLE usage_counted; \
+                 DROP FUNCTION tollgate_usage_partition(BIGINT[]); ALTER TABLE usage_v8 RENAME TO usage; \
+                 ALTER TABLE usage ADD PRIMARY KEY (id); CREATE INDEX usage_ts ON usage (ts_ms, id); \
+                 CREATE INDEX usage_project_ts ON usage (project_id, ts_ms, id); \
+                 CREATE INDEX usage_key_ts ON usage (key_id, ts_ms, id); \
+                 CREATE INDEX usage_anonymous_ts ON usage (project_id, anonymous_id, ts_ms, id) \
+                 WHERE anonymous_id IS NOT NULL; DELETE FROM tollgate_migrations WHERE version >= 9;",
+            )
+            .await
+            .expect("downgrade");
+    }
+    pg.reopen().await;
+    assert_eq!(partitions(&pg).await, ["usage_202309", "usage_202310", "usage_202311"]);
+    let mut rows = conformance::ledger_rows(&*pg.store.ledger(), project).await;
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut want = records.clone();
+    want.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(rows, want, "every row moved, unchanged");
+    let replays: Vec<_> = records.iter().take(30).cloned().collect();
+    assert!(pg.store.ledger().append_new(replays).await.expect("append_new").iter().all(|new| !new));
+    let client = pg.store.pool().get().await.expect("client");
+    let counted: i64 = client
+        .query_one("SELECT CAST(SUM(requests) AS BIGINT) FROM usage_counted WHERE project_id = $1", &[&project])
+        .await
+        .expect("counted")
+        .get(0);
+    let want: u64 = records.iter().filter(|r| r.counted).map(|r| r.requests).sum();
+    assert_eq!(counted as u64, want, "the counted rollup holds every counted row");
+    drop(client);
+    pg.finish().await;
+}
