@@ -241,8 +241,10 @@ async fn delete_redis_prefix(redis_url: &str, prefix: &str) {
     let _ = limiter.delete_all_keys().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_instances_admit_exactly_the_quota_and_ledger_every_success() {
+/// 400 concurrent requests spread round-robin over `n` instances against a quota of
+/// 100 (on one Redis, or a Redis Cluster when `cluster`): exactly 100 admitted, every
+/// answer in the one PostgreSQL ledger.
+async fn exact_admission_across(n: usize, redis_url: &str, cluster: bool) {
     let Some(env) = env() else { return };
     let schema = Schema::create(&env).await;
     let mock = spawn_mock().await;
@@ -250,20 +252,27 @@ async fn two_instances_admit_exactly_the_quota_and_ledger_every_success() {
     // 400 requests at once on 2 cores with a debug build keep tasks waiting for a
     // worker far longer than any Redis round trip: a generous timeout keeps this test
     // about exactness, not about the breaker (which has a test of its own).
-    let mut raw = config(&mock, &env.redis_url, &schema.url, &prefix);
+    let mut raw = config(&mock, redis_url, &schema.url, &prefix);
     raw.redis_timeout_ms = 5_000;
-    let a = start(raw.clone()).await;
-    let b = start(raw).await;
-
-    let (key, _) = a.project_key("exact", json!([{ "metric": "requests", "window": "month", "limit": 100 }])).await;
-    // The plan was created through A: B picks it up from the notice (or its reload).
-    eventually(Duration::from_secs(3), "B sees the new plan", || async { b.state.plans.get("plan-exact").is_some() })
+    raw.redis_cluster = cluster;
+    raw.instances = n as u32;
+    let mut instances = Vec::new();
+    for _ in 0..n {
+        instances.push(Arc::new(start(raw.clone()).await));
+    }
+    let (key, _) =
+        instances[0].project_key("exact", json!([{ "metric": "requests", "window": "month", "limit": 100 }])).await;
+    // The plan was created through the first: the others pick it up from the notice.
+    for other in &instances[1..] {
+        eventually(Duration::from_secs(3), "every instance sees the new plan", || async {
+            other.state.plans.get("plan-exact").is_some()
+        })
         .await;
+    }
 
-    let (a, b) = (Arc::new(a), Arc::new(b));
     let mut tasks = Vec::new();
     for i in 0..400 {
-        let instance = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let instance = instances[i % n].clone();
         let key = key.clone();
         tasks.push(tokio::spawn(async move { instance.chat(&key).await.status }));
     }
@@ -276,21 +285,20 @@ async fn two_instances_admit_exactly_the_quota_and_ledger_every_success() {
         }
     }
     assert!(other.is_empty(), "unexpected statuses: {other:?}");
-    for (name, instance) in [("a", &a), ("b", &b)] {
+    for (i, instance) in instances.iter().enumerate() {
         let stats = instance.parts.limiter.stats();
         assert_eq!(
             stats.local_decisions.load(Ordering::Relaxed),
             0,
-            "instance {name} fell back to its local limiter (Redis slower than redis_timeout_ms?)"
+            "instance {i} fell back to its local limiter (Redis slower than redis_timeout_ms?)"
         );
     }
-    assert_eq!(ok, 100, "exactly the quota admitted across both instances");
+    assert_eq!(ok, 100, "exactly the quota admitted across {n} instances");
     assert_eq!(limited, 300);
 
-    let a = Arc::try_unwrap(a).ok().expect("sole owner of a");
-    let b = Arc::try_unwrap(b).ok().expect("sole owner of b");
-    a.stop().await;
-    b.stop().await;
+    for instance in instances {
+        Arc::try_unwrap(instance).ok().expect("sole owner").stop().await;
+    }
     assert_eq!(
         schema.count("SELECT count(*) FROM usage WHERE project_id = 'exact' AND status = 200").await,
         100,
@@ -300,11 +308,63 @@ async fn two_instances_admit_exactly_the_quota_and_ledger_every_success() {
     let refused = "SELECT coalesce(sum(requests), 0)::bigint FROM usage WHERE project_id = 'exact' AND status = 429";
     assert_eq!(schema.count(refused).await, 300);
     assert!(
-        schema.count("SELECT count(*) FROM usage WHERE project_id = 'exact' AND status = 429").await <= 4,
+        schema.count("SELECT count(*) FROM usage WHERE project_id = 'exact' AND status = 429").await <= 2 * n as i64,
         "one row per instance and minute, not one per refusal"
     );
     schema.drop().await;
-    delete_redis_prefix(&env.redis_url, &prefix).await;
+    if !cluster {
+        delete_redis_prefix(redis_url, &prefix).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_admit_exactly_the_quota_and_ledger_every_success() {
+    let Some(env) = env() else { return };
+    exact_admission_across(2, &env.redis_url, false).await;
+}
+
+/// Issue 18: the same at three instances on a Redis Cluster (three masters with a
+/// replica each, started by the test: `tollgate_testkit::RedisCluster`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_on_a_redis_cluster_admit_exactly_the_quota() {
+    let cluster = tokio::task::spawn_blocking(tollgate_testkit::RedisCluster::start).await.expect("cluster");
+    exact_admission_across(3, &cluster.url(), true).await;
+}
+
+/// Issue 18: on a Redis Cluster, a key revoked on one of three instances is refused
+/// by the other two within a second (the change bus is the cluster's pub/sub).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_revoked_on_one_of_three_instances_on_a_cluster_is_refused_everywhere_within_a_second() {
+    let Some(env) = env() else { return };
+    let cluster = tokio::task::spawn_blocking(tollgate_testkit::RedisCluster::start).await.expect("cluster");
+    let schema = Schema::create(&env).await;
+    let mock = spawn_mock().await;
+    let prefix = format!("{}:", unique("tgtest"));
+    let mut raw = config(&mock, &cluster.url(), &schema.url, &prefix);
+    raw.redis_cluster = true;
+    raw.redis_timeout_ms = 2_000;
+    raw.instances = 3;
+    let (a, b, c) = (start(raw.clone()).await, start(raw.clone()).await, start(raw).await);
+    let (key, id) = a.project_key("revoke", json!([{ "metric": "requests", "window": "minute", "limit": 1000 }])).await;
+    for other in [&b, &c] {
+        eventually(Duration::from_secs(3), "the plan is seen", || async {
+            other.state.plans.get("plan-revoke").is_some()
+        })
+        .await;
+        assert_eq!(other.chat(&key).await.status, 200, "the key is cached");
+    }
+    let r = a.admin(reqwest::Method::DELETE, &format!("/api/v1/keys/{id}"), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    for other in [&b, &c] {
+        eventually(Duration::from_secs(1), "the revoked key is refused", || async {
+            other.chat(&key).await.status == 403
+        })
+        .await;
+    }
+    for instance in [a, b, c] {
+        instance.stop().await;
+    }
+    schema.drop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -366,37 +366,48 @@ async fn raise_calendar_counters_never_lowers() {
     cleanup(&limiter).await;
 }
 
-/// The whole suite on a Redis Cluster, when `TOLLGATE_TEST_REDIS_CLUSTER_URL` names its
-/// seed nodes (comma-separated). `scripts/test.sh` does not start a cluster, so this
-/// is skipped there; keys expire by themselves (no cleanup across nodes).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_whole_group_on_a_redis_cluster() {
-    let Ok(url) = std::env::var("TOLLGATE_TEST_REDIS_CLUSTER_URL") else {
-        eprintln!("skipped: TOLLGATE_TEST_REDIS_CLUSTER_URL is not set");
-        return;
-    };
-    let settings = RedisSettings { url: url.clone(), cluster: true, timeout: TIMEOUT };
+/// A limiter on a fresh local Redis Cluster (three masters with a replica each,
+/// `tollgate_testkit::RedisCluster`, started by the test itself: never skipped).
+async fn cluster_limiter() -> (tollgate_testkit::RedisCluster, Arc<RedisLimiter>) {
+    let cluster = tokio::task::spawn_blocking(tollgate_testkit::RedisCluster::start).await.expect("cluster start");
+    let settings = RedisSettings { url: cluster.url(), cluster: true, timeout: TIMEOUT };
     let conn = match RedisConn::connect(&settings).await {
         Ok(conn) => conn,
-        Err(e) => panic!("TOLLGATE_TEST_REDIS_CLUSTER_URL={url} is set but the cluster does not answer: {e}"),
+        Err(e) => panic!("the local Redis Cluster at {} does not answer: {e}", cluster.url()),
     };
     let limiter =
         Arc::new(RedisLimiter::new(conn, KeySpace::new(unique_prefix()), TIMEOUT).with_clock_from_request(true));
     limiter.preload().await.expect("scripts load on the cluster");
+    (cluster, limiter)
+}
+
+fn cluster_request<'a>(partition: &'a str, request_id: &'a str, items: &'a [LimitItem]) -> ReserveRequest<'a> {
+    ReserveRequest {
+        partition,
+        request_id,
+        items,
+        amounts: Amounts::ONE_REQUEST,
+        now_ms: NOW,
+        hold: false,
+        hold_ms: tollgate_store::DEFAULT_RESERVATION_TTL_MS,
+    }
+}
+
+/// The whole limiter suite on a Redis Cluster; several partitions land on different
+/// masters and each decision stays in one slot (one hash tag per partition).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_whole_group_on_a_redis_cluster() {
+    let (cluster, limiter) = cluster_limiter().await;
     conformance::run_limiter(limiter.clone()).await;
-    // Several partitions land on different nodes; each decision stays in one slot.
+    let masters: std::collections::BTreeSet<u16> = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
+        .iter()
+        .map(|p| cluster.master_of(&format!("{{{p}}}")))
+        .collect();
+    assert!(masters.len() > 1, "the partitions are spread over several masters");
     for partition in ["alpha", "beta", "gamma", "delta"] {
         let items =
             [item("key:c", Metric::Requests, Window::Minute, 1), item("key:c", Metric::Requests, Window::Month, 5)];
-        let request = ReserveRequest {
-            partition,
-            request_id: "cluster-1",
-            items: &items,
-            amounts: Amounts::ONE_REQUEST,
-            now_ms: NOW,
-            hold: true,
-            hold_ms: tollgate_store::DEFAULT_RESERVATION_TTL_MS,
-        };
+        let request = ReserveRequest { hold: true, ..cluster_request(partition, "cluster-1", &items) };
         assert!(limiter.reserve(request.clone()).await.expect("reserve").allowed());
         let again = ReserveRequest { request_id: "cluster-2", ..request };
         assert!(!limiter.reserve(again).await.expect("reserve").allowed(), "{partition}: minute limit of 1");
@@ -405,6 +416,50 @@ async fn the_whole_group_on_a_redis_cluster() {
         let peek = limiter.peek(partition, &items, Amounts::default(), NOW).await.expect("peek");
         assert_eq!((peek.statuses[0].used, peek.statuses[1].used), (0, 0), "{partition}: refunded");
     }
+}
+
+/// A master dies (SIGKILL): decisions on its slots fail (the caller's breaker and
+/// fail mode apply) or wait, never count twice; other masters' partitions keep
+/// deciding; once its replica is promoted, exact counting resumes on that slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_failover_pauses_its_slots_then_exact_counting_resumes() {
+    let (mut cluster, limiter) = cluster_limiter().await;
+    let items = [item("key:f", Metric::Requests, Window::Month, 1_000_000)];
+    let victim = "alpha";
+    let victim_master = cluster.master_of("{alpha}");
+    let other = ["beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+        .into_iter()
+        .find(|p| cluster.master_of(&format!("{{{p}}}")) != victim_master)
+        .expect("a partition on another master");
+    for i in 0..10 {
+        let id = format!("before-{i}");
+        assert!(limiter.reserve(cluster_request(victim, &id, &items)).await.expect("reserve").allowed());
+    }
+    let killed = cluster.kill_master_of("{alpha}");
+    // Another master's partition decides throughout.
+    let id = "other-during".to_owned();
+    assert!(limiter.reserve(cluster_request(other, &id, &items)).await.expect("other partition").allowed());
+    cluster.wait_failover("{alpha}", killed);
+    // The promoted replica decides; from here every charge counts exactly once.
+    let mut start = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while start.is_none() {
+        match limiter.peek(victim, &items, Amounts::default(), NOW).await {
+            Ok(peek) => start = Some(peek.statuses[0].used),
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "the slot never came back: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let start = start.expect("a count after the failover");
+    assert!(start <= 10, "nothing counted twice: {start}");
+    for i in 0..25 {
+        let id = format!("after-{i}");
+        assert!(limiter.reserve(cluster_request(victim, &id, &items)).await.expect("reserve after failover").allowed());
+    }
+    let peek = limiter.peek(victim, &items, Amounts::default(), NOW).await.expect("peek");
+    assert_eq!(peek.statuses[0].used, start + 25, "exact counting resumed on the promoted replica");
 }
 
 /// The counter rebuild's lease (issue 10, item 17): one holder at a time; the holder
