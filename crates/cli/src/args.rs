@@ -42,6 +42,12 @@ pub enum Command {
     /// List ledger records, newest first (paged: --after, --limit, --all); or
     /// `export`, `summary`, `top`.
     Usage(UsageArgs),
+    /// The server's detailed health (operator token): the store, and with many
+    /// instances, each running instance and who holds each background job's lease.
+    Instances {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Usage against every limit of a key (`--key`) or a project (`--project`):
     /// used, remaining, percent, reset, state.
     Status {

@@ -387,6 +387,7 @@ fn admin_call(command: Command) -> anyhow::Result<(ServerArgs, Call)> {
                 paging: USAGE_PAGES,
             },
         )),
+        Command::Instances { server } => plain(server, Method::GET, "/health/detailed".to_owned(), None),
         Command::Status { server, key, project } => {
             let q = query(&[("key", key), ("project", project)]);
             plain(server, Method::GET, format!("/api/v1/usage/status{q}"), None)

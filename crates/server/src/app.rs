@@ -207,6 +207,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::routes::proxy::routes())
         .merge(crate::routes::admin::routes())
         .route("/health", get(crate::routes::admin::health))
+        .route("/health/detailed", get(crate::routes::admin::health_detailed))
         .route("/metrics", get(crate::routes::metrics::metrics))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(fallback)

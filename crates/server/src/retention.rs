@@ -55,10 +55,28 @@ pub async fn retention_loop(state: AppState, cancel: CancellationToken) {
     let mut wait = every.min(std::time::Duration::from_secs(60));
     loop {
         tokio::select! {
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => {
+                if let Some(parts) = &state.distributed
+                    && let Err(error) = parts.retention_lease.release().await
+                {
+                    tracing::debug!(%error, "cannot release the retention lease; it expires");
+                }
+                return;
+            }
             () = tokio::time::sleep(wait) => {}
         }
         wait = every;
+        // Of many instances, only the holder of the retention lease runs it.
+        if let Some(parts) = &state.distributed {
+            match parts.retention_lease.acquire_or_renew().await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(error) => {
+                    tracing::debug!(%error, "cannot take the retention lease; will retry");
+                    continue;
+                }
+            }
+        }
         match retention_once(&state, now_ms()).await {
             Ok(run) if run != RetentionRun::default() => {
                 tracing::info!(

@@ -742,3 +742,57 @@ async fn metrics_show_the_breaker_and_the_key_cache_and_pass_promtool() {
     schema.drop().await;
     delete_redis_prefix(&env.redis_url, &prefix).await;
 }
+
+/// Issue 18: instances register themselves; `/health/detailed` (operator token) lists
+/// every running one and the holders of the job leases; a graceful stop deregisters;
+/// retention runs on one instance at a time (its lease), taken over when it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_register_and_one_holds_each_job_lease() {
+    let Some(env) = env() else { return };
+    let schema = Schema::create(&env).await;
+    let mock = spawn_mock().await;
+    let prefix = format!("{}:", unique("tgtest"));
+    let mut raw = config(&mock, &env.redis_url, &schema.url, &prefix);
+    raw.analytics.retention_every_secs = 1;
+    let (a, b) = (start(raw.clone()).await, start(raw).await);
+    let ids = |r: &Reply| -> Vec<String> {
+        r.body["cluster"]["instances"]
+            .as_array()
+            .map(|list| list.iter().filter_map(|i| i["id"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    eventually(Duration::from_secs(10), "both registered and retention leased", || async {
+        let r = a.admin(reqwest::Method::GET, "/health/detailed", None).await;
+        r.status == 200 && ids(&r).len() == 2 && r.body["cluster"]["leases"]["retention"].is_string()
+    })
+    .await;
+    let r = a.admin(reqwest::Method::GET, "/health/detailed", None).await;
+    let holder = r.body["cluster"]["leases"]["retention"].as_str().map(str::to_owned);
+    assert_eq!(r.body["store"], "distributed");
+    let (id_a, id_b) = (a.parts.instance_id.clone(), b.parts.instance_id.clone());
+    let listed = ids(&r);
+    assert!(listed.contains(&id_a) && listed.contains(&id_b), "{listed:?}");
+    let holder = holder.expect("a retention holder");
+    assert!(holder == id_a || holder == id_b, "the holder is one of them: {holder}");
+    // A project token may not read it.
+    let (key, _) = a.project_key("health", json!([])).await;
+    drop(key);
+    let project_token =
+        a.admin(reqwest::Method::POST, "/api/v1/tokens", Some(json!({ "project": "health", "name": "t" }))).await;
+    if let Some(token) = project_token.body["token"].as_str() {
+        let r = a.send(a.http.get(format!("{}/health/detailed", a.base)).bearer_auth(token)).await;
+        assert_eq!(r.status, 403, "{:?}", r.body);
+    }
+    // The holder stops: it deregisters and the other takes retention over.
+    let (stopping, staying) = if holder == id_a { (a, b) } else { (b, a) };
+    stopping.stop().await;
+    let staying_id = staying.parts.instance_id.clone();
+    eventually(Duration::from_secs(10), "the other instance takes retention over", || async {
+        let r = staying.admin(reqwest::Method::GET, "/health/detailed", None).await;
+        ids(&r) == [staying_id.clone()] && r.body["cluster"]["leases"]["retention"] == staying_id.as_str()
+    })
+    .await;
+    staying.stop().await;
+    schema.drop().await;
+    delete_redis_prefix(&env.redis_url, &prefix).await;
+}

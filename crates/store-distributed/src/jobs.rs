@@ -99,6 +99,30 @@ impl Backend {
             });
         }
 
+        // The registry of running instances: a heartbeat, and deregistering on stop.
+        {
+            let (parts, cancel) = (parts.clone(), cancel.clone());
+            tracker.spawn(async move {
+                let host = hostname();
+                loop {
+                    if let Err(error) = parts
+                        .registry
+                        .heartbeat(&parts.instance_id, env!("CARGO_PKG_VERSION"), &host, parts.started_at_ms)
+                        .await
+                    {
+                        tracing::debug!(%error, "cannot record this instance's heartbeat");
+                    }
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        () = tokio::time::sleep(crate::HEARTBEAT_EVERY) => {}
+                    }
+                }
+                if let Err(error) = parts.registry.deregister(&parts.instance_id).await {
+                    tracing::debug!(%error, "cannot deregister this instance; its entry ages out");
+                }
+            });
+        }
+
         // Breaker probe.
         {
             let (parts, cancel) = (parts.clone(), cancel.clone());
@@ -303,4 +327,14 @@ fn amounts_of(metric: Metric, amount: u64) -> Amounts {
         Metric::CostMicros => amounts.cost_micros = amount,
     }
     amounts
+}
+
+/// This host's name (`/etc/hostname`, else `HOSTNAME`), for the instance registry.
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".to_owned())
 }

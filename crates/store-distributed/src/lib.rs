@@ -43,9 +43,10 @@ use tollgate_core::Secret;
 use tollgate_store::{Catalog, Ledger, Limiter};
 use tollgate_store_embedded::EmbeddedStore;
 use tollgate_store_postgres::{
-    CatalogChange, ChangePublisher, PostgresCatalog, PostgresLedger, PostgresSettings, PostgresStore,
+    CatalogChange, ChangePublisher, InstanceRegistry, PgLease, PostgresCatalog, PostgresLedger, PostgresSettings,
+    PostgresStore,
 };
-use tollgate_store_redis::{ChangeBus, KeySpace, Lease, RedisConn, RedisLimiter, RedisSettings};
+use tollgate_store_redis::{ChangeBus, KeySpace, RedisConn, RedisLimiter, RedisSettings};
 
 mod failover;
 mod jobs;
@@ -116,14 +117,30 @@ pub struct Distributed {
     pub ledger: Arc<PostgresLedger>,
     pub bus: Arc<ChangeBus>,
     pub postgres: PostgresStore,
-    /// The lease that makes one instance of many run the periodic counter rebuild.
-    pub rebuild_lease: Lease,
+    /// The lease (in PostgreSQL) that makes one instance of many run the periodic
+    /// counter rebuild.
+    pub rebuild_lease: PgLease,
+    /// The lease that makes one instance of many run usage retention.
+    pub retention_lease: PgLease,
+    /// This instance in the registry of running instances.
+    pub registry: InstanceRegistry,
+    /// This instance's id (also its lease holder name).
+    pub instance_id: String,
+    /// When this instance started (Unix ms).
+    pub started_at_ms: i64,
     /// Periodic counter rebuilds this instance ran (it held the lease).
     pub rebuilds: AtomicU64,
 }
 
-/// The name of the counter rebuild's lease in Redis.
+/// The name of the counter rebuild's lease.
 pub const REBUILD_LEASE: &str = "counter-rebuild";
+/// The name of usage retention's lease.
+pub const RETENTION_LEASE: &str = "retention";
+/// How long the retention lease outlives its last renewal.
+pub const RETENTION_LEASE_TTL: Duration = Duration::from_secs(300);
+/// How often an instance says it is alive, and how long it counts as running after.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+pub const ALIVE_WITHIN: Duration = Duration::from_secs(30);
 
 /// How long the rebuild lease outlives its last renewal: several rebuild periods, so
 /// a busy holder keeps it, and a dead one hands over within this time.
@@ -197,13 +214,17 @@ pub async fn open(
         Ok(Err(e)) => limiter.mark_down(&e.to_string()),
         Err(_) => limiter.mark_down("no answer at start"),
     }
-    let rebuild_lease = Lease::new(
-        conn.clone(),
-        keys.lease(REBUILD_LEASE),
-        instance_holder(),
+    let instance_id = instance_holder();
+    let rebuild_lease = PgLease::new(
+        postgres.pool().clone(),
+        REBUILD_LEASE,
+        instance_id.clone(),
         rebuild_lease_ttl(distributed.counter_rebuild_every),
-        distributed.redis_timeout,
     );
+    let retention_lease =
+        PgLease::new(postgres.pool().clone(), RETENTION_LEASE, instance_id.clone(), RETENTION_LEASE_TTL);
+    let registry = InstanceRegistry::new(postgres.pool().clone());
+    let started_at_ms = tollgate_store::clock::now_ms();
     let bus = Arc::new(ChangeBus::new(conn, redis_settings, &keys));
     let catalog = postgres.catalog();
     catalog.set_publisher(Arc::new(BusPublisher(bus.clone())));
@@ -217,6 +238,10 @@ pub async fn open(
         bus,
         postgres,
         rebuild_lease,
+        retention_lease,
+        registry,
+        instance_id,
+        started_at_ms,
         rebuilds: AtomicU64::new(0),
     });
     let analytics: Arc<dyn AnalyticsStore> = ledger.clone();

@@ -22,6 +22,7 @@
 mod analytics;
 mod catalog;
 mod changes;
+mod cluster;
 mod key_cache;
 mod ledger;
 mod migrate;
@@ -35,6 +36,7 @@ use tollgate_store::{StoreError, StoreResult, columns};
 
 pub use catalog::PostgresCatalog;
 pub use changes::{CatalogChange, ChangePublisher};
+pub use cluster::{InstanceInfo, InstanceRegistry, PgLease};
 pub use key_cache::{MAX_UNKNOWN, NEGATIVE_TTL};
 pub use ledger::PostgresLedger;
 /// The writer's counters, shared with the embedded ledger's writer.

@@ -22,6 +22,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (7, include_str!("../migrations/0007_usage_upstream_request_id.sql")),
     (8, include_str!("../migrations/0008_rollup_projections.sql")),
     (9, include_str!("../migrations/0009_usage_counted_and_partitions.sql")),
+    (10, include_str!("../migrations/0010_leases_and_instances.sql")),
 ];
 
 /// Serialises migrations across instances (an arbitrary constant: "tollgate" in hex).

@@ -214,3 +214,45 @@ async fn migration_9_moves_existing_rows_into_month_partitions() {
     drop(client);
     pg.finish().await;
 }
+
+/// Issue 18: a lease in PostgreSQL has one holder at a time; its holder renews it;
+/// another takes it once released, or once it expires (a holder that died).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_lease_has_one_holder_and_is_taken_over_when_its_holder_dies() {
+    use std::time::Duration;
+    use tollgate_store_postgres::PgLease;
+    let pg = Postgres::fresh().await;
+    let pool = pg.store.pool().clone();
+    let a = PgLease::new(pool.clone(), "job", "instance-a", Duration::from_secs(60));
+    let b = PgLease::new(pool.clone(), "job", "instance-b", Duration::from_secs(60));
+    assert!(a.acquire_or_renew().await.expect("a takes"));
+    assert!(!b.acquire_or_renew().await.expect("b waits"));
+    assert!(a.acquire_or_renew().await.expect("a renews"));
+    assert_eq!(b.current_holder().await.expect("holder").as_deref(), Some("instance-a"));
+    // Concurrent attempts: exactly one wins.
+    a.release().await.expect("release");
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let lease = PgLease::new(pool.clone(), "job", format!("c{i}"), Duration::from_secs(60));
+            tokio::spawn(async move { lease.acquire_or_renew().await })
+        })
+        .collect();
+    let mut wins = Vec::new();
+    for task in tasks {
+        wins.push(task.await.expect("task").expect("acquire"));
+    }
+    assert_eq!(wins.iter().filter(|w| **w).count(), 1, "one holder: {wins:?}");
+    // A holder that stops renewing (it died) loses the lease when it expires.
+    let short = PgLease::new(pool.clone(), "short", "dead", Duration::from_millis(200));
+    let heir = PgLease::new(pool.clone(), "short", "heir", Duration::from_secs(60));
+    assert!(short.acquire_or_renew().await.expect("take"));
+    assert!(!heir.acquire_or_renew().await.expect("not yet"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !heir.acquire_or_renew().await.expect("try") {
+        assert!(std::time::Instant::now() < deadline, "the expired lease was never taken over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!short.acquire_or_renew().await.expect("the dead holder lost it"));
+    drop(pool);
+    pg.finish().await;
+}

@@ -40,6 +40,8 @@ pub struct ChangeBus {
     conn: RedisConn,
     settings: RedisSettings,
     channel: String,
+    /// On a cluster: the seed to publish through next (any node broadcasts).
+    next_seed: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for ChangeBus {
@@ -50,29 +52,71 @@ impl std::fmt::Debug for ChangeBus {
 
 impl ChangeBus {
     pub fn new(conn: RedisConn, settings: RedisSettings, keys: &KeySpace) -> Self {
-        Self { conn, settings, channel: keys.changes_channel() }
+        Self { conn, settings, channel: keys.changes_channel(), next_seed: std::sync::atomic::AtomicUsize::new(0) }
     }
 
     pub fn channel(&self) -> &str {
         &self.channel
     }
 
-    /// Publishes one notice; returns how many subscribers got it.
+    /// Publishes one notice; returns how many subscribers got it (on a cluster: the
+    /// subscribers of the node it reached; the cluster forwards it to the others).
+    ///
+    /// On a cluster the notice goes through a plain connection to one seed node, the
+    /// next one after a failure: a cluster client routes `PUBLISH` to a node it may
+    /// still believe alive after it died, and notices would stop until it learnt
+    /// otherwise. Notices are rare (catalog changes), so a connection per notice is
+    /// cheap.
     pub async fn publish(&self, message: &str) -> StoreResult<usize> {
-        let mut conn = self.conn.clone();
-        bounded(self.settings.timeout, redis::cmd("PUBLISH").arg(&self.channel).arg(message).query_async(&mut conn))
-            .await
+        if !self.settings.cluster {
+            let mut conn = self.conn.clone();
+            return bounded(
+                self.settings.timeout,
+                redis::cmd("PUBLISH").arg(&self.channel).arg(message).query_async(&mut conn),
+            )
+            .await;
+        }
+        let clients = self.subscribe_clients()?;
+        let mut last = None;
+        for _ in 0..clients.len() {
+            let turn = self.next_seed.load(std::sync::atomic::Ordering::Relaxed);
+            let client = &clients[turn % clients.len()];
+            let attempt = async {
+                let mut conn = bounded(self.settings.timeout, client.get_multiplexed_async_connection()).await?;
+                bounded(
+                    self.settings.timeout,
+                    redis::cmd("PUBLISH").arg(&self.channel).arg(message).query_async::<usize>(&mut conn),
+                )
+                .await
+            };
+            match attempt.await {
+                Ok(n) => return Ok(n),
+                Err(error) => {
+                    self.next_seed.store(turn.wrapping_add(1), std::sync::atomic::Ordering::Relaxed);
+                    last = Some(error);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| StoreError::unavailable("no cluster node to publish on".to_owned())))
     }
 
-    /// The node to subscribe on: the server, or the first seed of a cluster (a
-    /// cluster forwards `PUBLISH` to every node).
-    fn subscribe_client(&self) -> StoreResult<redis::Client> {
-        let url = if self.settings.cluster {
-            self.settings.url.split(',').map(str::trim).find(|s| !s.is_empty()).unwrap_or_default()
+    /// The nodes to subscribe on, in turn: the server, or every seed of a cluster (a
+    /// cluster forwards `PUBLISH` to every node, so any live one will do; after a
+    /// failure the next is tried, so a dead node does not silence the bus).
+    fn subscribe_clients(&self) -> StoreResult<Vec<redis::Client>> {
+        let urls: Vec<&str> = if self.settings.cluster {
+            self.settings.url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
         } else {
-            self.settings.url.as_str()
+            vec![self.settings.url.as_str()]
         };
-        redis::Client::open(url).map_err(|e| StoreError::internal(format!("redis url: {e}")))
+        let clients = urls
+            .into_iter()
+            .map(|url| redis::Client::open(url).map_err(|e| StoreError::internal(format!("redis url: {e}"))))
+            .collect::<StoreResult<Vec<_>>>()?;
+        if clients.is_empty() {
+            return Err(StoreError::internal("redis url names no node".to_owned()));
+        }
+        Ok(clients)
     }
 
     /// Subscribes and hands every event to `on_event` until `stop` resolves,
@@ -81,7 +125,7 @@ impl ChangeBus {
     where
         F: FnMut(BusEvent),
     {
-        let client = match self.subscribe_client() {
+        let clients = match self.subscribe_clients() {
             Ok(c) => c,
             Err(error) => {
                 tracing::error!(%error, "catalog change subscriber cannot start; caches rely on their TTL");
@@ -91,7 +135,10 @@ impl ChangeBus {
         tokio::pin!(stop);
         let timeout = self.settings.timeout;
         let mut was_up = true;
+        let mut turn = 0usize;
         loop {
+            let client = &clients[turn % clients.len()];
+            turn = turn.wrapping_add(1);
             let connect = async {
                 let pubsub = bounded(timeout, client.get_async_pubsub()).await?;
                 let (mut sink, stream) = pubsub.split();

@@ -179,6 +179,21 @@ impl RedisCluster {
         port
     }
 
+    /// The port of the first seed in [`url`](Self::url).
+    pub fn first_seed(&self) -> u16 {
+        self.live_ports()[0]
+    }
+
+    /// Kills the node on `port` (SIGKILL).
+    pub fn kill_port(&mut self, port: u16) {
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.port == port)
+            && let Some(mut child) = node.child.take()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Waits until the slot of `key` has a master again (a promoted replica), and
     /// the cluster is ok.
     pub fn wait_failover(&self, key: &str, old_master: u16) {

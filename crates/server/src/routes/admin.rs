@@ -570,3 +570,40 @@ pub async fn health(State(state): State<AppState>) -> AxumJson<Value> {
     let status = if backlog || upstream.status != "ok" { "degraded" } else { "ok" };
     AxumJson(json!(Health { status, ledger, upstream }))
 }
+
+/// `GET /health/detailed` (operator token): `/health`'s answer, the store, and in
+/// distributed mode the running instances (from the registry: each says it is alive
+/// every few seconds) and who holds each background job's lease.
+pub async fn health_detailed(
+    State(state): State<AppState>,
+    admin: crate::auth::Admin,
+) -> Result<AxumJson<Value>, ApiError> {
+    admin.require_operator()?;
+    let AxumJson(mut body) = health(State(state.clone())).await;
+    let (store, cluster) = match &state.distributed {
+        None => ("embedded", Value::Null),
+        Some(parts) => {
+            let instances = parts.registry.list(tollgate_store_distributed::ALIVE_WITHIN).await?;
+            let rebuild = parts.rebuild_lease.current_holder().await?;
+            let retention = parts.retention_lease.current_holder().await?;
+            (
+                "distributed",
+                json!({
+                    "this_instance": parts.instance_id,
+                    "instances": instances.iter().map(|i| json!({
+                        "id": i.id,
+                        "version": i.version,
+                        "hostname": i.hostname,
+                        "started_at": tollgate_core::calendar::to_rfc3339(i.started_at_ms),
+                        "last_seen": tollgate_core::calendar::to_rfc3339(i.last_seen_ms),
+                    })).collect::<Vec<_>>(),
+                    "leases": { "counter-rebuild": rebuild, "retention": retention },
+                    "redis_breaker_open": parts.limiter.is_down(),
+                }),
+            )
+        }
+    };
+    body["store"] = json!(store);
+    body["cluster"] = cluster;
+    Ok(AxumJson(body))
+}
