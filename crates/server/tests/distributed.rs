@@ -796,3 +796,78 @@ async fn instances_register_and_one_holds_each_job_lease() {
     schema.drop().await;
     delete_redis_prefix(&env.redis_url, &prefix).await;
 }
+
+/// A `tollgate serve` process on the distributed store, configured by environment.
+fn serve_process(mock_url: &str, env: &Env, schema_url: &str, prefix: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("serve")
+        .env_clear()
+        .env("TOLLGATE_LISTEN", "127.0.0.1:0")
+        .env("TOLLGATE_STORE", "distributed")
+        .env("TOLLGATE_REDIS_URL", &env.redis_url)
+        .env("TOLLGATE_REDIS_KEY_PREFIX", prefix)
+        .env("TOLLGATE_DATABASE_URL", schema_url)
+        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("TOLLGATE_COUNTER_REBUILD_SECS", "1")
+        .env("OPENAI_BASE_URL", mock_url)
+        .env("OPENAI_API_KEY", "sk-provider-test")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start tollgate serve")
+}
+
+/// Issue 18: the holder of a job's lease is killed (SIGKILL: it cannot release it);
+/// another instance takes the job over once the lease expires (three rebuild periods
+/// here), and the lease has one holder throughout (PostgreSQL decides, on its clock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_lease_holder_is_replaced_when_its_lease_expires() {
+    let Some(env) = env() else { return };
+    let schema = Schema::create(&env).await;
+    let mock = spawn_mock().await;
+    let prefix = format!("{}:", unique("tgtest"));
+    let holder_sql = "SELECT coalesce(max(holder), '') FROM tollgate_leases WHERE name = 'counter-rebuild' \
+                      AND expires_at_ms >= (extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+    let text = |sql: &'static str| {
+        let store = schema.store.clone();
+        async move {
+            let client = store.pool().get().await.expect("client");
+            client.query_one(sql, &[]).await.map(|r| r.get::<_, String>(0)).unwrap_or_default()
+        }
+    };
+    let mut first = serve_process(&mock, &env, &schema.url, &prefix);
+    eventually(Duration::from_secs(60), "the first instance takes the rebuild lease", || async {
+        !text(holder_sql).await.is_empty()
+    })
+    .await;
+    let killed = text(holder_sql).await;
+    let mut second = serve_process(&mock, &env, &schema.url, &prefix);
+    eventually(Duration::from_secs(60), "the second instance registers", || async {
+        schema.count("SELECT count(*) FROM tollgate_instances").await == 2
+    })
+    .await;
+    assert_eq!(text(holder_sql).await, killed, "the live holder keeps its lease");
+    first.kill().expect("SIGKILL the holder");
+    let _ = first.wait();
+    let took = eventually(Duration::from_secs(60), "the other instance takes the lease over", || async {
+        let now = text(holder_sql).await;
+        !now.is_empty() && now != killed
+    })
+    .await;
+    eprintln!("the rebuild lease changed hands {took:?} after the holder was killed");
+    let heir = text(holder_sql).await;
+    let live: i64 = {
+        let client = schema.store.pool().get().await.expect("client");
+        client
+            .query_one("SELECT count(*) FROM tollgate_instances WHERE id = $1", &[&heir])
+            .await
+            .expect("registry")
+            .get(0)
+    };
+    assert_eq!(live, 1, "the heir is the registered survivor");
+    let _ = second.kill();
+    let _ = second.wait();
+    schema.drop().await;
+    delete_redis_prefix(&env.redis_url, &prefix).await;
+}

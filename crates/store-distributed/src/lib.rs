@@ -142,10 +142,11 @@ pub const RETENTION_LEASE_TTL: Duration = Duration::from_secs(300);
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 pub const ALIVE_WITHIN: Duration = Duration::from_secs(30);
 
-/// How long the rebuild lease outlives its last renewal: several rebuild periods, so
-/// a busy holder keeps it, and a dead one hands over within this time.
+/// How long the rebuild lease outlives its last renewal: three rebuild periods (at
+/// least three seconds), so a busy holder keeps it, and a dead one hands over within
+/// this time.
 pub fn rebuild_lease_ttl(every: Duration) -> Duration {
-    (every * 3).max(Duration::from_secs(30))
+    (every * 3).max(Duration::from_secs(3))
 }
 
 /// A holder name unique to this process: random, so two instances on one host (or
