@@ -7,6 +7,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod openapi;
 pub mod retention;
 pub mod routes;
 pub mod telemetry;
