@@ -16,6 +16,7 @@ mod helpers;
 mod ledger;
 mod limits;
 mod observability;
+mod openapi;
 mod parsing;
 mod proxy;
 mod security;
