@@ -288,7 +288,7 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateKey {
     project: String,
-    /// Default `default`.
+    /// Default `free`.
     #[serde(default)]
     plan: Option<String>,
     /// At most 200 characters.
