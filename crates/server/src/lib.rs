@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod openapi;
+pub mod otlp;
 pub mod retention;
 pub mod routes;
 pub mod telemetry;

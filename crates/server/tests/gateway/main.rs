@@ -17,6 +17,7 @@ mod ledger;
 mod limits;
 mod observability;
 mod openapi;
+mod otlp;
 mod parsing;
 mod proxy;
 mod security;
