@@ -221,7 +221,13 @@ pub enum LimitError {
     TooMany { max: usize },
     #[error("plan name must be 1-64 characters of a-z, 0-9, '-' or '_'")]
     BadPlanName,
+    #[error("limits[{index}]: {name} is above the largest limit, {max}")]
+    TooLarge { index: usize, name: String, max: u64 },
 }
+
+/// The largest `limit` a limit may have (`i64::MAX`: what SQL integer columns and
+/// the API's `int64` hold).
+pub const MAX_LIMIT_VALUE: u64 = i64::MAX as u64;
 
 pub const MAX_LIMITS: usize = 32;
 
@@ -253,6 +259,9 @@ pub fn validate_limits(limits: &[LimitSpec]) -> Result<(), LimitError> {
         return Err(LimitError::TooMany { max: MAX_LIMITS });
     }
     for (index, limit) in limits.iter().enumerate() {
+        if limit.limit > MAX_LIMIT_VALUE {
+            return Err(LimitError::TooLarge { index, name: limit.name(), max: MAX_LIMIT_VALUE });
+        }
         if limits[..index].iter().any(|l| l.slot() == limit.slot()) {
             return Err(LimitError::Duplicate { index, name: limit.name() });
         }

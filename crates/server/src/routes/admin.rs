@@ -560,7 +560,8 @@ async fn update_key(
 
 #[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "keys",
     params(("id" = String, Path, description = "The key's public id")),
-    responses((status = 200, description = "The key, revoked (idempotent)", body = KeyView)))]
+    responses((status = 200, description = "The key, revoked (idempotent); it stays readable with status \
+        `revoked`, and its usage stays in the ledger", body = KeyView)))]
 async fn delete_key(state: State<AppState>, admin: Admin, id: Path<String>) -> ApiResult<AxumJson<KeyView>> {
     revoke_key(state, admin, id).await
 }
@@ -603,11 +604,7 @@ async fn regenerate_key(
     body: axum::body::Bytes,
 ) -> ApiResult<AxumJson<KeyWithSecret>> {
     // The body is optional: no body means no grace period.
-    let options: Regenerate = if body.iter().all(u8::is_ascii_whitespace) {
-        Regenerate::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
-    };
+    let options: Regenerate = crate::http::extract::optional_object(&body)?;
     let key = load_key(&state, &admin, &id).await?;
     let grace = options.grace_period_secs;
     if grace > 30 * 24 * 3600 {

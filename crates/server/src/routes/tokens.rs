@@ -52,10 +52,7 @@ pub(crate) struct CreateToken {
 
 /// An optional JSON body: none (or only whitespace) is the defaults.
 fn optional_body(body: &[u8]) -> ApiResult<CreateToken> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(CreateToken::default());
-    }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    crate::http::extract::optional_object(body)
 }
 
 /// An admin token as the API shows it: its id and first characters, never the secret.
@@ -212,7 +209,8 @@ async fn get_token(
 
 #[utoipa::path(delete, path = "/api/v1/admin-tokens/{id}", tag = "admin tokens",
     params(("id" = String, Path, description = "The token's id")),
-    responses((status = 200, description = "The token, revoked (idempotent)", body = TokenView)))]
+    responses((status = 200, description = "The token, revoked (idempotent); it stays listed with status \
+        `revoked`", body = TokenView)))]
 async fn delete_token(state: State<AppState>, admin: Admin, id: Path<String>) -> ApiResult<AxumJson<TokenView>> {
     revoke_token(state, admin, id).await
 }

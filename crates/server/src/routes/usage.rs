@@ -29,6 +29,8 @@ pub const MAX_EVENTS: usize = 1_000;
 /// previous month still land).
 const MAX_EVENT_AGE_MS: i64 = 35 * MS_PER_DAY;
 const MAX_TOKENS: u64 = 1_000_000_000;
+/// Largest `cost_micros` of one event ($1,000,000).
+const MAX_EVENT_COST_MICROS: u64 = 1_000_000_000_000;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -55,16 +57,23 @@ pub(crate) struct Event {
     provider: Option<String>,
     #[serde(default)]
     model: Option<String>,
+    /// Requests it stands for (default 1).
     #[serde(default)]
+    #[schema(maximum = 1000000)]
     requests: Option<u64>,
     #[serde(default)]
+    #[schema(maximum = 1000000000)]
     prompt_tokens: u64,
     #[serde(default)]
+    #[schema(maximum = 1000000000)]
     completion_tokens: u64,
+    /// At most `prompt_tokens`.
     #[serde(default)]
+    #[schema(maximum = 1000000000)]
     cached_tokens: u64,
     /// When absent, priced from the model with the price table.
     #[serde(default)]
+    #[schema(maximum = 1000000000000u64)]
     cost_micros: Option<u64>,
     #[serde(default)]
     anonymous_id: Option<String>,
@@ -221,6 +230,9 @@ async fn check_event(state: &AppState, admin: &Admin, raw: Value, now: i64) -> R
         if value > MAX_TOKENS {
             return Err(ApiError::invalid_field(field, format!("must be at most {MAX_TOKENS}")));
         }
+    }
+    if event.cost_micros.is_some_and(|c| c > MAX_EVENT_COST_MICROS) {
+        return Err(ApiError::invalid_field("cost_micros", format!("must be at most {MAX_EVENT_COST_MICROS}")));
     }
     if event.cached_tokens > event.prompt_tokens {
         return Err(ApiError::invalid_field("cached_tokens", "cannot exceed prompt_tokens"));
