@@ -345,6 +345,10 @@ impl From<GatewayError> for ApiError {
 /// (`crate::openapi`); the answers themselves are built in [`ApiError::into_response`],
 /// and the OpenAPI tests check real ones against this schema.
 #[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({ "error": {
+    "message": "Rate limit exceeded. You can make 10 requests per minute on the free plan.",
+    "type": "rate_limit_error", "code": "rate_limit_exceeded",
+    "details": { "limit": 10, "remaining": 0, "resetAt": 1764675600, "retryAfter": 42 } } }))]
 pub struct ErrorBody {
     pub error: ErrorObject,
 }
