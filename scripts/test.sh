@@ -65,6 +65,29 @@ if ! setup_fastapi; then
     exit 1
 fi
 
+# --- schemathesis (fuzzes the OpenAPI document against a running gateway) ----
+setup_schemathesis() {
+    if command -v schemathesis >/dev/null 2>&1; then
+        say "schemathesis: present"
+        return 0
+    fi
+    python3 -m pip install --quiet schemathesis 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages schemathesis || return 1
+    # pip may put the script where PATH does not look (~/.local/bin for a user install).
+    if ! command -v schemathesis >/dev/null 2>&1; then
+        local bin
+        bin="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+        [ -x "$bin/schemathesis" ] && export PATH="$bin:$PATH"
+        [ -x "$HOME/.local/bin/schemathesis" ] && export PATH="$HOME/.local/bin:$PATH"
+    fi
+    command -v schemathesis >/dev/null 2>&1 || return 1
+    say "schemathesis: installed"
+}
+if ! setup_schemathesis; then
+    echo "[test.sh] ERROR: schemathesis could not be installed (python3 -m pip install schemathesis)." >&2
+    exit 1
+fi
+
 # --- Express (the verify middleware example, docs/examples/middleware/express) -
 setup_express() {
     local dir=docs/examples/middleware/express

@@ -12,6 +12,7 @@ use crate::zone::Zone;
 
 /// What a limit counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     Requests,
@@ -40,6 +41,7 @@ impl Metric {
 /// the limit across a window edge). Day and month are *quotas*, enforced as UTC
 /// calendar windows that reset at midnight and on the first of the month.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Window {
     Minute,
@@ -76,6 +78,7 @@ impl Window {
 
 /// Whose usage a limit counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SubjectKind {
     /// The key making the request (the default).
@@ -108,6 +111,7 @@ impl SubjectKind {
 /// one scope of traffic: all of it, or only one provider, model or endpoint (any
 /// combination; unset fields match everything).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LimitSpec {
     pub metric: Metric,
@@ -116,10 +120,13 @@ pub struct LimitSpec {
     #[serde(default, skip_serializing_if = "SubjectKind::is_key")]
     pub subject: SubjectKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub provider: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub model: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub endpoint: Option<Arc<str>>,
 }
 
@@ -214,7 +221,13 @@ pub enum LimitError {
     TooMany { max: usize },
     #[error("plan name must be 1-64 characters of a-z, 0-9, '-' or '_'")]
     BadPlanName,
+    #[error("limits[{index}]: {name} is above the largest limit, {max}")]
+    TooLarge { index: usize, name: String, max: u64 },
 }
+
+/// The largest `limit` a limit may have (`i64::MAX`: what SQL integer columns and
+/// the API's `int64` hold).
+pub const MAX_LIMIT_VALUE: u64 = i64::MAX as u64;
 
 pub const MAX_LIMITS: usize = 32;
 
@@ -246,6 +259,9 @@ pub fn validate_limits(limits: &[LimitSpec]) -> Result<(), LimitError> {
         return Err(LimitError::TooMany { max: MAX_LIMITS });
     }
     for (index, limit) in limits.iter().enumerate() {
+        if limit.limit > MAX_LIMIT_VALUE {
+            return Err(LimitError::TooLarge { index, name: limit.name(), max: MAX_LIMIT_VALUE });
+        }
         if limits[..index].iter().any(|l| l.slot() == limit.slot()) {
             return Err(LimitError::Duplicate { index, name: limit.name() });
         }

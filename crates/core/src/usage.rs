@@ -6,6 +6,7 @@ use crate::limit::Amounts;
 
 /// Where a record's token counts come from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum UsageSource {
     /// No tokens involved or none known (refused, failed, verify calls).

@@ -203,17 +203,23 @@ impl Application {
 
 pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.config.cors_allowed_origins);
+    let otlp = state.config.otlp.clone();
     let router = Router::new()
         .merge(crate::routes::proxy::routes())
         .merge(crate::routes::admin::routes())
+        .merge(crate::openapi::routes())
         .route("/health", get(crate::routes::admin::health))
         .route("/health/detailed", get(crate::routes::admin::health_detailed))
         .route("/metrics", get(crate::routes::metrics::metrics))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(fallback)
         .with_state(state);
-    match cors {
+    let router = match cors {
         Some(layer) => router.layer(layer),
+        None => router,
+    };
+    match &otlp {
+        Some(settings) => crate::otlp::layer(router, settings),
         None => router,
     }
 }

@@ -21,12 +21,14 @@ pub use tollgate_store_distributed::OnStoreError;
 
 mod analytics;
 mod env;
+mod otlp;
 mod store;
 
 use analytics::analytics_settings;
 pub use analytics::{AnalyticsSettings, RawAnalytics};
 pub use env::ENV_KEYS;
 use env::unknown_env_var;
+pub use otlp::{OtlpSettings, RawOtlp};
 
 /// The file and environment shape of the configuration.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -78,6 +80,8 @@ pub struct RawConfig {
     pub access_log: bool,
     /// Usage analytics: query bounds and retention (see docs/analytics.md).
     pub analytics: RawAnalytics,
+    /// OTLP export of spans (off by default; docs/observability.md).
+    pub otlp: RawOtlp,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -179,6 +183,7 @@ impl Default for RawConfig {
             cors_allowed_origins: Vec::new(),
             access_log: true,
             analytics: RawAnalytics::default(),
+            otlp: RawOtlp::default(),
             plans: default_plans()
                 .into_iter()
                 .map(|p| (p.name, RawPlan { description: p.description, limits: p.limits, time_zone: p.time_zone }))
@@ -300,6 +305,8 @@ pub struct Config {
     pub access_log: bool,
     /// Query bounds and retention of usage analytics (`[analytics]`).
     pub analytics: AnalyticsSettings,
+    /// Where spans are exported (`[otlp]`); `None`: not exported.
+    pub otlp: Option<OtlpSettings>,
 }
 
 /// A configuration error that names the setting.
@@ -468,6 +475,7 @@ impl Config {
         };
         let cors_allowed_origins = cors_origins(&raw.cors_allowed_origins)?;
         let analytics = analytics_settings(&raw.analytics)?;
+        let otlp = otlp::otlp_settings(&raw.otlp)?;
         let mut seed_plans = Vec::new();
         for (name, plan) in raw.plans {
             if !is_slug(&name) {
@@ -518,6 +526,7 @@ impl Config {
             cors_allowed_origins,
             access_log: raw.access_log,
             analytics,
+            otlp,
         })
     }
 }

@@ -7,6 +7,8 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod openapi;
+pub mod otlp;
 pub mod retention;
 pub mod routes;
 pub mod telemetry;

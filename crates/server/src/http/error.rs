@@ -341,6 +341,59 @@ impl From<GatewayError> for ApiError {
     }
 }
 
+/// The body of every error answer (OpenAI's shape), for the OpenAPI document
+/// (`crate::openapi`); the answers themselves are built in [`ApiError::into_response`],
+/// and the OpenAPI tests check real ones against this schema.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({ "error": {
+    "message": "Rate limit exceeded. You can make 10 requests per minute on the free plan.",
+    "type": "rate_limit_error", "code": "rate_limit_exceeded",
+    "details": { "limit": 10, "remaining": 0, "resetAt": 1764675600, "retryAfter": 42 } } }))]
+pub struct ErrorBody {
+    pub error: ErrorObject,
+}
+
+/// What went wrong: `type` and `code` are stable (docs/errors.md), `message` is for people.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorObject {
+    pub message: String,
+    /// `invalid_request_error`, `permission_error`, `rate_limit_error`,
+    /// `quota_exceeded_error`, `upstream_error` or `api_error`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A stable code such as `invalid_request`, `not_found` or `rate_limit_exceeded`.
+    pub code: String,
+    /// The field or parameter at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
+    /// On a 429 the seeds' fields (`limit`, `remaining`, `resetAt`, `retryAfter`, and
+    /// `used` for a quota); on a 400 `request_too_large` the limit, metric and window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<ErrorDetails>,
+}
+
+/// The details of a refusal by a limit.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetails {
+    pub limit: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<u64>,
+    /// Unix seconds when the request would fit again (the seeds' format).
+    #[serde(rename = "resetAt", skip_serializing_if = "Option::is_none")]
+    pub reset_at: Option<i64>,
+    /// Seconds to wait; equals the `Retry-After` header.
+    #[serde(rename = "retryAfter", skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+    /// Quotas only: what the window has used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub used: Option<u64>,
+    /// `request_too_large` only: the limit's metric and window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric: Option<Metric>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+}
+
 #[cfg(test)]
 mod tests {
     use tollgate_core::LimitSpec;

@@ -3,9 +3,42 @@
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, Deserializer, MapAccess, Visitor};
 
 use crate::http::error::ApiError;
+
+/// A value read only from a JSON object. serde's derive also reads a struct from an
+/// array (`[null, null]` as a struct of two optional fields), which no body of this
+/// API is: every body is an object, and anything else is a 400.
+pub struct ObjectOnly<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Object<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Object(std::marker::PhantomData)).map(ObjectOnly)
+    }
+}
+
+/// An optional JSON object body (`POST .../regenerate`, admin tokens): none (or only
+/// whitespace) is `T::default()`, anything but an object a 400.
+pub fn optional_object<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice::<ObjectOnly<T>>(body)
+        .map(|o| o.0)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
 
 /// `axum::Json` whose rejections are 400s (or 413) in OpenAI's shape, naming the
 /// field serde complained about.
@@ -15,8 +48,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Json(v)),
+        match axum::Json::<ObjectOnly<T>>::from_request(req, state).await {
+            Ok(axum::Json(ObjectOnly(v))) => Ok(Json(v)),
             Err(JsonRejection::MissingJsonContentType(_)) => {
                 Err(ApiError::bad_request("expected a JSON body with Content-Type: application/json"))
             }

@@ -29,3 +29,28 @@ pub fn timestamp_field(field: &str, value: &Value) -> Result<Option<i64>, ApiErr
         _ => Err(ApiError::invalid_field(field, "must be an RFC 3339 timestamp or Unix seconds")),
     }
 }
+
+/// A timestamp as requests may give it: RFC 3339 text or Unix seconds (the OpenAPI
+/// schema of what [`timestamp_field`] accepts; null where the field allows it).
+pub struct TimestampInput;
+
+impl utoipa::PartialSchema for TimestampInput {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64))),
+            )
+            .description(Some("RFC 3339 or Unix seconds"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for TimestampInput {}

@@ -22,7 +22,7 @@ use tollgate_store::KeyQuery;
 
 use crate::app::{AppState, random_bytes};
 use crate::auth::Admin;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{Json, Path, Query};
 use crate::http::timestamp_field;
 use crate::routes::projects::check_key_policy;
@@ -36,7 +36,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/plans/{name}", get(get_plan).put(replace_plan).patch(update_plan).delete(delete_plan))
         .route("/api/v1/keys", get(list_keys).post(create_key))
         .route("/api/v1/keys/verify", post(crate::routes::verify::verify))
-        .route("/api/v1/keys/{id}", get(get_key).patch(update_key).delete(revoke_key))
+        .route("/api/v1/keys/{id}", get(get_key).patch(update_key).delete(delete_key))
         .route("/api/v1/keys/{id}/revoke", post(revoke_key))
         .route("/api/v1/keys/{id}/regenerate", post(regenerate_key))
         .route("/api/v1/usage", get(list_usage))
@@ -55,10 +55,12 @@ type ApiResult<T> = Result<T, ApiError>;
 
 // ----- plans -----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PlanBody {
+pub(crate) struct PlanBody {
+    /// Required on `POST`; on `PUT` it may only repeat the path's.
     #[serde(default)]
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     name: Option<String>,
     #[serde(default)]
     description: Option<String>,
@@ -83,34 +85,88 @@ fn checked_plan(name: String, body: PlanBody) -> ApiResult<Plan> {
     Ok(Plan { name, description: body.description, limits: body.limits, time_zone })
 }
 
-fn plan_view(p: &Plan) -> Value {
-    // Every field of each limit (its subject and scope too), and its name.
-    let limits: Vec<Value> = p
-        .limits
-        .iter()
-        .map(|l| {
-            let mut v = serde_json::to_value(l).unwrap_or_else(|_| json!({}));
-            v["name"] = Value::from(l.name());
-            v
-        })
-        .collect();
-    json!({ "name": p.name, "description": p.description, "limits": limits, "time_zone": p.time_zone })
+/// A limit as answers show it: every field of the limit (its subject and scope too),
+/// and its name (`requests_per_minute`, ...).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct NamedLimit {
+    pub metric: tollgate_core::Metric,
+    pub window: tollgate_core::Window,
+    pub limit: u64,
+    /// Absent: `key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<tollgate_core::SubjectKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    pub name: String,
 }
 
-async fn list_plans(State(state): State<AppState>, _admin: Admin) -> ApiResult<AxumJson<Value>> {
+impl NamedLimit {
+    pub fn of(spec: &LimitSpec) -> Self {
+        Self {
+            metric: spec.metric,
+            window: spec.window,
+            limit: spec.limit,
+            subject: (!spec.subject.is_key()).then_some(spec.subject),
+            provider: spec.provider.as_deref().map(str::to_owned),
+            model: spec.model.as_deref().map(str::to_owned),
+            endpoint: spec.endpoint.as_deref().map(str::to_owned),
+            name: spec.name(),
+        }
+    }
+}
+
+/// A plan as the API shows it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PlanView {
+    pub name: String,
+    pub description: Option<String>,
+    pub limits: Vec<NamedLimit>,
+    /// The IANA zone of the plan's day and month windows (null: the project's, else UTC).
+    #[schema(value_type = Option<String>)]
+    pub time_zone: Option<tollgate_core::Zone>,
+}
+
+/// Every item of a listing.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DataList<T: utoipa::ToSchema> {
+    pub data: Vec<T>,
+}
+
+fn plan_view(p: &Plan) -> PlanView {
+    PlanView {
+        name: p.name.clone(),
+        description: p.description.clone(),
+        limits: p.limits.iter().map(NamedLimit::of).collect(),
+        time_zone: p.time_zone.clone(),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/plans", tag = "plans",
+    responses((status = 200, description = "Every plan", body = DataList<PlanView>)))]
+async fn list_plans(State(state): State<AppState>, _admin: Admin) -> ApiResult<AxumJson<DataList<PlanView>>> {
     let plans = state.catalog.list_plans().await?;
-    Ok(AxumJson(json!({ "data": plans.iter().map(plan_view).collect::<Vec<_>>() })))
+    Ok(AxumJson(DataList { data: plans.iter().map(plan_view).collect() }))
 }
 
+#[utoipa::path(get, path = "/api/v1/plans/{name}", tag = "plans",
+    params(("name" = String, Path, description = "The plan's name")),
+    responses((status = 200, description = "The plan", body = PlanView)))]
 async fn get_plan(
     State(state): State<AppState>,
     _admin: Admin,
     Path(name): Path<String>,
-) -> ApiResult<AxumJson<Value>> {
+) -> ApiResult<AxumJson<PlanView>> {
     let plan = state.catalog.get_plan(&name).await?.ok_or(ApiError::NotFound { what: "plan", id: name })?;
     Ok(AxumJson(plan_view(&plan)))
 }
 
+#[utoipa::path(post, path = "/api/v1/plans", tag = "plans", request_body = PlanBody,
+    responses((status = 201, description = "The plan was created", body = PlanView),
+              (status = 409, description = "A plan of that name exists", body = ErrorBody)))]
 async fn create_plan(
     State(state): State<AppState>,
     admin: Admin,
@@ -126,12 +182,15 @@ async fn create_plan(
     Ok((StatusCode::CREATED, AxumJson(plan_view(&plan))).into_response())
 }
 
+#[utoipa::path(put, path = "/api/v1/plans/{name}", tag = "plans", request_body = PlanBody,
+    params(("name" = String, Path, description = "The plan's name")),
+    responses((status = 200, description = "The plan, replaced (or created)", body = PlanView)))]
 async fn replace_plan(
     State(state): State<AppState>,
     admin: Admin,
     Path(name): Path<String>,
     Json(body): Json<PlanBody>,
-) -> ApiResult<AxumJson<Value>> {
+) -> ApiResult<AxumJson<PlanView>> {
     admin.require_operator()?;
     if body.name.as_ref().is_some_and(|n| n != &name) {
         return Err(ApiError::invalid_field("name", "does not match the plan in the path"));
@@ -147,10 +206,12 @@ async fn replace_plan(
 /// scope) or is added; `remove` drops limits by name (`requests_per_minute`);
 /// `description` replaces the description (`null` clears it). `PUT` still replaces
 /// the whole plan.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PlanPatch {
+pub(crate) struct PlanPatch {
+    /// A new description; null clears it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     description: Option<Value>,
     #[serde(default)]
     limits: Vec<LimitSpec>,
@@ -158,15 +219,19 @@ struct PlanPatch {
     remove: Vec<String>,
     /// An IANA zone name; null: the project's zone (else UTC).
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     time_zone: Option<Value>,
 }
 
+#[utoipa::path(patch, path = "/api/v1/plans/{name}", tag = "plans", request_body = PlanPatch,
+    params(("name" = String, Path, description = "The plan's name")),
+    responses((status = 200, description = "The plan, changed", body = PlanView)))]
 async fn update_plan(
     State(state): State<AppState>,
     admin: Admin,
     Path(name): Path<String>,
     Json(patch): Json<PlanPatch>,
-) -> ApiResult<AxumJson<Value>> {
+) -> ApiResult<AxumJson<PlanView>> {
     admin.require_operator()?;
     let mut plan = state.catalog.get_plan(&name).await?.ok_or(ApiError::NotFound { what: "plan", id: name })?;
     for gone in &patch.remove {
@@ -200,6 +265,9 @@ async fn update_plan(
     Ok(AxumJson(plan_view(&plan)))
 }
 
+#[utoipa::path(delete, path = "/api/v1/plans/{name}", tag = "plans",
+    params(("name" = String, Path, description = "The plan's name")),
+    responses((status = 204, description = "The plan was deleted")))]
 async fn delete_plan(State(state): State<AppState>, admin: Admin, Path(name): Path<String>) -> ApiResult<StatusCode> {
     admin.require_operator()?;
     if !state.catalog.delete_plan(&name).await? {
@@ -216,17 +284,24 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateKey {
+pub(crate) struct CreateKey {
     project: String,
+    /// Default `free`.
     #[serde(default)]
     plan: Option<String>,
+    /// At most 200 characters.
     #[serde(default)]
+    #[schema(max_length = 200)]
     name: Option<String>,
+    /// Free-form JSON, at most 16 KiB.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Map<String, Value>>,
+    /// RFC 3339 or Unix seconds, in the future; null: never.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<crate::http::TimestampInput>)]
     expires_at: Option<Value>,
     #[serde(default)]
     limits: Option<Vec<LimitSpec>>,
@@ -247,24 +322,79 @@ fn check_metadata(metadata: &Map<String, Value>) -> ApiResult<()> {
     Ok(())
 }
 
-fn key_view(key: &KeyRecord, now: i64) -> Value {
-    let status = match key.state(now) {
-        KeyState::Active => "active",
-        KeyState::Revoked => "revoked",
-        KeyState::Expired => "expired",
-    };
-    json!({
-        "id": key.id,
-        "project": key.project_id,
-        "name": key.name,
-        "plan": key.plan,
-        "status": status,
-        "metadata": key.metadata,
-        "limits": key.limit_overrides,
-        "created_at": to_rfc3339(key.created_at_ms),
-        "expires_at": key.expires_at_ms.map(to_rfc3339),
-        "revoked_at": key.revoked_at_ms.map(to_rfc3339),
-    })
+/// Whether a key or an admin token works now.
+#[derive(Clone, Copy, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialStatus {
+    Active,
+    Revoked,
+    Expired,
+}
+
+impl From<KeyState> for CredentialStatus {
+    fn from(s: KeyState) -> Self {
+        match s {
+            KeyState::Active => Self::Active,
+            KeyState::Revoked => Self::Revoked,
+            KeyState::Expired => Self::Expired,
+        }
+    }
+}
+
+/// A key as the API shows it (never its secret, but once when made).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct KeyView {
+    /// The public id, also the start of the secret.
+    pub id: String,
+    pub project: String,
+    pub name: Option<String>,
+    pub plan: String,
+    pub status: CredentialStatus,
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+    /// Per-key limit overrides.
+    pub limits: Vec<LimitSpec>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub expires_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub revoked_at: Option<String>,
+}
+
+/// A key just made or given a new secret: the secret is shown this once.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct KeyWithSecret {
+    #[serde(flatten)]
+    pub view: KeyView,
+    /// The secret (`tg_...`): only its hash is kept.
+    pub key: String,
+    /// On regeneration: until when the old secret still works (null: it stopped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub previous_key_valid_until: Option<Option<String>>,
+}
+
+/// A page of keys; `next_after` is the `after` of the next page (null: the last).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct KeyList {
+    pub data: Vec<KeyView>,
+    pub next_after: Option<String>,
+}
+
+fn key_view(key: &KeyRecord, now: i64) -> KeyView {
+    KeyView {
+        id: key.id.clone(),
+        project: key.project_id.clone(),
+        name: key.name.clone(),
+        plan: key.plan.clone(),
+        status: key.state(now).into(),
+        metadata: key.metadata.clone(),
+        limits: key.limit_overrides.clone(),
+        created_at: to_rfc3339(key.created_at_ms),
+        expires_at: key.expires_at_ms.map(to_rfc3339),
+        revoked_at: key.revoked_at_ms.map(to_rfc3339),
+    }
 }
 
 async fn check_plan_exists(state: &AppState, plan: &str) -> ApiResult<()> {
@@ -274,6 +404,8 @@ async fn check_plan_exists(state: &AppState, plan: &str) -> ApiResult<()> {
     Ok(())
 }
 
+#[utoipa::path(post, path = "/api/v1/keys", tag = "keys", request_body = CreateKey,
+    responses((status = 201, description = "The key, with its secret shown once", body = KeyWithSecret)))]
 async fn create_key(State(state): State<AppState>, admin: Admin, Json(body): Json<CreateKey>) -> ApiResult<Response> {
     admin.check_project(&body.project, "project", &body.project)?;
     if state.catalog.get_project(&body.project).await?.is_none() {
@@ -309,27 +441,34 @@ async fn create_key(State(state): State<AppState>, admin: Admin, Json(body): Jso
         version: 1,
     };
     let record = state.catalog.create_key(record, key.hash()).await?;
-    let mut view = key_view(&record, now);
-    view["key"] = Value::String(key.expose().to_owned());
+    let view =
+        KeyWithSecret { view: key_view(&record, now), key: key.expose().to_owned(), previous_key_valid_until: None };
     Ok((StatusCode::CREATED, AxumJson(view)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListKeys {
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListKeys {
+    /// Only this project's keys (a project token: its own).
     #[serde(default)]
     project: Option<String>,
+    /// The `next_after` of the previous page.
     #[serde(default)]
     after: Option<String>,
+    /// Keys per page, 1 to 1000 (default 100).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/api/v1/keys", tag = "keys", params(ListKeys),
+    responses((status = 200, description = "A page of keys, by id", body = KeyList)))]
 async fn list_keys(
     State(state): State<AppState>,
     admin: Admin,
     Query(q): Query<ListKeys>,
-) -> ApiResult<AxumJson<Value>> {
+) -> ApiResult<AxumJson<KeyList>> {
     let project = admin.project_filter(q.project)?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 1000 {
@@ -338,8 +477,8 @@ async fn list_keys(
     let keys = state.catalog.list_keys(KeyQuery { project_id: project, after_id: q.after, limit }).await?;
     let now = now_ms();
     let next = (keys.len() == limit).then(|| keys.last().map(|k| k.id.clone())).flatten();
-    let data: Vec<Value> = keys.iter().map(|k| key_view(k, now)).collect();
-    Ok(AxumJson(json!({ "data": data, "next_after": next })))
+    let data = keys.iter().map(|k| key_view(k, now)).collect();
+    Ok(AxumJson(KeyList { data, next_after: next }))
 }
 
 async fn load_key(state: &AppState, admin: &Admin, id: &str) -> ApiResult<KeyRecord> {
@@ -348,32 +487,43 @@ async fn load_key(state: &AppState, admin: &Admin, id: &str) -> ApiResult<KeyRec
     Ok(key)
 }
 
-async fn get_key(State(state): State<AppState>, admin: Admin, Path(id): Path<String>) -> ApiResult<AxumJson<Value>> {
+#[utoipa::path(get, path = "/api/v1/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "The key's public id")),
+    responses((status = 200, description = "The key", body = KeyView)))]
+async fn get_key(State(state): State<AppState>, admin: Admin, Path(id): Path<String>) -> ApiResult<AxumJson<KeyView>> {
     let key = load_key(&state, &admin, &id).await?;
     Ok(AxumJson(key_view(&key, now_ms())))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UpdateKey {
+pub(crate) struct UpdateKey {
     #[serde(default)]
     plan: Option<String>,
+    /// null clears it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     name: Option<Value>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Map<String, Value>>,
+    /// RFC 3339 or Unix seconds; null: never.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<crate::http::TimestampInput>)]
     expires_at: Option<Value>,
     #[serde(default)]
     limits: Option<Vec<LimitSpec>>,
 }
 
+#[utoipa::path(patch, path = "/api/v1/keys/{id}", tag = "keys", request_body = UpdateKey,
+    params(("id" = String, Path, description = "The key's public id")),
+    responses((status = 200, description = "The key, changed", body = KeyView)))]
 async fn update_key(
     State(state): State<AppState>,
     admin: Admin,
     Path(id): Path<String>,
     Json(body): Json<UpdateKey>,
-) -> ApiResult<AxumJson<Value>> {
+) -> ApiResult<AxumJson<KeyView>> {
     let mut key = load_key(&state, &admin, &id).await?;
     let plan_changed = body.plan.as_ref().is_some_and(|p| p != &key.plan);
     let policy_applies = plan_changed || body.limits.is_some();
@@ -408,7 +558,22 @@ async fn update_key(
     Ok(AxumJson(key_view(&key, now_ms())))
 }
 
-async fn revoke_key(State(state): State<AppState>, admin: Admin, Path(id): Path<String>) -> ApiResult<AxumJson<Value>> {
+#[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "The key's public id")),
+    responses((status = 200, description = "The key, revoked (idempotent); it stays readable with status \
+        `revoked`, and its usage stays in the ledger", body = KeyView)))]
+async fn delete_key(state: State<AppState>, admin: Admin, id: Path<String>) -> ApiResult<AxumJson<KeyView>> {
+    revoke_key(state, admin, id).await
+}
+
+#[utoipa::path(post, path = "/api/v1/keys/{id}/revoke", tag = "keys",
+    params(("id" = String, Path, description = "The key's public id")),
+    responses((status = 200, description = "The key, revoked (idempotent)", body = KeyView)))]
+async fn revoke_key(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<AxumJson<KeyView>> {
     let mut key = load_key(&state, &admin, &id).await?;
     let now = now_ms();
     if key.revoked_at_ms.is_none() {
@@ -418,26 +583,28 @@ async fn revoke_key(State(state): State<AppState>, admin: Admin, Path(id): Path<
     Ok(AxumJson(key_view(&key, now)))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Regenerate {
-    /// Seconds during which the old secret keeps working (0: stops at once).
+pub(crate) struct Regenerate {
+    /// Seconds during which the old secret keeps working (0: stops at once; at most 30 days).
     #[serde(default)]
+    #[schema(maximum = 2592000)]
     grace_period_secs: u64,
 }
 
+#[utoipa::path(post, path = "/api/v1/keys/{id}/regenerate", tag = "keys",
+    request_body(content = Option<Regenerate>, description = "Optional; no body: no grace period"),
+    params(("id" = String, Path, description = "The key's public id")),
+    responses((status = 200, description = "The key with its new secret, shown once", body = KeyWithSecret),
+              (status = 409, description = "The key is revoked", body = ErrorBody)))]
 async fn regenerate_key(
     State(state): State<AppState>,
     admin: Admin,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> ApiResult<AxumJson<Value>> {
+) -> ApiResult<AxumJson<KeyWithSecret>> {
     // The body is optional: no body means no grace period.
-    let options: Regenerate = if body.iter().all(u8::is_ascii_whitespace) {
-        Regenerate::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
-    };
+    let options: Regenerate = crate::http::extract::optional_object(&body)?;
     let key = load_key(&state, &admin, &id).await?;
     let grace = options.grace_period_secs;
     if grace > 30 * 24 * 3600 {
@@ -451,57 +618,104 @@ async fn regenerate_key(
         ApiKey::with_public_id(&key.id, &random_bytes()?).ok_or_else(|| ApiError::internal("key generation"))?;
     let old_valid_until = (grace > 0).then(|| now + grace as i64 * 1000);
     let record = state.catalog.rotate_key_secret(&key.id, new_key.hash(), old_valid_until).await?;
-    let mut view = key_view(&record, now);
-    view["key"] = Value::String(new_key.expose().to_owned());
-    view["previous_key_valid_until"] = json!(old_valid_until.map(to_rfc3339));
-    Ok(AxumJson(view))
+    Ok(AxumJson(KeyWithSecret {
+        view: key_view(&record, now),
+        key: new_key.expose().to_owned(),
+        previous_key_valid_until: Some(old_valid_until.map(to_rfc3339)),
+    }))
 }
 
 // ----- usage -----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListUsage {
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListUsage {
+    /// Only this project's records (a project token: its own).
     #[serde(default)]
     project: Option<String>,
+    /// Only this key's records.
     #[serde(default)]
     key: Option<String>,
+    /// From this time on: RFC 3339 or Unix seconds.
     #[serde(default)]
     from: Option<String>,
+    /// Before this time: RFC 3339 or Unix seconds.
     #[serde(default)]
     to: Option<String>,
+    /// Records per page, 1 to 1000 (default 100).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
     #[serde(default)]
     cursor: Option<String>,
 }
 
-pub(crate) fn usage_view(r: &UsageRecord) -> Value {
-    json!({
-        "id": r.id,
-        "timestamp": to_rfc3339(r.ts_ms),
-        "project": r.project_id,
-        "key_id": r.key_id,
-        "endpoint": r.endpoint,
-        "provider": r.provider,
-        "model": r.model,
-        "status": r.status,
-        "counted": r.counted,
-        "requests": r.requests,
-        "prompt_tokens": r.prompt_tokens,
-        "completion_tokens": r.completion_tokens,
-        "total_tokens": r.prompt_tokens + r.completion_tokens,
-        "cached_tokens": r.cached_tokens,
-        "cost_micros": r.cost_micros,
-        "uncached_cost_micros": r.uncached_cost_micros,
-        "usage_source": r.usage_source,
-        "price_version": r.price_version,
-        "price_estimated": r.price_estimated,
-        "client_ip": r.client_ip,
-        "anonymous_id": r.anonymous_id,
-        "upstream_request_id": r.upstream_request_id,
-        "latency_ms": r.latency_ms,
-    })
+/// One ledger record: a request, a reported usage event, a refusal row or a transfer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UsageRecordView {
+    pub id: String,
+    #[schema(format = DateTime)]
+    pub timestamp: String,
+    pub project: String,
+    pub key_id: String,
+    pub endpoint: String,
+    pub provider: String,
+    pub model: Option<String>,
+    /// The HTTP status of the answer (499: the client went away before one).
+    pub status: u16,
+    /// Whether it counts against limits.
+    pub counted: bool,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    pub cached_tokens: u64,
+    pub cost_micros: u64,
+    pub uncached_cost_micros: u64,
+    pub usage_source: tollgate_core::UsageSource,
+    pub price_version: Option<String>,
+    pub price_estimated: bool,
+    pub client_ip: Option<String>,
+    pub anonymous_id: Option<String>,
+    pub upstream_request_id: Option<String>,
+    pub latency_ms: u64,
+}
+
+/// A page of ledger records, newest first; `next_cursor` gives the next (null: the last).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UsageList {
+    pub data: Vec<UsageRecordView>,
+    pub next_cursor: Option<String>,
+}
+
+pub(crate) fn usage_view(r: &UsageRecord) -> UsageRecordView {
+    UsageRecordView {
+        id: r.id.clone(),
+        timestamp: to_rfc3339(r.ts_ms),
+        project: r.project_id.clone(),
+        key_id: r.key_id.clone(),
+        endpoint: r.endpoint.clone(),
+        provider: r.provider.clone(),
+        model: r.model.clone(),
+        status: r.status,
+        counted: r.counted,
+        requests: r.requests,
+        prompt_tokens: r.prompt_tokens,
+        completion_tokens: r.completion_tokens,
+        total_tokens: r.prompt_tokens + r.completion_tokens,
+        cached_tokens: r.cached_tokens,
+        cost_micros: r.cost_micros,
+        uncached_cost_micros: r.uncached_cost_micros,
+        usage_source: r.usage_source,
+        price_version: r.price_version.clone(),
+        price_estimated: r.price_estimated,
+        client_ip: r.client_ip.clone(),
+        anonymous_id: r.anonymous_id.clone(),
+        upstream_request_id: r.upstream_request_id.clone(),
+        latency_ms: r.latency_ms,
+    }
 }
 
 fn parse_cursor(c: &str) -> Option<(i64, String)> {
@@ -509,11 +723,13 @@ fn parse_cursor(c: &str) -> Option<(i64, String)> {
     Some((ts.parse().ok()?, id.to_owned()))
 }
 
+#[utoipa::path(get, path = "/api/v1/usage", tag = "usage", params(ListUsage),
+    responses((status = 200, description = "A page of ledger records, newest first", body = UsageList)))]
 async fn list_usage(
     State(state): State<AppState>,
     admin: Admin,
     Query(q): Query<ListUsage>,
-) -> ApiResult<AxumJson<Value>> {
+) -> ApiResult<AxumJson<UsageList>> {
     let project_id = admin.project_filter(q.project)?;
     if let Some(key_id) = &q.key
         && admin.0.project_id.is_some()
@@ -547,7 +763,7 @@ async fn list_usage(
     };
     let records = state.ledger.query(query).await?;
     let next = (records.len() == limit).then(|| records.last().map(|r| format!("{}.{}", r.ts_ms, r.id))).flatten();
-    Ok(AxumJson(json!({ "data": records.iter().map(usage_view).collect::<Vec<_>>(), "next_cursor": next })))
+    Ok(AxumJson(UsageList { data: records.iter().map(usage_view).collect(), next_cursor: next }))
 }
 
 #[derive(Serialize)]

@@ -33,17 +33,24 @@ use crate::routes::admin::usage_view;
 /// Ledger rows per page (and per body chunk).
 pub const PAGE: usize = 1_000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ExportParams {
+    /// `ndjson` (the default) or `csv`.
     #[serde(default)]
+    #[param(pattern = "^(csv|ndjson)$")]
     format: Option<String>,
+    /// Only this project (a project token: its own).
     #[serde(default)]
     project: Option<String>,
+    /// Only this key.
     #[serde(default)]
     key: Option<String>,
+    /// From this time on: RFC 3339 or Unix seconds.
     #[serde(default)]
     from: Option<String>,
+    /// Before this time: RFC 3339 or Unix seconds.
     #[serde(default)]
     to: Option<String>,
 }
@@ -148,6 +155,10 @@ struct UsagePages {
 
 /// `GET /api/v1/usage/export?format=csv|ndjson&project=&key=&from=&to=`: raw ledger
 /// rows, newest first.
+#[utoipa::path(get, path = "/api/v1/usage/export", tag = "usage", params(ExportParams),
+    responses((status = 200, description = "Every ledger record of the range, newest first, streamed: one JSON \
+        object a line (the `UsageRecordView` schema), or CSV with a header row",
+        content((String = "application/x-ndjson"), (String = "text/csv")))))]
 pub async fn usage_export(
     State(state): State<AppState>,
     admin: Admin,
@@ -201,7 +212,8 @@ pub async fn usage_export(
             match pages.format {
                 Format::Csv => usage_csv(&mut out, r),
                 Format::Ndjson => {
-                    out.push_str(&usage_view(r).to_string());
+                    // Serializing plain strings and numbers cannot fail.
+                    out.push_str(&serde_json::to_string(&usage_view(r)).unwrap_or_default());
                     out.push('\n');
                 }
             }
@@ -282,6 +294,10 @@ struct RollupHours {
 
 /// `GET /api/v1/analytics/export?format=csv|ndjson&project=&key=&from=&to=`: the
 /// hourly rollup rows of the range (default: the last 30 days), oldest hour first.
+#[utoipa::path(get, path = "/api/v1/analytics/export", tag = "analytics", params(ExportParams),
+    responses((status = 200, description = "The hourly rollup rows of the range, oldest hour first, streamed as \
+        NDJSON or CSV with a header row",
+        content((String = "application/x-ndjson"), (String = "text/csv")))))]
 pub async fn rollup_export(
     State(state): State<AppState>,
     admin: Admin,

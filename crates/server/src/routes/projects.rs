@@ -12,16 +12,17 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json as AxumJson, Router};
-use serde::{Deserialize, Deserializer};
-use serde_json::{Value, json};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 use tollgate_core::calendar::to_rfc3339;
 use tollgate_core::limit::{is_slug, validate_limits};
 use tollgate_core::{LimitSpec, Project, ProjectSettings, SubjectKind};
 
 use crate::app::AppState;
 use crate::auth::Admin;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{Json, Path};
+use crate::routes::admin::{DataList, NamedLimit};
 use tollgate_gateway::now_ms;
 
 pub fn routes() -> Router<AppState> {
@@ -40,26 +41,39 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
 /// A project as `POST` and `PATCH` take it: absent fields are left as they are (the
 /// defaults on create). `id` is required on create; on `PATCH` it may only repeat
 /// the path's.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ProjectBody {
+pub(crate) struct ProjectBody {
+    /// 1-64 characters of a-z, 0-9, '-' or '_'; required on create.
     #[serde(default)]
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     id: Option<String>,
+    /// At most 200 characters (default: the id).
     #[serde(default)]
+    #[schema(max_length = 200)]
     name: Option<String>,
+    /// Plans a project token may put the project's keys on (operator only).
     #[serde(default)]
     allowed_plans: Option<Vec<String>>,
+    /// The most a project token may raise a key's limits to (operator only).
     #[serde(default)]
     max_overrides: Option<Vec<LimitSpec>>,
-    /// Raw, so that an omitted `subject` can default to `project`.
+    /// Project-wide limits (subject `project`, the default here). Raw, so that an
+    /// omitted `subject` can default to `project`.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<LimitSpec>>)]
     limits: Option<Vec<Value>>,
+    /// The `OpenAI-Organization` header sent upstream for this project; null clears it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     openai_organization: Option<Value>,
+    /// The `OpenAI-Project` header sent upstream for this project; null clears it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     openai_project: Option<Value>,
     /// An IANA zone name; null clears it (UTC).
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     time_zone: Option<Value>,
 }
 
@@ -144,26 +158,40 @@ async fn apply_settings(state: &AppState, settings: &mut ProjectSettings, body: 
     Ok(())
 }
 
-pub fn project_view(p: &Project) -> Value {
-    let limit = |l: &LimitSpec| {
-        let mut v = serde_json::to_value(l).unwrap_or(Value::Null);
-        v["name"] = Value::String(l.name());
-        v
-    };
-    let s = &p.settings;
-    json!({
-        "id": p.id,
-        "name": p.name,
-        "created_at": to_rfc3339(p.created_at_ms),
-        "allowed_plans": s.allowed_plans,
-        "max_overrides": s.max_overrides.iter().map(limit).collect::<Vec<_>>(),
-        "limits": s.limits.iter().map(limit).collect::<Vec<_>>(),
-        "openai_organization": s.openai_organization,
-        "openai_project": s.openai_project,
-        "time_zone": s.time_zone,
-    })
+/// A project and its settings as the API shows them.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ProjectView {
+    pub id: String,
+    pub name: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    pub allowed_plans: Vec<String>,
+    pub max_overrides: Vec<NamedLimit>,
+    pub limits: Vec<NamedLimit>,
+    pub openai_organization: Option<String>,
+    pub openai_project: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub time_zone: Option<tollgate_core::Zone>,
 }
 
+pub fn project_view(p: &Project) -> ProjectView {
+    let s = &p.settings;
+    ProjectView {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        created_at: to_rfc3339(p.created_at_ms),
+        allowed_plans: s.allowed_plans.clone(),
+        max_overrides: s.max_overrides.iter().map(NamedLimit::of).collect(),
+        limits: s.limits.iter().map(NamedLimit::of).collect(),
+        openai_organization: s.openai_organization.clone(),
+        openai_project: s.openai_project.clone(),
+        time_zone: s.time_zone.clone(),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/projects", tag = "projects", request_body = ProjectBody,
+    responses((status = 201, description = "The project was created", body = ProjectView),
+              (status = 409, description = "A project with that id exists", body = ErrorBody)))]
 async fn create_project(
     State(state): State<AppState>,
     admin: Admin,
@@ -183,21 +211,26 @@ async fn create_project(
     Ok((StatusCode::CREATED, AxumJson(project_view(&project))).into_response())
 }
 
-async fn list_projects(State(state): State<AppState>, admin: Admin) -> ApiResult<AxumJson<Value>> {
+#[utoipa::path(get, path = "/api/v1/projects", tag = "projects",
+    responses((status = 200, description = "Every project this token may see", body = DataList<ProjectView>)))]
+async fn list_projects(State(state): State<AppState>, admin: Admin) -> ApiResult<AxumJson<DataList<ProjectView>>> {
     let projects = state.catalog.list_projects().await?;
-    let data: Vec<Value> = projects
+    let data = projects
         .iter()
         .filter(|p| admin.0.project_id.as_ref().is_none_or(|own| own == &p.id))
         .map(project_view)
         .collect();
-    Ok(AxumJson(json!({ "data": data })))
+    Ok(AxumJson(DataList { data }))
 }
 
+#[utoipa::path(get, path = "/api/v1/projects/{id}", tag = "projects",
+    params(("id" = String, Path, description = "The project's id")),
+    responses((status = 200, description = "The project", body = ProjectView)))]
 async fn get_project(
     State(state): State<AppState>,
     admin: Admin,
     Path(id): Path<String>,
-) -> ApiResult<AxumJson<Value>> {
+) -> ApiResult<AxumJson<ProjectView>> {
     admin.check_project(&id, "project", &id)?;
     let project = state.catalog.get_project(&id).await?.ok_or(ApiError::NotFound { what: "project", id })?;
     Ok(AxumJson(project_view(&project)))
@@ -205,12 +238,15 @@ async fn get_project(
 
 /// `PATCH /api/v1/projects/{id}`: operator only (a project token reading its own
 /// project is fine; changing what it is allowed is not).
+#[utoipa::path(patch, path = "/api/v1/projects/{id}", tag = "projects", request_body = ProjectBody,
+    params(("id" = String, Path, description = "The project's id")),
+    responses((status = 200, description = "The project, changed", body = ProjectView)))]
 async fn update_project(
     State(state): State<AppState>,
     admin: Admin,
     Path(id): Path<String>,
     Json(mut body): Json<ProjectBody>,
-) -> ApiResult<AxumJson<Value>> {
+) -> ApiResult<AxumJson<ProjectView>> {
     admin.check_project(&id, "project", &id)?;
     admin.require_operator()?;
     if body.id.take().is_some_and(|given| given != id) {

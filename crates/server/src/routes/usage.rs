@@ -29,19 +29,27 @@ pub const MAX_EVENTS: usize = 1_000;
 /// previous month still land).
 const MAX_EVENT_AGE_MS: i64 = 35 * MS_PER_DAY;
 const MAX_TOKENS: u64 = 1_000_000_000;
+/// Largest `cost_micros` of one event ($1,000,000).
+const MAX_EVENT_COST_MICROS: u64 = 1_000_000_000_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventsBody {
+    /// 1 to 1000 events; each is checked on its own.
+    #[schema(value_type = Vec<Event>, min_items = 1, max_items = 1000)]
     events: Vec<Value>,
 }
 
-#[derive(Deserialize)]
+/// One unit of usage reported from elsewhere; idempotent by `id`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Event {
+pub(crate) struct Event {
+    /// 1-128 visible ASCII characters, unique per event.
     id: String,
     key_id: String,
+    /// When it happened (within the last 35 days); default now.
     #[serde(default)]
+    #[schema(value_type = Option<crate::http::TimestampInput>)]
     timestamp: Option<Value>,
     #[serde(default)]
     endpoint: Option<String>,
@@ -49,21 +57,126 @@ struct Event {
     provider: Option<String>,
     #[serde(default)]
     model: Option<String>,
+    /// Requests it stands for (default 1).
     #[serde(default)]
+    #[schema(maximum = 1000000)]
     requests: Option<u64>,
     #[serde(default)]
+    #[schema(maximum = 1000000000)]
     prompt_tokens: u64,
     #[serde(default)]
+    #[schema(maximum = 1000000000)]
     completion_tokens: u64,
+    /// At most `prompt_tokens`.
     #[serde(default)]
+    #[schema(maximum = 1000000000)]
     cached_tokens: u64,
     /// When absent, priced from the model with the price table.
     #[serde(default)]
+    #[schema(maximum = 1000000000000u64)]
     cost_micros: Option<u64>,
     #[serde(default)]
     anonymous_id: Option<String>,
     #[serde(default)]
     client_ip: Option<String>,
+}
+
+/// What became of each event.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct IngestResult {
+    accepted: u64,
+    duplicates: u64,
+    rejected: u64,
+    results: Vec<EventResult>,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct EventResult {
+    index: u64,
+    /// The event's `id` as sent (null when it had none).
+    id: Value,
+    #[schema(pattern = "^(accepted|duplicate|rejected)$")]
+    status: String,
+    /// Why a rejected event was rejected; `param` names the field.
+    error: Option<EventError>,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct EventError {
+    message: String,
+    param: Option<String>,
+    #[schema(rename = "type")]
+    kind: String,
+}
+
+/// A limit's use in its current window.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct LimitUsage {
+    name: String,
+    metric: tollgate_core::Metric,
+    window: tollgate_core::Window,
+    subject: tollgate_core::SubjectKind,
+    used: u64,
+    limit: u64,
+    remaining: u64,
+    percent: f64,
+    #[schema(format = DateTime)]
+    reset: String,
+}
+
+/// The overall state: the highest percentage decides (80: warning, 90: critical, 100: exceeded).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum UsageState {
+    Ok,
+    Warning,
+    Critical,
+    Exceeded,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct KeyStatus {
+    key_id: String,
+    project: String,
+    plan: String,
+    state: UsageState,
+    limits: Vec<LimitUsage>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct ProjectStatus {
+    project: String,
+    state: UsageState,
+    keys: Vec<KeyStatus>,
+}
+
+/// A key's status (`?key=`, or called with the key) or a project's (`?project=`).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub(crate) enum StatusAnswer {
+    Key(KeyStatus),
+    Project(ProjectStatus),
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct AttachResult {
+    key_id: String,
+    anonymous_id: String,
+    /// Records newly carried over (0 when attached before).
+    records_attached: u64,
+    requests: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_micros: u64,
 }
 
 struct Checked {
@@ -117,6 +230,9 @@ async fn check_event(state: &AppState, admin: &Admin, raw: Value, now: i64) -> R
         if value > MAX_TOKENS {
             return Err(ApiError::invalid_field(field, format!("must be at most {MAX_TOKENS}")));
         }
+    }
+    if event.cost_micros.is_some_and(|c| c > MAX_EVENT_COST_MICROS) {
+        return Err(ApiError::invalid_field("cost_micros", format!("must be at most {MAX_EVENT_COST_MICROS}")));
     }
     if event.cached_tokens > event.prompt_tokens {
         return Err(ApiError::invalid_field("cached_tokens", "cannot exceed prompt_tokens"));
@@ -186,6 +302,8 @@ async fn check_event(state: &AppState, admin: &Admin, raw: Value, now: i64) -> R
 /// `POST /api/v1/usage/events`: each event is checked on its own; valid ones are
 /// stored (idempotent by id) and charged against the limits, invalid ones get their
 /// own error. A replayed event is reported as a duplicate and charged nothing.
+#[utoipa::path(post, path = "/api/v1/usage/events", tag = "usage", request_body = EventsBody,
+    responses((status = 200, description = "Each event accepted, a duplicate (charged nothing) or rejected", body = IngestResult)))]
 pub async fn ingest_events(
     State(state): State<AppState>,
     admin: Admin,
@@ -251,11 +369,14 @@ async fn ingest(state: &AppState, admin: Admin, body: EventsBody) -> Result<Axum
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StatusQuery {
+    /// With an admin token: this key's status.
     #[serde(default)]
     key: Option<String>,
+    /// With an admin token: every key of this project.
     #[serde(default)]
     project: Option<String>,
 }
@@ -318,6 +439,9 @@ async fn resolve(state: &AppState, key: KeyRecord) -> Result<Authed, ApiError> {
 
 /// `GET /api/v1/usage/status`: with an admin token, for `?key=` or `?project=`; with
 /// a tollgate key as the bearer, for that key itself.
+#[utoipa::path(get, path = "/api/v1/usage/status", tag = "usage", params(StatusQuery),
+    security(("admin_token" = []), ("api_key" = [])),
+    responses((status = 200, description = "Each limit's use and the overall state", body = StatusAnswer)))]
 pub async fn status(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -374,7 +498,7 @@ pub async fn status(
 /// Records of one visitor read per page when attaching them.
 const ATTACH_PAGE: usize = 500;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttachBody {
     anonymous_id: String,
@@ -387,6 +511,8 @@ pub struct AttachBody {
 /// so signing up does not reset their day. The copies are recorded as transfers
 /// (`usage_source: "transferred"`) and never charge project or IP limits again.
 /// Idempotent: attaching twice charges once.
+#[utoipa::path(post, path = "/api/v1/anonymous/attach", tag = "usage", request_body = AttachBody,
+    responses((status = 200, description = "The visitor's usage of the current windows, charged to the key", body = AttachResult)))]
 pub async fn attach_anonymous(
     State(state): State<AppState>,
     admin: Admin,

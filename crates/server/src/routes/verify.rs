@@ -18,15 +18,19 @@ use tollgate_gateway::verify::{Verdict, VerifyCheck};
 use crate::app::AppState;
 use crate::auth::admin_from_headers;
 use crate::http::client::{Peer, client_ip};
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::Json;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
+    /// The tollgate key to check (`tg_...`).
     key: String,
+    /// Requests to charge, 0 to 1,000,000 (default 1).
     #[serde(default = "one")]
+    #[schema(maximum = 1000000)]
     cost: u64,
+    /// Check without charging.
     #[serde(default)]
     dry_run: bool,
     /// Which of the caller's endpoints this is, for endpoint-scoped limits
@@ -49,19 +53,23 @@ fn one() -> u64 {
 /// Largest `cost` one verify may charge.
 const MAX_COST: u64 = 1_000_000;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct LimitView {
     name: String,
     limit: u64,
     remaining: u64,
     /// When the limit is fully available again (RFC 3339 UTC, like every time in
     /// JSON answers but the seeds' 429 body).
+    #[schema(format = DateTime)]
     reset: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct VerifyResponse {
     valid: bool,
+    /// `VALID`, or why not: `RATE_LIMITED`, `QUOTA_EXCEEDED`, `NOT_FOUND`, `REVOKED`,
+    /// `EXPIRED`, ... (docs/api.md).
+    #[schema(value_type = String)]
     code: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     key_id: Option<String>,
@@ -89,6 +97,12 @@ fn refused(code: &'static str) -> VerifyResponse {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/keys/verify", tag = "verify", request_body = VerifyRequest,
+    security((), ("admin_token" = [])),
+    responses((status = 200, description = "The verdict about the key (an invalid or refused key is a 200 too)",
+        body = VerifyResponse),
+        (status = 429, description = "Too many unknown keys from this address (`too_many_invalid_keys`)",
+            body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait")))))]
 pub async fn verify(
     State(state): State<AppState>,
     Peer(peer): Peer,

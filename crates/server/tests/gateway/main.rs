@@ -16,6 +16,8 @@ mod helpers;
 mod ledger;
 mod limits;
 mod observability;
+mod openapi;
+mod otlp;
 mod parsing;
 mod proxy;
 mod security;
