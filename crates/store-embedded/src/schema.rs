@@ -127,6 +127,12 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("migrations_0006_usage_hourly.sql"),
     // 7: the upstream's own request id (its `x-request-id`).
     "ALTER TABLE usage ADD COLUMN upstream_request_id TEXT;",
+    // 8, 9: reserved for the analytics work on another branch (placeholders until it
+    // lands; migration 10 is written to run whatever order they end up in).
+    "",
+    "",
+    // 10: alerts: rules, channels, the outbox (events, deliveries, attempts).
+    include_str!("migrations_0010_alerts.sql"),
 ];
 
 /// What a connection is for; readers cannot write by accident.
