@@ -113,6 +113,14 @@ pub async fn check_url(raw: &str, allow_private: bool) -> Result<Target, String>
     Ok(Target { url, host: bare.to_owned(), addr: first })
 }
 
+/// Checks an e-mail address (`name@example.com` or `Name <name@example.com>`).
+pub fn check_mailbox(address: &str) -> Result<(), String> {
+    if address.len() > 320 {
+        return Err("an address is at most 320 characters".into());
+    }
+    address.parse::<lettre::message::Mailbox>().map(|_| ()).map_err(|e| format!("invalid address {address:?}: {e}"))
+}
+
 /// A `whsec_` signing secret: 24 random bytes.
 pub fn generate_webhook_secret() -> Result<String, String> {
     let mut bytes = [0u8; 24];
