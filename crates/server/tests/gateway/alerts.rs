@@ -485,59 +485,140 @@ async fn private_targets_bad_input_and_other_projects_are_refused() {
     assert_eq!(r.status, 400, "{:?}", r.body);
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Starts the real binary with alerts set for tests, and returns once it logs that it
+/// is listening (read from its log, not guessed with a sleep).
+async fn start_binary(data_dir: &std::path::Path, port: u16, mock_url: &str) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("serve")
+        .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TOLLGATE_DATA_DIR", data_dir)
+        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("OPENAI_BASE_URL", mock_url)
+        .env("OPENAI_API_KEY", "sk-provider-test")
+        .env("TOLLGATE_ALERTS__ALLOW_PRIVATE_TARGETS", "true")
+        .env("TOLLGATE_ALERTS__RETRY_SCHEDULE_MS", "[1500]")
+        .env("TOLLGATE_ALERTS__POLL_MS", "50")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tollgate");
+    let stderr = child.stderr.take().expect("stderr");
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let mut ready = Some(ready_tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("tollgate listening")
+                && let Some(tx) = ready.take()
+            {
+                let _ = tx.send(());
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(60), ready_rx)
+        .await
+        .expect("tollgate did not start within 60 s")
+        .expect("tollgate exited before listening");
+    child
+}
+
+async fn call(http: &reqwest::Client, method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
+    let mut request = http.request(method, url).bearer_auth(ADMIN_TOKEN);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let r = request.send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn binary_deliveries(http: &reqwest::Client, base: &str) -> Vec<Value> {
+    let (status, body) = call(http, reqwest::Method::GET, format!("{base}/api/v1/alerts/deliveries"), None).await;
+    assert_eq!(status, 200, "{body:?}");
+    body["data"].as_array().expect("list").clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crossing_is_delivered_after_a_restart_once_with_the_same_webhook_id() {
+async fn a_crossing_is_delivered_after_kill_9_once_with_the_same_webhook_id() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mock_url = spawn_mock(tollgate_mock_upstream::MockConfig {
         expected_api_key: Some("sk-provider-test".into()),
         ..Default::default()
     })
     .await;
-    let build = |retry: Vec<u64>| {
-        let mut raw = raw_config(tmp.path(), &mock_url);
-        alerts_config(&mut raw);
-        raw.alerts.retry_schedule_ms = retry;
-        tollgate_server::config::Config::from_raw(raw).expect("config")
-    };
-    // First run: the receiver is down, so the crossing waits in the outbox (the first
-    // retry is an hour away).
-    let app = spawn_app_with(build(vec![3_600_000])).await;
-    let key = quota_key(&app, "acme", 5).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let mut child = start_binary(tmp.path(), port, &mock_url).await;
+    let post = reqwest::Method::POST;
+    let (s, b) = call(&http, post.clone(), format!("{base}/api/v1/projects"), Some(json!({ "id": "acme" }))).await;
+    assert_eq!(s, 201, "{b:?}");
+    let plan = json!({ "limits": [{ "metric": "requests", "window": "day", "limit": 5 }] });
+    let (s, b) = call(&http, reqwest::Method::PUT, format!("{base}/api/v1/plans/daily5"), Some(plan)).await;
+    assert!(s == 200 || s == 201, "{b:?}");
+    let (s, b) =
+        call(&http, post.clone(), format!("{base}/api/v1/keys"), Some(json!({ "project": "acme", "plan": "daily5" })))
+            .await;
+    assert_eq!(s, 201, "{b:?}");
+    let key = b["key"].as_str().expect("key").to_owned();
     let receiver = Receiver::start().await;
     receiver.state.always_fail.store(true, Ordering::SeqCst);
-    let (channel, secret) = webhook_channel(&app, "acme", &receiver.url).await;
-    rule(&app, json!({ "project": "acme", "thresholds": [100], "channels": [channel] })).await;
+    let channel = json!({ "project": "acme", "kind": "webhook", "url": receiver.url });
+    let (s, b) = call(&http, post.clone(), format!("{base}/api/v1/alerts/channels"), Some(channel)).await;
+    assert_eq!(s, 201, "{b:?}");
+    let secret = b["secret"].as_str().expect("secret").to_owned();
+    let rule = json!({ "project": "acme", "thresholds": [100], "channels": [b["id"]] });
+    let (s, b) = call(&http, post.clone(), format!("{base}/api/v1/alerts/rules"), Some(rule)).await;
+    assert_eq!(s, 201, "{b:?}");
     for _ in 0..5 {
-        assert_eq!(app.chat(&key).await.status, 200);
+        let r = http
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&json!({ "model": "gpt-4o-mini", "messages": [{ "role": "user", "content": "hi" }] }))
+            .send()
+            .await
+            .expect("chat");
+        assert_eq!(r.status(), 200);
     }
+    // The crossing is in the outbox and its first attempt failed; kill -9 before the retry.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let first = loop {
-        let list = deliveries(&app, "").await;
-        if list.first().is_some_and(|d| d["attempts"] == 1) {
-            break list;
+    let webhook_id = loop {
+        let list = binary_deliveries(&http, &base).await;
+        if let Some(d) = list.first().filter(|d| d["attempts"] == 1) {
+            break d["id"].as_str().expect("id").to_owned();
         }
         assert!(tokio::time::Instant::now() < deadline, "no first attempt: {list:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(first[0]["status"], "pending");
-    let webhook_id = first[0]["id"].as_str().expect("id").to_owned();
-    app.stop().await;
+    child.kill().expect("kill -9");
+    child.wait().expect("reaped");
+    assert_eq!(receiver.received().len(), 0);
 
-    // Restart on the same data (and the same generated master key); the receiver is
-    // back, and redelivery is due at once.
+    // After the restart the worker finds it and delivers it once, with the same id.
     receiver.state.always_fail.store(false, Ordering::SeqCst);
-    let app = spawn_app_with(build(vec![30])).await;
-    let r = app.admin(reqwest::Method::POST, &format!("/api/v1/alerts/deliveries/{webhook_id}/redeliver"), None).await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    wait_for_deliveries(&app, "", "delivered", 1).await;
-    // Counters are rebuilt from the ledger; requests past the quota add no crossing.
-    assert_eq!(app.chat(&key).await.status, 429);
+    let mut child = start_binary(tmp.path(), port, &mock_url).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = binary_deliveries(&http, &base).await;
+        if list.first().is_some_and(|d| d["status"] == "delivered") {
+            assert_eq!(list.len(), 1);
+            assert_eq!(list[0]["attempts"], 2, "{list:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not delivered after the restart: {list:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let received = receiver.received();
     assert_eq!(received.len(), 1, "delivered once");
     assert_eq!(received[0].headers["webhook-id"], webhook_id, "with the same webhook-id");
     verify_with_standardwebhooks(&secret, &received);
-    assert_eq!(deliveries(&app, "").await.len(), 1);
-    app.stop().await;
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
