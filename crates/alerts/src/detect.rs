@@ -139,15 +139,24 @@ impl Watch {
         self.any.store(any, Ordering::Release);
     }
 
-    /// Looks at one admitted decision (see the module doc).
-    pub fn observe(&self, partition: &str, items: &[LimitItem], amounts: Amounts, decision: &Decision, now_ms: i64) {
+    /// The thresholds one admitted decision crossed (see the module doc); empty, and
+    /// nothing allocated, when none was.
+    pub fn crossings(
+        &self,
+        partition: &str,
+        items: &[LimitItem],
+        amounts: Amounts,
+        decision: &Decision,
+        now_ms: i64,
+    ) -> Vec<Crossing> {
+        let mut found = Vec::new();
         if !self.any.load(Ordering::Acquire) || !decision.allowed() {
-            return;
+            return found;
         }
         let rules = self.rules.read().unwrap_or_else(PoisonError::into_inner);
         let rules = rules.for_project(partition);
         if rules.is_empty() {
-            return;
+            return found;
         }
         for (item, status) in items.iter().zip(&decision.statuses) {
             let amount = amounts.get(item.spec.metric);
@@ -160,7 +169,7 @@ impl Watch {
             for rule in rules.iter().filter(|r| r.matcher.matches(&item.spec)) {
                 for &threshold in rule.thresholds.iter().filter(|&&t| crosses(before, after, limit, t)) {
                     let (window_start_ms, window_end_ms) = window_of(item, now_ms);
-                    let crossing = Crossing {
+                    found.push(Crossing {
                         rule_id: rule.id.clone(),
                         channels: rule.channels.clone(),
                         project_id: partition.to_owned(),
@@ -171,25 +180,68 @@ impl Watch {
                         window_start_ms,
                         window_end_ms,
                         at_ms: now_ms,
-                    };
-                    // The receiver lives as long as the server; after shutdown there
-                    // is nobody to tell.
-                    let _ = self.crossings.send(crossing);
+                    });
                 }
             }
+        }
+        found
+    }
+
+    /// Whether any rule applies to `partition` (cheap: one map lookup).
+    pub fn watches(&self, partition: &str) -> bool {
+        self.any.load(Ordering::Acquire)
+            && !self.rules.read().unwrap_or_else(PoisonError::into_inner).for_project(partition).is_empty()
+    }
+
+    /// Hands crossings to the background outbox writer.
+    pub fn defer(&self, crossings: Vec<Crossing>) {
+        for crossing in crossings {
+            // The receiver lives as long as the server; after shutdown there is nobody
+            // to tell.
+            let _ = self.crossings.send(crossing);
+        }
+    }
+
+    /// Looks at one admitted decision and defers what it crossed to the outbox writer.
+    pub fn observe(&self, partition: &str, items: &[LimitItem], amounts: Amounts, decision: &Decision, now_ms: i64) {
+        let found = self.crossings(partition, items, amounts, decision, now_ms);
+        if !found.is_empty() {
+            self.defer(found);
         }
     }
 }
 
-/// The limiter with crossing detection on every admitted reservation.
+/// The limiter with crossing detection on every admitted reservation and every
+/// charge without a check (`apply`: the ledger replayed at start, ingested usage).
+///
+/// A reservation that crosses a threshold writes the event to the outbox before it
+/// returns (bounded by [`SYNC_OUTBOX_TIMEOUT`]; on failure the background writer
+/// retries), so an answered request's crossing survives a `kill -9`; every other
+/// reservation pays a comparison. A replayed `apply` that crosses a threshold finds
+/// the event again (same id): a crossing lost to a crash before its outbox write is
+/// recovered at the next start, and one already written adds nothing.
 pub struct AlertingLimiter {
     inner: Arc<dyn Limiter>,
-    watch: Arc<Watch>,
+    alerts: Arc<crate::outbox::Alerts>,
 }
 
+/// How long a crossing reservation waits for its outbox write.
+pub const SYNC_OUTBOX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl AlertingLimiter {
-    pub fn new(inner: Arc<dyn Limiter>, watch: Arc<Watch>) -> Self {
-        Self { inner, watch }
+    pub fn new(inner: Arc<dyn Limiter>, alerts: Arc<crate::outbox::Alerts>) -> Self {
+        Self { inner, alerts }
+    }
+
+    async fn record_now(&self, crossings: Vec<Crossing>) {
+        let mut failed = Vec::new();
+        for crossing in crossings {
+            match tokio::time::timeout(SYNC_OUTBOX_TIMEOUT, self.alerts.write_crossing(&crossing)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => failed.push(crossing),
+            }
+        }
+        self.alerts.watch.defer(failed);
     }
 }
 
@@ -198,7 +250,10 @@ impl Limiter for AlertingLimiter {
     async fn reserve(&self, request: ReserveRequest<'_>) -> StoreResult<Decision> {
         let (partition, items, amounts, now_ms) = (request.partition, request.items, request.amounts, request.now_ms);
         let decision = self.inner.reserve(request).await?;
-        self.watch.observe(partition, items, amounts, &decision, now_ms);
+        let crossings = self.alerts.watch.crossings(partition, items, amounts, &decision, now_ms);
+        if !crossings.is_empty() {
+            self.record_now(crossings).await;
+        }
         Ok(decision)
     }
 
@@ -211,7 +266,13 @@ impl Limiter for AlertingLimiter {
     }
 
     async fn apply(&self, partition: &str, items: &[LimitItem], amounts: Amounts, at_ms: i64) -> StoreResult<()> {
-        self.inner.apply(partition, items, amounts, at_ms).await
+        self.inner.apply(partition, items, amounts, at_ms).await?;
+        if self.alerts.watch.watches(partition) {
+            let standing = self.inner.peek(partition, items, Amounts::default(), at_ms).await?;
+            let standing = Decision { refused: None, ..standing };
+            self.alerts.watch.observe(partition, items, amounts, &standing, at_ms);
+        }
+        Ok(())
     }
 
     async fn prune(&self, now_ms: i64) -> StoreResult<usize> {

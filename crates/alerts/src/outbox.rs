@@ -239,20 +239,24 @@ impl Alerts {
         self.wake.notify_one();
     }
 
-    /// Writes a crossing's event to the outbox (retrying while the store is away).
-    pub async fn record_crossing(&self, crossing: &Crossing) -> StoreResult<bool> {
+    /// Writes a crossing's event to the outbox once; true if it was new.
+    pub async fn write_crossing(&self, crossing: &Crossing) -> StoreResult<bool> {
         let event = crossing_event(crossing);
         let deliveries = deliveries_for(&event, &crossing.channels, now_ms());
+        let written = self.store.enqueue(event.clone(), deliveries).await?;
+        if written {
+            tracing::info!(event = %event.id, project = %crossing.project_id, threshold = crossing.threshold, "alert threshold crossed");
+            self.wake();
+        }
+        Ok(written)
+    }
+
+    /// Writes a crossing's event to the outbox (retrying while the store is away).
+    pub async fn record_crossing(&self, crossing: &Crossing) -> StoreResult<bool> {
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.store.enqueue(event.clone(), deliveries.clone()).await {
-                Ok(written) => {
-                    if written {
-                        tracing::info!(event = %event.id, project = %crossing.project_id, threshold = crossing.threshold, "alert threshold crossed");
-                        self.wake();
-                    }
-                    return Ok(written);
-                }
+            match self.write_crossing(crossing).await {
+                Ok(written) => return Ok(written),
                 Err(e @ StoreError::Unavailable { .. }) if delay < Duration::from_secs(30) => {
                     tracing::warn!(error = %e, "alert outbox unavailable; retrying");
                     tokio::time::sleep(delay).await;

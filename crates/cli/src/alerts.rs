@@ -51,7 +51,7 @@ pub(crate) fn call(command: AlertsCommand) -> anyhow::Result<Request> {
                     ("endpoint", s(endpoint)),
                     ("thresholds", (!thresholds.is_empty()).then(|| json!(thresholds))),
                     ("channels", Some(json!(channels))),
-                    ("enabled", disabled.then(|| json!(false))),
+                    ("enabled", disabled.then_some(Value::Bool(false))),
                 ]);
                 (server, Method::POST, "/api/v1/alerts/rules".into(), Some(body))
             }

@@ -115,8 +115,7 @@ impl Application {
             backend.distributed.is_none(),
         )
         .await?;
-        let limiter =
-            Arc::new(tollgate_alerts::detect::AlertingLimiter::new(backend.limiter.clone(), alerts.watch.clone()));
+        let limiter = Arc::new(tollgate_alerts::detect::AlertingLimiter::new(backend.limiter.clone(), alerts.clone()));
         let metrics = Arc::new(tollgate_gateway::metrics::Metrics::new(&config.provider, &config.prices));
         let gateway = Gateway::new(tollgate_gateway::GatewayParts {
             catalog,

@@ -671,3 +671,46 @@ async fn channel_secrets_are_never_on_disk_in_clear_nor_returned() {
     }
     assert!(scanned >= 2, "the database was scanned");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crossing_lost_before_its_outbox_write_is_found_again_when_counters_are_rebuilt() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mock_url = spawn_mock(tollgate_mock_upstream::MockConfig {
+        expected_api_key: Some("sk-provider-test".into()),
+        ..Default::default()
+    })
+    .await;
+    let build = || {
+        let mut raw = raw_config(tmp.path(), &mock_url);
+        alerts_config(&mut raw);
+        tollgate_server::config::Config::from_raw(raw).expect("config")
+    };
+    let app = spawn_app_with(build()).await;
+    let key = quota_key(&app, "acme", 10).await;
+    let receiver = Receiver::start().await;
+    let (channel, _) = webhook_channel(&app, "acme", &receiver.url).await;
+    rule(&app, json!({ "project": "acme", "window": "day", "thresholds": [80], "channels": [channel] })).await;
+    for _ in 0..8 {
+        assert_eq!(app.chat(&key).await.status, 200);
+    }
+    wait_for_deliveries(&app, "", "delivered", 1).await;
+    let (dir, _, _keep) = app.stop().await;
+    // As if the process had died between the charge and the outbox write.
+    let db = rusqlite::Connection::open(dir.join("tollgate.db")).expect("open db");
+    db.execute_batch("DELETE FROM alert_attempts; DELETE FROM alert_deliveries; DELETE FROM alert_events;")
+        .expect("forget the outbox");
+    drop(db);
+
+    let app = spawn_app_with(build()).await;
+    wait_for_deliveries(&app, "", "delivered", 1).await;
+    let received = receiver.received();
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[0].headers["webhook-id"], received[1].headers["webhook-id"], "the same event, found again");
+    // Rebuilding again finds an event that is already there: nothing more is sent.
+    let (_, _, _keep2) = app.stop().await;
+    let app = spawn_app_with(build()).await;
+    assert_eq!(deliveries(&app, "").await.len(), 1);
+    assert_eq!(app.chat(&key).await.status, 200, "the ninth request (90 %: no rule)");
+    app.stop().await;
+    assert_eq!(receiver.received().len(), 2);
+}
