@@ -253,12 +253,14 @@ async fn post(url: &str, body: Vec<u8>, headers: &[(&str, String)], settings: &S
         .resolve(&target.host, target.addr)
         .user_agent("tollgate-alerts/1")
         .build()
-        .map_err(|e| SendError::new(format!("cannot build an HTTP client: {e}")))?;
+        .map_err(|e| SendError::new(format!("cannot build an HTTP client: {}", e.without_url())))?;
     let mut request = client.post(target.url).header("content-type", "application/json").body(body);
     for (name, value) in headers {
         request = request.header(*name, value);
     }
-    let mut response = request.send().await.map_err(|e| SendError::new(format!("request failed: {e}")))?;
+    // Never the URL in the error: a Slack URL is a secret, and errors are logged and stored.
+    let mut response =
+        request.send().await.map_err(|e| SendError::new(format!("request failed: {}", e.without_url())))?;
     let status = response.status().as_u16();
     let mut answer = Vec::new();
     while answer.len() < MAX_RESPONSE_BYTES {

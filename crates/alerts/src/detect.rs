@@ -16,6 +16,8 @@
 //! window, threshold), and an event is written once.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -247,14 +249,30 @@ impl AlertingLimiter {
 
 #[async_trait]
 impl Limiter for AlertingLimiter {
-    async fn reserve(&self, request: ReserveRequest<'_>) -> StoreResult<Decision> {
-        let (partition, items, amounts, now_ms) = (request.partition, request.items, request.amounts, request.now_ms);
-        let decision = self.inner.reserve(request).await?;
-        let crossings = self.alerts.watch.crossings(partition, items, amounts, &decision, now_ms);
-        if !crossings.is_empty() {
-            self.record_now(crossings).await;
+    /// Written out rather than `async`: a project no rule watches gets the inner
+    /// limiter's future itself, so the wrapper costs one map lookup and no allocation.
+    fn reserve<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        request: ReserveRequest<'life1>,
+    ) -> Pin<Box<dyn Future<Output = StoreResult<Decision>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        if !self.alerts.watch.watches(request.partition) {
+            return self.inner.reserve(request);
         }
-        Ok(decision)
+        Box::pin(async move {
+            let (partition, items, amounts, now_ms) =
+                (request.partition, request.items, request.amounts, request.now_ms);
+            let decision = self.inner.reserve(request).await?;
+            let crossings = self.alerts.watch.crossings(partition, items, amounts, &decision, now_ms);
+            if !crossings.is_empty() {
+                self.record_now(crossings).await;
+            }
+            Ok(decision)
+        })
     }
 
     async fn settle(&self, request: SettleRequest<'_>) -> StoreResult<()> {
