@@ -51,6 +51,8 @@ const MAX_THRESHOLDS: usize = 10;
 const MAX_CHANNELS_PER_RULE: usize = 10;
 const MAX_RECIPIENTS: usize = 20;
 const MAX_TEXT: usize = 200;
+/// Rules and channels one project (or the operator's defaults) may have.
+const MAX_PER_PROJECT: usize = 100;
 
 fn random_id(prefix: &str) -> ApiResult<String> {
     let mut bytes = [0u8; 10];
@@ -209,6 +211,10 @@ async fn create_rule(State(state): State<AppState>, admin: Admin, Json(body): Js
     }
     let thresholds = checked_thresholds(body.thresholds)?;
     check_channels(&state, &project, &body.channels).await?;
+    let existing = state.alerts.store.list_rules(project.as_deref()).await?;
+    if existing.iter().filter(|r| r.project_id == project).count() >= MAX_PER_PROJECT {
+        return Err(ApiError::Conflict(format!("a project has at most {MAX_PER_PROJECT} alert rules")));
+    }
     let now = now_ms();
     let rule = RuleRecord {
         id: random_id("rule_")?,
@@ -420,6 +426,10 @@ async fn create_channel(
 ) -> ApiResult<Response> {
     let project = owning_project(&state, &admin, body.project).await?;
     check_text("name", &body.name)?;
+    let existing = state.alerts.store.list_channels(project.as_deref()).await?;
+    if existing.iter().filter(|c| c.project_id == project).count() >= MAX_PER_PROJECT {
+        return Err(ApiError::Conflict(format!("a project has at most {MAX_PER_PROJECT} alert channels")));
+    }
     let mut config = ChannelConfig {
         url: None,
         smtp_host: None,
