@@ -88,6 +88,24 @@ if ! setup_schemathesis; then
     exit 1
 fi
 
+# --- Alerts: the Standard Webhooks reference verifier and an SMTP sink ---------
+# The alerts tests check webhook signatures with the official `standardwebhooks`
+# library and receive e-mail with a real `aiosmtpd` sink; without them they fail.
+setup_alerts_python() {
+    if python3 -c 'import standardwebhooks, aiosmtpd' 2>/dev/null; then
+        say "python standardwebhooks, aiosmtpd: present"
+        return 0
+    fi
+    python3 -m pip install --quiet standardwebhooks aiosmtpd 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages standardwebhooks aiosmtpd || return 1
+    python3 -c 'import standardwebhooks, aiosmtpd' 2>/dev/null || return 1
+    say "python standardwebhooks, aiosmtpd: installed"
+}
+if ! setup_alerts_python; then
+    echo "[test.sh] ERROR: standardwebhooks and aiosmtpd could not be installed (python3 -m pip install standardwebhooks aiosmtpd)." >&2
+    exit 1
+fi
+
 # --- Express (the verify middleware example, docs/examples/middleware/express) -
 setup_express() {
     local dir=docs/examples/middleware/express

@@ -48,6 +48,9 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Alerts: rules, channels (webhook, Slack, e-mail), events and deliveries.
+    #[command(subcommand)]
+    Alerts(AlertsCommand),
     /// Usage against every limit of a key (`--key`) or a project (`--project`):
     /// used, remaining, percent, reset, state.
     Status {
@@ -187,6 +190,9 @@ Settings (TOML file, or TOLLGATE_<NAME>, nested with __: TOLLGATE_UPSTREAM__BASE
   unknown_model_policy   refuse | default_price [refuse]
   default_price          price of models the table does not know
   cors_allowed_origins   browser origins allowed to call tollgate [none]
+  alerts.*               master_key, master_key_file, old_master_keys, allow_private_targets,
+                         retry_schedule_ms, poll_ms, lease_secs, send_timeout_ms,
+                         rules_refresh_ms (docs/alerts.md)
   analytics.*            max_range_days, retention_days, rollup_retention_days,
                          retention_batch, retention_every_secs (docs/analytics.md)
   otlp.*                 enabled [false], endpoint [http://127.0.0.1:4318], service_name,
@@ -470,6 +476,209 @@ pub enum TokensCommand {
     },
     /// Revoke an admin token by id: it stops working at once.
     Revoke {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+    },
+}
+
+/// `tollgate alerts …`: rules, channels, deliveries (docs/alerts.md).
+#[derive(Subcommand, Debug)]
+pub enum AlertsCommand {
+    /// Alert rules: which limits, which thresholds, which channels.
+    #[command(subcommand)]
+    Rules(AlertRulesCommand),
+    /// Channels: webhook (Standard Webhooks), Slack, e-mail.
+    #[command(subcommand)]
+    Channels(AlertChannelsCommand),
+    /// Events, newest first, each with its deliveries.
+    Events {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        project: Option<String>,
+        /// pending, delivered or dead.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        limit: Option<String>,
+    },
+    /// Deliveries (one event to one channel): list, show with attempts, redeliver.
+    #[command(subcommand)]
+    Deliveries(AlertDeliveriesCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AlertRulesCommand {
+    /// Create a rule over limits (absent filters match any limit).
+    Create {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The project (a project token's own by default; absent with the operator
+        /// token: an operator default for every project without rules of its own).
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// requests, input_tokens, output_tokens, total_tokens or cost_micros.
+        #[arg(long)]
+        metric: Option<String>,
+        /// minute, hour, day or month.
+        #[arg(long)]
+        window: Option<String>,
+        /// key, project, ip or anonymous.
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        provider: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Percentages, comma-separated (default 80,90,100).
+        #[arg(long, value_delimiter = ',')]
+        thresholds: Vec<u32>,
+        /// Channel ids, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        channels: Vec<String>,
+        /// Create it disabled.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// List rules (a project's, or every one for the operator).
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Show one rule.
+    Get {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+    },
+    /// Change a rule's thresholds, channels, name or state.
+    Update {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_delimiter = ',')]
+        thresholds: Option<Vec<u32>>,
+        #[arg(long, value_delimiter = ',')]
+        channels: Option<Vec<String>>,
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        #[arg(long)]
+        disable: bool,
+    },
+    /// Delete a rule.
+    Delete {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AlertChannelsCommand {
+    /// Create a channel. A webhook's signing secret (`whsec_…`) is printed once.
+    Create {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// webhook, slack or email.
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// Webhook: where to POST. Slack: the incoming webhook URL (kept sealed).
+        #[arg(long = "target")]
+        target: Option<String>,
+        #[arg(long)]
+        smtp_host: Option<String>,
+        #[arg(long)]
+        smtp_port: Option<u16>,
+        /// starttls (default), implicit or none.
+        #[arg(long)]
+        smtp_tls: Option<String>,
+        #[arg(long)]
+        smtp_username: Option<String>,
+        /// Read from this environment variable (never a command-line argument).
+        #[arg(long)]
+        smtp_password_env: Option<String>,
+        #[arg(long)]
+        from: Option<String>,
+        /// Recipients, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        to: Vec<String>,
+    },
+    /// List channels (never their secrets).
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Show one channel (its secret's hint only).
+    Get {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+    },
+    /// Enable or disable a channel, or rename it.
+    Update {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        #[arg(long)]
+        disable: bool,
+    },
+    /// Delete a channel no rule sends to.
+    Delete {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+    },
+    /// Send a test event through the outbox; prints the delivery and its attempts.
+    Test {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AlertDeliveriesCommand {
+    /// List deliveries, newest first (--status dead: the dead letters).
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        project: Option<String>,
+        /// pending, delivered or dead (dead letters).
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        event: Option<String>,
+        #[arg(long)]
+        limit: Option<String>,
+    },
+    /// One delivery with its event and every attempt.
+    Get {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+    },
+    /// Send again (a dead letter gets a fresh schedule of attempts).
+    Redeliver {
         #[command(flatten)]
         server: ServerArgs,
         id: String,

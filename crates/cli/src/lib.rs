@@ -8,6 +8,7 @@
 //! `--admin-token-file` / `TOLLGATE_ADMIN_TOKEN_FILE`, or `--admin-token` (which
 //! other users can read in `ps`: prefer the others).
 
+mod alerts;
 mod args;
 mod output;
 
@@ -391,6 +392,10 @@ fn admin_call(command: Command) -> anyhow::Result<(ServerArgs, Call)> {
         Command::Status { server, key, project } => {
             let q = query(&[("key", key), ("project", project)]);
             plain(server, Method::GET, format!("/api/v1/usage/status{q}"), None)
+        }
+        Command::Alerts(a) => {
+            let (server, method, path, body) = alerts::call(a)?;
+            plain(server, method, path, body)
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct Application {
     /// left), to hand over once with [`hand_over_generated_token`] (never logged).
     pub created_admin_token: Option<String>,
     backend: Backend,
+    /// Crossings the limiter reports, until the outbox writer starts.
+    alert_crossings: Option<tokio::sync::mpsc::UnboundedReceiver<tollgate_alerts::detect::Crossing>>,
 }
 
 impl Application {
@@ -106,10 +108,18 @@ impl Application {
                 (true, crate::config::LogFormat::Json) => tollgate_gateway::access::AccessLog::Json,
             },
         };
+        let (alerts, alert_crossings) = crate::alerts::build(
+            &config.alerts,
+            backend.alerts.clone(),
+            &config.data_dir,
+            backend.distributed.is_none(),
+        )
+        .await?;
+        let limiter = Arc::new(tollgate_alerts::detect::AlertingLimiter::new(backend.limiter.clone(), alerts.clone()));
         let metrics = Arc::new(tollgate_gateway::metrics::Metrics::new(&config.provider, &config.prices));
         let gateway = Gateway::new(tollgate_gateway::GatewayParts {
             catalog,
-            limiter: backend.limiter.clone(),
+            limiter,
             ledger: backend.ledger.clone(),
             upstream,
             plans,
@@ -121,8 +131,15 @@ impl Application {
         let invalid_keys = Arc::new(crate::http::guard::InvalidKeyGuard::new(config.invalid_keys_per_minute));
         let distributed = backend.distributed.clone();
         let analytics = backend.analytics.clone();
-        let state =
-            AppState { gateway, config: Arc::new(config), configured_operator, invalid_keys, distributed, analytics };
+        let state = AppState {
+            gateway,
+            config: Arc::new(config),
+            configured_operator,
+            invalid_keys,
+            distributed,
+            analytics,
+            alerts,
+        };
         // Embedded counters start empty and replay the ledger; shared (Redis) counters
         // are only raised to the ledger's totals, never added to.
         let rebuilt = if backend.distributed.is_some() {
@@ -136,7 +153,7 @@ impl Application {
             counters_rebuilt = rebuilt,
             "store ready"
         );
-        Ok(Self { listener, state, port, created_admin_token, backend })
+        Ok(Self { listener, state, port, created_admin_token, backend, alert_crossings: Some(alert_crossings) })
     }
 
     pub fn port(&self) -> u16 {
@@ -155,7 +172,7 @@ impl Application {
     /// Serves until `shutdown` resolves, then drains in-flight requests (up to
     /// `shutdown_grace`), waits for settlements and flushes the ledger.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Application { listener, state, backend, .. } = self;
+        let Application { listener, state, backend, alert_crossings, .. } = self;
         let address = listener.local_addr()?;
         tracing::info!(%address, upstream = %state.upstream.base_url(), "tollgate listening");
         let jobs = CancellationToken::new();
@@ -163,6 +180,9 @@ impl Application {
         job_tasks.spawn(prune_loop(state.clone(), jobs.clone()));
         job_tasks.spawn(crate::retention::retention_loop(state.clone(), jobs.clone()));
         backend.spawn_jobs(&state.job_context(), &jobs, &job_tasks);
+        if let Some(crossings) = alert_crossings {
+            crate::alerts::spawn_jobs(&state.alerts, crossings, &jobs, &job_tasks);
+        }
 
         let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -208,6 +228,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::routes::proxy::routes())
         .merge(crate::routes::admin::routes())
         .merge(crate::openapi::routes())
+        .merge(crate::routes::alerts::routes())
         .route("/health", get(crate::routes::admin::health))
         .route("/health/detailed", get(crate::routes::admin::health_detailed))
         .route("/metrics", get(crate::routes::metrics::metrics))
@@ -337,6 +358,8 @@ pub struct AppState {
     pub distributed: Option<Arc<tollgate_store_distributed::Distributed>>,
     /// The hourly rollups of the ledger (the analytics API reads only these).
     pub analytics: Arc<dyn tollgate_analytics::AnalyticsStore>,
+    /// Alert rules, channels, the outbox and its delivery worker.
+    pub alerts: Arc<tollgate_alerts::outbox::Alerts>,
 }
 
 impl std::ops::Deref for AppState {

@@ -19,11 +19,14 @@ use tollgate_core::limit::{default_plans, is_slug};
 use tollgate_core::{LimitSpec, Plan};
 pub use tollgate_store_distributed::OnStoreError;
 
+mod alerts;
 mod analytics;
 mod env;
 mod otlp;
 mod store;
 
+use alerts::alerts_settings;
+pub use alerts::{AlertsSettings, RawAlerts};
 use analytics::analytics_settings;
 pub use analytics::{AnalyticsSettings, RawAnalytics};
 pub use env::ENV_KEYS;
@@ -82,6 +85,8 @@ pub struct RawConfig {
     pub analytics: RawAnalytics,
     /// OTLP export of spans (off by default; docs/observability.md).
     pub otlp: RawOtlp,
+    /// Alerts: the master key of sealed secrets, outbound safety, retries (docs/alerts.md).
+    pub alerts: RawAlerts,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -184,6 +189,7 @@ impl Default for RawConfig {
             access_log: true,
             analytics: RawAnalytics::default(),
             otlp: RawOtlp::default(),
+            alerts: RawAlerts::default(),
             plans: default_plans()
                 .into_iter()
                 .map(|p| (p.name, RawPlan { description: p.description, limits: p.limits, time_zone: p.time_zone }))
@@ -307,6 +313,8 @@ pub struct Config {
     pub analytics: AnalyticsSettings,
     /// Where spans are exported (`[otlp]`); `None`: not exported.
     pub otlp: Option<OtlpSettings>,
+    /// Alerts (`[alerts]`).
+    pub alerts: AlertsSettings,
 }
 
 /// A configuration error that names the setting.
@@ -476,6 +484,7 @@ impl Config {
         let cors_allowed_origins = cors_origins(&raw.cors_allowed_origins)?;
         let analytics = analytics_settings(&raw.analytics)?;
         let otlp = otlp::otlp_settings(&raw.otlp)?;
+        let alerts = alerts_settings(&raw.alerts)?;
         let mut seed_plans = Vec::new();
         for (name, plan) in raw.plans {
             if !is_slug(&name) {
@@ -527,6 +536,7 @@ impl Config {
             access_log: raw.access_log,
             analytics,
             otlp,
+            alerts,
         })
     }
 }

@@ -3,6 +3,7 @@
 //! APIs, configuration, startup and shutdown. The only crate that knows HTTP; no
 //! SQL, no Redis, no counter arithmetic here.
 
+pub mod alerts;
 pub mod app;
 pub mod auth;
 pub mod config;

@@ -871,3 +871,96 @@ async fn a_killed_lease_holder_is_replaced_when_its_lease_expires() {
     schema.drop().await;
     delete_redis_prefix(&env.redis_url, &prefix).await;
 }
+
+/// A webhook receiver counting what it gets (every request answered 200).
+async fn webhook_receiver() -> (String, Arc<std::sync::Mutex<Vec<(String, Value)>>>) {
+    use axum::http::HeaderMap;
+    let got: Arc<std::sync::Mutex<Vec<(String, Value)>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+    let port = listener.local_addr().expect("addr").port();
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let sink = sink.clone();
+            async move {
+                let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                sink.lock().expect("lock").push((id, body));
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://127.0.0.1:{port}/hook"), got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_send_exactly_one_webhook_per_threshold() {
+    let Some(env) = env() else { return };
+    let schema = Schema::create(&env).await;
+    let mock = spawn_mock().await;
+    let prefix = format!("{}:", unique("tgtest"));
+    let mut raw = config(&mock, &env.redis_url, &schema.url, &prefix);
+    raw.redis_timeout_ms = 5_000;
+    raw.alerts.master_key = Some(Secret::new("42".repeat(32)));
+    raw.alerts.allow_private_targets = true;
+    raw.alerts.poll_ms = 20;
+    let a = start(raw.clone()).await;
+    let b = start(raw).await;
+    let (key, _) = a.project_key("alerting", json!([{ "metric": "requests", "window": "month", "limit": 100 }])).await;
+    eventually(Duration::from_secs(3), "B sees the new plan", || async {
+        b.state.plans.get("plan-alerting").is_some()
+    })
+    .await;
+    let (url, got) = webhook_receiver().await;
+    let r = a
+        .admin(
+            reqwest::Method::POST,
+            "/api/v1/alerts/channels",
+            Some(json!({ "project": "alerting", "kind": "webhook", "url": url })),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let rule = json!({ "project": "alerting", "channels": [r.body["id"]] });
+    let r = a.admin(reqwest::Method::POST, "/api/v1/alerts/rules", Some(rule)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    // A reloaded its rules on the change; B reloads them now (else within rules_refresh_ms).
+    b.state.alerts.reload_rules().await.expect("B reloads rules");
+
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let instance = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move { instance.chat(&key).await.status }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        if task.await.expect("request task") == 200 {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 100);
+    let delivered = "SELECT count(*) FROM alert_deliveries WHERE status = 'delivered'";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while schema.count(delivered).await < 3 {
+        assert!(Instant::now() < deadline, "three deliveries not made");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(schema.count("SELECT count(*) FROM alert_events").await, 3, "one event per threshold");
+    assert_eq!(schema.count("SELECT count(*) FROM alert_deliveries").await, 3);
+    assert_eq!(schema.count("SELECT count(*) FROM alert_attempts").await, 3, "each sent by one instance, once");
+    let got = got.lock().expect("lock").clone();
+    assert_eq!(got.len(), 3, "exactly one webhook per threshold across both instances: {got:?}");
+    let mut thresholds: Vec<u64> =
+        got.iter().map(|(_, b)| b["data"]["threshold_percent"].as_u64().unwrap_or(0)).collect();
+    thresholds.sort_unstable();
+    assert_eq!(thresholds, [80, 90, 100]);
+    let a = Arc::try_unwrap(a).ok().expect("sole owner of a");
+    let b = Arc::try_unwrap(b).ok().expect("sole owner of b");
+    a.stop().await;
+    b.stop().await;
+    schema.drop().await;
+    delete_redis_prefix(&env.redis_url, &prefix).await;
+}

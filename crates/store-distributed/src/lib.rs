@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use tollgate_alerts::AlertStore;
 use tollgate_analytics::AnalyticsStore;
 use tollgate_core::Secret;
 use tollgate_store::{Catalog, Ledger, Limiter};
@@ -105,6 +106,8 @@ pub struct Backend {
     pub ledger: Arc<dyn Ledger>,
     /// The hourly rollups of the same ledger (its rows' store).
     pub analytics: Arc<dyn AnalyticsStore>,
+    /// Alert rules, channels and the outbox (crates/alerts).
+    pub alerts: Arc<dyn AlertStore>,
     pub distributed: Option<Arc<Distributed>>,
 }
 
@@ -186,6 +189,7 @@ pub async fn open(
                 limiter: store.limiter(),
                 ledger: store.ledger(),
                 analytics: store.ledger(),
+                alerts: Arc::new(store.alerts()),
                 distributed: None,
             });
         }
@@ -246,7 +250,8 @@ pub async fn open(
         rebuilds: AtomicU64::new(0),
     });
     let analytics: Arc<dyn AnalyticsStore> = ledger.clone();
-    Ok(Backend { catalog, limiter, ledger, analytics, distributed: Some(parts) })
+    let alerts: Arc<dyn AlertStore> = Arc::new(parts.postgres.alerts());
+    Ok(Backend { catalog, limiter, ledger, analytics, alerts, distributed: Some(parts) })
 }
 
 /// Announces catalog changes on Redis pub/sub.

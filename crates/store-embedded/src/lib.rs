@@ -33,6 +33,7 @@
 //! when the process ends, however it ends (`kill -9` included), so a stale lock file
 //! never blocks a restart.
 
+mod alerts;
 mod analytics;
 mod catalog;
 mod ledger;
@@ -47,6 +48,7 @@ use rusqlite::ErrorCode;
 use tollgate_core::{KeyHash, KeyRecord, Plan, Project};
 use tollgate_store::{AdminTokenRecord, Catalog, KeyQuery, StoreError, StoreResult};
 
+pub use alerts::EmbeddedAlerts;
 pub use catalog::EmbeddedCatalog;
 pub use ledger::EmbeddedLedger;
 pub use limiter::{DEFAULT_VISITOR_CAP, EmbeddedLimiter, RESERVATION_TTL_MS};
@@ -116,6 +118,7 @@ pub struct EmbeddedStore {
     catalog: Arc<EmbeddedCatalog>,
     limiter: Arc<EmbeddedLimiter>,
     ledger: Arc<EmbeddedLedger>,
+    alerts: EmbeddedAlerts,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -146,10 +149,11 @@ impl EmbeddedStore {
         let mut conn = schema::open_connection(&db_path, schema::Role::Writer)?;
         schema::migrate(&mut conn)?;
         let catalog = Arc::new(EmbeddedCatalog::open(conn, lock.clone())?);
+        let alerts = EmbeddedAlerts::new(schema::open_connection(&db_path, schema::Role::Writer)?);
         let ledger = Arc::new(EmbeddedLedger::open(&db_path, options.ledger_fsync, options.ledger_buffer)?);
         let limiter = Arc::new(EmbeddedLimiter::new());
         limiter.set_visitor_cap(options.visitor_cap);
-        Ok(EmbeddedStore { db_path, _lock: lock, catalog, limiter, ledger })
+        Ok(EmbeddedStore { db_path, _lock: lock, catalog, limiter, ledger, alerts })
     }
 
     /// The path of the SQLite database file.
@@ -167,6 +171,11 @@ impl EmbeddedStore {
 
     pub fn ledger(&self) -> Arc<EmbeddedLedger> {
         self.ledger.clone()
+    }
+
+    /// The alert store (rules, channels, the outbox) in the same database.
+    pub fn alerts(&self) -> EmbeddedAlerts {
+        self.alerts.clone()
     }
 
     /// Flushes and stops the ledger writer. Catalog writes are durable when they

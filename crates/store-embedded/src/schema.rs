@@ -132,6 +132,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("migrations_0008_rollup_projections.sql"),
     // 9: the counted rollup the counter rebuild reads (tollgate_store::totals).
     include_str!("migrations_0009_usage_counted.sql"),
+    // 10: alerts: rules, channels, the outbox (events, deliveries, attempts).
+    include_str!("migrations_0010_alerts.sql"),
 ];
 
 /// What a connection is for; readers cannot write by accident.

@@ -19,6 +19,7 @@
 //!
 //! Nothing but hashes of secrets is stored.
 
+mod alerts;
 mod analytics;
 mod catalog;
 mod changes;
@@ -34,6 +35,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 use tollgate_store::{StoreError, StoreResult, columns};
 
+pub use alerts::PostgresAlerts;
 pub use catalog::PostgresCatalog;
 pub use changes::{CatalogChange, ChangePublisher};
 pub use cluster::{InstanceInfo, InstanceRegistry, PgLease};
@@ -118,6 +120,11 @@ impl PostgresStore {
 
     pub fn ledger(&self) -> std::sync::Arc<PostgresLedger> {
         self.ledger.clone()
+    }
+
+    /// The alert store (rules, channels, the outbox) on the same pool.
+    pub fn alerts(&self) -> PostgresAlerts {
+        PostgresAlerts::new(self.pool.clone())
     }
 
     pub fn pool(&self) -> &Pool {

@@ -34,6 +34,7 @@ pub const ENV_KEYS: &[&str] = &[
     "access_log",
     "analytics",
     "otlp",
+    "alerts",
 ];
 
 /// `TOLLGATE_*` variables that are not server configuration: read by the CLI, the

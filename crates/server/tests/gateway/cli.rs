@@ -256,3 +256,49 @@ fn every_subcommand_has_help_and_serve_help_lists_every_setting() {
         assert!(text.contains(setting), "serve --help does not list `{setting}`");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_channels_rules_and_deliveries_from_the_command_line() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mock_url = spawn_mock(tollgate_mock_upstream::MockConfig::default()).await;
+    let mut raw = raw_config(tmp.path(), &mock_url);
+    raw.alerts.allow_private_targets = true;
+    let mut app = spawn_app_with(tollgate_server::config::Config::from_raw(raw).expect("config")).await;
+    app.keep_dir(tmp);
+    app.create_project("acme").await;
+    let receiver = crate::alerts::Receiver::start().await;
+    tokio::task::block_in_place(|| {
+        let channel = json_of(
+            &app,
+            &["alerts", "channels", "create", "--kind", "webhook", "--project", "acme", "--target", &receiver.url],
+        );
+        assert!(channel["secret"].as_str().is_some_and(|s| s.starts_with("whsec_")), "{channel}");
+        let id = channel["id"].as_str().expect("id").to_owned();
+        let rule = json_of(
+            &app,
+            &[
+                "alerts",
+                "rules",
+                "create",
+                "--project",
+                "acme",
+                "--window",
+                "day",
+                "--thresholds",
+                "50,100",
+                "--channels",
+                &id,
+            ],
+        );
+        assert_eq!(rule["thresholds"], json!([50, 100]), "{rule}");
+        let rules = json_of(&app, &["alerts", "rules", "list", "--project", "acme"]);
+        assert_eq!(rules["data"].as_array().map(Vec::len), Some(1));
+        let test = json_of(&app, &["alerts", "channels", "test", &id]);
+        assert_eq!(test["status"], "delivered", "{test}");
+        let list = json_of(&app, &["alerts", "deliveries", "list", "--status", "delivered"]);
+        assert_eq!(list["data"][0]["id"], test["id"]);
+        let (ok, _, stderr) = run(&app, &["alerts", "channels", "delete", &id], &[]);
+        assert!(!ok && stderr.contains("rule"), "a channel in use is not deleted: {stderr}");
+    });
+    assert_eq!(receiver.received().len(), 1);
+}

@@ -193,6 +193,11 @@ impl TestApp {
     }
 
     /// Waits until every settlement spawned so far has run.
+    /// Keeps `dir` (the data directory's temporary parent) alive as long as the app.
+    pub fn keep_dir(&mut self, dir: tempfile::TempDir) {
+        self._tmp = Some(dir);
+    }
+
     pub async fn settled(&self) {
         self.state.tasks.close();
         self.state.tasks.wait().await;

@@ -4,6 +4,7 @@
 mod accounting;
 mod admin;
 mod admission;
+mod alerts;
 mod analytics;
 mod cli;
 mod crash;

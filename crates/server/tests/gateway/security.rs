@@ -47,6 +47,9 @@ async fn serve_binary(data_dir: &Path, upstream: &str) -> Served {
         .env("OPENAI_API_KEY", PROVIDER_KEY)
         .env("RUST_LOG", "debug")
         .env("TOLLGATE_LOG_FORMAT", "json")
+        // The alert channels of the session post to local receivers.
+        .env("TOLLGATE_ALERTS__ALLOW_PRIVATE_TARGETS", "true")
+        .env("TOLLGATE_ALERTS__RETRY_SCHEDULE_MS", "[20]")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -209,6 +212,42 @@ async fn a_full_session_leaves_no_secret_in_the_logs_or_on_disk() {
     assert_eq!(r.status, 200);
     assert!(r.body["data"].as_array().is_some_and(|rows| rows.len() >= 3), "{:?}", r.body);
 
+    // Alert channels: a webhook's signing secret, a Slack URL (one answering, one
+    // refusing, so its failure is logged), an SMTP password; each channel test-sent.
+    let receiver = crate::alerts::Receiver::start().await;
+    let r = admin(
+        Method::POST,
+        "/api/v1/alerts/channels",
+        Some(json!({ "project": "acme", "kind": "webhook", "url": receiver.url })),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let webhook_secret = r.body["secret"].as_str().expect("whsec").to_owned();
+    let mut alert_channels = vec![r.body["id"].as_str().expect("id").to_owned()];
+    let slack_url = format!("{}?token=LEAKCANARY-slack", receiver.url);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let dead_slack_url = format!("http://127.0.0.1:{closed}/services/LEAKCANARY-dead-slack");
+    let smtp_password = "LEAKCANARY-smtp-password";
+    for body in [
+        json!({ "project": "acme", "kind": "slack", "url": slack_url }),
+        json!({ "project": "acme", "kind": "slack", "url": dead_slack_url }),
+        json!({ "project": "acme", "kind": "email", "smtp_host": "127.0.0.1", "smtp_port": closed, "smtp_tls": "none",
+                "smtp_username": "u", "smtp_password": smtp_password, "from": "a@example.com", "to": ["b@example.com"] }),
+    ] {
+        let r = admin(Method::POST, "/api/v1/alerts/channels", Some(body)).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        alert_channels.push(r.body["id"].as_str().expect("id").to_owned());
+    }
+    for id in &alert_channels {
+        let r = admin(Method::POST, &format!("/api/v1/alerts/channels/{id}/test"), None).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert!(r.body["attempts"].as_u64().is_some_and(|n| n >= 1), "{:?}", r.body);
+    }
+    assert_eq!(receiver.received().len(), 2, "the webhook and the answering Slack URL");
+    let r = admin(Method::GET, "/api/v1/alerts/deliveries", None).await;
+    let shown = r.body.to_string();
+    assert!(!shown.contains("LEAKCANARY"), "a delivery's error names no secret: {shown}");
+
     let logs = served.stop().await;
     upstream.shutdown().await.expect("mock shutdown");
 
@@ -225,6 +264,11 @@ async fn a_full_session_leaves_no_secret_in_the_logs_or_on_disk() {
         ("a wrong admin token", WRONG_ADMIN_TOKEN),
         ("the project token", project_token.as_str()),
         ("the provider key", PROVIDER_KEY),
+        ("a webhook signing secret", webhook_secret.as_str()),
+        ("a webhook signing secret's key", webhook_secret.trim_start_matches("whsec_")),
+        ("a Slack URL", slack_url.as_str()),
+        ("a failing Slack URL", dead_slack_url.as_str()),
+        ("an SMTP password", smtp_password),
     ];
     for (what, secret) in secrets {
         assert!(!logs.contains(secret), "{what} appears in the logs:\n{logs}");
