@@ -20,11 +20,14 @@ use tollgate_core::{LimitSpec, Plan};
 pub use tollgate_store_distributed::OnStoreError;
 
 mod analytics;
+mod cache;
 mod env;
 mod store;
 
 use analytics::analytics_settings;
 pub use analytics::{AnalyticsSettings, RawAnalytics};
+use cache::cache_settings;
+pub use cache::{CacheSettings, RawCache};
 pub use env::ENV_KEYS;
 use env::unknown_env_var;
 
@@ -78,6 +81,8 @@ pub struct RawConfig {
     pub access_log: bool,
     /// Usage analytics: query bounds and retention (see docs/analytics.md).
     pub analytics: RawAnalytics,
+    /// The response cache's bounds (see docs/caching.md).
+    pub cache: RawCache,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -179,6 +184,7 @@ impl Default for RawConfig {
             cors_allowed_origins: Vec::new(),
             access_log: true,
             analytics: RawAnalytics::default(),
+            cache: RawCache::default(),
             plans: default_plans()
                 .into_iter()
                 .map(|p| (p.name, RawPlan { description: p.description, limits: p.limits, time_zone: p.time_zone }))
@@ -300,6 +306,8 @@ pub struct Config {
     pub access_log: bool,
     /// Query bounds and retention of usage analytics (`[analytics]`).
     pub analytics: AnalyticsSettings,
+    /// The response cache's bounds (`[cache]`).
+    pub cache: CacheSettings,
 }
 
 /// A configuration error that names the setting.
@@ -468,6 +476,7 @@ impl Config {
         };
         let cors_allowed_origins = cors_origins(&raw.cors_allowed_origins)?;
         let analytics = analytics_settings(&raw.analytics)?;
+        let cache = cache_settings(&raw.cache)?;
         let mut seed_plans = Vec::new();
         for (name, plan) in raw.plans {
             if !is_slug(&name) {
@@ -518,6 +527,7 @@ impl Config {
             cors_allowed_origins,
             access_log: raw.access_log,
             analytics,
+            cache,
         })
     }
 }

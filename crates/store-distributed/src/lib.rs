@@ -45,7 +45,7 @@ use tollgate_store_embedded::EmbeddedStore;
 use tollgate_store_postgres::{
     CatalogChange, ChangePublisher, PostgresCatalog, PostgresLedger, PostgresSettings, PostgresStore,
 };
-use tollgate_store_redis::{ChangeBus, KeySpace, Lease, RedisConn, RedisLimiter, RedisSettings};
+use tollgate_store_redis::{ChangeBus, KeySpace, Lease, RedisCache, RedisConn, RedisLimiter, RedisSettings};
 
 mod failover;
 mod jobs;
@@ -105,6 +105,9 @@ pub struct Backend {
     /// The hourly rollups of the same ledger (its rows' store).
     pub analytics: Arc<dyn AnalyticsStore>,
     pub distributed: Option<Arc<Distributed>>,
+    /// The response cache shared by the instances (Redis); `None` in embedded mode,
+    /// where the server keeps one in memory.
+    pub cache: Option<Arc<dyn tollgate_cache::CacheStore>>,
 }
 
 /// The distributed backend's parts.
@@ -169,6 +172,7 @@ pub async fn open(
                 ledger: store.ledger(),
                 analytics: store.ledger(),
                 distributed: None,
+                cache: None,
             });
         }
         StoreConfig::Distributed(d) => d,
@@ -197,6 +201,8 @@ pub async fn open(
         Ok(Err(e)) => limiter.mark_down(&e.to_string()),
         Err(_) => limiter.mark_down("no answer at start"),
     }
+    let cache: Arc<dyn tollgate_cache::CacheStore> =
+        Arc::new(RedisCache::new(conn.clone(), &keys, distributed.redis_timeout));
     let rebuild_lease = Lease::new(
         conn.clone(),
         keys.lease(REBUILD_LEASE),
@@ -220,7 +226,7 @@ pub async fn open(
         rebuilds: AtomicU64::new(0),
     });
     let analytics: Arc<dyn AnalyticsStore> = ledger.clone();
-    Ok(Backend { catalog, limiter, ledger, analytics, distributed: Some(parts) })
+    Ok(Backend { catalog, limiter, ledger, analytics, distributed: Some(parts), cache: Some(cache) })
 }
 
 /// Announces catalog changes on Redis pub/sub.

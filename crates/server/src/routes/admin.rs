@@ -495,6 +495,7 @@ pub(crate) fn usage_view(r: &UsageRecord) -> Value {
         "cost_micros": r.cost_micros,
         "uncached_cost_micros": r.uncached_cost_micros,
         "usage_source": r.usage_source,
+        "cache": tollgate_analytics::rollup::CacheOutcome::of(r).as_str(),
         "price_version": r.price_version,
         "price_estimated": r.price_estimated,
         "client_ip": r.client_ip,

@@ -5,6 +5,7 @@ mod accounting;
 mod admin;
 mod admission;
 mod analytics;
+mod cache;
 mod cli;
 mod crash;
 mod deadline;
