@@ -170,7 +170,7 @@ impl Gateway {
             };
         }
         // The cache phase: one branch when the project's cache is off.
-        let (cache_plan, mut cache_status) = match self.cache_plan(authed, &view, &body, &headers) {
+        let (cache_plan, cache_status) = match self.cache_plan(authed, &view, &body, &headers) {
             None => (None, None),
             Some(Err(status)) => (None, Some(status)),
             Some(Ok(plan)) => (Some(plan), Some(plan.status())),
@@ -209,7 +209,9 @@ impl Gateway {
                 }),
                 Err(why) => Err(GatewayError::NotRecorded(why)),
             };
-            let cache = Some(CacheStatus::Hit { age_secs: entry.age_secs(crate::now_ms()) });
+            let status = CacheStatus::Hit { age_secs: entry.age_secs(crate::now_ms()) };
+            self.metrics.cache(status);
+            let cache = Some(status);
             return Proxied {
                 request_id: Some(request_id),
                 now_ms,
@@ -220,8 +222,8 @@ impl Gateway {
             };
         }
         let cache_to = cache_plan.and_then(|p| p.store_to());
-        if cache_to.is_none() && cache_status == Some(CacheStatus::Miss) {
-            cache_status = Some(CacheStatus::Bypass);
+        if let Some(status) = cache_status {
+            self.metrics.cache(status);
         }
         let strip_usage = view.strips_usage();
         let upstream_body = view.upstream_body(&body);

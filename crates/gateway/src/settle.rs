@@ -302,6 +302,7 @@ fn close_cached(
     record.cost_micros = 0;
     record.uncached_cost_micros = potential;
     record.usage_source = UsageSource::Cache;
+    gateway.metrics.cache_saved(potential);
     if !counts.tokens {
         record.prompt_tokens = 0;
         record.completion_tokens = 0;

@@ -164,6 +164,14 @@ async fn the_ledger_records_hits_at_zero_cost_with_their_potential_cost_and_anal
     assert_eq!(totals["requests"], 4, "{totals}");
     assert_eq!(totals["cost_micros"].as_u64(), Some(tokens), "{totals}");
     assert_eq!(totals["saved_micros"].as_u64(), Some(3 * tokens), "{totals}");
+    let scrape = app.http.get(app.url("/metrics")).send().await.expect("scrape").text().await.expect("text");
+    for line in [
+        "tollgate_cache_requests_total{outcome=\"hit\"} 3".to_owned(),
+        "tollgate_cache_requests_total{outcome=\"miss\"} 1".to_owned(),
+        format!("tollgate_cache_saved_microdollars_total {}", 3 * tokens),
+    ] {
+        assert!(scrape.lines().any(|l| l == line), "{line} not in:\n{scrape}");
+    }
 }
 
 #[tokio::test]
