@@ -14,6 +14,10 @@
 #   stream   streamed chat completion (SSE): time to first byte and total latency
 #   stream20 the same with 20 content chunks
 #   verify   POST /api/v1/keys/verify alone (auth + one 8-limit decision + ledger)
+#   chathit  a deterministic chat completion (temperature 0) answered from tollgate's
+#            exact response cache, by a key of a second project whose cache is on
+#            (auth, reservation, canonical-JSON key, lookup, ledger, settle; nothing
+#            forwarded); compared with the upstream alone answering it
 #
 # The gateway (tollgate, or nginx for the baseline) is pinned to its own core with
 # taskset (BENCH_GATEWAY_CPU, default 1), the load generator and the upstream to the
@@ -262,6 +266,7 @@ run_loadgen() {
 CHAT_BODY="$WORK/chat.json"
 CHAT4K_BODY="$WORK/chat4k.json"
 STREAM_BODY="$WORK/stream.json"
+CACHED_BODY="$WORK/cached.json"
 VERIFY_BODY="$WORK/verify.json"
 UPSTREAM_KEY="sk-bench-upstream-key"
 
@@ -296,6 +301,12 @@ scenario_stream20() {
   TG_HDRS+=$'\n'"x-mock-chunks: 20"
 }
 
+scenario_chathit() {
+  scenario_chat
+  BODY="$CACHED_BODY"
+  TG_HDRS="Authorization: Bearer $CACHE_KEY"
+}
+
 scenario_verify() {
   GEN=wrk
   BASE_URL=""
@@ -312,6 +323,7 @@ done
 
 printf '%s' '{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Hello! How are you today?"}]}' >"$CHAT_BODY"
 python3 -c 'import json, sys; text = ("The quarterly report shows that revenue grew by twelve percent. " * 80)[:4096]; sys.stdout.write(json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": text}]}))' >"$CHAT4K_BODY"
+printf '%s' '{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Hello! How are you today?"}]}' >"$CACHED_BODY"
 printf '%s' '{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Hello! How are you today?"}]}' >"$STREAM_BODY"
 
 # ---------------------------------------------------------------------------------------
@@ -479,6 +491,27 @@ start_tollgate() {
   code=$(curl -s -o "$WORK/check.json" -w '%{http_code}' -H "Authorization: Bearer $BENCH_KEY" \
     -H 'Content-Type: application/json' --data-binary @"$CHAT_BODY" "http://127.0.0.1:$TG_PORT/v1/chat/completions")
   [[ "$code" == 200 ]] || { cat "$WORK/check.json" >&2; die "a chat completion through tollgate answered $code"; }
+  # The cached scenario's project (its own, so the other scenarios pay nothing for the
+  # cache), with the one entry it asks for stored.
+  CACHE_KEY=""
+  if [[ " $SCENARIOS " == *" chathit "* ]]; then
+    "$TOLLGATE_BIN" projects create bench-cache >/dev/null || die "projects create bench-cache failed"
+    code=$(curl -s -o "$WORK/check.json" -w '%{http_code}' -X PATCH -H "Authorization: Bearer $ADMIN_TOKEN" \
+      -H 'Content-Type: application/json' --data '{"cache":{"enabled":true,"ttl_secs":86400}}' \
+      "http://127.0.0.1:$TG_PORT/api/v1/projects/bench-cache")
+    [[ "$code" == 200 ]] || { cat "$WORK/check.json" >&2; die "this build has no response cache (PATCH cache answered $code)"; }
+    CACHE_KEY=$("$TOLLGATE_BIN" keys create --project bench-cache --plan bench | sed -n 's/.*"key": *"\(tg_[^"]*\)".*/\1/p')
+    [[ -n "$CACHE_KEY" ]] || die "keys create printed no key"
+    local outcome=""
+    for _ in $(seq 50); do
+      outcome=$(curl -s -o /dev/null -D - -H "Authorization: Bearer $CACHE_KEY" -H 'Content-Type: application/json' \
+        --data-binary @"$CACHED_BODY" "http://127.0.0.1:$TG_PORT/v1/chat/completions" \
+        | tr -d '\r' | sed -n 's/^x-tollgate-cache: //Ip')
+      [[ "$outcome" == hit ]] && break
+      sleep 0.1
+    done
+    [[ "$outcome" == hit ]] || die "the cached request is not a hit (x-tollgate-cache: ${outcome:-none})"
+  fi
 }
 
 # ---------------------------------------------------------------------------------------

@@ -260,6 +260,64 @@ pub struct ProjectSettings {
     /// limits, and the plans of its keys that name no zone of their own. Unset: UTC.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub time_zone: Option<crate::Zone>,
+    /// Response caching for the project's requests (off unless the operator turns it on).
+    #[serde(skip_serializing_if = "CacheSettings::is_default")]
+    pub cache: CacheSettings,
+}
+
+/// A project's response cache (docs/caching.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Answers of this project are cached and served from the cache.
+    pub enabled: bool,
+    /// How long an entry is served, in seconds.
+    pub ttl_secs: u64,
+    /// Only requests whose answer is reproducible (temperature 0, or a seed) are
+    /// cached; false caches every request.
+    pub deterministic_only: bool,
+    /// What a hit counts against the limits.
+    pub hits_count: HitsCount,
+}
+
+/// Which limits a cache hit counts against. Default: a request, not its tokens or
+/// cost (a hit costs nothing upstream).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HitsCount {
+    pub requests: bool,
+    /// The cached answer's tokens count against token limits.
+    pub tokens: bool,
+    /// What the answer would have cost counts against cost limits.
+    pub cost: bool,
+}
+
+impl Default for HitsCount {
+    fn default() -> Self {
+        Self { requests: true, tokens: false, cost: false }
+    }
+}
+
+/// Default time to live of a cache entry.
+pub const DEFAULT_CACHE_TTL_SECS: u64 = 3_600;
+/// Longest time to live a project may set (30 days).
+pub const MAX_CACHE_TTL_SECS: u64 = 30 * 86_400;
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            ttl_secs: DEFAULT_CACHE_TTL_SECS,
+            deterministic_only: true,
+            hits_count: HitsCount::default(),
+        }
+    }
+}
+
+impl CacheSettings {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Default for ProjectSettings {
@@ -271,6 +329,7 @@ impl Default for ProjectSettings {
             openai_organization: None,
             openai_project: None,
             time_zone: None,
+            cache: CacheSettings::default(),
         }
     }
 }

@@ -29,6 +29,9 @@ pub enum UsageSource {
     /// and status within one minute: `requests` is how many, nothing is counted.
     /// Written when the minute ends, or when the ledger closes.
     Refusals,
+    /// Answered from tollgate's response cache: nothing was sent upstream, the cost is
+    /// zero and `uncached_cost_micros` is what the answer would have cost.
+    Cache,
 }
 
 impl UsageSource {
@@ -41,6 +44,7 @@ impl UsageSource {
             UsageSource::Transferred => "transferred",
             UsageSource::Ingested => "ingested",
             UsageSource::Refusals => "refusals",
+            UsageSource::Cache => "cache",
         }
     }
 
@@ -53,6 +57,7 @@ impl UsageSource {
             "transferred" => UsageSource::Transferred,
             "ingested" => UsageSource::Ingested,
             "refusals" => UsageSource::Refusals,
+            "cache" => UsageSource::Cache,
             _ => return None,
         })
     }

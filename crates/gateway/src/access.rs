@@ -3,7 +3,8 @@
 //! was admitted. Its fields: request id, the key's public id (never its secret),
 //! project, endpoint, model, provider, status, tokens, cost, where the usage came
 //! from, the total time, the upstream's part and tollgate's own part, and the
-//! provider's prompt-cache outcome (tollgate has no response cache of its own yet).
+//! cache outcome (`hit`: tollgate's response cache answered; `prompt_cache_hit`: the
+//! provider reported cached prompt tokens; else `none`).
 //!
 //! Text or JSON (`log_format`), on stderr, never with colour codes. It does not go
 //! through `tracing`: its JSON formatter alone cost about 1.9 µs a line. A line is
@@ -181,7 +182,13 @@ pub fn write(format: AccessLog, record: &UsageRecord, total: Duration, upstream:
     }
     let upstream_us = upstream.map(micros).unwrap_or(0);
     let total_us = micros(total);
-    let cache = if record.cached_tokens > 0 { "prompt_cache_hit" } else { "none" };
+    let cache = if record.usage_source == tollgate_core::UsageSource::Cache {
+        "hit"
+    } else if record.cached_tokens > 0 {
+        "prompt_cache_hit"
+    } else {
+        "none"
+    };
     line(
         format,
         &[

@@ -6,6 +6,7 @@
 //! 2. **admit** ([`admit`]): the request view ([`tollgate_providers::RequestView`],
 //!    parsed once) → which limits count it → the estimate → one reservation over all
 //!    of them; a refusal is recorded and answered;
+//!    then the **cache** phase ([`cache`]): a hit answers without forwarding;
 //! 3. **route** and **forward** ([`proxy`]): the upstream call, in a tracked task so a
 //!    client that hangs up cannot cut it short;
 //! 4. **stream back** ([`stream`]): the answer passes through chunk by chunk while
@@ -21,6 +22,7 @@
 pub mod access;
 pub mod admit;
 pub mod auth;
+pub mod cache;
 pub mod count;
 pub mod error;
 pub mod metrics;
@@ -75,6 +77,10 @@ pub struct GatewaySettings {
     /// Whether and how one access-log line is written per request (`access_log`,
     /// `log_format`).
     pub access_log: access::AccessLog,
+    /// Largest encoded cache entry stored (`cache.max_entry_bytes`).
+    pub cache_max_entry_bytes: usize,
+    /// Longest wait for one cache lookup or store (`cache.timeout_ms`): past it, a miss.
+    pub cache_timeout: std::time::Duration,
 }
 
 /// How much longer than its request's deadline (and drain) a reservation is held:
@@ -137,6 +143,9 @@ pub struct GatewayParts {
     pub ids: Arc<RequestIds>,
     /// What `/metrics` reports (atomics; see [`metrics`]).
     pub metrics: Arc<metrics::Metrics>,
+    /// The response cache (in memory, or Redis shared by the instances); used only
+    /// for projects whose cache is on.
+    pub cache: Option<Arc<dyn tollgate_cache::CacheStore>>,
 }
 
 /// Request ids unique across processes: a random per-process prefix and a counter.

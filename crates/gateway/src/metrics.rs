@@ -143,6 +143,8 @@ pub struct Metrics {
     /// metric × window of the limit that refused.
     refusals: [AtomicU64; 20],
     upstream_errors: [AtomicU64; 6],
+    /// Response-cache outcomes: hit, miss, bypass; then the potential cost of hits.
+    cache: [AtomicU64; 4],
     /// Upstream calls that failed in a row (unreachable, timed out, invalid, 5xx),
     /// zeroed by the next answer (`/health`).
     upstream_failing: AtomicU64,
@@ -186,6 +188,7 @@ impl Metrics {
             decisions: Default::default(),
             refusals: Default::default(),
             upstream_errors: Default::default(),
+            cache: Default::default(),
             upstream_failing: AtomicU64::new(0),
         }
     }
@@ -229,6 +232,21 @@ impl Metrics {
                 add(&self.refusals[m * WINDOWS.len() + w], 1);
             }
         }
+    }
+
+    /// A request of a project whose cache is on: what the cache phase did.
+    pub fn cache(&self, status: crate::cache::CacheStatus) {
+        let slot = match status {
+            crate::cache::CacheStatus::Hit { .. } => 0,
+            crate::cache::CacheStatus::Miss => 1,
+            crate::cache::CacheStatus::Bypass => 2,
+        };
+        add(&self.cache[slot], 1);
+    }
+
+    /// A cache hit saved `micros` (its potential cost).
+    pub fn cache_saved(&self, micros: u64) {
+        add(&self.cache[3], micros);
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
@@ -394,6 +412,23 @@ impl Metrics {
                 }
             }
         }
+        family(
+            out,
+            "tollgate_cache_requests_total",
+            "counter",
+            "Requests of projects whose response cache is on, by outcome.",
+        );
+        for (i, outcome) in ["hit", "miss", "bypass"].iter().enumerate() {
+            let n = self.cache[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "tollgate_cache_requests_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        family(
+            out,
+            "tollgate_cache_saved_microdollars_total",
+            "counter",
+            "What the answers served from the response cache would have cost, in micro-dollars.",
+        );
+        let _ = writeln!(out, "tollgate_cache_saved_microdollars_total {}", self.cache[3].load(Ordering::Relaxed));
         family(out, "tollgate_upstream_errors_total", "counter", "Upstream calls that failed, by kind.");
         for (i, kind) in UPSTREAM_ERRORS.iter().enumerate() {
             let n = self.upstream_errors[i].load(Ordering::Relaxed);

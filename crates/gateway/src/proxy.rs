@@ -18,9 +18,14 @@ use tollgate_core::{Authed, Decision, ProjectSettings, Traffic};
 use tollgate_providers::sse::SseRewriter;
 use tollgate_providers::{Endpoint, RequestView, UpstreamError, UsageScanner};
 
+use tollgate_cache::Entry;
+use tollgate_cache::assemble::StreamAssembler;
+use tollgate_providers::TokenUsage;
+
+use crate::cache::CacheStatus;
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::settle::{Outcome, Settlement, new_record};
-use crate::stream::{AccountingStream, UpstreamBody, Watcher};
+use crate::stream::{AccountingStream, CacheTap, UpstreamBody, Watcher};
 use crate::{Gateway, GatewaySettings};
 
 /// Largest response whose usage block is looked for (bigger ones pass through
@@ -49,6 +54,9 @@ pub struct Proxied {
     pub result: Result<Answer, GatewayError>,
     /// The requested model's label in `/metrics` ([`crate::metrics::Metrics::model`]).
     pub model_label: u16,
+    /// What the cache phase did (`x-tollgate-cache`); `None` when the project's cache
+    /// is off.
+    pub cache: Option<CacheStatus>,
 }
 
 /// The upstream's answer, on its way to the client.
@@ -114,6 +122,7 @@ impl Gateway {
             decision: None,
             result: Err(result),
             model_label,
+            cache: None,
         };
         // The one parse of the body: every later step reads this view.
         let view = match RequestView::parse(endpoint, &body) {
@@ -157,7 +166,64 @@ impl Gateway {
                 decision: Some(admission.decision),
                 result,
                 model_label,
+                cache: None,
             };
+        }
+        // The cache phase: one branch when the project's cache is off.
+        let (cache_plan, cache_status) = match self.cache_plan(authed, &view, &body, &headers) {
+            None => (None, None),
+            Some(Err(status)) => (None, Some(status)),
+            Some(Ok(plan)) => (Some(plan), Some(plan.status())),
+        };
+        if let Some(plan) = cache_plan.filter(|p| p.lookup)
+            && let Some(entry) = self.cache_lookup(&plan, now_ms).await
+            && let Some((hit, is_sse)) = crate::cache::hit_body(&view, &entry)
+        {
+            drop(view);
+            let mut settlement = Settlement::new(self.clone(), record, endpoint, body, estimate, started);
+            settlement.answered(200);
+            let usage = TokenUsage {
+                prompt_tokens: entry.prompt_tokens,
+                completion_tokens: entry.completion_tokens,
+                total_tokens: entry.prompt_tokens.saturating_add(entry.completion_tokens),
+                cached_tokens: entry.cached_tokens,
+            };
+            let counts = authed.project.cache.hits_count;
+            let commit = settlement.finish(Outcome::Cached { usage, model: entry.model.clone(), counts });
+            let committed = match commit {
+                Some(commit) => commit.await,
+                None => Ok(()),
+            };
+            let result = match committed {
+                Ok(()) => Ok(Answer {
+                    upstream: std::time::Duration::ZERO,
+                    status: 200,
+                    content_type: Some(if is_sse { "text/event-stream" } else { "application/json" }.to_owned()),
+                    retry_after: None,
+                    body: if is_sse {
+                        let chunks = futures_util::stream::iter([Ok(hit)]);
+                        AnswerBody::Stream(Box::new(AccountingStream::passthrough(Box::pin(chunks))))
+                    } else {
+                        AnswerBody::Whole(hit)
+                    },
+                }),
+                Err(why) => Err(GatewayError::NotRecorded(why)),
+            };
+            let status = CacheStatus::Hit { age_secs: entry.age_secs(crate::now_ms()) };
+            self.metrics.cache(status);
+            let cache = Some(status);
+            return Proxied {
+                request_id: Some(request_id),
+                now_ms,
+                decision: Some(admission.decision),
+                result,
+                model_label,
+                cache,
+            };
+        }
+        let cache_to = cache_plan.and_then(|p| p.store_to());
+        if let Some(status) = cache_status {
+            self.metrics.cache(status);
         }
         let strip_usage = view.strips_usage();
         let upstream_body = view.upstream_body(&body);
@@ -168,12 +234,20 @@ impl Gateway {
         let gateway = self.clone();
         self.tasks.spawn(async move {
             let deadline = tokio::time::Instant::from_std(started) + gateway.settings.total_timeout;
-            forward(gateway, endpoint, upstream_body, passed, settlement, strip_usage, deadline, answer_tx).await;
+            let how = Forwarding { strip_usage, deadline, cache_to };
+            forward(gateway, endpoint, upstream_body, passed, settlement, how, answer_tx).await;
         });
         let result = answer_rx
             .await
             .unwrap_or_else(|_| Err(GatewayError::Internal("the forwarding task ended without an answer".into())));
-        Proxied { request_id: Some(request_id), now_ms, decision: Some(admission.decision), result, model_label }
+        Proxied {
+            request_id: Some(request_id),
+            now_ms,
+            decision: Some(admission.decision),
+            result,
+            model_label,
+            cache: cache_status,
+        }
     }
 
     /// Waits (at most `commit_timeout`) until the ledger's queue has room; false if
@@ -210,6 +284,16 @@ fn failure(e: &UpstreamError) -> UpstreamFailure {
     UpstreamFailure::from(e)
 }
 
+/// How [`forward`] treats the answer.
+struct Forwarding {
+    /// Hide the usage chunk tollgate asked for.
+    strip_usage: bool,
+    /// The request's total deadline.
+    deadline: tokio::time::Instant,
+    /// Store a complete 200 answer in the cache under this key, for this long.
+    cache_to: Option<(tollgate_cache::CacheKey, std::time::Duration)>,
+}
+
 /// Forwards, reads the answer, and sends it to the waiting handler; a whole answer
 /// is recorded before it is sent, and settled after. Everything ends by `deadline`
 /// (the request's total deadline): before the head, a 504; a stream, with an error
@@ -221,10 +305,10 @@ async fn forward(
     body: Bytes,
     headers: HeaderMap,
     mut settlement: Settlement,
-    strip_usage: bool,
-    deadline: tokio::time::Instant,
+    how: Forwarding,
     answer: oneshot::Sender<Result<Answer, GatewayError>>,
 ) {
+    let Forwarding { strip_usage, deadline, cache_to } = how;
     let total = gateway.settings.total_timeout;
     let sent_at = settlement.sent();
     let send = gateway.upstream.send(reqwest::Method::POST, endpoint.upstream_path(), headers, Some(body));
@@ -271,8 +355,15 @@ async fn forward(
         body,
     };
     if is_sse {
-        let stream = AccountingStream::new(upstream.body, Watcher::Sse(SseRewriter::new(strip_usage)), settlement)
+        let mut stream = AccountingStream::new(upstream.body, Watcher::Sse(SseRewriter::new(strip_usage)), settlement)
             .with_deadline(deadline, total);
+        if upstream.status == 200
+            && let Some((key, ttl)) = cache_to
+            && let Some(kind) = crate::cache::stream_kind(endpoint)
+        {
+            let assembler = StreamAssembler::new(kind, gateway.settings.cache_max_entry_bytes);
+            stream = stream.with_cache(CacheTap { assembler, key, ttl });
+        }
         let _ = answer.send(Ok(answer_with(AnswerBody::Stream(Box::new(stream)))));
         return;
     }
@@ -286,6 +377,19 @@ async fn forward(
             };
             match meta {
                 Ok(tollgate_providers::usage::AnswerMeta { usage, model }) => {
+                    if status == 200
+                        && let (Some((key, ttl)), Some(u)) = (cache_to, usage.as_ref())
+                    {
+                        let entry = Entry {
+                            created_ms: crate::now_ms(),
+                            model: model.clone(),
+                            prompt_tokens: u.prompt_tokens,
+                            completion_tokens: u.completion_tokens,
+                            cached_tokens: u.cached_tokens,
+                            body: whole.clone(),
+                        };
+                        gateway.cache_put(key, ttl, entry);
+                    }
                     let held = usage.is_none().then(|| whole.clone());
                     let (commit, settle) = settlement.finish_inline(Outcome::Json { usage, body: held, model });
                     let committed = match commit {

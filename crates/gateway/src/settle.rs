@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tollgate_core::{Amounts, Authed, Traffic, UsageRecord, UsageSource};
+use tollgate_core::{Amounts, Authed, HitsCount, Traffic, UsageRecord, UsageSource};
 use tollgate_providers::sse::StreamSummary;
 use tollgate_providers::{Endpoint, TokenUsage};
 use tollgate_store::SettleRequest;
@@ -61,6 +61,9 @@ pub enum Outcome {
     Stream(StreamSummary),
     /// Nothing usable (an error before or instead of an answer).
     Nothing,
+    /// Answered from the response cache: the entry's usage and model, and which limits
+    /// the hit counts against (the project's `cache.hits_count`).
+    Cached { usage: TokenUsage, model: Option<String>, counts: HitsCount },
 }
 
 /// The ledger record of a new request.
@@ -255,6 +258,9 @@ fn close(pending: Pending, outcome: Outcome) -> (Commit, BoxFuture) {
     let Pending { gateway, mut record, endpoint, body, refund, success, started, sent, .. } = pending;
     let timing = Timing { endpoint, started, sent };
     record.latency_ms = started.elapsed().as_millis() as u64;
+    if let Outcome::Cached { usage, model, counts } = outcome {
+        return close_cached(gateway, record, usage, model.as_deref(), counts, timing);
+    }
     if refund {
         record.counted = false;
         return commit_and_settle(gateway, record, Amounts::default(), timing);
@@ -264,7 +270,7 @@ fn close(pending: Pending, outcome: Outcome) -> (Commit, BoxFuture) {
         let (reported, delivered, model) = match outcome {
             Outcome::Json { usage, body, model } => (usage, body.map_or(Delivered::Nothing, Delivered::Json), model),
             Outcome::Stream(summary) => (summary.usage, Delivered::Text(summary.completion_text), summary.model),
-            Outcome::Nothing => (None, Delivered::Nothing, None),
+            Outcome::Nothing | Outcome::Cached { .. } => (None, Delivered::Nothing, None),
         };
         match reported {
             Some(usage) => account_reported(&gateway, &mut record, usage, model.as_deref()),
@@ -275,6 +281,40 @@ fn close(pending: Pending, outcome: Outcome) -> (Commit, BoxFuture) {
         }
     }
     let actual = record.amounts();
+    commit_and_settle(gateway, record, actual, timing)
+}
+
+/// A cache hit: priced as the answer would have been (`uncached_cost_micros`, the
+/// potential cost), recorded at zero cost with `usage_source: "cache"`, and settled to
+/// what the project's `hits_count` says a hit counts. The record carries only what it
+/// charged, so a counter rebuild from the ledger counts it the same way (tokens are
+/// kept in the record only when they count; a hit's cost is always zero in the ledger).
+fn close_cached(
+    gateway: Gateway,
+    mut record: UsageRecord,
+    usage: TokenUsage,
+    model: Option<&str>,
+    counts: HitsCount,
+    timing: Timing,
+) -> (Commit, BoxFuture) {
+    account_reported(&gateway, &mut record, usage, model);
+    let potential = record.uncached_cost_micros.max(record.cost_micros);
+    record.cost_micros = 0;
+    record.uncached_cost_micros = potential;
+    record.usage_source = UsageSource::Cache;
+    gateway.metrics.cache_saved(potential);
+    if !counts.tokens {
+        record.prompt_tokens = 0;
+        record.completion_tokens = 0;
+        record.cached_tokens = 0;
+    }
+    record.counted = counts.requests || counts.tokens || counts.cost;
+    let actual = Amounts {
+        requests: u64::from(counts.requests),
+        input_tokens: record.prompt_tokens,
+        output_tokens: record.completion_tokens,
+        cost_micros: if counts.cost { potential } else { 0 },
+    };
     commit_and_settle(gateway, record, actual, timing)
 }
 

@@ -11,6 +11,9 @@ use futures_util::{Stream, StreamExt};
 use tollgate_providers::sse::SseRewriter;
 use tollgate_providers::{UpstreamError, UsageScanner};
 
+use tollgate_cache::assemble::StreamAssembler;
+use tollgate_cache::{CacheKey, Entry};
+
 use crate::settle::{CommitFuture, Outcome, Settlement};
 
 /// An upstream body: chunks as they arrive.
@@ -42,6 +45,16 @@ pub struct AccountingStream {
     done: bool,
     /// The request's total deadline (`upstream.total_timeout_secs`) and its length.
     deadline: Option<(Pin<Box<tokio::time::Sleep>>, std::time::Duration)>,
+    /// A streamed cache miss: the stream is assembled into its JSON answer and stored
+    /// if it completes.
+    cache: Option<Box<CacheTap>>,
+}
+
+/// Where a streamed miss is assembled, and where it is stored.
+pub struct CacheTap {
+    pub assembler: StreamAssembler,
+    pub key: CacheKey,
+    pub ttl: std::time::Duration,
 }
 
 impl AccountingStream {
@@ -55,6 +68,7 @@ impl AccountingStream {
             clean_end: None,
             done: false,
             deadline: None,
+            cache: None,
         }
     }
 
@@ -66,12 +80,37 @@ impl AccountingStream {
         self
     }
 
+    /// Assembles the stream as it passes and stores it under `tap.key` if it completes.
+    pub fn with_cache(mut self, tap: CacheTap) -> Self {
+        self.cache = Some(Box::new(tap));
+        self
+    }
+
+    /// Stores the assembled answer of a stream that ended cleanly.
+    fn store_in_cache(&mut self) {
+        let Some(tap) = self.cache.take() else { return };
+        let Some(gateway) = self.settlement.as_ref().and_then(Settlement::gateway).cloned() else { return };
+        let CacheTap { assembler, key, ttl } = *tap;
+        if let Some(done) = assembler.finish() {
+            let entry = Entry {
+                created_ms: crate::now_ms(),
+                model: done.model,
+                prompt_tokens: done.prompt_tokens,
+                completion_tokens: done.completion_tokens,
+                cached_tokens: done.cached_tokens,
+                body: done.body,
+            };
+            gateway.cache_put(key, ttl, entry);
+        }
+    }
+
     /// Ends the body early: an SSE stream gets what the rewriter held back and then
     /// `event`; another body ends with an I/O error (returned). Settles either way.
     fn break_off(&mut self, event: Bytes, error: String) -> Option<std::io::Error> {
         self.done = true;
-        // A broken stream has no clean end to hold back for the commit.
+        // A broken stream has no clean end to hold back for the commit, and is not cached.
         self.clean_end = None;
+        self.cache = None;
         match &mut self.watcher {
             Watcher::Sse(rewriter) => {
                 let mut tail = bytes::BytesMut::from(&rewriter.flush()[..]);
@@ -98,6 +137,7 @@ impl AccountingStream {
             clean_end: None,
             done: false,
             deadline: None,
+            cache: None,
         }
     }
 
@@ -209,6 +249,9 @@ impl Stream for AccountingStream {
                             chunk
                         }
                         Watcher::Sse(rewriter) => {
+                            if let Some(tap) = &mut this.cache {
+                                tap.assembler.feed(&chunk);
+                            }
                             let out = rewriter.process(chunk);
                             match split_clean_end(&out) {
                                 Some((before, end)) => {
@@ -250,6 +293,7 @@ impl Stream for AccountingStream {
                         (None, None) => this.tail = (!tail.is_empty()).then_some(tail),
                     }
                     this.done = true;
+                    this.store_in_cache();
                     this.finish();
                     continue;
                 }

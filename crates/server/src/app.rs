@@ -107,6 +107,8 @@ impl Application {
                 (true, crate::config::LogFormat::Text) => tollgate_gateway::access::AccessLog::Text,
                 (true, crate::config::LogFormat::Json) => tollgate_gateway::access::AccessLog::Json,
             },
+            cache_max_entry_bytes: config.cache.max_entry_bytes,
+            cache_timeout: config.cache.timeout,
         };
         let (alerts, alert_crossings) = crate::alerts::build(
             &config.alerts,
@@ -116,6 +118,11 @@ impl Application {
         )
         .await?;
         let limiter = Arc::new(tollgate_alerts::detect::AlertingLimiter::new(backend.limiter.clone(), alerts.clone()));
+        // Redis shared by the instances in distributed mode, else an LRU in memory.
+        let cache = backend.cache.clone().unwrap_or_else(|| {
+            Arc::new(tollgate_cache::MemoryCache::new(config.cache.max_memory_bytes))
+                as Arc<dyn tollgate_cache::CacheStore>
+        });
         let metrics = Arc::new(tollgate_gateway::metrics::Metrics::new(&config.provider, &config.prices));
         let gateway = Gateway::new(tollgate_gateway::GatewayParts {
             catalog,
@@ -127,6 +134,7 @@ impl Application {
             tasks: TaskTracker::new(),
             ids: Arc::new(RequestIds::new()),
             metrics,
+            cache: Some(cache),
         });
         let invalid_keys = Arc::new(crate::http::guard::InvalidKeyGuard::new(config.invalid_keys_per_minute));
         let distributed = backend.distributed.clone();

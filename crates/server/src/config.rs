@@ -21,6 +21,7 @@ pub use tollgate_store_distributed::OnStoreError;
 
 mod alerts;
 mod analytics;
+mod cache;
 mod env;
 mod otlp;
 mod store;
@@ -29,6 +30,8 @@ use alerts::alerts_settings;
 pub use alerts::{AlertsSettings, RawAlerts};
 use analytics::analytics_settings;
 pub use analytics::{AnalyticsSettings, RawAnalytics};
+use cache::cache_settings;
+pub use cache::{CacheSettings, RawCache};
 pub use env::ENV_KEYS;
 use env::unknown_env_var;
 pub use otlp::{OtlpSettings, RawOtlp};
@@ -87,6 +90,8 @@ pub struct RawConfig {
     pub otlp: RawOtlp,
     /// Alerts: the master key of sealed secrets, outbound safety, retries (docs/alerts.md).
     pub alerts: RawAlerts,
+    /// The response cache's bounds (see docs/caching.md).
+    pub cache: RawCache,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -190,6 +195,7 @@ impl Default for RawConfig {
             analytics: RawAnalytics::default(),
             otlp: RawOtlp::default(),
             alerts: RawAlerts::default(),
+            cache: RawCache::default(),
             plans: default_plans()
                 .into_iter()
                 .map(|p| (p.name, RawPlan { description: p.description, limits: p.limits, time_zone: p.time_zone }))
@@ -315,6 +321,8 @@ pub struct Config {
     pub otlp: Option<OtlpSettings>,
     /// Alerts (`[alerts]`).
     pub alerts: AlertsSettings,
+    /// The response cache's bounds (`[cache]`).
+    pub cache: CacheSettings,
 }
 
 /// A configuration error that names the setting.
@@ -485,6 +493,7 @@ impl Config {
         let analytics = analytics_settings(&raw.analytics)?;
         let otlp = otlp::otlp_settings(&raw.otlp)?;
         let alerts = alerts_settings(&raw.alerts)?;
+        let cache = cache_settings(&raw.cache)?;
         let mut seed_plans = Vec::new();
         for (name, plan) in raw.plans {
             if !is_slug(&name) {
@@ -537,6 +546,7 @@ impl Config {
             analytics,
             otlp,
             alerts,
+            cache,
         })
     }
 }

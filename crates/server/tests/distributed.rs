@@ -964,3 +964,97 @@ async fn two_instances_send_exactly_one_webhook_per_threshold() {
     schema.drop().await;
     delete_redis_prefix(&env.redis_url, &prefix).await;
 }
+
+impl Instance {
+    /// A deterministic chat request to a cached project; returns (status, x-tollgate-cache).
+    async fn cached_chat(&self, key: &str) -> (u16, Option<String>) {
+        let body =
+            json!({ "model": "gpt-4o-mini", "temperature": 0, "messages": [{ "role": "user", "content": "Hello" }] });
+        let r =
+            self.send(self.http.post(format!("{}/v1/chat/completions", self.base)).bearer_auth(key).json(&body)).await;
+        let outcome = r.headers.get("x-tollgate-cache").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        // A miss is stored in a tracked task: wait for it.
+        self.state.tasks.close();
+        self.state.tasks.wait().await;
+        self.state.tasks.reopen();
+        (r.status, outcome)
+    }
+
+    async fn enable_cache(&self, project: &str) {
+        let r = self
+            .admin(
+                reqwest::Method::PATCH,
+                &format!("/api/v1/projects/{project}"),
+                Some(json!({ "cache": { "enabled": true, "ttl_secs": 600 } })),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_share_exact_cache_entries_in_redis_with_their_ttl() {
+    let Some(env) = env() else { return };
+    let schema = Schema::create(&env).await;
+    let mock = spawn_mock().await;
+    let prefix = format!("{}:", unique("tgtest"));
+    let mut raw = config(&mock, &env.redis_url, &schema.url, &prefix);
+    raw.redis_timeout_ms = 5_000;
+    let a = start(raw.clone()).await;
+    let b = start(raw).await;
+    let (key, _) = a.project_key("shared", json!([{ "metric": "requests", "window": "month", "limit": 1000 }])).await;
+    let (other, _) = a.project_key("other", json!([{ "metric": "requests", "window": "month", "limit": 1000 }])).await;
+    a.enable_cache("shared").await;
+    a.enable_cache("other").await;
+    eventually(Duration::from_secs(3), "B sees both projects' cache on", || async {
+        ["shared", "other"].iter().all(|p| b.state.plans.project(p).is_some_and(|s| s.cache.enabled))
+    })
+    .await;
+
+    assert_eq!(a.cached_chat(&key).await, (200, Some("miss".into())));
+    assert_eq!(b.cached_chat(&key).await, (200, Some("hit".into())), "B is answered from A's entry");
+    assert_eq!(a.cached_chat(&key).await, (200, Some("hit".into())));
+    assert_eq!(b.cached_chat(&other).await, (200, Some("miss".into())), "another project shares nothing");
+
+    // One entry per project in Redis, under the deployment's prefix, expiring.
+    let settings = tollgate_store_redis::RedisSettings {
+        url: env.redis_url.clone(),
+        cluster: false,
+        timeout: Duration::from_secs(5),
+    };
+    let mut conn = tollgate_store_redis::RedisConn::connect(&settings).await.expect("redis");
+    let entries: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{prefix}cache:*")).query_async(&mut conn).await.expect("KEYS");
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    for entry in &entries {
+        let ttl: i64 = redis::cmd("PTTL").arg(entry).query_async(&mut conn).await.expect("PTTL");
+        assert!(ttl > 0 && ttl <= 600_000, "{entry}: {ttl}");
+    }
+
+    a.stop().await;
+    b.stop().await;
+    let hits = "SELECT count(*) FROM usage WHERE project_id = 'shared' AND usage_source = 'cache' AND cost_micros = 0 \
+                AND uncached_cost_micros > 0";
+    assert_eq!(schema.count(hits).await, 2, "both hits in the ledger at zero cost with their potential cost");
+    schema.drop().await;
+    delete_redis_prefix(&env.redis_url, &prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cache_that_cannot_be_reached_is_a_miss_never_an_error() {
+    let Some(env) = env() else { return };
+    let schema = Schema::create(&env).await;
+    let mock = spawn_mock().await;
+    let prefix = format!("{}:", unique("tgtest"));
+    // Nothing listens on port 1: Redis (counters and cache) is unreachable from the start.
+    let mut raw = config(&mock, "redis://127.0.0.1:1", &schema.url, &prefix);
+    raw.on_store_error = tollgate_server::config::OnStoreError::Open;
+    let a = start(raw).await;
+    let (key, _) = a.project_key("down", json!([{ "metric": "requests", "window": "month", "limit": 1000 }])).await;
+    a.enable_cache("down").await;
+    for _ in 0..3 {
+        assert_eq!(a.cached_chat(&key).await, (200, Some("miss".into())));
+    }
+    a.stop().await;
+    schema.drop().await;
+}

@@ -47,7 +47,7 @@ use tollgate_store_postgres::{
     CatalogChange, ChangePublisher, InstanceRegistry, PgLease, PostgresCatalog, PostgresLedger, PostgresSettings,
     PostgresStore,
 };
-use tollgate_store_redis::{ChangeBus, KeySpace, RedisConn, RedisLimiter, RedisSettings};
+use tollgate_store_redis::{ChangeBus, KeySpace, RedisCache, RedisConn, RedisLimiter, RedisSettings};
 
 mod failover;
 mod jobs;
@@ -109,6 +109,9 @@ pub struct Backend {
     /// Alert rules, channels and the outbox (crates/alerts).
     pub alerts: Arc<dyn AlertStore>,
     pub distributed: Option<Arc<Distributed>>,
+    /// The response cache shared by the instances (Redis); `None` in embedded mode,
+    /// where the server keeps one in memory.
+    pub cache: Option<Arc<dyn tollgate_cache::CacheStore>>,
 }
 
 /// The distributed backend's parts.
@@ -191,6 +194,7 @@ pub async fn open(
                 analytics: store.ledger(),
                 alerts: Arc::new(store.alerts()),
                 distributed: None,
+                cache: None,
             });
         }
         StoreConfig::Distributed(d) => d,
@@ -219,6 +223,8 @@ pub async fn open(
         Ok(Err(e)) => limiter.mark_down(&e.to_string()),
         Err(_) => limiter.mark_down("no answer at start"),
     }
+    let cache: Arc<dyn tollgate_cache::CacheStore> =
+        Arc::new(RedisCache::new(conn.clone(), &keys, distributed.redis_timeout));
     let instance_id = instance_holder();
     let rebuild_lease = PgLease::new(
         postgres.pool().clone(),
@@ -251,7 +257,7 @@ pub async fn open(
     });
     let analytics: Arc<dyn AnalyticsStore> = ledger.clone();
     let alerts: Arc<dyn AlertStore> = Arc::new(parts.postgres.alerts());
-    Ok(Backend { catalog, limiter, ledger, analytics, alerts, distributed: Some(parts) })
+    Ok(Backend { catalog, limiter, ledger, analytics, alerts, distributed: Some(parts), cache: Some(cache) })
 }
 
 /// Announces catalog changes on Redis pub/sub.

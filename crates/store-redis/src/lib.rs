@@ -18,6 +18,7 @@
 //! <prefix>{<project>}:c:<subject>|<metric>|<window>|...:<window start ms>              calendar: integer
 //! <prefix>{<project>}:r:<request id>                                                   held reservation: list
 //! <prefix>catalog-changes                                                              pub/sub channel
+//! <prefix>cache:<sha-256 hex>                                                          response cache entry (PX ttl)
 //! ```
 //!
 //! Every key expires on its own when its window ends (`PEXPIRE`); held reservations
@@ -27,6 +28,7 @@
 //! counters to what the PostgreSQL ledger holds ([`RedisLimiter::raise_calendar_counters`]).
 
 mod bus;
+mod cache;
 mod keys;
 mod lease;
 mod limiter;
@@ -38,6 +40,7 @@ use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, 
 use tollgate_store::{StoreError, StoreResult};
 
 pub use bus::{BusEvent, ChangeBus};
+pub use cache::RedisCache;
 pub use keys::KeySpace;
 pub use lease::Lease;
 pub use limiter::{CalendarTarget, RESERVATION_TTL_MS, RedisLimiter};

@@ -35,6 +35,7 @@ pub const ENV_KEYS: &[&str] = &[
     "analytics",
     "otlp",
     "alerts",
+    "cache",
 ];
 
 /// `TOLLGATE_*` variables that are not server configuration: read by the CLI, the

@@ -675,6 +675,9 @@ pub struct UsageRecordView {
     pub cost_micros: u64,
     pub uncached_cost_micros: u64,
     pub usage_source: tollgate_core::UsageSource,
+    /// What a cache did: `miss`, `partial` (cached prompt tokens or a cheaper price) or
+    /// `hit` (nothing charged, something saved).
+    pub cache: String,
     pub price_version: Option<String>,
     pub price_estimated: bool,
     pub client_ip: Option<String>,
@@ -709,6 +712,7 @@ pub(crate) fn usage_view(r: &UsageRecord) -> UsageRecordView {
         cost_micros: r.cost_micros,
         uncached_cost_micros: r.uncached_cost_micros,
         usage_source: r.usage_source,
+        cache: tollgate_analytics::rollup::CacheOutcome::of(r).as_str().to_owned(),
         price_version: r.price_version.clone(),
         price_estimated: r.price_estimated,
         client_ip: r.client_ip.clone(),

@@ -75,6 +75,9 @@ pub(crate) struct ProjectBody {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     time_zone: Option<Value>,
+    /// The response cache: members given replace those stored (docs/caching.md).
+    #[serde(default)]
+    cache: Option<Value>,
 }
 
 fn check_project_name(name: &str) -> ApiResult<()> {
@@ -155,7 +158,39 @@ async fn apply_settings(state: &AppState, settings: &mut ProjectSettings, body: 
         Some(Value::String(name)) => settings.time_zone = crate::routes::admin::checked_zone("time_zone", Some(name))?,
         Some(_) => return Err(ApiError::invalid_field("time_zone", "must be null or an IANA zone name")),
     }
+    if let Some(cache) = body.cache {
+        settings.cache = cache_setting(&settings.cache, cache)?;
+    }
     Ok(())
+}
+
+/// The project's cache settings with the members of `patch` applied (an object;
+/// `hits_count` members likewise), checked.
+fn cache_setting(current: &tollgate_core::CacheSettings, patch: Value) -> ApiResult<tollgate_core::CacheSettings> {
+    let Value::Object(patch) = patch else {
+        return Err(ApiError::invalid_field("cache", "must be an object"));
+    };
+    let mut merged = match serde_json::to_value(current) {
+        Ok(Value::Object(map)) => map,
+        _ => return Err(ApiError::internal("the stored cache settings do not serialize")),
+    };
+    for (name, value) in patch {
+        match (name.as_str(), value, merged.get_mut("hits_count")) {
+            ("hits_count", Value::Object(counts), Some(Value::Object(stored))) => stored.extend(counts),
+            (_, value, _) => {
+                merged.insert(name, value);
+            }
+        }
+    }
+    let settings: tollgate_core::CacheSettings =
+        serde_json::from_value(Value::Object(merged)).map_err(|e| ApiError::invalid_field("cache", e.to_string()))?;
+    if settings.ttl_secs == 0 || settings.ttl_secs > tollgate_core::MAX_CACHE_TTL_SECS {
+        return Err(ApiError::invalid_field(
+            "cache.ttl_secs",
+            format!("must be from 1 to {}", tollgate_core::MAX_CACHE_TTL_SECS),
+        ));
+    }
+    Ok(settings)
 }
 
 /// A project and its settings as the API shows them.
@@ -172,6 +207,9 @@ pub struct ProjectView {
     pub openai_project: Option<String>,
     #[schema(value_type = Option<String>)]
     pub time_zone: Option<tollgate_core::Zone>,
+    /// The response cache's settings (docs/caching.md).
+    #[schema(value_type = Object)]
+    pub cache: tollgate_core::CacheSettings,
 }
 
 pub fn project_view(p: &Project) -> ProjectView {
@@ -186,6 +224,7 @@ pub fn project_view(p: &Project) -> ProjectView {
         openai_organization: s.openai_organization.clone(),
         openai_project: s.openai_project.clone(),
         time_zone: s.time_zone.clone(),
+        cache: s.cache.clone(),
     }
 }
 

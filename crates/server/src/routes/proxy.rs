@@ -27,6 +27,7 @@ use crate::http::error::ApiError;
 use crate::http::headers;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static CACHE_STATUS: HeaderName = HeaderName::from_static("x-tollgate-cache");
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -126,7 +127,14 @@ async fn forward(
         }
         Err(e) => ApiError::from(e).into_response(),
     };
-    let response = with_headers(response, proxied.decision.as_ref(), proxied.request_id.as_deref(), proxied.now_ms);
+    let mut response = with_headers(response, proxied.decision.as_ref(), proxied.request_id.as_deref(), proxied.now_ms);
+    if let Some(cache) = proxied.cache {
+        let headers = response.headers_mut();
+        headers.insert(CACHE_STATUS.clone(), HeaderValue::from_static(cache.as_str()));
+        if let tollgate_gateway::cache::CacheStatus::Hit { age_secs } = cache {
+            headers.insert(header::AGE, HeaderValue::from(age_secs));
+        }
+    }
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     state.metrics.request(route, status, proxied.model_label, elapsed, upstream);

@@ -6,6 +6,7 @@ mod admin;
 mod admission;
 mod alerts;
 mod analytics;
+mod cache;
 mod cli;
 mod crash;
 mod deadline;

@@ -394,6 +394,12 @@ pub async fn project_settings(catalog: &dyn Catalog) {
         openai_organization: Some("org-conformance".to_owned()),
         openai_project: Some("proj_conformance".to_owned()),
         time_zone: Some(tollgate_core::Zone::parse("Asia/Kolkata").expect("zone")),
+        cache: tollgate_core::CacheSettings {
+            enabled: true,
+            ttl_secs: 120,
+            deterministic_only: false,
+            hits_count: tollgate_core::HitsCount { requests: true, tokens: true, cost: false },
+        },
     };
     let changed = Project { name: "Renamed".to_owned(), created_at_ms: NOW + 1_000, settings, ..created.clone() };
     let stored = catalog.update_project(changed.clone()).await.expect("update");
