@@ -227,6 +227,10 @@ pub struct Quotas {
     pub groups: Vec<QuotaGroup>,
 }
 
+pub fn quotas(q: &Quotas) -> Rendered {
+    q.render()
+}
+
 /// One key's group from a `GET /api/v1/usage/status?key=` answer (or one entry of
 /// `keys` in a project's answer).
 pub fn quota_group(status: &Value, link: bool) -> QuotaGroup {

@@ -206,6 +206,7 @@ pub fn router(state: AppState) -> Router {
     let router = Router::new()
         .merge(crate::routes::proxy::routes())
         .merge(crate::routes::admin::routes())
+        .merge(crate::routes::dashboard::routes(&state))
         .route("/health", get(crate::routes::admin::health))
         .route("/metrics", get(crate::routes::metrics::metrics))
         .method_not_allowed_fallback(method_not_allowed)

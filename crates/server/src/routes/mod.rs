@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod analytics;
+pub mod dashboard;
 pub mod export;
 pub mod metrics;
 pub mod projects;

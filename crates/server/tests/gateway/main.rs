@@ -7,6 +7,7 @@ mod admission;
 mod analytics;
 mod cli;
 mod crash;
+mod dashboard;
 mod deadline;
 mod deployment;
 mod examples;
