@@ -391,7 +391,7 @@ fn top_table(summary: &Value, dim: &str, title: &'static str, column: &'static s
                         link: (dim == "key" && !other && !name.is_empty()).then(|| format!("/dashboard/keys/{name}")),
                         name: shown,
                         requests: format::count(u64_of(g, "requests")),
-                        tokens: format::tokens(u64_of(g, "total_tokens")),
+                        tokens: format::count(u64_of(g, "total_tokens")),
                         cost: format::dollars(u64_of(g, "cost_micros")),
                     }
                 })

@@ -212,8 +212,13 @@ struct ApiFail {
 
 impl ApiFail {
     fn errors(&self) -> FieldErrors {
-        // `limits[0].metric` belongs beside `limits`.
-        let field = self.param.as_deref().map(|p| p.split(['.', '[']).next().unwrap_or(p));
+        // `limits[0].metric` belongs beside `limits`. A body serde refused names the
+        // path in its message ("... target type: limits[0].window: unknown variant").
+        let from_message = || {
+            let rest = self.message.split("target type: ").nth(1)?;
+            rest.split_once(": ").map(|(path, _)| path).filter(|p| !p.contains(' '))
+        };
+        let field = self.param.as_deref().or_else(from_message).map(|p| p.split(['.', '[']).next().unwrap_or(p));
         FieldErrors::one(field, self.message.clone())
     }
 }

@@ -8,6 +8,7 @@ mod analytics;
 mod cli;
 mod crash;
 mod dashboard;
+mod dashboard_browser;
 mod deadline;
 mod deployment;
 mod examples;
