@@ -65,9 +65,11 @@ pub fn axis_label(metric: &str, v: f64) -> String {
     match metric {
         "cost_micros" | "saved_micros" => {
             let d = v / 1e6;
-            if d >= 100.0 {
+            if v <= 0.0 {
+                "$0".to_owned()
+            } else if d >= 100.0 {
                 format!("${d:.0}")
-            } else if d >= 1.0 {
+            } else if d >= 0.01 {
                 format!("${d:.2}")
             } else {
                 format!("${d:.4}")
