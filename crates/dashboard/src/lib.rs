@@ -11,6 +11,7 @@
 
 pub mod assets;
 pub mod chart;
+pub mod export;
 pub mod format;
 pub mod pages;
 pub mod session;

@@ -24,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use serde_json::{Map, Value, json};
+use tollgate_dashboard::export::{self, ExportFilter, RowFilter};
 use tollgate_dashboard::pages::{self, FieldErrors, KeyForm, Layout, PlanForm, query_string};
 use tollgate_dashboard::session::{self, COOKIE, LOGIN_COOKIE, Session, Sessions};
 use tollgate_gateway::now_ms;
@@ -916,16 +917,6 @@ const METRIC_OPTIONS: &[(&str, &str)] = &[
     ("latency_p95", "Latency p95"),
 ];
 
-fn status_matches(filter: &str, status: u64) -> bool {
-    match filter {
-        "" => true,
-        "2xx" => (200..300).contains(&status),
-        "4xx" => (400..500).contains(&status),
-        "5xx" => (500..600).contains(&status),
-        exact => exact.parse::<u64>().is_ok_and(|s| s == status),
-    }
-}
-
 async fn usage_page(State(d): State<Dashboard>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Page {
     let session = d.signed_in(&headers)?;
     let q = Fields::query(&raw);
@@ -979,7 +970,7 @@ async fn usage_page(State(d): State<Dashboard>, headers: HeaderMap, RawQuery(raw
                 let keep = (model.is_empty() || r["model"].as_str() == Some(model))
                     && (provider.is_empty() || r["provider"].as_str() == Some(provider))
                     && (endpoint.is_empty() || r["endpoint"].as_str() == Some(endpoint))
-                    && status_matches(status, r["status"].as_u64().unwrap_or(0));
+                    && tollgate_dashboard::export::status_matches(status, r["status"].as_u64().unwrap_or(0));
                 if keep {
                     rows.push(r);
                 }
@@ -1098,6 +1089,10 @@ async fn usage_page(State(d): State<Dashboard>, headers: HeaderMap, RawQuery(raw
         ("key", key.to_owned()),
         ("from", from.to_owned()),
         ("to", to.to_owned()),
+        ("model", model.to_owned()),
+        ("provider", provider.to_owned()),
+        ("endpoint", endpoint.to_owned()),
+        ("status", status.to_owned()),
     ];
     let nothing_at_all = rows.is_empty() && q.get("cursor").is_empty() && errors.is_empty() && {
         let any = d.read_optional(&session, &format!("/api/v1/usage{}", query_string(&[("limit", "1")]))).await;
@@ -1126,13 +1121,40 @@ async fn usage_page(State(d): State<Dashboard>, headers: HeaderMap, RawQuery(raw
     Ok(rendered(status_code, pages::usage(layout, data)))
 }
 
+/// The export body narrowed by `filter`, still streamed chunk by chunk; an error of
+/// the API's stream (a store failure mid-export) still aborts the body.
+fn filtered(body: Body, filter: ExportFilter) -> Body {
+    use futures_util::StreamExt;
+    let stream =
+        futures_util::stream::unfold((body.into_data_stream(), Some(filter)), |(mut inner, filter)| async move {
+            let mut filter = filter?;
+            loop {
+                match inner.next().await {
+                    Some(Ok(chunk)) => {
+                        let kept = filter.push(&chunk);
+                        if !kept.is_empty() {
+                            return Some((Ok::<Bytes, axum::Error>(Bytes::from(kept)), (inner, Some(filter))));
+                        }
+                    }
+                    Some(Err(e)) => return Some((Err(e), (inner, None))),
+                    None => {
+                        let rest = filter.finish();
+                        return (!rest.is_empty()).then(|| (Ok(Bytes::from(rest)), (inner, None)));
+                    }
+                }
+            }
+        });
+    Body::from_stream(stream)
+}
+
 /// A usage row's time in Unix ms (from its RFC 3339 timestamp), for the cursor.
 fn ms_of(row: &Value) -> i64 {
     row["timestamp"].as_str().and_then(tollgate_core::calendar::parse_timestamp).unwrap_or(0)
 }
 
-/// `GET /dashboard/usage/export?format=&project=&key=&from=&to=`: the API's export,
-/// streamed through under the session's scope.
+/// `GET /dashboard/usage/export?format=&project=&key=&from=&to=&model=&provider=&endpoint=&status=`:
+/// the API's export, streamed through under the session's scope, narrowed to the
+/// filters the API does not take.
 async fn export(State(d): State<Dashboard>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Page {
     let session = d.signed_in(&headers)?;
     let q = Fields::query(&raw);
@@ -1150,7 +1172,18 @@ async fn export(State(d): State<Dashboard>, headers: HeaderMap, RawQuery(raw): R
     );
     let response = d.send(&session, Method::GET, &uri, None).await.map_err(|f| d.fail_page(&session, f))?;
     if response.status().is_success() {
-        return Ok(response);
+        let filter = RowFilter {
+            model: q.get("model").to_owned(),
+            provider: q.get("provider").to_owned(),
+            endpoint: q.get("endpoint").to_owned(),
+            status: q.get("status").to_owned(),
+        };
+        if filter.is_empty() {
+            return Ok(response);
+        }
+        let kind = if format == "csv" { export::Format::Csv } else { export::Format::Ndjson };
+        let (parts, body) = response.into_parts();
+        return Ok(Response::from_parts(parts, filtered(body, ExportFilter::new(kind, filter))));
     }
     let status = response.status();
     let bytes = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();

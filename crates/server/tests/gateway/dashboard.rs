@@ -248,6 +248,17 @@ async fn dashboard_sessions_of_a_project_token_see_only_their_project() {
     assert!(csv.body.starts_with("id,timestamp,project"), "{}", csv.body);
     assert!(csv.body.contains(",acme,") && !csv.body.contains("globex"), "{}", csv.body);
 
+    // The export narrowed by the filters the API does not take: still streamed, the
+    // header kept.
+    let none = browser.get("/dashboard/usage/export?format=csv&model=no-such-model").await;
+    assert_eq!(none.status, 200);
+    assert_eq!(none.body.trim_end().lines().count(), 1, "only the header: {}", none.body);
+    let ok = browser.get("/dashboard/usage/export?format=ndjson&model=gpt-4o-mini&status=2xx").await;
+    assert_eq!(ok.status, 200);
+    let lines: Vec<serde_json::Value> =
+        ok.body.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    assert!(!lines.is_empty() && lines.iter().all(|r| r["model"] == "gpt-4o-mini" && r["status"] == 200), "{lines:?}");
+
     // Project tokens cannot edit plans: the API's 403, shown as a page.
     let plan = browser
         .post("/dashboard/plans/free", &[("csrf", &csrf), ("limits", "[]"), ("description", ""), ("time_zone", "")])
