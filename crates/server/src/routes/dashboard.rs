@@ -404,7 +404,12 @@ fn login_form(headers: &HeaderMap, status: StatusCode, error: Option<&str>) -> R
     response
 }
 
-async fn login(State(d): State<Dashboard>, headers: HeaderMap, body: Bytes) -> Response {
+async fn login(
+    State(d): State<Dashboard>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some(fields) = Fields::parse(&body) else {
         return login_form(&headers, StatusCode::BAD_REQUEST, Some("The form could not be read."));
     };
@@ -416,8 +421,19 @@ async fn login(State(d): State<Dashboard>, headers: HeaderMap, body: Bytes) -> R
             Some("The sign-in form expired or came from elsewhere; it was refused. Try again."),
         );
     }
+    // Guessed tokens are braked per address like guessed keys (`limits.invalid_keys_per_minute`).
+    let now = now_ms();
+    if let Some(secs) = d.state.invalid_keys.blocked(Some(peer.ip()), now) {
+        let message = format!("Too many failed sign-ins from this address: try again in {secs} s.");
+        let mut response = login_form(&headers, StatusCode::TOO_MANY_REQUESTS, Some(&message));
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return response;
+    }
     let token = fields.get("token");
     let refused = || {
+        d.state.invalid_keys.failed(Some(peer.ip()), now);
         login_form(
             &headers,
             StatusCode::UNAUTHORIZED,

@@ -7,7 +7,7 @@ use reqwest::Method;
 use reqwest::header::{ACCEPT, COOKIE, LOCATION, SET_COOKIE};
 use serde_json::json;
 
-use crate::helpers::{ADMIN_TOKEN, TestApp, spawn_app};
+use crate::helpers::{ADMIN_TOKEN, TestApp, config, spawn_app, spawn_app_with, spawn_mock};
 
 /// A browser without a cookie jar: cookies carried by hand, redirects not followed.
 pub struct Browser {
@@ -295,4 +295,23 @@ async fn dashboard_root_sends_browsers_to_the_dashboard_and_api_clients_get_json
     let page = browser.get("/dashboard/usage?from=yesterday").await;
     assert_eq!(page.status, 400, "{}", page.body);
     assert!(page.body.contains("id=\"f-from-error\""), "{}", page.body);
+}
+
+#[tokio::test]
+async fn dashboard_sign_in_guesses_are_braked_per_address() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mock_url = spawn_mock(tollgate_mock_upstream::MockConfig::default()).await;
+    let mut config = config(tmp.path(), &mock_url);
+    config.invalid_keys_per_minute = 3;
+    let app = spawn_app_with(config).await;
+    let mut browser = Browser::new(&app);
+    let mut statuses = Vec::new();
+    for n in 0..4 {
+        statuses.push(browser.sign_in(&format!("tga_guess-{n}")).await.status);
+    }
+    assert_eq!(statuses, [401, 401, 401, 429], "three guesses, then the brake");
+    let braked = browser.sign_in(ADMIN_TOKEN).await;
+    assert_eq!(braked.status, 429, "even the right token waits out the minute");
+    assert!(braked.headers.get("retry-after").is_some());
+    assert!(braked.body.contains("Too many failed sign-ins"), "{}", braked.body);
 }
