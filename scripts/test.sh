@@ -124,6 +124,25 @@ if ! setup_express; then
     exit 1
 fi
 
+# --- Chromium and playwright-core (the dashboard's browser test, tests/browser) ---
+# Debian's chromium, never a browser download: playwright-core has no install script,
+# and the test starts /usr/bin/chromium itself.
+setup_dashboard_browser() {
+    local dir=tests/browser
+    if ! command -v chromium >/dev/null; then
+        apt_install chromium || return 1
+    fi
+    if [ ! -d "$dir/node_modules/playwright-core" ]; then
+        (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent) || return 1
+    fi
+    command -v chromium >/dev/null && [ -d "$dir/node_modules/playwright-core" ] || return 1
+    say "chromium, npm playwright-core: present"
+}
+if ! setup_dashboard_browser; then
+    echo "[test.sh] ERROR: chromium or playwright-core could not be installed (apt-get install chromium; cd tests/browser && npm ci)." >&2
+    exit 1
+fi
+
 # --- Go, Ruby and curl (docs/examples/api runs in every language) -----------
 setup_example_toolchains() {
     local missing=()

@@ -237,6 +237,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::routes::admin::routes())
         .merge(crate::openapi::routes())
         .merge(crate::routes::alerts::routes())
+        .merge(crate::routes::dashboard::routes(&state))
         .route("/health", get(crate::routes::admin::health))
         .route("/health/detailed", get(crate::routes::admin::health_detailed))
         .route("/metrics", get(crate::routes::metrics::metrics))

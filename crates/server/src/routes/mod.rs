@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod alerts;
 pub mod analytics;
+pub mod dashboard;
 pub mod export;
 pub mod metrics;
 pub mod projects;

@@ -9,6 +9,8 @@ mod analytics;
 mod cache;
 mod cli;
 mod crash;
+mod dashboard;
+mod dashboard_browser;
 mod deadline;
 mod deployment;
 mod examples;

@@ -1,0 +1,1209 @@
+//! The dashboard's HTTP wiring: `/dashboard` pages, sign-in and sign-out, the quota
+//! fragment the page polls, the export download, the embedded assets, and `/`
+//! sending browsers to `/dashboard`. The HTML is `tollgate_dashboard`'s.
+//!
+//! Every read and change goes through the admin API's own handlers, called in
+//! process (a `tower` oneshot on the admin router) with the session's admin token as
+//! the bearer: the dashboard has exactly the API's validation and scoping (a project
+//! token's session gets the API's 404 for another project's ids, shown as a 404
+//! page), and a revoked admin token ends its sessions at their next page. These are
+//! routes only: nothing here runs on the proxy routes.
+
+// A refused page is itself the answer (a redirect or an error page): boxing the
+// `Err` response would buy nothing on a path that renders HTML.
+#![allow(clippy::result_large_err)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::BodyExt;
+use serde_json::{Map, Value, json};
+use tollgate_dashboard::export::{self, ExportFilter, RowFilter};
+use tollgate_dashboard::pages::{self, FieldErrors, KeyForm, Layout, PlanForm, query_string};
+use tollgate_dashboard::session::{self, COOKIE, LOGIN_COOKIE, Session, Sessions};
+use tollgate_gateway::now_ms;
+use tower::ServiceExt;
+
+use crate::app::AppState;
+use crate::http::error::ApiError;
+use crate::http::extract::Path;
+
+/// How long a session lasts after sign-in.
+const SESSION_TTL_MS: i64 = 8 * 3600 * 1000;
+/// Keys per page of the keys list.
+const KEYS_PAGE: usize = 25;
+/// Usage rows per page of the explorer, and how many ledger rows one page may scan.
+const USAGE_PAGE: usize = 50;
+const USAGE_SCAN_PAGES: usize = 5;
+/// At most this many projects' quotas on an operator's overview.
+const QUOTA_PROJECTS: usize = 10;
+
+const RANGES: &[(&str, &str)] = &[("1 hour", "1h"), ("24 hours", "24h"), ("7 days", "7d"), ("30 days", "30d")];
+
+#[derive(Clone)]
+struct Dashboard {
+    state: AppState,
+    /// The admin API, called in process.
+    api: Router,
+    sessions: Arc<Sessions>,
+}
+
+pub fn routes(state: &AppState) -> Router<AppState> {
+    let dashboard = Dashboard {
+        state: state.clone(),
+        api: crate::routes::admin::routes().with_state(state.clone()),
+        sessions: Arc::new(Sessions::new(SESSION_TTL_MS)),
+    };
+    Router::new()
+        .route("/", get(root))
+        .route("/dashboard", get(overview))
+        .route("/dashboard/", get(|| async { see_other("/dashboard") }))
+        .route("/dashboard/login", get(login_page).post(login))
+        .route("/dashboard/logout", post(logout))
+        .route("/dashboard/assets/dashboard.css", get(|| async { asset("text/css", tollgate_dashboard::assets::CSS) }))
+        .route(
+            "/dashboard/assets/dashboard.js",
+            get(|| async { asset("text/javascript", tollgate_dashboard::assets::JS) }),
+        )
+        .route("/dashboard/fragments/quotas", get(quotas_fragment))
+        .route("/dashboard/keys", get(keys_page).post(create_key))
+        .route("/dashboard/keys/{id}", get(key_page))
+        .route("/dashboard/keys/{id}/edit", post(edit_key))
+        .route("/dashboard/keys/{id}/rotate", post(rotate_key))
+        .route("/dashboard/keys/{id}/revoke", post(revoke_key))
+        .route("/dashboard/plans", get(plans_page).post(create_plan))
+        .route("/dashboard/plans/{name}", post(save_plan))
+        .route("/dashboard/usage", get(usage_page))
+        .route("/dashboard/usage/export", get(export))
+        .with_state(dashboard)
+}
+
+/// A page or the response that replaces it (a redirect to sign-in, an error page).
+type Page = Result<Response, Response>;
+
+// ----- responses -----
+
+fn html(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    security_headers(h);
+    response
+}
+
+fn security_headers(h: &mut HeaderMap) {
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; connect-src 'self'; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut response = body.into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
+}
+
+fn see_other(location: &str) -> Response {
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    security_headers(response.headers_mut());
+    response
+}
+
+fn rendered(status: StatusCode, page: pages::Rendered) -> Response {
+    match page {
+        Ok(body) => html(status, body),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering a dashboard page failed");
+            html(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "<!doctype html><title>Error</title><p>The page could not be drawn.</p>".into(),
+            )
+        }
+    }
+}
+
+fn message_page(session: &Session, status: StatusCode, heading: &str, message: &str, back: &str) -> Response {
+    let layout = Layout::new(heading, "", session.project.as_deref(), &session.csrf);
+    rendered(status, pages::message(layout, heading, message, back))
+}
+
+fn csrf_refused(session: &Session) -> Response {
+    message_page(
+        session,
+        StatusCode::FORBIDDEN,
+        "Form refused",
+        "This form's security token is missing or out of date, so nothing was changed. Reload the page and try again.",
+        "/dashboard",
+    )
+}
+
+/// Whether the request reached us over TLS (through a proxy that terminates it).
+fn over_tls(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').next().is_some_and(|p| p.trim().eq_ignore_ascii_case("https")))
+}
+
+/// The base URL the browser used, for the curl examples.
+fn base_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| h.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c)))
+        .unwrap_or("localhost:8080");
+    format!("{}://{host}", if over_tls(headers) { "https" } else { "http" })
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|v| session::cookie_value(v, name))
+}
+
+// ----- forms and queries -----
+
+/// A urlencoded form or query: the first value of each name.
+struct Fields(Vec<(String, String)>);
+
+impl Fields {
+    fn parse(raw: &[u8]) -> Option<Self> {
+        serde_urlencoded::from_bytes::<Vec<(String, String)>>(raw).ok().map(Fields)
+    }
+
+    fn query(raw: &Option<String>) -> Self {
+        raw.as_deref().and_then(|q| Self::parse(q.as_bytes())).unwrap_or(Fields(Vec::new()))
+    }
+
+    fn get(&self, name: &str) -> &str {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim()).unwrap_or("")
+    }
+
+    fn raw(&self, name: &str) -> &str {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("")
+    }
+}
+
+// ----- the admin API, in process -----
+
+/// A refusal of the admin API: its status, message and the field it named.
+struct ApiFail {
+    status: StatusCode,
+    message: String,
+    param: Option<String>,
+}
+
+impl ApiFail {
+    fn errors(&self) -> FieldErrors {
+        // `limits[0].metric` belongs beside `limits`. A body serde refused names the
+        // path in its message ("... target type: limits[0].window: unknown variant").
+        let from_message = || {
+            let rest = self.message.split("target type: ").nth(1)?;
+            rest.split_once(": ").map(|(path, _)| path).filter(|p| !p.contains(' '))
+        };
+        let field = self.param.as_deref().or_else(from_message).map(|p| p.split(['.', '[']).next().unwrap_or(p));
+        FieldErrors::one(field, self.message.clone())
+    }
+}
+
+impl Dashboard {
+    fn session(&self, headers: &HeaderMap) -> Option<Session> {
+        cookie(headers, COOKIE).and_then(|id| self.sessions.get(id, now_ms()))
+    }
+
+    /// The session, or a redirect to sign-in.
+    fn signed_in(&self, headers: &HeaderMap) -> Result<Session, Response> {
+        self.session(headers).ok_or_else(|| see_other("/dashboard/login"))
+    }
+
+    /// A form of a signed-in session with its CSRF token checked.
+    fn form(&self, headers: &HeaderMap, body: &[u8]) -> Result<(Session, Fields), Response> {
+        let session = self.signed_in(headers)?;
+        let Some(fields) = Fields::parse(body) else {
+            return Err(message_page(
+                &session,
+                StatusCode::BAD_REQUEST,
+                "Bad form",
+                "The form could not be read.",
+                "/dashboard",
+            ));
+        };
+        if !session.csrf_matches(Some(fields.raw("csrf"))) {
+            return Err(csrf_refused(&session));
+        }
+        Ok((session, fields))
+    }
+
+    async fn send(
+        &self,
+        session: &Session,
+        method: Method,
+        uri: &str,
+        body: Option<&Value>,
+    ) -> Result<Response, ApiFail> {
+        let bearer = HeaderValue::from_str(&format!("Bearer {}", session.token())).map_err(|_| ApiFail {
+            status: StatusCode::UNAUTHORIZED,
+            message: "the session's token is unusable".into(),
+            param: None,
+        })?;
+        let body = match body {
+            Some(v) => Body::from(serde_json::to_vec(v).unwrap_or_default()),
+            None => Body::empty(),
+        };
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, bearer)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .map_err(|e| ApiFail {
+                status: StatusCode::BAD_REQUEST,
+                message: format!("bad address: {e}"),
+                param: None,
+            })?;
+        request.extensions_mut().insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 0))));
+        match self.api.clone().oneshot(request).await {
+            Ok(response) => Ok(response),
+            Err(never) => match never {},
+        }
+    }
+
+    async fn call(&self, session: &Session, method: Method, uri: &str, body: Option<&Value>) -> Result<Value, ApiFail> {
+        let response = self.send(session, method, uri, body).await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(value);
+        }
+        let message =
+            value.pointer("/error/message").and_then(Value::as_str).unwrap_or("the request failed").to_owned();
+        let param = value.pointer("/error/param").and_then(Value::as_str).map(str::to_owned);
+        Err(ApiFail { status, message, param })
+    }
+
+    /// A read a page cannot do without: a refusal becomes the page's answer.
+    async fn read(&self, session: &Session, uri: &str) -> Result<Value, Response> {
+        self.call(session, Method::GET, uri, None).await.map_err(|f| self.fail_page(session, f))
+    }
+
+    /// A read a page can do without (a chart, a forecast): `None` if refused.
+    async fn read_optional(&self, session: &Session, uri: &str) -> Option<Value> {
+        self.call(session, Method::GET, uri, None).await.ok()
+    }
+
+    fn fail_page(&self, session: &Session, f: ApiFail) -> Response {
+        match f.status {
+            StatusCode::UNAUTHORIZED => see_other("/dashboard/login"),
+            StatusCode::NOT_FOUND => {
+                message_page(session, StatusCode::NOT_FOUND, "Not found", &f.message, "/dashboard")
+            }
+            s if s.is_server_error() => message_page(
+                session,
+                StatusCode::BAD_GATEWAY,
+                "Something failed",
+                "tollgate could not answer this page; the server log says why. Try again in a moment.",
+                "/dashboard",
+            ),
+            s => message_page(session, s, "Refused", &f.message, "/dashboard"),
+        }
+    }
+
+    async fn project_ids(&self, session: &Session) -> Vec<String> {
+        let Some(list) = self.read_optional(session, "/api/v1/projects").await else { return Vec::new() };
+        list["data"]
+            .as_array()
+            .map(|ps| ps.iter().filter_map(|p| p["id"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    }
+
+    /// The plans a session may put keys on: every plan for the operator, the
+    /// project's allowed plans for a project token.
+    async fn plan_names(&self, session: &Session) -> Vec<String> {
+        if let Some(own) = &session.project {
+            let uri = format!("/api/v1/projects/{}", pages::query_escape(own));
+            return self
+                .read_optional(session, &uri)
+                .await
+                .and_then(|p| p["allowed_plans"].as_array().cloned())
+                .map(|ps| ps.iter().filter_map(|p| p.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default();
+        }
+        self.read_optional(session, "/api/v1/plans")
+            .await
+            .and_then(|p| p["data"].as_array().cloned())
+            .map(|ps| ps.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The project a page asks the API about: the one in the address (another
+/// project's is then the API's 404 for a project token), else a project token's own.
+fn scoped_project(session: &Session, asked: &str) -> String {
+    if asked.is_empty() { session.project.clone().unwrap_or_default() } else { asked.to_owned() }
+}
+
+/// `from` as Unix seconds for a range name (`24h` unless another is known).
+fn range_from(range: &str) -> (&'static str, i64, &'static str) {
+    let hours = match range {
+        "1h" => 1,
+        "7d" => 7 * 24,
+        "30d" => 30 * 24,
+        _ => 24,
+    };
+    let name = RANGES.iter().find(|(_, v)| *v == range).map(|(_, v)| *v).unwrap_or("24h");
+    let granularity = if hours > 7 * 24 { "day" } else { "hour" };
+    (name, now_ms() / 1000 - hours * 3600, granularity)
+}
+
+// ----- sign-in -----
+
+async fn root(headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if tollgate_dashboard::accept_prefers_html(accept) {
+        see_other("/dashboard")
+    } else {
+        ApiError::UnknownEndpoint("/".into()).into_response()
+    }
+}
+
+async fn login_page(State(d): State<Dashboard>, headers: HeaderMap) -> Response {
+    if d.session(&headers).is_some() {
+        return see_other("/dashboard");
+    }
+    login_form(&headers, StatusCode::OK, None)
+}
+
+fn login_form(headers: &HeaderMap, status: StatusCode, error: Option<&str>) -> Response {
+    let Some(csrf) = session::random_token() else {
+        return html(StatusCode::SERVICE_UNAVAILABLE, "no randomness available".into());
+    };
+    let mut response = rendered(status, pages::login(error, &csrf));
+    let value = session::set_cookie(LOGIN_COOKIE, &csrf, 3600, over_tls(headers));
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+async fn login(
+    State(d): State<Dashboard>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(fields) = Fields::parse(&body) else {
+        return login_form(&headers, StatusCode::BAD_REQUEST, Some("The form could not be read."));
+    };
+    let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or("");
+    if !session::tokens_equal(fields.raw("csrf"), expected) {
+        return login_form(
+            &headers,
+            StatusCode::FORBIDDEN,
+            Some("The sign-in form expired or came from elsewhere; it was refused. Try again."),
+        );
+    }
+    // Guessed tokens are braked per address like guessed keys (`limits.invalid_keys_per_minute`).
+    let now = now_ms();
+    if let Some(secs) = d.state.invalid_keys.blocked(Some(peer.ip()), now) {
+        let message = format!("Too many failed sign-ins from this address: try again in {secs} s.");
+        let mut response = login_form(&headers, StatusCode::TOO_MANY_REQUESTS, Some(&message));
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return response;
+    }
+    let token = fields.get("token");
+    let refused = || {
+        d.state.invalid_keys.failed(Some(peer.ip()), now);
+        login_form(
+            &headers,
+            StatusCode::UNAUTHORIZED,
+            Some("That admin token is not valid (or was revoked or expired)."),
+        )
+    };
+    if token.is_empty() {
+        return login_form(&headers, StatusCode::BAD_REQUEST, Some("Enter an admin token."));
+    }
+    let Ok(bearer) = HeaderValue::from_str(&format!("Bearer {token}")) else { return refused() };
+    let mut probe = HeaderMap::new();
+    probe.insert(header::AUTHORIZATION, bearer);
+    let admin = match crate::auth::admin_from_headers(&d.state, &probe).await {
+        Ok(admin) => admin,
+        Err(ApiError::AdminUnauthorized(_)) => return refused(),
+        Err(e) => return e.into_response(),
+    };
+    let Some((id, _)) = d.sessions.create(token, admin.0.project_id.clone(), now_ms()) else {
+        return html(StatusCode::SERVICE_UNAVAILABLE, "no randomness available".into());
+    };
+    tracing::info!(project = admin.0.project_id.as_deref().unwrap_or("(operator)"), "dashboard sign-in");
+    let mut response = see_other("/dashboard");
+    let secure = over_tls(&headers);
+    for value in [
+        session::set_cookie(COOKIE, &id, d.sessions.ttl_secs(), secure),
+        session::set_cookie(LOGIN_COOKIE, "", 0, secure),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    response
+}
+
+async fn logout(State(d): State<Dashboard>, headers: HeaderMap, body: Bytes) -> Response {
+    let (_, _) = match d.form(&headers, &body) {
+        Ok(ok) => ok,
+        Err(refused) => return refused,
+    };
+    if let Some(id) = cookie(&headers, COOKIE) {
+        d.sessions.remove(id);
+    }
+    let mut response = see_other("/dashboard/login");
+    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(COOKIE, "", 0, over_tls(&headers))) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+// ----- overview -----
+
+async fn overview(State(d): State<Dashboard>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Page {
+    let session = d.signed_in(&headers)?;
+    let q = Fields::query(&raw);
+    let (range, from, granularity) = range_from(q.get("range"));
+    let from = from.to_string();
+    let project = scoped_project(&session, q.get("project"));
+    let projects = if session.is_operator() { d.project_ids(&session).await } else { Vec::new() };
+    let scope = [("project", project.as_str()), ("from", from.as_str())];
+    let summary = d.read(&session, &format!("/api/v1/analytics/summary{}", query_string(&scope))).await?;
+    let mut series = Vec::new();
+    for (title, metric) in [
+        ("Requests", "requests"),
+        ("Tokens", "total_tokens"),
+        ("Cost", "cost_micros"),
+        ("Saved by cache", "saved_micros"),
+    ] {
+        let q = query_string(&[
+            ("metric", metric),
+            ("granularity", granularity),
+            ("project", project.as_str()),
+            ("from", from.as_str()),
+        ]);
+        if let Some(ts) = d.read_optional(&session, &format!("/api/v1/analytics/timeseries{q}")).await {
+            series.push((title, ts));
+        }
+    }
+    let anomalies = if granularity == "hour" {
+        d.read_optional(&session, &format!("/api/v1/analytics/anomalies{}", query_string(&scope))).await
+    } else {
+        None
+    };
+    let quota_projects: Vec<String> = if project.is_empty() {
+        projects.iter().take(QUOTA_PROJECTS).cloned().collect()
+    } else {
+        vec![project.clone()]
+    };
+    let quotas = quotas_of(&d, &session, &quota_projects).await;
+    let forecast = if project.is_empty() {
+        None
+    } else {
+        d.read_optional(&session, &format!("/api/v1/analytics/forecast{}", query_string(&[("project", &project)])))
+            .await
+    };
+    let base = base_url(&headers);
+    let layout = Layout::new("Overview", "overview", session.project.as_deref(), &session.csrf);
+    let data = pages::OverviewData {
+        range,
+        ranges: RANGES,
+        project: if session.is_operator() { &project } else { "" },
+        projects,
+        summary: &summary,
+        series: series.iter().map(|(t, v)| (*t, v)).collect(),
+        anomalies: anomalies.as_ref(),
+        quotas,
+        forecast: forecast.as_ref(),
+        base_url: &base,
+    };
+    Ok(rendered(StatusCode::OK, pages::overview(layout, data)))
+}
+
+async fn quotas_of(d: &Dashboard, session: &Session, projects: &[String]) -> pages::Quotas {
+    let mut statuses = Vec::new();
+    for p in projects {
+        let uri = format!("/api/v1/usage/status{}", query_string(&[("project", p)]));
+        if let Some(s) = d.read_optional(session, &uri).await {
+            statuses.push(s);
+        }
+    }
+    pages::quotas_of_projects(&statuses, 20)
+}
+
+/// `GET /dashboard/fragments/quotas?key=` or `?project=`: the quota bars alone, for
+/// the page's live refresh.
+async fn quotas_fragment(State(d): State<Dashboard>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+    let Some(session) = d.session(&headers) else {
+        return html(StatusCode::UNAUTHORIZED, "signed out".into());
+    };
+    let q = Fields::query(&raw);
+    let quotas = if !q.get("key").is_empty() {
+        let uri = format!("/api/v1/usage/status{}", query_string(&[("key", q.get("key"))]));
+        match d.call(&session, Method::GET, &uri, None).await {
+            Ok(s) => pages::Quotas { groups: vec![pages::quota_group(&s, false)] },
+            Err(f) => return html(f.status, String::new()),
+        }
+    } else {
+        let project = scoped_project(&session, q.get("project"));
+        let projects = if project.is_empty() {
+            d.project_ids(&session).await.into_iter().take(QUOTA_PROJECTS).collect()
+        } else {
+            vec![project]
+        };
+        quotas_of(&d, &session, &projects).await
+    };
+    rendered(StatusCode::OK, pages::quotas(&quotas))
+}
+
+// ----- keys -----
+
+struct KeyCreateForm<'a> {
+    project: &'a str,
+    name: &'a str,
+    plan: &'a str,
+}
+
+async fn keys_page(State(d): State<Dashboard>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Page {
+    let session = d.signed_in(&headers)?;
+    let q = Fields::query(&raw);
+    render_keys(&d, &session, &q, StatusCode::OK, FieldErrors::default(), None).await
+}
+
+async fn render_keys(
+    d: &Dashboard,
+    session: &Session,
+    q: &Fields,
+    status: StatusCode,
+    errors: FieldErrors,
+    form: Option<KeyCreateForm<'_>>,
+) -> Page {
+    let search = q.get("q");
+    let project = scoped_project(session, q.get("project"));
+    let after = q.get("after");
+    // A search reads up to 1,000 keys and filters them; otherwise one page by id.
+    let limit = if search.is_empty() { KEYS_PAGE } else { 1000 };
+    let limit_s = limit.to_string();
+    let list = d
+        .read(
+            session,
+            &format!(
+                "/api/v1/keys{}",
+                query_string(&[("project", project.as_str()), ("after", after), ("limit", limit_s.as_str())])
+            ),
+        )
+        .await?;
+    let mut keys: Vec<Value> = list["data"].as_array().cloned().unwrap_or_default();
+    let needle = search.to_lowercase();
+    if !needle.is_empty() {
+        keys.retain(|k| {
+            ["id", "name"].iter().any(|f| k[*f].as_str().is_some_and(|v| v.to_lowercase().contains(&needle)))
+        });
+        keys.truncate(200);
+    }
+    let next_after = if search.is_empty() { list["next_after"].as_str().map(str::to_owned) } else { None };
+    let projects = if session.is_operator() { d.project_ids(session).await } else { Vec::new() };
+    let plans = d.plan_names(session).await;
+    let own = session.project.clone().unwrap_or_default();
+    let default_project =
+        if project.is_empty() { projects.first().cloned().unwrap_or_default() } else { project.clone() };
+    let (form_project, form_name, form_plan) = match &form {
+        Some(f) => (f.project.to_owned(), f.name.to_owned(), f.plan.to_owned()),
+        None => (if own.is_empty() { default_project } else { own }, String::new(), String::new()),
+    };
+    let layout = Layout::new("Keys", "keys", session.project.as_deref(), &session.csrf);
+    let data = pages::KeysData {
+        q: search,
+        project: if session.is_operator() { &project } else { "" },
+        projects,
+        plans,
+        keys: &keys,
+        next_after: next_after.as_deref(),
+        has_prev: !after.is_empty(),
+        errors,
+        form_project: &form_project,
+        form_name: &form_name,
+        form_plan: &form_plan,
+    };
+    Ok(rendered(status, pages::keys(layout, data)))
+}
+
+async fn create_key(State(d): State<Dashboard>, headers: HeaderMap, body: Bytes) -> Page {
+    let (session, f) = d.form(&headers, &body)?;
+    let project = scoped_project(&session, f.get("project"));
+    let mut request = Map::new();
+    request.insert("project".into(), json!(project));
+    if !f.get("plan").is_empty() {
+        request.insert("plan".into(), json!(f.get("plan")));
+    }
+    if !f.get("name").is_empty() {
+        request.insert("name".into(), json!(f.get("name")));
+    }
+    match d.call(&session, Method::POST, "/api/v1/keys", Some(&Value::Object(request))).await {
+        Ok(created) => {
+            let layout = Layout::new("New key", "keys", session.project.as_deref(), &session.csrf);
+            Ok(rendered(StatusCode::CREATED, pages::secret(layout, "Key created", &created, &base_url(&headers))))
+        }
+        Err(fail) if fail.status == StatusCode::UNAUTHORIZED => Err(see_other("/dashboard/login")),
+        Err(fail) => {
+            let form = KeyCreateForm { project: &project, name: f.get("name"), plan: f.get("plan") };
+            let q = Fields(Vec::new());
+            render_keys(&d, &session, &q, fail.status, fail.errors(), Some(form)).await
+        }
+    }
+}
+
+fn key_uri(id: &str, rest: &str) -> String {
+    format!("/api/v1/keys/{}{rest}", pages::query_escape(id))
+}
+
+async fn key_page(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Page {
+    let session = d.signed_in(&headers)?;
+    let q = Fields::query(&raw);
+    let notice = match q.get("done") {
+        "saved" => Some("Saved.".to_owned()),
+        "revoked" => Some("The key is revoked: its requests are refused from now on.".to_owned()),
+        _ => None,
+    };
+    render_key(&d, &session, &id, StatusCode::OK, notice, None, FieldErrors::default()).await
+}
+
+async fn render_key(
+    d: &Dashboard,
+    session: &Session,
+    id: &str,
+    status: StatusCode,
+    notice: Option<String>,
+    form: Option<KeyForm>,
+    errors: FieldErrors,
+) -> Page {
+    let key = d.read(session, &key_uri(id, "")).await?;
+    let by_key = [("key", id)];
+    let month_ago = (now_ms() / 1000 - 30 * 24 * 3600).to_string();
+    let summary = d
+        .read_optional(
+            session,
+            &format!("/api/v1/analytics/summary{}", query_string(&[("key", id), ("from", &month_ago)])),
+        )
+        .await
+        .unwrap_or(Value::Null);
+    let key_status = d.read_optional(session, &format!("/api/v1/usage/status{}", query_string(&by_key))).await;
+    let forecast = d.read_optional(session, &format!("/api/v1/analytics/forecast{}", query_string(&by_key))).await;
+    let series = d.read_optional(session, &format!("/api/v1/analytics/timeseries{}", query_string(&by_key))).await;
+    let rows = d
+        .read_optional(session, &format!("/api/v1/usage{}", query_string(&[("key", id), ("limit", "20")])))
+        .await
+        .and_then(|u| u["data"].as_array().cloned())
+        .unwrap_or_default();
+    let plans = if session.is_operator() { d.plan_names(session).await } else { Vec::new() };
+    let layout = Layout::new(format!("Key {id}"), "keys", session.project.as_deref(), &session.csrf);
+    let data = pages::KeyData {
+        form: form.unwrap_or_else(|| KeyForm::of(&key)),
+        key: &key,
+        notice,
+        summary: &summary,
+        status: key_status.as_ref(),
+        forecast: forecast.as_ref(),
+        series: series.as_ref(),
+        rows: &rows,
+        plans,
+        errors,
+    };
+    Ok(rendered(status, pages::key_page(layout, data)))
+}
+
+async fn edit_key(State(d): State<Dashboard>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Page {
+    let (session, f) = d.form(&headers, &body)?;
+    let form = KeyForm {
+        name: f.get("name").to_owned(),
+        metadata: f.raw("metadata").to_owned(),
+        plan: f.get("plan").to_owned(),
+        limits: f.raw("limits").to_owned(),
+    };
+    let mut patch = Map::new();
+    patch.insert("name".into(), if form.name.is_empty() { Value::Null } else { json!(form.name) });
+    let parse = |field: &str, text: &str, empty: Value| -> Result<Value, FieldErrors> {
+        if text.trim().is_empty() {
+            return Ok(empty);
+        }
+        serde_json::from_str(text).map_err(|e| FieldErrors::one(Some(field), format!("{field}: not valid JSON ({e})")))
+    };
+    let mut errors = FieldErrors::default();
+    let mut status = StatusCode::BAD_REQUEST;
+    match parse("metadata", &form.metadata, json!({})) {
+        Ok(v) => {
+            patch.insert("metadata".into(), v);
+        }
+        Err(e) => errors.0.extend(e.0),
+    }
+    if session.is_operator() {
+        if !form.plan.is_empty() {
+            patch.insert("plan".into(), json!(form.plan));
+        }
+        match parse("limits", &form.limits, json!([])) {
+            Ok(v) => {
+                patch.insert("limits".into(), v);
+            }
+            Err(e) => errors.0.extend(e.0),
+        }
+    }
+    if errors.is_empty() {
+        match d.call(&session, Method::PATCH, &key_uri(&id, ""), Some(&Value::Object(patch))).await {
+            Ok(_) => return Ok(see_other(&format!("/dashboard/keys/{}?done=saved", pages::query_escape(&id)))),
+            Err(fail) if matches!(fail.status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED) => {
+                return Err(d.fail_page(&session, fail));
+            }
+            Err(fail) => {
+                status = fail.status;
+                errors = fail.errors();
+            }
+        }
+    }
+    render_key(&d, &session, &id, status, None, Some(form), errors).await
+}
+
+async fn rotate_key(State(d): State<Dashboard>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Page {
+    let (session, f) = d.form(&headers, &body)?;
+    let grace = f.get("grace_period_secs");
+    let Ok(grace) = (if grace.is_empty() { Ok(0) } else { grace.parse::<u64>() }) else {
+        let errors = FieldErrors::one(Some("grace_period_secs"), "must be a whole number of seconds");
+        return render_key(&d, &session, &id, StatusCode::BAD_REQUEST, None, None, errors).await;
+    };
+    match d
+        .call(&session, Method::POST, &key_uri(&id, "/regenerate"), Some(&json!({ "grace_period_secs": grace })))
+        .await
+    {
+        Ok(answer) => {
+            let layout = Layout::new("New secret", "keys", session.project.as_deref(), &session.csrf);
+            Ok(rendered(StatusCode::OK, pages::secret(layout, "Secret rotated", &answer, &base_url(&headers))))
+        }
+        Err(fail) if matches!(fail.status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED) => {
+            Err(d.fail_page(&session, fail))
+        }
+        Err(fail) => render_key(&d, &session, &id, fail.status, None, None, fail.errors()).await,
+    }
+}
+
+async fn revoke_key(State(d): State<Dashboard>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Page {
+    let (session, f) = d.form(&headers, &body)?;
+    if f.get("confirm") != "yes" {
+        let errors = FieldErrors::one(Some("confirm"), "Tick the box to confirm: revoking cannot be undone.");
+        return render_key(&d, &session, &id, StatusCode::BAD_REQUEST, None, None, errors).await;
+    }
+    match d.call(&session, Method::POST, &key_uri(&id, "/revoke"), None).await {
+        Ok(_) => Ok(see_other(&format!("/dashboard/keys/{}?done=revoked", pages::query_escape(&id)))),
+        Err(fail) => Err(d.fail_page(&session, fail)),
+    }
+}
+
+// ----- plans -----
+
+async fn plans_page(State(d): State<Dashboard>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Page {
+    let session = d.signed_in(&headers)?;
+    let notice = (Fields::query(&raw).get("done") == "saved").then_some("Saved.");
+    render_plans(&d, &session, StatusCode::OK, notice, None, None).await
+}
+
+async fn render_plans(
+    d: &Dashboard,
+    session: &Session,
+    status: StatusCode,
+    notice: Option<&str>,
+    edited: Option<(&PlanForm, FieldErrors)>,
+    new_plan: Option<(&PlanForm, FieldErrors)>,
+) -> Page {
+    let list = d.read(session, "/api/v1/plans").await?;
+    let allowed = if session.is_operator() { Vec::new() } else { d.plan_names(session).await };
+    let mut edited = edited;
+    let views = list["data"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .map(|p| {
+                    let this = edited.as_ref().is_some_and(|(f, _)| p["name"].as_str() == Some(f.name.as_str()));
+                    pages::plan_view(p, if this { edited.take() } else { None })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let layout = Layout::new("Plans & limits", "plans", session.project.as_deref(), &session.csrf);
+    Ok(rendered(status, pages::plans(layout, views, &allowed, notice, new_plan)))
+}
+
+fn plan_form(name: &str, f: &Fields) -> PlanForm {
+    PlanForm {
+        name: name.to_owned(),
+        description: f.get("description").to_owned(),
+        time_zone: f.get("time_zone").to_owned(),
+        limits: f.raw("limits").to_owned(),
+    }
+}
+
+/// The API body of a plan form, or the error beside `limits`.
+fn plan_body(form: &PlanForm) -> Result<Value, FieldErrors> {
+    let limits: Value = serde_json::from_str(&form.limits)
+        .map_err(|e| FieldErrors::one(Some("limits"), format!("limits: not valid JSON ({e})")))?;
+    let opt = |s: &str| if s.is_empty() { Value::Null } else { json!(s) };
+    Ok(json!({ "description": opt(&form.description), "limits": limits, "time_zone": opt(&form.time_zone) }))
+}
+
+async fn save_plan(State(d): State<Dashboard>, headers: HeaderMap, Path(name): Path<String>, body: Bytes) -> Page {
+    let (session, f) = d.form(&headers, &body)?;
+    let form = plan_form(&name, &f);
+    let (status, errors) = match plan_body(&form) {
+        Err(errors) => (StatusCode::BAD_REQUEST, errors),
+        Ok(body) => {
+            let uri = format!("/api/v1/plans/{}", pages::query_escape(&name));
+            match d.call(&session, Method::PUT, &uri, Some(&body)).await {
+                Ok(_) => return Ok(see_other("/dashboard/plans?done=saved")),
+                Err(fail) if matches!(fail.status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED) => {
+                    return Err(d.fail_page(&session, fail));
+                }
+                Err(fail) => (fail.status, fail.errors()),
+            }
+        }
+    };
+    render_plans(&d, &session, status, None, Some((&form, errors)), None).await
+}
+
+async fn create_plan(State(d): State<Dashboard>, headers: HeaderMap, body: Bytes) -> Page {
+    let (session, f) = d.form(&headers, &body)?;
+    let form = plan_form(f.get("name"), &f);
+    let (status, errors) = match plan_body(&form) {
+        Err(errors) => (StatusCode::BAD_REQUEST, errors),
+        Ok(mut body) => {
+            body["name"] = json!(form.name);
+            match d.call(&session, Method::POST, "/api/v1/plans", Some(&body)).await {
+                Ok(_) => return Ok(see_other("/dashboard/plans?done=saved")),
+                Err(fail) if fail.status == StatusCode::UNAUTHORIZED => return Err(d.fail_page(&session, fail)),
+                Err(fail) => (fail.status, fail.errors()),
+            }
+        }
+    };
+    render_plans(&d, &session, status, None, None, Some((&form, errors))).await
+}
+
+// ----- usage explorer -----
+
+const STATUS_OPTIONS: &[(&str, &str)] = &[("", "Any"), ("2xx", "2xx"), ("4xx", "4xx"), ("5xx", "5xx"), ("429", "429")];
+const GROUP_OPTIONS: &[(&str, &str)] = &[
+    ("model", "Model"),
+    ("key", "Key"),
+    ("endpoint", "Endpoint"),
+    ("provider", "Provider"),
+    ("status_class", "Status class"),
+    ("project", "Project"),
+];
+const METRIC_OPTIONS: &[(&str, &str)] = &[
+    ("requests", "Requests"),
+    ("total_tokens", "Tokens"),
+    ("cost_micros", "Cost"),
+    ("saved_micros", "Saved"),
+    ("error_rate", "Error rate"),
+    ("latency_p95", "Latency p95"),
+];
+
+async fn usage_page(State(d): State<Dashboard>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Page {
+    let session = d.signed_in(&headers)?;
+    let q = Fields::query(&raw);
+    let project = scoped_project(&session, q.get("project"));
+    let (range, range_from_secs, mut granularity) = range_from(q.get("range"));
+    let range_from_s = range_from_secs.to_string();
+    let from = if q.get("from").is_empty() { range_from_s.as_str() } else { q.get("from") };
+    let to = q.get("to");
+    if !q.get("from").is_empty() {
+        granularity = "day";
+    }
+    let group_by = Some(q.get("group_by")).filter(|g| GROUP_OPTIONS.iter().any(|(v, _)| v == g)).unwrap_or("model");
+    let metric = Some(q.get("metric")).filter(|m| METRIC_OPTIONS.iter().any(|(v, _)| v == m)).unwrap_or("requests");
+    let (key, model, provider, endpoint, status) =
+        (q.get("key"), q.get("model"), q.get("provider"), q.get("endpoint"), q.get("status"));
+    let mut errors = FieldErrors::default();
+    if !status.is_empty() && !STATUS_OPTIONS.iter().any(|(v, _)| *v == status) && status.parse::<u16>().is_err() {
+        errors = FieldErrors::one(Some("status"), "must be 2xx, 4xx, 5xx or a status code");
+    }
+    // Rows: the ledger newest first, narrowed here by model, provider, endpoint and status.
+    let mut rows = Vec::new();
+    let mut cursor = q.get("cursor").to_owned();
+    let mut next_cursor = None;
+    if errors.is_empty() {
+        for _ in 0..USAGE_SCAN_PAGES {
+            let uq = query_string(&[
+                ("project", project.as_str()),
+                ("key", key),
+                ("from", from),
+                ("to", to),
+                ("limit", "200"),
+                ("cursor", cursor.as_str()),
+            ]);
+            let page = match d.call(&session, Method::GET, &format!("/api/v1/usage{uq}"), None).await {
+                Ok(page) => page,
+                Err(fail) if matches!(fail.status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED) => {
+                    return Err(d.fail_page(&session, fail));
+                }
+                Err(fail) => {
+                    errors = fail.errors();
+                    break;
+                }
+            };
+            let data = page["data"].as_array().cloned().unwrap_or_default();
+            let mut last = None;
+            for r in data {
+                if rows.len() == USAGE_PAGE {
+                    break;
+                }
+                last = Some(format!("{}.{}", ms_of(&r), r["id"].as_str().unwrap_or("")));
+                let keep = (model.is_empty() || r["model"].as_str() == Some(model))
+                    && (provider.is_empty() || r["provider"].as_str() == Some(provider))
+                    && (endpoint.is_empty() || r["endpoint"].as_str() == Some(endpoint))
+                    && tollgate_dashboard::export::status_matches(status, r["status"].as_u64().unwrap_or(0));
+                if keep {
+                    rows.push(r);
+                }
+            }
+            let more = page["next_cursor"].as_str().map(str::to_owned);
+            if rows.len() == USAGE_PAGE {
+                next_cursor = last;
+                break;
+            }
+            match more {
+                Some(c) => {
+                    cursor = c.clone();
+                    next_cursor = Some(c);
+                }
+                None => {
+                    next_cursor = None;
+                    break;
+                }
+            }
+        }
+    }
+    let chart = if errors.is_empty() {
+        let tq = query_string(&[
+            ("metric", metric),
+            ("group_by", group_by),
+            ("granularity", granularity),
+            ("project", project.as_str()),
+            ("key", key),
+            ("model", model),
+            ("provider", provider),
+            ("endpoint", endpoint),
+            ("from", from),
+            ("to", to),
+        ]);
+        match d.call(&session, Method::GET, &format!("/api/v1/analytics/timeseries{tq}"), None).await {
+            Ok(ts) => Some(ts),
+            Err(fail) if fail.status == StatusCode::BAD_REQUEST => {
+                errors = fail.errors();
+                None
+            }
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let option_list = |opts: &[(&str, &str)]| opts.iter().map(|(v, l)| ((*v).to_owned(), (*l).to_owned())).collect();
+    let mut filters = Vec::new();
+    if session.is_operator() {
+        let mut options = vec![(String::new(), "All".to_owned())];
+        options.extend(d.project_ids(&session).await.into_iter().map(|p| (p.clone(), p)));
+        filters.push(pages::Filter {
+            name: "project",
+            label: "Project",
+            value: project.clone(),
+            placeholder: "",
+            options,
+        });
+    }
+    let text = |name, label, value: &str, placeholder| pages::Filter {
+        name,
+        label,
+        value: value.to_owned(),
+        placeholder,
+        options: Vec::new(),
+    };
+    filters.push(text("key", "Key id", key, "any key"));
+    filters.push(text("model", "Model", model, "gpt-4o-mini"));
+    filters.push(text("provider", "Provider", provider, "openai"));
+    filters.push(text("endpoint", "Endpoint", endpoint, "chat.completions"));
+    filters.push(pages::Filter {
+        name: "status",
+        label: "Status",
+        value: status.to_owned(),
+        placeholder: "",
+        options: option_list(STATUS_OPTIONS),
+    });
+    filters.push(pages::Filter {
+        name: "range",
+        label: "Range",
+        value: range.to_owned(),
+        placeholder: "",
+        options: RANGES.iter().map(|(l, v)| ((*v).to_owned(), (*l).to_owned())).collect(),
+    });
+    filters.push(text("from", "From (RFC 3339)", q.get("from"), "overrides the range"));
+    filters.push(text("to", "To (RFC 3339)", to, "now"));
+    filters.push(pages::Filter {
+        name: "group_by",
+        label: "Chart by",
+        value: group_by.to_owned(),
+        placeholder: "",
+        options: option_list(GROUP_OPTIONS),
+    });
+    filters.push(pages::Filter {
+        name: "metric",
+        label: "Chart of",
+        value: metric.to_owned(),
+        placeholder: "",
+        options: option_list(METRIC_OPTIONS),
+    });
+    let own_project = q.get("project");
+    let query = query_string(&[
+        ("project", own_project),
+        ("key", key),
+        ("model", model),
+        ("provider", provider),
+        ("endpoint", endpoint),
+        ("status", status),
+        ("range", q.get("range")),
+        ("from", q.get("from")),
+        ("to", to),
+        ("group_by", q.get("group_by")),
+        ("metric", q.get("metric")),
+    ]);
+    let export_query = vec![
+        ("project", own_project.to_owned()),
+        ("key", key.to_owned()),
+        ("from", from.to_owned()),
+        ("to", to.to_owned()),
+        ("model", model.to_owned()),
+        ("provider", provider.to_owned()),
+        ("endpoint", endpoint.to_owned()),
+        ("status", status.to_owned()),
+    ];
+    let nothing_at_all = rows.is_empty() && q.get("cursor").is_empty() && errors.is_empty() && {
+        let any = d.read_optional(&session, &format!("/api/v1/usage{}", query_string(&[("limit", "1")]))).await;
+        any.and_then(|a| a["data"].as_array().map(Vec::is_empty)).unwrap_or(false)
+    };
+    let title = format!(
+        "{} by {}",
+        METRIC_OPTIONS.iter().find(|(v, _)| *v == metric).map(|(_, l)| *l).unwrap_or("Requests"),
+        GROUP_OPTIONS.iter().find(|(v, _)| *v == group_by).map(|(_, l)| l.to_lowercase()).unwrap_or_default()
+    );
+    let base = base_url(&headers);
+    let layout = Layout::new("Usage", "usage", session.project.as_deref(), &session.csrf);
+    let status_code = if errors.is_empty() { StatusCode::OK } else { StatusCode::BAD_REQUEST };
+    let data = pages::UsageData {
+        filters,
+        errors,
+        query,
+        export_query,
+        chart: chart.as_ref().map(|c| (title, c)),
+        rows: &rows,
+        next_cursor,
+        has_prev: !q.get("cursor").is_empty(),
+        nothing_at_all,
+        base_url: &base,
+    };
+    Ok(rendered(status_code, pages::usage(layout, data)))
+}
+
+/// The export body narrowed by `filter`, still streamed chunk by chunk; an error of
+/// the API's stream (a store failure mid-export) still aborts the body.
+fn filtered(body: Body, filter: ExportFilter) -> Body {
+    use futures_util::StreamExt;
+    let stream =
+        futures_util::stream::unfold((body.into_data_stream(), Some(filter)), |(mut inner, filter)| async move {
+            let mut filter = filter?;
+            loop {
+                match inner.next().await {
+                    Some(Ok(chunk)) => {
+                        let kept = filter.push(&chunk);
+                        if !kept.is_empty() {
+                            return Some((Ok::<Bytes, axum::Error>(Bytes::from(kept)), (inner, Some(filter))));
+                        }
+                    }
+                    Some(Err(e)) => return Some((Err(e), (inner, None))),
+                    None => {
+                        let rest = filter.finish();
+                        return (!rest.is_empty()).then(|| (Ok(Bytes::from(rest)), (inner, None)));
+                    }
+                }
+            }
+        });
+    Body::from_stream(stream)
+}
+
+/// A usage row's time in Unix ms (from its RFC 3339 timestamp), for the cursor.
+fn ms_of(row: &Value) -> i64 {
+    row["timestamp"].as_str().and_then(tollgate_core::calendar::parse_timestamp).unwrap_or(0)
+}
+
+/// `GET /dashboard/usage/export?format=&project=&key=&from=&to=&model=&provider=&endpoint=&status=`:
+/// the API's export, streamed through under the session's scope, narrowed to the
+/// filters the API does not take.
+async fn export(State(d): State<Dashboard>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Page {
+    let session = d.signed_in(&headers)?;
+    let q = Fields::query(&raw);
+    let format = if q.get("format") == "csv" { "csv" } else { "ndjson" };
+    let project = scoped_project(&session, q.get("project"));
+    let uri = format!(
+        "/api/v1/usage/export{}",
+        query_string(&[
+            ("format", format),
+            ("project", project.as_str()),
+            ("key", q.get("key")),
+            ("from", q.get("from")),
+            ("to", q.get("to")),
+        ])
+    );
+    let response = d.send(&session, Method::GET, &uri, None).await.map_err(|f| d.fail_page(&session, f))?;
+    if response.status().is_success() {
+        let filter = RowFilter {
+            model: q.get("model").to_owned(),
+            provider: q.get("provider").to_owned(),
+            endpoint: q.get("endpoint").to_owned(),
+            status: q.get("status").to_owned(),
+        };
+        if filter.is_empty() {
+            return Ok(response);
+        }
+        let kind = if format == "csv" { export::Format::Csv } else { export::Format::Ndjson };
+        let (parts, body) = response.into_parts();
+        return Ok(Response::from_parts(parts, filtered(body, ExportFilter::new(kind, filter))));
+    }
+    let status = response.status();
+    let bytes = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let message = value.pointer("/error/message").and_then(Value::as_str).unwrap_or("the export failed").to_owned();
+    Err(d.fail_page(&session, ApiFail { status, message, param: None }))
+}
