@@ -778,11 +778,11 @@ async fn instances_register_and_one_holds_each_job_lease() {
     let (key, _) = a.project_key("health", json!([])).await;
     drop(key);
     let project_token =
-        a.admin(reqwest::Method::POST, "/api/v1/tokens", Some(json!({ "project": "health", "name": "t" }))).await;
-    if let Some(token) = project_token.body["token"].as_str() {
-        let r = a.send(a.http.get(format!("{}/health/detailed", a.base)).bearer_auth(token)).await;
-        assert_eq!(r.status, 403, "{:?}", r.body);
-    }
+        a.admin(reqwest::Method::POST, "/api/v1/admin-tokens", Some(json!({ "project": "health", "name": "t" }))).await;
+    assert_eq!(project_token.status, 201, "{:?}", project_token.body);
+    let token = project_token.body["token"].as_str().expect("a project token");
+    let r = a.send(a.http.get(format!("{}/health/detailed", a.base)).bearer_auth(token)).await;
+    assert_eq!(r.status, 403, "{:?}", r.body);
     // The holder stops: it deregisters and the other takes retention over.
     let (stopping, staying) = if holder == id_a { (a, b) } else { (b, a) };
     stopping.stop().await;
