@@ -19,8 +19,9 @@
 //!   the delivery dead (listed, and redeliverable).
 //! - [`channels`]: Standard Webhooks signatures, Slack blocks, e-mail with lettre,
 //!   and the outbound URL check.
-//! - [`seal`]: AES-256-GCM for the secrets channels need later (webhook signing
-//!   secrets, Slack URLs, SMTP passwords), with a key id in every ciphertext.
+//! - [`seal`] (the `tollgate-seal` crate, shared with BYOK provider keys): AES-256-GCM
+//!   for the secrets channels need later (webhook signing secrets, Slack URLs, SMTP
+//!   passwords), with a key id in every ciphertext.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -31,7 +32,8 @@ pub mod channels;
 pub mod conformance;
 pub mod detect;
 pub mod outbox;
-pub mod seal;
+/// Sealing of channel secrets: the `tollgate-seal` crate.
+pub use tollgate_seal as seal;
 
 /// The thresholds a limit rule gets when it names none.
 pub const DEFAULT_THRESHOLDS: [u32; 3] = [80, 90, 100];

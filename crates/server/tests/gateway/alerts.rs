@@ -714,3 +714,52 @@ async fn a_crossing_lost_before_its_outbox_write_is_found_again_when_counters_ar
     app.stop().await;
     assert_eq!(receiver.received().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_defaults_apply_to_projects_without_rules_of_their_own() {
+    let app = alerts_app().await;
+    let key = quota_key(&app, "acme", 4).await;
+    let own_key = quota_key(&app, "own", 4).await;
+    let receiver = Receiver::start().await;
+    // Operator channel and default rule (no project).
+    let r = app
+        .admin(
+            reqwest::Method::POST,
+            "/api/v1/alerts/channels",
+            Some(json!({ "kind": "webhook", "url": receiver.url })),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["project"], Value::Null);
+    let default_rule = rule(&app, json!({ "thresholds": [50], "channels": [r.body["id"]] })).await;
+    // "own" has a rule of its own (at 100 %), which replaces the default there.
+    let (own_channel, _) = webhook_channel(&app, "own", &receiver.url).await;
+    rule(&app, json!({ "project": "own", "thresholds": [100], "channels": [own_channel] })).await;
+    for _ in 0..4 {
+        assert_eq!(app.chat(&key).await.status, 200);
+        assert_eq!(app.chat(&own_key).await.status, 200);
+    }
+    wait_for_deliveries(&app, "", "delivered", 2).await;
+    let mut seen: Vec<(String, u64, String)> = receiver
+        .received()
+        .iter()
+        .map(|m| {
+            let v: Value = serde_json::from_str(&m.body).expect("json");
+            let d = &v["data"];
+            (
+                d["project_id"].as_str().unwrap_or("").to_owned(),
+                d["threshold_percent"].as_u64().unwrap_or(0),
+                d["rule_id"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!((seen[0].0.as_str(), seen[0].1, seen[0].2.as_str()), ("acme", 50, default_rule.as_str()));
+    assert_eq!((seen[1].0.as_str(), seen[1].1), ("own", 100));
+    // A project token does not see the operator's defaults.
+    let r = app.admin(reqwest::Method::POST, "/api/v1/admin-tokens", Some(json!({ "project": "acme" }))).await;
+    let token = r.body["token"].as_str().expect("token").to_owned();
+    let r = app.admin_as(&token, reqwest::Method::GET, &format!("/api/v1/alerts/rules/{default_rule}"), None).await;
+    assert_eq!(r.status, 404);
+}

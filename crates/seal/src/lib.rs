@@ -1,5 +1,6 @@
 //! Secrets that must be usable later (webhook signing secrets, Slack URLs, SMTP
-//! passwords) cannot be hashed: they are sealed with AES-256-GCM under a master key.
+//! passwords, bring-your-own provider keys) cannot be hashed: they are sealed with
+//! AES-256-GCM under a master key.
 //!
 //! A sealed value is `v1:<key id>:<base64(nonce ‖ ciphertext ‖ tag)>`, the key id
 //! being the first 8 hex digits of the key's SHA-256: a [`Sealer`] holds one current
