@@ -5,7 +5,8 @@
 //! has about as many groups of them as requests, so a month-long summary over it
 //! grows with the traffic. Most queries need far fewer: the totals need the project
 //! and the status class, the top models the model and provider, the top keys the key.
-//! Each [`Kind`] keeps the project, the counted flag and a few dimensions, and exists
+//! Each [`Kind`] keeps the project and a few dimensions (the counted flag where
+//! forecasts need it), and exists
 //! at two grains: per UTC hour (`usage_hourly_<kind>`) and per UTC day
 //! (`usage_daily_<kind>`). Every table has the full rollup's columns; the dimensions
 //! a kind drops hold a constant (empty text, status class 0, cache `miss`).
@@ -37,29 +38,49 @@ impl Kind {
 
     pub fn hourly_table(&self) -> &'static str {
         match self.name {
+            "total" => "usage_hourly_total",
             "project" => "usage_hourly_project",
             "endpoint" => "usage_hourly_endpoint",
             "model" => "usage_hourly_model",
-            _ => "usage_hourly_key",
+            "key" => "usage_hourly_key",
+            _ => "usage_hourly_key_detail",
         }
     }
 
     pub fn daily_table(&self) -> &'static str {
         match self.name {
+            "total" => "usage_daily_total",
             "project" => "usage_daily_project",
             "endpoint" => "usage_daily_endpoint",
             "model" => "usage_daily_model",
-            _ => "usage_daily_key",
+            "key" => "usage_daily_key",
+            _ => "usage_daily_key_detail",
         }
     }
 }
 
-/// The kinds, smallest first: [`choose`] takes the first that covers a query.
-pub const KINDS: [Kind; 4] = [
+/// The kinds, smallest first: [`choose`] takes the first that covers a query. The
+/// counted flag is kept only where a query filters by it (forecasts of keys and
+/// projects); elsewhere it would double the rows.
+pub const KINDS: [Kind; 6] = [
+    Kind { name: "total", kept: &[Dimension::Project] },
     Kind { name: "project", kept: &[Dimension::Project, Dimension::StatusClass, Dimension::Counted] },
-    Kind { name: "endpoint", kept: &[Dimension::Project, Dimension::Endpoint, Dimension::Counted] },
-    Kind { name: "model", kept: &[Dimension::Project, Dimension::Model, Dimension::Provider, Dimension::Counted] },
+    Kind { name: "endpoint", kept: &[Dimension::Project, Dimension::Endpoint] },
+    Kind { name: "model", kept: &[Dimension::Project, Dimension::Model, Dimension::Provider] },
     Kind { name: "key", kept: &[Dimension::Project, Dimension::Key, Dimension::Counted] },
+    // One key's breakdowns (its summary): everything but the cache outcome and the
+    // counted flag, stored by project, key and hour so a key's rows are one range.
+    Kind {
+        name: "key_detail",
+        kept: &[
+            Dimension::Project,
+            Dimension::Key,
+            Dimension::Model,
+            Dimension::Provider,
+            Dimension::Endpoint,
+            Dimension::StatusClass,
+        ],
+    },
 ];
 
 /// The grain of a projection table.
@@ -85,17 +106,22 @@ mod tests {
 
     #[test]
     fn the_smallest_covering_kind_is_chosen() {
-        assert_eq!(choose(&[]).map(|k| k.name), Some("project"));
+        assert_eq!(choose(&[]).map(|k| k.name), Some("total"));
+        assert_eq!(choose(&[Dimension::Project]).map(|k| k.name), Some("total"));
         assert_eq!(choose(&[Dimension::Project, Dimension::StatusClass]).map(|k| k.name), Some("project"));
+        assert_eq!(choose(&[Dimension::Counted]).map(|k| k.name), Some("project"));
         assert_eq!(choose(&[Dimension::Provider]).map(|k| k.name), Some("model"));
+        assert_eq!(choose(&[Dimension::Model, Dimension::Counted]), None, "models keep no counted flag");
         assert_eq!(choose(&[Dimension::Key, Dimension::Counted]).map(|k| k.name), Some("key"));
-        assert_eq!(choose(&[Dimension::Key, Dimension::Model]), None, "two dimensions of different kinds");
+        assert_eq!(choose(&[Dimension::Key, Dimension::Model]).map(|k| k.name), Some("key_detail"));
+        assert_eq!(choose(&[Dimension::Key, Dimension::StatusClass]).map(|k| k.name), Some("key_detail"));
+        assert_eq!(choose(&[Dimension::Key, Dimension::Model, Dimension::Counted]), None);
         assert_eq!(choose(&[Dimension::Cache]), None);
     }
 
     #[test]
-    fn eight_tables_with_distinct_names() {
+    fn twelve_tables_with_distinct_names() {
         let names: std::collections::BTreeSet<&str> = tables().map(|(t, _, _)| t).collect();
-        assert_eq!(names.len(), 8);
+        assert_eq!(names.len(), 12);
     }
 }

@@ -1,6 +1,106 @@
--- Version 8: projections of the hourly rollup (see crates/analytics/src/projection.rs),
--- per hour and per UTC day, written in the ledger's transactions; filled here from the
--- rollups already stored.
+-- Version 8: projections of the hourly rollup (see
+-- crates/analytics/src/projection.rs), per hour and per UTC day, written in the
+-- ledger's transactions; filled here from the rollups already stored. Most are stored
+-- hour first (a dashboard's range); the key projections project, key and hour first
+-- (one key's or one project's keys as one range).
+CREATE TABLE usage_hourly_total (
+    hour_ms INTEGER NOT NULL,
+    project_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    status_class INTEGER NOT NULL,
+    cache TEXT NOT NULL,
+    counted INTEGER NOT NULL,
+    requests INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    cost_micros INTEGER NOT NULL,
+    potential_cost_micros INTEGER NOT NULL,
+    latency_count INTEGER NOT NULL,
+    latency_sum_ms INTEGER NOT NULL,
+    latency_max_ms INTEGER NOT NULL,
+    lat_0 INTEGER NOT NULL,
+    lat_1 INTEGER NOT NULL,
+    lat_2 INTEGER NOT NULL,
+    lat_3 INTEGER NOT NULL,
+    lat_4 INTEGER NOT NULL,
+    lat_5 INTEGER NOT NULL,
+    lat_6 INTEGER NOT NULL,
+    lat_7 INTEGER NOT NULL,
+    lat_8 INTEGER NOT NULL,
+    lat_9 INTEGER NOT NULL,
+    lat_10 INTEGER NOT NULL,
+    lat_11 INTEGER NOT NULL,
+    lat_12 INTEGER NOT NULL,
+    lat_13 INTEGER NOT NULL,
+    lat_14 INTEGER NOT NULL,
+    lat_15 INTEGER NOT NULL,
+    lat_16 INTEGER NOT NULL,
+    lat_17 INTEGER NOT NULL,
+    lat_18 INTEGER NOT NULL,
+    lat_19 INTEGER NOT NULL,
+    lat_20 INTEGER NOT NULL,
+    lat_21 INTEGER NOT NULL,
+    lat_22 INTEGER NOT NULL,
+    lat_23 INTEGER NOT NULL,
+    PRIMARY KEY (hour_ms, project_id, key_id, model, provider, endpoint, status_class, cache, counted)
+) STRICT, WITHOUT ROWID;
+INSERT INTO usage_hourly_total (hour_ms, project_id, key_id, model, provider, endpoint, status_class, cache, counted, requests, input_tokens, output_tokens, cached_tokens, cost_micros, potential_cost_micros, latency_count, latency_sum_ms, latency_max_ms, lat_0, lat_1, lat_2, lat_3, lat_4, lat_5, lat_6, lat_7, lat_8, lat_9, lat_10, lat_11, lat_12, lat_13, lat_14, lat_15, lat_16, lat_17, lat_18, lat_19, lat_20, lat_21, lat_22, lat_23)
+SELECT hour_ms, project_id, '', '', '', '', 0, 'miss', 0,
+    SUM(requests), SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), SUM(cost_micros), SUM(potential_cost_micros), SUM(latency_count), SUM(latency_sum_ms), MAX(latency_max_ms), SUM(lat_0), SUM(lat_1), SUM(lat_2), SUM(lat_3), SUM(lat_4), SUM(lat_5), SUM(lat_6), SUM(lat_7), SUM(lat_8), SUM(lat_9), SUM(lat_10), SUM(lat_11), SUM(lat_12), SUM(lat_13), SUM(lat_14), SUM(lat_15), SUM(lat_16), SUM(lat_17), SUM(lat_18), SUM(lat_19), SUM(lat_20), SUM(lat_21), SUM(lat_22), SUM(lat_23)
+FROM usage_hourly GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9;
+CREATE TABLE usage_daily_total (
+    hour_ms INTEGER NOT NULL,
+    project_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    status_class INTEGER NOT NULL,
+    cache TEXT NOT NULL,
+    counted INTEGER NOT NULL,
+    requests INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    cost_micros INTEGER NOT NULL,
+    potential_cost_micros INTEGER NOT NULL,
+    latency_count INTEGER NOT NULL,
+    latency_sum_ms INTEGER NOT NULL,
+    latency_max_ms INTEGER NOT NULL,
+    lat_0 INTEGER NOT NULL,
+    lat_1 INTEGER NOT NULL,
+    lat_2 INTEGER NOT NULL,
+    lat_3 INTEGER NOT NULL,
+    lat_4 INTEGER NOT NULL,
+    lat_5 INTEGER NOT NULL,
+    lat_6 INTEGER NOT NULL,
+    lat_7 INTEGER NOT NULL,
+    lat_8 INTEGER NOT NULL,
+    lat_9 INTEGER NOT NULL,
+    lat_10 INTEGER NOT NULL,
+    lat_11 INTEGER NOT NULL,
+    lat_12 INTEGER NOT NULL,
+    lat_13 INTEGER NOT NULL,
+    lat_14 INTEGER NOT NULL,
+    lat_15 INTEGER NOT NULL,
+    lat_16 INTEGER NOT NULL,
+    lat_17 INTEGER NOT NULL,
+    lat_18 INTEGER NOT NULL,
+    lat_19 INTEGER NOT NULL,
+    lat_20 INTEGER NOT NULL,
+    lat_21 INTEGER NOT NULL,
+    lat_22 INTEGER NOT NULL,
+    lat_23 INTEGER NOT NULL,
+    PRIMARY KEY (hour_ms, project_id, key_id, model, provider, endpoint, status_class, cache, counted)
+) STRICT, WITHOUT ROWID;
+INSERT INTO usage_daily_total (hour_ms, project_id, key_id, model, provider, endpoint, status_class, cache, counted, requests, input_tokens, output_tokens, cached_tokens, cost_micros, potential_cost_micros, latency_count, latency_sum_ms, latency_max_ms, lat_0, lat_1, lat_2, lat_3, lat_4, lat_5, lat_6, lat_7, lat_8, lat_9, lat_10, lat_11, lat_12, lat_13, lat_14, lat_15, lat_16, lat_17, lat_18, lat_19, lat_20, lat_21, lat_22, lat_23)
+SELECT (hour_ms / 86400000) * 86400000, project_id, '', '', '', '', 0, 'miss', 0,
+    SUM(requests), SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), SUM(cost_micros), SUM(potential_cost_micros), SUM(latency_count), SUM(latency_sum_ms), MAX(latency_max_ms), SUM(lat_0), SUM(lat_1), SUM(lat_2), SUM(lat_3), SUM(lat_4), SUM(lat_5), SUM(lat_6), SUM(lat_7), SUM(lat_8), SUM(lat_9), SUM(lat_10), SUM(lat_11), SUM(lat_12), SUM(lat_13), SUM(lat_14), SUM(lat_15), SUM(lat_16), SUM(lat_17), SUM(lat_18), SUM(lat_19), SUM(lat_20), SUM(lat_21), SUM(lat_22), SUM(lat_23)
+FROM usage_hourly GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9;
 CREATE TABLE usage_hourly_project (
     hour_ms INTEGER NOT NULL,
     project_id TEXT NOT NULL,
@@ -142,10 +242,10 @@ CREATE TABLE usage_hourly_endpoint (
     lat_21 INTEGER NOT NULL,
     lat_22 INTEGER NOT NULL,
     lat_23 INTEGER NOT NULL,
-    PRIMARY KEY (hour_ms, endpoint, counted, project_id, key_id, model, provider, status_class, cache)
+    PRIMARY KEY (hour_ms, endpoint, project_id, key_id, model, provider, status_class, cache, counted)
 ) STRICT, WITHOUT ROWID;
 INSERT INTO usage_hourly_endpoint (hour_ms, project_id, key_id, model, provider, endpoint, status_class, cache, counted, requests, input_tokens, output_tokens, cached_tokens, cost_micros, potential_cost_micros, latency_count, latency_sum_ms, latency_max_ms, lat_0, lat_1, lat_2, lat_3, lat_4, lat_5, lat_6, lat_7, lat_8, lat_9, lat_10, lat_11, lat_12, lat_13, lat_14, lat_15, lat_16, lat_17, lat_18, lat_19, lat_20, lat_21, lat_22, lat_23)
-SELECT hour_ms, project_id, '', '', '', endpoint, 0, 'miss', counted,
+SELECT hour_ms, project_id, '', '', '', endpoint, 0, 'miss', 0,
     SUM(requests), SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), SUM(cost_micros), SUM(potential_cost_micros), SUM(latency_count), SUM(latency_sum_ms), MAX(latency_max_ms), SUM(lat_0), SUM(lat_1), SUM(lat_2), SUM(lat_3), SUM(lat_4), SUM(lat_5), SUM(lat_6), SUM(lat_7), SUM(lat_8), SUM(lat_9), SUM(lat_10), SUM(lat_11), SUM(lat_12), SUM(lat_13), SUM(lat_14), SUM(lat_15), SUM(lat_16), SUM(lat_17), SUM(lat_18), SUM(lat_19), SUM(lat_20), SUM(lat_21), SUM(lat_22), SUM(lat_23)
 FROM usage_hourly GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9;
 CREATE TABLE usage_daily_endpoint (
@@ -191,10 +291,10 @@ CREATE TABLE usage_daily_endpoint (
     lat_21 INTEGER NOT NULL,
     lat_22 INTEGER NOT NULL,
     lat_23 INTEGER NOT NULL,
-    PRIMARY KEY (hour_ms, endpoint, counted, project_id, key_id, model, provider, status_class, cache)
+    PRIMARY KEY (hour_ms, endpoint, project_id, key_id, model, provider, status_class, cache, counted)
 ) STRICT, WITHOUT ROWID;
 INSERT INTO usage_daily_endpoint (hour_ms, project_id, key_id, model, provider, endpoint, status_class, cache, counted, requests, input_tokens, output_tokens, cached_tokens, cost_micros, potential_cost_micros, latency_count, latency_sum_ms, latency_max_ms, lat_0, lat_1, lat_2, lat_3, lat_4, lat_5, lat_6, lat_7, lat_8, lat_9, lat_10, lat_11, lat_12, lat_13, lat_14, lat_15, lat_16, lat_17, lat_18, lat_19, lat_20, lat_21, lat_22, lat_23)
-SELECT (hour_ms / 86400000) * 86400000, project_id, '', '', '', endpoint, 0, 'miss', counted,
+SELECT (hour_ms / 86400000) * 86400000, project_id, '', '', '', endpoint, 0, 'miss', 0,
     SUM(requests), SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), SUM(cost_micros), SUM(potential_cost_micros), SUM(latency_count), SUM(latency_sum_ms), MAX(latency_max_ms), SUM(lat_0), SUM(lat_1), SUM(lat_2), SUM(lat_3), SUM(lat_4), SUM(lat_5), SUM(lat_6), SUM(lat_7), SUM(lat_8), SUM(lat_9), SUM(lat_10), SUM(lat_11), SUM(lat_12), SUM(lat_13), SUM(lat_14), SUM(lat_15), SUM(lat_16), SUM(lat_17), SUM(lat_18), SUM(lat_19), SUM(lat_20), SUM(lat_21), SUM(lat_22), SUM(lat_23)
 FROM usage_hourly GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9;
 CREATE TABLE usage_hourly_model (
@@ -240,10 +340,10 @@ CREATE TABLE usage_hourly_model (
     lat_21 INTEGER NOT NULL,
     lat_22 INTEGER NOT NULL,
     lat_23 INTEGER NOT NULL,
-    PRIMARY KEY (hour_ms, model, provider, counted, project_id, key_id, endpoint, status_class, cache)
+    PRIMARY KEY (hour_ms, model, provider, project_id, key_id, endpoint, status_class, cache, counted)
 ) STRICT, WITHOUT ROWID;
 INSERT INTO usage_hourly_model (hour_ms, project_id, key_id, model, provider, endpoint, status_class, cache, counted, requests, input_tokens, output_tokens, cached_tokens, cost_micros, potential_cost_micros, latency_count, latency_sum_ms, latency_max_ms, lat_0, lat_1, lat_2, lat_3, lat_4, lat_5, lat_6, lat_7, lat_8, lat_9, lat_10, lat_11, lat_12, lat_13, lat_14, lat_15, lat_16, lat_17, lat_18, lat_19, lat_20, lat_21, lat_22, lat_23)
-SELECT hour_ms, project_id, '', model, provider, '', 0, 'miss', counted,
+SELECT hour_ms, project_id, '', model, provider, '', 0, 'miss', 0,
     SUM(requests), SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), SUM(cost_micros), SUM(potential_cost_micros), SUM(latency_count), SUM(latency_sum_ms), MAX(latency_max_ms), SUM(lat_0), SUM(lat_1), SUM(lat_2), SUM(lat_3), SUM(lat_4), SUM(lat_5), SUM(lat_6), SUM(lat_7), SUM(lat_8), SUM(lat_9), SUM(lat_10), SUM(lat_11), SUM(lat_12), SUM(lat_13), SUM(lat_14), SUM(lat_15), SUM(lat_16), SUM(lat_17), SUM(lat_18), SUM(lat_19), SUM(lat_20), SUM(lat_21), SUM(lat_22), SUM(lat_23)
 FROM usage_hourly GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9;
 CREATE TABLE usage_daily_model (
@@ -289,10 +389,10 @@ CREATE TABLE usage_daily_model (
     lat_21 INTEGER NOT NULL,
     lat_22 INTEGER NOT NULL,
     lat_23 INTEGER NOT NULL,
-    PRIMARY KEY (hour_ms, model, provider, counted, project_id, key_id, endpoint, status_class, cache)
+    PRIMARY KEY (hour_ms, model, provider, project_id, key_id, endpoint, status_class, cache, counted)
 ) STRICT, WITHOUT ROWID;
 INSERT INTO usage_daily_model (hour_ms, project_id, key_id, model, provider, endpoint, status_class, cache, counted, requests, input_tokens, output_tokens, cached_tokens, cost_micros, potential_cost_micros, latency_count, latency_sum_ms, latency_max_ms, lat_0, lat_1, lat_2, lat_3, lat_4, lat_5, lat_6, lat_7, lat_8, lat_9, lat_10, lat_11, lat_12, lat_13, lat_14, lat_15, lat_16, lat_17, lat_18, lat_19, lat_20, lat_21, lat_22, lat_23)
-SELECT (hour_ms / 86400000) * 86400000, project_id, '', model, provider, '', 0, 'miss', counted,
+SELECT (hour_ms / 86400000) * 86400000, project_id, '', model, provider, '', 0, 'miss', 0,
     SUM(requests), SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), SUM(cost_micros), SUM(potential_cost_micros), SUM(latency_count), SUM(latency_sum_ms), MAX(latency_max_ms), SUM(lat_0), SUM(lat_1), SUM(lat_2), SUM(lat_3), SUM(lat_4), SUM(lat_5), SUM(lat_6), SUM(lat_7), SUM(lat_8), SUM(lat_9), SUM(lat_10), SUM(lat_11), SUM(lat_12), SUM(lat_13), SUM(lat_14), SUM(lat_15), SUM(lat_16), SUM(lat_17), SUM(lat_18), SUM(lat_19), SUM(lat_20), SUM(lat_21), SUM(lat_22), SUM(lat_23)
 FROM usage_hourly GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9;
 CREATE TABLE usage_hourly_key (
@@ -338,9 +438,8 @@ CREATE TABLE usage_hourly_key (
     lat_21 INTEGER NOT NULL,
     lat_22 INTEGER NOT NULL,
     lat_23 INTEGER NOT NULL,
-    PRIMARY KEY (hour_ms, key_id, counted, project_id, model, provider, endpoint, status_class, cache)
+    PRIMARY KEY (project_id, key_id, hour_ms, counted, model, provider, endpoint, status_class, cache)
 ) STRICT, WITHOUT ROWID;
-CREATE INDEX usage_hourly_key_key ON usage_hourly_key (key_id, hour_ms);
 INSERT INTO usage_hourly_key (hour_ms, project_id, key_id, model, provider, endpoint, status_class, cache, counted, requests, input_tokens, output_tokens, cached_tokens, cost_micros, potential_cost_micros, latency_count, latency_sum_ms, latency_max_ms, lat_0, lat_1, lat_2, lat_3, lat_4, lat_5, lat_6, lat_7, lat_8, lat_9, lat_10, lat_11, lat_12, lat_13, lat_14, lat_15, lat_16, lat_17, lat_18, lat_19, lat_20, lat_21, lat_22, lat_23)
 SELECT hour_ms, project_id, key_id, '', '', '', 0, 'miss', counted,
     SUM(requests), SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), SUM(cost_micros), SUM(potential_cost_micros), SUM(latency_count), SUM(latency_sum_ms), MAX(latency_max_ms), SUM(lat_0), SUM(lat_1), SUM(lat_2), SUM(lat_3), SUM(lat_4), SUM(lat_5), SUM(lat_6), SUM(lat_7), SUM(lat_8), SUM(lat_9), SUM(lat_10), SUM(lat_11), SUM(lat_12), SUM(lat_13), SUM(lat_14), SUM(lat_15), SUM(lat_16), SUM(lat_17), SUM(lat_18), SUM(lat_19), SUM(lat_20), SUM(lat_21), SUM(lat_22), SUM(lat_23)
@@ -388,10 +487,107 @@ CREATE TABLE usage_daily_key (
     lat_21 INTEGER NOT NULL,
     lat_22 INTEGER NOT NULL,
     lat_23 INTEGER NOT NULL,
-    PRIMARY KEY (hour_ms, key_id, counted, project_id, model, provider, endpoint, status_class, cache)
+    PRIMARY KEY (project_id, key_id, hour_ms, counted, model, provider, endpoint, status_class, cache)
 ) STRICT, WITHOUT ROWID;
-CREATE INDEX usage_daily_key_key ON usage_daily_key (key_id, hour_ms);
 INSERT INTO usage_daily_key (hour_ms, project_id, key_id, model, provider, endpoint, status_class, cache, counted, requests, input_tokens, output_tokens, cached_tokens, cost_micros, potential_cost_micros, latency_count, latency_sum_ms, latency_max_ms, lat_0, lat_1, lat_2, lat_3, lat_4, lat_5, lat_6, lat_7, lat_8, lat_9, lat_10, lat_11, lat_12, lat_13, lat_14, lat_15, lat_16, lat_17, lat_18, lat_19, lat_20, lat_21, lat_22, lat_23)
 SELECT (hour_ms / 86400000) * 86400000, project_id, key_id, '', '', '', 0, 'miss', counted,
+    SUM(requests), SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), SUM(cost_micros), SUM(potential_cost_micros), SUM(latency_count), SUM(latency_sum_ms), MAX(latency_max_ms), SUM(lat_0), SUM(lat_1), SUM(lat_2), SUM(lat_3), SUM(lat_4), SUM(lat_5), SUM(lat_6), SUM(lat_7), SUM(lat_8), SUM(lat_9), SUM(lat_10), SUM(lat_11), SUM(lat_12), SUM(lat_13), SUM(lat_14), SUM(lat_15), SUM(lat_16), SUM(lat_17), SUM(lat_18), SUM(lat_19), SUM(lat_20), SUM(lat_21), SUM(lat_22), SUM(lat_23)
+FROM usage_hourly GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9;
+CREATE TABLE usage_hourly_key_detail (
+    hour_ms INTEGER NOT NULL,
+    project_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    status_class INTEGER NOT NULL,
+    cache TEXT NOT NULL,
+    counted INTEGER NOT NULL,
+    requests INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    cost_micros INTEGER NOT NULL,
+    potential_cost_micros INTEGER NOT NULL,
+    latency_count INTEGER NOT NULL,
+    latency_sum_ms INTEGER NOT NULL,
+    latency_max_ms INTEGER NOT NULL,
+    lat_0 INTEGER NOT NULL,
+    lat_1 INTEGER NOT NULL,
+    lat_2 INTEGER NOT NULL,
+    lat_3 INTEGER NOT NULL,
+    lat_4 INTEGER NOT NULL,
+    lat_5 INTEGER NOT NULL,
+    lat_6 INTEGER NOT NULL,
+    lat_7 INTEGER NOT NULL,
+    lat_8 INTEGER NOT NULL,
+    lat_9 INTEGER NOT NULL,
+    lat_10 INTEGER NOT NULL,
+    lat_11 INTEGER NOT NULL,
+    lat_12 INTEGER NOT NULL,
+    lat_13 INTEGER NOT NULL,
+    lat_14 INTEGER NOT NULL,
+    lat_15 INTEGER NOT NULL,
+    lat_16 INTEGER NOT NULL,
+    lat_17 INTEGER NOT NULL,
+    lat_18 INTEGER NOT NULL,
+    lat_19 INTEGER NOT NULL,
+    lat_20 INTEGER NOT NULL,
+    lat_21 INTEGER NOT NULL,
+    lat_22 INTEGER NOT NULL,
+    lat_23 INTEGER NOT NULL,
+    PRIMARY KEY (project_id, key_id, hour_ms, model, provider, endpoint, status_class, cache, counted)
+) STRICT, WITHOUT ROWID;
+INSERT INTO usage_hourly_key_detail (hour_ms, project_id, key_id, model, provider, endpoint, status_class, cache, counted, requests, input_tokens, output_tokens, cached_tokens, cost_micros, potential_cost_micros, latency_count, latency_sum_ms, latency_max_ms, lat_0, lat_1, lat_2, lat_3, lat_4, lat_5, lat_6, lat_7, lat_8, lat_9, lat_10, lat_11, lat_12, lat_13, lat_14, lat_15, lat_16, lat_17, lat_18, lat_19, lat_20, lat_21, lat_22, lat_23)
+SELECT hour_ms, project_id, key_id, model, provider, endpoint, status_class, 'miss', 0,
+    SUM(requests), SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), SUM(cost_micros), SUM(potential_cost_micros), SUM(latency_count), SUM(latency_sum_ms), MAX(latency_max_ms), SUM(lat_0), SUM(lat_1), SUM(lat_2), SUM(lat_3), SUM(lat_4), SUM(lat_5), SUM(lat_6), SUM(lat_7), SUM(lat_8), SUM(lat_9), SUM(lat_10), SUM(lat_11), SUM(lat_12), SUM(lat_13), SUM(lat_14), SUM(lat_15), SUM(lat_16), SUM(lat_17), SUM(lat_18), SUM(lat_19), SUM(lat_20), SUM(lat_21), SUM(lat_22), SUM(lat_23)
+FROM usage_hourly GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9;
+CREATE TABLE usage_daily_key_detail (
+    hour_ms INTEGER NOT NULL,
+    project_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    status_class INTEGER NOT NULL,
+    cache TEXT NOT NULL,
+    counted INTEGER NOT NULL,
+    requests INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    cost_micros INTEGER NOT NULL,
+    potential_cost_micros INTEGER NOT NULL,
+    latency_count INTEGER NOT NULL,
+    latency_sum_ms INTEGER NOT NULL,
+    latency_max_ms INTEGER NOT NULL,
+    lat_0 INTEGER NOT NULL,
+    lat_1 INTEGER NOT NULL,
+    lat_2 INTEGER NOT NULL,
+    lat_3 INTEGER NOT NULL,
+    lat_4 INTEGER NOT NULL,
+    lat_5 INTEGER NOT NULL,
+    lat_6 INTEGER NOT NULL,
+    lat_7 INTEGER NOT NULL,
+    lat_8 INTEGER NOT NULL,
+    lat_9 INTEGER NOT NULL,
+    lat_10 INTEGER NOT NULL,
+    lat_11 INTEGER NOT NULL,
+    lat_12 INTEGER NOT NULL,
+    lat_13 INTEGER NOT NULL,
+    lat_14 INTEGER NOT NULL,
+    lat_15 INTEGER NOT NULL,
+    lat_16 INTEGER NOT NULL,
+    lat_17 INTEGER NOT NULL,
+    lat_18 INTEGER NOT NULL,
+    lat_19 INTEGER NOT NULL,
+    lat_20 INTEGER NOT NULL,
+    lat_21 INTEGER NOT NULL,
+    lat_22 INTEGER NOT NULL,
+    lat_23 INTEGER NOT NULL,
+    PRIMARY KEY (project_id, key_id, hour_ms, model, provider, endpoint, status_class, cache, counted)
+) STRICT, WITHOUT ROWID;
+INSERT INTO usage_daily_key_detail (hour_ms, project_id, key_id, model, provider, endpoint, status_class, cache, counted, requests, input_tokens, output_tokens, cached_tokens, cost_micros, potential_cost_micros, latency_count, latency_sum_ms, latency_max_ms, lat_0, lat_1, lat_2, lat_3, lat_4, lat_5, lat_6, lat_7, lat_8, lat_9, lat_10, lat_11, lat_12, lat_13, lat_14, lat_15, lat_16, lat_17, lat_18, lat_19, lat_20, lat_21, lat_22, lat_23)
+SELECT (hour_ms / 86400000) * 86400000, project_id, key_id, model, provider, endpoint, status_class, 'miss', 0,
     SUM(requests), SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), SUM(cost_micros), SUM(potential_cost_micros), SUM(latency_count), SUM(latency_sum_ms), MAX(latency_max_ms), SUM(lat_0), SUM(lat_1), SUM(lat_2), SUM(lat_3), SUM(lat_4), SUM(lat_5), SUM(lat_6), SUM(lat_7), SUM(lat_8), SUM(lat_9), SUM(lat_10), SUM(lat_11), SUM(lat_12), SUM(lat_13), SUM(lat_14), SUM(lat_15), SUM(lat_16), SUM(lat_17), SUM(lat_18), SUM(lat_19), SUM(lat_20), SUM(lat_21), SUM(lat_22), SUM(lat_23)
 FROM usage_hourly GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9;

@@ -328,7 +328,7 @@ impl Params {
 /// The rollup filter the token and the parameters allow. A key outside the token's
 /// project is "not found", as everywhere.
 pub async fn scoped_filter(state: &AppState, admin: &Admin, p: &Params) -> ApiResult<RollupFilter> {
-    let project_id = admin.project_filter(p.project.clone())?;
+    let mut project_id = admin.project_filter(p.project.clone())?;
     if let Some(key_id) = &p.key {
         let key = state
             .catalog
@@ -339,6 +339,9 @@ pub async fn scoped_filter(state: &AppState, admin: &Admin, p: &Params) -> ApiRe
         if project_id.as_ref().is_some_and(|p| *p != key.project_id) {
             return Err(ApiError::invalid_field("key", format!("key '{key_id}' is not in that project")));
         }
+        // The key's project narrows nothing (a key is in one project) but lets the
+        // stores read the key's rows as one range (tables keyed by project, key, hour).
+        project_id = Some(key.project_id);
     }
     Ok(RollupFilter {
         project_id,
