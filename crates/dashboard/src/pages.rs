@@ -498,6 +498,10 @@ pub fn query_string(pairs: &[(&str, &str)]) -> String {
 // ----- keys -----
 
 pub struct KeyRow {
+    /// The worst quota now (`ok`, `warning`, `critical`, `exceeded`; empty: unknown)
+    /// and which limit it is.
+    pub quota_state: String,
+    pub quota_note: String,
     pub id: String,
     pub name: String,
     pub project: String,
@@ -511,6 +515,8 @@ pub struct KeyRow {
 pub fn key_row(k: &Value) -> KeyRow {
     let name = str_of(k, "name");
     KeyRow {
+        quota_state: String::new(),
+        quota_note: String::new(),
         id: str_of(k, "id").to_owned(),
         name: if name.is_empty() { "(unnamed)".to_owned() } else { name.to_owned() },
         project: str_of(k, "project").to_owned(),
@@ -541,6 +547,8 @@ struct Keys<'a> {
 }
 
 pub struct KeysData<'a> {
+    /// `GET /api/v1/usage/status?project=` answers of the listed keys' projects.
+    pub statuses: &'a [Value],
     pub q: &'a str,
     pub project: &'a str,
     pub projects: Vec<String>,
@@ -566,7 +574,31 @@ pub fn keys(layout: Layout, d: KeysData<'_>) -> Rendered {
         project: d.project,
         projects: d.projects,
         plans: d.plans,
-        keys: d.keys.iter().map(key_row).collect(),
+        keys: d
+            .keys
+            .iter()
+            .map(|k| {
+                let mut row = key_row(k);
+                let status = d
+                    .statuses
+                    .iter()
+                    .flat_map(|s| s["keys"].as_array().into_iter().flatten())
+                    .find(|s| s["key_id"].as_str() == Some(row.id.as_str()));
+                if let Some(status) = status {
+                    row.quota_state = str_of(status, "state").to_owned();
+                    let worst = status["limits"].as_array().and_then(|ls| {
+                        ls.iter().max_by(|a, b| {
+                            let p = |v: &Value| v["percent"].as_f64().unwrap_or(0.0);
+                            p(a).total_cmp(&p(b))
+                        })
+                    });
+                    if let Some(w) = worst {
+                        row.quota_note = format!("{} of {}", format::percent(w["percent"].as_f64()), str_of(w, "name"));
+                    }
+                }
+                row
+            })
+            .collect(),
         next,
         has_prev: d.has_prev,
         first,

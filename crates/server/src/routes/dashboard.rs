@@ -220,7 +220,12 @@ impl ApiFail {
             rest.split_once(": ").map(|(path, _)| path).filter(|p| !p.contains(' '))
         };
         let field = self.param.as_deref().or_else(from_message).map(|p| p.split(['.', '[']).next().unwrap_or(p));
-        FieldErrors::one(field, self.message.clone())
+        // Shown beside the field: serde's words without the envelope ("invalid JSON
+        // body: Failed to deserialize ... target type: ") and the position in a body
+        // the person never saw.
+        let shown = self.message.split("target type: ").nth(1).unwrap_or(&self.message);
+        let shown = shown.split(" at line ").next().unwrap_or(shown);
+        FieldErrors::one(field, shown.to_owned())
     }
 }
 
@@ -627,6 +632,14 @@ async fn render_keys(
         keys.truncate(200);
     }
     let next_after = if search.is_empty() { list["next_after"].as_str().map(str::to_owned) } else { None };
+    let mut listed: Vec<&str> = keys.iter().filter_map(|k| k["project"].as_str()).collect();
+    listed.sort_unstable();
+    listed.dedup();
+    let mut statuses = Vec::new();
+    for p in listed {
+        let uri = format!("/api/v1/usage/status{}", query_string(&[("project", p)]));
+        statuses.extend(d.read_optional(session, &uri).await);
+    }
     let projects = if session.is_operator() { d.project_ids(session).await } else { Vec::new() };
     let plans = d.plan_names(session).await;
     let own = session.project.clone().unwrap_or_default();
@@ -634,10 +647,13 @@ async fn render_keys(
         if project.is_empty() { projects.first().cloned().unwrap_or_default() } else { project.clone() };
     let (form_project, form_name, form_plan) = match &form {
         Some(f) => (f.project.to_owned(), f.name.to_owned(), f.plan.to_owned()),
-        None => (if own.is_empty() { default_project } else { own }, String::new(), String::new()),
+        None => {
+            (if own.is_empty() { default_project } else { own }, String::new(), tollgate_core::DEFAULT_PLAN.to_owned())
+        }
     };
     let layout = Layout::new("Keys", "keys", session.project.as_deref(), &session.csrf);
     let data = pages::KeysData {
+        statuses: &statuses,
         q: search,
         project: if session.is_operator() { &project } else { "" },
         projects,
