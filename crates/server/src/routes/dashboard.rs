@@ -505,6 +505,8 @@ async fn overview(State(d): State<Dashboard>, headers: HeaderMap, RawQuery(raw):
         ("Tokens", "total_tokens"),
         ("Cost", "cost_micros"),
         ("Saved by cache", "saved_micros"),
+        ("Error rate", "error_rate"),
+        ("Latency p95", "latency_p95"),
     ] {
         let q = query_string(&[
             ("metric", metric),

@@ -35,11 +35,23 @@ async fn seed(app: &TestApp) -> String {
         )
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
-    let (_, web) = app.create_key(json!({ "project": "acme", "name": "web-app", "plan": "free" })).await;
+    let (web_secret, web) = app.create_key(json!({ "project": "acme", "name": "web-app", "plan": "free" })).await;
     let (_, batch) = app.create_key(json!({ "project": "acme", "name": "batch-jobs", "plan": "trial" })).await;
     let (_, legacy) = app.create_key(json!({ "project": "acme", "name": "legacy-import", "plan": "trial" })).await;
     let (globex_secret, globex) = app.create_key(json!({ "project": "globex", "name": "globex-bot" })).await;
     assert_eq!(app.chat(&globex_secret).await.status, 200);
+    // Live traffic of the last minutes: slow answers, upstream errors, refusals.
+    for _ in 0..3 {
+        assert_eq!(app.chat_with(&web_secret, &[("x-mock-latency-ms", "180")]).await.status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(app.chat_with(&web_secret, &[("x-mock-status", "500")]).await.status / 100, 5);
+    }
+    let mut refused = 0;
+    for _ in 0..12 {
+        refused += usize::from(app.chat(&globex_secret).await.status == 429);
+    }
+    assert!(refused >= 2, "the free plan's 10 a minute refuses the rest");
 
     let now = tollgate_gateway::now_ms() / 1000;
     let mut events = Vec::new();
@@ -71,6 +83,7 @@ async fn seed(app: &TestApp) -> String {
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["rejected"], 0, "{:?}", r.body);
     app.settled().await;
+    app.state.ledger.flush_refusals().await.expect("refusal rows");
     app.state.ledger.flush().await.expect("ledger flush");
     globex
 }
