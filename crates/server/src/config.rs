@@ -20,11 +20,14 @@ use tollgate_core::{LimitSpec, Plan};
 pub use tollgate_store_distributed::OnStoreError;
 
 mod analytics;
+mod dashboard;
 mod env;
 mod store;
 
 use analytics::analytics_settings;
 pub use analytics::{AnalyticsSettings, RawAnalytics};
+use dashboard::dashboard_settings;
+pub use dashboard::{DashboardSettings, RawDashboard};
 pub use env::ENV_KEYS;
 use env::unknown_env_var;
 
@@ -78,6 +81,8 @@ pub struct RawConfig {
     pub access_log: bool,
     /// Usage analytics: query bounds and retention (see docs/analytics.md).
     pub analytics: RawAnalytics,
+    /// The dashboard at `/dashboard` (see docs/dashboard.md).
+    pub dashboard: RawDashboard,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -179,6 +184,7 @@ impl Default for RawConfig {
             cors_allowed_origins: Vec::new(),
             access_log: true,
             analytics: RawAnalytics::default(),
+            dashboard: RawDashboard::default(),
             plans: default_plans()
                 .into_iter()
                 .map(|p| (p.name, RawPlan { description: p.description, limits: p.limits, time_zone: p.time_zone }))
@@ -300,6 +306,8 @@ pub struct Config {
     pub access_log: bool,
     /// Query bounds and retention of usage analytics (`[analytics]`).
     pub analytics: AnalyticsSettings,
+    /// Whether the dashboard is served, and its sessions' lifetime (`[dashboard]`).
+    pub dashboard: DashboardSettings,
 }
 
 /// A configuration error that names the setting.
@@ -468,6 +476,7 @@ impl Config {
         };
         let cors_allowed_origins = cors_origins(&raw.cors_allowed_origins)?;
         let analytics = analytics_settings(&raw.analytics)?;
+        let dashboard = dashboard_settings(&raw.dashboard)?;
         let mut seed_plans = Vec::new();
         for (name, plan) in raw.plans {
             if !is_slug(&name) {
@@ -518,6 +527,7 @@ impl Config {
             cors_allowed_origins,
             access_log: raw.access_log,
             analytics,
+            dashboard,
         })
     }
 }

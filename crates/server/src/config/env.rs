@@ -33,6 +33,7 @@ pub const ENV_KEYS: &[&str] = &[
     "cors_allowed_origins",
     "access_log",
     "analytics",
+    "dashboard",
 ];
 
 /// `TOLLGATE_*` variables that are not server configuration: read by the CLI, the

@@ -34,8 +34,6 @@ use crate::app::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::Path;
 
-/// How long a session lasts after sign-in.
-const SESSION_TTL_MS: i64 = 8 * 3600 * 1000;
 /// Keys per page of the keys list.
 const KEYS_PAGE: usize = 25;
 /// Usage rows per page of the explorer, and how many ledger rows one page may scan.
@@ -58,7 +56,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
     let dashboard = Dashboard {
         state: state.clone(),
         api: crate::routes::admin::routes().with_state(state.clone()),
-        sessions: Arc::new(Sessions::new(SESSION_TTL_MS)),
+        sessions: Arc::new(Sessions::new(state.config.dashboard.session_ttl.as_millis() as i64)),
     };
     Router::new()
         .route("/", get(root))

@@ -315,3 +315,18 @@ async fn dashboard_sign_in_guesses_are_braked_per_address() {
     assert!(braked.headers.get("retry-after").is_some());
     assert!(braked.body.contains("Too many failed sign-ins"), "{}", braked.body);
 }
+
+#[tokio::test]
+async fn dashboard_can_be_turned_off_and_then_no_route_exists() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mock_url = spawn_mock(tollgate_mock_upstream::MockConfig::default()).await;
+    let mut config = config(tmp.path(), &mock_url);
+    config.dashboard.enabled = false;
+    let app = spawn_app_with(config).await;
+    let mut browser = Browser::new(&app);
+    for path in ["/", "/dashboard", "/dashboard/login"] {
+        let page = browser.get(path).await;
+        assert_eq!(page.status, 404, "{path}");
+        assert!(page.body.contains("unknown_endpoint"), "{path}: {}", page.body);
+    }
+}
