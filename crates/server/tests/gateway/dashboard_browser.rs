@@ -66,18 +66,18 @@ async fn seed(app: &TestApp) -> String {
         for (m, (model, endpoint, prompt, completion)) in models.iter().enumerate() {
             events.push(json!({
                 "id": format!("seed-{hour}-{m}"), "key_id": web, "timestamp": now - hour * 3600 - 600,
-                "endpoint": endpoint, "model": model, "requests": busy + m as u64,
+                "endpoint": endpoint, "provider": "openai", "model": model, "requests": busy + m as u64,
                 "prompt_tokens": prompt * busy, "completion_tokens": completion * busy,
             }));
         }
     }
     for i in 0..17 {
         events.push(json!({ "id": format!("batch-{i}"), "key_id": batch, "timestamp": now - 120,
-            "endpoint": "chat.completions", "model": "gpt-4o-mini", "requests": 5, "prompt_tokens": 4000, "completion_tokens": 800 }));
+            "endpoint": "chat.completions", "provider": "openai", "model": "gpt-4o-mini", "requests": 5, "prompt_tokens": 4000, "completion_tokens": 800 }));
     }
     for i in 0..2 {
         events.push(json!({ "id": format!("legacy-{i}"), "key_id": legacy, "timestamp": now - 120,
-            "endpoint": "chat.completions", "model": "gpt-4o", "requests": 50, "prompt_tokens": 9000, "completion_tokens": 3000 }));
+            "endpoint": "chat.completions", "provider": "openai", "model": "gpt-4o", "requests": 50, "prompt_tokens": 9000, "completion_tokens": 3000 }));
     }
     let r = app.admin(Method::POST, "/api/v1/usage/events", Some(json!({ "events": events }))).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
