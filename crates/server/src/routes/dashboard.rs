@@ -79,6 +79,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/dashboard/plans/{name}", post(save_plan))
         .route("/dashboard/usage", get(usage_page))
         .route("/dashboard/usage/export", get(export))
+        .route("/dashboard/{*rest}", get(unknown_page))
         .with_state(dashboard)
 }
 
@@ -375,6 +376,18 @@ fn range_from(range: &str) -> (&'static str, i64, &'static str) {
     let name = RANGES.iter().find(|(_, v)| *v == range).map(|(_, v)| *v).unwrap_or("24h");
     let granularity = if hours > 7 * 24 { "day" } else { "hour" };
     (name, now_ms() / 1000 - hours * 3600, granularity)
+}
+
+/// A dashboard address that names no page: an HTML 404 with the navigation.
+async fn unknown_page(State(d): State<Dashboard>, headers: HeaderMap) -> Page {
+    let session = d.signed_in(&headers)?;
+    Ok(message_page(
+        &session,
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "There is no dashboard page at this address.",
+        "/dashboard",
+    ))
 }
 
 // ----- sign-in -----

@@ -288,6 +288,9 @@ async fn dashboard_root_sends_browsers_to_the_dashboard_and_api_clients_get_json
         browser.http.post(format!("{}/dashboard/keys", app.base)).header(COOKIE, browser.cookie_header()).body("%%%");
     let bad = browser.send(r).await;
     assert!(bad.status == 400 || bad.status == 403, "{}", bad.status);
+    let page = browser.get("/dashboard/no/such/page").await;
+    assert_eq!(page.status, 404);
+    assert!(page.body.contains("There is no dashboard page"), "{}", page.body);
     let page = browser.get("/dashboard/keys/..%2F..%2Fetc").await;
     assert_eq!(page.status, 404, "{}", page.body);
     let page = browser.post("/dashboard/keys/nope/rotate", &[("csrf", &csrf), ("grace_period_secs", "soon")]).await;
