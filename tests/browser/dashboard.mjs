@@ -126,6 +126,11 @@ try {
   await page.waitForSelector("figure[data-chart=requests]");
   await shot(page, "overview.png");
 
+  // The quota bars refresh themselves (the script polls the fragment every 15 s).
+  await page.goto(`${base}/dashboard?range=24h&project=acme`);
+  await page.waitForSelector("#quotas[data-refreshed]");
+  check((await page.locator("#quotas [data-quota]").count()) > 0, "the refreshed fragment holds the quota bars");
+
   await page.goto(`${base}/dashboard/usage?key=${keyId}`);
   const explorerRows = await page.locator("[data-testid=rows] tr[data-id]").count();
   check(explorerRows >= 4, `the explorer lists the key's requests (${explorerRows})`);
