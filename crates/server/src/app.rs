@@ -203,17 +203,15 @@ impl Application {
 
 pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.config.cors_allowed_origins);
-    let mut router = Router::new()
+    let router = Router::new()
         .merge(crate::routes::proxy::routes())
         .merge(crate::routes::admin::routes())
+        .merge(crate::routes::dashboard::routes(&state))
         .route("/health", get(crate::routes::admin::health))
         .route("/metrics", get(crate::routes::metrics::metrics))
         .method_not_allowed_fallback(method_not_allowed)
-        .fallback(fallback);
-    if state.config.dashboard.enabled {
-        router = router.merge(crate::routes::dashboard::routes(&state));
-    }
-    let router = router.with_state(state);
+        .fallback(fallback)
+        .with_state(state);
     match cors {
         Some(layer) => router.layer(layer),
         None => router,

@@ -60,7 +60,11 @@ struct Dashboard {
     sessions: Arc<Sessions>,
 }
 
+/// The dashboard's routes; none when `dashboard.enabled` is false.
 pub fn routes(state: &AppState) -> Router<AppState> {
+    if !state.config.dashboard.enabled {
+        return Router::new();
+    }
     let dashboard = Dashboard {
         state: state.clone(),
         api: crate::routes::admin::routes().with_state(state.clone()),
