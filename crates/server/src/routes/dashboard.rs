@@ -71,7 +71,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         sessions: Arc::new(Sessions::new(state.config.dashboard.session_ttl.as_millis() as i64)),
     };
     Router::new()
-        .route("/", get(root))
+        .route("/", axum::routing::any(root))
         .route("/dashboard", get(overview))
         .route("/dashboard/", get(|| async { see_other("/dashboard") }))
         .route("/dashboard/login", get(login_page).post(login))
@@ -404,9 +404,11 @@ async fn unknown_page(State(d): State<Dashboard>, headers: HeaderMap) -> Page {
 
 // ----- sign-in -----
 
-async fn root(headers: HeaderMap) -> Response {
+/// `/`: a browser's GET goes to the dashboard; anything else gets what `/` gave before
+/// the dashboard (the unknown-endpoint 404), whatever the method.
+async fn root(method: Method, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if tollgate_dashboard::accept_prefers_html(accept) {
+    if (method == Method::GET || method == Method::HEAD) && tollgate_dashboard::accept_prefers_html(accept) {
         see_other("/dashboard")
     } else {
         ApiError::UnknownEndpoint("/".into()).into_response()

@@ -277,6 +277,8 @@ async fn dashboard_root_sends_browsers_to_the_dashboard_and_api_clients_get_json
     assert_eq!(api.status(), 404);
     let body: serde_json::Value = api.json().await.expect("json");
     assert!(body["error"]["code"].is_string(), "{body}");
+    let post = app.http.post(app.url("/")).header(ACCEPT, "text/html").send().await.expect("sent");
+    assert_eq!(post.status(), 404, "only a GET is sent to the dashboard");
     // The assets are served from the binary.
     let css = browser.get("/dashboard/assets/dashboard.css").await;
     assert_eq!(css.status, 200);
