@@ -183,6 +183,7 @@ Settings (TOML file, or TOLLGATE_<NAME>, nested with __: TOLLGATE_UPSTREAM__BASE
   cors_allowed_origins   browser origins allowed to call tollgate [none]
   analytics.*            max_range_days, retention_days, rollup_retention_days,
                          retention_batch, retention_every_secs (docs/analytics.md)
+  dashboard.*            enabled [true], session_ttl_secs [28800] (docs/dashboard.md)
   redis_url, redis_cluster, redis_key_prefix, redis_timeout_ms, database_url,
   database_pool_size, on_store_error, instances, ledger_buffer, key_cache_ttl_secs,
   counter_rebuild_secs   the distributed store (store = \"distributed\")
