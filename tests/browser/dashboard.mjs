@@ -34,7 +34,7 @@ async function chat(secret, headers = {}) {
 }
 
 /// Reloads `url` until `ready(page)` holds, for at most `ms`.
-async function until(page, url, ready, what, ms = 30000) {
+async function until(page, url, ready, what, ms = 90000) {
   const deadline = Date.now() + ms;
   for (;;) {
     await page.goto(url);
@@ -64,7 +64,10 @@ function csvRows(text) {
   return lines.map((l) => Object.fromEntries(l.split(",").map((v, i) => [header[i], v])));
 }
 
+// Generous waits: the suite runs this beside other tests on two busy cores.
+const TIMEOUT_MS = 90000;
 const browser = await chromium.launch({
+  timeout: TIMEOUT_MS,
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
 });
@@ -72,6 +75,7 @@ try {
   // ----- the operator -----
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
   await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: base });
+  context.setDefaultTimeout(TIMEOUT_MS);
   const page = await context.newPage();
   page.on("dialog", (d) => d.accept());
   await page.goto(base + "/dashboard/login");
@@ -121,6 +125,11 @@ try {
   await page.goto(`${base}/dashboard?range=24h`);
   await page.waitForSelector("figure[data-chart=requests]");
   await shot(page, "overview.png");
+
+  // The quota bars refresh themselves (the script polls the fragment every 15 s).
+  await page.goto(`${base}/dashboard?range=24h&project=acme`);
+  await page.waitForSelector("#quotas[data-refreshed]");
+  check((await page.locator("#quotas [data-quota]").count()) > 0, "the refreshed fragment holds the quota bars");
 
   await page.goto(`${base}/dashboard/usage?key=${keyId}`);
   const explorerRows = await page.locator("[data-testid=rows] tr[data-id]").count();
@@ -183,6 +192,7 @@ try {
 
   // A phone-sized viewport reads the overview too.
   const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true });
+  phone.setDefaultTimeout(TIMEOUT_MS);
   const phonePage = await phone.newPage();
   await signIn(phonePage, operatorToken);
   await phonePage.goto(`${base}/dashboard?range=24h`);
@@ -201,6 +211,7 @@ try {
 
   // ----- a project token -----
   const scoped = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  scoped.setDefaultTimeout(TIMEOUT_MS);
   const sp = await scoped.newPage();
   await signIn(sp, projectToken);
   check((await sp.textContent("[data-testid=scope]")).includes("acme"), "the session shows its project");

@@ -197,6 +197,7 @@ Settings (TOML file, or TOLLGATE_<NAME>, nested with __: TOLLGATE_UPSTREAM__BASE
                          retention_batch, retention_every_secs (docs/analytics.md)
   otlp.*                 enabled [false], endpoint [http://127.0.0.1:4318], service_name,
                          timeout_ms: OTLP/HTTP span export (docs/observability.md)
+  dashboard.*            enabled [true], session_ttl_secs [28800] (docs/dashboard.md)
   redis_url, redis_cluster, redis_key_prefix, redis_timeout_ms, database_url,
   database_pool_size, on_store_error, instances, ledger_buffer, key_cache_ttl_secs,
   counter_rebuild_secs   the distributed store (store = \"distributed\")

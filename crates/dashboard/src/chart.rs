@@ -56,7 +56,9 @@ pub fn line_chart(title: &str, metric: &str, series: &[Series]) -> String {
         escape(metric)
     );
     // Grid and y labels at 0, half and the top.
-    for frac in [0.0, 0.5, 1.0] {
+    // An empty chart has no scale to show: its zero line only.
+    let fracs: &[f64] = if max > 0.0 { &[0.0, 0.5, 1.0] } else { &[0.0] };
+    for &frac in fracs {
         let gy = y(top * frac);
         svg.push_str(&format!(
             "<line class=\"grid\" x1=\"{LEFT}\" x2=\"{}\" y1=\"{gy:.1}\" y2=\"{gy:.1}\"/>\

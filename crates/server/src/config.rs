@@ -22,6 +22,7 @@ pub use tollgate_store_distributed::OnStoreError;
 mod alerts;
 mod analytics;
 mod cache;
+mod dashboard;
 mod env;
 mod otlp;
 mod store;
@@ -32,6 +33,8 @@ use analytics::analytics_settings;
 pub use analytics::{AnalyticsSettings, RawAnalytics};
 use cache::cache_settings;
 pub use cache::{CacheSettings, RawCache};
+use dashboard::dashboard_settings;
+pub use dashboard::{DashboardSettings, RawDashboard};
 pub use env::ENV_KEYS;
 use env::unknown_env_var;
 pub use otlp::{OtlpSettings, RawOtlp};
@@ -92,6 +95,8 @@ pub struct RawConfig {
     pub alerts: RawAlerts,
     /// The response cache's bounds (see docs/caching.md).
     pub cache: RawCache,
+    /// The dashboard at `/dashboard` (see docs/dashboard.md).
+    pub dashboard: RawDashboard,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -196,6 +201,7 @@ impl Default for RawConfig {
             otlp: RawOtlp::default(),
             alerts: RawAlerts::default(),
             cache: RawCache::default(),
+            dashboard: RawDashboard::default(),
             plans: default_plans()
                 .into_iter()
                 .map(|p| (p.name, RawPlan { description: p.description, limits: p.limits, time_zone: p.time_zone }))
@@ -323,6 +329,8 @@ pub struct Config {
     pub alerts: AlertsSettings,
     /// The response cache's bounds (`[cache]`).
     pub cache: CacheSettings,
+    /// Whether the dashboard is served, and its sessions' lifetime (`[dashboard]`).
+    pub dashboard: DashboardSettings,
 }
 
 /// A configuration error that names the setting.
@@ -494,6 +502,7 @@ impl Config {
         let otlp = otlp::otlp_settings(&raw.otlp)?;
         let alerts = alerts_settings(&raw.alerts)?;
         let cache = cache_settings(&raw.cache)?;
+        let dashboard = dashboard_settings(&raw.dashboard)?;
         let mut seed_plans = Vec::new();
         for (name, plan) in raw.plans {
             if !is_slug(&name) {
@@ -547,6 +556,7 @@ impl Config {
             otlp,
             alerts,
             cache,
+            dashboard,
         })
     }
 }

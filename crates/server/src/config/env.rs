@@ -36,6 +36,7 @@ pub const ENV_KEYS: &[&str] = &[
     "otlp",
     "alerts",
     "cache",
+    "dashboard",
 ];
 
 /// `TOLLGATE_*` variables that are not server configuration: read by the CLI, the

@@ -34,8 +34,14 @@ use crate::app::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::Path;
 
-/// How long a session lasts after sign-in.
-const SESSION_TTL_MS: i64 = 8 * 3600 * 1000;
+mod keys;
+mod plans;
+mod usage;
+
+use keys::*;
+use plans::*;
+use usage::*;
+
 /// Keys per page of the keys list.
 const KEYS_PAGE: usize = 25;
 /// Usage rows per page of the explorer, and how many ledger rows one page may scan.
@@ -54,14 +60,18 @@ struct Dashboard {
     sessions: Arc<Sessions>,
 }
 
+/// The dashboard's routes; none when `dashboard.enabled` is false.
 pub fn routes(state: &AppState) -> Router<AppState> {
+    if !state.config.dashboard.enabled {
+        return Router::new();
+    }
     let dashboard = Dashboard {
         state: state.clone(),
         api: crate::routes::admin::routes().with_state(state.clone()),
-        sessions: Arc::new(Sessions::new(SESSION_TTL_MS)),
+        sessions: Arc::new(Sessions::new(state.config.dashboard.session_ttl.as_millis() as i64)),
     };
     Router::new()
-        .route("/", get(root))
+        .route("/", axum::routing::any(root))
         .route("/dashboard", get(overview))
         .route("/dashboard/", get(|| async { see_other("/dashboard") }))
         .route("/dashboard/login", get(login_page).post(login))
@@ -81,6 +91,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/dashboard/plans/{name}", post(save_plan))
         .route("/dashboard/usage", get(usage_page))
         .route("/dashboard/usage/export", get(export))
+        .route("/dashboard/{*rest}", get(unknown_page))
         .with_state(dashboard)
 }
 
@@ -220,7 +231,12 @@ impl ApiFail {
             rest.split_once(": ").map(|(path, _)| path).filter(|p| !p.contains(' '))
         };
         let field = self.param.as_deref().or_else(from_message).map(|p| p.split(['.', '[']).next().unwrap_or(p));
-        FieldErrors::one(field, self.message.clone())
+        // Shown beside the field: serde's words without the envelope ("invalid JSON
+        // body: Failed to deserialize ... target type: ") and the position in a body
+        // the person never saw.
+        let shown = self.message.split("target type: ").nth(1).unwrap_or(&self.message);
+        let shown = shown.split(" at line ").next().unwrap_or(shown);
+        FieldErrors::one(field, shown.to_owned())
     }
 }
 
@@ -374,11 +390,25 @@ fn range_from(range: &str) -> (&'static str, i64, &'static str) {
     (name, now_ms() / 1000 - hours * 3600, granularity)
 }
 
+/// A dashboard address that names no page: an HTML 404 with the navigation.
+async fn unknown_page(State(d): State<Dashboard>, headers: HeaderMap) -> Page {
+    let session = d.signed_in(&headers)?;
+    Ok(message_page(
+        &session,
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "There is no dashboard page at this address.",
+        "/dashboard",
+    ))
+}
+
 // ----- sign-in -----
 
-async fn root(headers: HeaderMap) -> Response {
+/// `/`: a browser's GET goes to the dashboard; anything else gets what `/` gave before
+/// the dashboard (the unknown-endpoint 404), whatever the method.
+async fn root(method: Method, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if tollgate_dashboard::accept_prefers_html(accept) {
+    if (method == Method::GET || method == Method::HEAD) && tollgate_dashboard::accept_prefers_html(accept) {
         see_other("/dashboard")
     } else {
         ApiError::UnknownEndpoint("/".into()).into_response()
@@ -500,6 +530,8 @@ async fn overview(State(d): State<Dashboard>, headers: HeaderMap, RawQuery(raw):
         ("Tokens", "total_tokens"),
         ("Cost", "cost_micros"),
         ("Saved by cache", "saved_micros"),
+        ("Error rate", "error_rate"),
+        ("Latency p95", "latency_p95"),
     ] {
         let q = query_string(&[
             ("metric", metric),
@@ -579,631 +611,4 @@ async fn quotas_fragment(State(d): State<Dashboard>, headers: HeaderMap, RawQuer
         quotas_of(&d, &session, &projects).await
     };
     rendered(StatusCode::OK, pages::quotas(&quotas))
-}
-
-// ----- keys -----
-
-struct KeyCreateForm<'a> {
-    project: &'a str,
-    name: &'a str,
-    plan: &'a str,
-}
-
-async fn keys_page(State(d): State<Dashboard>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Page {
-    let session = d.signed_in(&headers)?;
-    let q = Fields::query(&raw);
-    render_keys(&d, &session, &q, StatusCode::OK, FieldErrors::default(), None).await
-}
-
-async fn render_keys(
-    d: &Dashboard,
-    session: &Session,
-    q: &Fields,
-    status: StatusCode,
-    errors: FieldErrors,
-    form: Option<KeyCreateForm<'_>>,
-) -> Page {
-    let search = q.get("q");
-    let project = scoped_project(session, q.get("project"));
-    let after = q.get("after");
-    // A search reads up to 1,000 keys and filters them; otherwise one page by id.
-    let limit = if search.is_empty() { KEYS_PAGE } else { 1000 };
-    let limit_s = limit.to_string();
-    let list = d
-        .read(
-            session,
-            &format!(
-                "/api/v1/keys{}",
-                query_string(&[("project", project.as_str()), ("after", after), ("limit", limit_s.as_str())])
-            ),
-        )
-        .await?;
-    let mut keys: Vec<Value> = list["data"].as_array().cloned().unwrap_or_default();
-    let needle = search.to_lowercase();
-    if !needle.is_empty() {
-        keys.retain(|k| {
-            ["id", "name"].iter().any(|f| k[*f].as_str().is_some_and(|v| v.to_lowercase().contains(&needle)))
-        });
-        keys.truncate(200);
-    }
-    let next_after = if search.is_empty() { list["next_after"].as_str().map(str::to_owned) } else { None };
-    let projects = if session.is_operator() { d.project_ids(session).await } else { Vec::new() };
-    let plans = d.plan_names(session).await;
-    let own = session.project.clone().unwrap_or_default();
-    let default_project =
-        if project.is_empty() { projects.first().cloned().unwrap_or_default() } else { project.clone() };
-    let (form_project, form_name, form_plan) = match &form {
-        Some(f) => (f.project.to_owned(), f.name.to_owned(), f.plan.to_owned()),
-        None => (if own.is_empty() { default_project } else { own }, String::new(), String::new()),
-    };
-    let layout = Layout::new("Keys", "keys", session.project.as_deref(), &session.csrf);
-    let data = pages::KeysData {
-        q: search,
-        project: if session.is_operator() { &project } else { "" },
-        projects,
-        plans,
-        keys: &keys,
-        next_after: next_after.as_deref(),
-        has_prev: !after.is_empty(),
-        errors,
-        form_project: &form_project,
-        form_name: &form_name,
-        form_plan: &form_plan,
-    };
-    Ok(rendered(status, pages::keys(layout, data)))
-}
-
-async fn create_key(State(d): State<Dashboard>, headers: HeaderMap, body: Bytes) -> Page {
-    let (session, f) = d.form(&headers, &body)?;
-    let project = scoped_project(&session, f.get("project"));
-    let mut request = Map::new();
-    request.insert("project".into(), json!(project));
-    if !f.get("plan").is_empty() {
-        request.insert("plan".into(), json!(f.get("plan")));
-    }
-    if !f.get("name").is_empty() {
-        request.insert("name".into(), json!(f.get("name")));
-    }
-    match d.call(&session, Method::POST, "/api/v1/keys", Some(&Value::Object(request))).await {
-        Ok(created) => {
-            let layout = Layout::new("New key", "keys", session.project.as_deref(), &session.csrf);
-            Ok(rendered(StatusCode::CREATED, pages::secret(layout, "Key created", &created, &base_url(&headers))))
-        }
-        Err(fail) if fail.status == StatusCode::UNAUTHORIZED => Err(see_other("/dashboard/login")),
-        Err(fail) => {
-            let form = KeyCreateForm { project: &project, name: f.get("name"), plan: f.get("plan") };
-            let q = Fields(Vec::new());
-            render_keys(&d, &session, &q, fail.status, fail.errors(), Some(form)).await
-        }
-    }
-}
-
-fn key_uri(id: &str, rest: &str) -> String {
-    format!("/api/v1/keys/{}{rest}", pages::query_escape(id))
-}
-
-async fn key_page(
-    State(d): State<Dashboard>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Page {
-    let session = d.signed_in(&headers)?;
-    let q = Fields::query(&raw);
-    let notice = match q.get("done") {
-        "saved" => Some("Saved.".to_owned()),
-        "revoked" => Some("The key is revoked: its requests are refused from now on.".to_owned()),
-        _ => None,
-    };
-    render_key(&d, &session, &id, StatusCode::OK, notice, None, FieldErrors::default()).await
-}
-
-async fn render_key(
-    d: &Dashboard,
-    session: &Session,
-    id: &str,
-    status: StatusCode,
-    notice: Option<String>,
-    form: Option<KeyForm>,
-    errors: FieldErrors,
-) -> Page {
-    let key = d.read(session, &key_uri(id, "")).await?;
-    let by_key = [("key", id)];
-    let month_ago = (now_ms() / 1000 - 30 * 24 * 3600).to_string();
-    let summary = d
-        .read_optional(
-            session,
-            &format!("/api/v1/analytics/summary{}", query_string(&[("key", id), ("from", &month_ago)])),
-        )
-        .await
-        .unwrap_or(Value::Null);
-    let key_status = d.read_optional(session, &format!("/api/v1/usage/status{}", query_string(&by_key))).await;
-    let forecast = d.read_optional(session, &format!("/api/v1/analytics/forecast{}", query_string(&by_key))).await;
-    let series = d.read_optional(session, &format!("/api/v1/analytics/timeseries{}", query_string(&by_key))).await;
-    let rows = d
-        .read_optional(session, &format!("/api/v1/usage{}", query_string(&[("key", id), ("limit", "20")])))
-        .await
-        .and_then(|u| u["data"].as_array().cloned())
-        .unwrap_or_default();
-    let plans = if session.is_operator() { d.plan_names(session).await } else { Vec::new() };
-    let layout = Layout::new(format!("Key {id}"), "keys", session.project.as_deref(), &session.csrf);
-    let data = pages::KeyData {
-        form: form.unwrap_or_else(|| KeyForm::of(&key)),
-        key: &key,
-        notice,
-        summary: &summary,
-        status: key_status.as_ref(),
-        forecast: forecast.as_ref(),
-        series: series.as_ref(),
-        rows: &rows,
-        plans,
-        errors,
-    };
-    Ok(rendered(status, pages::key_page(layout, data)))
-}
-
-async fn edit_key(State(d): State<Dashboard>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Page {
-    let (session, f) = d.form(&headers, &body)?;
-    let form = KeyForm {
-        name: f.get("name").to_owned(),
-        metadata: f.raw("metadata").to_owned(),
-        plan: f.get("plan").to_owned(),
-        limits: f.raw("limits").to_owned(),
-    };
-    let mut patch = Map::new();
-    patch.insert("name".into(), if form.name.is_empty() { Value::Null } else { json!(form.name) });
-    let parse = |field: &str, text: &str, empty: Value| -> Result<Value, FieldErrors> {
-        if text.trim().is_empty() {
-            return Ok(empty);
-        }
-        serde_json::from_str(text).map_err(|e| FieldErrors::one(Some(field), format!("{field}: not valid JSON ({e})")))
-    };
-    let mut errors = FieldErrors::default();
-    let mut status = StatusCode::BAD_REQUEST;
-    match parse("metadata", &form.metadata, json!({})) {
-        Ok(v) => {
-            patch.insert("metadata".into(), v);
-        }
-        Err(e) => errors.0.extend(e.0),
-    }
-    if session.is_operator() {
-        if !form.plan.is_empty() {
-            patch.insert("plan".into(), json!(form.plan));
-        }
-        match parse("limits", &form.limits, json!([])) {
-            Ok(v) => {
-                patch.insert("limits".into(), v);
-            }
-            Err(e) => errors.0.extend(e.0),
-        }
-    }
-    if errors.is_empty() {
-        match d.call(&session, Method::PATCH, &key_uri(&id, ""), Some(&Value::Object(patch))).await {
-            Ok(_) => return Ok(see_other(&format!("/dashboard/keys/{}?done=saved", pages::query_escape(&id)))),
-            Err(fail) if matches!(fail.status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED) => {
-                return Err(d.fail_page(&session, fail));
-            }
-            Err(fail) => {
-                status = fail.status;
-                errors = fail.errors();
-            }
-        }
-    }
-    render_key(&d, &session, &id, status, None, Some(form), errors).await
-}
-
-async fn rotate_key(State(d): State<Dashboard>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Page {
-    let (session, f) = d.form(&headers, &body)?;
-    let grace = f.get("grace_period_secs");
-    let Ok(grace) = (if grace.is_empty() { Ok(0) } else { grace.parse::<u64>() }) else {
-        let errors = FieldErrors::one(Some("grace_period_secs"), "must be a whole number of seconds");
-        return render_key(&d, &session, &id, StatusCode::BAD_REQUEST, None, None, errors).await;
-    };
-    match d
-        .call(&session, Method::POST, &key_uri(&id, "/regenerate"), Some(&json!({ "grace_period_secs": grace })))
-        .await
-    {
-        Ok(answer) => {
-            let layout = Layout::new("New secret", "keys", session.project.as_deref(), &session.csrf);
-            Ok(rendered(StatusCode::OK, pages::secret(layout, "Secret rotated", &answer, &base_url(&headers))))
-        }
-        Err(fail) if matches!(fail.status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED) => {
-            Err(d.fail_page(&session, fail))
-        }
-        Err(fail) => render_key(&d, &session, &id, fail.status, None, None, fail.errors()).await,
-    }
-}
-
-async fn revoke_key(State(d): State<Dashboard>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Page {
-    let (session, f) = d.form(&headers, &body)?;
-    if f.get("confirm") != "yes" {
-        let errors = FieldErrors::one(Some("confirm"), "Tick the box to confirm: revoking cannot be undone.");
-        return render_key(&d, &session, &id, StatusCode::BAD_REQUEST, None, None, errors).await;
-    }
-    match d.call(&session, Method::POST, &key_uri(&id, "/revoke"), None).await {
-        Ok(_) => Ok(see_other(&format!("/dashboard/keys/{}?done=revoked", pages::query_escape(&id)))),
-        Err(fail) => Err(d.fail_page(&session, fail)),
-    }
-}
-
-// ----- plans -----
-
-async fn plans_page(State(d): State<Dashboard>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Page {
-    let session = d.signed_in(&headers)?;
-    let notice = (Fields::query(&raw).get("done") == "saved").then_some("Saved.");
-    render_plans(&d, &session, StatusCode::OK, notice, None, None).await
-}
-
-async fn render_plans(
-    d: &Dashboard,
-    session: &Session,
-    status: StatusCode,
-    notice: Option<&str>,
-    edited: Option<(&PlanForm, FieldErrors)>,
-    new_plan: Option<(&PlanForm, FieldErrors)>,
-) -> Page {
-    let list = d.read(session, "/api/v1/plans").await?;
-    let allowed = if session.is_operator() { Vec::new() } else { d.plan_names(session).await };
-    let mut edited = edited;
-    let views = list["data"]
-        .as_array()
-        .map(|ps| {
-            ps.iter()
-                .map(|p| {
-                    let this = edited.as_ref().is_some_and(|(f, _)| p["name"].as_str() == Some(f.name.as_str()));
-                    pages::plan_view(p, if this { edited.take() } else { None })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let layout = Layout::new("Plans & limits", "plans", session.project.as_deref(), &session.csrf);
-    Ok(rendered(status, pages::plans(layout, views, &allowed, notice, new_plan)))
-}
-
-fn plan_form(name: &str, f: &Fields) -> PlanForm {
-    PlanForm {
-        name: name.to_owned(),
-        description: f.get("description").to_owned(),
-        time_zone: f.get("time_zone").to_owned(),
-        limits: f.raw("limits").to_owned(),
-    }
-}
-
-/// The API body of a plan form, or the error beside `limits`.
-fn plan_body(form: &PlanForm) -> Result<Value, FieldErrors> {
-    let limits: Value = serde_json::from_str(&form.limits)
-        .map_err(|e| FieldErrors::one(Some("limits"), format!("limits: not valid JSON ({e})")))?;
-    let opt = |s: &str| if s.is_empty() { Value::Null } else { json!(s) };
-    Ok(json!({ "description": opt(&form.description), "limits": limits, "time_zone": opt(&form.time_zone) }))
-}
-
-async fn save_plan(State(d): State<Dashboard>, headers: HeaderMap, Path(name): Path<String>, body: Bytes) -> Page {
-    let (session, f) = d.form(&headers, &body)?;
-    let form = plan_form(&name, &f);
-    let (status, errors) = match plan_body(&form) {
-        Err(errors) => (StatusCode::BAD_REQUEST, errors),
-        Ok(body) => {
-            let uri = format!("/api/v1/plans/{}", pages::query_escape(&name));
-            match d.call(&session, Method::PUT, &uri, Some(&body)).await {
-                Ok(_) => return Ok(see_other("/dashboard/plans?done=saved")),
-                Err(fail) if matches!(fail.status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED) => {
-                    return Err(d.fail_page(&session, fail));
-                }
-                Err(fail) => (fail.status, fail.errors()),
-            }
-        }
-    };
-    render_plans(&d, &session, status, None, Some((&form, errors)), None).await
-}
-
-async fn create_plan(State(d): State<Dashboard>, headers: HeaderMap, body: Bytes) -> Page {
-    let (session, f) = d.form(&headers, &body)?;
-    let form = plan_form(f.get("name"), &f);
-    let (status, errors) = match plan_body(&form) {
-        Err(errors) => (StatusCode::BAD_REQUEST, errors),
-        Ok(mut body) => {
-            body["name"] = json!(form.name);
-            match d.call(&session, Method::POST, "/api/v1/plans", Some(&body)).await {
-                Ok(_) => return Ok(see_other("/dashboard/plans?done=saved")),
-                Err(fail) if fail.status == StatusCode::UNAUTHORIZED => return Err(d.fail_page(&session, fail)),
-                Err(fail) => (fail.status, fail.errors()),
-            }
-        }
-    };
-    render_plans(&d, &session, status, None, None, Some((&form, errors))).await
-}
-
-// ----- usage explorer -----
-
-const STATUS_OPTIONS: &[(&str, &str)] = &[("", "Any"), ("2xx", "2xx"), ("4xx", "4xx"), ("5xx", "5xx"), ("429", "429")];
-const GROUP_OPTIONS: &[(&str, &str)] = &[
-    ("model", "Model"),
-    ("key", "Key"),
-    ("endpoint", "Endpoint"),
-    ("provider", "Provider"),
-    ("status_class", "Status class"),
-    ("project", "Project"),
-];
-const METRIC_OPTIONS: &[(&str, &str)] = &[
-    ("requests", "Requests"),
-    ("total_tokens", "Tokens"),
-    ("cost_micros", "Cost"),
-    ("saved_micros", "Saved"),
-    ("error_rate", "Error rate"),
-    ("latency_p95", "Latency p95"),
-];
-
-async fn usage_page(State(d): State<Dashboard>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Page {
-    let session = d.signed_in(&headers)?;
-    let q = Fields::query(&raw);
-    let project = scoped_project(&session, q.get("project"));
-    let (range, range_from_secs, mut granularity) = range_from(q.get("range"));
-    let range_from_s = range_from_secs.to_string();
-    let from = if q.get("from").is_empty() { range_from_s.as_str() } else { q.get("from") };
-    let to = q.get("to");
-    if !q.get("from").is_empty() {
-        granularity = "day";
-    }
-    let group_by = Some(q.get("group_by")).filter(|g| GROUP_OPTIONS.iter().any(|(v, _)| v == g)).unwrap_or("model");
-    let metric = Some(q.get("metric")).filter(|m| METRIC_OPTIONS.iter().any(|(v, _)| v == m)).unwrap_or("requests");
-    let (key, model, provider, endpoint, status) =
-        (q.get("key"), q.get("model"), q.get("provider"), q.get("endpoint"), q.get("status"));
-    let mut errors = FieldErrors::default();
-    if !status.is_empty() && !STATUS_OPTIONS.iter().any(|(v, _)| *v == status) && status.parse::<u16>().is_err() {
-        errors = FieldErrors::one(Some("status"), "must be 2xx, 4xx, 5xx or a status code");
-    }
-    // Rows: the ledger newest first, narrowed here by model, provider, endpoint and status.
-    let mut rows = Vec::new();
-    let mut cursor = q.get("cursor").to_owned();
-    let mut next_cursor = None;
-    if errors.is_empty() {
-        for _ in 0..USAGE_SCAN_PAGES {
-            let uq = query_string(&[
-                ("project", project.as_str()),
-                ("key", key),
-                ("from", from),
-                ("to", to),
-                ("limit", "200"),
-                ("cursor", cursor.as_str()),
-            ]);
-            let page = match d.call(&session, Method::GET, &format!("/api/v1/usage{uq}"), None).await {
-                Ok(page) => page,
-                Err(fail) if matches!(fail.status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED) => {
-                    return Err(d.fail_page(&session, fail));
-                }
-                Err(fail) => {
-                    errors = fail.errors();
-                    break;
-                }
-            };
-            let data = page["data"].as_array().cloned().unwrap_or_default();
-            let mut last = None;
-            for r in data {
-                if rows.len() == USAGE_PAGE {
-                    break;
-                }
-                last = Some(format!("{}.{}", ms_of(&r), r["id"].as_str().unwrap_or("")));
-                let keep = (model.is_empty() || r["model"].as_str() == Some(model))
-                    && (provider.is_empty() || r["provider"].as_str() == Some(provider))
-                    && (endpoint.is_empty() || r["endpoint"].as_str() == Some(endpoint))
-                    && tollgate_dashboard::export::status_matches(status, r["status"].as_u64().unwrap_or(0));
-                if keep {
-                    rows.push(r);
-                }
-            }
-            let more = page["next_cursor"].as_str().map(str::to_owned);
-            if rows.len() == USAGE_PAGE {
-                next_cursor = last;
-                break;
-            }
-            match more {
-                Some(c) => {
-                    cursor = c.clone();
-                    next_cursor = Some(c);
-                }
-                None => {
-                    next_cursor = None;
-                    break;
-                }
-            }
-        }
-    }
-    let chart = if errors.is_empty() {
-        let tq = query_string(&[
-            ("metric", metric),
-            ("group_by", group_by),
-            ("granularity", granularity),
-            ("project", project.as_str()),
-            ("key", key),
-            ("model", model),
-            ("provider", provider),
-            ("endpoint", endpoint),
-            ("from", from),
-            ("to", to),
-        ]);
-        match d.call(&session, Method::GET, &format!("/api/v1/analytics/timeseries{tq}"), None).await {
-            Ok(ts) => Some(ts),
-            Err(fail) if fail.status == StatusCode::BAD_REQUEST => {
-                errors = fail.errors();
-                None
-            }
-            Err(_) => None,
-        }
-    } else {
-        None
-    };
-    let option_list = |opts: &[(&str, &str)]| opts.iter().map(|(v, l)| ((*v).to_owned(), (*l).to_owned())).collect();
-    let mut filters = Vec::new();
-    if session.is_operator() {
-        let mut options = vec![(String::new(), "All".to_owned())];
-        options.extend(d.project_ids(&session).await.into_iter().map(|p| (p.clone(), p)));
-        filters.push(pages::Filter {
-            name: "project",
-            label: "Project",
-            value: project.clone(),
-            placeholder: "",
-            options,
-        });
-    }
-    let text = |name, label, value: &str, placeholder| pages::Filter {
-        name,
-        label,
-        value: value.to_owned(),
-        placeholder,
-        options: Vec::new(),
-    };
-    filters.push(text("key", "Key id", key, "any key"));
-    filters.push(text("model", "Model", model, "gpt-4o-mini"));
-    filters.push(text("provider", "Provider", provider, "openai"));
-    filters.push(text("endpoint", "Endpoint", endpoint, "chat.completions"));
-    filters.push(pages::Filter {
-        name: "status",
-        label: "Status",
-        value: status.to_owned(),
-        placeholder: "",
-        options: option_list(STATUS_OPTIONS),
-    });
-    filters.push(pages::Filter {
-        name: "range",
-        label: "Range",
-        value: range.to_owned(),
-        placeholder: "",
-        options: RANGES.iter().map(|(l, v)| ((*v).to_owned(), (*l).to_owned())).collect(),
-    });
-    filters.push(text("from", "From (RFC 3339)", q.get("from"), "overrides the range"));
-    filters.push(text("to", "To (RFC 3339)", to, "now"));
-    filters.push(pages::Filter {
-        name: "group_by",
-        label: "Chart by",
-        value: group_by.to_owned(),
-        placeholder: "",
-        options: option_list(GROUP_OPTIONS),
-    });
-    filters.push(pages::Filter {
-        name: "metric",
-        label: "Chart of",
-        value: metric.to_owned(),
-        placeholder: "",
-        options: option_list(METRIC_OPTIONS),
-    });
-    let own_project = q.get("project");
-    let query = query_string(&[
-        ("project", own_project),
-        ("key", key),
-        ("model", model),
-        ("provider", provider),
-        ("endpoint", endpoint),
-        ("status", status),
-        ("range", q.get("range")),
-        ("from", q.get("from")),
-        ("to", to),
-        ("group_by", q.get("group_by")),
-        ("metric", q.get("metric")),
-    ]);
-    let export_query = vec![
-        ("project", own_project.to_owned()),
-        ("key", key.to_owned()),
-        ("from", from.to_owned()),
-        ("to", to.to_owned()),
-        ("model", model.to_owned()),
-        ("provider", provider.to_owned()),
-        ("endpoint", endpoint.to_owned()),
-        ("status", status.to_owned()),
-    ];
-    let nothing_at_all = rows.is_empty() && q.get("cursor").is_empty() && errors.is_empty() && {
-        let any = d.read_optional(&session, &format!("/api/v1/usage{}", query_string(&[("limit", "1")]))).await;
-        any.and_then(|a| a["data"].as_array().map(Vec::is_empty)).unwrap_or(false)
-    };
-    let title = format!(
-        "{} by {}",
-        METRIC_OPTIONS.iter().find(|(v, _)| *v == metric).map(|(_, l)| *l).unwrap_or("Requests"),
-        GROUP_OPTIONS.iter().find(|(v, _)| *v == group_by).map(|(_, l)| l.to_lowercase()).unwrap_or_default()
-    );
-    let base = base_url(&headers);
-    let layout = Layout::new("Usage", "usage", session.project.as_deref(), &session.csrf);
-    let status_code = if errors.is_empty() { StatusCode::OK } else { StatusCode::BAD_REQUEST };
-    let data = pages::UsageData {
-        filters,
-        errors,
-        query,
-        export_query,
-        chart: chart.as_ref().map(|c| (title, c)),
-        rows: &rows,
-        next_cursor,
-        has_prev: !q.get("cursor").is_empty(),
-        nothing_at_all,
-        base_url: &base,
-    };
-    Ok(rendered(status_code, pages::usage(layout, data)))
-}
-
-/// The export body narrowed by `filter`, still streamed chunk by chunk; an error of
-/// the API's stream (a store failure mid-export) still aborts the body.
-fn filtered(body: Body, filter: ExportFilter) -> Body {
-    use futures_util::StreamExt;
-    let stream =
-        futures_util::stream::unfold((body.into_data_stream(), Some(filter)), |(mut inner, filter)| async move {
-            let mut filter = filter?;
-            loop {
-                match inner.next().await {
-                    Some(Ok(chunk)) => {
-                        let kept = filter.push(&chunk);
-                        if !kept.is_empty() {
-                            return Some((Ok::<Bytes, axum::Error>(Bytes::from(kept)), (inner, Some(filter))));
-                        }
-                    }
-                    Some(Err(e)) => return Some((Err(e), (inner, None))),
-                    None => {
-                        let rest = filter.finish();
-                        return (!rest.is_empty()).then(|| (Ok(Bytes::from(rest)), (inner, None)));
-                    }
-                }
-            }
-        });
-    Body::from_stream(stream)
-}
-
-/// A usage row's time in Unix ms (from its RFC 3339 timestamp), for the cursor.
-fn ms_of(row: &Value) -> i64 {
-    row["timestamp"].as_str().and_then(tollgate_core::calendar::parse_timestamp).unwrap_or(0)
-}
-
-/// `GET /dashboard/usage/export?format=&project=&key=&from=&to=&model=&provider=&endpoint=&status=`:
-/// the API's export, streamed through under the session's scope, narrowed to the
-/// filters the API does not take.
-async fn export(State(d): State<Dashboard>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Page {
-    let session = d.signed_in(&headers)?;
-    let q = Fields::query(&raw);
-    let format = if q.get("format") == "csv" { "csv" } else { "ndjson" };
-    let project = scoped_project(&session, q.get("project"));
-    let uri = format!(
-        "/api/v1/usage/export{}",
-        query_string(&[
-            ("format", format),
-            ("project", project.as_str()),
-            ("key", q.get("key")),
-            ("from", q.get("from")),
-            ("to", q.get("to")),
-        ])
-    );
-    let response = d.send(&session, Method::GET, &uri, None).await.map_err(|f| d.fail_page(&session, f))?;
-    if response.status().is_success() {
-        let filter = RowFilter {
-            model: q.get("model").to_owned(),
-            provider: q.get("provider").to_owned(),
-            endpoint: q.get("endpoint").to_owned(),
-            status: q.get("status").to_owned(),
-        };
-        if filter.is_empty() {
-            return Ok(response);
-        }
-        let kind = if format == "csv" { export::Format::Csv } else { export::Format::Ndjson };
-        let (parts, body) = response.into_parts();
-        return Ok(Response::from_parts(parts, filtered(body, ExportFilter::new(kind, filter))));
-    }
-    let status = response.status();
-    let bytes = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let message = value.pointer("/error/message").and_then(Value::as_str).unwrap_or("the export failed").to_owned();
-    Err(d.fail_page(&session, ApiFail { status, message, param: None }))
 }

@@ -277,6 +277,8 @@ async fn dashboard_root_sends_browsers_to_the_dashboard_and_api_clients_get_json
     assert_eq!(api.status(), 404);
     let body: serde_json::Value = api.json().await.expect("json");
     assert!(body["error"]["code"].is_string(), "{body}");
+    let post = app.http.post(app.url("/")).header(ACCEPT, "text/html").send().await.expect("sent");
+    assert_eq!(post.status(), 404, "only a GET is sent to the dashboard");
     // The assets are served from the binary.
     let css = browser.get("/dashboard/assets/dashboard.css").await;
     assert_eq!(css.status, 200);
@@ -288,6 +290,9 @@ async fn dashboard_root_sends_browsers_to_the_dashboard_and_api_clients_get_json
         browser.http.post(format!("{}/dashboard/keys", app.base)).header(COOKIE, browser.cookie_header()).body("%%%");
     let bad = browser.send(r).await;
     assert!(bad.status == 400 || bad.status == 403, "{}", bad.status);
+    let page = browser.get("/dashboard/no/such/page").await;
+    assert_eq!(page.status, 404);
+    assert!(page.body.contains("There is no dashboard page"), "{}", page.body);
     let page = browser.get("/dashboard/keys/..%2F..%2Fetc").await;
     assert_eq!(page.status, 404, "{}", page.body);
     let page = browser.post("/dashboard/keys/nope/rotate", &[("csrf", &csrf), ("grace_period_secs", "soon")]).await;
@@ -314,4 +319,19 @@ async fn dashboard_sign_in_guesses_are_braked_per_address() {
     assert_eq!(braked.status, 429, "even the right token waits out the minute");
     assert!(braked.headers.get("retry-after").is_some());
     assert!(braked.body.contains("Too many failed sign-ins"), "{}", braked.body);
+}
+
+#[tokio::test]
+async fn dashboard_can_be_turned_off_and_then_no_route_exists() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mock_url = spawn_mock(tollgate_mock_upstream::MockConfig::default()).await;
+    let mut config = config(tmp.path(), &mock_url);
+    config.dashboard.enabled = false;
+    let app = spawn_app_with(config).await;
+    let mut browser = Browser::new(&app);
+    for path in ["/", "/dashboard", "/dashboard/login"] {
+        let page = browser.get(path).await;
+        assert_eq!(page.status, 404, "{path}");
+        assert!(page.body.contains("unknown_endpoint"), "{path}: {}", page.body);
+    }
 }

@@ -35,11 +35,23 @@ async fn seed(app: &TestApp) -> String {
         )
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
-    let (_, web) = app.create_key(json!({ "project": "acme", "name": "web-app", "plan": "free" })).await;
+    let (web_secret, web) = app.create_key(json!({ "project": "acme", "name": "web-app", "plan": "free" })).await;
     let (_, batch) = app.create_key(json!({ "project": "acme", "name": "batch-jobs", "plan": "trial" })).await;
     let (_, legacy) = app.create_key(json!({ "project": "acme", "name": "legacy-import", "plan": "trial" })).await;
     let (globex_secret, globex) = app.create_key(json!({ "project": "globex", "name": "globex-bot" })).await;
     assert_eq!(app.chat(&globex_secret).await.status, 200);
+    // Live traffic of the last minutes: slow answers, upstream errors, refusals.
+    for _ in 0..3 {
+        assert_eq!(app.chat_with(&web_secret, &[("x-mock-latency-ms", "180")]).await.status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(app.chat_with(&web_secret, &[("x-mock-status", "500")]).await.status / 100, 5);
+    }
+    let mut refused = 0;
+    for _ in 0..12 {
+        refused += usize::from(app.chat(&globex_secret).await.status == 429);
+    }
+    assert!(refused >= 2, "the free plan's 10 a minute refuses the rest");
 
     let now = tollgate_gateway::now_ms() / 1000;
     let mut events = Vec::new();
@@ -54,23 +66,24 @@ async fn seed(app: &TestApp) -> String {
         for (m, (model, endpoint, prompt, completion)) in models.iter().enumerate() {
             events.push(json!({
                 "id": format!("seed-{hour}-{m}"), "key_id": web, "timestamp": now - hour * 3600 - 600,
-                "endpoint": endpoint, "model": model, "requests": busy + m as u64,
+                "endpoint": endpoint, "provider": "openai", "model": model, "requests": busy + m as u64,
                 "prompt_tokens": prompt * busy, "completion_tokens": completion * busy,
             }));
         }
     }
     for i in 0..17 {
         events.push(json!({ "id": format!("batch-{i}"), "key_id": batch, "timestamp": now - 120,
-            "endpoint": "chat.completions", "model": "gpt-4o-mini", "requests": 5, "prompt_tokens": 4000, "completion_tokens": 800 }));
+            "endpoint": "chat.completions", "provider": "openai", "model": "gpt-4o-mini", "requests": 5, "prompt_tokens": 4000, "completion_tokens": 800 }));
     }
     for i in 0..2 {
         events.push(json!({ "id": format!("legacy-{i}"), "key_id": legacy, "timestamp": now - 120,
-            "endpoint": "chat.completions", "model": "gpt-4o", "requests": 50, "prompt_tokens": 9000, "completion_tokens": 3000 }));
+            "endpoint": "chat.completions", "provider": "openai", "model": "gpt-4o", "requests": 50, "prompt_tokens": 9000, "completion_tokens": 3000 }));
     }
     let r = app.admin(Method::POST, "/api/v1/usage/events", Some(json!({ "events": events }))).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["rejected"], 0, "{:?}", r.body);
     app.settled().await;
+    app.state.ledger.flush_refusals().await.expect("refusal rows");
     app.state.ledger.flush().await.expect("ledger flush");
     globex
 }
