@@ -32,7 +32,7 @@ pub const UI_PATH: &str = "/api/v1/docs";
 #[openapi(
     info(
         title = "tollgate",
-        description = "The admin, verify, usage and analytics API of tollgate, an LLM gateway and quota \
+        description = "The admin, verify, usage, analytics and alerts API of tollgate, an LLM gateway and quota \
             service. Every error is `{\"error\": {\"message\", \"type\", \"code\", \"param\"?, \"details\"?}}` \
             (docs/errors.md); the OpenAI-compatible proxy routes under `/v1` are OpenAI's own API and are \
             not described here.",
