@@ -21,7 +21,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::app::AppState;
 use crate::http::error::ErrorBody;
-use crate::routes::{admin, analytics, export, projects, tokens, usage, verify};
+use crate::routes::{admin, alerts, analytics, export, projects, tokens, usage, verify};
 
 /// Where the document is served.
 pub const DOCUMENT_PATH: &str = "/api/v1/openapi.json";
@@ -32,7 +32,7 @@ pub const UI_PATH: &str = "/api/v1/docs";
 #[openapi(
     info(
         title = "tollgate",
-        description = "The admin, verify, usage and analytics API of tollgate, an LLM gateway and quota \
+        description = "The admin, verify, usage, analytics and alerts API of tollgate, an LLM gateway and quota \
             service. Every error is `{\"error\": {\"message\", \"type\", \"code\", \"param\"?, \"details\"?}}` \
             (docs/errors.md); the OpenAI-compatible proxy routes under `/v1` are OpenAI's own API and are \
             not described here.",
@@ -74,6 +74,21 @@ pub const UI_PATH: &str = "/api/v1/docs";
         tokens::get_token,
         tokens::delete_token,
         tokens::revoke_token,
+        alerts::list_rules,
+        alerts::create_rule,
+        alerts::get_rule,
+        alerts::update_rule,
+        alerts::delete_rule,
+        alerts::list_channels,
+        alerts::create_channel,
+        alerts::get_channel,
+        alerts::update_channel,
+        alerts::delete_channel,
+        alerts::test_channel,
+        alerts::list_events,
+        alerts::list_deliveries,
+        alerts::get_delivery,
+        alerts::redeliver,
     ),
     components(schemas(ErrorBody)),
     modifiers(&CommonAnswers),
@@ -86,6 +101,11 @@ pub const UI_PATH: &str = "/api/v1/docs";
         (name = "analytics", description = "Summaries, time series, forecasts, anomalies and exports of the rollups"),
         (name = "projects", description = "Tenants and their settings"),
         (name = "admin tokens", description = "Operator and project-scoped admin tokens"),
+        (name = "alerts", description = "Alerts when a limit fills up (80, 90 and 100 % by default): rules that \
+            watch limits, channels that send (signed webhooks, Slack, e-mail; secrets sealed, shown never or \
+            once), and the durable outbox of events and deliveries with their attempts, retries and dead \
+            letters to redeliver (docs/alerts.md). A project token sees only its project's; rules and channels \
+            without a project are the operator's defaults."),
         (name = "openapi", description = "This document"),
     )
 )]

@@ -29,7 +29,7 @@ use tollgate_gateway::now_ms;
 
 use crate::app::AppState;
 use crate::auth::Admin;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{Json, Path, Query};
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -53,6 +53,60 @@ const MAX_RECIPIENTS: usize = 20;
 const MAX_TEXT: usize = 200;
 /// Rules and channels one project (or the operator's defaults) may have.
 const MAX_PER_PROJECT: usize = 100;
+
+/// Schemas of the alerts crate's types as the API shows them (that crate has no
+/// OpenAPI dependency): used as `#[schema(value_type = ...)]` of the fields that hold them.
+pub mod schema {
+    use serde::Serialize;
+
+    /// How a channel sends: `webhook` (a signed `POST` of the event as JSON, Standard
+    /// Webhooks), `slack` (an incoming webhook message) or `email` (through SMTP).
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum ChannelKind {
+        Webhook,
+        Slack,
+        Email,
+    }
+
+    /// How an SMTP connection is secured: `starttls` (required; port 587 by default),
+    /// `implicit` (TLS from the first byte; 465) or `none` (a local relay only; 25).
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum SmtpTls {
+        Starttls,
+        Implicit,
+        None,
+    }
+
+    /// Where a delivery stands: `pending` (to be sent or retried), `delivered`, or
+    /// `dead` (every attempt failed; redeliverable).
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub enum DeliveryStatus {
+        Pending,
+        Delivered,
+        Dead,
+    }
+}
+
+/// The `object` member of a list answer: always `list`.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ListObject {
+    List,
+}
+
+/// A list answer: `{"object": "list", "data": [...]}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AlertList<T: utoipa::ToSchema> {
+    pub object: ListObject,
+    pub data: Vec<T>,
+}
+
+fn list<T: utoipa::ToSchema>(data: Vec<T>) -> AxumJson<AlertList<T>> {
+    AxumJson(AlertList { object: ListObject::List, data })
+}
 
 fn random_id(prefix: &str) -> ApiResult<String> {
     let mut bytes = [0u8; 10];
@@ -96,72 +150,123 @@ fn check_owner(admin: &Admin, project: &Option<String>, what: &'static str, id: 
 
 // ----- rules -----
 
-/// `POST /api/v1/alerts/rules`.
-#[derive(Debug, Deserialize)]
+/// `POST /api/v1/alerts/rules`: which limits to watch, at which percentages, and where
+/// to send the alerts.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRule {
+    /// The project whose limits are watched (a project token: its own, the default).
+    /// With the operator token and no project, the rule is an operator default: it
+    /// applies to every project that has no enabled rule of its own.
     #[serde(default)]
     pub project: Option<String>,
+    /// 1-200 characters, no control characters.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
-    /// The limits watched; absent fields match any.
+    /// The limits watched: each absent field matches any.
     #[serde(default)]
     pub metric: Option<Metric>,
     #[serde(default)]
     pub window: Option<Window>,
     #[serde(default)]
     pub subject: Option<SubjectKind>,
+    /// Only limits scoped to this provider (1-200 characters).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
     pub provider: Option<String>,
+    /// Only limits scoped to this model (1-200 characters).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
     pub model: Option<String>,
+    /// Only limits scoped to this endpoint (1-200 characters).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
     pub endpoint: Option<String>,
-    /// Percentages of the limit; default 80, 90, 100.
+    /// 1 to 10 percentages of the limit, each 1-1000 (default `[80, 90, 100]`).
     #[serde(default)]
+    #[schema(min_items = 1, max_items = 10)]
     pub thresholds: Option<Vec<u32>>,
+    /// 1 to 10 channel ids of the rule's project (operator channels for an operator rule).
+    #[schema(min_items = 1, max_items = 10)]
     pub channels: Vec<String>,
+    /// `false` keeps the rule but stops it (default `true`).
     #[serde(default)]
     pub enabled: Option<bool>,
 }
 
-/// `PATCH /api/v1/alerts/rules/{id}`.
-#[derive(Debug, Deserialize)]
+/// `PATCH /api/v1/alerts/rules/{id}`: absent fields are left as they are.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRule {
+    /// 1-200 characters, no control characters.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
+    /// 1 to 10 percentages of the limit, each 1-1000.
     #[serde(default)]
+    #[schema(min_items = 1, max_items = 10)]
     pub thresholds: Option<Vec<u32>>,
+    /// 1 to 10 channel ids of the rule's project; replaces the rule's channels.
     #[serde(default)]
+    #[schema(min_items = 1, max_items = 10)]
     pub channels: Option<Vec<String>>,
     #[serde(default)]
     pub enabled: Option<bool>,
 }
 
-/// A rule as the API shows it.
-#[derive(Debug, Serialize)]
+/// What a rule watches for: a limit's usage crossing a threshold (the only kind yet).
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleKind {
+    LimitThreshold,
+}
+
+/// A rule as the API shows it. The limit filters (`metric`, `window`, `subject`,
+/// `provider`, `model`, `endpoint`) are present only when set: absent matches any.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RuleView {
     pub id: String,
+    /// The project (null: an operator default rule).
     pub project: Option<String>,
     pub name: Option<String>,
-    pub kind: &'static str,
-    #[serde(flatten)]
-    pub matcher: LimitMatcher,
+    pub kind: RuleKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric: Option<Metric>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<SubjectKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Percentages of the limit, ascending.
     pub thresholds: Vec<u32>,
+    /// The channel ids alerts go to.
     pub channels: Vec<String>,
     pub enabled: bool,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
 fn rule_view(r: RuleRecord) -> RuleView {
+    let LimitMatcher { metric, window, subject, provider, model, endpoint } = r.matcher;
     RuleView {
         id: r.id,
         project: r.project_id,
         name: r.name,
-        kind: "limit_threshold",
-        matcher: r.matcher,
+        kind: RuleKind::LimitThreshold,
+        metric,
+        window,
+        subject,
+        provider,
+        model,
+        endpoint,
         thresholds: r.thresholds,
         channels: r.channels,
         enabled: r.enabled,
@@ -203,6 +308,14 @@ async fn reload(state: &AppState) -> ApiResult<()> {
     Ok(state.alerts.reload_rules().await?)
 }
 
+/// `POST /api/v1/alerts/rules`.
+#[utoipa::path(post, path = "/api/v1/alerts/rules", tag = "alerts", request_body = CreateRule,
+    responses(
+        (status = 201, description = "The rule was created", body = RuleView),
+        (status = 400, description = "A malformed rule (`param` names the field): bad thresholds, a channel \
+            not of this project, a project that does not exist", body = ErrorBody),
+        (status = 404, description = "A project token named another project", body = ErrorBody),
+        (status = 409, description = "The project (or the operator's defaults) already has 100 rules", body = ErrorBody)))]
 async fn create_rule(State(state): State<AppState>, admin: Admin, Json(body): Json<CreateRule>) -> ApiResult<Response> {
     let project = owning_project(&state, &admin, body.project).await?;
     check_text("name", &body.name)?;
@@ -240,22 +353,28 @@ async fn create_rule(State(state): State<AppState>, admin: Admin, Json(body): Js
 }
 
 /// `?project=` on lists.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ProjectParams {
+    /// Only this project's (a project token: its own; naming another is a 404).
     #[serde(default)]
     pub project: Option<String>,
 }
 
+/// `GET /api/v1/alerts/rules`.
+#[utoipa::path(get, path = "/api/v1/alerts/rules", tag = "alerts", params(ProjectParams),
+    responses(
+        (status = 200, description = "The rules this token may see, by id", body = AlertList<RuleView>),
+        (status = 404, description = "A project token named another project", body = ErrorBody)))]
 async fn list_rules(
     State(state): State<AppState>,
     admin: Admin,
     Query(p): Query<ProjectParams>,
-) -> ApiResult<AxumJson<serde_json::Value>> {
+) -> ApiResult<AxumJson<AlertList<RuleView>>> {
     let project = admin.project_filter(p.project)?;
     let rules = state.alerts.store.list_rules(project.as_deref()).await?;
-    let data: Vec<RuleView> = rules.into_iter().map(rule_view).collect();
-    Ok(AxumJson(serde_json::json!({ "object": "list", "data": data })))
+    Ok(list(rules.into_iter().map(rule_view).collect()))
 }
 
 async fn load_rule(state: &AppState, admin: &Admin, id: &str) -> ApiResult<RuleRecord> {
@@ -265,6 +384,11 @@ async fn load_rule(state: &AppState, admin: &Admin, id: &str) -> ApiResult<RuleR
     Ok(rule)
 }
 
+#[utoipa::path(get, path = "/api/v1/alerts/rules/{id}", tag = "alerts",
+    params(("id" = String, Path, description = "The rule's id (`rule_...`)")),
+    responses(
+        (status = 200, description = "The rule", body = RuleView),
+        (status = 404, description = "No such rule, or one this token may not see", body = ErrorBody)))]
 async fn get_rule(
     State(state): State<AppState>,
     admin: Admin,
@@ -273,6 +397,12 @@ async fn get_rule(
     Ok(AxumJson(rule_view(load_rule(&state, &admin, &id).await?)))
 }
 
+#[utoipa::path(patch, path = "/api/v1/alerts/rules/{id}", tag = "alerts", request_body = UpdateRule,
+    params(("id" = String, Path, description = "The rule's id (`rule_...`)")),
+    responses(
+        (status = 200, description = "The rule, changed", body = RuleView),
+        (status = 400, description = "A malformed change (`param` names the field)", body = ErrorBody),
+        (status = 404, description = "No such rule, or one this token may not see", body = ErrorBody)))]
 async fn update_rule(
     State(state): State<AppState>,
     admin: Admin,
@@ -300,6 +430,11 @@ async fn update_rule(
     Ok(AxumJson(rule_view(rule)))
 }
 
+#[utoipa::path(delete, path = "/api/v1/alerts/rules/{id}", tag = "alerts",
+    params(("id" = String, Path, description = "The rule's id (`rule_...`)")),
+    responses(
+        (status = 204, description = "The rule was deleted"),
+        (status = 404, description = "No such rule, or one this token may not see", body = ErrorBody)))]
 async fn delete_rule(State(state): State<AppState>, admin: Admin, Path(id): Path<String>) -> ApiResult<Response> {
     load_rule(&state, &admin, &id).await?;
     state.alerts.store.delete_rule(&id).await?;
@@ -309,79 +444,133 @@ async fn delete_rule(State(state): State<AppState>, admin: Admin, Path(id): Path
 
 // ----- channels -----
 
-/// `POST /api/v1/alerts/channels`.
-#[derive(Debug, Deserialize)]
+/// `POST /api/v1/alerts/channels`: a webhook (`url`), a Slack incoming webhook (`url`)
+/// or an e-mail channel (`smtp_host`, `from`, `to`, ...).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateChannel {
+    /// The project (a project token: its own, the default). With the operator token
+    /// and no project: an operator channel, for operator default rules.
     #[serde(default)]
     pub project: Option<String>,
+    /// 1-200 characters, no control characters.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
+    #[schema(value_type = schema::ChannelKind)]
     pub kind: ChannelKind,
-    /// Webhook: where to POST. Slack: the incoming webhook URL (sealed, never shown).
+    /// Webhook (required): where to POST. Slack (required): the incoming webhook URL
+    /// (a secret: sealed, never shown). `http(s)`, no credentials, at most 2048
+    /// characters, and a public address unless `alerts.allow_private_targets`.
     #[serde(default)]
+    #[schema(max_length = 2048)]
     pub url: Option<String>,
+    /// E-mail (required): the SMTP relay's host.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
     pub smtp_host: Option<String>,
+    /// E-mail: default 587 (`starttls`), 465 (`implicit`) or 25 (`none`).
     #[serde(default)]
     pub smtp_port: Option<u16>,
+    /// E-mail: default `starttls`.
     #[serde(default)]
+    #[schema(value_type = Option<schema::SmtpTls>)]
     pub smtp_tls: Option<SmtpTls>,
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
     pub smtp_username: Option<String>,
-    /// Sealed, never shown.
+    /// E-mail, with `smtp_username`: sealed, never shown.
     #[serde(default)]
     pub smtp_password: Option<String>,
+    /// E-mail (required): the sender's mailbox (`name <address>` or an address).
     #[serde(default)]
     pub from: Option<String>,
+    /// E-mail (required): 1 to 20 recipients.
     #[serde(default)]
+    #[schema(min_items = 1, max_items = 20)]
     pub to: Option<Vec<String>>,
+    /// `false` keeps the channel but its deliveries fail (default `true`).
     #[serde(default)]
     pub enabled: Option<bool>,
 }
 
-/// `PATCH /api/v1/alerts/channels/{id}`.
-#[derive(Debug, Deserialize)]
+/// `PATCH /api/v1/alerts/channels/{id}`: absent fields are left as they are.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateChannel {
+    /// 1-200 characters, no control characters.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// Webhook and Slack channels only (checked like on create).
     #[serde(default)]
+    #[schema(max_length = 2048)]
     pub url: Option<String>,
+    /// E-mail channels only: 1 to 20 recipients.
     #[serde(default)]
+    #[schema(min_items = 1, max_items = 20)]
     pub to: Option<Vec<String>>,
+    /// E-mail channels only.
     #[serde(default)]
     pub from: Option<String>,
+    /// E-mail channels with an `smtp_username` only: sealed, never shown.
     #[serde(default)]
     pub smtp_password: Option<String>,
 }
 
-/// A channel as the API shows it: never its secret.
-#[derive(Debug, Serialize)]
+/// A channel as the API shows it: never its secret (nor a Slack URL, which is one).
+/// The settings (`url`, `smtp_*`, `from`, `to`) are present only when set.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ChannelView {
     pub id: String,
+    /// The project (null: an operator channel).
     pub project: Option<String>,
     pub name: Option<String>,
+    #[schema(value_type = schema::ChannelKind)]
     pub kind: ChannelKind,
-    #[serde(flatten)]
-    pub config: ChannelConfig,
+    /// Webhook: where it POSTs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smtp_host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smtp_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<schema::SmtpTls>)]
+    pub smtp_tls: Option<SmtpTls>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smtp_username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<String>,
+    /// The secret's last four characters (`...abcd`), to tell secrets apart.
     pub secret_hint: Option<String>,
     pub enabled: bool,
+    #[schema(format = DateTime)]
     pub created_at: String,
-    /// Only in the answer that creates a webhook: its signing secret, shown once.
+    /// Only in the answer that creates a webhook: its signing secret (`whsec_...`),
+    /// shown this once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
 }
 
 fn channel_view(c: ChannelRecord) -> ChannelView {
+    let ChannelConfig { url, smtp_host, smtp_port, smtp_tls, smtp_username, from, to } = c.config;
     ChannelView {
         id: c.id,
         project: c.project_id,
         name: c.name,
         kind: c.kind,
-        config: c.config,
+        url,
+        smtp_host,
+        smtp_port,
+        smtp_tls,
+        smtp_username,
+        from,
+        to,
         secret_hint: c.secret_hint,
         enabled: c.enabled,
         created_at: to_rfc3339(c.created_at_ms),
@@ -419,6 +608,16 @@ fn checked_recipients(to: &[String]) -> ApiResult<()> {
     Ok(())
 }
 
+/// `POST /api/v1/alerts/channels`.
+#[utoipa::path(post, path = "/api/v1/alerts/channels", tag = "alerts", request_body = CreateChannel,
+    responses(
+        (status = 201, description = "The channel was created; a webhook's answer carries its signing secret \
+            in `secret`, shown this once", body = ChannelView),
+        (status = 400, description = "A malformed channel (`param` names the field): a URL refused (not \
+            http(s), credentials, a loopback, private or link-local address), a field of another kind, a bad \
+            mailbox; or a secret to seal and no alerts master key configured", body = ErrorBody),
+        (status = 404, description = "A project token named another project", body = ErrorBody),
+        (status = 409, description = "The project (or the operator) already has 100 channels", body = ErrorBody)))]
 async fn create_channel(
     State(state): State<AppState>,
     admin: Admin,
@@ -502,15 +701,20 @@ async fn create_channel(
     Ok((StatusCode::CREATED, AxumJson(view)).into_response())
 }
 
+/// `GET /api/v1/alerts/channels`.
+#[utoipa::path(get, path = "/api/v1/alerts/channels", tag = "alerts", params(ProjectParams),
+    responses(
+        (status = 200, description = "The channels this token may see: never a secret, only `secret_hint`",
+            body = AlertList<ChannelView>),
+        (status = 404, description = "A project token named another project", body = ErrorBody)))]
 async fn list_channels(
     State(state): State<AppState>,
     admin: Admin,
     Query(p): Query<ProjectParams>,
-) -> ApiResult<AxumJson<serde_json::Value>> {
+) -> ApiResult<AxumJson<AlertList<ChannelView>>> {
     let project = admin.project_filter(p.project)?;
     let channels = state.alerts.store.list_channels(project.as_deref()).await?;
-    let data: Vec<ChannelView> = channels.into_iter().map(channel_view).collect();
-    Ok(AxumJson(serde_json::json!({ "object": "list", "data": data })))
+    Ok(list(channels.into_iter().map(channel_view).collect()))
 }
 
 async fn load_channel(state: &AppState, admin: &Admin, id: &str) -> ApiResult<ChannelRecord> {
@@ -524,6 +728,11 @@ async fn load_channel(state: &AppState, admin: &Admin, id: &str) -> ApiResult<Ch
     Ok(channel)
 }
 
+#[utoipa::path(get, path = "/api/v1/alerts/channels/{id}", tag = "alerts",
+    params(("id" = String, Path, description = "The channel's id (`ch_...`)")),
+    responses(
+        (status = 200, description = "The channel (never its secret)", body = ChannelView),
+        (status = 404, description = "No such channel, or one this token may not see", body = ErrorBody)))]
 async fn get_channel(
     State(state): State<AppState>,
     admin: Admin,
@@ -532,6 +741,13 @@ async fn get_channel(
     Ok(AxumJson(channel_view(load_channel(&state, &admin, &id).await?)))
 }
 
+#[utoipa::path(patch, path = "/api/v1/alerts/channels/{id}", tag = "alerts", request_body = UpdateChannel,
+    params(("id" = String, Path, description = "The channel's id (`ch_...`)")),
+    responses(
+        (status = 200, description = "The channel, changed", body = ChannelView),
+        (status = 400, description = "A malformed change, or a field of another kind of channel (`param` \
+            names it)", body = ErrorBody),
+        (status = 404, description = "No such channel, or one this token may not see", body = ErrorBody)))]
 async fn update_channel(
     State(state): State<AppState>,
     admin: Admin,
@@ -586,6 +802,13 @@ async fn update_channel(
     Ok(AxumJson(channel_view(channel)))
 }
 
+#[utoipa::path(delete, path = "/api/v1/alerts/channels/{id}", tag = "alerts",
+    params(("id" = String, Path, description = "The channel's id (`ch_...`)")),
+    responses(
+        (status = 204, description = "The channel was deleted"),
+        (status = 404, description = "No such channel, or one this token may not see", body = ErrorBody),
+        (status = 409, description = "A rule sends to this channel: change or delete it first (or disable \
+            the channel)", body = ErrorBody)))]
 async fn delete_channel(State(state): State<AppState>, admin: Admin, Path(id): Path<String>) -> ApiResult<Response> {
     load_channel(&state, &admin, &id).await?;
     let rules = state.alerts.store.list_rules(None).await?;
@@ -598,6 +821,13 @@ async fn delete_channel(State(state): State<AppState>, admin: Admin, Path(id): P
 
 /// `POST /api/v1/alerts/channels/{id}/test`: a test event through the outbox, like
 /// any alert; answers once its first attempt is made (or after the send timeout).
+#[utoipa::path(post, path = "/api/v1/alerts/channels/{id}/test", tag = "alerts",
+    params(("id" = String, Path, description = "The channel's id (`ch_...`)")),
+    responses(
+        (status = 200, description = "The test delivery (an `alert.test` event), once its first attempt was \
+            made or the send timeout passed: its `status`, `attempts`, `last_error` and `attempt_log`",
+            body = DeliveryView),
+        (status = 404, description = "No such channel, or one this token may not see", body = ErrorBody)))]
 async fn test_channel(
     State(state): State<AppState>,
     admin: Admin,
@@ -619,41 +849,73 @@ async fn test_channel(
 
 // ----- the outbox -----
 
-/// A delivery as the API shows it.
-#[derive(Debug, Serialize)]
+/// A delivery (one event to one channel) as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryView {
+    /// Also the `webhook-id` a receiver sees, the same on every attempt and redelivery.
     pub id: String,
     pub event_id: String,
     pub channel_id: String,
+    /// The project (null: an operator channel's).
     pub project: Option<String>,
+    #[schema(value_type = schema::DeliveryStatus)]
     pub status: DeliveryStatus,
+    /// Attempts made so far.
     pub attempts: u32,
+    /// When the next attempt is due (pending deliveries only).
+    #[schema(format = DateTime)]
     pub next_attempt_at: Option<String>,
+    /// What the last failed attempt met.
     pub last_error: Option<String>,
+    #[schema(format = DateTime)]
     pub delivered_at: Option<String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    /// Only on `GET /api/v1/alerts/deliveries/{id}`: the event delivered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event: Option<EventView>,
+    /// Only on `GET /api/v1/alerts/deliveries/{id}` and test sends: every attempt.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt_log: Option<Vec<AttemptView>>,
 }
 
-#[derive(Debug, Serialize)]
+/// An event of the outbox: a threshold crossing or a test send.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventView {
     pub id: String,
     pub project: Option<String>,
+    /// The rule that fired (null for a test send).
     pub rule_id: Option<String>,
+    /// `limit.threshold_crossed` or `alert.test`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// What happened: for a crossing the subject, the limit (metric, window, scope,
+    /// value), the usage right after the crossing charge, the window's bounds and the
+    /// threshold (docs/alerts.md).
+    #[schema(value_type = Object)]
     pub data: serde_json::Value,
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 
-#[derive(Debug, Serialize)]
+/// An event with its deliveries, as `GET /api/v1/alerts/events` lists it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventWithDeliveries {
+    #[serde(flatten)]
+    pub event: EventView,
+    /// The event's deliveries that match the query (one per channel).
+    pub deliveries: Vec<DeliveryView>,
+}
+
+/// One attempt to send a delivery.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
+    /// 1 for the first.
     pub attempt: u32,
+    #[schema(format = DateTime)]
     pub at: String,
     pub ok: bool,
+    /// The receiver's HTTP status, when it answered.
     pub status_code: Option<u16>,
     pub error: Option<String>,
 }
@@ -697,16 +959,23 @@ fn delivery_view(d: DeliveryRecord, event: Option<EventRecord>, attempts: Option
 }
 
 /// `?project=&status=&event=&limit=` on the outbox lists.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct OutboxParams {
+    /// Only this project's (a project token: its own; naming another is a 404).
     #[serde(default)]
     pub project: Option<String>,
+    /// Only deliveries in this state (`dead`: the dead letters).
     #[serde(default)]
+    #[param(value_type = Option<schema::DeliveryStatus>)]
     pub status: Option<String>,
+    /// Only this event's deliveries.
     #[serde(default)]
     pub event: Option<String>,
+    /// At most this many deliveries, 1 to 1000 (default 100).
     #[serde(default)]
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
 }
 
@@ -728,23 +997,34 @@ fn outbox_query(admin: &Admin, p: OutboxParams) -> ApiResult<DeliveryQuery> {
     Ok(DeliveryQuery { project_id: admin.project_filter(p.project)?, status, event_id: p.event, limit })
 }
 
+/// `GET /api/v1/alerts/deliveries`: deliveries, newest first.
+#[utoipa::path(get, path = "/api/v1/alerts/deliveries", tag = "alerts", params(OutboxParams),
+    responses(
+        (status = 200, description = "The deliveries this token may see, newest first", body = AlertList<DeliveryView>),
+        (status = 400, description = "A bad `status` or `limit` (`param` names it)", body = ErrorBody),
+        (status = 404, description = "A project token named another project", body = ErrorBody)))]
 async fn list_deliveries(
     State(state): State<AppState>,
     admin: Admin,
     Query(p): Query<OutboxParams>,
-) -> ApiResult<AxumJson<serde_json::Value>> {
+) -> ApiResult<AxumJson<AlertList<DeliveryView>>> {
     let query = outbox_query(&admin, p)?;
     let deliveries = state.alerts.store.list_deliveries(query).await?;
-    let data: Vec<DeliveryView> = deliveries.into_iter().map(|d| delivery_view(d, None, None)).collect();
-    Ok(AxumJson(serde_json::json!({ "object": "list", "data": data })))
+    Ok(list(deliveries.into_iter().map(|d| delivery_view(d, None, None)).collect()))
 }
 
 /// `GET /api/v1/alerts/events`: events, newest first, each with its deliveries.
+#[utoipa::path(get, path = "/api/v1/alerts/events", tag = "alerts", params(OutboxParams),
+    responses(
+        (status = 200, description = "The events of the deliveries that match (`limit` counts deliveries), \
+            newest first, each with those deliveries", body = AlertList<EventWithDeliveries>),
+        (status = 400, description = "A bad `status` or `limit` (`param` names it)", body = ErrorBody),
+        (status = 404, description = "A project token named another project", body = ErrorBody)))]
 async fn list_events(
     State(state): State<AppState>,
     admin: Admin,
     Query(p): Query<OutboxParams>,
-) -> ApiResult<AxumJson<serde_json::Value>> {
+) -> ApiResult<AxumJson<AlertList<EventWithDeliveries>>> {
     let query = outbox_query(&admin, p)?;
     let deliveries = state.alerts.store.list_deliveries(query).await?;
     let mut order: Vec<String> = Vec::new();
@@ -758,12 +1038,12 @@ async fn list_events(
     let mut data = Vec::new();
     for id in order {
         let Some(event) = state.alerts.store.get_event(&id).await? else { continue };
-        let mut view = serde_json::to_value(event_view(event)).map_err(ApiError::internal)?;
-        view["deliveries"] =
-            serde_json::to_value(by_event.remove(&id).unwrap_or_default()).map_err(ApiError::internal)?;
-        data.push(view);
+        data.push(EventWithDeliveries {
+            event: event_view(event),
+            deliveries: by_event.remove(&id).unwrap_or_default(),
+        });
     }
-    Ok(AxumJson(serde_json::json!({ "object": "list", "data": data })))
+    Ok(list(data))
 }
 
 async fn load_delivery(state: &AppState, admin: &Admin, id: &str) -> ApiResult<DeliveryRecord> {
@@ -777,6 +1057,11 @@ async fn load_delivery(state: &AppState, admin: &Admin, id: &str) -> ApiResult<D
     Ok(delivery)
 }
 
+#[utoipa::path(get, path = "/api/v1/alerts/deliveries/{id}", tag = "alerts",
+    params(("id" = String, Path, description = "The delivery's id (`msg_...`)")),
+    responses(
+        (status = 200, description = "The delivery with its `event` and `attempt_log`", body = DeliveryView),
+        (status = 404, description = "No such delivery, or one this token may not see", body = ErrorBody)))]
 async fn get_delivery(
     State(state): State<AppState>,
     admin: Admin,
@@ -790,6 +1075,13 @@ async fn get_delivery(
 
 /// `POST /api/v1/alerts/deliveries/{id}/redeliver`: pending again, due now, with a
 /// fresh schedule of attempts (a delivered one is sent once more).
+#[utoipa::path(post, path = "/api/v1/alerts/deliveries/{id}/redeliver", tag = "alerts",
+    params(("id" = String, Path, description = "The delivery's id (`msg_...`)")),
+    responses(
+        (status = 200, description = "The delivery, pending again and due now, with a fresh schedule of \
+            attempts (a dead letter is retried; a delivered one is sent once more, with the same `webhook-id`)",
+            body = DeliveryView),
+        (status = 404, description = "No such delivery, or one this token may not see", body = ErrorBody)))]
 async fn redeliver(
     State(state): State<AppState>,
     admin: Admin,

@@ -130,7 +130,8 @@ pub fn alerts_config(raw: &mut RawConfig) {
     raw.alerts.lease_secs = 5;
 }
 
-async fn alerts_app() -> TestApp {
+/// An app for alerts tests: loopback receivers allowed, fast retries.
+pub async fn alerts_app() -> TestApp {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mock_url = spawn_mock(tollgate_mock_upstream::MockConfig {
         expected_api_key: Some("sk-provider-test".into()),

@@ -286,7 +286,8 @@ impl Conformance {
 #[tokio::test]
 async fn real_answers_of_every_operation_match_the_documents_schemas() {
     use Method as M;
-    let app = spawn_app().await;
+    // Alerts allowed to send to a loopback receiver (`alerts.allow_private_targets`).
+    let app = crate::alerts::alerts_app().await;
     let doc = document(&app).await;
     let mut c = Conformance { doc: doc.clone(), succeeded: BTreeSet::new(), statuses: BTreeMap::new() };
 
@@ -481,6 +482,151 @@ async fn real_answers_of_every_operation_match_the_documents_schemas() {
     c.admin(&app, M::POST, "/api/v1/admin-tokens/{id}/revoke", &t, None).await;
     c.admin(&app, M::DELETE, "/api/v1/admin-tokens/{id}", &format!("/api/v1/admin-tokens/{token_id}"), None).await;
     c.call(&app, Some(&project_token), M::GET, "/api/v1/keys", "/api/v1/keys", None).await;
+
+    // Alerts: channels (a webhook to a local receiver, an e-mail relay that refuses),
+    // rules, test sends through the outbox, events, deliveries, redelivery.
+    let receiver = crate::alerts::Receiver::start().await;
+    let r = c
+        .admin(
+            &app,
+            M::POST,
+            "/api/v1/projects/{id}/tokens",
+            "/api/v1/projects/acme/tokens",
+            Some(json!({ "name": "alerts" })),
+        )
+        .await;
+    let acme_token = r.body["token"].as_str().expect("token").to_owned();
+    let (channels, rules) = ("/api/v1/alerts/channels", "/api/v1/alerts/rules");
+    let webhook = json!({ "project": "acme", "name": "ops", "kind": "webhook", "url": receiver.url });
+    let r = c.admin(&app, M::POST, channels, channels, Some(webhook)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert!(r.body["secret"].as_str().is_some_and(|s| s.starts_with("whsec_")), "shown once: {:?}", r.body);
+    let channel = r.body["id"].as_str().expect("id").to_owned();
+    let email = json!({
+        "kind": "email", "smtp_host": "127.0.0.1", "smtp_port": 9, "smtp_tls": "none",
+        "from": "tollgate <alerts@example.com>", "to": ["ops@example.com"],
+    });
+    let r = c.admin(&app, M::POST, channels, channels, Some(email)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let email_channel = r.body["id"].as_str().expect("id").to_owned();
+    let r = c.call(&app, Some(&acme_token), M::POST, channels, channels, Some(json!({ "kind": "slack" }))).await;
+    assert_eq!((r.status, r.body["error"]["param"].as_str()), (400, Some("url")), "{:?}", r.body);
+    let r = c
+        .admin(&app, M::POST, channels, channels, Some(json!({ "kind": "webhook", "url": "ftp://example.com/" })))
+        .await;
+    assert_eq!((r.status, r.body["error"]["param"].as_str()), (400, Some("url")), "{:?}", r.body);
+    let r = c
+        .call(
+            &app,
+            Some(&acme_token),
+            M::POST,
+            channels,
+            channels,
+            Some(json!({ "project": "other", "kind": "webhook", "url": receiver.url })),
+        )
+        .await;
+    assert_eq!(r.status, 404, "another project's: {:?}", r.body);
+    let r = c.admin(&app, M::POST, channels, channels, Some(json!({ "kind": "pigeon" }))).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    let r = c.call(&app, Some(&acme_token), M::GET, channels, channels, None).await;
+    assert_eq!(r.body["data"].as_array().map(Vec::len), Some(1), "only its project's: {:?}", r.body);
+    assert!(r.body["data"][0].get("secret").is_none(), "{:?}", r.body);
+    c.admin(&app, M::GET, channels, &format!("{channels}?project=acme"), None).await;
+    c.call(&app, Some(&acme_token), M::GET, channels, &format!("{channels}?project=other"), None).await;
+    let ch = format!("{channels}/{channel}");
+    let r = c.admin(&app, M::GET, "/api/v1/alerts/channels/{id}", &ch, None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = c
+        .call(
+            &app,
+            Some(&acme_token),
+            M::GET,
+            "/api/v1/alerts/channels/{id}",
+            &format!("{channels}/{email_channel}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404, "an operator channel, to a project token: {:?}", r.body);
+    let r = c.admin(&app, M::PATCH, "/api/v1/alerts/channels/{id}", &ch, Some(json!({ "name": "ops-2" }))).await;
+    assert_eq!(r.body["name"], "ops-2", "{:?}", r.body);
+    let r =
+        c.admin(&app, M::PATCH, "/api/v1/alerts/channels/{id}", &ch, Some(json!({ "to": ["a@example.com"] }))).await;
+    assert_eq!((r.status, r.body["error"]["param"].as_str()), (400, Some("to")), "{:?}", r.body);
+    c.admin(&app, M::PATCH, "/api/v1/alerts/channels/{id}", "/api/v1/alerts/channels/nosuch", Some(json!({}))).await;
+
+    let rule = json!({
+        "project": "acme", "name": "daily requests", "metric": "requests", "window": "day",
+        "thresholds": [100, 50], "channels": [channel],
+    });
+    let r = c.admin(&app, M::POST, rules, rules, Some(rule)).await;
+    assert_eq!((r.status, &r.body["thresholds"]), (201, &json!([50, 100])), "{:?}", r.body);
+    let rule_id = r.body["id"].as_str().expect("id").to_owned();
+    let r = c.admin(&app, M::POST, rules, rules, Some(json!({ "channels": [email_channel], "subject": "key" }))).await;
+    assert_eq!((r.status, &r.body["project"]), (201, &Value::Null), "an operator default: {:?}", r.body);
+    let r = c.admin(&app, M::POST, rules, rules, Some(json!({ "project": "acme", "channels": [email_channel] }))).await;
+    assert_eq!((r.status, r.body["error"]["param"].as_str()), (400, Some("channels")), "{:?}", r.body);
+    let r = c.admin(&app, M::POST, rules, rules, Some(json!({ "thresholds": [0], "channels": [channel] }))).await;
+    assert_eq!((r.status, r.body["error"]["param"].as_str()), (400, Some("thresholds")), "{:?}", r.body);
+    c.admin(&app, M::POST, rules, rules, Some(json!({ "channels": [channel], "bogus": 1 }))).await;
+    c.admin(&app, M::GET, rules, rules, None).await;
+    let r = c.call(&app, Some(&acme_token), M::GET, rules, &format!("{rules}?project=acme"), None).await;
+    assert_eq!(r.body["data"].as_array().map(Vec::len), Some(1), "only its project's: {:?}", r.body);
+    c.call(&app, Some(&acme_token), M::GET, rules, &format!("{rules}?project=other"), None).await;
+    let ru = format!("{rules}/{rule_id}");
+    c.admin(&app, M::GET, "/api/v1/alerts/rules/{id}", &ru, None).await;
+    c.admin(&app, M::GET, "/api/v1/alerts/rules/{id}", "/api/v1/alerts/rules/nosuch", None).await;
+    let r = c
+        .admin(&app, M::PATCH, "/api/v1/alerts/rules/{id}", &ru, Some(json!({ "enabled": false, "thresholds": [90] })))
+        .await;
+    assert_eq!((r.status, &r.body["enabled"]), (200, &json!(false)), "{:?}", r.body);
+    let r = c.admin(&app, M::PATCH, "/api/v1/alerts/rules/{id}", &ru, Some(json!({ "channels": [] }))).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    let r = c.admin(&app, M::DELETE, "/api/v1/alerts/channels/{id}", &ch, None).await;
+    assert_eq!(r.status, 409, "a rule sends to it: {:?}", r.body);
+
+    // A test send answers once the first attempt is made: the receiver took it.
+    let r = c.admin(&app, M::POST, "/api/v1/alerts/channels/{id}/test", &format!("{ch}/test"), None).await;
+    assert_eq!((r.status, &r.body["status"]), (200, &json!("delivered")), "{:?}", r.body);
+    assert_eq!(receiver.received().len(), 1);
+    let delivery = r.body["id"].as_str().expect("id").to_owned();
+    let r = c
+        .admin(&app, M::POST, "/api/v1/alerts/channels/{id}/test", &format!("{channels}/{email_channel}/test"), None)
+        .await;
+    assert!(r.body["last_error"].is_string(), "the relay refused: {:?}", r.body);
+    c.admin(&app, M::POST, "/api/v1/alerts/channels/{id}/test", "/api/v1/alerts/channels/nosuch/test", None).await;
+    let (events, deliveries) = ("/api/v1/alerts/events", "/api/v1/alerts/deliveries");
+    let r = c.admin(&app, M::GET, events, &format!("{events}?project=acme&limit=10"), None).await;
+    assert_eq!(r.body["data"][0]["type"], "alert.test", "{:?}", r.body);
+    assert_eq!(r.body["data"][0]["deliveries"][0]["id"], delivery.as_str(), "{:?}", r.body);
+    c.admin(&app, M::GET, events, &format!("{events}?status=bogus"), None).await;
+    let r = c.admin(&app, M::GET, deliveries, &format!("{deliveries}?status=delivered&limit=5"), None).await;
+    assert_eq!(r.body["data"].as_array().map(Vec::len), Some(1), "{:?}", r.body);
+    c.admin(&app, M::GET, deliveries, deliveries, None).await;
+    let r = c.admin(&app, M::GET, deliveries, &format!("{deliveries}?limit=0"), None).await;
+    assert_eq!((r.status, r.body["error"]["param"].as_str()), (400, Some("limit")), "{:?}", r.body);
+    let d = format!("{deliveries}/{delivery}");
+    let r = c.admin(&app, M::GET, "/api/v1/alerts/deliveries/{id}", &d, None).await;
+    assert!(r.body["event"].is_object() && r.body["attempt_log"].is_array(), "{:?}", r.body);
+    c.admin(&app, M::GET, "/api/v1/alerts/deliveries/{id}", "/api/v1/alerts/deliveries/nosuch", None).await;
+    let r = c.admin(&app, M::POST, "/api/v1/alerts/deliveries/{id}/redeliver", &format!("{d}/redeliver"), None).await;
+    assert_eq!((r.status, &r.body["status"]), (200, &json!("pending")), "{:?}", r.body);
+    let r = c
+        .admin(
+            &app,
+            M::POST,
+            "/api/v1/alerts/deliveries/{id}/redeliver",
+            "/api/v1/alerts/deliveries/nosuch/redeliver",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404, "{:?}", r.body);
+    crate::alerts::eventually(std::time::Duration::from_secs(10), "the redelivery", || receiver.received().len() == 2)
+        .await;
+
+    assert_eq!(c.admin(&app, M::DELETE, "/api/v1/alerts/rules/{id}", &ru, None).await.status, 204);
+    assert_eq!(c.admin(&app, M::DELETE, "/api/v1/alerts/rules/{id}", &ru, None).await.status, 404);
+    assert_eq!(c.admin(&app, M::DELETE, "/api/v1/alerts/channels/{id}", &ch, None).await.status, 204);
+    c.admin(&app, M::GET, "/api/v1/alerts/channels/{id}", &ch, None).await;
 
     // Key rotation and revocation last (they end the key).
     let k = format!("/api/v1/keys/{key_id}");
