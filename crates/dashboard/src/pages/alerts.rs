@@ -140,6 +140,9 @@ pub fn test_result(channel: &str, delivery: &Value) -> TestResult {
     let status = str_of(delivery, "status").to_owned();
     let last = delivery["attempt_log"].as_array().and_then(|a| a.last());
     let detail = match last {
+        Some(a) if status == "pending" => {
+            format!("{}; retried on the schedule until delivered or dead", attempt_line(a))
+        }
         Some(a) => attempt_line(a),
         None => "no attempt yet: it is still pending".to_owned(),
     };
@@ -228,13 +231,19 @@ pub struct AlertsData<'a> {
 }
 
 pub fn alerts(layout: Layout, d: AlertsData<'_>) -> Rendered {
-    // A new rule sends to channels of its own project.
-    let form_project = d.rule_form.project.as_str();
+    // A new rule sends to channels of its own project (the API checks): the operator
+    // sees every project's, labelled with it.
     let channel_choices = d
         .channels
         .iter()
-        .filter(|c| c.get("project").and_then(Value::as_str).unwrap_or("") == form_project || !layout.is_operator)
-        .map(|c| (str_of(c, "id").to_owned(), channel_label(c)))
+        .map(|c| {
+            let label = match (layout.is_operator, c.get("project").and_then(Value::as_str)) {
+                (true, Some(p)) => format!("{} · {p}", channel_label(c)),
+                (true, None) => format!("{} · operator", channel_label(c)),
+                (false, _) => channel_label(c),
+            };
+            (str_of(c, "id").to_owned(), label)
+        })
         .collect();
     AlertsPage {
         layout,

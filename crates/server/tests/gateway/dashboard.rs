@@ -337,7 +337,7 @@ async fn dashboard_can_be_turned_off_and_then_no_route_exists() {
 }
 
 /// An app whose alerts may send to local receivers, with fast retries.
-async fn alerts_dashboard_app() -> TestApp {
+pub async fn alerts_dashboard_app() -> TestApp {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mock_url = spawn_mock(tollgate_mock_upstream::MockConfig {
         expected_api_key: Some("sk-provider-test".into()),
