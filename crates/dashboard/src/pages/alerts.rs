@@ -400,3 +400,88 @@ pub fn events(layout: Layout, d: EventsData<'_>) -> Rendered {
         .collect();
     EventsPage { layout, notice: d.notice, status: d.status, events }.render()
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn layout() -> Layout {
+        Layout::new("Alerts", "alerts", None, "csrf-token")
+    }
+
+    #[test]
+    fn rules_show_what_they_watch_their_thresholds_and_channel_names() {
+        let channels = [json!({ "id": "ch_1", "name": "ops", "kind": "webhook" })];
+        let row = rule_row(
+            &json!({ "id": "rule_1", "project": "acme", "metric": "cost_micros", "window": "month",
+                "thresholds": [80, 100], "channels": ["ch_1", "ch_gone"], "enabled": true,
+                "created_at": "2026-12-02T10:00:00Z" }),
+            &channels,
+        );
+        assert_eq!(row.watches, "cost micros · month");
+        assert_eq!(row.thresholds, "80%, 100%");
+        assert_eq!(row.channels, vec![("ch_1".into(), "ops (webhook)".into()), ("ch_gone".into(), "ch_gone".into())]);
+        assert_eq!(rule_row(&json!({ "id": "r" }), &[]).watches, "any limit");
+    }
+
+    #[test]
+    fn a_test_send_reports_its_last_attempt() {
+        let ok = test_result(
+            "ch_1",
+            &json!({ "status": "delivered", "attempt_log": [{ "attempt": 1, "ok": true, "status_code": 200 }] }),
+        );
+        assert!(ok.ok);
+        assert_eq!(ok.detail, "sent · HTTP 200");
+        let failing = test_result(
+            "ch_1",
+            &json!({ "status": "pending", "attempt_log": [{ "attempt": 1, "ok": false, "status_code": 500 }] }),
+        );
+        assert!(!failing.ok);
+        assert!(failing.detail.starts_with("failed · HTTP 500; retried"), "{}", failing.detail);
+    }
+
+    #[test]
+    fn pages_escape_what_the_api_returns_and_carry_the_csrf_token() {
+        let channels =
+            [json!({ "id": "ch_1", "name": "<script>x</script>", "kind": "webhook", "url": "https://a/\"b" })];
+        let data = AlertsData {
+            rules: &[],
+            channels: &channels,
+            projects: vec!["acme".into()],
+            notice: None,
+            test: None,
+            rule_form: RuleForm::default(),
+            rule_errors: FieldErrors::one(Some("thresholds"), "each threshold is a percentage from 1 to 1000"),
+            channel_form: ChannelForm::default(),
+            channel_errors: FieldErrors::one(Some("smtp_region"), "unknown field"),
+            list_error: None,
+        };
+        let html = alerts(layout(), data).expect("renders");
+        assert!(!html.contains("<script>x"), "escaped");
+        assert!(html.contains("id=\"rthresholds-error\""));
+        assert!(html.contains("unknown field"), "an error of a field the form lacks is shown at its top");
+        assert!(html.contains("data-testid=\"rules-empty\""));
+        assert_eq!(
+            html.matches("name=\"csrf\" value=\"csrf-token\"").count(),
+            5,
+            "every form: two creates, test send, delete, sign-out"
+        );
+
+        let events = [json!({ "id": "evt_1", "type": "alert.test", "project": "acme", "data": { "percent": 90 },
+            "created_at": "2026-12-02T10:00:00Z",
+            "deliveries": [{ "id": "msg_1", "channel_id": "ch_1", "status": "dead", "attempts": 4 }] })];
+        let full = [json!({ "id": "msg_1", "status": "dead", "attempts": 4, "last_error": "HTTP 500",
+            "attempt_log": [{ "attempt": 1, "at": "2026-12-02T10:00:01Z", "ok": false, "status_code": 500 }] })];
+        let html = super::events(
+            layout(),
+            EventsData { events: &events, deliveries: &full, channels: &channels, status: "", notice: None },
+        )
+        .expect("renders");
+        assert!(html.contains("data-status=\"dead\"") && html.contains("dead letter"));
+        assert!(html.contains("/dashboard/alerts/deliveries/msg_1/redeliver"));
+        assert!(html.contains("failed · HTTP 500"));
+        assert!(html.contains("<time datetime=\"2026-12-02T10:00:01Z\""));
+    }
+}

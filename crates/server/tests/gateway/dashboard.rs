@@ -405,6 +405,45 @@ async fn dashboard_alerts_forms_create_channels_and_rules_test_send_and_redelive
     assert!(tested.body.contains("badge delivered"), "{}", tested.body);
     assert_eq!(receiver.received().len(), 1);
 
+    let forged = browser.post(&format!("/dashboard/alerts/channels/{channel}/test"), &[]).await;
+    assert_eq!(forged.status, 403, "a test send without CSRF is refused");
+    assert_eq!(receiver.received().len(), 1);
+
+    // Slack and e-mail channels through the same form; a missing sender is named.
+    let slack = browser
+        .post(
+            "/dashboard/alerts/channels",
+            &[("csrf", &csrf), ("project", "acme"), ("kind", "slack"), ("name", "ops slack"), ("url", &receiver.url)],
+        )
+        .await;
+    assert_eq!(slack.status, 303, "{}", slack.body);
+    let mail = [
+        ("csrf", csrf.as_str()),
+        ("project", "acme"),
+        ("kind", "email"),
+        ("name", "ops mail"),
+        ("smtp_host", "127.0.0.1"),
+        ("smtp_port", "2525"),
+        ("smtp_tls", "none"),
+        ("to", "ops@example.com, oncall@example.com"),
+    ];
+    let no_from = browser.post("/dashboard/alerts/channels", &mail).await;
+    assert_eq!(no_from.status, 400, "{}", no_from.body);
+    assert!(no_from.body.contains("id=\"cfrom-error\""), "{}", no_from.body);
+    assert!(no_from.body.contains("value=\"ops@example.com, oncall@example.com\""), "what was typed is kept");
+    let mut mail = mail.to_vec();
+    mail.push(("from", "tollgate@example.com"));
+    let made = browser.post("/dashboard/alerts/channels", &mail).await;
+    assert_eq!(made.status, 303, "{}", made.body);
+    let page = browser.get("/dashboard/alerts?done=channel-created").await;
+    assert!(page.body.contains("Channel created."));
+    assert!(page.body.contains("ops@example.com, oncall@example.com via 127.0.0.1"), "{}", page.body);
+    let all = app.admin(Method::GET, "/api/v1/alerts/channels?project=acme", None).await;
+    let kinds: Vec<&str> =
+        all.body["data"].as_array().expect("channels").iter().filter_map(|c| c["kind"].as_str()).collect();
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    assert!(kinds.contains(&"slack") && kinds.contains(&"email"));
+
     // A rule: bad thresholds and no channel are refused beside their fields.
     let bad = browser
         .post(
