@@ -1,7 +1,9 @@
 // Drives the dashboard of a running tollgate in Debian's headless Chromium.
 // Started by crates/server/tests/gateway/dashboard_browser.rs, which passes:
 //   TOLLGATE_URL, TOLLGATE_ADMIN_TOKEN (operator), TOLLGATE_PROJECT_TOKEN (acme),
-//   TOLLGATE_OTHER_KEY (a key id of another project), CHROMIUM, SCREENSHOTS (a folder).
+//   TOLLGATE_OTHER_KEY (a key id of another project), TOLLGATE_WEBHOOK_URL (a local
+//   receiver), TOLLGATE_DEAD_URL (a port nobody answers), TOLLGATE_OTHER_CHANNEL (an
+//   alert channel of another project), CHROMIUM, SCREENSHOTS (a folder).
 // Every wait is for a selector or a condition with a deadline; nothing sleeps.
 import { chromium } from "playwright-core";
 import { readFile } from "node:fs/promises";
@@ -12,6 +14,9 @@ const operatorToken = process.env.TOLLGATE_ADMIN_TOKEN;
 const projectToken = process.env.TOLLGATE_PROJECT_TOKEN;
 const otherKey = process.env.TOLLGATE_OTHER_KEY;
 const shots = process.env.SCREENSHOTS;
+const webhookUrl = process.env.TOLLGATE_WEBHOOK_URL;
+const deadUrl = process.env.TOLLGATE_DEAD_URL;
+const otherChannel = process.env.TOLLGATE_OTHER_CHANNEL;
 
 function check(condition, message) {
   if (!condition) throw new Error(message);
@@ -190,6 +195,68 @@ try {
   const keysNow = await api("/api/v1/keys?project=acme");
   check(!keysNow.data.some((k) => k.name === "forged"), "the refused form made no key");
 
+  // Alerts: a webhook channel (its signing secret shown once), a test send to the
+  // local receiver, a refused then a created rule, and the event history with a dead
+  // letter redelivered.
+  await page.click("nav >> text=Alerts");
+  await page.waitForSelector("h1:has-text('Alerts')");
+  await page.selectOption("#cproject", "acme");
+  await page.fill("#cname", "ops-webhook");
+  await page.selectOption("#ckind", "webhook");
+  await page.fill("#curl", webhookUrl);
+  await page.click("button:has-text('Create channel')");
+  const whsecEl = await page.waitForSelector("[data-testid=secret]");
+  const whsec = (await whsecEl.textContent()).trim();
+  check(whsec.startsWith("whsec_"), `a webhook signing secret, not ${whsec}`);
+  await page.click("button[data-copy=secret]");
+  await page.waitForSelector("button[data-copied=true]");
+  check((await page.evaluate(() => navigator.clipboard.readText())) === whsec, "the copy button copies the signing secret");
+  await shot(page, "alert-channel-created.png");
+  await page.click("text=Done");
+  await page.waitForSelector("[data-testid=channels]");
+  const channelId = await page.getAttribute("tr[data-channel]:has-text('ops-webhook')", "data-channel");
+  await page.click(`tr[data-channel="${channelId}"] button:has-text('Test send')`);
+  const result = await page.waitForSelector("[data-testid=test-result]");
+  check((await result.textContent()).includes("delivered"), `the test send is delivered: ${await result.textContent()}`);
+  await page.selectOption("#rproject", "acme");
+  await page.fill("#rname", "acme daily requests");
+  await page.selectOption("#rmetric", "requests");
+  await page.selectOption("#rwindow", "day");
+  await page.fill("#rthresholds", "0, 90");
+  await page.check(`input[name=channels][value="${channelId}"]`);
+  await page.click("button:has-text('Create rule')");
+  await page.waitForSelector("#rthresholds-error");
+  check((await page.textContent("#rthresholds-error")).includes("1 to 1000"), "the API's message beside the field");
+  check((await page.inputValue("#rname")) === "acme daily requests", "the refused form keeps what was typed");
+  await shot(page, "alerts-validation.png");
+  await page.fill("#rthresholds", "80, 90, 100");
+  await page.click("button:has-text('Create rule')");
+  await page.waitForSelector("text=Rule created");
+  check((await page.locator("tr[data-rule]:has-text('80%, 90%, 100%')").count()) === 1, "the rule with its thresholds");
+  await shot(page, "alerts.png");
+  // A channel nobody answers: its test send is retried, then a dead letter.
+  const dead = await fetch(base + "/api/v1/alerts/channels", {
+    method: "POST",
+    headers: { Authorization: `Bearer ${operatorToken}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ project: "acme", name: "broken-receiver", kind: "webhook", url: deadUrl }),
+  });
+  check(dead.status === 201, `a channel to a dead port (${dead.status})`);
+  const deadId = (await dead.json()).id;
+  await page.goto(`${base}/dashboard/alerts`);
+  await page.click(`tr[data-channel="${deadId}"] button:has-text('Test send')`);
+  await page.waitForSelector("[data-testid=test-result]");
+  await until(
+    page,
+    `${base}/dashboard/alerts/events`,
+    async (p) => (await p.locator("tr[data-status=dead]").count()) > 0,
+    "the dead letter on the events page",
+  );
+  check((await page.locator("tr[data-status=delivered]").count()) > 0, "the delivered test send");
+  check((await page.locator("tr[data-status=dead] ol.attempts li").count()) >= 2, "the dead letter's attempts");
+  await shot(page, "alert-events.png");
+  await page.click("tr[data-status=dead] button:has-text('Redeliver')");
+  await page.waitForSelector("text=Redelivery queued");
+
   // A phone-sized viewport reads the overview too.
   const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true });
   phone.setDefaultTimeout(TIMEOUT_MS);
@@ -223,6 +290,21 @@ try {
   await sp.waitForSelector("[data-testid=keys]");
   check((await sp.locator(`tr[data-key="${otherKey}"]`).count()) === 0, "another project's key is not listed");
   check((await sp.locator("tr[data-key]").count()) > 0, "its own keys are");
+  // Another project's alert channel: not listed, and its ids are 404.
+  await sp.goto(base + "/dashboard/alerts");
+  await sp.waitForSelector("h1:has-text('Alerts')");
+  check((await sp.locator(`tr[data-channel="${otherChannel}"]`).count()) === 0, "another project's channel is not listed");
+  check((await sp.locator("tr[data-channel]").count()) > 0, "its own channels are");
+  const foreign = await sp.evaluate(async (id) => {
+    const csrf = document.querySelector("input[name=csrf]").value;
+    const r = await fetch(`/dashboard/alerts/channels/${id}/test`, {
+      method: "POST",
+      headers: { "Content-Type": "application/x-www-form-urlencoded" },
+      body: `csrf=${encodeURIComponent(csrf)}`,
+    });
+    return r.status;
+  }, otherChannel);
+  check(foreign === 404, `another project's channel is a 404 (${foreign})`);
   await sp.goto(base + "/dashboard");
   await sp.waitForSelector("figure[data-chart=requests]");
   await shot(sp, "overview-project.png");

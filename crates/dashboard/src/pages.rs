@@ -10,10 +10,12 @@ use crate::format::{self, Time};
 
 pub type Rendered = Result<String, askama::Error>;
 
+mod alerts;
 mod keys;
 mod plans;
 mod usage;
 
+pub use alerts::*;
 pub use keys::*;
 pub use plans::*;
 pub use usage::*;

@@ -34,10 +34,12 @@ use crate::app::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::Path;
 
+mod alerts;
 mod keys;
 mod plans;
 mod usage;
 
+use alerts::*;
 use keys::*;
 use plans::*;
 use usage::*;
@@ -67,7 +69,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
     }
     let dashboard = Dashboard {
         state: state.clone(),
-        api: crate::routes::admin::routes().with_state(state.clone()),
+        api: crate::routes::admin::routes().merge(crate::routes::alerts::routes()).with_state(state.clone()),
         sessions: Arc::new(Sessions::new(state.config.dashboard.session_ttl.as_millis() as i64)),
     };
     Router::new()
@@ -91,6 +93,14 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/dashboard/plans/{name}", post(save_plan))
         .route("/dashboard/usage", get(usage_page))
         .route("/dashboard/usage/export", get(export))
+        .route("/dashboard/alerts", get(alerts_page))
+        .route("/dashboard/alerts/rules", post(create_rule))
+        .route("/dashboard/alerts/rules/{id}/delete", post(delete_rule))
+        .route("/dashboard/alerts/channels", post(create_channel))
+        .route("/dashboard/alerts/channels/{id}/delete", post(delete_channel))
+        .route("/dashboard/alerts/channels/{id}/test", post(test_channel))
+        .route("/dashboard/alerts/events", get(events_page))
+        .route("/dashboard/alerts/deliveries/{id}/redeliver", post(redeliver))
         .route("/dashboard/{*rest}", get(unknown_page))
         .with_state(dashboard)
 }
@@ -206,6 +216,11 @@ impl Fields {
 
     fn get(&self, name: &str) -> &str {
         self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim()).unwrap_or("")
+    }
+
+    /// Every value of `name` (checkboxes), trimmed.
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.0.iter().filter(|(k, _)| k == name).map(|(_, v)| v.trim()).collect()
     }
 
     fn raw(&self, name: &str) -> &str {

@@ -335,3 +335,216 @@ async fn dashboard_can_be_turned_off_and_then_no_route_exists() {
         assert!(page.body.contains("unknown_endpoint"), "{path}: {}", page.body);
     }
 }
+
+/// An app whose alerts may send to local receivers, with fast retries.
+pub async fn alerts_dashboard_app() -> TestApp {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mock_url = spawn_mock(tollgate_mock_upstream::MockConfig {
+        expected_api_key: Some("sk-provider-test".into()),
+        ..Default::default()
+    })
+    .await;
+    let mut raw = crate::helpers::raw_config(tmp.path(), &mock_url);
+    crate::alerts::alerts_config(&mut raw);
+    let mut app = spawn_app_with(tollgate_server::config::Config::from_raw(raw).expect("config")).await;
+    app.keep_dir(tmp);
+    app
+}
+
+#[tokio::test]
+async fn dashboard_alerts_forms_create_channels_and_rules_test_send_and_redeliver() {
+    let app = alerts_dashboard_app().await;
+    app.create_project("acme").await;
+    app.create_project("globex").await;
+    let receiver = crate::alerts::Receiver::start().await;
+    let mut browser = Browser::new(&app);
+    assert_eq!(browser.sign_in(ADMIN_TOKEN).await.status, 303);
+
+    let empty = browser.get("/dashboard/alerts").await;
+    assert_eq!(empty.status, 200, "{}", empty.body);
+    assert!(empty.body.contains("aria-current=\"page\">Alerts</a>"), "the nav link");
+    assert!(
+        empty.body.contains("data-testid=\"rules-empty\"") && empty.body.contains("data-testid=\"channels-empty\"")
+    );
+    let csrf = empty.hidden("csrf");
+
+    // Without its CSRF token a form changes nothing.
+    let hook = [("project", "acme"), ("kind", "webhook"), ("name", "ops hook"), ("url", receiver.url.as_str())];
+    let forged = browser.post("/dashboard/alerts/channels", &hook).await;
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    let forged_rule = browser.post("/dashboard/alerts/rules", &[("project", "acme"), ("channels", "ch_x")]).await;
+    assert_eq!(forged_rule.status, 403);
+    let none = app.admin(Method::GET, "/api/v1/alerts/channels", None).await;
+    assert_eq!(none.body["data"].as_array().map(Vec::len), Some(0), "{:?}", none.body);
+
+    // The API's validation message is shown beside the field.
+    let bad = browser
+        .post(
+            "/dashboard/alerts/channels",
+            &[("csrf", &csrf), ("project", "acme"), ("kind", "webhook"), ("url", "ftp://x")],
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.body.contains("id=\"curl-error\""), "{}", bad.body);
+
+    // A webhook channel: its signing secret shown once.
+    let mut form = vec![("csrf", csrf.as_str())];
+    form.extend(hook);
+    let created = browser.post("/dashboard/alerts/channels", &form).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert!(created.body.contains("data-testid=\"secret\">whsec_"), "{}", created.body);
+    assert!(created.body.contains("data-copy=\"secret\""));
+    let channels = app.admin(Method::GET, "/api/v1/alerts/channels", None).await;
+    let channel = channels.body["data"][0]["id"].as_str().expect("channel").to_owned();
+    assert!(!browser.get("/dashboard/alerts").await.body.contains("whsec_"), "never shown again");
+
+    // Test-send: delivered to the receiver, the result on the page.
+    let tested = browser.post(&format!("/dashboard/alerts/channels/{channel}/test"), &[("csrf", &csrf)]).await;
+    assert_eq!(tested.status, 200, "{}", tested.body);
+    assert!(tested.body.contains("data-testid=\"test-result\""), "{}", tested.body);
+    assert!(tested.body.contains("badge delivered"), "{}", tested.body);
+    assert_eq!(receiver.received().len(), 1);
+
+    let forged = browser.post(&format!("/dashboard/alerts/channels/{channel}/test"), &[]).await;
+    assert_eq!(forged.status, 403, "a test send without CSRF is refused");
+    assert_eq!(receiver.received().len(), 1);
+
+    // Slack and e-mail channels through the same form; a missing sender is named.
+    let slack = browser
+        .post(
+            "/dashboard/alerts/channels",
+            &[("csrf", &csrf), ("project", "acme"), ("kind", "slack"), ("name", "ops slack"), ("url", &receiver.url)],
+        )
+        .await;
+    assert_eq!(slack.status, 303, "{}", slack.body);
+    let mail = [
+        ("csrf", csrf.as_str()),
+        ("project", "acme"),
+        ("kind", "email"),
+        ("name", "ops mail"),
+        ("smtp_host", "127.0.0.1"),
+        ("smtp_port", "2525"),
+        ("smtp_tls", "none"),
+        ("to", "ops@example.com, oncall@example.com"),
+    ];
+    let no_from = browser.post("/dashboard/alerts/channels", &mail).await;
+    assert_eq!(no_from.status, 400, "{}", no_from.body);
+    assert!(no_from.body.contains("id=\"cfrom-error\""), "{}", no_from.body);
+    assert!(no_from.body.contains("value=\"ops@example.com, oncall@example.com\""), "what was typed is kept");
+    let mut mail = mail.to_vec();
+    mail.push(("from", "tollgate@example.com"));
+    let made = browser.post("/dashboard/alerts/channels", &mail).await;
+    assert_eq!(made.status, 303, "{}", made.body);
+    let page = browser.get("/dashboard/alerts?done=channel-created").await;
+    assert!(page.body.contains("Channel created."));
+    assert!(page.body.contains("ops@example.com, oncall@example.com via 127.0.0.1"), "{}", page.body);
+    let all = app.admin(Method::GET, "/api/v1/alerts/channels?project=acme", None).await;
+    let kinds: Vec<&str> =
+        all.body["data"].as_array().expect("channels").iter().filter_map(|c| c["kind"].as_str()).collect();
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    assert!(kinds.contains(&"slack") && kinds.contains(&"email"));
+
+    // A rule: bad thresholds and no channel are refused beside their fields.
+    let bad = browser
+        .post(
+            "/dashboard/alerts/rules",
+            &[("csrf", &csrf), ("project", "acme"), ("thresholds", "eighty"), ("channels", &channel)],
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.body.contains("id=\"rthresholds-error\""), "{}", bad.body);
+    let bad =
+        browser.post("/dashboard/alerts/rules", &[("csrf", &csrf), ("project", "acme"), ("thresholds", "80")]).await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.body.contains("id=\"rchannels-error\""), "{}", bad.body);
+    let made = browser
+        .post(
+            "/dashboard/alerts/rules",
+            &[
+                ("csrf", &csrf),
+                ("project", "acme"),
+                ("name", "daily requests"),
+                ("metric", "requests"),
+                ("window", "day"),
+                ("thresholds", "50, 100"),
+                ("channels", &channel),
+            ],
+        )
+        .await;
+    assert_eq!(made.status, 303, "{}", made.body);
+    let rules = app.admin(Method::GET, "/api/v1/alerts/rules", None).await;
+    let rule = &rules.body["data"][0];
+    assert_eq!(rule["thresholds"], json!([50, 100]), "{rule}");
+    assert_eq!(rule["channels"], json!([channel]));
+    assert_eq!(rule["metric"], "requests");
+    let rule = rule["id"].as_str().expect("rule").to_owned();
+    let page = browser.get("/dashboard/alerts").await;
+    assert!(page.body.contains(&format!("data-rule=\"{rule}\"")) && page.body.contains("50%, 100%"), "{}", page.body);
+    assert!(page.body.contains("ops hook (webhook)"));
+
+    // A channel no receiver answers: retried, then a dead letter, redelivered from
+    // the events page.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let dead_url = format!("http://127.0.0.1:{port}/hook");
+    let r = app
+        .admin(
+            Method::POST,
+            "/api/v1/alerts/channels",
+            Some(json!({ "project": "acme", "kind": "webhook", "url": dead_url })),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let dead_channel = r.body["id"].as_str().expect("id").to_owned();
+    let tested = browser.post(&format!("/dashboard/alerts/channels/{dead_channel}/test"), &[("csrf", &csrf)]).await;
+    assert_eq!(tested.status, 200);
+    assert!(tested.body.contains("data-testid=\"test-result\""), "{}", tested.body);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let dead = loop {
+        let d = app.admin(Method::GET, "/api/v1/alerts/deliveries?status=dead", None).await;
+        if let Some(id) = d.body["data"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let events = browser.get("/dashboard/alerts/events").await;
+    assert_eq!(events.status, 200, "{}", events.body);
+    assert!(events.body.contains(&format!("data-delivery=\"{dead}\" data-status=\"dead\"")), "{}", events.body);
+    assert!(events.body.contains("dead letter") && events.body.contains("badge delivered"), "{}", events.body);
+    assert!(events.body.contains(&format!("/dashboard/alerts/deliveries/{dead}/redeliver")));
+    let dead_only = browser.get("/dashboard/alerts/events?status=dead").await;
+    assert!(!dead_only.body.contains("badge delivered"), "{}", dead_only.body);
+    let redelivered = browser.post(&format!("/dashboard/alerts/deliveries/{dead}/redeliver"), &[("csrf", &csrf)]).await;
+    assert_eq!(redelivered.status, 303, "{}", redelivered.body);
+    let d = app.admin(Method::GET, &format!("/api/v1/alerts/deliveries/{dead}"), None).await;
+    assert_ne!(d.body["status"], "dead", "{:?}", d.body);
+
+    // A project token's session sees only its project: another project's ids are 404.
+    let globex = project_token(&app, "globex").await;
+    let mut other = Browser::new(&app);
+    assert_eq!(other.sign_in(&globex).await.status, 303);
+    let page = other.get("/dashboard/alerts").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(!page.body.contains(&rule) && !page.body.contains(&channel), "{}", page.body);
+    let ocsrf = page.hidden("csrf");
+    let confirm = [("csrf", ocsrf.as_str()), ("confirm", "yes")];
+    assert_eq!(other.post(&format!("/dashboard/alerts/rules/{rule}/delete"), &confirm).await.status, 404);
+    assert_eq!(other.post(&format!("/dashboard/alerts/channels/{channel}/test"), &confirm).await.status, 404);
+    assert_eq!(other.post(&format!("/dashboard/alerts/channels/{channel}/delete"), &confirm).await.status, 404);
+    assert_eq!(other.post(&format!("/dashboard/alerts/deliveries/{dead}/redeliver"), &confirm).await.status, 404);
+    let events = other.get("/dashboard/alerts/events").await;
+    assert!(events.body.contains("data-testid=\"events-empty\""), "{}", events.body);
+    assert_eq!(receiver.received().len(), 1, "the other project's test-send sent nothing");
+
+    // A channel a rule sends to cannot be deleted (the API's 409, shown); the rule can.
+    let refused = browser
+        .post(&format!("/dashboard/alerts/channels/{channel}/delete"), &[("csrf", &csrf), ("confirm", "yes")])
+        .await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(refused.body.contains("error-box"));
+    let gone =
+        browser.post(&format!("/dashboard/alerts/rules/{rule}/delete"), &[("csrf", &csrf), ("confirm", "yes")]).await;
+    assert_eq!(gone.status, 303);
+    let rules = app.admin(Method::GET, "/api/v1/alerts/rules", None).await;
+    assert_eq!(rules.body["data"].as_array().map(Vec::len), Some(0));
+}

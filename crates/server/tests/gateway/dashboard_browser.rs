@@ -14,7 +14,7 @@ use std::process::Command;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{ADMIN_TOKEN, TestApp, spawn_app};
+use crate::helpers::{ADMIN_TOKEN, TestApp};
 
 fn browser_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser")
@@ -101,8 +101,19 @@ async fn dashboard_in_chromium_signs_in_creates_a_key_sees_its_usage_exports_and
         std::path::Path::new(&chromium).exists(),
         "Debian's chromium is not installed at {chromium} (scripts/test.sh installs it: apt-get install chromium)"
     );
-    let app = spawn_app().await;
+    let app = crate::dashboard::alerts_dashboard_app().await;
     let other_key = seed(&app).await;
+    let receiver = crate::alerts::Receiver::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let r = app
+        .admin(
+            Method::POST,
+            "/api/v1/alerts/channels",
+            Some(json!({ "project": "globex", "kind": "webhook", "url": receiver.url })),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let other_channel = r.body["id"].as_str().expect("channel").to_owned();
     let r = app.admin(Method::POST, "/api/v1/projects/acme/tokens", Some(json!({ "name": "dashboard test" }))).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let project_token = r.body["token"].as_str().expect("token").to_owned();
@@ -124,6 +135,9 @@ async fn dashboard_in_chromium_signs_in_creates_a_key_sees_its_usage_exports_and
         .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("TOLLGATE_PROJECT_TOKEN", &project_token)
         .env("TOLLGATE_OTHER_KEY", &other_key)
+        .env("TOLLGATE_WEBHOOK_URL", &receiver.url)
+        .env("TOLLGATE_DEAD_URL", format!("http://127.0.0.1:{port}/hook"))
+        .env("TOLLGATE_OTHER_CHANNEL", &other_channel)
         .env("CHROMIUM", &chromium)
         .env("SCREENSHOTS", &shots);
     let out = tokio::task::block_in_place(|| command.output()).expect("node runs (scripts/test.sh installs nodejs)");
@@ -133,9 +147,21 @@ async fn dashboard_in_chromium_signs_in_creates_a_key_sees_its_usage_exports_and
         "the browser test failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for name in
-        ["sign-in", "overview", "overview-phone", "overview-project", "keys", "key-created", "key", "plans", "usage"]
-    {
+    for name in [
+        "sign-in",
+        "overview",
+        "overview-phone",
+        "overview-project",
+        "keys",
+        "key-created",
+        "key",
+        "plans",
+        "usage",
+        "alerts",
+        "alerts-validation",
+        "alert-channel-created",
+        "alert-events",
+    ] {
         assert!(shots.join(format!("{name}.png")).is_file(), "screenshot {name}.png");
     }
 
@@ -151,4 +177,13 @@ async fn dashboard_in_chromium_signs_in_creates_a_key_sees_its_usage_exports_and
     let usage = app.usage(&format!("?key={id}")).await;
     let answered = usage["data"].as_array().expect("rows").iter().filter(|r| r["status"] == 200).count();
     assert_eq!(answered, 4, "{usage}");
+
+    // The browser's test send reached the receiver, signed; the rule is the API's.
+    let received: Vec<_> = receiver.received().into_iter().filter(|m| m.body.contains("alert.test")).collect();
+    assert_eq!(received.len(), 1, "one test send from the browser, none from the other project's session");
+    assert!(received[0].headers.contains_key("webhook-signature"));
+    let rules = app.admin(Method::GET, "/api/v1/alerts/rules?project=acme", None).await;
+    let rules = rules.body["data"].as_array().expect("rules");
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules[0]["thresholds"], json!([80, 90, 100]));
 }
