@@ -78,11 +78,17 @@ total = sum(c for _, c, _ in rows)
 print(f'$label: {total / n:.2f} Redis commands per request (' + ', '.join(f'{name} {c / n:.2f} at {u:.1f} µs' for name, c, u in rows) + ')')
 "
 }
+gateway_pid=${pids[-1]}
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$gateway_pid/stat"; }
 redis-cli -p "$redis_port" CONFIG RESETSTAT >/dev/null
+before=$(cpu_ticks)
 for _ in $(seq "$REQUESTS"); do
   curl -fsS -H "authorization: Bearer $key" -H 'content-type: application/json' -d "$chat" "$base/v1/chat/completions" >/dev/null
 done
+after=$(cpu_ticks)
 per_request "proxied chat completion (8 limits)" "$REQUESTS"
+awk -v t=$((after - before)) -v n="$REQUESTS" -v hz="$(getconf CLK_TCK)" \
+  'BEGIN { printf "gateway CPU per proxied request (distributed store, one curl at a time, a new connection each: an upper bound): %.0f µs\n", 1e6 * t / hz / n }'
 redis-cli -p "$redis_port" CONFIG RESETSTAT >/dev/null
 for _ in $(seq "$REQUESTS"); do
   curl -fsS -H 'content-type: application/json' -d "{\"key\":\"$key\"}" "$base/api/v1/keys/verify" >/dev/null

@@ -259,6 +259,17 @@ impl<'a> Rollups<'a> {
         Rollups { groups: out }
     }
 
+    /// The groups in one fixed order (hour, then every dimension). Writers that upsert
+    /// concurrently into the same rows (many instances on one PostgreSQL) must lock
+    /// them in the same order, or they deadlock.
+    pub fn sorted(&self) -> Vec<(&RollupKeyRef<'a>, &RollupValues)> {
+        let mut groups: Vec<_> = self.groups.iter().collect();
+        groups.sort_unstable_by_key(|(k, _)| {
+            (k.hour_ms, k.project_id, k.key_id, k.model, k.provider, k.endpoint, k.status_class, k.cache, k.counted)
+        });
+        groups
+    }
+
     /// The groups with owned keys, in key order (for comparisons).
     pub fn to_sorted(&self) -> BTreeMap<RollupKey, RollupValues> {
         self.groups.iter().map(|(k, v)| (k.to_owned_key(), v.clone())).collect()

@@ -22,11 +22,15 @@ BEGIN
         IF to_regclass(quote_ident(name)) IS NULL THEN
             -- One creator at a time (instances starting a month together).
             PERFORM pg_advisory_xact_lock(hashtext(current_schema() || '.tollgate_usage_partition'));
-            IF to_regclass(quote_ident(name)) IS NULL THEN
-                EXECUTE format('CREATE TABLE %I PARTITION OF usage FOR VALUES FROM (%s) TO (%s)', name,
+            -- The name lookup above may read a catalog snapshot from before another
+            -- writer's commit: IF NOT EXISTS (and the handler) settle that race.
+            BEGIN
+                EXECUTE format('CREATE TABLE IF NOT EXISTS %I PARTITION OF usage FOR VALUES FROM (%s) TO (%s)', name,
                     (extract(epoch FROM first) * 1000)::bigint,
                     (extract(epoch FROM first + interval '1 month') * 1000)::bigint);
-            END IF;
+            EXCEPTION WHEN duplicate_table THEN
+                NULL;
+            END;
         END IF;
     END LOOP;
 END

@@ -70,7 +70,8 @@ async fn upsert_into(tx: &Transaction<'_>, sql: &str, rollups: &Rollups<'_>) -> 
     let mut caches = Vec::with_capacity(n);
     let mut counted = Vec::with_capacity(n);
     let mut values: Vec<Vec<i64>> = (0..9 + LATENCY_BUCKETS).map(|_| Vec::with_capacity(n)).collect();
-    for (key, v) in rollups.iter() {
+    // A fixed order, so concurrent writers lock shared rows alike (no deadlock).
+    for (key, v) in rollups.sorted() {
         hours.push(key.hour_ms);
         projects.push(key.project_id);
         keys.push(key.key_id);

@@ -186,9 +186,15 @@ impl<'a> CountedSums<'a> {
     }
 
     /// Each group with its sums (requests, prompt tokens, completion tokens, cost) as
-    /// SQL integers (saturating).
+    /// SQL integers (saturating), in one fixed order: writers that upsert the same rows
+    /// concurrently (many instances on one PostgreSQL) lock them alike, so they never
+    /// deadlock.
     pub fn iter(&self) -> impl Iterator<Item = (&CountedKey<'a>, [i64; 4])> {
-        self.groups.iter().map(|(k, v)| (k, v.map(|n| i64::try_from(n).unwrap_or(i64::MAX))))
+        let mut groups: Vec<_> = self.groups.iter().collect();
+        groups.sort_unstable_by_key(|(k, _)| {
+            (k.bucket_ms, k.project_id, k.key_id, k.provider, k.model, k.endpoint, k.client_ip, k.anonymous_id)
+        });
+        groups.into_iter().map(|(k, v)| (k, v.map(|n| i64::try_from(n).unwrap_or(i64::MAX))))
     }
 }
 
