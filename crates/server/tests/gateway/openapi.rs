@@ -43,8 +43,17 @@ fn documented(doc: &Value) -> BTreeSet<(String, String)> {
 fn routed_in_source() -> BTreeSet<(String, String)> {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = vec![src.join("app.rs"), src.join("openapi.rs")];
-    for entry in std::fs::read_dir(src.join("routes")).expect("routes dir") {
-        files.push(entry.expect("entry").path());
+    // Every file below routes/, its subfolders too (routes/dashboard/...).
+    let mut folders = vec![src.join("routes")];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).expect("routes dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
     }
     let mut routes = BTreeSet::new();
     for file in files {
