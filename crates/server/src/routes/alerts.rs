@@ -104,6 +104,21 @@ pub struct CreateRule {
     pub project: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
+    /// `limit_threshold` (default), `forecast` or `anomaly`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Forecast and anomaly rules: only this key of the project.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Anomaly rules: the score an hour must reach (default 4).
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// Anomaly rules: the least volume worth an alert.
+    #[serde(default)]
+    pub min_volume: Option<u64>,
+    /// Threshold rules: also send `alert.resolved` when a crossed window ends.
+    #[serde(default)]
+    pub notify_resolved: Option<bool>,
     /// The limits watched; absent fields match any.
     #[serde(default)]
     pub metric: Option<Metric>,
@@ -137,6 +152,8 @@ pub struct UpdateRule {
     pub channels: Option<Vec<String>>,
     #[serde(default)]
     pub enabled: Option<bool>,
+    #[serde(default)]
+    pub notify_resolved: Option<bool>,
 }
 
 /// A rule as the API shows it.
@@ -146,9 +163,16 @@ pub struct RuleView {
     pub project: Option<String>,
     pub name: Option<String>,
     pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     #[serde(flatten)]
     pub matcher: LimitMatcher,
     pub thresholds: Vec<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_volume: Option<u64>,
+    pub notify_resolved: bool,
     pub channels: Vec<String>,
     pub enabled: bool,
     pub created_at: String,
@@ -160,9 +184,13 @@ fn rule_view(r: RuleRecord) -> RuleView {
         id: r.id,
         project: r.project_id,
         name: r.name,
-        kind: "limit_threshold",
+        kind: r.kind.as_str(),
+        key: r.key_id,
         matcher: r.matcher,
         thresholds: r.thresholds,
+        threshold: r.score_threshold,
+        min_volume: r.min_volume,
+        notify_resolved: r.notify_resolved,
         channels: r.channels,
         enabled: r.enabled,
         created_at: to_rfc3339(r.created_at_ms),
@@ -209,7 +237,27 @@ async fn create_rule(State(state): State<AppState>, admin: Admin, Json(body): Js
     for (field, value) in [("provider", &body.provider), ("model", &body.model), ("endpoint", &body.endpoint)] {
         check_text(field, value)?;
     }
-    let thresholds = checked_thresholds(body.thresholds)?;
+    let matcher = LimitMatcher {
+        metric: body.metric,
+        window: body.window,
+        subject: body.subject,
+        provider: body.provider,
+        model: body.model,
+        endpoint: body.endpoint,
+    };
+    let fields = crate::routes::alert_kinds::KindFields {
+        kind: body.kind,
+        key: body.key,
+        thresholds_given: body.thresholds.is_some(),
+        threshold: body.threshold,
+        min_volume: body.min_volume,
+        notify_resolved: body.notify_resolved,
+    };
+    let checked = crate::routes::alert_kinds::check_kind(&state, &project, &matcher, fields).await?;
+    let thresholds = match checked.kind {
+        tollgate_alerts::RuleKind::LimitThreshold => checked_thresholds(body.thresholds)?,
+        _ => Vec::new(),
+    };
     check_channels(&state, &project, &body.channels).await?;
     let existing = state.alerts.store.list_rules(project.as_deref()).await?;
     if existing.iter().filter(|r| r.project_id == project).count() >= MAX_PER_PROJECT {
@@ -220,15 +268,13 @@ async fn create_rule(State(state): State<AppState>, admin: Admin, Json(body): Js
         id: random_id("rule_")?,
         project_id: project,
         name: body.name,
-        matcher: LimitMatcher {
-            metric: body.metric,
-            window: body.window,
-            subject: body.subject,
-            provider: body.provider,
-            model: body.model,
-            endpoint: body.endpoint,
-        },
+        kind: checked.kind,
+        key_id: checked.key_id,
+        matcher,
         thresholds,
+        score_threshold: checked.score_threshold,
+        min_volume: checked.min_volume,
+        notify_resolved: checked.notify_resolved,
         channels: body.channels,
         enabled: body.enabled.unwrap_or(true),
         created_at_ms: now,
@@ -284,8 +330,18 @@ async fn update_rule(
         check_text("name", &body.name)?;
         rule.name = body.name;
     }
+    let threshold_rule = rule.kind == tollgate_alerts::RuleKind::LimitThreshold;
     if body.thresholds.is_some() {
+        if !threshold_rule {
+            return Err(ApiError::invalid_field("thresholds", "is for limit_threshold rules only"));
+        }
         rule.thresholds = checked_thresholds(body.thresholds)?;
+    }
+    if let Some(notify) = body.notify_resolved {
+        if !threshold_rule && notify {
+            return Err(ApiError::invalid_field("notify_resolved", "is for limit_threshold rules only"));
+        }
+        rule.notify_resolved = notify;
     }
     if let Some(channels) = body.channels {
         check_channels(&state, &rule.project_id, &channels).await?;
