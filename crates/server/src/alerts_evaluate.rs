@@ -1,7 +1,7 @@
 //! The periodic evaluation of the alert rules the limiter's decision cannot see:
 //! forecast rules (a day or month quota projected to run out before its window
 //! ends), anomaly rules (an hour far from its usual level) and "resolved"
-//! notifications of threshold events whose window has ended.
+//! notifications of threshold events whose window has ended or whose limit was raised.
 //!
 //! Every `alerts.evaluate_every_secs` (in distributed mode only on the holder of the
 //! `alerts-evaluate` lease) [`evaluate_once`] computes the findings with the code the
@@ -180,7 +180,8 @@ async fn evaluate_anomaly(state: &AppState, rule: &RuleRecord, now: i64) -> Resu
 }
 
 /// One "resolved" event for each threshold event of a `notify_resolved` rule whose
-/// window has ended (a new window started), among each project's recent deliveries.
+/// window has ended (a new window started) or whose key limit was raised above the
+/// usage, among each project's recent deliveries.
 async fn resolve(state: &AppState, rules: &[RuleRecord], now: i64) -> Result<usize, ApiError> {
     let resolving: HashMap<&str, &RuleRecord> = rules
         .iter()
@@ -218,18 +219,77 @@ async fn resolve(state: &AppState, rules: &[RuleRecord], now: i64) -> Result<usi
                 continue;
             }
             let Some(rule) = event.rule_id.as_deref().and_then(|id| resolving.get(id)) else { continue };
-            if window_end_ms(&event).is_none_or(|end| end > now) {
-                continue;
-            }
             if state.alerts.store.get_event(&resolved_event_id(&event.id)).await?.is_some() {
                 continue;
             }
-            if state.alerts.write_event(resolved_event(&event, "window_ended", now), &rule.channels).await? {
+            let resolved = if window_end_ms(&event).is_some_and(|end| end <= now) {
+                resolved_event(&event, "window_ended", now)
+            } else {
+                match raised_limit(state, &event, now).await {
+                    Ok(Some((limit, used))) => {
+                        let mut e = resolved_event(&event, "limit_raised", now);
+                        e.data["new_limit"] = limit.into();
+                        e.data["used_now"] = used.into();
+                        e
+                    }
+                    Ok(None) => continue,
+                    Err(error) => {
+                        tracing::debug!(event = %event.id, %error, "cannot check a crossed limit's current value");
+                        continue;
+                    }
+                }
+            };
+            if state.alerts.write_event(resolved, &rule.channels).await? {
                 written += 1;
             }
         }
     }
     Ok(written)
+}
+
+/// For a threshold event of a key's limit still in its window: the limit's current
+/// value and usage, if the limit was raised so that usage is back under the
+/// threshold (`None` otherwise, or when the subject is not a key).
+async fn raised_limit(
+    state: &AppState,
+    event: &tollgate_alerts::EventRecord,
+    now: i64,
+) -> Result<Option<(u64, u64)>, ApiError> {
+    let d = &event.data;
+    let (Some(subject), Some(project), Some(threshold), Some(old_limit)) =
+        (d["subject"].as_str(), d["project_id"].as_str(), d["threshold_percent"].as_u64(), d["limit"].as_u64())
+    else {
+        return Ok(None);
+    };
+    let Some(key_id) = subject.strip_prefix("key:") else { return Ok(None) };
+    fn parse<T: serde::de::DeserializeOwned>(d: &serde_json::Value, name: &str) -> Option<T> {
+        serde_json::from_value(d[name].clone()).ok()
+    }
+    let (Some(metric), Some(window), Some(kind)) = (
+        parse::<Metric>(d, "metric"),
+        parse::<tollgate_core::Window>(d, "window"),
+        parse::<SubjectKind>(d, "subject_kind"),
+    ) else {
+        return Ok(None);
+    };
+    let scope = |name: &str| d[name].as_str();
+    let Some(key) = state.catalog.get_key(key_id).await? else { return Ok(None) };
+    let specs = key_quota_specs(state, &key).await?;
+    let Some((spec, zone)) = specs.into_iter().find(|(s, _)| {
+        (s.metric, s.window, s.subject, s.provider.as_deref(), s.model.as_deref(), s.endpoint.as_deref())
+            == (metric, window, kind, scope("provider"), scope("model"), scope("endpoint"))
+    }) else {
+        return Ok(None);
+    };
+    if spec.limit <= old_limit {
+        return Ok(None);
+    }
+    let limit = spec.limit;
+    let item = tollgate_core::LimitItem::new(subject, spec).in_zone(zone);
+    let decision = state.limiter.peek(project, &[item], tollgate_core::Amounts::default(), now).await?;
+    let Some(status) = decision.statuses.first() else { return Ok(None) };
+    let back_under = u128::from(status.used) * 100 < u128::from(threshold) * u128::from(limit);
+    Ok(back_under.then_some((limit, status.used)))
 }
 
 /// Evaluates every `alerts.evaluate_every_secs`, the first time one period after start.

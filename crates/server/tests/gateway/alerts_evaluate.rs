@@ -186,6 +186,43 @@ async fn a_resolved_event_is_sent_once_when_the_window_of_a_crossing_ends() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolved_event_is_sent_once_when_the_limit_is_raised_above_the_usage() {
+    let app = alerts_app().await;
+    let key = quota_key(&app, "rl", 3).await;
+    let receiver = Receiver::start().await;
+    let (channel, secret) = webhook_channel(&app, "rl", &receiver.url).await;
+    rule(
+        &app,
+        json!({ "project": "rl", "metric": "requests", "thresholds": [100], "notify_resolved": true, "channels": [channel] }),
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(app.chat(&key).await.status, 200);
+    }
+    wait_for_deliveries(&app, "?project=rl", "delivered", 1).await;
+    assert_eq!(evaluate_once(&app.state, now_ms()).await.expect("evaluate").resolved_events, 0);
+    // The daily quota goes from 3 to 10: 3 used is under 100 % again.
+    let r = app
+        .admin(
+            Method::PUT,
+            "/api/v1/plans/daily-rl",
+            Some(json!({ "limits": [{ "metric": "requests", "window": "day", "limit": 10 }] })),
+        )
+        .await;
+    assert!(r.status == 200 || r.status == 201, "{:?}", r.body);
+    assert_eq!(evaluate_once(&app.state, now_ms()).await.expect("evaluate").resolved_events, 1);
+    assert_eq!(evaluate_once(&app.state, now_ms()).await.expect("evaluate").resolved_events, 0);
+    wait_for_deliveries(&app, "?project=rl", "delivered", 2).await;
+    let payloads = verify_with_standardwebhooks(&secret, &receiver.received());
+    let resolved: Vec<&Value> = payloads.iter().filter(|p| p["type"] == "alert.resolved").collect();
+    assert_eq!(resolved.len(), 1, "{payloads:?}");
+    assert_eq!(resolved[0]["data"]["reason"], "limit_raised");
+    assert_eq!(resolved[0]["data"]["new_limit"], 10);
+    assert_eq!(resolved[0]["data"]["used_now"], 3);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_rule_kinds_and_fields_are_refused_naming_the_field() {
     let app = alerts_app().await;
     app.create_project("rk").await;
