@@ -77,7 +77,10 @@ impl RuleSet {
     pub fn from_records(records: &[RuleRecord]) -> Self {
         let mut projects: HashMap<String, Vec<CompiledRule>> = HashMap::new();
         let mut defaults = Vec::new();
-        for record in records.iter().filter(|r| r.enabled && !r.thresholds.is_empty()) {
+        for record in records
+            .iter()
+            .filter(|r| r.enabled && r.kind == crate::RuleKind::LimitThreshold && !r.thresholds.is_empty())
+        {
             match &record.project_id {
                 Some(p) => projects.entry(p.clone()).or_default().push(CompiledRule::of(record)),
                 None => defaults.push(CompiledRule::of(record)),
@@ -330,6 +333,11 @@ mod tests {
             name: None,
             matcher: LimitMatcher::default(),
             thresholds: thresholds.to_vec(),
+            kind: crate::RuleKind::LimitThreshold,
+            key_id: None,
+            score_threshold: None,
+            min_volume: None,
+            notify_resolved: false,
             channels: vec!["ch".into()],
             enabled: true,
             created_at_ms: 0,

@@ -31,6 +31,7 @@ use tollgate_store::StoreResult;
 pub mod channels;
 pub mod conformance;
 pub mod detect;
+pub mod evaluate;
 pub mod outbox;
 /// Sealing of channel secrets: the `tollgate-seal` crate.
 pub use tollgate_seal as seal;
@@ -71,17 +72,59 @@ fn scope_matches(wanted: Option<&str>, actual: Option<&str>) -> bool {
     wanted.is_none_or(|w| actual == Some(w))
 }
 
+/// What a rule watches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleKind {
+    /// A limit crossing thresholds, detected on the limiter's decision.
+    #[default]
+    LimitThreshold,
+    /// A day or month quota projected (analytics forecast) to run out before its
+    /// window ends; evaluated periodically.
+    Forecast,
+    /// An hour far from its usual level (analytics anomalies); evaluated periodically.
+    Anomaly,
+}
+
+impl RuleKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleKind::LimitThreshold => "limit_threshold",
+            RuleKind::Forecast => "forecast",
+            RuleKind::Anomaly => "anomaly",
+        }
+    }
+}
+
 /// An alert rule: a project's (`project_id`), or an operator default (`None`) that
 /// applies to every project with no enabled rule of its own.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RuleRecord {
     pub id: String,
     pub project_id: Option<String>,
     pub name: Option<String>,
-    /// What is watched: today a limit crossing thresholds.
+    /// What kind of rule (older records: a limit threshold rule).
+    #[serde(default)]
+    pub kind: RuleKind,
+    /// Forecast and anomaly rules: only this key (of the rule's project).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// Which limits (threshold and forecast rules); an anomaly rule's `metric` is the
+    /// metric watched and its `subject` (`key` or `project`) what is compared.
     pub matcher: LimitMatcher,
-    /// Percentages of the limit, ascending, 1 to 1000.
+    /// Percentages of the limit, ascending, 1 to 1000 (threshold rules; empty for
+    /// the others).
     pub thresholds: Vec<u32>,
+    /// Anomaly rules: the robust z-score an hour must reach (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_threshold: Option<f64>,
+    /// Anomaly rules: the least volume (observed or baseline) worth an alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_volume: Option<u64>,
+    /// Threshold rules: also send a `resolved` event when a crossed threshold's
+    /// window has ended.
+    #[serde(default)]
+    pub notify_resolved: bool,
     /// Channel ids (of the rule's project, or operator channels).
     pub channels: Vec<String>,
     pub enabled: bool,

@@ -52,6 +52,9 @@ impl EventData {
         if self.kind == KIND_TEST {
             return format!("Test alert from tollgate ({})", d["channel_id"].as_str().unwrap_or("?"));
         }
+        if let Some(title) = crate::evaluate::title(self) {
+            return title;
+        }
         format!(
             "{}: {} {} at {}% ({} of {})",
             d["project_id"].as_str().unwrap_or("?"),
@@ -74,6 +77,9 @@ impl EventData {
         if self.kind == KIND_TEST {
             return vec![("Channel".into(), field("channel_id"))];
         }
+        if let Some(figures) = crate::evaluate::figures(self, &field) {
+            return figures;
+        }
         vec![
             ("Project".into(), field("project_id")),
             ("Subject".into(), field("subject")),
@@ -86,7 +92,7 @@ impl EventData {
     }
 }
 
-fn hash_id(prefix: &str, parts: &[&str]) -> String {
+pub(crate) fn hash_id(prefix: &str, parts: &[&str]) -> String {
     let mut h = Sha256::new();
     for p in parts {
         h.update(p.as_bytes());
@@ -246,6 +252,19 @@ impl Alerts {
         let written = self.store.enqueue(event.clone(), deliveries).await?;
         if written {
             tracing::info!(event = %event.id, project = %crossing.project_id, threshold = crossing.threshold, "alert threshold crossed");
+            self.wake();
+        }
+        Ok(written)
+    }
+
+    /// Writes an event and one delivery per channel to the outbox once (by its id);
+    /// true if it was new.
+    pub async fn write_event(&self, event: EventRecord, channels: &[String]) -> StoreResult<bool> {
+        let deliveries = deliveries_for(&event, channels, now_ms());
+        let (id, kind) = (event.id.clone(), event.kind.clone());
+        let written = self.store.enqueue(event, deliveries).await?;
+        if written {
+            tracing::info!(event = %id, kind = %kind, "alert event written");
             self.wake();
         }
         Ok(written)

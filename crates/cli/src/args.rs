@@ -509,6 +509,26 @@ pub enum AlertsCommand {
     Deliveries(AlertDeliveriesCommand),
 }
 
+/// The rule kind and its fields (docs/alerts.md).
+#[derive(clap::Args, Debug)]
+pub struct RuleKindArgs {
+    /// limit_threshold (default), forecast or anomaly.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Forecast and anomaly rules: only this key of the project.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Anomaly rules: the score an hour must reach (default 4).
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Anomaly rules: the least volume worth an alert.
+    #[arg(long)]
+    pub min_volume: Option<u64>,
+    /// Threshold rules: also send "resolved" when a crossed window ends.
+    #[arg(long)]
+    pub notify_resolved: bool,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum AlertRulesCommand {
     /// Create a rule over limits (absent filters match any limit).
@@ -521,6 +541,8 @@ pub enum AlertRulesCommand {
         project: Option<String>,
         #[arg(long)]
         name: Option<String>,
+        #[command(flatten)]
+        kind: Box<RuleKindArgs>,
         /// requests, input_tokens, output_tokens, total_tokens or cost_micros.
         #[arg(long)]
         metric: Option<String>,

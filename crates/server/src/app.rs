@@ -190,6 +190,7 @@ impl Application {
         backend.spawn_jobs(&state.job_context(), &jobs, &job_tasks);
         if let Some(crossings) = alert_crossings {
             crate::alerts::spawn_jobs(&state.alerts, crossings, &jobs, &job_tasks);
+            job_tasks.spawn(crate::alerts_evaluate::evaluate_loop(state.clone(), jobs.clone()));
         }
 
         let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();

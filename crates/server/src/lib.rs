@@ -4,6 +4,7 @@
 //! SQL, no Redis, no counter arithmetic here.
 
 pub mod alerts;
+pub mod alerts_evaluate;
 pub mod app;
 pub mod auth;
 pub mod config;

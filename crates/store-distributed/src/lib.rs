@@ -128,6 +128,9 @@ pub struct Distributed {
     pub rebuild_lease: PgLease,
     /// The lease that makes one instance of many run usage retention.
     pub retention_lease: PgLease,
+    /// The lease that makes one instance of many evaluate forecast, anomaly and
+    /// resolved alert rules.
+    pub alerts_evaluate_lease: PgLease,
     /// This instance in the registry of running instances.
     pub registry: InstanceRegistry,
     /// This instance's id (also its lease holder name).
@@ -144,6 +147,10 @@ pub const REBUILD_LEASE: &str = "counter-rebuild";
 pub const RETENTION_LEASE: &str = "retention";
 /// How long the retention lease outlives its last renewal.
 pub const RETENTION_LEASE_TTL: Duration = Duration::from_secs(300);
+/// The name of the alert rules evaluation's lease.
+pub const ALERTS_EVALUATE_LEASE: &str = "alerts-evaluate";
+/// How long the alerts evaluation lease outlives its last renewal.
+pub const ALERTS_EVALUATE_LEASE_TTL: Duration = Duration::from_secs(900);
 /// How often an instance says it is alive, and how long it counts as running after.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 pub const ALIVE_WITHIN: Duration = Duration::from_secs(30);
@@ -234,6 +241,8 @@ pub async fn open(
     );
     let retention_lease =
         PgLease::new(postgres.pool().clone(), RETENTION_LEASE, instance_id.clone(), RETENTION_LEASE_TTL);
+    let alerts_evaluate_lease =
+        PgLease::new(postgres.pool().clone(), ALERTS_EVALUATE_LEASE, instance_id.clone(), ALERTS_EVALUATE_LEASE_TTL);
     let registry = InstanceRegistry::new(postgres.pool().clone());
     let started_at_ms = tollgate_store::clock::now_ms();
     let bus = Arc::new(ChangeBus::new(conn, redis_settings, &keys));
@@ -250,6 +259,7 @@ pub async fn open(
         postgres,
         rebuild_lease,
         retention_lease,
+        alerts_evaluate_lease,
         registry,
         instance_id,
         started_at_ms,

@@ -33,6 +33,9 @@ pub struct RawAlerts {
     pub send_timeout_ms: u64,
     /// How often rules are reloaded from the store (changes made on other instances).
     pub rules_refresh_ms: u64,
+    /// How often forecast, anomaly and resolved rules are evaluated, in seconds (in
+    /// distributed mode by one instance: the holder of the `alerts-evaluate` lease).
+    pub evaluate_every_secs: u64,
 }
 
 impl Default for RawAlerts {
@@ -48,6 +51,7 @@ impl Default for RawAlerts {
             lease_secs: 60,
             send_timeout_ms: 10_000,
             rules_refresh_ms: 5_000,
+            evaluate_every_secs: 300,
         }
     }
 }
@@ -64,6 +68,7 @@ pub struct AlertsSettings {
     pub lease: Duration,
     pub send_timeout: Duration,
     pub rules_refresh: Duration,
+    pub evaluate_every: Duration,
 }
 
 impl Default for AlertsSettings {
@@ -79,6 +84,7 @@ impl Default for AlertsSettings {
             lease: Duration::from_secs(raw.lease_secs),
             send_timeout: Duration::from_millis(raw.send_timeout_ms),
             rules_refresh: Duration::from_millis(raw.rules_refresh_ms),
+            evaluate_every: Duration::from_secs(raw.evaluate_every_secs),
         }
     }
 }
@@ -102,6 +108,9 @@ pub(super) fn alerts_settings(raw: &RawAlerts) -> Result<AlertsSettings, ConfigE
     if raw.rules_refresh_ms == 0 {
         return Err(invalid("alerts.rules_refresh_ms", "must be at least 1"));
     }
+    if raw.evaluate_every_secs == 0 || raw.evaluate_every_secs > 86_400 {
+        return Err(invalid("alerts.evaluate_every_secs", "must be from 1 to 86400"));
+    }
     let check_key = |setting: &str, key: &Secret| {
         tollgate_alerts::seal::MasterKey::parse(key.expose()).map(|_| ()).map_err(|e| invalid(setting, e.to_string()))
     };
@@ -121,5 +130,6 @@ pub(super) fn alerts_settings(raw: &RawAlerts) -> Result<AlertsSettings, ConfigE
         lease: Duration::from_secs(raw.lease_secs),
         send_timeout: Duration::from_millis(raw.send_timeout_ms),
         rules_refresh: Duration::from_millis(raw.rules_refresh_ms),
+        evaluate_every: Duration::from_secs(raw.evaluate_every_secs),
     })
 }

@@ -164,7 +164,22 @@ pub struct CreateRule {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
-    /// The limits watched: each absent field matches any.
+    /// `limit_threshold` (default), `forecast` or `anomaly`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Forecast and anomaly rules: only this key of the project.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Anomaly rules: the score an hour must reach (default 4).
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// Anomaly rules: the least volume worth an alert.
+    #[serde(default)]
+    pub min_volume: Option<u64>,
+    /// Threshold rules: also send `alert.resolved` when a crossed window ends.
+    #[serde(default)]
+    pub notify_resolved: Option<bool>,
+    /// The limits watched; absent fields match any.
     #[serde(default)]
     pub metric: Option<Metric>,
     #[serde(default)]
@@ -213,13 +228,28 @@ pub struct UpdateRule {
     pub channels: Option<Vec<String>>,
     #[serde(default)]
     pub enabled: Option<bool>,
+    #[serde(default)]
+    pub notify_resolved: Option<bool>,
 }
 
-/// What a rule watches for: a limit's usage crossing a threshold (the only kind yet).
+/// What a rule watches for: a limit's usage crossing a threshold, a quota projected
+/// to run out before its window ends, or an unusual hour (docs/alerts.md).
 #[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RuleKind {
     LimitThreshold,
+    Forecast,
+    Anomaly,
+}
+
+impl RuleKind {
+    fn of(kind: tollgate_alerts::RuleKind) -> Self {
+        match kind {
+            tollgate_alerts::RuleKind::LimitThreshold => RuleKind::LimitThreshold,
+            tollgate_alerts::RuleKind::Forecast => RuleKind::Forecast,
+            tollgate_alerts::RuleKind::Anomaly => RuleKind::Anomaly,
+        }
+    }
 }
 
 /// A rule as the API shows it. The limit filters (`metric`, `window`, `subject`,
@@ -231,6 +261,9 @@ pub struct RuleView {
     pub project: Option<String>,
     pub name: Option<String>,
     pub kind: RuleKind,
+    /// Forecast and anomaly rules: only this key of the project.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metric: Option<Metric>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -243,8 +276,17 @@ pub struct RuleView {
     pub model: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// Percentages of the limit, ascending.
+    /// Percentages of the limit, ascending (threshold rules).
     pub thresholds: Vec<u32>,
+    /// Anomaly rules: the score an hour must reach.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// Anomaly rules: the least volume worth an alert.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_volume: Option<u64>,
+    /// Threshold rules: also send `alert.resolved` when a crossed window ends or the
+    /// limit is raised.
+    pub notify_resolved: bool,
     /// The channel ids alerts go to.
     pub channels: Vec<String>,
     pub enabled: bool,
@@ -260,7 +302,8 @@ fn rule_view(r: RuleRecord) -> RuleView {
         id: r.id,
         project: r.project_id,
         name: r.name,
-        kind: RuleKind::LimitThreshold,
+        kind: RuleKind::of(r.kind),
+        key: r.key_id,
         metric,
         window,
         subject,
@@ -268,6 +311,9 @@ fn rule_view(r: RuleRecord) -> RuleView {
         model,
         endpoint,
         thresholds: r.thresholds,
+        threshold: r.score_threshold,
+        min_volume: r.min_volume,
+        notify_resolved: r.notify_resolved,
         channels: r.channels,
         enabled: r.enabled,
         created_at: to_rfc3339(r.created_at_ms),
@@ -322,7 +368,27 @@ async fn create_rule(State(state): State<AppState>, admin: Admin, Json(body): Js
     for (field, value) in [("provider", &body.provider), ("model", &body.model), ("endpoint", &body.endpoint)] {
         check_text(field, value)?;
     }
-    let thresholds = checked_thresholds(body.thresholds)?;
+    let matcher = LimitMatcher {
+        metric: body.metric,
+        window: body.window,
+        subject: body.subject,
+        provider: body.provider,
+        model: body.model,
+        endpoint: body.endpoint,
+    };
+    let fields = crate::routes::alert_kinds::KindFields {
+        kind: body.kind,
+        key: body.key,
+        thresholds_given: body.thresholds.is_some(),
+        threshold: body.threshold,
+        min_volume: body.min_volume,
+        notify_resolved: body.notify_resolved,
+    };
+    let checked = crate::routes::alert_kinds::check_kind(&state, &project, &matcher, fields).await?;
+    let thresholds = match checked.kind {
+        tollgate_alerts::RuleKind::LimitThreshold => checked_thresholds(body.thresholds)?,
+        _ => Vec::new(),
+    };
     check_channels(&state, &project, &body.channels).await?;
     let existing = state.alerts.store.list_rules(project.as_deref()).await?;
     if existing.iter().filter(|r| r.project_id == project).count() >= MAX_PER_PROJECT {
@@ -333,15 +399,13 @@ async fn create_rule(State(state): State<AppState>, admin: Admin, Json(body): Js
         id: random_id("rule_")?,
         project_id: project,
         name: body.name,
-        matcher: LimitMatcher {
-            metric: body.metric,
-            window: body.window,
-            subject: body.subject,
-            provider: body.provider,
-            model: body.model,
-            endpoint: body.endpoint,
-        },
+        kind: checked.kind,
+        key_id: checked.key_id,
+        matcher,
         thresholds,
+        score_threshold: checked.score_threshold,
+        min_volume: checked.min_volume,
+        notify_resolved: checked.notify_resolved,
         channels: body.channels,
         enabled: body.enabled.unwrap_or(true),
         created_at_ms: now,
@@ -414,8 +478,18 @@ async fn update_rule(
         check_text("name", &body.name)?;
         rule.name = body.name;
     }
+    let threshold_rule = rule.kind == tollgate_alerts::RuleKind::LimitThreshold;
     if body.thresholds.is_some() {
+        if !threshold_rule {
+            return Err(ApiError::invalid_field("thresholds", "is for limit_threshold rules only"));
+        }
         rule.thresholds = checked_thresholds(body.thresholds)?;
+    }
+    if let Some(notify) = body.notify_resolved {
+        if !threshold_rule && notify {
+            return Err(ApiError::invalid_field("notify_resolved", "is for limit_threshold rules only"));
+        }
+        rule.notify_resolved = notify;
     }
     if let Some(channels) = body.channels {
         check_channels(&state, &rule.project_id, &channels).await?;

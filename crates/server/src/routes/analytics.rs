@@ -641,8 +641,6 @@ pub async fn forecast(
         ],
     )?;
     let now = now_ms();
-    // Each quota in its own calendar window: the plan's zone, else the project's,
-    // else UTC (docs/quotas.md), as the limiter counts it.
     let (project_id, key_id, specs) = match (&p.key, &p.project) {
         (Some(key_id), None) => {
             let key = state
@@ -651,20 +649,7 @@ pub async fn forecast(
                 .await?
                 .ok_or_else(|| ApiError::NotFound { what: "key", id: key_id.clone() })?;
             admin.check_project(&key.project_id, "key", key_id)?;
-            let plan = state.catalog.get_plan(&key.plan).await?.ok_or_else(|| {
-                ApiError::PlanUnavailable(format!("plan '{}' of key '{key_id}' is missing", key.plan))
-            })?;
-            let project_zone = project_zone(&state, &key.project_id).await?;
-            let zone = plan.time_zone.clone().unwrap_or_else(|| project_zone.clone());
-            let specs: Vec<(LimitSpec, tollgate_core::Zone)> = effective_limits(&plan.limits, &key.limit_overrides)
-                .into_iter()
-                .filter(|s| matches!(s.subject, SubjectKind::Key | SubjectKind::Project))
-                .map(|s| {
-                    // Project-wide limits count in the project's zone.
-                    let z = if s.subject == SubjectKind::Project { project_zone.clone() } else { zone.clone() };
-                    (s, z)
-                })
-                .collect();
+            let specs = key_quota_specs(&state, &key).await?;
             (key.project_id.clone(), Some(key_id.clone()), specs)
         }
         (None, Some(project)) => {
@@ -673,35 +658,117 @@ pub async fn forecast(
                 return Err(ApiError::NotFound { what: "project", id: project.clone() });
             };
             let project_zone = found.settings.time_zone.clone().unwrap_or_default();
-            let keys = state
-                .catalog
-                .list_keys(tollgate_store::KeyQuery { project_id: Some(project.clone()), after_id: None, limit: 1000 })
-                .await?;
-            let mut specs: Vec<(LimitSpec, tollgate_core::Zone)> = Vec::new();
-            let mut plans_seen = std::collections::HashSet::new();
-            for key in keys {
-                if !plans_seen.insert(key.plan.clone()) {
-                    continue;
-                }
-                if let Some(plan) = state.catalog.get_plan(&key.plan).await? {
-                    for spec in plan.limits.into_iter().filter(|s| s.subject == SubjectKind::Project) {
-                        if !specs.iter().any(|(s, _)| s.slot() == spec.slot() && s.limit == spec.limit) {
-                            specs.push((spec, project_zone.clone()));
-                        }
-                    }
-                }
-            }
+            let specs = project_quota_specs(&state, project, &project_zone).await?;
             (project.clone(), None, specs)
         }
         _ => return Err(ApiError::invalid_field("key", "give exactly one of ?key= or ?project=")),
     };
     let mut quotas = Vec::new();
+    for q in quota_forecasts(&state, &project_id, key_id.as_deref(), specs, now).await? {
+        let QuotaProjection { spec, zone, window_start_ms: start, window_end_ms: end, forecast: f } = q;
+        let percent = |n: u64| {
+            if spec.limit == 0 { Value::Null } else { json!((n as f64 * 1000.0 / spec.limit as f64).round() / 10.0) }
+        };
+        quotas.push(json!({
+            "name": spec.name(),
+            "metric": spec.metric,
+            "window": spec.window,
+            "subject": spec.subject,
+            "limit": spec.limit,
+            "used": f.used,
+            "used_percent": percent(f.used),
+            "projected": f.projected,
+            "projected_percent": percent(f.projected),
+            "time_zone": zone.name(),
+            "window_start": to_rfc3339(start),
+            "window_end": to_rfc3339(end),
+            "exhausts_at": f.exhausts_at_ms.map(to_rfc3339),
+            "observed_per_hour": f.observed_per_hour.map(|v| (v * 100.0).round() / 100.0),
+            "seasonal": f.seasonal,
+        }));
+    }
+    Ok(AxumJson(json!({ "project": project_id, "key": key_id, "now": to_rfc3339(now), "quotas": quotas })))
+}
+
+/// The quotas a key's forecast covers: its plan's day and month limits on the key
+/// and its project (with the key's overrides), each with the zone it counts in (the
+/// plan's, else the project's; project-wide limits the project's).
+pub async fn key_quota_specs(
+    state: &AppState,
+    key: &tollgate_core::KeyRecord,
+) -> ApiResult<Vec<(LimitSpec, tollgate_core::Zone)>> {
+    let plan = state
+        .catalog
+        .get_plan(&key.plan)
+        .await?
+        .ok_or_else(|| ApiError::PlanUnavailable(format!("plan '{}' of key '{}' is missing", key.plan, key.id)))?;
+    let project_zone = project_zone(state, &key.project_id).await?;
+    let zone = plan.time_zone.clone().unwrap_or_else(|| project_zone.clone());
+    Ok(effective_limits(&plan.limits, &key.limit_overrides)
+        .into_iter()
+        .filter(|s| matches!(s.subject, SubjectKind::Key | SubjectKind::Project))
+        .map(|s| {
+            // Project-wide limits count in the project's zone.
+            let z = if s.subject == SubjectKind::Project { project_zone.clone() } else { zone.clone() };
+            (s, z)
+        })
+        .collect())
+}
+
+/// The project-wide quotas of the plans a project's keys use, in the project's zone.
+pub async fn project_quota_specs(
+    state: &AppState,
+    project: &str,
+    project_zone: &tollgate_core::Zone,
+) -> ApiResult<Vec<(LimitSpec, tollgate_core::Zone)>> {
+    let keys = state
+        .catalog
+        .list_keys(tollgate_store::KeyQuery { project_id: Some(project.to_owned()), after_id: None, limit: 1000 })
+        .await?;
+    let mut specs: Vec<(LimitSpec, tollgate_core::Zone)> = Vec::new();
+    let mut plans_seen = std::collections::HashSet::new();
+    for key in keys {
+        if !plans_seen.insert(key.plan.clone()) {
+            continue;
+        }
+        if let Some(plan) = state.catalog.get_plan(&key.plan).await? {
+            for spec in plan.limits.into_iter().filter(|s| s.subject == SubjectKind::Project) {
+                if !specs.iter().any(|(s, _)| s.slot() == spec.slot() && s.limit == spec.limit) {
+                    specs.push((spec, project_zone.clone()));
+                }
+            }
+        }
+    }
+    Ok(specs)
+}
+
+/// One quota's forecast, in its calendar window.
+#[derive(Clone, Debug)]
+pub struct QuotaProjection {
+    pub spec: LimitSpec,
+    pub zone: tollgate_core::Zone,
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+    pub forecast: forecast::Forecast,
+}
+
+/// The forecast of each day and month quota of `specs` (minute and hour limits are
+/// skipped): a key's (`key_id`) or a project's, from the hourly rollups. The
+/// forecast endpoint and forecast alert rules both use it.
+pub async fn quota_forecasts(
+    state: &AppState,
+    project_id: &str,
+    key_id: Option<&str>,
+    specs: Vec<(LimitSpec, tollgate_core::Zone)>,
+    now: i64,
+) -> ApiResult<Vec<QuotaProjection>> {
+    let mut out = Vec::new();
     for (spec, zone) in specs {
         let Some((start, end)) = window_bounds(spec.window, now, &zone) else { continue };
         let history_from = tollgate_analytics::rollup::hour_of(start.min(now - HISTORY_WEEKS * MS_PER_WEEK));
         let filter = RollupFilter {
-            project_id: Some(project_id.clone()),
-            key_id: if spec.subject == SubjectKind::Key { key_id.clone() } else { None },
+            project_id: Some(project_id.to_owned()),
+            key_id: if spec.subject == SubjectKind::Key { key_id.map(str::to_owned) } else { None },
             model: spec.model.as_deref().map(str::to_owned),
             provider: spec.provider.as_deref().map(str::to_owned),
             endpoint: spec.endpoint.as_deref().map(str::to_owned),
@@ -728,28 +795,9 @@ pub async fn forecast(
             hourly: &hourly,
             known_from_ms: history_from,
         });
-        let percent = |n: u64| {
-            if spec.limit == 0 { Value::Null } else { json!((n as f64 * 1000.0 / spec.limit as f64).round() / 10.0) }
-        };
-        quotas.push(json!({
-            "name": spec.name(),
-            "metric": spec.metric,
-            "window": spec.window,
-            "subject": spec.subject,
-            "limit": spec.limit,
-            "used": f.used,
-            "used_percent": percent(f.used),
-            "projected": f.projected,
-            "projected_percent": percent(f.projected),
-            "time_zone": zone.name(),
-            "window_start": to_rfc3339(start),
-            "window_end": to_rfc3339(end),
-            "exhausts_at": f.exhausts_at_ms.map(to_rfc3339),
-            "observed_per_hour": f.observed_per_hour.map(|v| (v * 100.0).round() / 100.0),
-            "seasonal": f.seasonal,
-        }));
+        out.push(QuotaProjection { spec, zone, window_start_ms: start, window_end_ms: end, forecast: f });
     }
-    Ok(AxumJson(json!({ "project": project_id, "key": key_id, "now": to_rfc3339(now), "quotas": quotas })))
+    Ok(out)
 }
 
 /// The project's zone (UTC when unset or the project is gone).
@@ -797,48 +845,21 @@ pub async fn anomalies(
         },
     };
     let threshold = match p.threshold.as_deref() {
-        None => 4.0,
+        None => DEFAULT_ANOMALY_THRESHOLD,
         Some(t) => match t.parse::<f64>() {
             Ok(v) if v.is_finite() && v > 0.0 && v <= 1_000.0 => v,
             _ => return Err(ApiError::invalid_field("threshold", "must be a number above 0 (at most 1000)")),
         },
     };
-    let default_volume = match metric {
-        Metric::Requests => 50,
-        Metric::CostMicros => 50_000,
-        _ => 50_000,
-    };
+    let default_volume = default_min_volume(metric);
     let min_volume = match p.min_volume.as_deref() {
         None => default_volume,
         Some(v) => v.parse::<u64>().map_err(|_| ApiError::invalid_field("min_volume", "must be a whole number"))?,
     };
     let filter = scoped_filter(&state, &admin, &p).await?;
     let range = range_at_most(&state, &p, MS_PER_DAY, MAX_HOURLY_SPAN_MS)?;
-    let history_from = range.from_ms - weeks * MS_PER_WEEK;
-    let groups = state
-        .analytics
-        .rollup_groups(RollupQuery {
-            from_ms: history_from,
-            to_ms: range.to_ms,
-            filter,
-            by_hour: true,
-            group_by: vec![by],
-            latency_buckets: false,
-        })
-        .await?;
-    let mut per_subject: BTreeMap<String, BTreeMap<i64, u64>> = BTreeMap::new();
-    for g in groups {
-        if let (Some(hour), Some(subject)) = (g.hour_ms, g.dims.into_iter().next()) {
-            *per_subject.entry(subject).or_default().entry(hour).or_default() += limit_metric_value(metric, &g.values);
-        }
-    }
     let settings = AnomalySettings { weeks, threshold, min_volume };
-    let mut found: Vec<(String, anomaly::Anomaly)> = per_subject
-        .iter()
-        .flat_map(|(subject, hourly)| {
-            anomaly::detect(hourly, range.from_ms, range.to_ms, &settings).into_iter().map(|a| (subject.clone(), a))
-        })
-        .collect();
+    let mut found = hourly_anomalies(&state, filter, metric, by, range.from_ms, range.to_ms, &settings).await?;
     found.sort_by(|a, b| b.1.score.abs().total_cmp(&a.1.score.abs()).then_with(|| a.1.hour_ms.cmp(&b.1.hour_ms)));
     let list: Vec<Value> = found
         .iter()
@@ -853,4 +874,53 @@ pub async fn anomalies(
         "metric": metric_name, "by": by.as_str(), "from": to_rfc3339(range.from_ms), "to": to_rfc3339(range.to_ms),
         "weeks": weeks, "threshold": threshold, "min_volume": min_volume, "anomalies": list,
     })))
+}
+
+/// The anomalies endpoint's default `min_volume` for a metric.
+pub fn default_min_volume(metric: Metric) -> u64 {
+    match metric {
+        Metric::Requests => 50,
+        Metric::CostMicros => 50_000,
+        _ => 50_000,
+    }
+}
+
+/// The anomalies endpoint's default `threshold` (robust z-score).
+pub const DEFAULT_ANOMALY_THRESHOLD: f64 = 4.0;
+
+/// The anomalous hours of `[from_ms, to_ms)` per project or key (`by`) of `filter`,
+/// from the hourly rollups: the anomalies endpoint and anomaly alert rules both use it.
+pub async fn hourly_anomalies(
+    state: &AppState,
+    filter: RollupFilter,
+    metric: Metric,
+    by: Dimension,
+    from_ms: i64,
+    to_ms: i64,
+    settings: &AnomalySettings,
+) -> ApiResult<Vec<(String, anomaly::Anomaly)>> {
+    let history_from = from_ms - settings.weeks * MS_PER_WEEK;
+    let groups = state
+        .analytics
+        .rollup_groups(RollupQuery {
+            from_ms: history_from,
+            to_ms,
+            filter,
+            by_hour: true,
+            group_by: vec![by],
+            latency_buckets: false,
+        })
+        .await?;
+    let mut per_subject: BTreeMap<String, BTreeMap<i64, u64>> = BTreeMap::new();
+    for g in groups {
+        if let (Some(hour), Some(subject)) = (g.hour_ms, g.dims.into_iter().next()) {
+            *per_subject.entry(subject).or_default().entry(hour).or_default() += limit_metric_value(metric, &g.values);
+        }
+    }
+    Ok(per_subject
+        .iter()
+        .flat_map(|(subject, hourly)| {
+            anomaly::detect(hourly, from_ms, to_ms, settings).into_iter().map(|a| (subject.clone(), a))
+        })
+        .collect())
 }

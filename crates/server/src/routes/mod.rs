@@ -2,6 +2,7 @@
 //! and the admin API. Handlers validate and shape JSON; the pipeline decides.
 
 pub mod admin;
+pub mod alert_kinds;
 pub mod alerts;
 pub mod analytics;
 pub mod dashboard;

@@ -147,7 +147,7 @@ pub async fn alerts_app() -> TestApp {
 }
 
 /// A project with a key on a plan of one daily request quota of `limit`.
-async fn quota_key(app: &TestApp, project: &str, limit: u64) -> String {
+pub async fn quota_key(app: &TestApp, project: &str, limit: u64) -> String {
     app.create_project(project).await;
     let plan = format!("daily-{project}");
     let r = app
@@ -161,7 +161,7 @@ async fn quota_key(app: &TestApp, project: &str, limit: u64) -> String {
     app.create_key(json!({ "project": project, "plan": plan })).await.0
 }
 
-async fn webhook_channel(app: &TestApp, project: &str, url: &str) -> (String, String) {
+pub async fn webhook_channel(app: &TestApp, project: &str, url: &str) -> (String, String) {
     let r = app
         .admin(
             reqwest::Method::POST,
@@ -175,19 +175,19 @@ async fn webhook_channel(app: &TestApp, project: &str, url: &str) -> (String, St
     (r.body["id"].as_str().expect("id").to_owned(), secret)
 }
 
-async fn rule(app: &TestApp, body: Value) -> String {
+pub async fn rule(app: &TestApp, body: Value) -> String {
     let r = app.admin(reqwest::Method::POST, "/api/v1/alerts/rules", Some(body)).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     r.body["id"].as_str().expect("id").to_owned()
 }
 
-async fn deliveries(app: &TestApp, query: &str) -> Vec<Value> {
+pub async fn deliveries(app: &TestApp, query: &str) -> Vec<Value> {
     let r = app.admin(reqwest::Method::GET, &format!("/api/v1/alerts/deliveries{query}"), None).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     r.body["data"].as_array().expect("list").clone()
 }
 
-async fn wait_for_deliveries(app: &TestApp, query: &str, status: &str, n: usize) -> Vec<Value> {
+pub async fn wait_for_deliveries(app: &TestApp, query: &str, status: &str, n: usize) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let list = deliveries(app, query).await;

@@ -291,6 +291,32 @@ async fn alerts_channels_rules_and_deliveries_from_the_command_line() {
             ],
         );
         assert_eq!(rule["thresholds"], json!([50, 100]), "{rule}");
+        let anomaly = json_of(
+            &app,
+            &[
+                "alerts",
+                "rules",
+                "create",
+                "--project",
+                "acme",
+                "--kind",
+                "anomaly",
+                "--metric",
+                "requests",
+                "--threshold",
+                "5",
+                "--min-volume",
+                "20",
+                "--channels",
+                &id,
+            ],
+        );
+        assert_eq!(anomaly["kind"], "anomaly", "{anomaly}");
+        assert_eq!(anomaly["threshold"], 5.0);
+        assert_eq!(anomaly["min_volume"], 20);
+        let anomaly_id = anomaly["id"].as_str().expect("id").to_owned();
+        let (ok, _, stderr) = run(&app, &["alerts", "rules", "delete", &anomaly_id], &[]);
+        assert!(ok, "{stderr}");
         let rules = json_of(&app, &["alerts", "rules", "list", "--project", "acme"]);
         assert_eq!(rules["data"].as_array().map(Vec::len), Some(1));
         let test = json_of(&app, &["alerts", "channels", "test", &id]);

@@ -5,6 +5,7 @@ mod accounting;
 mod admin;
 mod admission;
 mod alerts;
+mod alerts_evaluate;
 mod analytics;
 mod cache;
 mod cli;
