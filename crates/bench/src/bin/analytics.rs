@@ -164,22 +164,42 @@ fn diurnal(h: i64) -> f64 {
     1.0 + 0.8 * x.cos()
 }
 
-/// A synthetic row: project and key skewed (a few big tenants), the model by
-/// popularity, a diurnal timestamp, a few spike hours, errors and cache hits.
-fn synthetic(rng: &mut Rng, i: u64, now: i64, days: i64, spikes: &[i64]) -> UsageRecord {
-    let span_hours = days * 24;
-    // Rejection-sample an hour by the diurnal weight; 2% of rows land in a spike.
-    let hour = if rng.below(50) == 0 {
-        *rng.pick(spikes)
-    } else {
-        loop {
-            let h = rng.below(span_hours as u64) as i64;
-            let at = now - (h + 1) * MS_PER_HOUR;
-            if (rng.below(1000) as f64) < diurnal((at / MS_PER_HOUR) % 24) / 1.8 * 1000.0 {
-                break at - at.rem_euclid(MS_PER_HOUR);
-            }
+/// How many rows each hour of the last `days` days gets, oldest hour first: the
+/// diurnal curve, plus 2% of all rows shared by the spike hours. A ledger is written
+/// in time order, so the generator writes in time order too: each batch then
+/// touches the rollup rows of an hour or two, as live traffic does (random hours in
+/// every batch would rewrite rollup rows all over the range, which no gateway does
+/// and which bloats PostgreSQL's tables with dead row versions).
+fn hour_counts(rows: u64, now: i64, days: i64, spikes: &[i64]) -> Vec<(i64, u64)> {
+    let newest = now - now.rem_euclid(MS_PER_HOUR) - MS_PER_HOUR;
+    let hours: Vec<i64> = (0..days * 24).rev().map(|h| newest - h * MS_PER_HOUR).collect();
+    let spike_rows = rows / 50;
+    let spread = rows - spike_rows;
+    let weights: Vec<f64> = hours.iter().map(|at| diurnal((at / MS_PER_HOUR) % 24)).collect();
+    let total: f64 = weights.iter().sum();
+    let mut counts: Vec<(i64, u64)> =
+        hours.iter().zip(&weights).map(|(at, w)| (*at, (spread as f64 * w / total) as u64)).collect();
+    // Rounding down loses a few rows: the newest hours take them, then the spikes.
+    let mut missing = spread - counts.iter().map(|(_, n)| n).sum::<u64>();
+    for (_, n) in counts.iter_mut().rev() {
+        if missing == 0 {
+            break;
         }
-    };
+        *n += 1;
+        missing -= 1;
+    }
+    for (i, spike) in spikes.iter().enumerate() {
+        let share = spike_rows / spikes.len() as u64 + u64::from((i as u64) < spike_rows % spikes.len() as u64);
+        if let Some((_, n)) = counts.iter_mut().find(|(at, _)| at == spike) {
+            *n += share;
+        }
+    }
+    counts
+}
+
+/// A synthetic row in `hour`: project and key skewed (a few big tenants), the model
+/// by popularity, errors and cache hits.
+fn synthetic(rng: &mut Rng, i: u64, hour: i64) -> UsageRecord {
     let ts_ms = hour + rng.below(MS_PER_HOUR as u64) as i64;
     let project = (rng.below(100) as usize).min(99) * PROJECTS / 100 * (rng.below(2) as usize) % PROJECTS;
     let key =
@@ -232,10 +252,14 @@ async fn generate(target: &Target, rows: u64, days: i64, seed: u64) -> anyhow::R
     let started = Instant::now();
     let mut last = started;
     let mut written = 0;
+    let mut hours = hour_counts(rows, now, days, &spikes).into_iter().flat_map(|(at, n)| (0..n).map(move |_| at));
     while written < rows {
         let n = BATCH.min((rows - written) as usize);
-        let batch: Vec<UsageRecord> =
-            (0..n as u64).map(|j| synthetic(&mut rng, written + j, now, days, &spikes)).collect();
+        let mut batch: Vec<UsageRecord> = Vec::with_capacity(n);
+        for j in 0..n as u64 {
+            let hour = hours.next().context("the hour counts add up to the rows")?;
+            batch.push(synthetic(&mut rng, written + j, hour));
+        }
         // A batch is idempotent by id (replays are ignored), so a failed one is simply
         // sent again: SQLite answers "database is locked" while a WAL truncation
         // outlasts its busy timeout on a loaded disk.
