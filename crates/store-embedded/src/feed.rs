@@ -30,8 +30,9 @@ impl LedgerFeed for EmbeddedLedger {
     async fn feed_after(&self, after: i64, limit: usize) -> StoreResult<Vec<FeedRecord>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(move |conn| {
-            let sql =
-                format!("SELECT {USAGE_COLUMNS}, seq FROM usage INDEXED BY usage_seq WHERE seq > ?1 ORDER BY seq LIMIT ?2");
+            let sql = format!(
+                "SELECT {USAGE_COLUMNS}, seq FROM usage INDEXED BY usage_seq WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            );
             let mut stmt = conn.prepare_cached(&sql).map_err(sql_error)?;
             let rows = stmt
                 .query_map(params![after, limit], |row| {
@@ -66,9 +67,11 @@ impl LedgerFeed for EmbeddedLedger {
     async fn feed_backlog(&self, after: i64) -> StoreResult<FeedBacklog> {
         self.read(move |conn| {
             let (records, oldest): (i64, Option<i64>) = conn
-                .query_row("SELECT count(*), min(ts_ms) FROM usage INDEXED BY usage_seq WHERE seq > ?1", [after], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })
+                .query_row(
+                    "SELECT count(*), min(ts_ms) FROM usage INDEXED BY usage_seq WHERE seq > ?1",
+                    [after],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
                 .map_err(sql_error)?;
             Ok(FeedBacklog { records: u64::try_from(records).unwrap_or(0), oldest_ts_ms: oldest })
         })
