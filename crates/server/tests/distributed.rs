@@ -1058,3 +1058,72 @@ async fn a_cache_that_cannot_be_reached_is_a_miss_never_an_error() {
     a.stop().await;
     schema.drop().await;
 }
+
+#[path = "support/jetstream.rs"]
+mod jetstream;
+
+/// Issue 18, the usage events sink on two instances: one of them (the holder of the
+/// `usage-events` lease) publishes, and every record of the shared PostgreSQL ledger
+/// reaches the stream exactly once, whichever instance answered it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_publish_every_ledger_record_once_through_one_sink() {
+    let Some(env) = env() else { return };
+    let url = jetstream::nats_url();
+    let js = jetstream::require_jetstream(&url).await;
+    let (stream, subject) = jetstream::unique_stream();
+    let schema = Schema::create(&env).await;
+    let mock = spawn_mock().await;
+    let prefix = format!("{}:", unique("tgtest"));
+    let raw = || {
+        let mut raw = config(&mock, &env.redis_url, &schema.url, &prefix);
+        raw.events.nats_url = Some(Secret::new(&url));
+        raw.events.stream = stream.clone();
+        raw.events.subject = subject.clone();
+        raw.events.poll_interval_ms = 20;
+        raw.events.batch = 8;
+        raw
+    };
+    let a = start(raw()).await;
+    let b = start(raw()).await;
+    let (key, _) =
+        a.project_key("events-acme", json!([{ "metric": "requests", "window": "month", "limit": 100000 }])).await;
+    for i in 0..40 {
+        let instance = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(instance.chat(&key).await.status, 200);
+    }
+    a.state.ledger.flush().await.expect("flush a");
+    b.state.ledger.flush().await.expect("flush b");
+    let rows = schema.count("SELECT count(*) FROM usage").await;
+    assert_eq!(rows, 40, "every answer in the ledger");
+    jetstream::eventually(Duration::from_secs(60), "every record in the stream", || async {
+        jetstream::message_count(&js, &stream).await >= rows as u64
+    })
+    .await;
+    let got = jetstream::read_stream(&js, &stream).await;
+    assert_eq!(got.messages, rows as u64, "one message per ledger record");
+    let ids: std::collections::HashSet<String> = {
+        let client = schema.store.pool().get().await.expect("client");
+        let found = client.query("SELECT id FROM usage", &[]).await.expect("ids");
+        found.iter().map(|r| r.get::<_, String>(0)).collect()
+    };
+    assert_eq!(got.ids.keys().cloned().collect::<std::collections::HashSet<_>>(), ids);
+    assert!(got.ids.values().all(|n| *n == 1), "no record twice");
+    let stats = |i: &Instance| i.state.events.clone().expect("the sink is configured");
+    let (sa, sb) = (stats(&a), stats(&b));
+    let published = |t: &tollgate_events::Tailer| t.stats.published.load(Ordering::Relaxed);
+    let duplicates = |t: &tollgate_events::Tailer| t.stats.duplicates.load(Ordering::Relaxed);
+    assert_eq!(published(&sa) + published(&sb), rows as u64, "each record published by one sink, once");
+    assert_eq!(duplicates(&sa) + duplicates(&sb), 0, "no sink published what the other did");
+    let active: Vec<&Instance> =
+        [&a, &b].into_iter().filter(|i| stats(i).stats.active.load(Ordering::Relaxed)).collect();
+    assert_eq!(active.len(), 1, "one instance runs the sink");
+    let holder = a.parts.events_lease.current_holder().await.expect("lease");
+    assert_eq!(holder.as_deref(), Some(active[0].parts.instance_id.as_str()), "the lease holder publishes");
+    let other = if std::ptr::eq(active[0], &a) { &sb } else { &sa };
+    assert_eq!(published(other), 0, "the other instance publishes nothing");
+    a.stop().await;
+    b.stop().await;
+    schema.drop().await;
+    delete_redis_prefix(&env.redis_url, &prefix).await;
+    jetstream::delete_stream(&js, &stream).await;
+}
