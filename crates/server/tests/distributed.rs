@@ -1108,6 +1108,9 @@ async fn two_instances_publish_every_ledger_record_once_through_one_sink() {
     };
     assert_eq!(got.ids.keys().cloned().collect::<std::collections::HashSet<_>>(), ids);
     assert!(got.ids.values().all(|n| *n == 1), "no record twice");
+    assert!(got.bodies.values().all(|b| b["project"] == "events-acme" && b["status"] == 200));
+    let seqs: Vec<i64> = got.order.iter().map(|id| got.bodies[id]["ledger_seq"].as_i64().expect("seq")).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "published in the shared ledger's commit order: {seqs:?}");
     let stats = |i: &Instance| i.state.events.clone().expect("the sink is configured");
     let (sa, sb) = (stats(&a), stats(&b));
     let published = |t: &tollgate_events::Tailer| t.stats.published.load(Ordering::Relaxed);
