@@ -372,3 +372,64 @@ async fn kill_9_mid_way_then_restart_publishes_every_record_once() {
     let _ = child.wait();
     jetstream::delete_stream(&js, &stream).await;
 }
+
+/// With `create_stream = false` and no stream yet, nothing can be published: retention
+/// then keeps every unpublished row however old; once the stream exists the sink
+/// publishes them all, and the next retention run deletes the old ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_unpublished_rows_until_the_sink_has_published_them() {
+    let url = nats_url();
+    let js = require_jetstream(&url).await;
+    let (stream, subject) = unique_stream();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mock = spawn_mock(tollgate_mock_upstream::MockConfig::default()).await;
+    let mut raw = with_events(raw_config(tmp.path(), &mock), &url, &stream, &subject);
+    raw.events.create_stream = false;
+    let mut app = spawn_app_with(Config::from_raw(raw).expect("config")).await;
+    app.keep_dir(tmp);
+    let now = tollgate_gateway::now_ms();
+    const DAY: i64 = 24 * 3600 * 1000;
+    let record = |i: i64, ts_ms: i64| UsageRecord {
+        id: format!("ev-ret-{i}"),
+        ts_ms,
+        project_id: "ev-ret".into(),
+        key_id: "k".into(),
+        endpoint: "chat.completions".into(),
+        status: 200,
+        counted: true,
+        requests: 1,
+        ..UsageRecord::default()
+    };
+    let old: Vec<UsageRecord> = (0..6).map(|i| record(i, now - 120 * DAY - i * 1000)).collect();
+    let recent: Vec<UsageRecord> = (6..9).map(|i| record(i, now - i * 1000)).collect();
+    app.state.ledger.append_new(old).await.expect("store");
+    app.state.ledger.append_new(recent).await.expect("store");
+    eventually(Duration::from_secs(30), "the missing stream reported", || async {
+        metric(&app, "tollgate_events_failures_total").await >= 1
+            && metric(&app, "tollgate_events_lag_records").await == 9
+    })
+    .await;
+    let run = tollgate_server::retention::retention_once(&app.state, now).await.expect("retention");
+    assert_eq!(run.ledger_rows, 0, "rows the sink has not published are kept, past retention_days too");
+    assert_eq!(app.state.ledger.records_since(0).await.expect("ledger").len(), 9);
+
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: stream.clone(),
+        subjects: vec![subject.clone()],
+        ..Default::default()
+    })
+    .await
+    .expect("create the stream");
+    eventually(Duration::from_secs(90), "everything published once the stream exists", || async {
+        message_count(&js, &stream).await == 9
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the lag back to zero", || async {
+        metric(&app, "tollgate_events_lag_records").await == 0
+    })
+    .await;
+    let run = tollgate_server::retention::retention_once(&app.state, now).await.expect("retention");
+    assert_eq!(run.ledger_rows, 6, "published rows past retention_days go");
+    app.stop().await;
+    jetstream::delete_stream(&js, &stream).await;
+}
