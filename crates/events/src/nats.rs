@@ -55,11 +55,21 @@ impl std::fmt::Debug for NatsSink {
 impl NatsSink {
     /// Connects, then finds the stream (creating it if `create_stream`).
     pub async fn connect(settings: &NatsSettings) -> Result<Self, EventsError> {
-        let client = async_nats::ConnectOptions::new()
+        // Credentials go to the client apart from the address, which the client may
+        // log (at debug level) when a connection fails.
+        let (address, credentials) = split_credentials(settings.url.expose());
+        let options = match credentials {
+            Credentials::None => async_nats::ConnectOptions::new(),
+            Credentials::Token(token) => async_nats::ConnectOptions::with_token(token),
+            Credentials::UserPassword(user, password) => {
+                async_nats::ConnectOptions::with_user_and_password(user, password)
+            }
+        };
+        let client = options
             .name("tollgate")
             .connection_timeout(settings.timeout)
             .request_timeout(Some(settings.timeout))
-            .connect(settings.url.expose())
+            .connect(address.as_str())
             .await
             .map_err(|e| EventsError::Connect(e.to_string()))?;
         let jetstream = jetstream::ContextBuilder::new().timeout(settings.timeout).build(client);
@@ -117,6 +127,60 @@ impl NatsSink {
     }
 }
 
+/// Credentials written into a NATS URL.
+#[derive(Debug, PartialEq, Eq)]
+enum Credentials {
+    None,
+    /// `nats://token@host`
+    Token(String),
+    /// `nats://user:password@host`
+    UserPassword(String, String),
+}
+
+/// The URL without its user part (`nats://host:4222`), and the credentials it held
+/// (percent-escapes decoded). Several servers separated by commas keep the first
+/// one's credentials and lose every one's user part.
+fn split_credentials(url: &str) -> (String, Credentials) {
+    let mut credentials = Credentials::None;
+    let mut servers = Vec::new();
+    for server in url.split(',') {
+        let (scheme, server) = server.trim().split_once("://").unwrap_or(("nats", server.trim()));
+        let (user, host) = match server.rsplit_once('@') {
+            Some((user, host)) => (Some(user), host),
+            None => (None, server),
+        };
+        if let (Some(user), Credentials::None) = (user, &credentials) {
+            credentials = match user.split_once(':') {
+                Some((name, password)) => Credentials::UserPassword(unescape(name), unescape(password)),
+                None => Credentials::Token(unescape(user)),
+            };
+        }
+        servers.push(format!("{scheme}://{host}"));
+    }
+    (servers.join(","), credentials)
+}
+
+/// Decodes `%XX` escapes (a password holding `@` or `:` must be written escaped).
+fn unescape(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Whether a stream's subject filter (with NATS's `*` and `>` wildcards) covers
 /// `subject`.
 fn subject_matches(filter: &str, subject: &str) -> bool {
@@ -134,7 +198,20 @@ fn subject_matches(filter: &str, subject: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::subject_matches;
+    use super::{Credentials, split_credentials, subject_matches};
+
+    #[test]
+    fn credentials_are_taken_out_of_the_address() {
+        assert_eq!(split_credentials("nats://127.0.0.1:4222"), ("nats://127.0.0.1:4222".into(), Credentials::None));
+        assert_eq!(
+            split_credentials("nats://s3cret@host:4222"),
+            ("nats://host:4222".into(), Credentials::Token("s3cret".into()))
+        );
+        assert_eq!(
+            split_credentials("tls://bob:p%40ss@a:4222,tls://b:4222"),
+            ("tls://a:4222,tls://b:4222".into(), Credentials::UserPassword("bob".into(), "p@ss".into()))
+        );
+    }
 
     #[test]
     fn subject_filters_follow_the_nats_wildcards() {

@@ -125,11 +125,12 @@ fn free_port() -> u16 {
 
 /// NATS down: the gateway keeps answering, the lag and the failures show in
 /// `/metrics`; once a nats-server comes up on that address, the sink (retrying with
-/// back-off) publishes everything.
+/// back-off) publishes everything. That server wants a user and password, given in
+/// the URL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_down_keeps_the_gateway_serving_and_everything_is_published_once_it_is_up() {
     let port = free_port();
-    let url = format!("nats://127.0.0.1:{port}");
+    let url = format!("nats://tollgate:s3cret-pw@127.0.0.1:{port}");
     let (stream, subject) = unique_stream();
     let tmp = tempfile::tempdir().expect("tempdir");
     let mock = spawn_mock(tollgate_mock_upstream::MockConfig {
@@ -153,10 +154,11 @@ async fn nats_down_keeps_the_gateway_serving_and_everything_is_published_once_it
     let health = app.admin(reqwest::Method::GET, "/health/detailed", None).await;
     assert_eq!(health.body["events"]["connected"], false, "{}", health.body);
     assert!(health.body["events"]["last_error"].is_string(), "{}", health.body);
+    assert!(!health.body.to_string().contains("s3cret-pw"), "the password is never shown");
 
     let store = tempfile::tempdir().expect("jetstream dir");
     let mut server = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "--user", "tollgate", "--pass", "s3cret-pw", "-js", "-sd"])
         .arg(store.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -179,19 +181,27 @@ async fn nats_down_keeps_the_gateway_serving_and_everything_is_published_once_it
     let _ = server.wait();
 }
 
-/// The test's own nats-server, once it accepts connections.
+/// The test's own nats-server (user `tollgate`), once it accepts connections.
 async fn require_jetstream_within(url: &str, within: Duration) -> async_nats::jetstream::Context {
+    let url = url.replace("tollgate:s3cret-pw@", "");
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        if let Ok(client) = async_nats::connect(url).await {
-            let js = async_nats::jetstream::new(client);
-            match js.get_stream("TGTEST_NO_SUCH_STREAM").await {
-                Ok(_) => return js,
-                Err(e) if e.to_string().contains("not found") => return js,
-                Err(_) => {}
+        let options = async_nats::ConnectOptions::with_user_and_password("tollgate".into(), "s3cret-pw".into());
+        let last = match options.connect(url.as_str()).await {
+            Ok(client) => {
+                let js = async_nats::jetstream::new(client);
+                match js.get_stream("TGTEST_NO_SUCH_STREAM").await {
+                    Ok(_) => return js,
+                    Err(e) if e.to_string().contains("not found") => return js,
+                    Err(e) => e.to_string(),
+                }
             }
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the test's nats-server did not start within {within:?}");
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the test's nats-server did not start within {within:?}: {last}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
