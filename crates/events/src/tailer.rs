@@ -147,10 +147,10 @@ impl Tailer {
     /// does not run the sink, or one whose publishing fails, still shows the lag).
     pub async fn refresh_lag(&self) -> Result<u64, EventsError> {
         let cursor = self.feed.feed_cursor(&self.cursor_name).await?;
-        let backlog = self.feed.feed_backlog(cursor).await?;
+        let lag = self.feed.feed_lag(cursor).await?;
         self.stats.cursor.store(cursor, Ordering::Relaxed);
-        self.stats.lag_records.store(backlog.records, Ordering::Relaxed);
-        Ok(backlog.records)
+        self.stats.lag_records.store(lag, Ordering::Relaxed);
+        Ok(lag)
     }
 
     /// Drops the connection (shutdown, or this instance lost the lease).
@@ -165,6 +165,6 @@ impl Tailer {
     /// retention: rows from there on are kept until the sink has published them.
     pub async fn oldest_unpublished_ms(&self) -> Result<Option<i64>, EventsError> {
         let cursor = self.feed.feed_cursor(&self.cursor_name).await?;
-        Ok(self.feed.feed_backlog(cursor).await?.oldest_ts_ms)
+        Ok(self.feed.feed_oldest_after(cursor).await?)
     }
 }

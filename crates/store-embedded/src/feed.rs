@@ -7,7 +7,7 @@ use std::sync::PoisonError;
 use async_trait::async_trait;
 use rusqlite::params;
 use tollgate_store::columns::USAGE_COLUMNS;
-use tollgate_store::{FeedBacklog, FeedRecord, LedgerFeed, StoreResult};
+use tollgate_store::{FeedRecord, LedgerFeed, StoreResult};
 
 use crate::ledger::{EmbeddedLedger, row_from_sql};
 use crate::sql_error;
@@ -64,16 +64,21 @@ impl LedgerFeed for EmbeddedLedger {
         .await?
     }
 
-    async fn feed_backlog(&self, after: i64) -> StoreResult<FeedBacklog> {
+    async fn feed_lag(&self, after: i64) -> StoreResult<u64> {
         self.read(move |conn| {
-            let (records, oldest): (i64, Option<i64>) = conn
-                .query_row(
-                    "SELECT count(*), min(ts_ms) FROM usage INDEXED BY usage_seq WHERE seq > ?1",
-                    [after],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .map_err(sql_error)?;
-            Ok(FeedBacklog { records: u64::try_from(records).unwrap_or(0), oldest_ts_ms: oldest })
+            let last: Option<i64> =
+                conn.query_row("SELECT max(seq) FROM usage", [], |row| row.get(0)).map_err(sql_error)?;
+            Ok(u64::try_from(last.unwrap_or(0).saturating_sub(after)).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn feed_oldest_after(&self, after: i64) -> StoreResult<Option<i64>> {
+        self.read(move |conn| {
+            conn.query_row("SELECT min(ts_ms) FROM usage INDEXED BY usage_seq WHERE seq > ?1", [after], |row| {
+                row.get(0)
+            })
+            .map_err(sql_error)
         })
         .await
     }

@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 use tollgate_store::columns::USAGE_COLUMNS;
-use tollgate_store::{FeedBacklog, FeedRecord, LedgerFeed, StoreResult};
+use tollgate_store::{FeedRecord, LedgerFeed, StoreResult};
 
 use crate::ledger::{PostgresLedger, record_from_row};
 use crate::{pool_error, sql_error};
@@ -61,20 +61,25 @@ impl LedgerFeed for PostgresLedger {
         Ok(())
     }
 
-    async fn feed_backlog(&self, after: i64) -> StoreResult<FeedBacklog> {
+    async fn feed_lag(&self, after: i64) -> StoreResult<u64> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let row = client.query_one("SELECT max(seq) FROM usage_ids", &[]).await.map_err(sql_error)?;
+        let last: Option<i64> = row.try_get(0).map_err(sql_error)?;
+        Ok(u64::try_from(last.unwrap_or(0).saturating_sub(after)).unwrap_or(0))
+    }
+
+    /// Only ids whose row is still there: an id left by a month partition that
+    /// retention dropped must not hold retention back.
+    async fn feed_oldest_after(&self, after: i64) -> StoreResult<Option<i64>> {
         let client = self.pool.get().await.map_err(pool_error)?;
         let row = client
             .query_one(
-                "SELECT count(*), min(i.ts_ms) FROM usage_ids i JOIN usage u ON u.ts_ms = i.ts_ms AND u.id = i.id \
+                "SELECT min(i.ts_ms) FROM usage_ids i JOIN usage u ON u.ts_ms = i.ts_ms AND u.id = i.id \
                  WHERE i.seq > $1",
                 &[&after],
             )
             .await
             .map_err(sql_error)?;
-        let records: i64 = row.try_get(0).map_err(sql_error)?;
-        Ok(FeedBacklog {
-            records: u64::try_from(records).unwrap_or(0),
-            oldest_ts_ms: row.try_get(1).map_err(sql_error)?,
-        })
+        row.try_get(0).map_err(sql_error)
     }
 }

@@ -29,14 +29,6 @@ pub struct FeedRecord {
     pub record: UsageRecord,
 }
 
-/// The records a sink has not yet delivered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FeedBacklog {
-    pub records: u64,
-    /// The earliest `ts_ms` among them (retention keeps rows from here on).
-    pub oldest_ts_ms: Option<i64>,
-}
-
 /// The ledger read in commit order, with the stored positions of its sinks.
 #[async_trait]
 pub trait LedgerFeed: Send + Sync + 'static {
@@ -47,6 +39,13 @@ pub trait LedgerFeed: Send + Sync + 'static {
     async fn feed_after(&self, after: i64, limit: usize) -> StoreResult<Vec<FeedRecord>>;
     /// Stores `sink`'s position as `seq` (never moves it back).
     async fn advance_feed_cursor(&self, sink: &str, seq: i64, now_ms: i64) -> StoreResult<()>;
-    /// How many records have `seq > after`, and the oldest time among them.
-    async fn feed_backlog(&self, after: i64) -> StoreResult<FeedBacklog>;
+    /// How far the feed goes past `after`: the last stored `seq` minus `after` (0 when
+    /// nothing is after it). Read from the end of the `seq` index, so cheap however
+    /// far behind a sink is; it counts numbers, so a number a replayed id used and
+    /// stored nothing under (PostgreSQL) counts too.
+    async fn feed_lag(&self, after: i64) -> StoreResult<u64>;
+    /// The earliest `ts_ms` among the records with `seq > after` (`None`: none), for
+    /// retention, which keeps rows from there on. Reads every such record's time: call
+    /// it as rarely as retention runs.
+    async fn feed_oldest_after(&self, after: i64) -> StoreResult<Option<i64>>;
 }

@@ -22,7 +22,7 @@ pub mod refusals;
 pub mod replay;
 pub mod totals;
 
-pub use feed::{FeedBacklog, FeedRecord, LedgerFeed};
+pub use feed::{FeedRecord, LedgerFeed};
 pub use plans::{AuthedCache, PlanCache};
 pub use totals::{CountedSums, TOTALS_PAGE, TotalsPages, TotalsQuery};
 

@@ -59,13 +59,15 @@ pub async fn records_follow_commit_order_and_cursors_move_forward(ledger: &dyn L
     let rest: Vec<String> = all_after(feed, third).await.into_iter().map(|(_, id)| id).collect();
     assert_eq!(rest, ["conf-feed-4", "conf-feed-5"], "reading after a position continues there");
 
-    let backlog = feed.feed_backlog(third).await.expect("backlog");
-    assert!(backlog.records >= 2, "at least this scenario's two records are after the position: {backlog:?}");
-    assert!(backlog.oldest_ts_ms.is_some_and(|t| t < NOW), "the oldest undelivered time: {backlog:?}");
+    let lag = feed.feed_lag(third).await.expect("lag");
+    assert!(lag >= 2, "at least this scenario's two records are after the position: {lag}");
+    let oldest = feed.feed_oldest_after(third).await.expect("oldest");
+    assert!(oldest.is_some_and(|t| t < NOW), "the oldest undelivered time: {oldest:?}");
     let last = seen[4].0;
-    let after_all = feed.feed_backlog(feed_end(feed).await).await.expect("backlog at the end");
-    assert_eq!(after_all.records, 0);
-    assert_eq!(after_all.oldest_ts_ms, None);
+    let end = feed_end(feed).await;
+    assert_eq!(feed.feed_lag(end).await.expect("lag at the end"), 0);
+    assert_eq!(feed.feed_lag(end + 10).await.expect("lag past the end"), 0);
+    assert_eq!(feed.feed_oldest_after(end).await.expect("oldest at the end"), None);
 
     feed.advance_feed_cursor(sink, third, NOW).await.expect("advance");
     assert_eq!(feed.feed_cursor(sink).await.expect("cursor"), third);
