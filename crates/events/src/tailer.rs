@@ -95,8 +95,8 @@ impl Tailer {
         &self.settings
     }
 
-    /// One pass at `now_ms`. On failure the connection is dropped (the next pass
-    /// connects again) and the cursor stays.
+    /// One pass at `now_ms`. On failure the cursor stays; after a NATS failure the
+    /// connection is dropped too (the next pass connects again and checks the stream).
     pub async fn run_once(&self, now_ms: i64) -> Result<Pass, EventsError> {
         let result = self.pass(now_ms).await;
         match &result {
@@ -105,6 +105,7 @@ impl Tailer {
                     tracing::info!(stream = %self.settings.stream, "usage events are published again");
                 }
             }
+            Err(EventsError::Store(_)) => {}
             Err(_) => {
                 self.stats.connected.store(false, Ordering::Relaxed);
                 *self.sink.lock().await = None;
