@@ -1,10 +1,10 @@
 //! The usage events sink's schedule (docs/events.md): a pass of the
 //! [`Tailer`](tollgate_events::Tailer) every `events.poll_interval_ms` once caught up,
 //! back to back while batches are full, and with a doubling back-off (up to
-//! [`MAX_BACKOFF`]) while NATS or the store fails. Publishing never touches the
-//! request path: while NATS is down the gateway serves as usual, records wait in the
-//! ledger, and the lag shows in `/metrics` (`tollgate_events_lag_records`) and
-//! `/health/detailed`.
+//! [`MAX_BACKOFF`], or a third of the lease in distributed mode) while NATS or the
+//! store fails. Publishing never touches the request path: while NATS is down the
+//! gateway serves as usual, records wait in the ledger, and the lag shows in
+//! `/metrics` (`tollgate_events_lag_records`) and `/health/detailed`.
 //!
 //! Of many instances only the holder of the `usage-events` lease in PostgreSQL runs
 //! it ([`EVENTS_LEASE_TTL`](tollgate_store_distributed::EVENTS_LEASE_TTL), renewed
@@ -37,6 +37,9 @@ pub fn build(config: &crate::config::Config, feed: Arc<dyn tollgate_store::Ledge
 pub async fn events_loop(state: AppState, tailer: Arc<Tailer>, cancel: CancellationToken) {
     let poll = state.config.events.as_ref().map_or(Duration::from_millis(500), |e| e.poll_interval);
     let renew_every = tollgate_store_distributed::EVENTS_LEASE_TTL / 3;
+    // The lease is renewed between passes: a holder waits at most a renewal period,
+    // so an outage of NATS does not hand the lease around.
+    let max_backoff = if state.distributed.is_some() { MAX_BACKOFF.min(renew_every) } else { MAX_BACKOFF };
     let mut backoff = FIRST_BACKOFF;
     let mut wait = Duration::ZERO;
     let mut renewed: Option<Instant> = None;
@@ -95,7 +98,7 @@ pub async fn events_loop(state: AppState, tailer: Arc<Tailer>, cancel: Cancellat
                     tracing::debug!(%error, "cannot read the usage events lag");
                 }
                 wait = backoff;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff = (backoff * 2).min(max_backoff);
             }
         }
     }
