@@ -41,7 +41,7 @@ use async_trait::async_trait;
 use tollgate_alerts::AlertStore;
 use tollgate_analytics::AnalyticsStore;
 use tollgate_core::Secret;
-use tollgate_store::{Catalog, Ledger, Limiter};
+use tollgate_store::{Catalog, Ledger, LedgerFeed, Limiter};
 use tollgate_store_embedded::EmbeddedStore;
 use tollgate_store_postgres::{
     CatalogChange, ChangePublisher, InstanceRegistry, PgLease, PostgresCatalog, PostgresLedger, PostgresSettings,
@@ -108,6 +108,9 @@ pub struct Backend {
     pub analytics: Arc<dyn AnalyticsStore>,
     /// Alert rules, channels and the outbox (crates/alerts).
     pub alerts: Arc<dyn AlertStore>,
+    /// The same ledger in commit order, with the sinks' cursors (the usage events
+    /// sink, crates/events).
+    pub feed: Arc<dyn LedgerFeed>,
     pub distributed: Option<Arc<Distributed>>,
     /// The response cache shared by the instances (Redis); `None` in embedded mode,
     /// where the server keeps one in memory.
@@ -131,6 +134,8 @@ pub struct Distributed {
     /// The lease that makes one instance of many evaluate forecast, anomaly and
     /// resolved alert rules.
     pub alerts_evaluate_lease: PgLease,
+    /// The lease that makes one instance of many run the usage events sink.
+    pub events_lease: PgLease,
     /// This instance in the registry of running instances.
     pub registry: InstanceRegistry,
     /// This instance's id (also its lease holder name).
@@ -151,6 +156,11 @@ pub const RETENTION_LEASE_TTL: Duration = Duration::from_secs(300);
 pub const ALERTS_EVALUATE_LEASE: &str = "alerts-evaluate";
 /// How long the alerts evaluation lease outlives its last renewal.
 pub const ALERTS_EVALUATE_LEASE_TTL: Duration = Duration::from_secs(900);
+/// The name of the usage events sink's lease.
+pub const EVENTS_LEASE: &str = "usage-events";
+/// How long the usage events lease outlives its last renewal (its holder renews it
+/// every third of this): a dead holder's sink moves to another instance within it.
+pub const EVENTS_LEASE_TTL: Duration = Duration::from_secs(15);
 /// How often an instance says it is alive, and how long it counts as running after.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 pub const ALIVE_WITHIN: Duration = Duration::from_secs(30);
@@ -200,6 +210,7 @@ pub async fn open(
                 ledger: store.ledger(),
                 analytics: store.ledger(),
                 alerts: Arc::new(store.alerts()),
+                feed: store.ledger(),
                 distributed: None,
                 cache: None,
             });
@@ -243,6 +254,7 @@ pub async fn open(
         PgLease::new(postgres.pool().clone(), RETENTION_LEASE, instance_id.clone(), RETENTION_LEASE_TTL);
     let alerts_evaluate_lease =
         PgLease::new(postgres.pool().clone(), ALERTS_EVALUATE_LEASE, instance_id.clone(), ALERTS_EVALUATE_LEASE_TTL);
+    let events_lease = PgLease::new(postgres.pool().clone(), EVENTS_LEASE, instance_id.clone(), EVENTS_LEASE_TTL);
     let registry = InstanceRegistry::new(postgres.pool().clone());
     let started_at_ms = tollgate_store::clock::now_ms();
     let bus = Arc::new(ChangeBus::new(conn, redis_settings, &keys));
@@ -260,6 +272,7 @@ pub async fn open(
         rebuild_lease,
         retention_lease,
         alerts_evaluate_lease,
+        events_lease,
         registry,
         instance_id,
         started_at_ms,
@@ -267,7 +280,8 @@ pub async fn open(
     });
     let analytics: Arc<dyn AnalyticsStore> = ledger.clone();
     let alerts: Arc<dyn AlertStore> = Arc::new(parts.postgres.alerts());
-    Ok(Backend { catalog, limiter, ledger, analytics, alerts, distributed: Some(parts), cache: Some(cache) })
+    let feed: Arc<dyn LedgerFeed> = ledger.clone();
+    Ok(Backend { catalog, limiter, ledger, analytics, alerts, feed, distributed: Some(parts), cache: Some(cache) })
 }
 
 /// Announces catalog changes on Redis pub/sub.
