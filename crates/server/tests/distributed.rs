@@ -307,8 +307,11 @@ async fn exact_admission_across(n: usize, redis_url: &str, cluster: bool) {
     // Refusals are counted in one row per key, endpoint and minute (`requests`).
     let refused = "SELECT coalesce(sum(requests), 0)::bigint FROM usage WHERE project_id = 'exact' AND status = 429";
     assert_eq!(schema.count(refused).await, 300);
+    // A run that crosses a minute boundary can leave three rows per instance: the
+    // first minute's, the second's, and a late one for the first minute (a request
+    // dated before the boundary, refused after its aggregate was written).
     assert!(
-        schema.count("SELECT count(*) FROM usage WHERE project_id = 'exact' AND status = 429").await <= 2 * n as i64,
+        schema.count("SELECT count(*) FROM usage WHERE project_id = 'exact' AND status = 429").await <= 3 * n as i64,
         "one row per instance and minute, not one per refusal"
     );
     schema.drop().await;
