@@ -3,6 +3,12 @@
 //!
 //! Each variant has one status, one `type` and one stable `code` (the table in
 //! docs/errors.md). 5xx internals are logged here, once, and never shown to clients.
+//!
+//! Towards Anthropic's SDKs (`/v1/messages`) the same error goes in Anthropic's shape
+//! ([`ApiError::into_anthropic_response`]): `{"type": "error", "error": {"type",
+//! "message", "code", "param"?, "details"?}}`, Anthropic's `type` for the status (so a
+//! 429, quota or rate, is the SDK's `RateLimitError`), tollgate's `code`, `message`
+//! and `details` unchanged.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -212,8 +218,29 @@ fn refusal_body(r: &LimitRefusal, rate: bool) -> (String, Value) {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+/// Anthropic's error `type` for an HTTP status (its SDKs pick the exception by status).
+fn anthropic_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        _ => "api_error",
+    }
+}
+
+impl ApiError {
+    /// The answer in Anthropic's error shape (see the module doc), headers included.
+    pub fn into_anthropic_response(self) -> Response {
+        let (status, mut error, retry_after) = self.into_parts();
+        error["type"] = Value::String(anthropic_type(status).to_owned());
+        answer(status, json!({ "type": "error", "error": error }), retry_after)
+    }
+
+    /// The status, the error object (OpenAI's) and the `Retry-After` seconds.
+    fn into_parts(self) -> (StatusCode, Value, Option<u64>) {
         let (status, kind, code) = self.parts();
         let mut retry_after = None;
         let (message, details, param) = match &self {
@@ -258,11 +285,22 @@ impl IntoResponse for ApiError {
         if let Some(details) = details {
             error["details"] = details;
         }
-        let mut response = (status, axum::Json(json!({ "error": error }))).into_response();
-        if let Some(secs) = retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        response
+        (status, error, retry_after)
+    }
+}
+
+fn answer(status: StatusCode, body: Value, retry_after: Option<u64>) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some(secs) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error, retry_after) = self.into_parts();
+        answer(status, json!({ "error": error }), retry_after)
     }
 }
 

@@ -24,6 +24,7 @@ mod observability;
 mod openapi;
 mod otlp;
 mod parsing;
+mod providers;
 mod proxy;
 mod security;
 mod startup;
