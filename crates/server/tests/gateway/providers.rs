@@ -27,7 +27,7 @@ async fn messages(app: &TestApp, key: &str, body: Value, headers: &[(&str, &str)
 }
 
 /// The ledger rows of `endpoint`.
-async fn rows(app: &TestApp, endpoint: &str) -> Vec<Value> {
+async fn ledger_rows(app: &TestApp, endpoint: &str) -> Vec<Value> {
     let usage = app.usage("").await;
     let rows = usage["data"].as_array().cloned().unwrap_or_default();
     rows.into_iter().filter(|r| r["endpoint"] == endpoint).collect()
@@ -69,7 +69,7 @@ async fn messages_plain_and_streamed_are_recorded_with_their_tokens_and_cost() {
     let text: String = data.iter().filter_map(|d| d["delta"]["text"].as_str()).collect();
     assert_eq!(text, "Hello from the tollgate mock upstream.");
 
-    let rows = rows(&app, "messages").await;
+    let rows = ledger_rows(&app, "messages").await;
     assert_eq!(rows.len(), 2, "{rows:?}");
     // claude-sonnet-4-5: $3 per million input tokens, $15 per million output tokens.
     for (input, output, cost) in [(17, 23, 17 * 3 + 23 * 15), (5, 6, 5 * 3 + 6 * 15)] {
@@ -116,7 +116,7 @@ async fn a_quota_refusal_on_messages_keeps_the_seeds_body_in_anthropics_error_sh
     let r = reply(app.http.post(app.url("/v1/messages")).json(&messages_body(false))).await;
     assert_eq!((r.status, r.body["error"]["type"].as_str()), (401, Some("authentication_error")), "{}", r.body);
 
-    let refused = rows(&app, "messages").await;
+    let refused = ledger_rows(&app, "messages").await;
     assert!(refused.iter().any(|r| r["status"] == 429 && r["counted"] == false), "{refused:?}");
 }
 
@@ -131,13 +131,22 @@ async fn a_broken_anthropic_stream_ends_with_an_error_event_and_is_recorded() {
     let last = data.last().expect("an error event");
     assert_eq!((last["type"].as_str(), last["error"]["type"].as_str()), (Some("error"), Some("api_error")));
     assert_eq!(last["error"]["code"], "upstream_stream_broken");
-    let rows = rows(&app, "messages").await;
+    let rows = ledger_rows(&app, "messages").await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     // Cut before `message_delta`: no final usage, so the prompt and the delivered
     // text are counted.
     assert_eq!(rows[0]["usage_source"], "counted", "{}", rows[0]);
     assert!(rows[0]["prompt_tokens"].as_u64().is_some_and(|t| t > 0), "{}", rows[0]);
     assert_eq!(app.state.limiter.held_reservations().await.expect("held"), 0, "reservation settled");
+
+    // A plain answer without usage is counted: the prompt and the message's text.
+    let r = messages(&app, &key, messages_body(false), &[("x-mock-fault", "no-usage")]).await;
+    assert_eq!(r.status(), 200);
+    let all = ledger_rows(&app, "messages").await;
+    let counted: Vec<_> = all.iter().filter(|r| r["usage_source"] == "counted").collect();
+    assert_eq!(counted.len(), 2, "{all:?}");
+    // The cut stream delivered no text; the whole answer did.
+    assert!(counted.iter().any(|r| r["completion_tokens"].as_u64().is_some_and(|t| t > 0)), "{all:?}");
 
     // An upstream error status passes through in Anthropic's own shape, refunded.
     let r = reply(
@@ -178,7 +187,7 @@ async fn responses_plain_and_streamed_are_recorded_from_their_usage() {
     assert_eq!(names.last().map(String::as_str), Some("response.completed"));
     assert_eq!(data.last().map(|d| d["response"]["usage"]["input_tokens"].clone()), Some(json!(13)));
 
-    let rows = rows(&app, "responses").await;
+    let rows = ledger_rows(&app, "responses").await;
     assert_eq!(rows.len(), 2, "{rows:?}");
     for (input, output) in [(11, 4), (13, 8)] {
         let row = rows.iter().find(|r| r["completion_tokens"] == output).expect("row");
@@ -246,6 +255,6 @@ async fn the_official_anthropic_and_openai_python_sdks_work_through_tollgate() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    let rows = rows(&app, "messages").await;
+    let rows = ledger_rows(&app, "messages").await;
     assert!(rows.iter().filter(|r| r["status"] == 200).count() >= 3, "{rows:?}");
 }
