@@ -259,6 +259,12 @@ impl Gateway {
         }
     }
 
+    /// The upstream an endpoint is forwarded to: Anthropic's for `/v1/messages`, the
+    /// OpenAI-compatible one for the rest.
+    pub fn upstream_for(&self, endpoint: Endpoint) -> &Upstream {
+        if endpoint.is_anthropic() { &self.anthropic } else { &self.upstream }
+    }
+
     /// Waits (at most `commit_timeout`) until the ledger's queue has room; false if
     /// it stayed full.
     pub async fn ledger_room(&self) -> bool {
@@ -347,7 +353,7 @@ async fn forward(
     let Forwarding { strip_usage, deadline, cache_to } = how;
     let total = gateway.settings.total_timeout;
     let sent_at = settlement.sent();
-    let upstream: &Upstream = if endpoint.is_anthropic() { &gateway.anthropic } else { &gateway.upstream };
+    let upstream = gateway.upstream_for(endpoint);
     let send = upstream.send(reqwest::Method::POST, endpoint.upstream_path(), headers, Some(body));
     let sent = tokio::time::timeout_at(deadline, send).await.unwrap_or(Err(UpstreamError::Timeout(total)));
     let upstream = match sent {
@@ -365,8 +371,7 @@ async fn forward(
         }
     };
     settlement.upstream_request_id(upstream.request_id.clone());
-    let has_api_key = if endpoint.is_anthropic() { &gateway.anthropic } else { &gateway.upstream }.has_api_key();
-    if upstream.status == 401 && !has_api_key {
+    if upstream.status == 401 && !gateway.upstream_for(endpoint).has_api_key() {
         // The upstream's own message would blame the client's key; the fault is the
         // gateway's configuration. Refunded: nothing is charged.
         gateway.metrics.upstream_error(crate::metrics::UpstreamErrorKind::NoProviderKey);
