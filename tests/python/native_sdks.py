@@ -55,6 +55,21 @@ def main() -> None:
     assert is_positive_int(final.usage.output_tokens), final.usage
     ok("anthropic messages.stream")
 
+    # A stream the upstream breaks off ends with tollgate's Anthropic `error` event,
+    # which the SDK raises instead of returning a truncated message.
+    try:
+        with claude.messages.stream(
+            model="claude-sonnet-4-5",
+            max_tokens=64,
+            messages=[{"role": "user", "content": "Say hello."}],
+            extra_headers={"x-mock-fault": "reset"},
+        ) as stream:
+            "".join(stream.text_stream)
+        raise AssertionError("a broken stream ended without an error")
+    except anthropic.APIStatusError as e:
+        assert "upstream_stream_broken" in str(e), e
+    ok("anthropic raises on a broken stream")
+
     refused = anthropic.Anthropic(base_url=url, api_key=limited, max_retries=0)
     refused.messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=[{"role": "user", "content": "1"}])
     try:
@@ -93,6 +108,16 @@ def main() -> None:
     assert len(completed) == 1, [e.type for e in events]
     assert is_positive_int(completed[0].response.usage.output_tokens), completed[0].response.usage
     ok("openai responses.create(stream=True)")
+
+    try:
+        for _ in client.responses.create(
+            model="gpt-4o-mini", input="Say hello.", stream=True, extra_headers={"x-mock-fault": "reset"}
+        ):
+            pass
+        raise AssertionError("a broken Responses stream ended without an error")
+    except openai.APIError as e:
+        assert "broke off" in str(e), e
+    ok("openai raises on a broken Responses stream")
 
     model = client.models.retrieve("gpt-4o-mini")
     assert model.id == "gpt-4o-mini", model

@@ -196,6 +196,24 @@ async fn responses_plain_and_streamed_are_recorded_from_their_usage() {
         assert!(row["cost_micros"].as_u64().is_some_and(|c| c > 0), "{row}");
     }
 
+    // A broken stream ends with a Responses `error` event carrying OpenAI's error
+    // object, and is recorded.
+    let r = app
+        .http
+        .post(app.url("/v1/responses"))
+        .bearer_auth(&key)
+        .header("x-mock-fault", "reset")
+        .json(&streamed)
+        .send()
+        .await
+        .expect("sent");
+    let (data, names) = sse(&r.text().await.expect("stream"));
+    assert_eq!(names.last().map(String::as_str), Some("error"), "{names:?}");
+    let last = data.last().expect("error event");
+    assert_eq!((last["type"].as_str(), last["code"].as_str()), (Some("error"), Some("upstream_stream_broken")));
+    assert_eq!(last["error"]["type"], "upstream_error");
+    assert_eq!(ledger_rows(&app, "responses").await.len(), 3);
+
     // A malformed input is a 400 before the upstream.
     let bad = json!({ "model": "gpt-4o-mini", "input": 5 });
     let r = reply(app.http.post(app.url("/v1/responses")).bearer_auth(&key).json(&bad)).await;
