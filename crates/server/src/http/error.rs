@@ -452,6 +452,35 @@ mod tests {
         }
     }
 
+    async fn body(response: Response) -> Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.expect("body");
+        serde_json::from_slice(&bytes).expect("json")
+    }
+
+    #[tokio::test]
+    async fn anthropic_clients_get_the_same_error_in_anthropics_shape() {
+        let openai = body(ApiError::QuotaExceeded(refusal(Window::Month, Some(30_000))).into_response()).await;
+        let response = ApiError::QuotaExceeded(refusal(Window::Month, Some(30_000))).into_anthropic_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(response.headers().get(header::RETRY_AFTER).is_some());
+        let anthropic = body(response).await;
+        assert_eq!(anthropic["type"], "error");
+        assert_eq!(anthropic["error"]["type"], "rate_limit_error");
+        for field in ["message", "code", "details"] {
+            assert_eq!(anthropic["error"][field], openai["error"][field], "{field}");
+        }
+        assert_eq!(openai["error"]["type"], "quota_exceeded_error", "the OpenAI shape is unchanged");
+        for (error, kind) in [
+            (ApiError::bad_request("x"), "invalid_request_error"),
+            (ApiError::InvalidKey("x".into()), "authentication_error"),
+            (ApiError::KeyRevoked, "permission_error"),
+            (ApiError::PayloadTooLarge(1024), "request_too_large"),
+            (ApiError::UpstreamTimeout("x".into()), "api_error"),
+        ] {
+            assert_eq!(body(error.into_anthropic_response()).await["error"]["type"], kind);
+        }
+    }
+
     #[test]
     fn a_request_that_can_never_fit_is_a_400_without_retry_after() {
         let response = ApiError::RequestTooLarge(refusal(Window::Day, None)).into_response();
