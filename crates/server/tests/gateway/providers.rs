@@ -276,3 +276,52 @@ async fn the_official_anthropic_and_openai_python_sdks_work_through_tollgate() {
     let rows = ledger_rows(&app, "messages").await;
     assert!(rows.iter().filter(|r| r["status"] == 200).count() >= 3, "{rows:?}");
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_an_anthropic_stream_before_message_delta_still_gets_its_usage_recorded() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mock = tollgate_mock_upstream::spawn(tollgate_mock_upstream::MockConfig {
+        expected_api_key: Some("sk-provider-test".into()),
+        ..Default::default()
+    })
+    .await
+    .expect("mock");
+    let mut config = crate::helpers::config(tmp.path(), &mock.base_url());
+    // Generous: the drain must outlast the test's own wait on a busy machine.
+    config.drain_after_hangup = std::time::Duration::from_secs(60);
+    let app = crate::helpers::spawn_app_with(config).await;
+    let key = app.project_key("acme", "pro").await;
+    let http = reqwest::Client::new();
+    let mut response = http
+        .post(app.url("/v1/messages"))
+        .header("x-api-key", &key)
+        .header("anthropic-version", "2023-06-01")
+        .header("x-mock-fault", "hold-usage")
+        .header("x-mock-usage", "13,9")
+        .json(&messages_body(true))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    // Read up to the last content block's end, then leave: `message_delta` (the output
+    // tokens) is still held by the mock.
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("event: content_block_stop") {
+        let chunk = response.chunk().await.expect("chunk").expect("more chunks");
+        seen.extend_from_slice(&chunk);
+    }
+    drop(response);
+    drop(http);
+    // The gateway notices the client left and goes on reading in a tracked task.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while app.state.tasks.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the gateway never went on reading the upstream");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    mock.release_held_usage();
+    let rows = ledger_rows(&app, "messages").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["usage_source"], "reported", "{}", rows[0]);
+    assert_eq!((rows[0]["prompt_tokens"].as_u64(), rows[0]["completion_tokens"].as_u64()), (Some(13), Some(9)));
+    assert_eq!(app.state.limiter.held_reservations().await.expect("held"), 0);
+}
