@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The official Anthropic SDK against tollgate's /v1/messages, and the OpenAI SDK's
+"""The official Anthropic SDK against tollgate's /v1/messages (and count_tokens), and the OpenAI SDK's
 Responses API and model retrieval, through a running tollgate.
 
 Environment:
@@ -69,6 +69,10 @@ def main() -> None:
     except anthropic.APIStatusError as e:
         assert "upstream_stream_broken" in str(e), e
     ok("anthropic raises on a broken stream")
+
+    counted = claude.messages.count_tokens(model="claude-sonnet-4-5", messages=[{"role": "user", "content": "Hi"}])
+    assert is_positive_int(counted.input_tokens), counted
+    ok("anthropic messages.count_tokens")
 
     refused = anthropic.Anthropic(base_url=url, api_key=limited, max_retries=0)
     refused.messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=[{"role": "user", "content": "1"}])

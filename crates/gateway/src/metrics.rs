@@ -36,10 +36,11 @@ pub enum Route {
     UsageEvents,
     Messages,
     Responses,
+    CountTokens,
 }
 
 impl Route {
-    pub const ALL: [Route; 8] = [
+    pub const ALL: [Route; 9] = [
         Route::ChatCompletions,
         Route::Completions,
         Route::Embeddings,
@@ -48,6 +49,7 @@ impl Route {
         Route::UsageEvents,
         Route::Messages,
         Route::Responses,
+        Route::CountTokens,
     ];
 
     pub fn label(self) -> &'static str {
@@ -60,6 +62,7 @@ impl Route {
             Route::UsageEvents => "/api/v1/usage/events",
             Route::Messages => "/v1/messages",
             Route::Responses => "/v1/responses",
+            Route::CountTokens => "/v1/messages/count_tokens",
         }
     }
 

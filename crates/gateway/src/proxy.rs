@@ -294,6 +294,15 @@ impl Gateway {
         self.get_passed_through(authed, headers, &format!("/models/{id}")).await
     }
 
+    /// `POST /v1/messages/count_tokens`: passed through to the Anthropic upstream,
+    /// which does not charge for it: authenticated, not limited, not recorded. The
+    /// body is checked as a Messages request first (a 400 here, not forwarded).
+    pub async fn count_message_tokens(&self, headers: &HeaderMap, body: Bytes) -> Result<Answer, GatewayError> {
+        RequestView::parse(Endpoint::Messages, &body)?;
+        let passed = forwarded_headers(&self.settings, headers, None);
+        self.pass_through(&self.anthropic, reqwest::Method::POST, "/messages/count_tokens", passed, Some(body)).await
+    }
+
     async fn get_passed_through(
         &self,
         authed: &Authed,
@@ -301,8 +310,20 @@ impl Gateway {
         path: &str,
     ) -> Result<Answer, GatewayError> {
         let passed = forwarded_headers(&self.settings, headers, Some(&authed.project));
+        self.pass_through(&self.upstream, reqwest::Method::GET, path, passed, None).await
+    }
+
+    /// An unaccounted call: the upstream's answer streamed back as it is.
+    async fn pass_through(
+        &self,
+        upstream: &Upstream,
+        method: reqwest::Method,
+        path: &str,
+        passed: HeaderMap,
+        body: Option<Bytes>,
+    ) -> Result<Answer, GatewayError> {
         let sent = Instant::now();
-        match self.upstream.send(reqwest::Method::GET, path, passed, None).await {
+        match upstream.send(method, path, passed, body).await {
             Ok(up) => Ok(Answer {
                 upstream: sent.elapsed(),
                 status: up.status,

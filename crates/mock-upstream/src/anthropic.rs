@@ -2,7 +2,8 @@
 //! streamed (`message_start`, `content_block_start`, `ping`, `content_block_delta`s,
 //! `content_block_stop`, `message_delta` with the cumulative output tokens,
 //! `message_stop`), the key checked as `x-api-key`, `anthropic-version` required, and
-//! errors in Anthropic's shape (`{"type":"error","error":{"type","message"}}`). The
+//! errors in Anthropic's shape (`{"type":"error","error":{"type","message"}}`); and
+//! `POST /v1/messages/count_tokens` (`{"input_tokens": P}`). The
 //! `x-mock-*` directives apply as on the OpenAI routes: `no-usage` leaves the usage
 //! out, `reset` cuts the stream after two events, `stall` after one, `malformed` sends
 //! an event whose data is not JSON, `hold-usage` holds `message_delta` and
@@ -83,6 +84,16 @@ fn usage(directives: &Directives, output_tokens: u64) -> Value {
 
 fn event(name: &str, data: &Value) -> Bytes {
     Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+}
+
+/// `POST /v1/messages/count_tokens`: the prompt tokens the directives say.
+pub(crate) async fn count_tokens(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    let counted = async {
+        let directives = prelude(&inner, &headers).await?;
+        parse_body(&body)?;
+        Ok::<_, ApiError>(Json(json!({ "input_tokens": directives.prompt_tokens })).into_response())
+    };
+    counted.await.unwrap_or_else(anthropic_error)
 }
 
 pub(crate) async fn messages(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {

@@ -171,6 +171,7 @@ impl MockUpstream {
             .route("/v1/embeddings", post(embeddings))
             .route("/v1/responses", post(responses::responses))
             .route("/v1/messages", post(anthropic::messages))
+            .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
             .route("/v1/models", get(list_models))
             .route("/v1/models/{model}", get(get_model))
             .route("/health", get(|| async { "ok" }))

@@ -37,6 +37,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/responses", post(responses))
         .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model))
 }
@@ -47,6 +48,34 @@ async fn responses(State(state): State<AppState>, Peer(peer): Peer, headers: Hea
 
 async fn messages(State(state): State<AppState>, Peer(peer): Peer, headers: HeaderMap, body: Body) -> Response {
     forward(state, Endpoint::Messages, peer, headers, body).await
+}
+
+/// `POST /v1/messages/count_tokens`: Anthropic's free token count, passed through
+/// (authenticated like `/v1/messages`, not limited, not recorded).
+async fn count_tokens(State(state): State<AppState>, Peer(peer): Peer, headers: HeaderMap, body: Body) -> Response {
+    let now = now_ms();
+    let started = Instant::now();
+    let client_ip = client_ip(&headers, peer, state.config.forwarded_for_hops);
+    let mut upstream = Duration::ZERO;
+    let answer = match authenticate_guarded(&state, &headers, client_ip, now, true).await {
+        Ok(_) => match read_body(&headers, body, state.config.max_body_bytes).await {
+            Ok(body) => state.count_message_tokens(&headers, body).await.map_err(ApiError::from),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    let response = match answer {
+        Ok(answer) => {
+            upstream = answer.upstream;
+            respond(answer)
+        }
+        Err(e) => e.into_anthropic_response(),
+    };
+    let request_id = state.ids.next();
+    let response = with_headers(response, None, Some(&request_id), now);
+    let status = response.status().as_u16();
+    state.metrics.request(Route::CountTokens, status, state.metrics.no_model(), started.elapsed(), upstream);
+    response
 }
 
 /// An error in the shape the endpoint's clients read: Anthropic's for `/v1/messages`,

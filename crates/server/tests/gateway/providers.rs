@@ -69,6 +69,20 @@ async fn messages_plain_and_streamed_are_recorded_with_their_tokens_and_cost() {
     let text: String = data.iter().filter_map(|d| d["delta"]["text"].as_str()).collect();
     assert_eq!(text, "Hello from the tollgate mock upstream.");
 
+    // Anthropic's free token count is passed through, not limited and not recorded.
+    let r = reply(
+        app.http
+            .post(app.url("/v1/messages/count_tokens"))
+            .header("x-api-key", &key)
+            .header("anthropic-version", "2023-06-01")
+            .header("x-mock-usage", "42,0")
+            .json(&json!({ "model": "claude-sonnet-4-5", "messages": [{ "role": "user", "content": "Hello" }] })),
+    )
+    .await;
+    assert_eq!((r.status, r.body["input_tokens"].as_u64()), (200, Some(42)), "{}", r.body);
+    let r = reply(app.http.post(app.url("/v1/messages/count_tokens")).header("x-api-key", &key).json(&json!({}))).await;
+    assert_eq!((r.status, r.body["error"]["type"].as_str()), (400, Some("invalid_request_error")), "{}", r.body);
+
     let rows = ledger_rows(&app, "messages").await;
     assert_eq!(rows.len(), 2, "{rows:?}");
     // claude-sonnet-4-5: $3 per million input tokens, $15 per million output tokens.
