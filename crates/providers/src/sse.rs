@@ -71,12 +71,7 @@ impl Dialect {
     pub fn error_event(self, kind: &str, code: &str, message: &str) -> Bytes {
         let error = serde_json::json!({ "message": message, "type": kind, "code": code });
         let text = match self {
-            Dialect::OpenAi => format!(
-                "data: {}
-
-",
-                serde_json::json!({ "error": error })
-            ),
+            Dialect::OpenAi => format!("data: {}\n\n", serde_json::json!({ "error": error })),
             Dialect::Anthropic => {
                 // Anthropic's SDKs raise on an `error` event; `api_error` is its type
                 // for a failure on the server side.
@@ -84,12 +79,7 @@ impl Dialect {
                     "type": "error",
                     "error": { "type": "api_error", "message": message, "code": code },
                 });
-                format!(
-                    "event: error
-data: {event}
-
-"
-                )
+                format!("event: error\ndata: {event}\n\n")
             }
             Dialect::Responses => {
                 // The Responses API's `error` event, with OpenAI's error object too:
@@ -97,12 +87,7 @@ data: {event}
                 let event = serde_json::json!({
                     "type": "error", "code": code, "message": message, "param": null, "error": error,
                 });
-                format!(
-                    "event: error
-data: {event}
-
-"
-                )
+                format!("event: error\ndata: {event}\n\n")
             }
         };
         Bytes::from(text)
@@ -306,19 +291,20 @@ impl SseRewriter {
         concat(out)
     }
 
-    /// Call when the upstream body ended normally, before [`finish`](Self::finish):
-    /// returns what was still held back (an event the upstream never finished, which
-    /// SSE clients discard anyway), unless it is a usage-only chunk to remove.
     /// The wire format this scanner reads.
     pub fn dialect(&self) -> Dialect {
         self.dialect
     }
 
-    /// Whether a usage block has been read (the stream's accounting is complete).
+    /// Whether a usage block has been read (the stream's accounting is complete; for
+    /// an Anthropic stream, its `message_delta`).
     pub fn has_usage(&self) -> bool {
         self.summary.usage.is_some()
     }
 
+    /// Call when the upstream body ended normally, before [`finish`](Self::finish):
+    /// returns what was still held back (an event the upstream never finished, which
+    /// SSE clients discard anyway), unless it is a usage-only chunk to remove.
     pub fn flush(&mut self) -> Bytes {
         let held = concat(std::mem::take(&mut self.held));
         if held.is_empty() || !self.strip_usage_chunk {
