@@ -247,10 +247,15 @@ async fn models(State(state): State<AppState>, Peer(peer): Peer, headers: Header
 async fn model(
     State(state): State<AppState>,
     Peer(peer): Peer,
-    Path(id): Path<String>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
     headers: HeaderMap,
 ) -> Response {
-    passed_through(state, peer, headers, Some(id)).await
+    // A path axum cannot decode (invalid UTF-8 in its escapes) is the same 400 as an
+    // implausible id, in OpenAI's shape (axum's own rejection is plain text).
+    match id {
+        Ok(Path(id)) => passed_through(state, peer, headers, Some(id)).await,
+        Err(_) => ApiError::invalid_field("model", "is not a valid model id").into_response(),
+    }
 }
 
 async fn passed_through(state: AppState, peer: Option<SocketAddr>, headers: HeaderMap, id: Option<String>) -> Response {

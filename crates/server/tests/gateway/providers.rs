@@ -244,7 +244,7 @@ async fn a_model_is_retrieved_and_what_is_not_proxied_is_a_404_in_openais_shape(
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (404, Some("model_not_found")), "{}", r.body);
     let r = reply(app.http.get(app.url("/v1/models/gpt-4o-mini")).bearer_auth("tg_nope")).await;
     assert_eq!(r.status, 401);
-    for path in ["/v1/models/..%2Fchat%2Fcompletions", "/v1/models/a%20b"] {
+    for path in ["/v1/models/..%2Fchat%2Fcompletions", "/v1/models/a%20b", "/v1/models/%FF%FE"] {
         let r = reply(app.http.get(app.url(path)).bearer_auth(&key)).await;
         assert_eq!((r.status, r.body["error"]["param"].as_str()), (400, Some("model")), "{path}: {}", r.body);
     }
