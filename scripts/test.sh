@@ -49,6 +49,10 @@ if ! setup_openai; then
     echo "[test.sh]        Install it with: python3 -m pip install openai" >&2
     exit 1
 fi
+# The official Anthropic SDK drives /v1/messages (gateway::providers).
+python3 -c 'import anthropic' 2>/dev/null || python3 -m pip install --quiet anthropic 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages anthropic \
+    || { echo "[test.sh] ERROR: the Python 'anthropic' package could not be installed (python3 -m pip install anthropic)." >&2; exit 1; }
 
 # --- FastAPI (the verify middleware example, docs/examples/middleware/fastapi) -
 setup_fastapi() {

@@ -7,7 +7,13 @@
 /// whose fields are within bounds. Never a panic, never another status.
 pub fn inspect_any(data: &[u8]) {
     use tollgate_providers::{Endpoint, RequestView};
-    for endpoint in [Endpoint::ChatCompletions, Endpoint::Completions, Endpoint::Embeddings] {
+    for endpoint in [
+        Endpoint::ChatCompletions,
+        Endpoint::Completions,
+        Endpoint::Embeddings,
+        Endpoint::Messages,
+        Endpoint::Responses,
+    ] {
         match RequestView::parse(endpoint, data) {
             Ok(info) => {
                 assert!(serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok(), "accepted a body that is not JSON");
@@ -49,9 +55,9 @@ pub fn check_prompt(endpoint: tollgate_providers::Endpoint, data: &[u8], info: &
         raw.map_or(Value::Null, |r| serde_json::from_str(r.get()).expect("accepted prompt field"))
     };
     let body = match endpoint {
-        Endpoint::ChatCompletions => serde_json::json!({ "messages": read(fields.messages) }),
+        Endpoint::ChatCompletions | Endpoint::Messages => serde_json::json!({ "messages": read(fields.messages) }),
         Endpoint::Completions => serde_json::json!({ "prompt": read(fields.prompt) }),
-        Endpoint::Embeddings => serde_json::json!({ "input": read(fields.input) }),
+        Endpoint::Embeddings | Endpoint::Responses => serde_json::json!({ "input": read(fields.input) }),
     };
     let text_shape = |v: &Value| -> Option<u64> {
         match v {
@@ -70,7 +76,7 @@ pub fn check_prompt(endpoint: tollgate_providers::Endpoint, data: &[u8], info: &
         }
     };
     match endpoint {
-        Endpoint::ChatCompletions => {
+        Endpoint::ChatCompletions | Endpoint::Messages => {
             let messages = body["messages"].as_array().expect("messages is an array");
             assert!(!messages.is_empty(), "empty messages accepted");
             for m in messages {
@@ -85,6 +91,11 @@ pub fn check_prompt(endpoint: tollgate_providers::Endpoint, data: &[u8], info: &
             prompt => assert_eq!(Some(info.prompts), text_shape(prompt), "prompt {prompt}"),
         },
         Endpoint::Embeddings => assert!(text_shape(&body["input"]).is_some(), "input {}", body["input"]),
+        Endpoint::Responses => {
+            let input = &body["input"];
+            let items = input.as_array().is_some_and(|items| items.iter().all(Value::is_object));
+            assert!(input.is_null() || input.is_string() || items, "input {input}");
+        }
     }
     assert!(info.output_multiplier() >= 1);
 }

@@ -183,6 +183,8 @@ Settings (TOML file, or TOLLGATE_<NAME>, nested with __: TOLLGATE_UPSTREAM__BASE
   upstream.*             base_url, api_key, provider, connect_timeout_ms, timeout_secs,
                          total_timeout_secs, pool_max_idle_per_host, forward_headers,
                          drain_after_hangup_ms, drain_after_hangup_bytes
+  anthropic.*            base_url, api_key, version, provider: the upstream of /v1/messages
+                         (docs/providers.md)
   limits.*               forwarded_for_hops, invalid_keys_per_minute, anonymous_plan,
                          default_max_output_tokens, max_reserved_output_tokens
   plans.<name>           plans created on first start

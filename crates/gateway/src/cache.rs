@@ -162,7 +162,7 @@ pub fn hit_body(view: &RequestView<'_>, entry: &Entry) -> Option<(Bytes, bool)> 
     let kind = match view.endpoint {
         Endpoint::ChatCompletions => Kind::Chat,
         Endpoint::Completions => Kind::Completion,
-        Endpoint::Embeddings => return None,
+        Endpoint::Embeddings | Endpoint::Messages | Endpoint::Responses => return None,
     };
     replay::sse(kind, &entry.body, view.client_wants_usage).map(|b| (b, true))
 }
@@ -172,6 +172,6 @@ pub fn stream_kind(endpoint: Endpoint) -> Option<Kind> {
     match endpoint {
         Endpoint::ChatCompletions => Some(Kind::Chat),
         Endpoint::Completions => Some(Kind::Completion),
-        Endpoint::Embeddings => None,
+        Endpoint::Embeddings | Endpoint::Messages | Endpoint::Responses => None,
     }
 }

@@ -72,13 +72,30 @@ pub async fn completion_tokens(model: String, delivered: Delivered) -> u64 {
     .unwrap_or(fallback)
 }
 
-/// The generated text of a chat or completions answer.
+/// The generated text of a chat or completions answer, an Anthropic message
+/// (`content[].text`) or a Responses answer (`output[].content[].text`).
 fn completion_text_from_json(body: &[u8]) -> String {
     use serde::Deserialize;
     #[derive(Deserialize)]
     struct Answer {
         #[serde(default)]
         choices: Vec<Choice>,
+        #[serde(default)]
+        content: Vec<Block>,
+        #[serde(default)]
+        output: Vec<Item>,
+    }
+    #[derive(Deserialize)]
+    struct Block {
+        #[serde(default)]
+        text: Option<String>,
+        #[serde(default)]
+        thinking: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct Item {
+        #[serde(default)]
+        content: Vec<Block>,
     }
     #[derive(Deserialize)]
     struct Choice {
@@ -100,6 +117,12 @@ fn completion_text_from_json(body: &[u8]) -> String {
         }
         if let Some(c) = choice.message.and_then(|m| m.content) {
             text.push_str(&c);
+        }
+    }
+    let blocks = answer.content.into_iter().chain(answer.output.into_iter().flat_map(|item| item.content));
+    for block in blocks {
+        for t in [block.text, block.thinking].into_iter().flatten() {
+            text.push_str(&t);
         }
     }
     text

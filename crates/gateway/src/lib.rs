@@ -48,6 +48,9 @@ pub use tollgate_store::clock::now_ms;
 pub struct GatewaySettings {
     /// The upstream provider's name (`upstream.provider`), for scoped limits and records.
     pub provider: String,
+    /// The Anthropic upstream's provider name (`anthropic.provider`): what
+    /// `/v1/messages` requests are recorded and limited under.
+    pub anthropic_provider: String,
     /// The plan whose limits count anonymous visitors on top of the key's own.
     pub anonymous_plan: String,
     /// Output tokens reserved for a request that sets no `max_tokens` (per choice).
@@ -135,6 +138,8 @@ pub struct GatewayParts {
     pub limiter: Arc<dyn Limiter>,
     pub ledger: Arc<dyn Ledger>,
     pub upstream: Arc<Upstream>,
+    /// The Anthropic upstream `/v1/messages` goes to (`[anthropic]`).
+    pub anthropic: Arc<Upstream>,
     pub plans: Arc<PlanCache>,
     pub settings: Arc<GatewaySettings>,
     /// Work that must finish before shutdown completes (upstream calls whose client

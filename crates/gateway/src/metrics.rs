@@ -34,16 +34,22 @@ pub enum Route {
     Models,
     Verify,
     UsageEvents,
+    Messages,
+    Responses,
+    CountTokens,
 }
 
 impl Route {
-    pub const ALL: [Route; 6] = [
+    pub const ALL: [Route; 9] = [
         Route::ChatCompletions,
         Route::Completions,
         Route::Embeddings,
         Route::Models,
         Route::Verify,
         Route::UsageEvents,
+        Route::Messages,
+        Route::Responses,
+        Route::CountTokens,
     ];
 
     pub fn label(self) -> &'static str {
@@ -54,6 +60,9 @@ impl Route {
             Route::Models => "/v1/models",
             Route::Verify => "/api/v1/verify",
             Route::UsageEvents => "/api/v1/usage/events",
+            Route::Messages => "/v1/messages",
+            Route::Responses => "/v1/responses",
+            Route::CountTokens => "/v1/messages/count_tokens",
         }
     }
 
@@ -62,6 +71,8 @@ impl Route {
             tollgate_providers::Endpoint::ChatCompletions => Route::ChatCompletions,
             tollgate_providers::Endpoint::Completions => Route::Completions,
             tollgate_providers::Endpoint::Embeddings => Route::Embeddings,
+            tollgate_providers::Endpoint::Messages => Route::Messages,
+            tollgate_providers::Endpoint::Responses => Route::Responses,
         }
     }
 

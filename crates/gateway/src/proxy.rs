@@ -1,4 +1,6 @@
-//! Phases 2 to 4 for the OpenAI-compatible routes: parse the request view once,
+//! Phases 2 to 4 for the proxied routes (OpenAI's chat completions, completions,
+//! embeddings and Responses, to the OpenAI-compatible upstream; Anthropic's Messages,
+//! to the Anthropic upstream): parse the request view once,
 //! admit, forward in a tracked task, and hand the answer (whole, or a stream that
 //! settles when it ends) back to the transport.
 //!
@@ -15,8 +17,8 @@ use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::oneshot;
 use tollgate_core::{Authed, Decision, ProjectSettings, Traffic};
-use tollgate_providers::sse::SseRewriter;
-use tollgate_providers::{Endpoint, RequestView, UpstreamError, UsageScanner};
+use tollgate_providers::sse::{Dialect, SseRewriter};
+use tollgate_providers::{Endpoint, RequestView, Upstream, UpstreamError, UsageScanner};
 
 use tollgate_cache::Entry;
 use tollgate_cache::assemble::StreamAssembler;
@@ -130,8 +132,10 @@ impl Gateway {
             Err(e) => return early(e.into(), no_model),
         };
         let model_label = self.metrics.model(&view.model);
+        let provider =
+            if endpoint.is_anthropic() { &self.settings.anthropic_provider } else { &self.settings.provider };
         let traffic = Traffic {
-            provider: self.settings.provider.clone(),
+            provider: provider.clone(),
             model: view.model.clone().into_owned(),
             endpoint: endpoint.name().to_owned(),
             client_ip,
@@ -169,8 +173,11 @@ impl Gateway {
                 cache: None,
             };
         }
-        // The cache phase: one branch when the project's cache is off.
-        let (cache_plan, cache_status) = match self.cache_plan(authed, &view, &body, &headers) {
+        // The cache phase: one branch when the project's cache is off. Messages and
+        // Responses are not cached (yet): their streams cannot be replayed.
+        let cacheable = matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings);
+        let planned = if cacheable { self.cache_plan(authed, &view, &body, &headers) } else { None };
+        let (cache_plan, cache_status) = match planned {
             None => (None, None),
             Some(Err(status)) => (None, Some(status)),
             Some(Ok(plan)) => (Some(plan), Some(plan.status())),
@@ -229,7 +236,9 @@ impl Gateway {
         let upstream_body = view.upstream_body(&body);
         drop(view);
         let settlement = Settlement::new(self.clone(), record, endpoint, body, estimate, started);
-        let passed = forwarded_headers(&self.settings, &headers, Some(&authed.project));
+        // The OpenAI organization and project are the OpenAI upstream's business only.
+        let project = (!endpoint.is_anthropic()).then_some(&*authed.project);
+        let passed = forwarded_headers(&self.settings, &headers, project);
         let (answer_tx, answer_rx) = oneshot::channel();
         let gateway = self.clone();
         self.tasks.spawn(async move {
@@ -250,6 +259,12 @@ impl Gateway {
         }
     }
 
+    /// The upstream an endpoint is forwarded to: Anthropic's for `/v1/messages`, the
+    /// OpenAI-compatible one for the rest.
+    pub fn upstream_for(&self, endpoint: Endpoint) -> &Upstream {
+        if endpoint.is_anthropic() { &self.anthropic } else { &self.upstream }
+    }
+
     /// Waits (at most `commit_timeout`) until the ledger's queue has room; false if
     /// it stayed full.
     pub async fn ledger_room(&self) -> bool {
@@ -258,9 +273,57 @@ impl Gateway {
 
     /// `GET /v1/models`: passed through, not limited, not recorded.
     pub async fn models(&self, authed: &Authed, headers: &HeaderMap) -> Result<Answer, GatewayError> {
+        self.get_passed_through(authed, headers, "/models").await
+    }
+
+    /// `GET /v1/models/{id}`: passed through like the list (the upstream's 404 for a
+    /// model it does not have included). `id` must be a plausible model id: at most
+    /// [`tollgate_providers::request::MAX_MODEL_LEN`] bytes of letters, digits and
+    /// `.-_:@+/`, so it cannot change the upstream path it is put into.
+    pub async fn model(&self, authed: &Authed, headers: &HeaderMap, id: &str) -> Result<Answer, GatewayError> {
+        let plausible = !id.is_empty()
+            && id.len() <= tollgate_providers::request::MAX_MODEL_LEN
+            && !id.split('/').any(|part| part.is_empty() || part == "." || part == "..")
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:@+/".contains(&b));
+        if !plausible {
+            return Err(GatewayError::Request(tollgate_providers::RequestError {
+                message: "model: is not a valid model id".into(),
+                param: Some("model".into()),
+            }));
+        }
+        self.get_passed_through(authed, headers, &format!("/models/{id}")).await
+    }
+
+    /// `POST /v1/messages/count_tokens`: passed through to the Anthropic upstream,
+    /// which does not charge for it: authenticated, not limited, not recorded. The
+    /// body is checked as a Messages request first (a 400 here, not forwarded).
+    pub async fn count_message_tokens(&self, headers: &HeaderMap, body: Bytes) -> Result<Answer, GatewayError> {
+        RequestView::parse(Endpoint::Messages, &body)?;
+        let passed = forwarded_headers(&self.settings, headers, None);
+        self.pass_through(&self.anthropic, reqwest::Method::POST, "/messages/count_tokens", passed, Some(body)).await
+    }
+
+    async fn get_passed_through(
+        &self,
+        authed: &Authed,
+        headers: &HeaderMap,
+        path: &str,
+    ) -> Result<Answer, GatewayError> {
         let passed = forwarded_headers(&self.settings, headers, Some(&authed.project));
+        self.pass_through(&self.upstream, reqwest::Method::GET, path, passed, None).await
+    }
+
+    /// An unaccounted call: the upstream's answer streamed back as it is.
+    async fn pass_through(
+        &self,
+        upstream: &Upstream,
+        method: reqwest::Method,
+        path: &str,
+        passed: HeaderMap,
+        body: Option<Bytes>,
+    ) -> Result<Answer, GatewayError> {
         let sent = Instant::now();
-        match self.upstream.send(reqwest::Method::GET, "/models", passed, None).await {
+        match upstream.send(method, path, passed, body).await {
             Ok(up) => Ok(Answer {
                 upstream: sent.elapsed(),
                 status: up.status,
@@ -311,7 +374,8 @@ async fn forward(
     let Forwarding { strip_usage, deadline, cache_to } = how;
     let total = gateway.settings.total_timeout;
     let sent_at = settlement.sent();
-    let send = gateway.upstream.send(reqwest::Method::POST, endpoint.upstream_path(), headers, Some(body));
+    let upstream = gateway.upstream_for(endpoint);
+    let send = upstream.send(reqwest::Method::POST, endpoint.upstream_path(), headers, Some(body));
     let sent = tokio::time::timeout_at(deadline, send).await.unwrap_or(Err(UpstreamError::Timeout(total)));
     let upstream = match sent {
         Ok(u) => u,
@@ -328,7 +392,7 @@ async fn forward(
         }
     };
     settlement.upstream_request_id(upstream.request_id.clone());
-    if upstream.status == 401 && !gateway.upstream.has_api_key() {
+    if upstream.status == 401 && !gateway.upstream_for(endpoint).has_api_key() {
         // The upstream's own message would blame the client's key; the fault is the
         // gateway's configuration. Refunded: nothing is charged.
         gateway.metrics.upstream_error(crate::metrics::UpstreamErrorKind::NoProviderKey);
@@ -355,8 +419,9 @@ async fn forward(
         body,
     };
     if is_sse {
-        let mut stream = AccountingStream::new(upstream.body, Watcher::Sse(SseRewriter::new(strip_usage)), settlement)
-            .with_deadline(deadline, total);
+        let rewriter = SseRewriter::with_dialect(Dialect::of(endpoint), strip_usage);
+        let mut stream =
+            AccountingStream::new(upstream.body, Watcher::Sse(rewriter), settlement).with_deadline(deadline, total);
         if upstream.status == 200
             && let Some((key, ttl)) = cache_to
             && let Some(kind) = crate::cache::stream_kind(endpoint)
@@ -371,7 +436,7 @@ async fn forward(
     match collected.unwrap_or(Collected::Broken(UpstreamError::Timeout(total))) {
         Collected::Whole(whole) => {
             let meta = if success {
-                tollgate_providers::usage::checked_answer_from_json(&whole)
+                tollgate_providers::usage::checked_answer_for(endpoint, &whole)
             } else {
                 Ok(tollgate_providers::usage::AnswerMeta::default())
             };

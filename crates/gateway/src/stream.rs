@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use tollgate_providers::sse::SseRewriter;
+use tollgate_providers::sse::{Dialect, SseRewriter};
 use tollgate_providers::{UpstreamError, UsageScanner};
 
 use tollgate_cache::assemble::StreamAssembler;
@@ -126,6 +126,14 @@ impl AccountingStream {
         }
     }
 
+    /// The wire format of the stream's events (OpenAI's for a body that is not SSE).
+    fn dialect(&self) -> Dialect {
+        match &self.watcher {
+            Watcher::Sse(rewriter) => rewriter.dialect(),
+            Watcher::Json(_) | Watcher::Pass => Dialect::OpenAi,
+        }
+    }
+
     /// A body passed through untouched, with nothing to account.
     pub fn passthrough(inner: UpstreamBody) -> Self {
         Self {
@@ -154,54 +162,34 @@ impl AccountingStream {
 }
 
 /// The SSE event that ends a stream the upstream broke off, so SDKs raise a clear
-/// error instead of seeing a silently truncated answer.
-fn broken_stream_event(e: &UpstreamError) -> Bytes {
+/// error instead of seeing a silently truncated answer (in the stream's own format).
+fn broken_stream_event(dialect: Dialect, e: &UpstreamError) -> Bytes {
     let (code, message) = match e {
         UpstreamError::Timeout(d) => {
             ("upstream_timeout", format!("The upstream provider stopped sending for {}s.", d.as_secs()))
         }
         _ => ("upstream_stream_broken", "The upstream provider's stream broke off.".to_owned()),
     };
-    let event = serde_json::json!({ "error": { "message": message, "type": "upstream_error", "code": code } });
-    Bytes::from(format!("data: {event}\n\n"))
+    dialect.error_event("upstream_error", code, &message)
 }
 
 /// The event that ends a stream whose usage record could not be committed, instead
-/// of its `data: [DONE]`: the content was delivered, but the request is not recorded.
-fn not_recorded_event(why: &str) -> Bytes {
+/// of its clean end: the content was delivered, but the request is not recorded.
+fn not_recorded_event(dialect: Dialect, why: &str) -> Bytes {
     let message = format!(
         "The upstream provider answered and its answer was streamed, but tollgate could not record this \
          request's usage ({why}); the stream is not complete. Retry later."
     );
-    let event =
-        serde_json::json!({ "error": { "message": message, "type": "api_error", "code": "usage_not_recorded" } });
-    Bytes::from(format!("data: {event}\n\n"))
-}
-
-/// Splits a trailing `data: [DONE]` event (the stream's clean end) off `out`.
-fn split_clean_end(out: &Bytes) -> Option<(Bytes, Bytes)> {
-    let trimmed = out.len() - out.iter().rev().take_while(|b| b.is_ascii_whitespace()).count();
-    let body = &out[..trimmed];
-    let start = [&b"data: [DONE]"[..], &b"data:[DONE]"[..]]
-        .iter()
-        .find(|marker| body.ends_with(marker))
-        .map(|marker| trimmed - marker.len())?;
-    // The marker must begin its line.
-    if start > 0 && out[start - 1] != b'\n' {
-        return None;
-    }
-    Some((out.slice(..start), out.slice(start..)))
+    dialect.error_event("api_error", "usage_not_recorded", &message)
 }
 
 /// The SSE event that ends a stream still running at the request's total deadline.
-fn deadline_event(total: std::time::Duration) -> Bytes {
+fn deadline_event(dialect: Dialect, total: std::time::Duration) -> Bytes {
     let message = format!(
         "The request ran past its total time limit of {}s (upstream.total_timeout_secs); the stream was cut off.",
         total.as_secs()
     );
-    let event =
-        serde_json::json!({ "error": { "message": message, "type": "upstream_error", "code": "request_timeout" } });
-    Bytes::from(format!("data: {event}\n\n"))
+    dialect.error_event("upstream_error", "request_timeout", &message)
 }
 
 impl Stream for AccountingStream {
@@ -218,8 +206,9 @@ impl Stream for AccountingStream {
                     this.commit = None;
                     if let Err(why) = committed {
                         this.clean_end = None;
+                        let dialect = this.dialect();
                         let mut tail = bytes::BytesMut::from(&this.tail.take().unwrap_or_default()[..]);
-                        tail.extend_from_slice(&not_recorded_event(&why));
+                        tail.extend_from_slice(&not_recorded_event(dialect, &why));
                         this.tail = Some(tail.freeze());
                     }
                 }
@@ -236,7 +225,7 @@ impl Stream for AccountingStream {
                 this.deadline = None;
                 tracing::warn!(total_secs = total.as_secs(), "a stream ran past the request's total deadline");
                 let error = format!("the request ran past its total time limit of {}s", total.as_secs());
-                match this.break_off(deadline_event(total), error) {
+                match this.break_off(deadline_event(this.dialect(), total), error) {
                     None => continue,
                     Some(error) => return Poll::Ready(Some(Err(error))),
                 }
@@ -253,7 +242,14 @@ impl Stream for AccountingStream {
                                 tap.assembler.feed(&chunk);
                             }
                             let out = rewriter.process(chunk);
-                            match split_clean_end(&out) {
+                            if let Some(end) = this.clean_end.as_mut() {
+                                // What follows the clean end waits with it.
+                                if !out.is_empty() {
+                                    *end = Bytes::from([&end[..], &out[..]].concat());
+                                }
+                                continue;
+                            }
+                            match rewriter.dialect().split_clean_end(&out) {
                                 Some((before, end)) => {
                                     this.clean_end = Some(end);
                                     before
@@ -270,7 +266,7 @@ impl Stream for AccountingStream {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     tracing::warn!(error = %e, "upstream body broke off");
-                    match this.break_off(broken_stream_event(&e), e.to_string()) {
+                    match this.break_off(broken_stream_event(this.dialect(), &e), e.to_string()) {
                         None => continue,
                         Some(error) => Poll::Ready(Some(Err(error))),
                     }
@@ -284,7 +280,7 @@ impl Stream for AccountingStream {
                     };
                     // What follows a `[DONE]` already seen belongs to the clean end;
                     // a `[DONE]` held back until now becomes the clean end.
-                    match (this.clean_end.take(), split_clean_end(&tail)) {
+                    match (this.clean_end.take(), this.dialect().split_clean_end(&tail)) {
                         (Some(end), _) => this.clean_end = Some(Bytes::from([&end[..], &tail[..]].concat())),
                         (None, Some((before, end))) => {
                             this.tail = (!before.is_empty()).then_some(before);

@@ -3,8 +3,9 @@
 //! Tests and benchmarks need a real HTTP server that speaks the subset of the
 //! OpenAI API the gateway proxies, and that can misbehave on demand. The mock
 //! answers `POST /v1/chat/completions` (including SSE streaming),
-//! `POST /v1/completions`, `POST /v1/embeddings` and `GET /v1/models`, with
-//! token usage taken from [`MockConfig`].
+//! `POST /v1/completions`, `POST /v1/embeddings` and `GET /v1/models`, OpenAI's
+//! Responses API (`POST /v1/responses`, `responses.rs`) and Anthropic's Messages API
+//! (`POST /v1/messages`, `anthropic.rs`), with token usage taken from [`MockConfig`].
 //!
 //! Misbehaviour is chosen per request through `x-mock-*` headers so that one
 //! running mock can serve many tests at once:
@@ -44,8 +45,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+mod anthropic;
 mod directives;
 mod reply;
+mod responses;
 
 use directives::Directives;
 pub use directives::Fault;
@@ -166,6 +169,9 @@ impl MockUpstream {
             .route("/v1/chat/completions", post(chat_completions))
             .route("/v1/completions", post(completions))
             .route("/v1/embeddings", post(embeddings))
+            .route("/v1/responses", post(responses::responses))
+            .route("/v1/messages", post(anthropic::messages))
+            .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
             .route("/v1/models", get(list_models))
             .route("/v1/models/{model}", get(get_model))
             .route("/health", get(|| async { "ok" }))

@@ -150,10 +150,15 @@ pub(crate) fn sse_reply(
 ) -> Response {
     let body: BoxStream<'static, Result<Bytes, io::Error>> = match fault {
         Some(Fault::HoldUsage) => {
-            // The usage chunk (`"choices":[]`) and `[DONE]` wait for a release.
+            // The usage chunk (`"choices":[]`, Anthropic's `message_delta`, the Responses
+            // API's `response.completed`) and what follows wait for a release.
             let held_from = events
                 .iter()
-                .position(|e| e.windows(12).any(|w| w == br#""choices":[]"#))
+                .position(|e| {
+                    e.windows(12).any(|w| w == br#""choices":[]"#)
+                        || e.starts_with(b"event: message_delta")
+                        || e.starts_with(b"event: response.completed")
+                })
                 .unwrap_or(events.len().saturating_sub(1));
             let held = events.split_off(held_from);
             let gate = usage_gate.clone();

@@ -1,7 +1,8 @@
-//! Upstream LLM providers and the OpenAI wire format: the pooled HTTP client that
-//! forwards requests, the request view parsed once from a client's body
+//! Upstream LLM providers and their wire formats (OpenAI's chat completions,
+//! completions, embeddings and Responses; Anthropic's Messages): the pooled HTTP
+//! client that forwards requests, the request view parsed once from a client's body
 //! ([`request`]), and usage extraction from what the provider answers (whole JSON
-//! bodies and SSE streams).
+//! bodies, [`usage`], and SSE streams, [`sse`] with its [`sse::Dialect`]s).
 //!
 //! Invariants: nothing here buffers a response before the client sees it (bodies are
 //! streams of `Bytes` passed on as they come), nothing here knows about keys, limits
@@ -15,5 +16,5 @@ pub mod usage;
 
 pub use request::{Endpoint, RequestError, RequestView};
 pub use sse::{SseRewriter, StreamSummary, request_with_include_usage};
-pub use upstream::{Upstream, UpstreamConfig, UpstreamError, UpstreamResponse};
+pub use upstream::{Upstream, UpstreamAuth, UpstreamConfig, UpstreamError, UpstreamResponse};
 pub use usage::{TokenUsage, UsageScanner};

@@ -1,4 +1,6 @@
-//! The OpenAI request as the gateway sees it: parsed once, borrowing from the body,
+//! The request as the gateway sees it (OpenAI's chat completions, completions and
+//! embeddings; Anthropic's Messages, `request/anthropic.rs`; OpenAI's Responses,
+//! `request/responses.rs`): parsed once, borrowing from the body,
 //! into a [`RequestView`] that every later step reads (limits, the reservation
 //! estimate, the tokenizer, the `stream_options` rewrite, and later the cache key
 //! and the router). Everything the gateway does not need is skipped unparsed.
@@ -14,6 +16,8 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tollgate_tokenize::{MAX_OUTPUT_TOKENS, Prompt, validate_output_limit};
 
+mod anthropic;
+mod responses;
 mod shape;
 
 /// Longest model name accepted.
@@ -25,6 +29,10 @@ pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// Anthropic's native `POST /v1/messages`, forwarded to the Anthropic upstream.
+    Messages,
+    /// OpenAI's Responses API, `POST /v1/responses`.
+    Responses,
 }
 
 impl Endpoint {
@@ -34,6 +42,8 @@ impl Endpoint {
             Endpoint::ChatCompletions => "chat.completions",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Messages => "messages",
+            Endpoint::Responses => "responses",
         }
     }
 
@@ -43,7 +53,22 @@ impl Endpoint {
             Endpoint::ChatCompletions => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
+            Endpoint::Messages => "/messages",
+            Endpoint::Responses => "/responses",
         }
+    }
+
+    /// Whether the endpoint speaks Anthropic's wire format (its upstream, its error
+    /// shape, its stream events).
+    pub fn is_anthropic(self) -> bool {
+        self == Endpoint::Messages
+    }
+
+    /// Whether a stream of this endpoint reports usage only when asked
+    /// (`stream_options.include_usage`): OpenAI's chat completions and completions.
+    /// Messages and Responses streams always carry it.
+    pub fn usage_on_request(self) -> bool {
+        matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
     }
 
     pub fn streams(self) -> bool {
@@ -142,43 +167,63 @@ fn count_field(field: &str, value: &Option<Value>, max: u64) -> Result<u64, Requ
     }
 }
 
+/// The body as UTF-8 text, once checked to be a JSON object's.
+fn checked_text(body: &[u8]) -> Result<&str, RequestError> {
+    // serde would read a struct from a JSON array too; the API takes objects only.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(RequestError::body("the request body must be a JSON object"));
+    }
+    // JSON is UTF-8 (RFC 8259); serde skips the strings it does not read without
+    // checking them, so the whole body is checked here, once.
+    std::str::from_utf8(body)
+        .map_err(|e| RequestError::body(format!("the request body is not valid UTF-8 (at byte {})", e.valid_up_to())))
+}
+
+fn json_error(e: serde_json::Error) -> RequestError {
+    if e.is_data() {
+        RequestError::body(format!("invalid request body: {e}"))
+    } else {
+        RequestError::body(format!("We could not parse the JSON body of your request: {e}"))
+    }
+}
+
+fn checked_model(model: Option<Cow<'_, str>>) -> Result<Cow<'_, str>, RequestError> {
+    match model {
+        Some(model) if !model.trim().is_empty() && model.len() <= MAX_MODEL_LEN => Ok(model),
+        _ => Err(RequestError::field("model", "is required and must be a non-empty string")),
+    }
+}
+
+fn checked_stream(endpoint: Endpoint, stream: &Option<Value>) -> Result<bool, RequestError> {
+    match stream {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(false),
+        Some(Value::Bool(true)) if endpoint.streams() => Ok(true),
+        Some(Value::Bool(true)) => Err(RequestError::field("stream", "is not supported on this endpoint")),
+        Some(_) => Err(RequestError::field("stream", "must be a boolean")),
+    }
+}
+
+/// A per-choice output limit, checked.
+fn output(field: &'static str, value: &Option<Value>) -> Result<Option<u64>, RequestError> {
+    validate_output_limit(field, value.as_ref())
+        .map_err(|_| RequestError::field(field, format!("must be an integer between 1 and {MAX_OUTPUT_TOKENS}")))
+}
+
 /// Largest `n` and `best_of` accepted (OpenAI's own bound is 128 and 20).
 pub const MAX_CHOICES: u64 = 128;
 
 impl<'a> RequestView<'a> {
     /// Parses the request once; malformed bodies are errors that say what is wrong.
     pub fn parse(endpoint: Endpoint, body: &'a [u8]) -> Result<Self, RequestError> {
-        // serde would read a struct from a JSON array too; the API takes objects only.
-        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(RequestError::body("the request body must be a JSON object"));
+        let text = checked_text(body)?;
+        match endpoint {
+            Endpoint::Messages => return anthropic::parse(body, text),
+            Endpoint::Responses => return responses::parse(body, text),
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => {}
         }
-        // JSON is UTF-8 (RFC 8259); serde skips the strings it does not read without
-        // checking them, so the whole body is checked here, once.
-        let text = std::str::from_utf8(body).map_err(|e| {
-            RequestError::body(format!("the request body is not valid UTF-8 (at byte {})", e.valid_up_to()))
-        })?;
-        let probe: Probe<'a> = serde_json::from_str(text).map_err(|e| {
-            if e.is_data() {
-                RequestError::body(format!("invalid request body: {e}"))
-            } else {
-                RequestError::body(format!("We could not parse the JSON body of your request: {e}"))
-            }
-        })?;
-        let model = match probe.model {
-            Some(model) if !model.trim().is_empty() && model.len() <= MAX_MODEL_LEN => model,
-            _ => return Err(RequestError::field("model", "is required and must be a non-empty string")),
-        };
-        let stream = match probe.stream {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
-            Some(Value::Bool(true)) if endpoint.streams() => true,
-            Some(Value::Bool(true)) => return Err(RequestError::field("stream", "is not supported on this endpoint")),
-            Some(_) => return Err(RequestError::field("stream", "must be a boolean")),
-        };
-        let output = |field: &'static str, value: &Option<Value>| {
-            validate_output_limit(field, value.as_ref()).map_err(|_| {
-                RequestError::field(field, format!("must be an integer between 1 and {MAX_OUTPUT_TOKENS}"))
-            })
-        };
+        let probe: Probe<'a> = serde_json::from_str(text).map_err(json_error)?;
+        let model = checked_model(probe.model)?;
+        let stream = checked_stream(endpoint, &probe.stream)?;
         let max_output_tokens = match output("max_completion_tokens", &probe.max_completion_tokens)? {
             Some(n) => Some(n),
             None => output("max_tokens", &probe.max_tokens)?,
@@ -221,6 +266,8 @@ impl<'a> RequestView<'a> {
                 shape::check_text_input("input", input)?;
                 Some(Prompt::Text(input))
             }
+            // Parsed by their own modules above.
+            Endpoint::Messages | Endpoint::Responses => None,
         };
         Ok(Self {
             endpoint,
@@ -246,7 +293,7 @@ impl<'a> RequestView<'a> {
     /// Whether the gateway asks the upstream for the usage chunk on the client's
     /// behalf, and hides it from the client.
     pub fn strips_usage(&self) -> bool {
-        self.stream && !self.client_wants_usage
+        self.stream && !self.client_wants_usage && self.endpoint.usage_on_request()
     }
 
     /// The body to send upstream: for a stream the client did not ask usage for,

@@ -20,6 +20,11 @@
 //! Each event's JSON is read with small borrowing serde structs that skip every
 //! field but `choices[].delta`/`text`, `usage` and `error`: no JSON tree per chunk.
 //!
+//! Anthropic's Messages streams and OpenAI's Responses streams are read the same way
+//! by their own event parsers ([`Dialect`], `sse/anthropic.rs`, `sse/responses.rs`):
+//! they always carry their usage (`message_start` and `message_delta`;
+//! `response.completed`), so nothing is ever cut out of them.
+//!
 //! Also here: [`request_with_include_usage`], which sets
 //! `stream_options.include_usage` on a streaming request when the client did not.
 
@@ -31,7 +36,95 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::usage::TokenUsage;
+use crate::Endpoint;
+use crate::usage::{AnthropicUsage, TokenUsage};
+
+mod anthropic;
+mod responses;
+
+/// The wire format of a stream's events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Dialect {
+    /// OpenAI chat completions and completions chunks, ending with `data: [DONE]`.
+    #[default]
+    OpenAi,
+    /// Anthropic's Messages events, ending with `message_stop`.
+    Anthropic,
+    /// OpenAI's Responses events, ending with `response.completed`.
+    Responses,
+}
+
+impl Dialect {
+    pub fn of(endpoint: Endpoint) -> Self {
+        match endpoint {
+            Endpoint::Messages => Dialect::Anthropic,
+            Endpoint::Responses => Dialect::Responses,
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => Dialect::OpenAi,
+        }
+    }
+
+    /// The event tollgate ends a stream with when it has to cut it (the upstream broke
+    /// off, the deadline passed, the usage record failed), in this format, so the
+    /// client's SDK raises an error instead of taking a truncated answer for whole.
+    /// `kind` is the OpenAI error type (`upstream_error`, `api_error`), `code` the
+    /// stable code of docs/errors.md.
+    pub fn error_event(self, kind: &str, code: &str, message: &str) -> Bytes {
+        let error = serde_json::json!({ "message": message, "type": kind, "code": code });
+        let text = match self {
+            Dialect::OpenAi => format!("data: {}\n\n", serde_json::json!({ "error": error })),
+            Dialect::Anthropic => {
+                // Anthropic's SDKs raise on an `error` event; `api_error` is its type
+                // for a failure on the server side.
+                let event = serde_json::json!({
+                    "type": "error",
+                    "error": { "type": "api_error", "message": message, "code": code },
+                });
+                format!("event: error\ndata: {event}\n\n")
+            }
+            Dialect::Responses => {
+                // The Responses API's `error` event, with OpenAI's error object too:
+                // the openai SDK raises `APIError` on an event that has one.
+                let event = serde_json::json!({
+                    "type": "error", "code": code, "message": message, "param": null, "error": error,
+                });
+                format!("event: error\ndata: {event}\n\n")
+            }
+        };
+        Bytes::from(text)
+    }
+
+    /// Splits the stream's clean last event (`data: [DONE]`, `message_stop`,
+    /// `response.completed`) and what follows it off `out`, if `out` has it: the
+    /// gateway sends it only once the request's record is committed.
+    pub fn split_clean_end(self, out: &Bytes) -> Option<(Bytes, Bytes)> {
+        let marker: &[u8] = match self {
+            Dialect::OpenAi => return split_done(out),
+            Dialect::Anthropic => b"event: message_stop",
+            Dialect::Responses => b"event: response.completed",
+        };
+        let start = memchr::memmem::rfind(out, marker)?;
+        // The marker must begin its line.
+        if start > 0 && !matches!(out[start - 1], b'\n' | b'\r') {
+            return None;
+        }
+        Some((out.slice(..start), out.slice(start..)))
+    }
+}
+
+/// Splits a trailing `data: [DONE]` event (an OpenAI stream's clean end) off `out`.
+fn split_done(out: &Bytes) -> Option<(Bytes, Bytes)> {
+    let trimmed = out.len() - out.iter().rev().take_while(|b| b.is_ascii_whitespace()).count();
+    let body = &out[..trimmed];
+    let start = [&b"data: [DONE]"[..], &b"data:[DONE]"[..]]
+        .iter()
+        .find(|marker| body.ends_with(marker))
+        .map(|marker| trimmed - marker.len())?;
+    // The marker must begin its line.
+    if start > 0 && out[start - 1] != b'\n' {
+        return None;
+    }
+    Some((out.slice(..start), out.slice(start..)))
+}
 
 /// An event longer than this cannot be the usage chunk (a few hundred bytes), so it
 /// is never held back past this size.
@@ -62,6 +155,10 @@ pub struct StreamSummary {
 
 /// The incremental scanner and (optionally) usage-chunk remover for one stream.
 pub struct SseRewriter {
+    dialect: Dialect,
+    /// An Anthropic stream's usage so far (`message_start`, then each `message_delta`);
+    /// boxed to keep the scanner of OpenAI streams as small as it was.
+    anthropic_usage: Option<Box<AnthropicUsage>>,
     strip_usage_chunk: bool,
     /// Bytes of the stream before the current chunk.
     offset: u64,
@@ -89,8 +186,16 @@ impl SseRewriter {
     /// `strip_usage_chunk`: remove usage-only events from the bytes returned (set it
     /// when tollgate added `include_usage` and the client did not ask for it).
     pub fn new(strip_usage_chunk: bool) -> Self {
+        Self::with_dialect(Dialect::OpenAi, strip_usage_chunk)
+    }
+
+    /// A scanner for a stream in `dialect`; only an OpenAI stream has a usage chunk
+    /// to strip.
+    pub fn with_dialect(dialect: Dialect, strip_usage_chunk: bool) -> Self {
         Self {
-            strip_usage_chunk,
+            dialect,
+            anthropic_usage: None,
+            strip_usage_chunk: strip_usage_chunk && dialect == Dialect::OpenAi,
             offset: 0,
             event_start: 0,
             event_cleared: false,
@@ -186,14 +291,20 @@ impl SseRewriter {
         concat(out)
     }
 
-    /// Call when the upstream body ended normally, before [`finish`](Self::finish):
-    /// returns what was still held back (an event the upstream never finished, which
-    /// SSE clients discard anyway), unless it is a usage-only chunk to remove.
-    /// Whether a usage block has been read (the stream's accounting is complete).
+    /// The wire format this scanner reads.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Whether a usage block has been read (the stream's accounting is complete; for
+    /// an Anthropic stream, its `message_delta`).
     pub fn has_usage(&self) -> bool {
         self.summary.usage.is_some()
     }
 
+    /// Call when the upstream body ended normally, before [`finish`](Self::finish):
+    /// returns what was still held back (an event the upstream never finished, which
+    /// SSE clients discard anyway), unless it is a usage-only chunk to remove.
     pub fn flush(&mut self) -> Bytes {
         let held = concat(std::mem::take(&mut self.held));
         if held.is_empty() || !self.strip_usage_chunk {
@@ -213,6 +324,7 @@ impl SseRewriter {
     /// never got it as an event), but a complete usage object in it is taken.
     pub fn finish(&mut self) -> StreamSummary {
         if self.summary.usage.is_none()
+            && self.dialect == Dialect::OpenAi
             && let Some(data) = self.pending_event()
             && let Some(chunk) = parse_chunk(&data)
         {
@@ -288,6 +400,17 @@ impl SseRewriter {
 
     /// Reads one event's data; true when it is a usage-only chunk.
     fn on_event(&mut self, data: &[u8]) -> bool {
+        match self.dialect {
+            Dialect::OpenAi => {}
+            Dialect::Anthropic => {
+                anthropic::on_event(data, &mut self.anthropic_usage, &mut self.summary);
+                return false;
+            }
+            Dialect::Responses => {
+                responses::on_event(data, &mut self.summary);
+                return false;
+            }
+        }
         if data.trim_ascii() == b"[DONE]" {
             self.summary.saw_done = true;
             return false;

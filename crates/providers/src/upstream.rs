@@ -1,4 +1,6 @@
-//! The pooled client to one OpenAI-compatible upstream.
+//! The pooled client to one upstream: an OpenAI-compatible one (`Authorization:
+//! Bearer`) or an Anthropic one (`x-api-key` and `anthropic-version`), by
+//! [`UpstreamAuth`].
 
 use std::time::Duration;
 
@@ -16,6 +18,21 @@ pub struct UpstreamConfig {
     /// Longest wait for the response head, and for each chunk of the body after it.
     pub read_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// How the provider key is sent.
+    pub auth: UpstreamAuth,
+    /// Headers sent on every call unless the passed-through client headers carry
+    /// them already (Anthropic's `anthropic-version`).
+    pub default_headers: Vec<(String, String)>,
+}
+
+/// How a provider key is presented to the upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UpstreamAuth {
+    /// `Authorization: Bearer <key>` (OpenAI and compatible servers).
+    #[default]
+    Bearer,
+    /// `x-api-key: <key>` (Anthropic).
+    XApiKey,
 }
 
 impl std::fmt::Debug for UpstreamConfig {
@@ -70,7 +87,8 @@ fn proxy_in_environment() -> bool {
 }
 
 /// The paths tollgate calls on an upstream (their URLs are parsed once).
-const KNOWN_PATHS: &[&str] = &["/chat/completions", "/completions", "/embeddings", "/models"];
+const KNOWN_PATHS: &[&str] =
+    &["/chat/completions", "/completions", "/embeddings", "/models", "/responses", "/messages"];
 
 /// A pooled client bound to one upstream.
 pub struct Upstream {
@@ -79,7 +97,10 @@ pub struct Upstream {
     /// The URL of every path tollgate calls, parsed once: a request clones one
     /// instead of formatting and parsing (IDNA included) a string per call.
     urls: Vec<(&'static str, reqwest::Url)>,
-    authorization: Option<reqwest::header::HeaderValue>,
+    /// The header carrying the provider key and its value.
+    authorization: Option<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
+    /// Sent unless the call's headers already have them.
+    default_headers: Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
     read_timeout: Duration,
 }
 
@@ -104,13 +125,25 @@ impl Upstream {
             .map_err(|e| UpstreamError::Config(e.to_string()))?;
         let authorization = match &config.api_key {
             Some(key) => {
-                let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+                let (name, text) = match config.auth {
+                    UpstreamAuth::Bearer => (reqwest::header::AUTHORIZATION, format!("Bearer {key}")),
+                    UpstreamAuth::XApiKey => (reqwest::header::HeaderName::from_static("x-api-key"), key.clone()),
+                };
+                let mut value = reqwest::header::HeaderValue::from_str(&text)
                     .map_err(|_| UpstreamError::Config("provider key is not a valid header value".into()))?;
                 value.set_sensitive(true);
-                Some(value)
+                Some((name, value))
             }
             None => None,
         };
+        let mut default_headers = Vec::new();
+        for (name, value) in &config.default_headers {
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| UpstreamError::Config(format!("'{name}' is not a header name")))?;
+            let value = reqwest::header::HeaderValue::from_str(value)
+                .map_err(|_| UpstreamError::Config(format!("the value of header '{name}' is not valid")))?;
+            default_headers.push((name, value));
+        }
         let base_url = config.base_url.trim_end_matches('/').to_owned();
         if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
             return Err(UpstreamError::Config(format!(
@@ -123,10 +156,11 @@ impl Upstream {
                 .map_err(|e| UpstreamError::Config(format!("upstream base URL '{base_url}' is not a URL: {e}")))?;
             urls.push((*path, url));
         }
-        Ok(Self { client, base_url, urls, authorization, read_timeout: config.read_timeout })
+        Ok(Self { client, base_url, urls, authorization, default_headers, read_timeout: config.read_timeout })
     }
 
-    /// Whether a provider key is configured (sent as `Authorization: Bearer`).
+    /// Whether a provider key is configured (sent as `Authorization: Bearer`, or
+    /// `x-api-key` for Anthropic).
     pub fn has_api_key(&self) -> bool {
         self.authorization.is_some()
     }
@@ -142,17 +176,22 @@ impl Upstream {
         &self,
         method: reqwest::Method,
         path: &str,
-        headers: reqwest::header::HeaderMap,
+        mut headers: reqwest::header::HeaderMap,
         body: Option<Bytes>,
     ) -> Result<UpstreamResponse, UpstreamError> {
+        for (name, value) in &self.default_headers {
+            if !headers.contains_key(name) {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
         let url = match self.urls.iter().find(|(known, _)| *known == path) {
             Some((_, url)) => url.clone(),
             None => reqwest::Url::parse(&format!("{}{}", self.base_url, path))
                 .map_err(|e| UpstreamError::Config(format!("upstream URL for {path}: {e}")))?,
         };
         let mut request = self.client.request(method, url).headers(headers);
-        if let Some(auth) = &self.authorization {
-            request = request.header(reqwest::header::AUTHORIZATION, auth.clone());
+        if let Some((name, value)) = &self.authorization {
+            request = request.header(name.clone(), value.clone());
         }
         if let Some(body) = body {
             request = request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
@@ -166,7 +205,9 @@ impl Upstream {
         };
         let content_type = header(reqwest::header::CONTENT_TYPE);
         let retry_after = header(reqwest::header::RETRY_AFTER);
+        // Anthropic names it `request-id`.
         let request_id = header(reqwest::header::HeaderName::from_static("x-request-id"))
+            .or_else(|| header(reqwest::header::HeaderName::from_static("request-id")))
             .filter(|id| !id.is_empty() && id.len() <= 200 && id.bytes().all(|b| b.is_ascii_graphic()));
         let status = response.status().as_u16();
         let read_timeout = self.read_timeout;

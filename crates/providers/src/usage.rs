@@ -8,6 +8,8 @@
 use bytes::Bytes;
 use serde::Deserialize;
 
+use crate::Endpoint;
+
 /// Token counts as the upstream reported them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(from = "WireUsage")]
@@ -87,6 +89,125 @@ pub fn checked_answer_from_json(body: &[u8]) -> Result<AnswerMeta, serde_json::E
         }
         Err(e) if e.is_data() => serde_json::from_slice::<serde::de::IgnoredAny>(body).map(|_| AnswerMeta::default()),
         Err(e) => Err(e),
+    }
+}
+
+/// Like [`checked_answer_from_json`], for the answer of `endpoint`: Anthropic's
+/// Messages and OpenAI's Responses name their token counts differently.
+pub fn checked_answer_for(endpoint: Endpoint, body: &[u8]) -> Result<AnswerMeta, serde_json::Error> {
+    match endpoint {
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => checked_answer_from_json(body),
+        Endpoint::Messages => checked_native_answer::<AnthropicUsage>(body),
+        Endpoint::Responses => checked_native_answer::<ResponsesUsage>(body),
+    }
+}
+
+/// The `usage` and `model` of a Messages or Responses answer.
+fn checked_native_answer<U>(body: &[u8]) -> Result<AnswerMeta, serde_json::Error>
+where
+    U: serde::de::DeserializeOwned + Into<TokenUsage>,
+{
+    #[derive(Deserialize)]
+    #[serde(bound = "U: serde::de::DeserializeOwned")]
+    struct Native<U> {
+        #[serde(default)]
+        usage: Option<U>,
+        #[serde(default)]
+        model: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Native<U>>(body) {
+        Ok(native) => Ok(AnswerMeta { usage: native.usage.map(Into::into), model: checked_model_name(native.model) }),
+        Err(e) if e.is_data() => serde_json::from_slice::<serde::de::IgnoredAny>(body).map(|_| AnswerMeta::default()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A model name an answer gives, if it is a plausible one.
+pub(crate) fn checked_model_name(model: Option<serde_json::Value>) -> Option<String> {
+    match model {
+        Some(serde_json::Value::String(m)) if !m.is_empty() && m.len() <= 256 => Some(m),
+        _ => None,
+    }
+}
+
+/// Anthropic's usage block (plain answers, `message_start.message.usage`, and the
+/// cumulative `message_delta.usage`). Its `input_tokens` exclude the prompt-cache
+/// reads and writes, which are reported beside them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct AnthropicUsage {
+    #[serde(default)]
+    pub input_tokens: Option<u64>,
+    #[serde(default)]
+    pub output_tokens: Option<u64>,
+    #[serde(default)]
+    pub cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    pub cache_creation_input_tokens: Option<u64>,
+}
+
+impl AnthropicUsage {
+    /// `later`'s counts where it has them (a `message_delta` over `message_start`).
+    pub fn merged(self, later: AnthropicUsage) -> AnthropicUsage {
+        AnthropicUsage {
+            input_tokens: later.input_tokens.or(self.input_tokens),
+            output_tokens: later.output_tokens.or(self.output_tokens),
+            cache_read_input_tokens: later.cache_read_input_tokens.or(self.cache_read_input_tokens),
+            cache_creation_input_tokens: later.cache_creation_input_tokens.or(self.cache_creation_input_tokens),
+        }
+    }
+}
+
+impl From<AnthropicUsage> for TokenUsage {
+    /// The prompt is every input token, cache reads and writes included; the cache
+    /// reads are the cached part (billed at the cached-input rate). Cache writes are
+    /// billed at the input rate (Anthropic charges 1.25x for them: docs/providers.md).
+    fn from(u: AnthropicUsage) -> Self {
+        let cached = u.cache_read_input_tokens.unwrap_or(0);
+        let prompt = u
+            .input_tokens
+            .unwrap_or(0)
+            .saturating_add(cached)
+            .saturating_add(u.cache_creation_input_tokens.unwrap_or(0));
+        let completion = u.output_tokens.unwrap_or(0);
+        TokenUsage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt.saturating_add(completion),
+            cached_tokens: cached,
+        }
+    }
+}
+
+/// The Responses API's usage block: `input_tokens` include the cached ones
+/// (`input_tokens_details.cached_tokens`).
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+pub struct ResponsesUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    total_tokens: Option<u64>,
+    #[serde(default)]
+    input_tokens_details: Option<InputTokensDetails>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+struct InputTokensDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+impl From<ResponsesUsage> for TokenUsage {
+    fn from(u: ResponsesUsage) -> Self {
+        let prompt = u.input_tokens.unwrap_or(0);
+        let completion = u.output_tokens.unwrap_or(0);
+        TokenUsage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: u.total_tokens.unwrap_or(prompt.saturating_add(completion)),
+            cached_tokens: u.input_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0),
+        }
     }
 }
 
@@ -178,6 +299,27 @@ mod tests {
         let mut s = UsageScanner::new(4);
         s.observe(&Bytes::from_static(br#"{"usage":{}}"#));
         assert_eq!(s.finish(), None);
+    }
+
+    #[test]
+    fn anthropic_and_responses_answers_name_their_usage_their_way() {
+        let messages = br#"{"id":"msg_1","type":"message","model":"claude-sonnet-4-5","content":[],
+            "usage":{"input_tokens":100,"output_tokens":7,"cache_read_input_tokens":50,"cache_creation_input_tokens":20}}"#;
+        let meta = checked_answer_for(Endpoint::Messages, messages).expect("json");
+        assert_eq!(
+            meta.usage,
+            Some(TokenUsage { prompt_tokens: 170, completion_tokens: 7, total_tokens: 177, cached_tokens: 50 })
+        );
+        assert_eq!(meta.model.as_deref(), Some("claude-sonnet-4-5"));
+        let responses = br#"{"id":"resp_1","object":"response","model":"gpt-4o-mini","output":[],
+            "usage":{"input_tokens":30,"output_tokens":9,"total_tokens":39,"input_tokens_details":{"cached_tokens":12}}}"#;
+        let meta = checked_answer_for(Endpoint::Responses, responses).expect("json");
+        assert_eq!(
+            meta.usage,
+            Some(TokenUsage { prompt_tokens: 30, completion_tokens: 9, total_tokens: 39, cached_tokens: 12 })
+        );
+        assert!(checked_answer_for(Endpoint::Messages, b"{\"id\":").is_err());
+        assert_eq!(checked_answer_for(Endpoint::Responses, br#"{"usage":"odd"}"#).expect("json").usage, None);
     }
 
     #[test]

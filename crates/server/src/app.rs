@@ -85,12 +85,14 @@ impl Application {
                  tollgate answers clients 502 provider_key_missing, charging nothing"
             );
         }
+        let anthropic = Arc::new(Upstream::new(&config.anthropic).context("configuring the Anthropic upstream")?);
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {} (setting `listen`)", config.listen))?;
         let port = listener.local_addr()?.port();
         let settings = GatewaySettings {
             provider: config.provider.clone(),
+            anthropic_provider: config.anthropic_provider.clone(),
             anonymous_plan: config.anonymous_plan.clone(),
             default_max_output_tokens: config.default_max_output_tokens,
             max_reserved_output_tokens: config.max_reserved_output_tokens,
@@ -129,6 +131,7 @@ impl Application {
             limiter,
             ledger: backend.ledger.clone(),
             upstream,
+            anthropic,
             plans,
             settings: Arc::new(settings),
             tasks: TaskTracker::new(),

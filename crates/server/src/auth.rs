@@ -56,6 +56,35 @@ pub async fn authenticate_request(state: &AppState, headers: &HeaderMap, now_ms:
     Ok(state.authenticate(presented, now_ms).await?)
 }
 
+/// The key of an Anthropic-format request (`/v1/messages`): `x-api-key`, which
+/// Anthropic's SDKs send, or else `Authorization: Bearer tg_...`.
+pub async fn authenticate_anthropic_request(
+    state: &AppState,
+    headers: &HeaderMap,
+    now_ms: i64,
+) -> Result<Authed, ApiError> {
+    let mut values = headers.get_all("x-api-key").iter();
+    let Some(value) = values.next() else { return authenticate_request(state, headers, now_ms).await };
+    if values.next().is_some() {
+        return Err(ApiError::BadRequest {
+            message: "Send exactly one x-api-key header; this request has several.".into(),
+            param: Some("x-api-key".into()),
+        });
+    }
+    let presented = value
+        .to_str()
+        .map_err(|_| {
+            ApiError::InvalidKey("The x-api-key header must be your tollgate key (tg_...) in visible ASCII.".into())
+        })?
+        .trim();
+    if presented.is_empty() {
+        return Err(ApiError::MissingKey(
+            "You didn't provide an API key. Send your tollgate key as 'x-api-key: tg_...'.".into(),
+        ));
+    }
+    Ok(state.authenticate(presented, now_ms).await?)
+}
+
 /// A caller of the admin API, with the projects it may act on.
 #[derive(Clone, Debug)]
 pub struct Admin(pub AdminScope);

@@ -21,6 +21,7 @@ pub use tollgate_store_distributed::OnStoreError;
 
 mod alerts;
 mod analytics;
+mod anthropic;
 mod cache;
 mod dashboard;
 mod env;
@@ -32,6 +33,7 @@ use alerts::alerts_settings;
 pub use alerts::{AlertsSettings, RawAlerts};
 use analytics::analytics_settings;
 pub use analytics::{AnalyticsSettings, RawAnalytics};
+pub use anthropic::RawAnthropic;
 use cache::cache_settings;
 pub use cache::{CacheSettings, RawCache};
 use dashboard::dashboard_settings;
@@ -54,6 +56,8 @@ pub struct RawConfig {
     pub max_body_bytes: usize,
     pub shutdown_grace_secs: u64,
     pub upstream: RawUpstream,
+    /// The Anthropic upstream of `/v1/messages` (docs/providers.md).
+    pub anthropic: RawAnthropic,
     pub plans: BTreeMap<String, RawPlan>,
     pub limits: RawLimits,
     /// `sync`: a response ends only once its ledger record is committed to disk (a
@@ -184,6 +188,7 @@ impl Default for RawConfig {
             max_body_bytes: 4 * 1024 * 1024,
             shutdown_grace_secs: 30,
             upstream: RawUpstream::default(),
+            anthropic: RawAnthropic::default(),
             limits: RawLimits::default(),
             durability: Durability::Sync,
             commit_timeout_ms: 5_000,
@@ -232,7 +237,14 @@ impl Default for RawUpstream {
             // made per tollgate project (project settings `openai_organization`,
             // `openai_project`).
             // W3C trace context goes on, so the upstream's spans join the client's trace.
-            forward_headers: vec!["openai-beta".into(), "traceparent".into(), "tracestate".into()],
+            // Anthropic's SDKs choose the API version and betas per request.
+            forward_headers: vec![
+                "openai-beta".into(),
+                "anthropic-version".into(),
+                "anthropic-beta".into(),
+                "traceparent".into(),
+                "tracestate".into(),
+            ],
             drain_after_hangup_ms: 2_000,
             drain_after_hangup_bytes: 64 * 1024,
         }
@@ -292,6 +304,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
     pub upstream: tollgate_providers::UpstreamConfig,
+    /// The Anthropic upstream of `/v1/messages` (`[anthropic]`).
+    pub anthropic: tollgate_providers::UpstreamConfig,
+    /// Its provider name (`anthropic.provider`).
+    pub anthropic_provider: String,
     /// Client headers passed through to the upstream.
     pub forward_headers: Vec<axum::http::HeaderName>,
     /// Plans created on first start (never overwritten afterwards).
@@ -359,6 +375,7 @@ fn invalid(setting: impl Into<String>, message: impl Into<String>) -> ConfigErro
 /// hop-by-hop or framing headers are the HTTP client's business.
 const NEVER_FORWARDED: &[&str] = &[
     "authorization",
+    "x-api-key",
     "proxy-authorization",
     "cookie",
     "host",
@@ -403,6 +420,9 @@ impl Config {
         if shown.upstream.api_key.is_some() {
             shown.upstream.api_key = redacted();
         }
+        if shown.anthropic.api_key.is_some() {
+            shown.anthropic.api_key = redacted();
+        }
         if shown.redis_url.is_some() {
             shown.redis_url = redacted();
         }
@@ -423,6 +443,9 @@ impl Config {
         }
         if let Ok(key) = std::env::var("OPENAI_API_KEY") {
             figment = figment.merge(Serialized::default("upstream.api_key", key));
+        }
+        if let Ok(key) = std::env::var("ANTHROPIC_API_KEY") {
+            figment = figment.merge(Serialized::default("anthropic.api_key", key));
         }
         if let Some(path) = file {
             if !path.exists() {
@@ -454,6 +477,7 @@ impl Config {
             invalid("listen", format!("'{}' is not an address like 127.0.0.1:8080 or localhost:8080", raw.listen))
         })?;
         let store = store::store_from_raw(&raw)?;
+        let (anthropic, anthropic_provider) = anthropic::anthropic_upstream(&raw)?;
         let log_format = raw.log_format;
         if raw.max_body_bytes < 1024 {
             return Err(invalid("max_body_bytes", "must be at least 1024"));
@@ -543,7 +567,11 @@ impl Config {
                 connect_timeout: Duration::from_millis(raw.upstream.connect_timeout_ms),
                 read_timeout: Duration::from_secs(raw.upstream.timeout_secs),
                 pool_max_idle_per_host: raw.upstream.pool_max_idle_per_host,
+                auth: tollgate_providers::UpstreamAuth::Bearer,
+                default_headers: Vec::new(),
             },
+            anthropic,
+            anthropic_provider,
             forward_headers,
             seed_plans,
             forwarded_for_hops: raw.limits.forwarded_for_hops,

@@ -185,6 +185,8 @@ pub fn prompt_upper_bound(prompt: Prompt<'_>) -> u64 {
             messages.get().len() as u64 + REPLY_PRIMING + definitions
         }
         Prompt::Text(raw) => raw.get().len() as u64,
+        // Every token is at least one byte of a string value, which is inside the JSON.
+        Prompt::Values(values) => values.iter().flatten().map(|v| v.get().len() as u64).sum(),
     }
 }
 
@@ -198,6 +200,7 @@ pub fn count_prompt_capped(model: &str, prompt: Prompt<'_>) -> u64 {
             messages.get().len() + tools.map_or(0, |t| t.get().len()) + functions.map_or(0, |f| f.get().len())
         }
         Prompt::Text(raw) => raw.get().len(),
+        Prompt::Values(values) => values.iter().flatten().map(|v| v.get().len()).sum(),
     };
     if size > MAX_COUNTED_BYTES {
         return bound;
@@ -327,6 +330,11 @@ pub enum Prompt<'a> {
     Chat { messages: &'a RawValue, tools: Option<&'a RawValue>, functions: Option<&'a RawValue> },
     /// A completions `prompt` or an embeddings `input`.
     Text(&'a RawValue),
+    /// A prompt spread over several JSON values of another wire format (Anthropic's
+    /// `system`, `messages` and `tools`; the Responses API's `instructions`, `input`
+    /// and `tools`): counted as the tokens of every string value in them, with the
+    /// OpenAI encoder of the model (an estimate for other providers' tokenizers).
+    Values([Option<&'a RawValue>; 3]),
 }
 
 /// Prompt tokens of a prompt the request view located ([`Prompt`]), counted as
@@ -340,6 +348,24 @@ pub fn count_prompt(model: &str, prompt: Prompt<'_>) -> Option<u64> {
             Some(count_chat(counter, &messages, tools, functions))
         }
         Prompt::Text(raw) => Some(serde_json::from_str::<TextInput<'_>>(raw.get()).ok()?.count(counter)),
+        Prompt::Values(values) => {
+            let mut total = 0u64;
+            for raw in values.iter().flatten() {
+                let value: Value = serde_json::from_str(raw.get()).ok()?;
+                total += count_strings(counter, &value);
+            }
+            Some(total)
+        }
+    }
+}
+
+/// Tokens of every string value (not key) in `value`.
+fn count_strings(counter: Counter, value: &Value) -> u64 {
+    match value {
+        Value::String(s) => counter.text(s),
+        Value::Array(items) => items.iter().map(|v| count_strings(counter, v)).sum(),
+        Value::Object(map) => map.values().map(|v| count_strings(counter, v)).sum(),
+        _ => 0,
     }
 }
 

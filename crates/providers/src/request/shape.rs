@@ -33,6 +33,18 @@ pub(super) fn check_definitions(field: &str, raw: Option<&RawValue>) -> Result<(
         .map_err(|_| RequestError::field(field, "must be an array of objects"))
 }
 
+/// Checks a field that is a string or an array of objects (Anthropic's `system`, the
+/// Responses API's `input`).
+pub(super) fn check_text_or_objects(field: &str, raw: &RawValue) -> Result<(), RequestError> {
+    let text = raw.get();
+    let fits = if text.starts_with('"') {
+        serde_json::from_str::<Cow<'_, str>>(text).is_ok()
+    } else {
+        serde_json::from_str::<Vec<Object>>(text).is_ok()
+    };
+    if fits { Ok(()) } else { Err(RequestError::field(field, "must be a string or an array of objects")) }
+}
+
 /// Checks a completions `prompt` or an embeddings `input` and returns how many prompts
 /// it holds: a string or an array of token ids is one; an array of strings or of
 /// token-id arrays is one per element. Empty arrays and mixed arrays are refused.

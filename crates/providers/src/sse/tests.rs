@@ -394,3 +394,37 @@ fn requests_that_do_not_stream_are_left_alone() {
     assert_eq!(rewrite(r#"[true]"#), None);
     assert_eq!(rewrite("not json"), None);
 }
+
+#[test]
+fn each_dialect_ends_a_cut_stream_with_an_error_event_its_clients_read() {
+    let data = |event: &Bytes| -> serde_json::Value {
+        let text = std::str::from_utf8(event).expect("utf-8");
+        let line = text.lines().find_map(|l| l.strip_prefix("data: ")).expect("data line");
+        serde_json::from_str(line).expect("json")
+    };
+    let openai = Dialect::OpenAi.error_event("upstream_error", "upstream_stream_broken", "cut");
+    assert!(openai.starts_with(b"data: "), "no event name: OpenAI SDKs read the error object");
+    assert_eq!(data(&openai)["error"]["code"], "upstream_stream_broken");
+    let anthropic = Dialect::Anthropic.error_event("api_error", "usage_not_recorded", "not recorded");
+    assert!(anthropic.starts_with(b"event: error\n"));
+    let v = data(&anthropic);
+    assert_eq!((v["type"].as_str(), v["error"]["type"].as_str()), (Some("error"), Some("api_error")));
+    assert_eq!(v["error"]["code"], "usage_not_recorded");
+    let responses = Dialect::Responses.error_event("upstream_error", "request_timeout", "late");
+    assert!(responses.starts_with(b"event: error\n"));
+    let v = data(&responses);
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_str(), v["message"].as_str()),
+        (Some("error"), Some("request_timeout"), Some("late"))
+    );
+    assert_eq!(v["error"]["code"], "request_timeout");
+}
+
+#[test]
+fn the_clean_end_of_an_openai_stream_is_still_its_trailing_done() {
+    let stream = Bytes::from_static(b"data: {\"choices\":[]}\n\ndata: [DONE]\n\n");
+    let (before, end) = Dialect::OpenAi.split_clean_end(&stream).expect("[DONE]");
+    assert_eq!((&before[..], &end[..]), (&b"data: {\"choices\":[]}\n\n"[..], &b"data: [DONE]\n\n"[..]));
+    assert!(Dialect::OpenAi.split_clean_end(&Bytes::from_static(b"data: x [DONE]")).is_none());
+    assert!(Dialect::Anthropic.split_clean_end(&Bytes::from_static(b"data: event: message_stop")).is_none());
+}

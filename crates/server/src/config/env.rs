@@ -12,6 +12,7 @@ pub const ENV_KEYS: &[&str] = &[
     "max_body_bytes",
     "shutdown_grace_secs",
     "upstream",
+    "anthropic",
     "plans",
     "limits",
     "prices",

@@ -3,6 +3,12 @@
 //!
 //! Each variant has one status, one `type` and one stable `code` (the table in
 //! docs/errors.md). 5xx internals are logged here, once, and never shown to clients.
+//!
+//! Towards Anthropic's SDKs (`/v1/messages`) the same error goes in Anthropic's shape
+//! ([`ApiError::into_anthropic_response`]): `{"type": "error", "error": {"type",
+//! "message", "code", "param"?, "details"?}}`, Anthropic's `type` for the status (so a
+//! 429, quota or rate, is the SDK's `RateLimitError`), tollgate's `code`, `message`
+//! and `details` unchanged.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -212,8 +218,29 @@ fn refusal_body(r: &LimitRefusal, rate: bool) -> (String, Value) {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+/// Anthropic's error `type` for an HTTP status (its SDKs pick the exception by status).
+fn anthropic_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        _ => "api_error",
+    }
+}
+
+impl ApiError {
+    /// The answer in Anthropic's error shape (see the module doc), headers included.
+    pub fn into_anthropic_response(self) -> Response {
+        let (status, mut error, retry_after) = self.into_parts();
+        error["type"] = Value::String(anthropic_type(status).to_owned());
+        answer(status, json!({ "type": "error", "error": error }), retry_after)
+    }
+
+    /// The status, the error object (OpenAI's) and the `Retry-After` seconds.
+    fn into_parts(self) -> (StatusCode, Value, Option<u64>) {
         let (status, kind, code) = self.parts();
         let mut retry_after = None;
         let (message, details, param) = match &self {
@@ -258,11 +285,22 @@ impl IntoResponse for ApiError {
         if let Some(details) = details {
             error["details"] = details;
         }
-        let mut response = (status, axum::Json(json!({ "error": error }))).into_response();
-        if let Some(secs) = retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        response
+        (status, error, retry_after)
+    }
+}
+
+fn answer(status: StatusCode, body: Value, retry_after: Option<u64>) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some(secs) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error, retry_after) = self.into_parts();
+        answer(status, json!({ "error": error }), retry_after)
     }
 }
 
@@ -411,6 +449,35 @@ mod tests {
         for window in [Window::Minute, Window::Hour, Window::Day, Window::Month] {
             let (message, _) = refusal_body(&refusal(window, Some(30_000)), false);
             assert!(!message.to_lowercase().contains("quota quota"), "{message}");
+        }
+    }
+
+    async fn body(response: Response) -> Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.expect("body");
+        serde_json::from_slice(&bytes).expect("json")
+    }
+
+    #[tokio::test]
+    async fn anthropic_clients_get_the_same_error_in_anthropics_shape() {
+        let openai = body(ApiError::QuotaExceeded(refusal(Window::Month, Some(30_000))).into_response()).await;
+        let response = ApiError::QuotaExceeded(refusal(Window::Month, Some(30_000))).into_anthropic_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(response.headers().get(header::RETRY_AFTER).is_some());
+        let anthropic = body(response).await;
+        assert_eq!(anthropic["type"], "error");
+        assert_eq!(anthropic["error"]["type"], "rate_limit_error");
+        for field in ["message", "code", "details"] {
+            assert_eq!(anthropic["error"][field], openai["error"][field], "{field}");
+        }
+        assert_eq!(openai["error"]["type"], "quota_exceeded_error", "the OpenAI shape is unchanged");
+        for (error, kind) in [
+            (ApiError::bad_request("x"), "invalid_request_error"),
+            (ApiError::InvalidKey("x".into()), "authentication_error"),
+            (ApiError::KeyRevoked, "permission_error"),
+            (ApiError::PayloadTooLarge(1024), "request_too_large"),
+            (ApiError::UpstreamTimeout("x".into()), "api_error"),
+        ] {
+            assert_eq!(body(error.into_anthropic_response()).await["error"]["type"], kind);
         }
     }
 

@@ -1,14 +1,15 @@
-//! The OpenAI-compatible routes: `/v1/chat/completions`, `/v1/completions`,
-//! `/v1/embeddings` and `/v1/models`. Thin: read the key and the body off HTTP, run
-//! the pipeline (`tollgate_gateway::proxy`), and write its answer back with the
-//! rate-limit headers.
+//! The proxied routes: OpenAI's `/v1/chat/completions`, `/v1/completions`,
+//! `/v1/embeddings`, `/v1/responses`, `/v1/models` and `/v1/models/{id}`, and
+//! Anthropic's `/v1/messages` (its key also accepted as `x-api-key`, its errors in
+//! Anthropic's shape). Thin: read the key and the body off HTTP, run the pipeline
+//! (`tollgate_gateway::proxy`), and write its answer back with the rate-limit headers.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,7 +22,7 @@ use tollgate_gateway::{GatewayError, now_ms};
 use tollgate_providers::Endpoint;
 
 use crate::app::AppState;
-use crate::auth::authenticate_request;
+use crate::auth::{authenticate_anthropic_request, authenticate_request};
 use crate::http::client::{Peer, anonymous_id, client_ip};
 use crate::http::error::ApiError;
 use crate::http::headers;
@@ -34,7 +35,53 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses))
+        .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/models", get(models))
+        .route("/v1/models/{*id}", get(model))
+}
+
+async fn responses(State(state): State<AppState>, Peer(peer): Peer, headers: HeaderMap, body: Body) -> Response {
+    forward(state, Endpoint::Responses, peer, headers, body).await
+}
+
+async fn messages(State(state): State<AppState>, Peer(peer): Peer, headers: HeaderMap, body: Body) -> Response {
+    forward(state, Endpoint::Messages, peer, headers, body).await
+}
+
+/// `POST /v1/messages/count_tokens`: Anthropic's free token count, passed through
+/// (authenticated like `/v1/messages`, not limited, not recorded).
+async fn count_tokens(State(state): State<AppState>, Peer(peer): Peer, headers: HeaderMap, body: Body) -> Response {
+    let now = now_ms();
+    let started = Instant::now();
+    let client_ip = client_ip(&headers, peer, state.config.forwarded_for_hops);
+    let mut upstream = Duration::ZERO;
+    let answer = match authenticate_guarded(&state, &headers, client_ip, now, true).await {
+        Ok(_) => match read_body(&headers, body, state.config.max_body_bytes).await {
+            Ok(body) => state.count_message_tokens(&headers, body).await.map_err(ApiError::from),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    let response = match answer {
+        Ok(answer) => {
+            upstream = answer.upstream;
+            respond(answer)
+        }
+        Err(e) => e.into_anthropic_response(),
+    };
+    let request_id = state.ids.next();
+    let response = with_headers(response, None, Some(&request_id), now);
+    let status = response.status().as_u16();
+    state.metrics.request(Route::CountTokens, status, state.metrics.no_model(), started.elapsed(), upstream);
+    response
+}
+
+/// An error in the shape the endpoint's clients read: Anthropic's for `/v1/messages`,
+/// OpenAI's for the rest.
+fn error_response(endpoint: Endpoint, e: ApiError) -> Response {
+    if endpoint.is_anthropic() { e.into_anthropic_response() } else { e.into_response() }
 }
 
 async fn chat_completions(State(state): State<AppState>, Peer(peer): Peer, headers: HeaderMap, body: Body) -> Response {
@@ -90,7 +137,7 @@ async fn forward(
     let route = Route::from_endpoint(endpoint);
     // Answered before admission: counted and logged here (later, the pipeline logs).
     let unadmitted = |e: ApiError| {
-        let response = e.into_response();
+        let response = error_response(endpoint, e);
         let status = response.status().as_u16();
         let elapsed = started.elapsed();
         state.metrics.request(route, status, state.metrics.no_model(), elapsed, Duration::ZERO);
@@ -98,7 +145,7 @@ async fn forward(
         response
     };
     let client_ip = client_ip(&headers, peer, state.config.forwarded_for_hops);
-    let authed = match authenticate_guarded(&state, &headers, client_ip, now).await {
+    let authed = match authenticate_guarded(&state, &headers, client_ip, now, endpoint.is_anthropic()).await {
         Ok(a) => a,
         Err(e) => return unadmitted(e),
     };
@@ -121,11 +168,11 @@ async fn forward(
         }
         Err(GatewayError::Refused { plan }) => {
             match proxied.decision.as_ref().and_then(|d| headers::refusal(d, &plan, now)) {
-                Some(refused) => refused.into_response(),
-                None => ApiError::internal("a refusal without a refused limit").into_response(),
+                Some(refused) => error_response(endpoint, refused),
+                None => error_response(endpoint, ApiError::internal("a refusal without a refused limit")),
             }
         }
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => error_response(endpoint, ApiError::from(e)),
     };
     let mut response = with_headers(response, proxied.decision.as_ref(), proxied.request_id.as_deref(), proxied.now_ms);
     if let Some(cache) = proxied.cache {
@@ -175,11 +222,16 @@ async fn authenticate_guarded(
     headers: &HeaderMap,
     client_ip: Option<std::net::IpAddr>,
     now: i64,
+    x_api_key: bool,
 ) -> Result<tollgate_core::Authed, ApiError> {
     if let Some(secs) = state.invalid_keys.blocked(client_ip, now) {
         return Err(ApiError::TooManyInvalidKeys(secs));
     }
-    let result = authenticate_request(state, headers, now).await;
+    let result = if x_api_key {
+        authenticate_anthropic_request(state, headers, now).await
+    } else {
+        authenticate_request(state, headers, now).await
+    };
     if matches!(result, Err(ApiError::InvalidKey(_))) {
         state.invalid_keys.failed(client_ip, now);
     }
@@ -188,16 +240,39 @@ async fn authenticate_guarded(
 
 /// `GET /v1/models`: authenticated, not limited, not recorded, passed through.
 async fn models(State(state): State<AppState>, Peer(peer): Peer, headers: HeaderMap) -> Response {
+    passed_through(state, peer, headers, None).await
+}
+
+/// `GET /v1/models/{id}`: like the list, the upstream's answer (its 404 included).
+async fn model(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    // A path axum cannot decode (invalid UTF-8 in its escapes) is the same 400 as an
+    // implausible id, in OpenAI's shape (axum's own rejection is plain text).
+    match id {
+        Ok(Path(id)) => passed_through(state, peer, headers, Some(id)).await,
+        Err(_) => ApiError::invalid_field("model", "is not a valid model id").into_response(),
+    }
+}
+
+async fn passed_through(state: AppState, peer: Option<SocketAddr>, headers: HeaderMap, id: Option<String>) -> Response {
     let now = now_ms();
     let client_ip = client_ip(&headers, peer, state.config.forwarded_for_hops);
-    let authed = match authenticate_guarded(&state, &headers, client_ip, now).await {
+    let authed = match authenticate_guarded(&state, &headers, client_ip, now, false).await {
         Ok(authed) => authed,
         Err(e) => return e.into_response(),
     };
     let started = Instant::now();
     let request_id = state.ids.next();
     let mut upstream = Duration::ZERO;
-    let response = match state.models(&authed, &headers).await {
+    let answer = match &id {
+        None => state.models(&authed, &headers).await,
+        Some(id) => state.model(&authed, &headers, id).await,
+    };
+    let response = match answer {
         Ok(answer) => {
             upstream = answer.upstream;
             respond(answer)

@@ -45,6 +45,9 @@ pub fn raw_config(data_dir: &Path, mock_url: &str) -> RawConfig {
     };
     raw.upstream.base_url = mock_url.to_owned();
     raw.upstream.api_key = Some(Secret::new("sk-provider-test"));
+    // The mock speaks Anthropic's Messages API too (`x-api-key`, `anthropic-version`).
+    raw.anthropic.base_url = mock_url.to_owned();
+    raw.anthropic.api_key = Some(Secret::new("sk-provider-test"));
     // Generous: 500 concurrent requests in a debug build on 2 busy cores must not time
     // out. Fault tests use `spawn_app_with_timeout` for a short one.
     raw.upstream.timeout_secs = 10;

@@ -25,6 +25,7 @@ mod observability;
 mod openapi;
 mod otlp;
 mod parsing;
+mod providers;
 mod proxy;
 mod security;
 mod startup;

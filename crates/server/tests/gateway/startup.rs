@@ -4,7 +4,7 @@ use std::process::Command;
 
 fn tollgate(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-    command.args(args).env_remove("OPENAI_API_KEY").env_remove("TOLLGATE_ADMIN_TOKEN");
+    command.args(args).env_remove("OPENAI_API_KEY").env_remove("ANTHROPIC_API_KEY").env_remove("TOLLGATE_ADMIN_TOKEN");
     for (k, v) in envs {
         command.env(k, v);
     }
@@ -26,19 +26,21 @@ fn config_check_prints_the_effective_settings_with_every_secret_redacted() {
     )
     .expect("write config");
     let file = file.to_str().expect("utf-8 path");
-    let (ok, stdout, stderr) = tollgate(
-        &["config", "check", "--config", file],
-        &[
-            ("TOLLGATE_DATABASE_URL", "postgres://u:db-password@h/db"),
-            ("TOLLGATE_EVENTS__NATS_URL", "nats://tg:nats-password@h:4222"),
-        ],
-    );
+    let env = [
+        ("TOLLGATE_DATABASE_URL", "postgres://u:db-password@h/db"),
+        ("TOLLGATE_EVENTS__NATS_URL", "nats://tg:nats-password@h:4222"),
+        ("TOLLGATE_ANTHROPIC__API_KEY", "sk-ant-very-secret"),
+    ];
+    let (ok, stdout, stderr) = tollgate(&["config", "check", "--config", file], &env);
     assert!(ok, "{stderr}");
-    for secret in ["operator-secret-0123456789", "sk-very-secret", "db-password", "nats-password"] {
+    for secret in ["operator-secret-0123456789", "sk-very-secret", "db-password", "nats-password", "sk-ant-very-secret"]
+    {
         assert!(!stdout.contains(secret) && !stderr.contains(secret), "{secret} leaked:\n{stdout}\n{stderr}");
     }
     assert!(stdout.contains("admin_token = \"<redacted>\""), "{stdout}");
     assert!(stdout.contains("api_key = \"<redacted>\""), "{stdout}");
+    assert!(stdout.contains("[anthropic]") && stdout.contains("version = \"2023-06-01\""), "{stdout}");
+    assert_eq!(stdout.matches("api_key = \"<redacted>\"").count(), 2, "both provider keys: {stdout}");
     assert!(stdout.contains("database_url = \"<redacted>\""), "{stdout}");
     assert!(stdout.contains("nats_url = \"<redacted>\""), "{stdout}");
     assert!(stdout.contains("listen = \"localhost:9191\""), "{stdout}");
