@@ -174,6 +174,14 @@ fn cache_setting(current: &tollgate_core::CacheSettings, patch: Value) -> ApiRes
         Ok(Value::Object(map)) => map,
         _ => return Err(ApiError::internal("the stored cache settings do not serialize")),
     };
+    if let Some(threshold) = patch.get("semantic_threshold")
+        && !threshold.as_f64().is_some_and(|t| t > 0.0 && t <= 1.0)
+    {
+        return Err(ApiError::invalid_field(
+            "cache.semantic_threshold",
+            "must be a cosine similarity above 0 and at most 1 (default 0.95)",
+        ));
+    }
     for (name, value) in patch {
         match (name.as_str(), value, merged.get_mut("hits_count")) {
             ("hits_count", Value::Object(counts), Some(Value::Object(stored))) => stored.extend(counts),

@@ -26,6 +26,7 @@ mod otlp;
 mod parsing;
 mod proxy;
 mod security;
+mod semantic;
 mod startup;
 mod tenancy;
 mod verify;
