@@ -1130,6 +1130,23 @@ async fn a_semantic_entry_stored_through_one_instance_is_a_hit_through_another()
     let hit = semantic_chat(&c, &key, "what is the capital of France, please?").await;
     assert_eq!(hit.2.as_deref(), Some("semantic"));
 
+    // A row whose notice never came (written straight to PostgreSQL) is found by the
+    // periodic catch-up (its one step called here).
+    let now = tollgate_store::clock::now_ms();
+    let row = tollgate_cache::semantic::SemanticRow {
+        key: tollgate_cache::CacheKey([7; 32]),
+        project: "semantic".into(),
+        partition: tollgate_cache::CacheKey([8; 32]),
+        vector: vec![0.6, 0.8],
+        entry: bytes::Bytes::from_static(b"not announced"),
+        created_ms: now,
+        expires_ms: now + 60_000,
+    };
+    tollgate_cache::semantic::SemanticStore::insert(&schema.store.semantic(), &row).await.expect("insert");
+    let semantic = b.state.semantic.clone().expect("a semantic cache");
+    assert_eq!(semantic.catch_up(tollgate_store::clock::now_ms()).await.expect("catch up"), 1);
+    assert_eq!(semantic_entries(&b), 2);
+
     a.stop().await;
     b.stop().await;
     c.stop().await;
