@@ -102,22 +102,35 @@ impl SemanticCache {
     }
 }
 
-/// The first embedding of an OpenAI embeddings answer (floats, or base64 of
-/// little-endian f32s) as a unit vector, and its `usage.prompt_tokens`.
+/// The parts of an OpenAI embeddings answer the cache reads (typed: no JSON tree of
+/// a few thousand floats per lookup).
+#[derive(serde::Deserialize)]
+struct EmbeddingAnswer {
+    data: Vec<EmbeddingItem>,
+    #[serde(default)]
+    usage: Option<EmbeddingUsage>,
+}
+
+#[derive(serde::Deserialize)]
+struct EmbeddingItem {
+    embedding: Vec<f32>,
+}
+
+#[derive(serde::Deserialize)]
+struct EmbeddingUsage {
+    prompt_tokens: Option<u64>,
+}
+
+/// The first embedding of an OpenAI embeddings answer (as floats) as a unit vector, and
+/// its `usage.prompt_tokens`; `None` for anything else.
 pub fn parse_embedding(body: &[u8]) -> Option<(Vec<f32>, Option<u64>)> {
-    let answer: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let embedding = answer.get("data")?.get(0)?.get("embedding")?;
-    let raw: Vec<f32> = match embedding {
-        serde_json::Value::Array(items) => {
-            items.iter().map(|v| v.as_f64().map(|f| f as f32)).collect::<Option<Vec<f32>>>()?
-        }
-        _ => return None,
-    };
+    let answer: EmbeddingAnswer = serde_json::from_slice(body).ok()?;
+    let raw = &answer.data.first()?.embedding;
     if raw.is_empty() || raw.len() > 16_384 {
         return None;
     }
-    let tokens = answer.get("usage").and_then(|u| u.get("prompt_tokens")).and_then(serde_json::Value::as_u64);
-    Some((hnsw::normalised(&raw)?, tokens))
+    let tokens = answer.usage.and_then(|u| u.prompt_tokens);
+    Some((hnsw::normalised(raw)?, tokens))
 }
 
 #[cfg(test)]
