@@ -455,6 +455,24 @@ mod tests {
     }
 
     #[test]
+    fn similarities_are_numbers_from_0_to_1_and_settings_default_to_0_95() {
+        assert_eq!(Similarity::new(0.9).map(Similarity::get), Some(0.9));
+        for bad in [-0.1, 1.01, f64::NAN, f64::INFINITY] {
+            assert_eq!(Similarity::new(bad), None, "{bad}");
+        }
+        let settings: CacheSettings = serde_json::from_str(r#"{"enabled":true,"semantic":true}"#).expect("parse");
+        assert_eq!((settings.semantic, settings.semantic_threshold.get()), (true, 0.95));
+        let written = serde_json::to_value(&settings).expect("write");
+        assert_eq!(written["semantic_threshold"], 0.95);
+        let read: CacheSettings = serde_json::from_value(written).expect("read back");
+        assert_eq!(read, settings);
+        assert!(serde_json::from_str::<CacheSettings>(r#"{"semantic_threshold":2}"#).is_err());
+        // Rows written before the semantic cache read as its defaults.
+        let old: CacheSettings = serde_json::from_str(r#"{"enabled":true,"ttl_secs":60}"#).expect("old");
+        assert_eq!((old.semantic, old.semantic_threshold), (false, DEFAULT_SEMANTIC_THRESHOLD));
+    }
+
+    #[test]
     fn generated_keys_parse_and_keep_their_id() {
         let key = ApiKey::generate(&bytes(1)).unwrap();
         assert_eq!(key.expose().len(), KEY_LEN);

@@ -101,6 +101,18 @@ async fn semantic_hits_need_the_threshold_the_model_and_the_system_prompt() {
     let r = send(&app, &key, &with_tools).await;
     assert_eq!(outcome(&r), (200, Some("miss"), None), "another parameter");
 
+    // `Cache-Control: no-cache` skips the semantic lookup too (and stores the answer).
+    let r = reply(
+        app.http
+            .post(app.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .header("cache-control", "no-cache")
+            .json(&chat("tollgate-test", "Be brief.", PARAPHRASE)),
+    )
+    .await;
+    app.settled().await;
+    assert_eq!(outcome(&r), (200, Some("bypass"), None));
+
     // The same request again: the exact cache answers first.
     let r = send(&app, &key, &chat("tollgate-test", "Be brief.", QUESTION)).await;
     assert_eq!(outcome(&r), (200, Some("hit"), Some("exact")));
