@@ -189,12 +189,18 @@ impl Gateway {
         if found.is_none()
             && let Some(plan) = &cache_plan
             && let Some(semantic) = &plan.semantic
-            && let Some(vector) = self.embed_conversation(authed, &semantic.conversation).await
         {
-            if plan.lookup {
-                found = self.semantic_lookup(authed, plan, semantic, &vector, now_ms).map(|(e, s)| (e, Some(s)));
+            match self.embed_conversation(authed, &semantic.conversation).await {
+                Some(vector) => {
+                    if plan.lookup {
+                        found =
+                            self.semantic_lookup(authed, plan, semantic, &vector, now_ms).map(|(e, s)| (e, Some(s)));
+                        self.metrics.semantic(Some(found.is_some()));
+                    }
+                    embedding = Some(vector);
+                }
+                None => self.metrics.semantic(None),
             }
-            embedding = Some(vector);
         }
         if let Some((entry, similarity)) = found
             && let Some((hit, is_sse)) = crate::cache::hit_body(&view, &entry)

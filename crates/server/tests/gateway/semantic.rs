@@ -185,6 +185,14 @@ async fn the_ledger_holds_semantic_hits_at_zero_cost_and_each_embedding_call_wit
     let totals = &r.body["totals"];
     assert_eq!(totals["saved_micros"].as_u64(), Some(live_cost), "{totals}");
     assert_eq!(totals["cost_micros"].as_u64(), Some(live_cost + 7 + 8), "the embeddings are spend: {totals}");
+    let scrape = app.http.get(app.url("/metrics")).send().await.expect("scrape").text().await.expect("text");
+    for line in [
+        "tollgate_cache_semantic_lookups_total{outcome=\"hit\"} 1",
+        "tollgate_cache_semantic_lookups_total{outcome=\"miss\"} 1",
+        "tollgate_cache_semantic_lookups_total{outcome=\"failed\"} 0",
+    ] {
+        assert!(scrape.lines().any(|l| l == line), "{line} not in:\n{scrape}");
+    }
 }
 
 #[tokio::test]
@@ -231,4 +239,6 @@ async fn an_embedding_call_that_fails_is_a_miss_never_an_error() {
     let r = send(&app, &key, &chat("tollgate-test", "Be brief.", QUESTION)).await;
     assert_eq!(outcome(&r), (200, Some("hit"), Some("exact")));
     assert_eq!(app.state.semantic.as_ref().map(|s| s.index.len()), Some(0));
+    let scrape = app.http.get(app.url("/metrics")).send().await.expect("scrape").text().await.expect("text");
+    assert!(scrape.lines().any(|l| l == "tollgate_cache_semantic_lookups_total{outcome=\"failed\"} 2"), "{scrape}");
 }
