@@ -9,6 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export DEBIAN_FRONTEND=noninteractive
 export TOLLGATE_TEST_REDIS_URL="${TOLLGATE_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 export TOLLGATE_TEST_DATABASE_URL="${TOLLGATE_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/tollgate_test}"
+export TOLLGATE_TEST_NATS_URL="${TOLLGATE_TEST_NATS_URL:-nats://127.0.0.1:4222}"
 
 say() { printf '[test.sh] %s\n' "$*"; }
 warn() { printf '[test.sh] WARNING: %s\n' "$*" >&2; }
@@ -255,6 +256,44 @@ setup_postgres() {
     say "postgres: running, database tollgate_test ready"
 }
 setup_postgres || warn "postgres is not available; tests that need ${TOLLGATE_TEST_DATABASE_URL} will fail or skip"
+
+# --- NATS with JetStream (the usage events sink tests, docs/events.md) -------
+# The server's first line (INFO {...}) says whether JetStream is on.
+nats_info() {
+    timeout 2 bash -c 'exec 3<>/dev/tcp/127.0.0.1/4222 && head -n 1 <&3' 2>/dev/null
+}
+setup_nats() {
+    local info
+    info="$(nats_info || true)"
+    if [[ "$info" == INFO* ]]; then
+        if [[ "$info" == *'"jetstream":true'* ]]; then
+            say "nats-server: running with JetStream"
+            return 0
+        fi
+        warn "a NATS server answers on 127.0.0.1:4222 without JetStream (restart it with -js)"
+        return 1
+    fi
+    if ! command -v nats-server >/dev/null; then
+        apt_install nats-server || return 1
+    fi
+    local dir="${TMPDIR:-/tmp}/tollgate-nats"
+    mkdir -p "$dir/jetstream"
+    nohup nats-server -a 127.0.0.1 -p 4222 -js -sd "$dir/jetstream" >"$dir/nats-server.log" 2>&1 &
+    for _ in $(seq 50); do
+        info="$(nats_info || true)"
+        if [[ "$info" == *'"jetstream":true'* ]]; then
+            say "nats-server: started with JetStream (log in $dir/nats-server.log)"
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+if [ "$TOLLGATE_TEST_NATS_URL" = "nats://127.0.0.1:4222" ]; then
+    setup_nats || warn "nats-server with JetStream is not available; the usage events tests will fail"
+else
+    say "nats-server: using TOLLGATE_TEST_NATS_URL"
+fi
 
 # --- Rust tests --------------------------------------------------------------
 status=0

@@ -3,7 +3,8 @@
 //! The method (also in docs/analytics.md):
 //! 1. `used` is the sum of the window's hours so far.
 //! 2. The *observed pace* is the mean of the window's complete hours after
-//!    winsorising them at `median + 3 × 1.4826 × MAD`: a constant rate gives that rate
+//!    winsorising them at `median + 3 × 1.4826 × MAD` or their 95th percentile,
+//!    whichever is larger ([`robust_mean`]): a constant rate gives that rate
 //!    exactly, and one spike (or a few) is capped at the typical hour instead of
 //!    lifting the pace of the whole remaining window.
 //! 3. The *seasonal pace* of a future hour is the median of the same hour of the
@@ -75,13 +76,21 @@ pub fn median_mad(values: &[f64]) -> (f64, f64) {
     (m, median(&mut deviations))
 }
 
-/// The winsorised mean: values above `median + 3 × 1.4826 × MAD` count as that bound.
+/// The winsorised mean: values above the cap count as the cap. The cap is the larger
+/// of `median + 3 × 1.4826 × MAD` (the outlier fence) and the 95th percentile
+/// (nearest rank, rounded down): the fence alone is zero whenever more than half the
+/// hours are idle (a key that started this week, one used in office hours only), which
+/// would cap every busy hour to nothing; the percentile keeps the bulk of the busy
+/// hours and still caps the few highest (a spike) at the next value below them.
 pub fn robust_mean(values: &[f64]) -> Option<f64> {
     if values.is_empty() {
         return None;
     }
     let (m, mad) = median_mad(values);
-    let cap = m + 3.0 * 1.4826 * mad;
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = (sorted.len() - 1) * 95 / 100;
+    let cap = (m + 3.0 * 1.4826 * mad).max(sorted[rank]);
     Some(values.iter().map(|v| v.min(cap)).sum::<f64>() / values.len() as f64)
 }
 
@@ -210,6 +219,26 @@ mod tests {
         // A naive mean would have projected about three times the spike more.
         let naive = f.used as f64 / 240.0 * 720.0;
         assert!((f.projected as f64) < naive * 0.5, "{} vs naive {naive}", f.projected);
+    }
+
+    #[test]
+    fn a_key_idle_most_hours_keeps_its_pace() {
+        // Idle for two days, then 400 an hour for a day (a key that started this week):
+        // most hours are zero, yet the pace is the window's average, not zero.
+        let now = START + 3 * DAY;
+        let hourly = series(START, now, |h| if h >= START + 2 * DAY { 400 } else { 0 });
+        let f = forecast(&month_input(&hourly, now, 10_000, START));
+        assert_eq!(f.used, 9_600);
+        assert_eq!(f.observed_per_hour, Some(9_600.0 / 72.0));
+        assert_eq!(f.projected, 9_600 * 10);
+        assert_eq!(f.exhausts_at_ms, Some(now + 3 * MS_PER_HOUR));
+        // Office hours only (8 of 24 hours busy): the same.
+        let office = |h: i64| if (9..17).contains(&((h / MS_PER_HOUR) % 24)) { 1_000 } else { 0 };
+        let hourly = series(START, START + 10 * DAY, office);
+        let f = forecast(&month_input(&hourly, START + 10 * DAY, u64::MAX, START));
+        assert_eq!(f.projected, 8_000 * 30);
+        // A spike among few hours is still capped at the next value below it.
+        assert_eq!(robust_mean(&[100.0, 100.0, 100.0, 100_000.0]), Some(100.0));
     }
 
     #[test]

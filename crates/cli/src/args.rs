@@ -198,6 +198,8 @@ Settings (TOML file, or TOLLGATE_<NAME>, nested with __: TOLLGATE_UPSTREAM__BASE
   otlp.*                 enabled [false], endpoint [http://127.0.0.1:4318], service_name,
                          timeout_ms: OTLP/HTTP span export (docs/observability.md)
   dashboard.*            enabled [true], session_ttl_secs [28800] (docs/dashboard.md)
+  events.*               nats_url [off], subject [tollgate.usage], stream, create_stream,
+                         batch, poll_interval_ms: the usage events sink (docs/events.md)
   redis_url, redis_cluster, redis_key_prefix, redis_timeout_ms, database_url,
   database_pool_size, on_store_error, instances, ledger_buffer, key_cache_ttl_secs,
   counter_rebuild_secs   the distributed store (store = \"distributed\")

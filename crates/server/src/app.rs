@@ -151,6 +151,7 @@ impl Application {
         let invalid_keys = Arc::new(crate::http::guard::InvalidKeyGuard::new(config.invalid_keys_per_minute));
         let distributed = backend.distributed.clone();
         let analytics = backend.analytics.clone();
+        let events = crate::events::build(&config, backend.feed.clone());
         let state = AppState {
             gateway,
             config: Arc::new(config),
@@ -159,6 +160,7 @@ impl Application {
             distributed,
             analytics,
             alerts,
+            events,
         };
         // Embedded counters start empty and replay the ledger; shared (Redis) counters
         // are only raised to the ledger's totals, never added to.
@@ -200,6 +202,9 @@ impl Application {
         job_tasks.spawn(prune_loop(state.clone(), jobs.clone()));
         job_tasks.spawn(crate::retention::retention_loop(state.clone(), jobs.clone()));
         backend.spawn_jobs(&state.job_context(), &jobs, &job_tasks);
+        if let Some(tailer) = state.events.clone() {
+            job_tasks.spawn(crate::events::events_loop(state.clone(), tailer, jobs.clone()));
+        }
         if let Some(crossings) = alert_crossings {
             crate::alerts::spawn_jobs(&state.alerts, crossings, &jobs, &job_tasks);
             job_tasks.spawn(crate::alerts_evaluate::evaluate_loop(state.clone(), jobs.clone()));
@@ -382,6 +387,9 @@ pub struct AppState {
     pub analytics: Arc<dyn tollgate_analytics::AnalyticsStore>,
     /// Alert rules, channels, the outbox and its delivery worker.
     pub alerts: Arc<tollgate_alerts::outbox::Alerts>,
+    /// The usage events sink (`[events]`), `None` when off. In distributed mode every
+    /// instance has one; only the holder of the `usage-events` lease publishes.
+    pub events: Option<Arc<tollgate_events::Tailer>>,
 }
 
 impl std::ops::Deref for AppState {

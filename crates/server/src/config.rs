@@ -24,6 +24,7 @@ mod analytics;
 mod cache;
 mod dashboard;
 mod env;
+mod events;
 mod otlp;
 mod store;
 
@@ -37,6 +38,8 @@ use dashboard::dashboard_settings;
 pub use dashboard::{DashboardSettings, RawDashboard};
 pub use env::ENV_KEYS;
 use env::unknown_env_var;
+use events::events_settings;
+pub use events::{EventsSettings, RawEvents};
 pub use otlp::{OtlpSettings, RawOtlp};
 
 /// The file and environment shape of the configuration.
@@ -97,6 +100,9 @@ pub struct RawConfig {
     pub cache: RawCache,
     /// The dashboard at `/dashboard` (see docs/dashboard.md).
     pub dashboard: RawDashboard,
+    /// The usage events sink to NATS JetStream (off unless `nats_url` is set;
+    /// docs/events.md).
+    pub events: RawEvents,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -202,6 +208,7 @@ impl Default for RawConfig {
             alerts: RawAlerts::default(),
             cache: RawCache::default(),
             dashboard: RawDashboard::default(),
+            events: RawEvents::default(),
             plans: default_plans()
                 .into_iter()
                 .map(|p| (p.name, RawPlan { description: p.description, limits: p.limits, time_zone: p.time_zone }))
@@ -331,6 +338,8 @@ pub struct Config {
     pub cache: CacheSettings,
     /// Whether the dashboard is served, and its sessions' lifetime (`[dashboard]`).
     pub dashboard: DashboardSettings,
+    /// The usage events sink (`[events]`); `None`: off.
+    pub events: Option<EventsSettings>,
 }
 
 /// A configuration error that names the setting.
@@ -399,6 +408,9 @@ impl Config {
         }
         if shown.database_url.is_some() {
             shown.database_url = redacted();
+        }
+        if shown.events.nats_url.is_some() {
+            shown.events.nats_url = redacted();
         }
         let text = toml::to_string_pretty(&shown).map_err(|e| invalid("(output)", e.to_string()))?;
         Ok((Self::from_raw(raw)?, text))
@@ -503,6 +515,7 @@ impl Config {
         let alerts = alerts_settings(&raw.alerts)?;
         let cache = cache_settings(&raw.cache)?;
         let dashboard = dashboard_settings(&raw.dashboard)?;
+        let events = events_settings(&raw.events)?;
         let mut seed_plans = Vec::new();
         for (name, plan) in raw.plans {
             if !is_slug(&name) {
@@ -557,6 +570,7 @@ impl Config {
             alerts,
             cache,
             dashboard,
+            events,
         })
     }
 }

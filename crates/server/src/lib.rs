@@ -8,6 +8,7 @@ pub mod alerts_evaluate;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod openapi;
 pub mod otlp;

@@ -4,8 +4,13 @@
 //! rollups older than `analytics.rollup_retention_days`. Rollups outlive raw rows:
 //! dashboards, forecasts and exports of rollups keep working past raw retention.
 //!
-//! Every instance runs it (deletes are idempotent); [`retention_once`] is the step
-//! tests call directly.
+//! With the usage events sink on (`[events]`), raw rows the sink has not published
+//! yet are never deleted: the cutoff stops at the hour of the oldest unpublished
+//! record, so a NATS outage longer than `retention_days` delays retention instead of
+//! losing events. If that cannot be read, the run deletes nothing and fails.
+//!
+//! One instance runs it (the holder of the `retention` lease in distributed mode);
+//! [`retention_once`] is the step tests call directly.
 
 use tokio_util::sync::CancellationToken;
 use tollgate_gateway::now_ms;
@@ -31,7 +36,15 @@ pub async fn retention_once(state: &AppState, now: i64) -> tollgate_store::Store
     let settings = &state.config.analytics;
     let mut run = RetentionRun::default();
     if let Some(age) = settings.retention {
-        let before = cutoff(now, age);
+        let mut before = cutoff(now, age);
+        if let Some(sink) = &state.events {
+            let oldest = sink.oldest_unpublished_ms().await.map_err(|e| {
+                tollgate_store::StoreError::unavailable(format!("retention waits for the usage events sink: {e}"))
+            })?;
+            if let Some(oldest) = oldest {
+                before = before.min(tollgate_analytics::rollup::hour_of(oldest));
+            }
+        }
         loop {
             let n = state.analytics.delete_usage_before(before, settings.retention_batch).await?;
             run.ledger_rows += n;

@@ -46,7 +46,7 @@ use tollgate_analytics::AnalyticsStore;
 use tollgate_cache::CacheError;
 use tollgate_cache::semantic::{SemanticRow, SemanticStore};
 use tollgate_core::Secret;
-use tollgate_store::{Catalog, Ledger, Limiter};
+use tollgate_store::{Catalog, Ledger, LedgerFeed, Limiter};
 use tollgate_store_embedded::EmbeddedStore;
 use tollgate_store_postgres::{
     CatalogChange, ChangePublisher, InstanceRegistry, PgLease, PostgresCatalog, PostgresLedger, PostgresSemantic,
@@ -113,6 +113,9 @@ pub struct Backend {
     pub analytics: Arc<dyn AnalyticsStore>,
     /// Alert rules, channels and the outbox (crates/alerts).
     pub alerts: Arc<dyn AlertStore>,
+    /// The same ledger in commit order, with the sinks' cursors (the usage events
+    /// sink, crates/events).
+    pub feed: Arc<dyn LedgerFeed>,
     pub distributed: Option<Arc<Distributed>>,
     /// The response cache shared by the instances (Redis); `None` in embedded mode,
     /// where the server keeps one in memory.
@@ -139,6 +142,8 @@ pub struct Distributed {
     /// The lease that makes one instance of many evaluate forecast, anomaly and
     /// resolved alert rules.
     pub alerts_evaluate_lease: PgLease,
+    /// The lease that makes one instance of many run the usage events sink.
+    pub events_lease: PgLease,
     /// This instance in the registry of running instances.
     pub registry: InstanceRegistry,
     /// This instance's id (also its lease holder name).
@@ -159,6 +164,11 @@ pub const RETENTION_LEASE_TTL: Duration = Duration::from_secs(300);
 pub const ALERTS_EVALUATE_LEASE: &str = "alerts-evaluate";
 /// How long the alerts evaluation lease outlives its last renewal.
 pub const ALERTS_EVALUATE_LEASE_TTL: Duration = Duration::from_secs(900);
+/// The name of the usage events sink's lease.
+pub const EVENTS_LEASE: &str = "usage-events";
+/// How long the usage events lease outlives its last renewal (its holder renews it
+/// every third of this): a dead holder's sink moves to another instance within it.
+pub const EVENTS_LEASE_TTL: Duration = Duration::from_secs(15);
 /// How often an instance says it is alive, and how long it counts as running after.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 pub const ALIVE_WITHIN: Duration = Duration::from_secs(30);
@@ -208,6 +218,7 @@ pub async fn open(
                 ledger: store.ledger(),
                 analytics: store.ledger(),
                 alerts: Arc::new(store.alerts()),
+                feed: store.ledger(),
                 distributed: None,
                 cache: None,
                 semantic_store: None,
@@ -252,6 +263,7 @@ pub async fn open(
         PgLease::new(postgres.pool().clone(), RETENTION_LEASE, instance_id.clone(), RETENTION_LEASE_TTL);
     let alerts_evaluate_lease =
         PgLease::new(postgres.pool().clone(), ALERTS_EVALUATE_LEASE, instance_id.clone(), ALERTS_EVALUATE_LEASE_TTL);
+    let events_lease = PgLease::new(postgres.pool().clone(), EVENTS_LEASE, instance_id.clone(), EVENTS_LEASE_TTL);
     let registry = InstanceRegistry::new(postgres.pool().clone());
     let started_at_ms = tollgate_store::clock::now_ms();
     let bus = Arc::new(ChangeBus::new(conn, redis_settings, &keys));
@@ -269,6 +281,7 @@ pub async fn open(
         rebuild_lease,
         retention_lease,
         alerts_evaluate_lease,
+        events_lease,
         registry,
         instance_id,
         started_at_ms,
@@ -276,6 +289,7 @@ pub async fn open(
     });
     let analytics: Arc<dyn AnalyticsStore> = ledger.clone();
     let alerts: Arc<dyn AlertStore> = Arc::new(parts.postgres.alerts());
+    let feed: Arc<dyn LedgerFeed> = ledger.clone();
     let semantic_store: Arc<dyn SemanticStore> =
         Arc::new(SharedSemantic { rows: parts.postgres.semantic(), bus: parts.bus.clone() });
     Ok(Backend {
@@ -284,6 +298,7 @@ pub async fn open(
         ledger,
         analytics,
         alerts,
+        feed,
         distributed: Some(parts),
         cache: Some(cache),
         semantic_store: Some(semantic_store),

@@ -64,8 +64,9 @@ fn policy(max_retained: usize) -> BatchPolicy {
 
 static INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT OR IGNORE INTO usage ({USAGE_COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
+        "INSERT OR IGNORE INTO usage ({USAGE_COLUMNS}, seq) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, \
+         ?23)"
     )
 });
 
@@ -102,15 +103,18 @@ impl BatchSink for SqliteSink {
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql_error)?;
         let mut rollups = Rollups::new();
         let mut counted = CountedSums::default();
+        let mut seq = SeqNumbers::take(&tx)?;
         {
             let mut insert = tx.prepare_cached(&INSERT).map_err(sql_error)?;
             for r in records {
-                if insert_record(&mut insert, r)? == 1 {
+                if insert_record(&mut insert, r, seq.next)? == 1 {
+                    seq.next += 1;
                     rollups.add(r);
                     counted.add(r);
                 }
             }
         }
+        seq.store(&tx)?;
         crate::analytics::upsert_rollups(&tx, &rollups)?;
         upsert_counted(&tx, &counted)?;
         tx.commit().map_err(sql_error)
@@ -198,7 +202,7 @@ impl EmbeddedLedger {
     }
 }
 
-fn row_from_sql(row: &Row<'_>) -> rusqlite::Result<UsageRow> {
+pub(crate) fn row_from_sql(row: &Row<'_>) -> rusqlite::Result<UsageRow> {
     Ok(UsageRow {
         id: row.get(0)?,
         ts_ms: row.get(1)?,
@@ -448,26 +452,57 @@ fn insert_batch_reporting(conn: &mut Connection, records: &[UsageRecord]) -> Sto
     let mut fresh = Vec::with_capacity(records.len());
     let mut rollups = Rollups::new();
     let mut counted = CountedSums::default();
+    let mut seq = SeqNumbers::take(&tx)?;
     {
         let mut insert = tx.prepare_cached(&INSERT).map_err(sql_error)?;
         for r in records {
-            let new = insert_record(&mut insert, r)? == 1;
+            let new = insert_record(&mut insert, r, seq.next)? == 1;
             if new {
+                seq.next += 1;
                 rollups.add(r);
                 counted.add(r);
             }
             fresh.push(new);
         }
     }
+    seq.store(&tx)?;
     crate::analytics::upsert_rollups(&tx, &rollups)?;
     upsert_counted(&tx, &counted)?;
     tx.commit().map_err(sql_error)?;
     Ok(fresh)
 }
 
-/// Binds one record to [`INSERT`] (in [`USAGE_COLUMNS`] order) and runs it; answers
-/// the rows inserted (0 when the id was already stored).
-fn insert_record(insert: &mut rusqlite::CachedStatement<'_>, r: &UsageRecord) -> StoreResult<usize> {
+/// The commit-order numbers of one ledger transaction (`usage.seq`, see
+/// `tollgate_store::feed`): read from `ledger_seq` when the transaction starts (it holds
+/// SQLite's write lock, so no other transaction numbers rows meanwhile) and stored back
+/// before it commits. Only new rows take a number.
+struct SeqNumbers {
+    first: i64,
+    next: i64,
+}
+
+impl SeqNumbers {
+    fn take(tx: &rusqlite::Transaction<'_>) -> StoreResult<Self> {
+        let next: i64 = tx
+            .prepare_cached("SELECT next FROM ledger_seq WHERE id = 1")
+            .and_then(|mut s| s.query_row([], |row| row.get(0)))
+            .map_err(sql_error)?;
+        Ok(Self { first: next, next })
+    }
+
+    fn store(&self, tx: &rusqlite::Transaction<'_>) -> StoreResult<()> {
+        if self.next != self.first {
+            tx.prepare_cached("UPDATE ledger_seq SET next = ?1 WHERE id = 1")
+                .and_then(|mut s| s.execute([self.next]))
+                .map_err(sql_error)?;
+        }
+        Ok(())
+    }
+}
+
+/// Binds one record to [`INSERT`] (in [`USAGE_COLUMNS`] order, then its commit-order
+/// number) and runs it; answers the rows inserted (0 when the id was already stored).
+fn insert_record(insert: &mut rusqlite::CachedStatement<'_>, r: &UsageRecord, seq: i64) -> StoreResult<usize> {
     insert
         .execute(params![
             r.id,
@@ -492,6 +527,7 @@ fn insert_record(insert: &mut rusqlite::CachedStatement<'_>, r: &UsageRecord) ->
             r.anonymous_id,
             i64::from(r.price_estimated),
             r.upstream_request_id,
+            seq,
         ])
         .map_err(sql_error)
 }

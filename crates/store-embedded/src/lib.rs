@@ -36,6 +36,7 @@
 mod alerts;
 mod analytics;
 mod catalog;
+mod feed;
 mod ledger;
 mod limiter;
 mod schema;

@@ -134,6 +134,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("migrations_0009_usage_counted.sql"),
     // 10: alerts: rules, channels, the outbox (events, deliveries, attempts).
     include_str!("migrations_0010_alerts.sql"),
+    // 11: `usage.seq`, the ledger in commit order, and the sinks' cursors
+    // (tollgate_store::feed, the usage events sink).
+    include_str!("migrations_0011_usage_seq.sql"),
 ];
 
 /// What a connection is for; readers cannot write by accident.

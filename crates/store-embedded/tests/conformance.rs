@@ -95,6 +95,15 @@ mod ledger {
     );
 }
 
+/// The ledger in commit order (the usage events sink reads it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_feed_follows_commit_order_and_cursors_move_forward() {
+    let (_dir, store) = fresh();
+    let ledger = store.ledger();
+    conformance::feed::records_follow_commit_order_and_cursors_move_forward(&*ledger, &*ledger).await;
+    store.close().await.expect("close");
+}
+
 /// The grouped runners work on one shared instance each, as later backends may use
 /// them. The catalog runs through `EmbeddedStore`'s own `Catalog` implementation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

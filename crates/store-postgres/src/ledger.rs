@@ -48,7 +48,8 @@ pub const RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// in one statement. The batch holds each id once (the first copy).
 static INSERT_RETURNING: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH fresh AS (INSERT INTO usage_ids (id, ts_ms) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+        "WITH fresh AS (INSERT INTO usage_ids (id, ts_ms, seq) \
+         SELECT b.id, b.ts_ms, $23::bigint + b.n FROM UNNEST($1::text[], $2::bigint[]) WITH ORDINALITY AS b (id, ts_ms, n) \
          ON CONFLICT (id) DO NOTHING RETURNING id) \
          INSERT INTO usage ({USAGE_COLUMNS}) \
          SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], \
@@ -103,7 +104,7 @@ fn column<'a, T: FromSql<'a>>(row: &'a Row, index: usize) -> StoreResult<T> {
     row.try_get(index).map_err(sql_error)
 }
 
-fn record_from_row(row: &Row) -> StoreResult<UsageRecord> {
+pub(crate) fn record_from_row(row: &Row) -> StoreResult<UsageRecord> {
     let usage = UsageRow {
         id: column(row, 0)?,
         ts_ms: column(row, 1)?,
@@ -388,6 +389,15 @@ async fn insert_batch(pool: &Pool, all: &[UsageRecord]) -> StoreResult<HashSet<S
     let tx = client.transaction().await.map_err(sql_error)?;
     let partitions = tx.prepare_cached("SELECT tollgate_usage_partition($1::bigint[])").await.map_err(sql_error)?;
     tx.execute(&partitions, &[&months]).await.map_err(sql_error)?;
+    // The batch's commit-order numbers (`usage_ids.seq`, see `tollgate_store::feed`):
+    // taken last before the rows, since the counter row stays locked until the commit
+    // and the next batch of any instance waits for it here.
+    let numbers = tx
+        .prepare_cached("UPDATE tollgate_ledger_seq SET next = next + $1 WHERE id = 1 RETURNING next - $1 - 1")
+        .await
+        .map_err(sql_error)?;
+    let taken = i64::try_from(n).unwrap_or(i64::MAX);
+    let before: i64 = tx.query_one(&numbers, &[&taken]).await.map_err(sql_error)?.try_get(0).map_err(sql_error)?;
     let statement = tx.prepare_cached(&INSERT_RETURNING).await.map_err(sql_error)?;
     let rows = tx
         .query(
@@ -415,6 +425,7 @@ async fn insert_batch(pool: &Pool, all: &[UsageRecord]) -> StoreResult<HashSet<S
                 &anonymous,
                 &estimated,
                 &upstream_ids,
+                &before,
             ],
         )
         .await

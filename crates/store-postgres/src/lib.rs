@@ -27,6 +27,7 @@ mod analytics;
 mod catalog;
 mod changes;
 mod cluster;
+mod feed;
 mod key_cache;
 mod ledger;
 mod migrate;

@@ -99,6 +99,15 @@ mod ledger {
     );
 }
 
+/// The ledger in commit order (the usage events sink reads it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_feed_follows_commit_order_and_cursors_move_forward() {
+    let Some((store, schema)) = fresh().await else { return };
+    let ledger = store.ledger();
+    conformance::feed::records_follow_commit_order_and_cursors_move_forward(&*ledger, &*ledger).await;
+    finish(store, &schema).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_whole_groups_on_one_store() {
     let Some((store, schema)) = fresh().await else { return };

@@ -27,6 +27,7 @@
 //! to exercise real contention.
 
 pub mod catalog;
+pub mod feed;
 pub mod ledger;
 pub mod limiter;
 

@@ -15,12 +15,14 @@ pub mod batch;
 pub mod clock;
 pub mod columns;
 pub mod conformance;
+pub mod feed;
 pub mod histogram;
 pub mod plans;
 pub mod refusals;
 pub mod replay;
 pub mod totals;
 
+pub use feed::{FeedRecord, LedgerFeed};
 pub use plans::{AuthedCache, PlanCache};
 pub use totals::{CountedSums, TOTALS_PAGE, TotalsPages, TotalsQuery};
 

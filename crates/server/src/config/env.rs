@@ -37,6 +37,7 @@ pub const ENV_KEYS: &[&str] = &[
     "alerts",
     "cache",
     "dashboard",
+    "events",
 ];
 
 /// `TOLLGATE_*` variables that are not server configuration: read by the CLI, the

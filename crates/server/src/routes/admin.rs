@@ -806,6 +806,7 @@ pub async fn health_detailed(
             let instances = parts.registry.list(tollgate_store_distributed::ALIVE_WITHIN).await?;
             let rebuild = parts.rebuild_lease.current_holder().await?;
             let retention = parts.retention_lease.current_holder().await?;
+            let events = parts.events_lease.current_holder().await?;
             (
                 "distributed",
                 json!({
@@ -817,7 +818,7 @@ pub async fn health_detailed(
                         "started_at": tollgate_core::calendar::to_rfc3339(i.started_at_ms),
                         "last_seen": tollgate_core::calendar::to_rfc3339(i.last_seen_ms),
                     })).collect::<Vec<_>>(),
-                    "leases": { "counter-rebuild": rebuild, "retention": retention },
+                    "leases": { "counter-rebuild": rebuild, "retention": retention, "usage-events": events },
                     "redis_breaker_open": parts.limiter.is_down(),
                 }),
             )
@@ -825,5 +826,27 @@ pub async fn health_detailed(
     };
     body["store"] = json!(store);
     body["cluster"] = cluster;
+    body["events"] = state.events.as_ref().map_or(Value::Null, |tailer| events_health(tailer));
     Ok(AxumJson(body))
+}
+
+/// The usage events sink in `/health/detailed` (never its URL: it may hold credentials).
+fn events_health(tailer: &tollgate_events::Tailer) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = &tailer.stats;
+    let last = stats.last_published_ms.load(Relaxed);
+    json!({
+        "stream": tailer.settings().stream,
+        "subject": tailer.settings().subject,
+        "cursor_name": tailer.cursor_name(),
+        "active": stats.active.load(Relaxed),
+        "connected": stats.connected.load(Relaxed),
+        "cursor": stats.cursor.load(Relaxed),
+        "lag_records": stats.lag_records.load(Relaxed),
+        "published": stats.published.load(Relaxed),
+        "duplicates": stats.duplicates.load(Relaxed),
+        "failures": stats.failures.load(Relaxed),
+        "last_error": stats.last_error(),
+        "last_published": (last > 0).then(|| tollgate_core::calendar::to_rfc3339(last)),
+    })
 }

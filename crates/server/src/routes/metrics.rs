@@ -1,6 +1,7 @@
 //! `GET /metrics`: the Prometheus text format (version 0.0.4) of the gateway's
 //! counters (`tollgate_gateway::metrics`) and of gauges read at scrape time: the
-//! ledger's queue and commits, the Redis breaker and the key cache.
+//! ledger's queue and commits, the Redis breaker and the key cache, and the usage events
+//! sink (its lag in ledger records, what it published).
 //!
 //! Unauthenticated, as Prometheus scrapes usually are: nothing in it names a key, a
 //! user or a project (see the low-cardinality note in `tollgate_gateway::metrics`).
@@ -69,6 +70,9 @@ pub fn render(state: &AppState) -> String {
             true,
         );
     }
+    if let Some(tailer) = &state.events {
+        render_events(&mut out, &tailer.stats);
+    }
     if let Some(d) = &state.distributed {
         family(&mut out, "tollgate_breaker_open", "gauge", "1 while the Redis limiter's breaker is open (Redis down).");
         out.push_str(&format!(
@@ -101,4 +105,58 @@ pub fn render(state: &AppState) -> String {
         ));
     }
     out
+}
+
+/// The usage events sink's gauges and counters (docs/events.md).
+fn render_events(out: &mut String, stats: &tollgate_events::TailerStats) {
+    let lag = stats.lag_records.load(Ordering::Relaxed);
+    let cursor = u64::try_from(stats.cursor.load(Ordering::Relaxed)).unwrap_or(0);
+    let values = [
+        (
+            "tollgate_events_lag_records",
+            "gauge",
+            "Ledger records not yet published to JetStream (as of the sink's last pass or check).",
+            lag,
+        ),
+        (
+            "tollgate_events_cursor",
+            "gauge",
+            "The sink's stored cursor: every ledger record up to it is published.",
+            cursor,
+        ),
+        (
+            "tollgate_events_active",
+            "gauge",
+            "1 while this instance runs the sink (always embedded; the lease holder of many).",
+            u64::from(stats.active.load(Ordering::Relaxed)),
+        ),
+        (
+            "tollgate_events_connected",
+            "gauge",
+            "1 while the sink is connected to JetStream.",
+            u64::from(stats.connected.load(Ordering::Relaxed)),
+        ),
+        (
+            "tollgate_events_published_total",
+            "counter",
+            "Usage events JetStream stored.",
+            stats.published.load(Ordering::Relaxed),
+        ),
+        (
+            "tollgate_events_duplicates_total",
+            "counter",
+            "Usage events published again that JetStream already held (dropped by message id).",
+            stats.duplicates.load(Ordering::Relaxed),
+        ),
+        (
+            "tollgate_events_failures_total",
+            "counter",
+            "Sink passes that failed (NATS, the stream, an acknowledgement or the store); each is retried.",
+            stats.failures.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, kind, help, value) in values {
+        family(out, name, kind, help);
+        out.push_str(&format!("{name} {value}\n"));
+    }
 }

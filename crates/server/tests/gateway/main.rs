@@ -14,6 +14,7 @@ mod dashboard;
 mod dashboard_browser;
 mod deadline;
 mod deployment;
+mod events;
 mod examples;
 mod faults;
 mod hangup;

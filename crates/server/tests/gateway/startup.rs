@@ -26,15 +26,21 @@ fn config_check_prints_the_effective_settings_with_every_secret_redacted() {
     )
     .expect("write config");
     let file = file.to_str().expect("utf-8 path");
-    let (ok, stdout, stderr) =
-        tollgate(&["config", "check", "--config", file], &[("TOLLGATE_DATABASE_URL", "postgres://u:db-password@h/db")]);
+    let (ok, stdout, stderr) = tollgate(
+        &["config", "check", "--config", file],
+        &[
+            ("TOLLGATE_DATABASE_URL", "postgres://u:db-password@h/db"),
+            ("TOLLGATE_EVENTS__NATS_URL", "nats://tg:nats-password@h:4222"),
+        ],
+    );
     assert!(ok, "{stderr}");
-    for secret in ["operator-secret-0123456789", "sk-very-secret", "db-password"] {
+    for secret in ["operator-secret-0123456789", "sk-very-secret", "db-password", "nats-password"] {
         assert!(!stdout.contains(secret) && !stderr.contains(secret), "{secret} leaked:\n{stdout}\n{stderr}");
     }
     assert!(stdout.contains("admin_token = \"<redacted>\""), "{stdout}");
     assert!(stdout.contains("api_key = \"<redacted>\""), "{stdout}");
     assert!(stdout.contains("database_url = \"<redacted>\""), "{stdout}");
+    assert!(stdout.contains("nats_url = \"<redacted>\""), "{stdout}");
     assert!(stdout.contains("listen = \"localhost:9191\""), "{stdout}");
     assert!(stdout.contains("timeout_secs = 42"), "the file's value: {stdout}");
     assert!(stdout.contains("[plans.free]"), "defaults shown too: {stdout}");
