@@ -38,7 +38,8 @@ pub struct SemanticIndex {
 
 #[derive(Default)]
 struct Inner {
-    graphs: HashMap<(Arc<str>, CacheKey), Hnsw>,
+    /// Project → partition → graph (looked up by `&str`: no allocation per search).
+    graphs: HashMap<Arc<str>, HashMap<CacheKey, Hnsw>>,
     entries: HashMap<u64, Stored>,
     /// Exact key of the storing request → entry (a request stored again replaces).
     by_key: HashMap<(Arc<str>, CacheKey), u64>,
@@ -72,11 +73,14 @@ impl Inner {
             }
         }
         self.bytes -= s.bytes;
-        let graph_key = (s.project.clone(), s.partition);
-        let Some(graph) = self.graphs.get_mut(&graph_key) else { return };
+        let Some(partitions) = self.graphs.get_mut(&s.project) else { return };
+        let Some(graph) = partitions.get_mut(&s.partition) else { return };
         graph.delete(s.node);
         if graph.live() == 0 {
-            self.graphs.remove(&graph_key);
+            partitions.remove(&s.partition);
+            if partitions.is_empty() {
+                self.graphs.remove(&s.project);
+            }
         } else if graph.deleted() > graph.live() && graph.deleted() >= 32 {
             let (fresh, moved) = graph.rebuilt();
             *graph = fresh;
@@ -150,7 +154,7 @@ impl SemanticIndex {
         now_ms: i64,
     ) -> Option<SemanticHit> {
         let inner = self.read();
-        let graph = inner.graphs.get(&(Arc::from(project), *partition))?;
+        let graph = inner.graphs.get(project)?.get(partition)?;
         graph.search(query, 4).into_iter().find_map(|(similarity, id)| {
             let s = inner.entries.get(&id)?;
             (similarity >= threshold && s.expires_ms > now_ms).then(|| SemanticHit {
@@ -181,7 +185,8 @@ impl SemanticIndex {
             }
             inner.remove(old);
         }
-        if inner.graphs.get(&(project.clone(), row.partition)).is_some_and(|g| g.dims() != row.vector.len()) {
+        if inner.graphs.get(&project).and_then(|p| p.get(&row.partition)).is_some_and(|g| g.dims() != row.vector.len())
+        {
             return false;
         }
         while inner.by_project.get(&project).map_or(0, BTreeSet::len) >= self.max_entries_per_project {
@@ -194,7 +199,12 @@ impl SemanticIndex {
         }
         inner.next += 1;
         let id = inner.next;
-        let graph = inner.graphs.entry((project.clone(), row.partition)).or_insert_with(|| Hnsw::new(row.vector.len()));
+        let graph = inner
+            .graphs
+            .entry(project.clone())
+            .or_default()
+            .entry(row.partition)
+            .or_insert_with(|| Hnsw::new(row.vector.len()));
         let Some(node) = graph.insert(row.vector.clone(), id) else { return false };
         inner.entries.insert(
             id,
