@@ -18,6 +18,12 @@
 #            exact response cache, by a key of a second project whose cache is on
 #            (auth, reservation, canonical-JSON key, lookup, ledger, settle; nothing
 #            forwarded); compared with the upstream alone answering it
+#   chatsem  a paraphrase of a stored question, answered from the semantic cache by a
+#            key of a third project whose cache and semantic cache are on (threshold
+#            0.9): the exact lookup misses, the conversation is embedded by the mock's
+#            `mock-semantic-embedding` model (one upstream call, its own ledger row), the
+#            project's HNSW index is searched and the hit answered; the chat itself is
+#            not forwarded
 #
 # The gateway (tollgate, or nginx for the baseline) is pinned to its own core with
 # taskset (BENCH_GATEWAY_CPU, default 1), the load generator and the upstream to the
@@ -267,6 +273,8 @@ CHAT_BODY="$WORK/chat.json"
 CHAT4K_BODY="$WORK/chat4k.json"
 STREAM_BODY="$WORK/stream.json"
 CACHED_BODY="$WORK/cached.json"
+SEMANTIC_STORED_BODY="$WORK/semantic-stored.json"
+SEMANTIC_BODY="$WORK/semantic.json"
 VERIFY_BODY="$WORK/verify.json"
 UPSTREAM_KEY="sk-bench-upstream-key"
 
@@ -307,6 +315,12 @@ scenario_chathit() {
   TG_HDRS="Authorization: Bearer $CACHE_KEY"
 }
 
+scenario_chatsem() {
+  scenario_chat
+  BODY="$SEMANTIC_BODY"
+  TG_HDRS="Authorization: Bearer $SEMANTIC_KEY"
+}
+
 scenario_verify() {
   GEN=wrk
   BASE_URL=""
@@ -324,6 +338,8 @@ done
 printf '%s' '{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Hello! How are you today?"}]}' >"$CHAT_BODY"
 python3 -c 'import json, sys; text = ("The quarterly report shows that revenue grew by twelve percent. " * 80)[:4096]; sys.stdout.write(json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": text}]}))' >"$CHAT4K_BODY"
 printf '%s' '{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Hello! How are you today?"}]}' >"$CACHED_BODY"
+printf '%s' '{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Hello! How are you today?"}]}' >"$SEMANTIC_STORED_BODY"
+printf '%s' '{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"hello, how are you today please?"}]}' >"$SEMANTIC_BODY"
 printf '%s' '{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Hello! How are you today?"}]}' >"$STREAM_BODY"
 
 # ---------------------------------------------------------------------------------------
@@ -458,6 +474,10 @@ start_tollgate() {
     echo "base_url = \"http://127.0.0.1:$MOCK_PORT/v1\""
     echo "api_key = \"$UPSTREAM_KEY\""
     echo "forward_headers = [\"x-mock-chunks\"]"
+    if [[ " $SCENARIOS " == *" chatsem "* ]]; then
+      echo "[cache]"
+      echo "semantic_embedding_model = \"mock-semantic-embedding\""
+    fi
   } >"$config"
   while IFS= read -r l; do
     [[ -n "$l" ]] || continue
@@ -511,6 +531,29 @@ start_tollgate() {
       sleep 0.1
     done
     [[ "$outcome" == hit ]] || die "the cached request is not a hit (x-tollgate-cache: ${outcome:-none})"
+  fi
+  # The semantic scenario's project: the question stored, its paraphrase a semantic hit.
+  SEMANTIC_KEY=""
+  if [[ " $SCENARIOS " == *" chatsem "* ]]; then
+    "$TOLLGATE_BIN" projects create bench-semantic >/dev/null || die "projects create bench-semantic failed"
+    code=$(curl -s -o "$WORK/check.json" -w '%{http_code}' -X PATCH -H "Authorization: Bearer $ADMIN_TOKEN" \
+      -H 'Content-Type: application/json' \
+      --data '{"cache":{"enabled":true,"ttl_secs":86400,"semantic":true,"semantic_threshold":0.9}}' \
+      "http://127.0.0.1:$TG_PORT/api/v1/projects/bench-semantic")
+    [[ "$code" == 200 ]] || { cat "$WORK/check.json" >&2; die "this build has no semantic cache (PATCH cache answered $code)"; }
+    SEMANTIC_KEY=$("$TOLLGATE_BIN" keys create --project bench-semantic --plan bench | sed -n 's/.*"key": *"\(tg_[^"]*\)".*/\1/p')
+    [[ -n "$SEMANTIC_KEY" ]] || die "keys create printed no key"
+    curl -s -o /dev/null -H "Authorization: Bearer $SEMANTIC_KEY" -H 'Content-Type: application/json' \
+      --data-binary @"$SEMANTIC_STORED_BODY" "http://127.0.0.1:$TG_PORT/v1/chat/completions"
+    local kind=""
+    for _ in $(seq 50); do
+      kind=$(curl -s -o /dev/null -D - -H "Authorization: Bearer $SEMANTIC_KEY" -H 'Content-Type: application/json' \
+        --data-binary @"$SEMANTIC_BODY" "http://127.0.0.1:$TG_PORT/v1/chat/completions" \
+        | tr -d '\r' | sed -n 's/^x-tollgate-cache-kind: //Ip')
+      [[ "$kind" == semantic ]] && break
+      sleep 0.1
+    done
+    [[ "$kind" == semantic ]] || die "the paraphrase is not a semantic hit (x-tollgate-cache-kind: ${kind:-none})"
   fi
 }
 

@@ -12,6 +12,9 @@
 //! - [`replay`]: a cached answer as SSE chunks, read by SDKs like a live stream.
 //! - [`assemble`]: a streamed answer assembled back into the JSON answer it stands for,
 //!   only if it completed.
+//! - [`semantic`]: the semantic cache: the partition and conversation of a chat
+//!   request, an HNSW index per project and partition bounded in entries and bytes,
+//!   and the durable store instances share in distributed mode.
 
 pub mod assemble;
 pub mod conformance;
@@ -19,6 +22,7 @@ pub mod entry;
 pub mod key;
 pub mod memory;
 pub mod replay;
+pub mod semantic;
 
 use std::time::Duration;
 

@@ -278,6 +278,50 @@ pub struct CacheSettings {
     pub deterministic_only: bool,
     /// What a hit counts against the limits.
     pub hits_count: HitsCount,
+    /// Chat requests are also answered by the semantic cache: a stored answer to a
+    /// conversation whose embedding is close enough (same model, system prompt, tools
+    /// and parameters exactly).
+    pub semantic: bool,
+    /// The least cosine similarity of a semantic hit.
+    pub semantic_threshold: Similarity,
+}
+
+/// A cosine similarity in [0, 1], kept in millionths so settings stay `Eq`; written
+/// and read as a JSON number (`0.95`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Similarity(u32);
+
+/// The default least similarity of a semantic hit.
+pub const DEFAULT_SEMANTIC_THRESHOLD: Similarity = Similarity(950_000);
+
+impl Similarity {
+    /// `value` if it is in [0, 1] (rounded to millionths).
+    pub fn new(value: f64) -> Option<Self> {
+        (value.is_finite() && (0.0..=1.0).contains(&value)).then(|| Self((value * 1_000_000.0).round() as u32))
+    }
+
+    pub fn get(self) -> f64 {
+        f64::from(self.0) / 1_000_000.0
+    }
+}
+
+impl Default for Similarity {
+    fn default() -> Self {
+        DEFAULT_SEMANTIC_THRESHOLD
+    }
+}
+
+impl Serialize for Similarity {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.get())
+    }
+}
+
+impl<'de> Deserialize<'de> for Similarity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = f64::deserialize(d)?;
+        Self::new(value).ok_or_else(|| serde::de::Error::custom("a similarity must be a number from 0 to 1"))
+    }
 }
 
 /// Which limits a cache hit counts against. Default: a request, not its tokens or
@@ -310,6 +354,8 @@ impl Default for CacheSettings {
             ttl_secs: DEFAULT_CACHE_TTL_SECS,
             deterministic_only: true,
             hits_count: HitsCount::default(),
+            semantic: false,
+            semantic_threshold: DEFAULT_SEMANTIC_THRESHOLD,
         }
     }
 }
@@ -406,6 +452,24 @@ mod tests {
 
     fn bytes(seed: u8) -> Vec<u8> {
         (0..RANDOM_BYTES).map(|i| (i as u8).wrapping_mul(37).wrapping_add(seed)).collect()
+    }
+
+    #[test]
+    fn similarities_are_numbers_from_0_to_1_and_settings_default_to_0_95() {
+        assert_eq!(Similarity::new(0.9).map(Similarity::get), Some(0.9));
+        for bad in [-0.1, 1.01, f64::NAN, f64::INFINITY] {
+            assert_eq!(Similarity::new(bad), None, "{bad}");
+        }
+        let settings: CacheSettings = serde_json::from_str(r#"{"enabled":true,"semantic":true}"#).expect("parse");
+        assert_eq!((settings.semantic, settings.semantic_threshold.get()), (true, 0.95));
+        let written = serde_json::to_value(&settings).expect("write");
+        assert_eq!(written["semantic_threshold"], 0.95);
+        let read: CacheSettings = serde_json::from_value(written).expect("read back");
+        assert_eq!(read, settings);
+        assert!(serde_json::from_str::<CacheSettings>(r#"{"semantic_threshold":2}"#).is_err());
+        // Rows written before the semantic cache read as its defaults.
+        let old: CacheSettings = serde_json::from_str(r#"{"enabled":true,"ttl_secs":60}"#).expect("old");
+        assert_eq!((old.semantic, old.semantic_threshold), (false, DEFAULT_SEMANTIC_THRESHOLD));
     }
 
     #[test]

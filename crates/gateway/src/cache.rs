@@ -4,6 +4,9 @@
 //! potential cost; a miss is forwarded and its answer stored if it completed. A
 //! project with the cache off pays one branch: no parse, no hash, no allocation.
 //!
+//! Projects with `cache.semantic` on also get the semantic half ([`crate::semantic`])
+//! for chat requests the exact lookup missed.
+//!
 //! Per request, `Cache-Control: no-cache` skips the lookup but stores the answer,
 //! `no-store` does neither. Every failure of the cache (timeout, backend down, an
 //! entry that does not decode) is a miss, never an error for the client.
@@ -18,12 +21,14 @@ use tollgate_core::Authed;
 use tollgate_providers::{Endpoint, RequestView};
 
 use crate::Gateway;
+use crate::semantic::{SemanticPlan, SemanticTarget};
 
 /// What the `x-tollgate-cache` header says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum CacheStatus {
-    /// Answered from the cache; the entry's age in seconds.
-    Hit { age_secs: u64 },
+    /// Answered from the cache; the entry's age in seconds, and for a semantic hit the
+    /// similarity of the stored conversation to the request's.
+    Hit { age_secs: u64, similarity: Option<f32> },
     /// Looked up, not found: forwarded (and stored if it completes).
     Miss,
     /// Not looked up: `Cache-Control: no-cache` / `no-store`, or a request that is not
@@ -42,12 +47,24 @@ impl CacheStatus {
 }
 
 /// What the cache phase does for one request.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct CachePlan {
     pub key: CacheKey,
     pub lookup: bool,
     pub store: bool,
     pub ttl: Duration,
+    /// For a chat request of a project with `cache.semantic` on: what is embedded and
+    /// where it is searched.
+    pub semantic: Option<SemanticPlan>,
+}
+
+/// Where a forwarded answer is stored once it completed.
+#[derive(Clone, Debug)]
+pub struct CacheTarget {
+    pub key: CacheKey,
+    pub ttl: Duration,
+    /// Also under the conversation's embedding.
+    pub semantic: Option<SemanticTarget>,
 }
 
 impl CachePlan {
@@ -56,9 +73,16 @@ impl CachePlan {
         if self.lookup { CacheStatus::Miss } else { CacheStatus::Bypass }
     }
 
-    /// Where a forwarded answer is stored, if it is.
-    pub fn store_to(&self) -> Option<(CacheKey, Duration)> {
-        self.store.then_some((self.key, self.ttl))
+    /// Where a forwarded answer is stored, if it is: `vector` is the conversation's
+    /// embedding when the semantic half could get one.
+    pub fn store_to(self, project: &str, vector: Option<Vec<f32>>) -> Option<CacheTarget> {
+        let semantic = match (self.semantic, vector) {
+            (Some(plan), Some(vector)) => {
+                Some(SemanticTarget { project: project.to_owned(), partition: plan.partition, vector })
+            }
+            _ => None,
+        };
+        self.store.then_some(CacheTarget { key: self.key, ttl: self.ttl, semantic })
     }
 }
 
@@ -106,7 +130,16 @@ impl Gateway {
             return Some(Err(CacheStatus::Bypass));
         }
         let key = tollgate_cache::key::exact_key(&authed.key.project_id, view.endpoint.name(), &request);
-        Some(Ok(CachePlan { key, lookup: !no_cache, store: true, ttl: Duration::from_secs(settings.ttl_secs) }))
+        let semantic = (settings.semantic && view.endpoint == Endpoint::ChatCompletions && self.semantic.is_some())
+            .then(|| tollgate_cache::semantic::semantic_request(&authed.key.project_id, &request))
+            .flatten()
+            .map(|s| SemanticPlan {
+                partition: s.partition,
+                conversation: s.conversation,
+                threshold: settings.semantic_threshold.get() as f32,
+            });
+        let ttl = Duration::from_secs(settings.ttl_secs);
+        Some(Ok(CachePlan { key, lookup: !no_cache, store: true, ttl, semantic }))
     }
 
     /// The entry stored under the plan's key and still fresh for `ttl`, or `None` on
@@ -133,13 +166,18 @@ impl Gateway {
     }
 
     /// Stores `entry` (off the response path, in a tracked task) unless it is larger
-    /// than `cache_max_entry_bytes`; a failure is logged.
-    pub fn cache_put(&self, key: CacheKey, ttl: Duration, entry: Entry) {
+    /// than `cache_max_entry_bytes`: under its exact key, and under its embedding when
+    /// the target has one; a failure is logged.
+    pub fn cache_put(&self, target: CacheTarget, entry: Entry) {
         let Some(cache) = self.cache.clone() else { return };
+        let CacheTarget { key, ttl, semantic } = target;
         let value = entry.encode();
         if value.len() > self.settings.cache_max_entry_bytes {
             tracing::debug!(bytes = value.len(), "answer larger than cache.max_entry_bytes: not cached");
             return;
+        }
+        if let Some(semantic) = semantic {
+            self.semantic_put(key, ttl, semantic, entry.created_ms, value.clone());
         }
         let timeout = self.settings.cache_timeout;
         self.tasks.spawn(async move {

@@ -6,7 +6,8 @@
 //! 2. **admit** ([`admit`]): the request view ([`tollgate_providers::RequestView`],
 //!    parsed once) → which limits count it → the estimate → one reservation over all
 //!    of them; a refusal is recorded and answered;
-//!    then the **cache** phase ([`cache`]): a hit answers without forwarding;
+//!    then the **cache** phase ([`cache`], then [`semantic`]): a hit answers without
+//!    forwarding;
 //! 3. **route** and **forward** ([`proxy`]): the upstream call, in a tracked task so a
 //!    client that hangs up cannot cut it short;
 //! 4. **stream back** ([`stream`]): the answer passes through chunk by chunk while
@@ -27,6 +28,7 @@ pub mod count;
 pub mod error;
 pub mod metrics;
 pub mod proxy;
+pub mod semantic;
 pub mod settle;
 pub mod stream;
 pub mod verify;
@@ -84,6 +86,12 @@ pub struct GatewaySettings {
     pub cache_max_entry_bytes: usize,
     /// Longest wait for one cache lookup or store (`cache.timeout_ms`): past it, a miss.
     pub cache_timeout: std::time::Duration,
+    /// The model conversations are embedded with for the semantic cache
+    /// (`cache.semantic_embedding_model`).
+    pub semantic_embedding_model: String,
+    /// Longest wait for the embedding call of a semantic lookup, and for a semantic
+    /// store (`cache.semantic_timeout_ms`): past it, a miss.
+    pub semantic_timeout: std::time::Duration,
 }
 
 /// How much longer than its request's deadline (and drain) a reservation is held:
@@ -151,6 +159,9 @@ pub struct GatewayParts {
     /// The response cache (in memory, or Redis shared by the instances); used only
     /// for projects whose cache is on.
     pub cache: Option<Arc<dyn tollgate_cache::CacheStore>>,
+    /// The semantic cache's index (and in distributed mode its PostgreSQL store); used
+    /// only for projects with `cache.semantic` on.
+    pub semantic: Option<Arc<tollgate_cache::semantic::SemanticCache>>,
 }
 
 /// Request ids unique across processes: a random per-process prefix and a counter.

@@ -156,6 +156,8 @@ pub struct Metrics {
     upstream_errors: [AtomicU64; 6],
     /// Response-cache outcomes: hit, miss, bypass; then the potential cost of hits.
     cache: [AtomicU64; 4],
+    /// Semantic lookups: hit, miss (nothing close enough), failed (no embedding).
+    semantic: [AtomicU64; 3],
     /// Upstream calls that failed in a row (unreachable, timed out, invalid, 5xx),
     /// zeroed by the next answer (`/health`).
     upstream_failing: AtomicU64,
@@ -200,6 +202,7 @@ impl Metrics {
             refusals: Default::default(),
             upstream_errors: Default::default(),
             cache: Default::default(),
+            semantic: Default::default(),
             upstream_failing: AtomicU64::new(0),
         }
     }
@@ -253,6 +256,16 @@ impl Metrics {
             crate::cache::CacheStatus::Bypass => 2,
         };
         add(&self.cache[slot], 1);
+    }
+
+    /// A semantic lookup ended: `Some(hit)` when an embedding was had, `None` when not.
+    pub fn semantic(&self, outcome: Option<bool>) {
+        let slot = match outcome {
+            Some(true) => 0,
+            Some(false) => 1,
+            None => 2,
+        };
+        add(&self.semantic[slot], 1);
     }
 
     /// A cache hit saved `micros` (its potential cost).
@@ -432,6 +445,16 @@ impl Metrics {
         for (i, outcome) in ["hit", "miss", "bypass"].iter().enumerate() {
             let n = self.cache[i].load(Ordering::Relaxed);
             let _ = writeln!(out, "tollgate_cache_requests_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        family(
+            out,
+            "tollgate_cache_semantic_lookups_total",
+            "counter",
+            "Semantic cache lookups, by outcome (failed: no embedding could be had).",
+        );
+        for (i, outcome) in ["hit", "miss", "failed"].iter().enumerate() {
+            let n = self.semantic[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "tollgate_cache_semantic_lookups_total{{outcome=\"{outcome}\"}} {n}");
         }
         family(
             out,

@@ -180,10 +180,36 @@ impl Gateway {
         let (cache_plan, cache_status) = match planned {
             None => (None, None),
             Some(Err(status)) => (None, Some(status)),
-            Some(Ok(plan)) => (Some(plan), Some(plan.status())),
+            Some(Ok(plan)) => {
+                let status = plan.status();
+                (Some(plan), Some(status))
+            }
         };
-        if let Some(plan) = cache_plan.filter(|p| p.lookup)
-            && let Some(entry) = self.cache_lookup(&plan, now_ms).await
+        // Exact first, then semantic (which costs an embedding call).
+        let mut found: Option<(Entry, Option<f32>)> = None;
+        if let Some(plan) = cache_plan.as_ref().filter(|p| p.lookup)
+            && let Some(entry) = self.cache_lookup(plan, now_ms).await
+        {
+            found = Some((entry, None));
+        }
+        let mut embedding = None;
+        if found.is_none()
+            && let Some(plan) = &cache_plan
+            && let Some(semantic) = &plan.semantic
+        {
+            match self.embed_conversation(authed, &semantic.conversation).await {
+                Some(vector) => {
+                    if plan.lookup {
+                        found =
+                            self.semantic_lookup(authed, plan, semantic, &vector, now_ms).map(|(e, s)| (e, Some(s)));
+                        self.metrics.semantic(Some(found.is_some()));
+                    }
+                    embedding = Some(vector);
+                }
+                None => self.metrics.semantic(None),
+            }
+        }
+        if let Some((entry, similarity)) = found
             && let Some((hit, is_sse)) = crate::cache::hit_body(&view, &entry)
         {
             drop(view);
@@ -216,7 +242,7 @@ impl Gateway {
                 }),
                 Err(why) => Err(GatewayError::NotRecorded(why)),
             };
-            let status = CacheStatus::Hit { age_secs: entry.age_secs(crate::now_ms()) };
+            let status = CacheStatus::Hit { age_secs: entry.age_secs(crate::now_ms()), similarity };
             self.metrics.cache(status);
             let cache = Some(status);
             return Proxied {
@@ -228,7 +254,7 @@ impl Gateway {
                 cache,
             };
         }
-        let cache_to = cache_plan.and_then(|p| p.store_to());
+        let cache_to = cache_plan.and_then(|p| p.store_to(&authed.key.project_id, embedding));
         if let Some(status) = cache_status {
             self.metrics.cache(status);
         }
@@ -353,8 +379,8 @@ struct Forwarding {
     strip_usage: bool,
     /// The request's total deadline.
     deadline: tokio::time::Instant,
-    /// Store a complete 200 answer in the cache under this key, for this long.
-    cache_to: Option<(tollgate_cache::CacheKey, std::time::Duration)>,
+    /// Store a complete 200 answer in the cache as this says.
+    cache_to: Option<crate::cache::CacheTarget>,
 }
 
 /// Forwards, reads the answer, and sends it to the waiting handler; a whole answer
@@ -423,11 +449,11 @@ async fn forward(
         let mut stream =
             AccountingStream::new(upstream.body, Watcher::Sse(rewriter), settlement).with_deadline(deadline, total);
         if upstream.status == 200
-            && let Some((key, ttl)) = cache_to
             && let Some(kind) = crate::cache::stream_kind(endpoint)
+            && let Some(target) = cache_to
         {
             let assembler = StreamAssembler::new(kind, gateway.settings.cache_max_entry_bytes);
-            stream = stream.with_cache(CacheTap { assembler, key, ttl });
+            stream = stream.with_cache(CacheTap { assembler, target });
         }
         let _ = answer.send(Ok(answer_with(AnswerBody::Stream(Box::new(stream)))));
         return;
@@ -443,7 +469,7 @@ async fn forward(
             match meta {
                 Ok(tollgate_providers::usage::AnswerMeta { usage, model }) => {
                     if status == 200
-                        && let (Some((key, ttl)), Some(u)) = (cache_to, usage.as_ref())
+                        && let (Some(target), Some(u)) = (cache_to, usage.as_ref())
                     {
                         let entry = Entry {
                             created_ms: crate::now_ms(),
@@ -453,7 +479,7 @@ async fn forward(
                             cached_tokens: u.cached_tokens,
                             body: whole.clone(),
                         };
-                        gateway.cache_put(key, ttl, entry);
+                        gateway.cache_put(target, entry);
                     }
                     let held = usage.is_none().then(|| whole.clone());
                     let (commit, settle) = settlement.finish_inline(Outcome::Json { usage, body: held, model });

@@ -333,6 +333,12 @@ fn close_estimated(pending: Pending) -> (Commit, BoxFuture) {
     commit_and_settle(gateway, record, estimate, timing)
 }
 
+/// Fills a record of the gateway's own call (the semantic cache's embedding) from its
+/// reported usage, priced like any call.
+pub(crate) fn price_reported(gateway: &Gateway, record: &mut UsageRecord, u: TokenUsage, model: Option<&str>) {
+    account_reported(gateway, record, u, model);
+}
+
 /// Fills the record's tokens from the reported usage, and its cost.
 fn account_reported(gateway: &Gateway, record: &mut UsageRecord, u: TokenUsage, model: Option<&str>) {
     record.prompt_tokens = u.prompt_tokens;

@@ -11,8 +11,10 @@ use futures_util::{Stream, StreamExt};
 use tollgate_providers::sse::{Dialect, SseRewriter};
 use tollgate_providers::{UpstreamError, UsageScanner};
 
+use tollgate_cache::Entry;
 use tollgate_cache::assemble::StreamAssembler;
-use tollgate_cache::{CacheKey, Entry};
+
+use crate::cache::CacheTarget;
 
 use crate::settle::{CommitFuture, Outcome, Settlement};
 
@@ -53,8 +55,7 @@ pub struct AccountingStream {
 /// Where a streamed miss is assembled, and where it is stored.
 pub struct CacheTap {
     pub assembler: StreamAssembler,
-    pub key: CacheKey,
-    pub ttl: std::time::Duration,
+    pub target: CacheTarget,
 }
 
 impl AccountingStream {
@@ -80,7 +81,7 @@ impl AccountingStream {
         self
     }
 
-    /// Assembles the stream as it passes and stores it under `tap.key` if it completes.
+    /// Assembles the stream as it passes and stores it as `tap.target` says if it completes.
     pub fn with_cache(mut self, tap: CacheTap) -> Self {
         self.cache = Some(Box::new(tap));
         self
@@ -90,7 +91,7 @@ impl AccountingStream {
     fn store_in_cache(&mut self) {
         let Some(tap) = self.cache.take() else { return };
         let Some(gateway) = self.settlement.as_ref().and_then(Settlement::gateway).cloned() else { return };
-        let CacheTap { assembler, key, ttl } = *tap;
+        let CacheTap { assembler, target } = *tap;
         if let Some(done) = assembler.finish() {
             let entry = Entry {
                 created_ms: crate::now_ms(),
@@ -100,7 +101,7 @@ impl AccountingStream {
                 cached_tokens: done.cached_tokens,
                 body: done.body,
             };
-            gateway.cache_put(key, ttl, entry);
+            gateway.cache_put(target, entry);
         }
     }
 

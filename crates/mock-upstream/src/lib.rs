@@ -49,6 +49,7 @@ mod anthropic;
 mod directives;
 mod reply;
 mod responses;
+pub mod semantic;
 
 use directives::Directives;
 pub use directives::Fault;
@@ -605,11 +606,15 @@ async fn embeddings(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: B
             return Err(bad_request("encoding_format must be 'float' or 'base64'.", Some("encoding_format")));
         }
     };
+    let semantic = model == semantic::SEMANTIC_EMBEDDING_MODEL;
+    // The semantic model counts one token per word; the others what the directives say.
+    let prompt_tokens =
+        if semantic { inputs.iter().map(|i| semantic::embed(i).1).sum() } else { directives.prompt_tokens };
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
         .map(|(index, input)| {
-            let vector = embedding_vector(input);
+            let vector = if semantic { semantic::embed(input).0 } else { embedding_vector(input).to_vec() };
             let embedding = if base64 {
                 let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
                 Value::String(base64_encode(&bytes))
@@ -624,8 +629,8 @@ async fn embeddings(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: B
         "data": data,
         "model": model,
         "usage": {
-            "prompt_tokens": directives.prompt_tokens,
-            "total_tokens": directives.prompt_tokens,
+            "prompt_tokens": prompt_tokens,
+            "total_tokens": prompt_tokens,
         },
     });
     Ok(json_reply(reply, directives.fault))

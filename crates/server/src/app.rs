@@ -111,6 +111,8 @@ impl Application {
             },
             cache_max_entry_bytes: config.cache.max_entry_bytes,
             cache_timeout: config.cache.timeout,
+            semantic_embedding_model: config.cache.semantic_embedding_model.clone(),
+            semantic_timeout: config.cache.semantic_timeout,
         };
         let (alerts, alert_crossings) = crate::alerts::build(
             &config.alerts,
@@ -125,6 +127,15 @@ impl Application {
             Arc::new(tollgate_cache::MemoryCache::new(config.cache.max_memory_bytes))
                 as Arc<dyn tollgate_cache::CacheStore>
         });
+        // The semantic index lives in each instance; in distributed mode it loads from,
+        // and stores to, PostgreSQL (the change bus and a catch-up job keep it current).
+        let semantic = Arc::new(tollgate_cache::semantic::SemanticCache::new(
+            tollgate_cache::semantic::SemanticIndex::new(
+                config.cache.semantic_max_entries_per_project,
+                config.cache.semantic_max_memory_bytes,
+            ),
+            backend.semantic_store.clone(),
+        ));
         let metrics = Arc::new(tollgate_gateway::metrics::Metrics::new(&config.provider, &config.prices));
         let gateway = Gateway::new(tollgate_gateway::GatewayParts {
             catalog,
@@ -138,6 +149,7 @@ impl Application {
             ids: Arc::new(RequestIds::new()),
             metrics,
             cache: Some(cache),
+            semantic: Some(semantic),
         });
         let invalid_keys = Arc::new(crate::http::guard::InvalidKeyGuard::new(config.invalid_keys_per_minute));
         let distributed = backend.distributed.clone();
@@ -398,6 +410,7 @@ impl AppState {
             catalog: self.catalog.clone(),
             plans: self.plans.clone(),
             anonymous_plan: self.settings.anonymous_plan.clone(),
+            semantic: self.semantic.clone(),
         }
     }
 }

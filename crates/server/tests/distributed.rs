@@ -1062,6 +1062,107 @@ async fn a_cache_that_cannot_be_reached_is_a_miss_never_an_error() {
     schema.drop().await;
 }
 
+/// A chat request of the semantic tests: (status, x-tollgate-cache, x-tollgate-cache-kind),
+/// once the instance's tracked tasks (the store of a miss) are done.
+async fn semantic_chat(instance: &Instance, key: &str, user: &str) -> (u16, Option<String>, Option<String>) {
+    let body = json!({ "model": "tollgate-test", "temperature": 0,
+        "messages": [{ "role": "system", "content": "Be brief." }, { "role": "user", "content": user }] });
+    let r = instance
+        .send(instance.http.post(format!("{}/v1/chat/completions", instance.base)).bearer_auth(key).json(&body))
+        .await;
+    let header = |name: &str| r.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let outcome = (r.status, header("x-tollgate-cache"), header("x-tollgate-cache-kind"));
+    instance.state.tasks.close();
+    instance.state.tasks.wait().await;
+    instance.state.tasks.reopen();
+    outcome
+}
+
+fn semantic_entries(instance: &Instance) -> usize {
+    instance.state.semantic.as_ref().map_or(0, |s| s.index.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_semantic_entry_stored_through_one_instance_is_a_hit_through_another() {
+    let Some(env) = env() else { return };
+    let schema = Schema::create(&env).await;
+    let mock = spawn_mock().await;
+    let prefix = format!("{}:", unique("tgtest"));
+    let mut raw = config(&mock, &env.redis_url, &schema.url, &prefix);
+    raw.redis_timeout_ms = 5_000;
+    raw.cache.semantic_embedding_model = mock::semantic::SEMANTIC_EMBEDDING_MODEL.to_owned();
+    raw.prices.insert(
+        mock::semantic::SEMANTIC_EMBEDDING_MODEL.into(),
+        tollgate_pricing::PriceOverride {
+            input_per_mtok_micros: 1_000_000,
+            cached_input_per_mtok_micros: None,
+            output_per_mtok_micros: 0,
+            long_context: None,
+        },
+    );
+    let a = start(raw.clone()).await;
+    let b = start(raw.clone()).await;
+    let (key, _) = a.project_key("semantic", json!([{ "metric": "requests", "window": "month", "limit": 1000 }])).await;
+    let r = a
+        .admin(
+            reqwest::Method::PATCH,
+            "/api/v1/projects/semantic",
+            Some(json!({ "cache": { "enabled": true, "ttl_secs": 600, "semantic": true, "semantic_threshold": 0.9 } })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    eventually(Duration::from_secs(3), "B sees the project's semantic cache on", || async {
+        b.state.plans.project("semantic").is_some_and(|s| s.cache.semantic)
+    })
+    .await;
+
+    let miss = semantic_chat(&a, &key, "What is the capital of France?").await;
+    assert_eq!(miss, (200, Some("miss".into()), None));
+    assert_eq!(semantic_entries(&a), 1);
+    assert_eq!(schema.count("SELECT count(*) FROM tollgate_semantic_cache").await, 1, "stored durably");
+    // B learns of it from the change bus (or, failing that, its periodic catch-up).
+    let took =
+        eventually(Duration::from_secs(15), "B's index has A's entry", || async { semantic_entries(&b) == 1 }).await;
+    eprintln!("A's semantic entry reached B's index in {took:?}");
+    let hit = semantic_chat(&b, &key, "what is the capital of France, please?").await;
+    assert_eq!(hit, (200, Some("hit".into()), Some("semantic".into())), "B answers the paraphrase from A's entry");
+
+    // An instance started now loads the entry at start.
+    let c = start(raw).await;
+    eventually(Duration::from_secs(15), "C loads the entry at start", || async { semantic_entries(&c) == 1 }).await;
+    let hit = semantic_chat(&c, &key, "what is the capital of France, please?").await;
+    assert_eq!(hit.2.as_deref(), Some("semantic"));
+
+    // A row whose notice never came (written straight to PostgreSQL) is found by the
+    // periodic catch-up (its one step called here).
+    let now = tollgate_store::clock::now_ms();
+    let row = tollgate_cache::semantic::SemanticRow {
+        key: tollgate_cache::CacheKey([7; 32]),
+        project: "semantic".into(),
+        partition: tollgate_cache::CacheKey([8; 32]),
+        vector: vec![0.6, 0.8],
+        entry: bytes::Bytes::from_static(b"not announced"),
+        created_ms: now,
+        expires_ms: now + 60_000,
+    };
+    tollgate_cache::semantic::SemanticStore::insert(&schema.store.semantic(), &row).await.expect("insert");
+    let semantic = b.state.semantic.clone().expect("a semantic cache");
+    assert_eq!(semantic.catch_up(tollgate_store::clock::now_ms()).await.expect("catch up"), 1);
+    assert_eq!(semantic_entries(&b), 2);
+
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
+    let embeddings = "SELECT count(*) FROM usage WHERE project_id = 'semantic' AND endpoint = 'embeddings' \
+                      AND status = 200 AND cost_micros > 0 AND NOT counted";
+    assert_eq!(schema.count(embeddings).await, 3, "one priced embedding row per lookup, on each instance");
+    let hits = "SELECT count(*) FROM usage WHERE project_id = 'semantic' AND usage_source = 'cache' \
+                AND cost_micros = 0 AND uncached_cost_micros > 0";
+    assert_eq!(schema.count(hits).await, 2, "both semantic hits at zero cost with their potential cost");
+    schema.drop().await;
+    delete_redis_prefix(&env.redis_url, &prefix).await;
+}
+
 #[path = "support/jetstream.rs"]
 mod jetstream;
 

@@ -25,6 +25,8 @@ pub struct JobContext {
     pub catalog: Arc<dyn Catalog>,
     pub plans: Arc<PlanCache>,
     pub anonymous_plan: String,
+    /// The semantic cache whose index the catch-up job keeps current.
+    pub semantic: Option<Arc<tollgate_cache::semantic::SemanticCache>>,
 }
 
 impl Backend {
@@ -33,12 +35,14 @@ impl Backend {
     pub fn spawn_jobs(&self, state: &JobContext, cancel: &CancellationToken, tracker: &TaskTracker) {
         let Some(parts) = &self.distributed else { return };
         let plans_changed = Arc::new(Notify::new());
+        let semantic_changed = Arc::new(Notify::new());
 
         // Change notices -> key cache and plan cache. Until the first subscription
         // is up, notices cannot arrive: cached keys live one second at most.
         parts.catalog.set_short_ttl(Some(DEGRADED_KEY_TTL));
         {
             let (parts, cancel, plans_changed) = (parts.clone(), cancel.clone(), plans_changed.clone());
+            let semantic_changed = semantic_changed.clone();
             tracker.spawn(async move {
                 let catalog = parts.catalog.clone();
                 parts
@@ -48,7 +52,9 @@ impl Backend {
                             catalog.set_short_ttl(None);
                             catalog.clear_cache();
                             plans_changed.notify_one();
+                            semantic_changed.notify_one();
                         }
+                        BusEvent::Message(text) if text == crate::SEMANTIC_NOTICE => semantic_changed.notify_one(),
                         BusEvent::Lost => catalog.set_short_ttl(Some(DEGRADED_KEY_TTL)),
                         BusEvent::Message(text) => match CatalogChange::decode(&text) {
                             Some(change @ CatalogChange::Key { .. }) => catalog.apply_change(&change),
@@ -60,6 +66,36 @@ impl Backend {
                         },
                     })
                     .await;
+            });
+        }
+
+        // The semantic index: loaded now, then caught up on notice and every
+        // SEMANTIC_CATCH_UP (a notice missed is caught up by then).
+        if let Some(semantic) = state.semantic.clone() {
+            let cancel = cancel.clone();
+            tracker.spawn(async move {
+                let mut failing = false;
+                loop {
+                    match semantic.catch_up(now_ms()).await {
+                        Ok(added) => {
+                            if added > 0 {
+                                tracing::debug!(added, "semantic cache rows loaded from PostgreSQL");
+                            }
+                            failing = false;
+                        }
+                        Err(error) => {
+                            if !failing {
+                                tracing::warn!(%error, "cannot load semantic cache rows; this instance's index may lag");
+                            }
+                            failing = true;
+                        }
+                    }
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = semantic_changed.notified() => {}
+                        () = tokio::time::sleep(crate::SEMANTIC_CATCH_UP) => {}
+                    }
+                }
             });
         }
 

@@ -21,6 +21,9 @@
 //!   ([`REBUILD_LEASE`], `SET NX PX`, renewed each period, released on shutdown;
 //!   another instance takes over within [`rebuild_lease_ttl`] of the holder's death).
 //!   Every instance still rebuilds once at start;
+//! - the semantic catch-up: this instance's semantic index loads PostgreSQL's rows
+//!   at start, then catches up on every [`SEMANTIC_NOTICE`] another instance publishes
+//!   after a store, on every (re)subscription, and every [`SEMANTIC_CATCH_UP`];
 //! - the breaker probe: while Redis is considered down, pings it and restores exact
 //!   counting as soon as it answers.
 //!
@@ -40,12 +43,14 @@ use anyhow::Context;
 use async_trait::async_trait;
 use tollgate_alerts::AlertStore;
 use tollgate_analytics::AnalyticsStore;
+use tollgate_cache::CacheError;
+use tollgate_cache::semantic::{SemanticRow, SemanticStore};
 use tollgate_core::Secret;
 use tollgate_store::{Catalog, Ledger, LedgerFeed, Limiter};
 use tollgate_store_embedded::EmbeddedStore;
 use tollgate_store_postgres::{
-    CatalogChange, ChangePublisher, InstanceRegistry, PgLease, PostgresCatalog, PostgresLedger, PostgresSettings,
-    PostgresStore,
+    CatalogChange, ChangePublisher, InstanceRegistry, PgLease, PostgresCatalog, PostgresLedger, PostgresSemantic,
+    PostgresSettings, PostgresStore,
 };
 use tollgate_store_redis::{ChangeBus, KeySpace, RedisCache, RedisConn, RedisLimiter, RedisSettings};
 
@@ -115,6 +120,9 @@ pub struct Backend {
     /// The response cache shared by the instances (Redis); `None` in embedded mode,
     /// where the server keeps one in memory.
     pub cache: Option<Arc<dyn tollgate_cache::CacheStore>>,
+    /// The semantic cache's durable rows (PostgreSQL, announced on the change bus);
+    /// `None` in embedded mode, where the index lives in memory only.
+    pub semantic_store: Option<Arc<dyn SemanticStore>>,
 }
 
 /// The distributed backend's parts.
@@ -213,6 +221,7 @@ pub async fn open(
                 feed: store.ledger(),
                 distributed: None,
                 cache: None,
+                semantic_store: None,
             });
         }
         StoreConfig::Distributed(d) => d,
@@ -281,7 +290,52 @@ pub async fn open(
     let analytics: Arc<dyn AnalyticsStore> = ledger.clone();
     let alerts: Arc<dyn AlertStore> = Arc::new(parts.postgres.alerts());
     let feed: Arc<dyn LedgerFeed> = ledger.clone();
-    Ok(Backend { catalog, limiter, ledger, analytics, alerts, feed, distributed: Some(parts), cache: Some(cache) })
+    let semantic_store: Arc<dyn SemanticStore> =
+        Arc::new(SharedSemantic { rows: parts.postgres.semantic(), bus: parts.bus.clone() });
+    Ok(Backend {
+        catalog,
+        limiter,
+        ledger,
+        analytics,
+        alerts,
+        feed,
+        distributed: Some(parts),
+        cache: Some(cache),
+        semantic_store: Some(semantic_store),
+    })
+}
+
+/// The notice an instance publishes on the change bus after storing a semantic cache
+/// row: the others catch up from PostgreSQL at once.
+pub const SEMANTIC_NOTICE: &str = "semantic";
+
+/// How often every instance catches up with PostgreSQL's semantic cache rows, notices
+/// or not (the backstop for a notice missed).
+pub const SEMANTIC_CATCH_UP: Duration = Duration::from_secs(5);
+
+/// Semantic cache rows in PostgreSQL, each write announced on the change bus.
+struct SharedSemantic {
+    rows: PostgresSemantic,
+    bus: Arc<ChangeBus>,
+}
+
+#[async_trait]
+impl SemanticStore for SharedSemantic {
+    async fn insert(&self, row: &SemanticRow) -> Result<(), CacheError> {
+        self.rows.insert(row).await?;
+        if let Err(error) = self.bus.publish(SEMANTIC_NOTICE).await {
+            tracing::warn!(%error, "semantic cache entry not announced; other instances see it at their next catch-up");
+        }
+        Ok(())
+    }
+
+    async fn since(&self, since_ms: i64, now_ms: i64, limit: usize) -> Result<Vec<SemanticRow>, CacheError> {
+        self.rows.since(since_ms, now_ms, limit).await
+    }
+
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
 }
 
 /// Announces catalog changes on Redis pub/sub.

@@ -17,6 +17,9 @@
 //!   wait in memory up to a bound, are retried, and are dropped (counted and logged)
 //!   only beyond it.
 //!
+//! - [`PostgresSemantic`]: the semantic cache's vectors and answers, which every
+//!   instance loads into its own index.
+//!
 //! Nothing but hashes of secrets is stored.
 
 mod alerts;
@@ -28,6 +31,7 @@ mod feed;
 mod key_cache;
 mod ledger;
 mod migrate;
+mod semantic;
 
 use std::time::Duration;
 
@@ -42,6 +46,7 @@ pub use changes::{CatalogChange, ChangePublisher};
 pub use cluster::{InstanceInfo, InstanceRegistry, PgLease};
 pub use key_cache::{MAX_UNKNOWN, NEGATIVE_TTL};
 pub use ledger::PostgresLedger;
+pub use semantic::PostgresSemantic;
 /// The writer's counters, shared with the embedded ledger's writer.
 pub use tollgate_store::batch::LedgerStats;
 
@@ -126,6 +131,11 @@ impl PostgresStore {
     /// The alert store (rules, channels, the outbox) on the same pool.
     pub fn alerts(&self) -> PostgresAlerts {
         PostgresAlerts::new(self.pool.clone())
+    }
+
+    /// The semantic cache's durable rows on the same pool.
+    pub fn semantic(&self) -> PostgresSemantic {
+        PostgresSemantic::new(self.pool.clone())
     }
 
     pub fn pool(&self) -> &Pool {

@@ -25,6 +25,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (10, include_str!("../migrations/0010_leases_and_instances.sql")),
     (11, include_str!("../migrations/0011_alerts.sql")),
     (12, include_str!("../migrations/0012_usage_seq.sql")),
+    (13, include_str!("../migrations/0013_semantic_cache.sql")),
 ];
 
 /// Serialises migrations across instances (an arbitrary constant: "tollgate" in hex).

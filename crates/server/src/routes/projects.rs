@@ -75,7 +75,10 @@ pub(crate) struct ProjectBody {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     time_zone: Option<Value>,
-    /// The response cache: members given replace those stored (docs/caching.md).
+    /// The response cache: `enabled`, `ttl_secs`, `deterministic_only`, `hits_count`,
+    /// `semantic` (the semantic cache for chat requests, default false) and
+    /// `semantic_threshold` (the least cosine similarity of a semantic hit, above 0 and
+    /// at most 1, default 0.95); members given replace those stored (docs/caching.md).
     #[serde(default)]
     cache: Option<Value>,
 }
@@ -174,6 +177,14 @@ fn cache_setting(current: &tollgate_core::CacheSettings, patch: Value) -> ApiRes
         Ok(Value::Object(map)) => map,
         _ => return Err(ApiError::internal("the stored cache settings do not serialize")),
     };
+    if let Some(threshold) = patch.get("semantic_threshold")
+        && !threshold.as_f64().is_some_and(|t| t > 0.0 && t <= 1.0)
+    {
+        return Err(ApiError::invalid_field(
+            "cache.semantic_threshold",
+            "must be a cosine similarity above 0 and at most 1 (default 0.95)",
+        ));
+    }
     for (name, value) in patch {
         match (name.as_str(), value, merged.get_mut("hits_count")) {
             ("hits_count", Value::Object(counts), Some(Value::Object(stored))) => stored.extend(counts),
@@ -207,7 +218,7 @@ pub struct ProjectView {
     pub openai_project: Option<String>,
     #[schema(value_type = Option<String>)]
     pub time_zone: Option<tollgate_core::Zone>,
-    /// The response cache's settings (docs/caching.md).
+    /// The response cache's settings, the semantic cache's included (docs/caching.md).
     #[schema(value_type = Object)]
     pub cache: tollgate_core::CacheSettings,
 }

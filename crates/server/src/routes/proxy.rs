@@ -29,6 +29,10 @@ use crate::http::headers;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static CACHE_STATUS: HeaderName = HeaderName::from_static("x-tollgate-cache");
+/// On a hit: `exact` or `semantic`.
+static CACHE_KIND: HeaderName = HeaderName::from_static("x-tollgate-cache-kind");
+/// On a semantic hit: the cosine similarity of the stored conversation, 4 decimals.
+static CACHE_SIMILARITY: HeaderName = HeaderName::from_static("x-tollgate-cache-similarity");
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -178,8 +182,15 @@ async fn forward(
     if let Some(cache) = proxied.cache {
         let headers = response.headers_mut();
         headers.insert(CACHE_STATUS.clone(), HeaderValue::from_static(cache.as_str()));
-        if let tollgate_gateway::cache::CacheStatus::Hit { age_secs } = cache {
+        if let tollgate_gateway::cache::CacheStatus::Hit { age_secs, similarity } = cache {
             headers.insert(header::AGE, HeaderValue::from(age_secs));
+            let kind = if similarity.is_some() { "semantic" } else { "exact" };
+            headers.insert(CACHE_KIND.clone(), HeaderValue::from_static(kind));
+            if let Some(similarity) = similarity
+                && let Ok(value) = HeaderValue::from_str(&format!("{similarity:.4}"))
+            {
+                headers.insert(CACHE_SIMILARITY.clone(), value);
+            }
         }
     }
     let status = response.status().as_u16();

@@ -28,6 +28,7 @@ mod parsing;
 mod providers;
 mod proxy;
 mod security;
+mod semantic;
 mod startup;
 mod tenancy;
 mod verify;

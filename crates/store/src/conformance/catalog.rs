@@ -399,6 +399,8 @@ pub async fn project_settings(catalog: &dyn Catalog) {
             ttl_secs: 120,
             deterministic_only: false,
             hits_count: tollgate_core::HitsCount { requests: true, tokens: true, cost: false },
+            semantic: true,
+            semantic_threshold: tollgate_core::Similarity::new(0.875).expect("a similarity"),
         },
     };
     let changed = Project { name: "Renamed".to_owned(), created_at_ms: NOW + 1_000, settings, ..created.clone() };
