@@ -123,6 +123,20 @@ fn value_columns(latency_buckets: bool) -> String {
     columns
 }
 
+/// The value columns read one row at a time, in the same order (no aggregate).
+fn plain_value_columns(latency_buckets: bool) -> String {
+    let mut columns = String::from(
+        "requests, input_tokens, output_tokens, cached_tokens, cost_micros, potential_cost_micros, \
+         latency_count, latency_sum_ms, latency_max_ms",
+    );
+    if latency_buckets {
+        for i in 0..LATENCY_BUCKETS {
+            columns.push_str(&format!(", lat_{i}"));
+        }
+    }
+    columns
+}
+
 /// The most value columns a group row has after its hour and dimensions.
 pub const VALUE_COLUMNS: usize = 9 + LATENCY_BUCKETS;
 
@@ -168,6 +182,12 @@ impl RollupQuery {
     /// [`value_column_count`](Self::value_column_count) integers. Ordered by hour,
     /// then dimensions.
     fn build(&self, placeholder: impl Fn(usize) -> String) -> (String, Vec<SqlParam>) {
+        self.build_as(placeholder, true)
+    }
+
+    /// [`build`](Self::build), or with `grouped` false the same rows before grouping:
+    /// the same columns, unsummed, in no order (see [`sql_ungrouped`](Self::sql_ungrouped)).
+    fn build_as(&self, placeholder: impl Fn(usize) -> String, grouped: bool) -> (String, Vec<SqlParam>) {
         let mut params = Vec::new();
         let mut bind = |p: SqlParam| {
             params.push(p);
@@ -183,7 +203,11 @@ impl RollupQuery {
             sql.push_str(k);
             sql.push_str(", ");
         }
-        sql.push_str(&value_columns(self.latency_buckets));
+        if grouped {
+            sql.push_str(&value_columns(self.latency_buckets));
+        } else {
+            sql.push_str(&plain_value_columns(self.latency_buckets));
+        }
         let f = &self.filter;
         let slice = |table: &str, from: i64, to: i64, bind: &mut dyn FnMut(SqlParam) -> String| {
             let mut part = format!(" FROM {table} WHERE hour_ms >= {}", bind(SqlParam::Int(from)));
@@ -218,7 +242,7 @@ impl RollupQuery {
                 sql.push_str(&format!(" FROM ({}) AS slices", parts.join(" UNION ALL ")));
             }
         }
-        if !keys.is_empty() {
+        if grouped && !keys.is_empty() {
             let list = keys.join(", ");
             sql.push_str(&format!(" GROUP BY {list} ORDER BY {list}"));
         }
@@ -229,6 +253,18 @@ impl RollupQuery {
     /// the `i`-th (0-based) parameter of [`params`](Self::params).
     pub fn sql(&self, placeholder: impl Fn(usize) -> String) -> String {
         self.build(placeholder).0
+    }
+
+    /// The rows [`sql`](Self::sql) would group, ungrouped (same columns and
+    /// parameters, values not summed, no order), for a caller that groups them itself
+    /// with [`group_rows`]; `None` where grouping in SQL is better. Only a per-hour
+    /// query grouped by key is sent ungrouped: the key projections hold at most two
+    /// rows per hour and key (counted or not), so PostgreSQL's hash aggregate over
+    /// them costs more than sending the rows (one project's keys by hour over 30 days
+    /// at 10 M rows: about 60 ms against 75-110 ms, BENCHMARKS.md); where many rows
+    /// make one group (a summary's top keys), sending them all measured slower.
+    pub fn sql_ungrouped(&self, placeholder: impl Fn(usize) -> String) -> Option<String> {
+        (self.by_hour && self.group_by.contains(&Dimension::Key)).then(|| self.build_as(placeholder, false).0)
     }
 
     /// How many value columns each row has.
@@ -278,6 +314,18 @@ impl RollupGroup {
         }
         Self { hour_ms, dims, values }
     }
+}
+
+/// Groups ungrouped rows ([`RollupQuery::sql_ungrouped`]) as the grouped statement
+/// would: one group per hour and dimension values, values summed (the latency maximum
+/// the largest), ordered by hour, then the dimensions' bytes.
+pub fn group_rows(rows: impl IntoIterator<Item = RollupGroup>) -> Vec<RollupGroup> {
+    let mut groups: std::collections::BTreeMap<(Option<i64>, Vec<String>), RollupValues> =
+        std::collections::BTreeMap::new();
+    for row in rows {
+        groups.entry((row.hour_ms, row.dims)).or_default().merge(&row.values);
+    }
+    groups.into_iter().map(|((hour_ms, dims), values)| RollupGroup { hour_ms, dims, values }).collect()
 }
 
 /// The rollup table's columns, in the order of [`upsert_sql`]'s parameters and of
@@ -426,6 +474,35 @@ mod tests {
         assert!(sql.starts_with("SELECT hour_ms, model, CAST(SUM(requests)"), "{sql}");
         assert!(sql.contains("project_id = $3 AND counted = $4 GROUP BY hour_ms, model"), "{sql}");
         assert_eq!(query.params().len(), 4);
+    }
+
+    #[test]
+    fn ungrouped_rows_group_like_the_grouped_statement() {
+        let query = RollupQuery {
+            from_ms: 0,
+            to_ms: 10,
+            filter: RollupFilter { project_id: Some("p".into()), ..RollupFilter::default() },
+            by_hour: true,
+            group_by: vec![Dimension::Key],
+            latency_buckets: false,
+        };
+        let sql = query.sql_ungrouped(|i| format!("${}", i + 1)).expect("has group keys");
+        assert!(sql.starts_with("SELECT hour_ms, key_id, requests, input_tokens"), "{sql}");
+        assert!(!sql.contains("GROUP BY") && !sql.contains("SUM("), "{sql}");
+        assert!(RollupQuery { by_hour: false, ..query.clone() }.sql_ungrouped(|_| "?".into()).is_none());
+        let by_model = RollupQuery { group_by: vec![Dimension::Model], ..query.clone() };
+        assert!(by_model.sql_ungrouped(|_| "?".into()).is_none());
+        let row = |hour: i64, key: &str, requests: u64, max: u64| RollupGroup {
+            hour_ms: Some(hour),
+            dims: vec![key.to_owned()],
+            values: RollupValues { requests, latency_max_ms: max, ..RollupValues::default() },
+        };
+        let groups = group_rows([row(2, "b", 1, 5), row(1, "b", 2, 1), row(2, "a", 3, 2), row(2, "b", 4, 9)]);
+        let got: Vec<_> = groups
+            .iter()
+            .map(|g| (g.hour_ms, g.dims[0].as_str(), g.values.requests, g.values.latency_max_ms))
+            .collect();
+        assert_eq!(got, vec![(Some(1), "b", 2, 1), (Some(2), "a", 3, 2), (Some(2), "b", 5, 9)]);
     }
 
     #[test]

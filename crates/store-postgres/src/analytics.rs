@@ -114,7 +114,10 @@ fn ints(row: &tokio_postgres::Row, first: usize, count: usize) -> StoreResult<[O
 #[async_trait]
 impl AnalyticsStore for PostgresLedger {
     async fn rollup_groups(&self, query: RollupQuery) -> StoreResult<Vec<RollupGroup>> {
-        let sql = query.sql(|i| format!("${}", i + 1));
+        // Grouped here rather than by PostgreSQL when there is anything to group by
+        // (see `RollupQuery::sql_ungrouped`); the rows are the same either way.
+        let ungrouped = query.sql_ungrouped(|i| format!("${}", i + 1));
+        let sql = ungrouped.clone().unwrap_or_else(|| query.sql(|i| format!("${}", i + 1)));
         let args: Vec<Box<dyn ToSql + Sync + Send>> = query.params().into_iter().map(boxed).collect();
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| &**a as &(dyn ToSql + Sync)).collect();
         let client = self.pool.get().await.map_err(pool_error)?;
@@ -122,7 +125,8 @@ impl AnalyticsStore for PostgresLedger {
         let rows = client.query(&statement, &params).await.map_err(sql_error)?;
         let dims = query.group_by.len();
         let first = usize::from(query.by_hour) + dims;
-        rows.iter()
+        let groups = rows
+            .iter()
             .map(|row| {
                 let hour_ms = if query.by_hour { Some(row.try_get(0).map_err(sql_error)?) } else { None };
                 let mut values = Vec::with_capacity(dims);
@@ -132,7 +136,8 @@ impl AnalyticsStore for PostgresLedger {
                 }
                 Ok(RollupGroup::from_columns(hour_ms, values, &ints(row, first, query.value_column_count())?))
             })
-            .collect()
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(if ungrouped.is_some() { store::group_rows(groups) } else { groups })
     }
 
     async fn rollup_rows(
