@@ -42,8 +42,9 @@ pub struct SemanticTarget {
 const MAX_EMBEDDING_ANSWER: usize = 4 * 1024 * 1024;
 
 impl Gateway {
-    /// The conversation's embedding as a unit vector, or `None` on any failure. The
-    /// call is recorded in the ledger whenever the upstream answered.
+    /// The conversation's embedding as a unit vector, or `None` on any failure. Every
+    /// call is recorded in the ledger: with its usage and cost when the upstream
+    /// answered, as a 502 (failed) or 504 (timed out) without usage otherwise.
     pub async fn embed_conversation(&self, authed: &Authed, conversation: &str) -> Option<Vec<f32>> {
         let model = self.settings.semantic_embedding_model.as_str();
         let body = serde_json::json!({ "model": model, "input": conversation, "encoding_format": "float" });
@@ -69,19 +70,8 @@ impl Gateway {
             }
             Ok::<_, tollgate_providers::UpstreamError>((up.status, up.request_id, answer))
         };
-        let (status, upstream_id, answer) = match tokio::time::timeout(self.settings.semantic_timeout, call).await {
-            Ok(Ok(answered)) => answered,
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "semantic cache: the embedding call failed; a miss");
-                return None;
-            }
-            Err(_) => {
-                tracing::warn!("semantic cache: the embedding call timed out; a miss");
-                return None;
-            }
-        };
-        let parsed = (status == 200).then(|| parse_embedding(&answer)).flatten();
-        let mut record = UsageRecord {
+        let outcome = tokio::time::timeout(self.settings.semantic_timeout, call).await;
+        let record = |status: u16, upstream_request_id: Option<String>| UsageRecord {
             id: self.ids.next(),
             ts_ms: now_ms,
             project_id: authed.key.project_id.clone(),
@@ -95,9 +85,26 @@ impl Gateway {
             counted: false,
             requests: 1,
             latency_ms: started.elapsed().as_millis() as u64,
-            upstream_request_id: upstream_id,
+            upstream_request_id,
             ..UsageRecord::default()
         };
+        let (status, upstream_id, answer) = match outcome {
+            Ok(Ok(answered)) => answered,
+            // A call that failed or was given up still has its row (502 or 504, no usage
+            // known): the upstream may have billed it, and every call is on record.
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "semantic cache: the embedding call failed; a miss");
+                self.ledger.append(record(502, None));
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!("semantic cache: the embedding call timed out; a miss");
+                self.ledger.append(record(504, None));
+                return None;
+            }
+        };
+        let parsed = (status == 200).then(|| parse_embedding(&answer)).flatten();
+        let mut record = record(status, upstream_id);
         if let Some((_, Some(tokens))) = &parsed {
             let usage =
                 TokenUsage { prompt_tokens: *tokens, completion_tokens: 0, total_tokens: *tokens, cached_tokens: 0 };

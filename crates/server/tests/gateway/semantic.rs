@@ -241,4 +241,10 @@ async fn an_embedding_call_that_fails_is_a_miss_never_an_error() {
     assert_eq!(app.state.semantic.as_ref().map(|s| s.index.len()), Some(0));
     let scrape = app.http.get(app.url("/metrics")).send().await.expect("scrape").text().await.expect("text");
     assert!(scrape.lines().any(|l| l == "tollgate_cache_semantic_lookups_total{outcome=\"failed\"} 2"), "{scrape}");
+    // Each call given up is still on record: a 504 row, uncounted, without usage.
+    let usage = app.usage("?project=slow").await;
+    let rows = usage["data"].as_array().expect("rows");
+    let embeddings: Vec<&Value> = rows.iter().filter(|r| r["endpoint"] == "embeddings").collect();
+    assert_eq!(embeddings.len(), 2, "{usage}");
+    assert!(embeddings.iter().all(|r| r["status"] == 504 && r["counted"] == false), "{usage}");
 }
