@@ -493,38 +493,12 @@ fn free_port() -> u16 {
 /// Starts the real binary with alerts set for tests, and returns once it logs that it
 /// is listening (read from its log, not guessed with a sleep).
 async fn start_binary(data_dir: &std::path::Path, port: u16, mock_url: &str) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .arg("serve")
-        .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TOLLGATE_DATA_DIR", data_dir)
-        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("OPENAI_BASE_URL", mock_url)
-        .env("OPENAI_API_KEY", "sk-provider-test")
+    let mut command = serve_command(data_dir, port, mock_url);
+    command
         .env("TOLLGATE_ALERTS__ALLOW_PRIVATE_TARGETS", "true")
         .env("TOLLGATE_ALERTS__RETRY_SCHEDULE_MS", "[1500]")
-        .env("TOLLGATE_ALERTS__POLL_MS", "50")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tollgate");
-    let stderr = child.stderr.take().expect("stderr");
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        let mut ready = Some(ready_tx);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("tollgate listening")
-                && let Some(tx) = ready.take()
-            {
-                let _ = tx.send(());
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(60), ready_rx)
-        .await
-        .expect("tollgate did not start within 60 s")
-        .expect("tollgate exited before listening");
-    child
+        .env("TOLLGATE_ALERTS__POLL_MS", "50");
+    spawn_until_listening(&mut command).await
 }
 
 async fn call(http: &reqwest::Client, method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {

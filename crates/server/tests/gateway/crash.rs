@@ -3,9 +3,7 @@
 //! ledger says.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Child;
 
 use serde_json::{Value, json};
 
@@ -18,36 +16,7 @@ fn free_port() -> u16 {
 /// Starts the real binary and returns once it logs that it is listening (read from
 /// its log, not guessed with a sleep).
 async fn start(data_dir: &std::path::Path, port: u16, mock_url: &str) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .arg("serve")
-        .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TOLLGATE_DATA_DIR", data_dir)
-        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("OPENAI_BASE_URL", mock_url)
-        .env("OPENAI_API_KEY", "sk-provider-test")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tollgate");
-    let stderr = child.stderr.take().expect("stderr");
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        let mut ready = Some(ready_tx);
-        // Keep draining after readiness so the child never blocks on a full pipe.
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("tollgate listening")
-                && let Some(tx) = ready.take()
-            {
-                let _ = tx.send(());
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(60), ready_rx)
-        .await
-        .expect("tollgate did not start within 60 s")
-        .expect("tollgate exited before listening");
-    child
+    spawn_until_listening(&mut serve_command(data_dir, port, mock_url)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,6 @@
 //! published again are dropped by their `Nats-Msg-Id`.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -209,40 +208,14 @@ async fn require_jetstream_within(url: &str, within: Duration) -> async_nats::je
 /// `tollgate serve` with the sink on, started from its log line (not a sleep).
 async fn start_process(data_dir: &std::path::Path, port: u16, mock: &str, events: (&str, &str, &str)) -> Child {
     let (url, stream, subject) = events;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .arg("serve")
-        .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TOLLGATE_DATA_DIR", data_dir)
-        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+    let mut command = serve_command(data_dir, port, mock);
+    command
         .env("TOLLGATE_EVENTS__NATS_URL", url)
         .env("TOLLGATE_EVENTS__STREAM", stream)
         .env("TOLLGATE_EVENTS__SUBJECT", subject)
         .env("TOLLGATE_EVENTS__BATCH", "5")
-        .env("TOLLGATE_EVENTS__POLL_INTERVAL_MS", "20")
-        .env("OPENAI_BASE_URL", mock)
-        .env("OPENAI_API_KEY", "sk-provider-test")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tollgate");
-    let stderr = child.stderr.take().expect("stderr");
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        let mut ready = Some(ready_tx);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("tollgate listening")
-                && let Some(tx) = ready.take()
-            {
-                let _ = tx.send(());
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(60), ready_rx)
-        .await
-        .expect("tollgate did not start within 60 s")
-        .expect("tollgate exited before listening");
-    child
+        .env("TOLLGATE_EVENTS__POLL_INTERVAL_MS", "20");
+    spawn_until_listening(&mut command).await
 }
 
 /// Every ledger id, through the usage API.

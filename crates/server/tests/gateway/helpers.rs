@@ -227,3 +227,47 @@ impl TestApp {
         (self.data_dir.clone(), self.mock_url.clone(), self._tmp.take())
     }
 }
+
+/// The real binary's `serve` on `port` with its own data dir in front of `mock_url`
+/// (the operator token, the provider key the mocks expect, info logs on a pipe), for
+/// the tests that kill or restart the process; add variables, then
+/// [`spawn_until_listening`].
+pub fn serve_command(data_dir: &Path, port: u16, mock_url: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    command
+        .arg("serve")
+        .env("TOLLGATE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TOLLGATE_DATA_DIR", data_dir)
+        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("OPENAI_BASE_URL", mock_url)
+        .env("OPENAI_API_KEY", "sk-provider-test")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    command
+}
+
+/// Starts `command` and returns once the process logs that it is listening (read from
+/// its log, not guessed with a sleep); its log is drained for as long as it runs, so
+/// it never blocks on a full pipe.
+pub async fn spawn_until_listening(command: &mut std::process::Command) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut child = command.spawn().expect("start tollgate");
+    let stderr = child.stderr.take().expect("stderr");
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let mut ready = Some(ready_tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("tollgate listening")
+                && let Some(tx) = ready.take()
+            {
+                let _ = tx.send(());
+            }
+        }
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(60), ready_rx)
+        .await
+        .expect("tollgate did not start within 60 s")
+        .expect("tollgate exited before listening");
+    child
+}
