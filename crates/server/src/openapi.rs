@@ -21,7 +21,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::app::AppState;
 use crate::http::error::ErrorBody;
-use crate::routes::{admin, alerts, analytics, export, projects, tokens, usage, verify};
+use crate::routes::{admin, alerts, analytics, export, ledger, projects, tokens, usage, verify};
 
 /// Where the document is served.
 pub const DOCUMENT_PATH: &str = "/api/v1/openapi.json";
@@ -53,7 +53,7 @@ pub const UI_PATH: &str = "/api/v1/docs";
         admin::delete_key,
         admin::revoke_key,
         admin::regenerate_key,
-        admin::list_usage,
+        ledger::list_usage,
         verify::verify,
         usage::ingest_events,
         usage::status,

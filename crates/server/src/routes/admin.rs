@@ -1,5 +1,6 @@
-//! The admin API under `/api/v1`: plans, keys and the usage ledger here; projects
-//! and their settings in [`projects`](crate::routes::projects), admin tokens in
+//! The admin API under `/api/v1`: plans and keys here; the ledger's listing in
+//! [`ledger`](crate::routes::ledger), projects and their settings in
+//! [`projects`](crate::routes::projects), admin tokens in
 //! [`tokens`](crate::routes::tokens). Handlers validate, ask the domain, and hand
 //! records to the stores.
 //!
@@ -14,10 +15,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json as AxumJson, Router};
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::{Map, Value, json};
-use tollgate_core::calendar::{parse_timestamp, to_rfc3339};
+use serde_json::{Map, Value};
+use tollgate_core::calendar::to_rfc3339;
 use tollgate_core::limit::{is_slug, validate_limits};
-use tollgate_core::{ApiKey, DEFAULT_PLAN, KeyRecord, KeyState, LimitSpec, Plan, UsageQuery, UsageRecord};
+use tollgate_core::{ApiKey, DEFAULT_PLAN, KeyRecord, KeyState, LimitSpec, Plan};
 use tollgate_store::KeyQuery;
 
 use crate::app::{AppState, random_bytes};
@@ -39,7 +40,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/keys/{id}", get(get_key).patch(update_key).delete(delete_key))
         .route("/api/v1/keys/{id}/revoke", post(revoke_key))
         .route("/api/v1/keys/{id}/regenerate", post(regenerate_key))
-        .route("/api/v1/usage", get(list_usage))
+        .route("/api/v1/usage", get(crate::routes::ledger::list_usage))
         .route("/api/v1/usage/export", get(crate::routes::export::usage_export))
         .route("/api/v1/analytics/export", get(crate::routes::export::rollup_export))
         .route("/api/v1/analytics/summary", get(crate::routes::analytics::summary))
@@ -481,7 +482,7 @@ async fn list_keys(
     Ok(AxumJson(KeyList { data, next_after: next }))
 }
 
-async fn load_key(state: &AppState, admin: &Admin, id: &str) -> ApiResult<KeyRecord> {
+pub(crate) async fn load_key(state: &AppState, admin: &Admin, id: &str) -> ApiResult<KeyRecord> {
     let key = state.catalog.get_key(id).await?.ok_or_else(|| ApiError::NotFound { what: "key", id: id.to_owned() })?;
     admin.check_project(&key.project_id, "key", id)?;
     Ok(key)
@@ -623,230 +624,4 @@ async fn regenerate_key(
         key: new_key.expose().to_owned(),
         previous_key_valid_until: Some(old_valid_until.map(to_rfc3339)),
     }))
-}
-
-// ----- usage -----
-
-#[derive(Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct ListUsage {
-    /// Only this project's records (a project token: its own).
-    #[serde(default)]
-    project: Option<String>,
-    /// Only this key's records.
-    #[serde(default)]
-    key: Option<String>,
-    /// From this time on: RFC 3339 or Unix seconds.
-    #[serde(default)]
-    from: Option<String>,
-    /// Before this time: RFC 3339 or Unix seconds.
-    #[serde(default)]
-    to: Option<String>,
-    /// Records per page, 1 to 1000 (default 100).
-    #[serde(default)]
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<usize>,
-    /// The `next_cursor` of the previous page.
-    #[serde(default)]
-    cursor: Option<String>,
-}
-
-/// One ledger record: a request, a reported usage event, a refusal row or a transfer.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct UsageRecordView {
-    pub id: String,
-    #[schema(format = DateTime)]
-    pub timestamp: String,
-    pub project: String,
-    pub key_id: String,
-    pub endpoint: String,
-    pub provider: String,
-    pub model: Option<String>,
-    /// The HTTP status of the answer (499: the client went away before one).
-    pub status: u16,
-    /// Whether it counts against limits.
-    pub counted: bool,
-    pub requests: u64,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub total_tokens: u64,
-    pub cached_tokens: u64,
-    pub cost_micros: u64,
-    pub uncached_cost_micros: u64,
-    pub usage_source: tollgate_core::UsageSource,
-    /// What a cache did: `miss`, `partial` (cached prompt tokens or a cheaper price) or
-    /// `hit` (nothing charged, something saved).
-    pub cache: String,
-    pub price_version: Option<String>,
-    pub price_estimated: bool,
-    pub client_ip: Option<String>,
-    pub anonymous_id: Option<String>,
-    pub upstream_request_id: Option<String>,
-    pub latency_ms: u64,
-}
-
-/// A page of ledger records, newest first; `next_cursor` gives the next (null: the last).
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct UsageList {
-    pub data: Vec<UsageRecordView>,
-    pub next_cursor: Option<String>,
-}
-
-pub(crate) fn usage_view(r: &UsageRecord) -> UsageRecordView {
-    UsageRecordView {
-        id: r.id.clone(),
-        timestamp: to_rfc3339(r.ts_ms),
-        project: r.project_id.clone(),
-        key_id: r.key_id.clone(),
-        endpoint: r.endpoint.clone(),
-        provider: r.provider.clone(),
-        model: r.model.clone(),
-        status: r.status,
-        counted: r.counted,
-        requests: r.requests,
-        prompt_tokens: r.prompt_tokens,
-        completion_tokens: r.completion_tokens,
-        total_tokens: r.prompt_tokens + r.completion_tokens,
-        cached_tokens: r.cached_tokens,
-        cost_micros: r.cost_micros,
-        uncached_cost_micros: r.uncached_cost_micros,
-        usage_source: r.usage_source,
-        cache: tollgate_analytics::rollup::CacheOutcome::of(r).as_str().to_owned(),
-        price_version: r.price_version.clone(),
-        price_estimated: r.price_estimated,
-        client_ip: r.client_ip.clone(),
-        anonymous_id: r.anonymous_id.clone(),
-        upstream_request_id: r.upstream_request_id.clone(),
-        latency_ms: r.latency_ms,
-    }
-}
-
-fn parse_cursor(c: &str) -> Option<(i64, String)> {
-    let (ts, id) = c.split_once('.')?;
-    Some((ts.parse().ok()?, id.to_owned()))
-}
-
-#[utoipa::path(get, path = "/api/v1/usage", tag = "usage", params(ListUsage),
-    responses((status = 200, description = "A page of ledger records, newest first", body = UsageList)))]
-async fn list_usage(
-    State(state): State<AppState>,
-    admin: Admin,
-    Query(q): Query<ListUsage>,
-) -> ApiResult<AxumJson<UsageList>> {
-    let project_id = admin.project_filter(q.project)?;
-    if let Some(key_id) = &q.key
-        && admin.0.project_id.is_some()
-    {
-        load_key(&state, &admin, key_id).await?;
-    }
-    let time = |field: &str, v: &Option<String>| -> ApiResult<Option<i64>> {
-        v.as_deref()
-            .map(|s| {
-                parse_timestamp(s).ok_or_else(|| ApiError::invalid_field(field, "must be RFC 3339 or Unix seconds"))
-            })
-            .transpose()
-    };
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > 1000 {
-        return Err(ApiError::invalid_field("limit", "must be between 1 and 1000"));
-    }
-    let cursor = match q.cursor.as_deref() {
-        None => None,
-        Some(c) => {
-            Some(parse_cursor(c).ok_or_else(|| ApiError::invalid_field("cursor", "is not a cursor this API gave"))?)
-        }
-    };
-    let query = UsageQuery {
-        project_id,
-        key_id: q.key,
-        from_ms: time("from", &q.from)?,
-        to_ms: time("to", &q.to)?,
-        cursor,
-        limit,
-    };
-    let records = state.ledger.query(query).await?;
-    let next = (records.len() == limit).then(|| records.last().map(|r| format!("{}.{}", r.ts_ms, r.id))).flatten();
-    Ok(AxumJson(UsageList { data: records.iter().map(usage_view).collect(), next_cursor: next }))
-}
-
-#[derive(Serialize)]
-struct Health {
-    status: &'static str,
-    /// The ledger writer's queue: depth, capacity (back-pressure), open refusal rows.
-    ledger: tollgate_store::LedgerQueue,
-    /// Whether the upstream has been failing (calls in a row unreachable, timed out,
-    /// invalid or 5xx); measured from real traffic, not probed.
-    upstream: tollgate_gateway::metrics::UpstreamHealth,
-}
-
-/// `GET /health`: up, how far behind the ledger writer is, and whether the upstream
-/// has been failing. `status` is `"degraded"` while new requests wait for room in the
-/// ledger's queue, or while the upstream fails.
-pub async fn health(State(state): State<AppState>) -> AxumJson<Value> {
-    let ledger = state.ledger.queue();
-    let upstream = state.metrics.upstream_health();
-    let backlog = ledger.capacity > 0 && ledger.queued >= ledger.capacity;
-    let status = if backlog || upstream.status != "ok" { "degraded" } else { "ok" };
-    AxumJson(json!(Health { status, ledger, upstream }))
-}
-
-/// `GET /health/detailed` (operator token): `/health`'s answer, the store, and in
-/// distributed mode the running instances (from the registry: each says it is alive
-/// every few seconds) and who holds each background job's lease.
-pub async fn health_detailed(
-    State(state): State<AppState>,
-    admin: crate::auth::Admin,
-) -> Result<AxumJson<Value>, ApiError> {
-    admin.require_operator()?;
-    let AxumJson(mut body) = health(State(state.clone())).await;
-    let (store, cluster) = match &state.distributed {
-        None => ("embedded", Value::Null),
-        Some(parts) => {
-            let instances = parts.registry.list(tollgate_store_distributed::ALIVE_WITHIN).await?;
-            let rebuild = parts.rebuild_lease.current_holder().await?;
-            let retention = parts.retention_lease.current_holder().await?;
-            let events = parts.events_lease.current_holder().await?;
-            (
-                "distributed",
-                json!({
-                    "this_instance": parts.instance_id,
-                    "instances": instances.iter().map(|i| json!({
-                        "id": i.id,
-                        "version": i.version,
-                        "hostname": i.hostname,
-                        "started_at": tollgate_core::calendar::to_rfc3339(i.started_at_ms),
-                        "last_seen": tollgate_core::calendar::to_rfc3339(i.last_seen_ms),
-                    })).collect::<Vec<_>>(),
-                    "leases": { "counter-rebuild": rebuild, "retention": retention, "usage-events": events },
-                    "redis_breaker_open": parts.limiter.is_down(),
-                }),
-            )
-        }
-    };
-    body["store"] = json!(store);
-    body["cluster"] = cluster;
-    body["events"] = state.events.as_ref().map_or(Value::Null, |tailer| events_health(tailer));
-    Ok(AxumJson(body))
-}
-
-/// The usage events sink in `/health/detailed` (never its URL: it may hold credentials).
-fn events_health(tailer: &tollgate_events::Tailer) -> Value {
-    use std::sync::atomic::Ordering::Relaxed;
-    let stats = &tailer.stats;
-    let last = stats.last_published_ms.load(Relaxed);
-    json!({
-        "stream": tailer.settings().stream,
-        "subject": tailer.settings().subject,
-        "cursor_name": tailer.cursor_name(),
-        "active": stats.active.load(Relaxed),
-        "connected": stats.connected.load(Relaxed),
-        "cursor": stats.cursor.load(Relaxed),
-        "lag_records": stats.lag_records.load(Relaxed),
-        "published": stats.published.load(Relaxed),
-        "duplicates": stats.duplicates.load(Relaxed),
-        "failures": stats.failures.load(Relaxed),
-        "last_error": stats.last_error(),
-        "last_published": (last > 0).then(|| tollgate_core::calendar::to_rfc3339(last)),
-    })
 }

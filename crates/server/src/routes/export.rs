@@ -28,7 +28,7 @@ use crate::app::AppState;
 use crate::auth::Admin;
 use crate::http::error::ApiError;
 use crate::http::extract::Query;
-use crate::routes::admin::usage_view;
+use crate::routes::ledger::usage_view;
 
 /// Ledger rows per page (and per body chunk).
 pub const PAGE: usize = 1_000;

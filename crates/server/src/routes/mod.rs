@@ -7,6 +7,8 @@ pub mod alerts;
 pub mod analytics;
 pub mod dashboard;
 pub mod export;
+pub mod health;
+pub mod ledger;
 pub mod metrics;
 pub mod projects;
 pub mod proxy;
