@@ -113,7 +113,7 @@ impl Gateway {
         headers: &HeaderMap,
     ) -> Option<Result<CachePlan, CacheStatus>> {
         let settings = &authed.project.cache;
-        if !settings.enabled || self.cache.is_none() {
+        if !settings.enabled || self.cache.is_none() || !cacheable(view.endpoint) {
             return None;
         }
         let (no_cache, no_store) = directives(headers);
@@ -203,6 +203,12 @@ pub fn hit_body(view: &RequestView<'_>, entry: &Entry) -> Option<(Bytes, bool)> 
         Endpoint::Embeddings | Endpoint::Messages | Endpoint::Responses => return None,
     };
     replay::sse(kind, &entry.body, view.client_wants_usage).map(|b| (b, true))
+}
+
+/// Whether answers of `endpoint` are cached: not Messages and Responses (yet), whose
+/// streams cannot be replayed.
+pub fn cacheable(endpoint: Endpoint) -> bool {
+    matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings)
 }
 
 /// The replay kind of an endpoint's streams.

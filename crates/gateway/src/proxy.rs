@@ -173,11 +173,9 @@ impl Gateway {
                 cache: None,
             };
         }
-        // The cache phase: one branch when the project's cache is off. Messages and
-        // Responses are not cached (yet): their streams cannot be replayed.
-        let cacheable = matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings);
-        let planned = if cacheable { self.cache_plan(authed, &view, &body, &headers) } else { None };
-        let (cache_plan, cache_status) = match planned {
+        // The cache phase: one branch when the project's cache is off (or the
+        // endpoint is not cached, `cache::cacheable`).
+        let (cache_plan, cache_status) = match self.cache_plan(authed, &view, &body, &headers) {
             None => (None, None),
             Some(Err(status)) => (None, Some(status)),
             Some(Ok(plan)) => {
