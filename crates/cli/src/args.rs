@@ -185,6 +185,10 @@ Settings (TOML file, or TOLLGATE_<NAME>, nested with __: TOLLGATE_UPSTREAM__BASE
                          drain_after_hangup_ms, drain_after_hangup_bytes
   anthropic.*            base_url, api_key, version, provider: the upstream of /v1/messages
                          (docs/providers.md)
+  providers.<name>       kind (openai | azure | gemini | anthropic), base_url, api_key,
+                         api_version, deployments, anthropic_version (docs/providers.md)
+  routing.*              routes, breaker, attempt_timeout_ms, probe_every_secs,
+                         sticky_secret: aliases, splits, fallbacks (docs/routing.md)
   limits.*               forwarded_for_hops, invalid_keys_per_minute, anonymous_plan,
                          default_max_output_tokens, max_reserved_output_tokens
   plans.<name>           plans created on first start

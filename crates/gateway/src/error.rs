@@ -22,6 +22,10 @@ pub enum UpstreamFailure {
     /// misconfiguration, answered 502 (not the upstream's 401 blaming the client).
     #[error("the gateway has no provider key and the upstream requires one")]
     NoProviderKey,
+    /// Every target of the request's route is being skipped (open circuit breaker, a
+    /// `Retry-After` not yet over, or its limits spent): answered 503.
+    #[error("no target of the route can be tried now")]
+    NoTarget,
 }
 
 impl UpstreamFailure {
@@ -30,6 +34,7 @@ impl UpstreamFailure {
         match self {
             UpstreamFailure::Timeout(_) => 504,
             UpstreamFailure::Unavailable | UpstreamFailure::Invalid | UpstreamFailure::NoProviderKey => 502,
+            UpstreamFailure::NoTarget => 503,
         }
     }
 }

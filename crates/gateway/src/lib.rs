@@ -28,6 +28,7 @@ pub mod count;
 pub mod error;
 pub mod metrics;
 pub mod proxy;
+pub mod route;
 pub mod semantic;
 pub mod settle;
 pub mod stream;
@@ -148,6 +149,9 @@ pub struct GatewayParts {
     pub upstream: Arc<Upstream>,
     /// The Anthropic upstream `/v1/messages` goes to (`[anthropic]`).
     pub anthropic: Arc<Upstream>,
+    /// The providers (those two and `[providers.*]`), the routes over them and each
+    /// routed target's health (see [`route`]).
+    pub routing: Arc<route::Routing>,
     pub plans: Arc<PlanCache>,
     pub settings: Arc<GatewaySettings>,
     /// Work that must finish before shutdown completes (upstream calls whose client

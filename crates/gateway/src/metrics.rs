@@ -114,7 +114,7 @@ impl From<&UpstreamFailure> for UpstreamErrorKind {
     fn from(f: &UpstreamFailure) -> Self {
         match f {
             UpstreamFailure::Timeout(_) => UpstreamErrorKind::Timeout,
-            UpstreamFailure::Unavailable => UpstreamErrorKind::Unreachable,
+            UpstreamFailure::Unavailable | UpstreamFailure::NoTarget => UpstreamErrorKind::Unreachable,
             UpstreamFailure::Invalid => UpstreamErrorKind::InvalidResponse,
             UpstreamFailure::NoProviderKey => UpstreamErrorKind::NoProviderKey,
         }

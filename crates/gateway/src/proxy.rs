@@ -19,6 +19,13 @@ use tokio::sync::oneshot;
 use tollgate_core::{Authed, Decision, ProjectSettings, Traffic};
 use tollgate_providers::sse::{Dialect, SseRewriter};
 use tollgate_providers::{Endpoint, RequestView, Upstream, UpstreamError, UsageScanner};
+use tollgate_router::Failure;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use tollgate_core::LimitItem;
+
+use crate::route::{Provider, Route};
 
 use tollgate_cache::Entry;
 use tollgate_cache::assemble::StreamAssembler;
@@ -127,16 +134,29 @@ impl Gateway {
             cache: None,
         };
         // The one parse of the body: every later step reads this view.
-        let view = match RequestView::parse(endpoint, &body) {
+        let mut view = match RequestView::parse(endpoint, &body) {
             Ok(v) => v,
             Err(e) => return early(e.into(), no_model),
         };
         let model_label = self.metrics.model(&view.model);
-        let provider =
-            if endpoint.is_anthropic() { &self.settings.anthropic_provider } else { &self.settings.provider };
-        let traffic = Traffic {
+        // The route phase: a model naming a route is sent to its targets in turn; any
+        // other to the endpoint's default provider as it is.
+        let route = match self.routing.plan(endpoint, &view.model, &body, &authed.key.id) {
+            None => None,
+            Some(Ok(route)) => Some(route),
+            Some(Err(e)) => return early(e.into(), model_label),
+        };
+        let provider = match &route {
+            Some(route) => &route.targets[0].provider.name,
+            None if endpoint.is_anthropic() => &self.settings.anthropic_provider,
+            None => &self.settings.provider,
+        };
+        let mut traffic = Traffic {
             provider: provider.clone(),
-            model: view.model.clone().into_owned(),
+            model: match &route {
+                Some(route) => route.targets[0].model.clone(),
+                None => view.model.clone().into_owned(),
+            },
             endpoint: endpoint.name().to_owned(),
             client_ip,
             anonymous_id,
@@ -146,11 +166,41 @@ impl Gateway {
         if !self.ledger_room().await {
             return early(GatewayError::LedgerBacklog, model_label);
         }
-        let items = self.limits_for(authed, &traffic);
-        let admission = match self.admit(authed, &view, &body, items, now_ms).await {
-            Ok(a) => a,
-            Err(e) => return early(e, model_label),
+        // A routed request is admitted under its first target whose limits let it
+        // through (provider- and model-scoped limits steer it: a target whose limit is
+        // spent is skipped, not tried); the others are its fallbacks.
+        let mut route_items: Vec<Vec<tollgate_core::LimitItem>> = Vec::new();
+        let mut first = 0;
+        let admission = loop {
+            if let Some(route) = &route {
+                let target = &route.targets[first];
+                traffic.provider.clone_from(&target.provider.name);
+                traffic.model.clone_from(&target.model);
+                view.model = std::borrow::Cow::Owned(target.model.clone());
+            }
+            let items = self.limits_for(authed, &traffic);
+            if route.is_some() {
+                route_items.push(items.clone());
+            }
+            let admission = match self.admit(authed, &view, &body, items, now_ms).await {
+                Ok(a) => a,
+                Err(e) => return early(e, model_label),
+            };
+            let more = route.as_ref().is_some_and(|r| first + 1 < r.targets.len());
+            if admission.decision.allowed() || !more {
+                break admission;
+            }
+            first += 1;
         };
+        // The fallbacks' limit items, for moving the reservation if one is used.
+        if let Some(route) = &route {
+            let mut fallback = traffic.clone();
+            for target in &route.targets[route_items.len()..] {
+                fallback.provider.clone_from(&target.provider.name);
+                fallback.model.clone_from(&target.model);
+                route_items.push(self.limits_for(authed, &fallback));
+            }
+        }
         self.metrics.decision(&admission.decision);
         let estimate = admission.estimate;
         let request_id = admission.request_id;
@@ -259,6 +309,23 @@ impl Gateway {
         let strip_usage = view.strips_usage();
         let upstream_body = view.upstream_body(&body);
         drop(view);
+        let attempts = match self.attempts(endpoint, route, first, route_items, upstream_body) {
+            Ok(attempts) => attempts,
+            Err(e) => {
+                // Admitted but not forwardable: refunded, recorded as the client's 400.
+                let mut settlement = Settlement::new(self.clone(), record, endpoint, body, estimate, started);
+                settlement.failed(400);
+                settlement.finish(Outcome::Nothing);
+                return Proxied {
+                    request_id: Some(request_id),
+                    now_ms,
+                    decision: Some(admission.decision),
+                    result: Err(e.into()),
+                    model_label,
+                    cache: cache_status,
+                };
+            }
+        };
         let settlement = Settlement::new(self.clone(), record, endpoint, body, estimate, started);
         // The OpenAI organization and project are the OpenAI upstream's business only.
         let project = (!endpoint.is_anthropic()).then_some(&*authed.project);
@@ -268,7 +335,7 @@ impl Gateway {
         self.tasks.spawn(async move {
             let deadline = tokio::time::Instant::from_std(started) + gateway.settings.total_timeout;
             let how = Forwarding { strip_usage, deadline, cache_to };
-            forward(gateway, endpoint, upstream_body, passed, settlement, how, answer_tx).await;
+            forward(gateway, endpoint, attempts, passed, settlement, how, answer_tx).await;
         });
         let result = answer_rx
             .await
@@ -287,6 +354,38 @@ impl Gateway {
     /// OpenAI-compatible one for the rest.
     pub fn upstream_for(&self, endpoint: Endpoint) -> &Upstream {
         if endpoint.is_anthropic() { &self.anthropic } else { &self.upstream }
+    }
+
+    /// The attempts of an admitted request: one to the endpoint's default provider,
+    /// or a route's targets from the admitted one on, each with its body (the model
+    /// rewritten) and its limit items.
+    fn attempts(
+        &self,
+        endpoint: Endpoint,
+        route: Option<Route>,
+        first: usize,
+        items: Vec<Vec<tollgate_core::LimitItem>>,
+        body: Bytes,
+    ) -> Result<Vec<Attempt>, tollgate_providers::RequestError> {
+        let Some(route) = route else {
+            let provider = self.routing.default_for(endpoint).clone();
+            let path = provider.path(endpoint, "");
+            return Ok(vec![Attempt { provider, path, body, target: None, model: None, items: None }]);
+        };
+        let mut attempts = Vec::with_capacity(route.targets.len() - first);
+        for (i, target) in route.targets.into_iter().enumerate().skip(first) {
+            let body = crate::route::with_model(&body, &target.model)?;
+            let items = items.get(i).cloned().unwrap_or_default();
+            attempts.push(Attempt {
+                path: target.provider.path(endpoint, &target.model),
+                provider: target.provider,
+                body,
+                target: Some(target.id),
+                model: Some(target.model),
+                items: Some(items),
+            });
+        }
+        Ok(attempts)
     }
 
     /// Waits (at most `commit_timeout`) until the ledger's queue has room; false if
@@ -381,42 +480,174 @@ struct Forwarding {
     cache_to: Option<crate::cache::CacheTarget>,
 }
 
-/// Forwards, reads the answer, and sends it to the waiting handler; a whole answer
-/// is recorded before it is sent, and settled after. Everything ends by `deadline`
-/// (the request's total deadline): before the head, a 504; a stream, with an error
-/// event.
+/// One attempt at a target: where it goes and what it sends.
+pub(crate) struct Attempt {
+    provider: Arc<Provider>,
+    /// The path (and query) on the provider's base URL.
+    path: Cow<'static, str>,
+    body: Bytes,
+    /// The target's id (`provider/model`) for its health, when routed.
+    target: Option<String>,
+    /// The target's model, when routed (recorded and priced by).
+    model: Option<String>,
+    /// The target's limit items, when routed: a fallback whose items differ from the
+    /// held reservation's moves the reservation to them first.
+    items: Option<Vec<LimitItem>>,
+}
+
+/// Why an attempt gave no answer, kept to answer with when no target is left.
+enum Failed {
+    Error(UpstreamError),
+    /// Every remaining target was skipped (open breaker, `Retry-After`, limits).
+    Nothing,
+}
+
+/// Tries the attempts in turn: a connection error, a timeout, a 5xx, a 429 or a
+/// stream that breaks before its first byte moves on to the next target (each failed
+/// attempt is its own ledger row, refunded); any other answer is delivered. The last
+/// target's answer is delivered whatever it is.
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     gateway: Gateway,
     endpoint: Endpoint,
-    body: Bytes,
+    attempts: Vec<Attempt>,
     headers: HeaderMap,
     mut settlement: Settlement,
     how: Forwarding,
     answer: oneshot::Sender<Result<Answer, GatewayError>>,
 ) {
+    let total = gateway.settings.total_timeout;
+    let count = attempts.len();
+    let mut held: Option<Vec<LimitItem>> = None;
+    let mut failed = Failed::Nothing;
+    let mut tried = 0u32;
+    for (i, attempt) in attempts.into_iter().enumerate() {
+        let more = i + 1 < count;
+        let Attempt { provider, path, body, target, model, items } = attempt;
+        let health = &gateway.routing.health;
+        if let Some(id) = &target {
+            if !health.admit(id, crate::now_ms()).allowed() {
+                continue;
+            }
+            // The reservation follows the target: refunded where it was, held where
+            // the target's limits count (a target they refuse is skipped).
+            if let Some(items) = items {
+                match &held {
+                    None => held = Some(items),
+                    Some(current) if *current == items => {}
+                    Some(_) => {
+                        if !settlement.move_reservation(&items).await {
+                            continue;
+                        }
+                        held = Some(items);
+                    }
+                }
+            }
+            settlement.retarget(&provider.name, model.as_deref());
+        }
+        tried += 1;
+        let sent_at = settlement.sent();
+        // A hung target must leave time for the next one.
+        let until = if more {
+            how.deadline.min(tokio::time::Instant::now() + gateway.routing.attempt_timeout)
+        } else {
+            how.deadline
+        };
+        let send = provider.upstream.send(reqwest::Method::POST, &path, headers.clone(), Some(body));
+        let sent = tokio::time::timeout_at(until, send).await.unwrap_or(Err(UpstreamError::Timeout(total)));
+        let latency_ms = sent_at.elapsed().as_millis() as u64;
+        let mut upstream = match sent {
+            Ok(u) => u,
+            Err(e) => {
+                let why = if matches!(e, UpstreamError::Timeout(_)) { Failure::Timeout } else { Failure::Connect };
+                if let Some(id) = &target {
+                    health.failure(id, crate::now_ms(), latency_ms, why, None);
+                }
+                if more && e.retryable() {
+                    let failure = failure(&e);
+                    gateway.metrics.upstream_error((&failure).into());
+                    settlement.record_attempt(tried, failure.status());
+                    failed = Failed::Error(e);
+                    continue;
+                }
+                failed = Failed::Error(e);
+                break;
+            }
+        };
+        let status = upstream.status;
+        if status == 429 || status >= 500 {
+            if let Some(id) = &target {
+                let retry = tollgate_router::parse_retry_after_ms(upstream.retry_after.as_deref(), crate::now_ms());
+                health.failure(id, crate::now_ms(), latency_ms, Failure::Status(status), retry);
+            }
+            if more {
+                gateway.metrics.upstream_error(if status == 429 {
+                    crate::metrics::UpstreamErrorKind::Throttled
+                } else {
+                    crate::metrics::UpstreamErrorKind::ServerError
+                });
+                settlement.record_attempt(tried, status);
+                continue;
+            }
+        } else if more && status == 200 && is_event_stream(upstream.content_type.as_deref()) {
+            // A stream that breaks before its first byte reached the client falls
+            // back; after that byte there is no silent switch.
+            let first = tokio::time::timeout_at(until, upstream.body.next()).await;
+            match first {
+                Ok(Some(Ok(chunk))) => {
+                    let rest = std::mem::replace(&mut upstream.body, Box::pin(futures_util::stream::empty()));
+                    upstream.body = Box::pin(futures_util::stream::iter([Ok(chunk)]).chain(rest));
+                }
+                _ => {
+                    if let Some(id) = &target {
+                        health.failure(id, crate::now_ms(), latency_ms, Failure::StreamBeforeFirstByte, None);
+                    }
+                    gateway.metrics.upstream_error(crate::metrics::UpstreamErrorKind::Unreachable);
+                    settlement.record_attempt(tried, 502);
+                    failed = Failed::Error(UpstreamError::Body("the stream broke before its first event".into()));
+                    continue;
+                }
+            }
+            if let Some(id) = &target {
+                health.success(id, crate::now_ms(), latency_ms);
+            }
+        } else if let Some(id) = &target {
+            health.success(id, crate::now_ms(), latency_ms);
+        }
+        let has_api_key = provider.upstream.has_api_key();
+        deliver(gateway, endpoint, upstream, has_api_key, settlement, how, sent_at, answer).await;
+        return;
+    }
+    let failure = match failed {
+        Failed::Error(e) => failure(&e),
+        Failed::Nothing => UpstreamFailure::NoTarget,
+    };
+    gateway.metrics.upstream_error((&failure).into());
+    fail(settlement, failure, answer).await;
+}
+
+fn is_event_stream(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|ct| ct.starts_with("text/event-stream"))
+}
+
+/// Reads the answer and sends it to the waiting handler; a whole answer is recorded
+/// before it is sent, and settled after. Everything ends by the request's deadline:
+/// a stream, with an error event.
+#[allow(clippy::too_many_arguments)]
+async fn deliver(
+    gateway: Gateway,
+    endpoint: Endpoint,
+    upstream: tollgate_providers::UpstreamResponse,
+    has_api_key: bool,
+    mut settlement: Settlement,
+    how: Forwarding,
+    sent_at: Instant,
+    answer: oneshot::Sender<Result<Answer, GatewayError>>,
+) {
     let Forwarding { strip_usage, deadline, cache_to } = how;
     let total = gateway.settings.total_timeout;
-    let sent_at = settlement.sent();
-    let upstream = gateway.upstream_for(endpoint);
-    let send = upstream.send(reqwest::Method::POST, endpoint.upstream_path(), headers, Some(body));
-    let sent = tokio::time::timeout_at(deadline, send).await.unwrap_or(Err(UpstreamError::Timeout(total)));
-    let upstream = match sent {
-        Ok(u) => u,
-        Err(e) => {
-            let failure = failure(&e);
-            gateway.metrics.upstream_error((&failure).into());
-            settlement.failed(failure.status());
-            if let Some(commit) = settlement.finish(Outcome::Nothing) {
-                // The answer is an error already; a failed commit is logged.
-                let _ = commit.await;
-            }
-            let _ = answer.send(Err(failure.into()));
-            return;
-        }
-    };
     settlement.upstream_request_id(upstream.request_id.clone());
-    if upstream.status == 401 && !gateway.upstream_for(endpoint).has_api_key() {
+    if upstream.status == 401 && !has_api_key {
         // The upstream's own message would blame the client's key; the fault is the
         // gateway's configuration. Refunded: nothing is charged.
         gateway.metrics.upstream_error(crate::metrics::UpstreamErrorKind::NoProviderKey);

@@ -151,6 +151,70 @@ impl Settlement {
         }
     }
 
+    /// The request now goes to `provider` and `model` (a routed request's target):
+    /// what its record names, and prices it by when the answer names no model.
+    pub fn retarget(&mut self, provider: &str, model: Option<&str>) {
+        if let Some(p) = &mut self.pending {
+            if p.record.provider != provider {
+                p.record.provider = provider.to_owned();
+            }
+            if let Some(model) = model {
+                p.record.model = Some(model.to_owned());
+            }
+        }
+    }
+
+    /// Records attempt `n` of a routed request, which failed with `status` and fell
+    /// back to the next target: its own ledger row (`<request id>-<n>`, the target's
+    /// provider and model), refunded: it is not the client's usage.
+    pub fn record_attempt(&mut self, n: u32, status: u16) {
+        let Some(p) = &mut self.pending else { return };
+        let record = UsageRecord {
+            id: format!("{}-{n}", p.record.id),
+            status,
+            counted: false,
+            latency_ms: p.sent.map_or(0, |s| s.elapsed().as_millis() as u64),
+            upstream_request_id: None,
+            ..p.record.clone()
+        };
+        p.gateway.ledger.append(record);
+    }
+
+    /// Moves the held reservation to `items` (a fallback target whose provider- or
+    /// model-scoped limits differ): released where it was, reserved again under the
+    /// same request id. False when the target's limits refuse it (nothing is then
+    /// held, and the target is skipped).
+    pub async fn move_reservation(&mut self, items: &[tollgate_core::LimitItem]) -> bool {
+        let Some(p) = &mut self.pending else { return false };
+        let gateway = p.gateway.clone();
+        let (partition, request_id) = (p.record.project_id.clone(), p.record.id.clone());
+        let release = SettleRequest {
+            partition: &partition,
+            request_id: &request_id,
+            actual: Amounts::default(),
+            now_ms: now_ms(),
+        };
+        if let Err(e) = gateway.limiter.settle(release).await {
+            tracing::error!(%request_id, error = %e, "releasing a reservation for a fallback failed");
+        }
+        let reserve = tollgate_store::ReserveRequest {
+            partition: &partition,
+            request_id: &request_id,
+            items,
+            amounts: p.estimate,
+            now_ms: now_ms(),
+            hold: true,
+            hold_ms: gateway.settings.reservation_hold_ms(),
+        };
+        match gateway.limiter.reserve(reserve).await {
+            Ok(decision) => decision.allowed(),
+            Err(e) => {
+                tracing::warn!(%request_id, error = %e, "reserving for a fallback target failed: skipped");
+                false
+            }
+        }
+    }
+
     /// The upstream answered with `status`: 2xx spent tokens; its own failures (5xx)
     /// and throttling (429) are refunded, they are not the client's usage.
     pub fn answered(&mut self, status: u16) {

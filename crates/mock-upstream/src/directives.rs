@@ -29,6 +29,9 @@ pub enum Fault {
     /// `hold-usage`: a stream sends every content chunk, then holds the usage chunk
     /// and `[DONE]` until [`MockUpstream::release_held_usage`].
     HoldUsage,
+    /// `cut`: a 200 head, then the connection aborted before any byte of the body
+    /// (a stream that breaks before its first event).
+    Cut,
 }
 
 impl Fault {
@@ -39,6 +42,7 @@ impl Fault {
             "reset" => Some(Self::Reset),
             "stall" => Some(Self::Stall),
             "hold-usage" => Some(Self::HoldUsage),
+            "cut" => Some(Self::Cut),
             _ => None,
         }
     }

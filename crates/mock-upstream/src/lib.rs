@@ -124,9 +124,23 @@ pub struct MockUpstream {
     inner: Arc<Inner>,
 }
 
+/// A behaviour forced on every request of one mock (on top of its `x-mock-*`
+/// headers), changeable while it runs: a failing provider that later recovers.
+#[derive(Clone, Debug, Default)]
+pub struct Forced {
+    /// Answer every request with this status (and OpenAI's error body).
+    pub status: Option<u16>,
+    pub fault: Option<Fault>,
+    /// Wait this long before answering.
+    pub latency_ms: Option<u64>,
+}
+
 #[derive(Debug)]
 struct Inner {
     config: MockConfig,
+    forced: std::sync::Mutex<Forced>,
+    /// The Azure deployment of the last Azure-style call.
+    last_deployment: std::sync::Mutex<Option<String>>,
     served: AtomicU64,
     next_id: AtomicU64,
     /// Permits for streams held by `hold-usage` ([`MockUpstream::release_held_usage`]).
@@ -145,11 +159,23 @@ impl MockUpstream {
         Self {
             inner: Arc::new(Inner {
                 config,
+                forced: std::sync::Mutex::new(Forced::default()),
+                last_deployment: std::sync::Mutex::new(None),
                 served: AtomicU64::new(0),
                 next_id: AtomicU64::new(0),
                 usage_gate: Arc::new(tokio::sync::Semaphore::new(0)),
             }),
         }
+    }
+
+    /// Forces `forced` on every later request (`Forced::default()` ends it).
+    pub fn force(&self, forced: Forced) {
+        *self.inner.forced.lock().unwrap_or_else(|p| p.into_inner()) = forced;
+    }
+
+    /// The deployment the last Azure-style call (`/openai/deployments/{name}/…`) named.
+    pub fn last_deployment(&self) -> Option<String> {
+        self.inner.last_deployment.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Lets one stream held by `x-mock-fault: hold-usage` send its usage chunk and
@@ -168,6 +194,12 @@ impl MockUpstream {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/v1/chat/completions", post(chat_completions))
+            // Azure OpenAI's deployment URLs and Gemini's OpenAI-compatible endpoint.
+            .route("/openai/deployments/{deployment}/chat/completions", post(azure_chat_completions))
+            .route("/openai/deployments/{deployment}/embeddings", post(azure_embeddings))
+            .route("/v1beta/openai/chat/completions", post(chat_completions))
+            .route("/v1beta/openai/models", get(list_models))
+            .route("/openai/models", get(list_models))
             .route("/v1/completions", post(completions))
             .route("/v1/embeddings", post(embeddings))
             .route("/v1/responses", post(responses::responses))
@@ -285,6 +317,11 @@ impl RunningMock {
         self.upstream.release_held_usage();
     }
 
+    /// See [`MockUpstream::force`].
+    pub fn force(&self, forced: Forced) {
+        self.upstream.force(forced);
+    }
+
     /// See [`MockUpstream::requests_served`].
     pub fn requests_served(&self) -> u64 {
         self.upstream.requests_served()
@@ -314,7 +351,17 @@ impl Drop for RunningMock {
 /// authenticate, and apply an injected status. The order mirrors a real
 /// upstream, which is slow before it rejects a bad key.
 async fn prelude(inner: &Inner, headers: &HeaderMap) -> Result<Directives, ApiError> {
-    let directives = Directives::parse(headers, &inner.config)?;
+    let mut directives = Directives::parse(headers, &inner.config)?;
+    let forced = inner.forced.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(status) = forced.status.and_then(|s| StatusCode::from_u16(s).ok()) {
+        directives.status = Some(status);
+    }
+    if forced.fault.is_some() {
+        directives.fault = forced.fault;
+    }
+    if let Some(ms) = forced.latency_ms {
+        directives.latency = Duration::from_millis(ms);
+    }
     if !directives.latency.is_zero() {
         tokio::time::sleep(directives.latency).await;
     }
@@ -329,10 +376,12 @@ fn check_auth(config: &MockConfig, headers: &HeaderMap) -> Result<(), ApiError> 
     let Some(expected) = config.expected_api_key.as_deref() else {
         return Ok(());
     };
+    // Azure OpenAI takes the key as `api-key`.
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("api-key").and_then(|v| v.to_str().ok()))
         .map(str::trim);
     match presented {
         Some(key) if key == expected => Ok(()),
@@ -515,6 +564,65 @@ fn include_usage(body: &Map<String, Value>) -> bool {
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Azure's chat completions: the deployment names the model, `api-version` is
+/// required and the key comes as `api-key`.
+async fn azure_chat_completions(
+    State(inner): State<Arc<Inner>>,
+    Path(deployment): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    azure_check(&uri, &headers)?;
+    *inner.last_deployment.lock().unwrap_or_else(|p| p.into_inner()) = Some(deployment.clone());
+    let response = chat_completions(State(inner), headers, body).await?;
+    Ok(with_deployment(response, &deployment))
+}
+
+async fn azure_embeddings(
+    State(inner): State<Arc<Inner>>,
+    Path(deployment): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    azure_check(&uri, &headers)?;
+    *inner.last_deployment.lock().unwrap_or_else(|p| p.into_inner()) = Some(deployment.clone());
+    let response = embeddings(State(inner), headers, body).await?;
+    Ok(with_deployment(response, &deployment))
+}
+
+fn azure_check(uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
+    let has_version = uri.query().is_some_and(|q| q.split('&').any(|p| p.starts_with("api-version=") && p.len() > 12));
+    if !has_version {
+        return Err(openai_error(
+            StatusCode::BAD_REQUEST,
+            "Missing the api-version query parameter.",
+            "invalid_request_error",
+            Some("missing_api_version"),
+            None,
+        ));
+    }
+    if headers.contains_key(header::AUTHORIZATION) {
+        return Err(openai_error(
+            StatusCode::UNAUTHORIZED,
+            "Azure takes its key as api-key.",
+            "invalid_request_error",
+            Some("invalid_api_key"),
+            None,
+        ));
+    }
+    Ok(())
+}
+
+/// Names the deployment an Azure answer came from (`x-mock-deployment`).
+fn with_deployment(mut response: Response, deployment: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(deployment) {
+        response.headers_mut().insert(HeaderName::from_static("x-mock-deployment"), value);
+    }
+    response
 }
 
 async fn chat_completions(

@@ -43,6 +43,7 @@ pub(crate) fn json_reply(mut value: Value, fault: Option<Fault>) -> Response {
             let body = stream::iter([Ok(head)]).chain(stream::pending()).boxed();
             json_stream_response(body)
         }
+        Some(Fault::Cut) => json_stream_response(reset_after_delay().boxed()),
     }
 }
 
@@ -173,6 +174,7 @@ pub(crate) fn sse_reply(
         }
         Some(Fault::Reset) => stream::iter(events.into_iter().take(2).map(Ok)).chain(reset_after_delay()).boxed(),
         Some(Fault::Stall) => stream::iter(events.into_iter().take(1).map(Ok)).chain(stream::pending()).boxed(),
+        Some(Fault::Cut) => reset_after_delay().boxed(),
         _ => stream::iter(events.into_iter().map(Ok)).boxed(),
     };
     let mut response = Body::from_stream(body).into_response();

@@ -33,6 +33,8 @@ pub enum UpstreamAuth {
     Bearer,
     /// `x-api-key: <key>` (Anthropic).
     XApiKey,
+    /// `api-key: <key>` (Azure OpenAI).
+    ApiKey,
 }
 
 impl std::fmt::Debug for UpstreamConfig {
@@ -128,6 +130,7 @@ impl Upstream {
                 let (name, text) = match config.auth {
                     UpstreamAuth::Bearer => (reqwest::header::AUTHORIZATION, format!("Bearer {key}")),
                     UpstreamAuth::XApiKey => (reqwest::header::HeaderName::from_static("x-api-key"), key.clone()),
+                    UpstreamAuth::ApiKey => (reqwest::header::HeaderName::from_static("api-key"), key.clone()),
                 };
                 let mut value = reqwest::header::HeaderValue::from_str(&text)
                     .map_err(|_| UpstreamError::Config("provider key is not a valid header value".into()))?;

@@ -12,14 +12,14 @@
 //! Only failures that are the target's fault count ([`Failure::counts_against_target`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use serde::Deserialize;
 
 use crate::attempt::Failure;
 
 /// The breaker's settings (`[routing.breaker]`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerSettings {
     /// How many recent calls the failure rate is computed over.
@@ -139,24 +139,32 @@ pub struct TargetHealth {
     pub total_failures: u64,
 }
 
-/// Every target's health, shared by the gateway's requests.
+/// Every target's health, shared by the gateway's requests. A target's state has
+/// its own lock, found under a read lock on the map (no allocation, no global lock
+/// on the request path); the map is written only the first time a target is seen.
 #[derive(Debug, Default)]
 pub struct Health {
     settings: BreakerSettings,
-    targets: Mutex<HashMap<String, TargetState>>,
+    targets: RwLock<HashMap<String, Mutex<TargetState>>>,
 }
 
 impl Health {
     pub fn new(settings: BreakerSettings) -> Health {
-        Health { settings, targets: Mutex::new(HashMap::new()) }
+        Health { settings, targets: RwLock::new(HashMap::new()) }
     }
 
     fn with<R>(&self, target: &str, f: impl FnOnce(&mut TargetState) -> R) -> R {
         // A poisoned lock only means another request panicked mid-update of plain
         // counters; they are still usable.
-        let mut targets = self.targets.lock().unwrap_or_else(|p| p.into_inner());
-        let state = targets.entry(target.to_owned()).or_insert_with(TargetState::new);
-        f(state)
+        {
+            let targets = self.targets.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(state) = targets.get(target) {
+                return f(&mut state.lock().unwrap_or_else(|p| p.into_inner()));
+            }
+        }
+        let mut targets = self.targets.write().unwrap_or_else(|p| p.into_inner());
+        let state = targets.entry(target.to_owned()).or_insert_with(|| Mutex::new(TargetState::new()));
+        f(state.get_mut().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Whether `target` may be tried at `now_ms`; a [`Admit::Probe`] holds the
@@ -242,17 +250,21 @@ impl Health {
     /// Targets (of `known`) with no call since `idle_ms` before `now_ms`: the ones a
     /// cheap probe (`GET /models`) should look at.
     pub fn idle(&self, known: &[String], now_ms: i64, idle_ms: i64) -> Vec<String> {
-        let targets = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+        let targets = self.targets.read().unwrap_or_else(|p| p.into_inner());
         known
             .iter()
-            .filter(|k| targets.get(k.as_str()).is_none_or(|t| now_ms - t.last_call_ms >= idle_ms))
+            .filter(|k| {
+                targets
+                    .get(k.as_str())
+                    .is_none_or(|t| now_ms - t.lock().unwrap_or_else(|p| p.into_inner()).last_call_ms >= idle_ms)
+            })
             .cloned()
             .collect()
     }
 
     /// The health of `known` targets (and any other seen), sorted by name.
     pub fn snapshot(&self, known: &[String], now_ms: i64) -> Vec<TargetHealth> {
-        let targets = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+        let targets = self.targets.read().unwrap_or_else(|p| p.into_inner());
         let mut names: Vec<&str> = known.iter().map(String::as_str).collect();
         names.extend(targets.keys().map(String::as_str));
         names.sort_unstable();
@@ -261,7 +273,8 @@ impl Health {
         names
             .into_iter()
             .map(|name| {
-                let t = targets.get(name).unwrap_or(&empty);
+                let guard = targets.get(name).map(|t| t.lock().unwrap_or_else(|p| p.into_inner()));
+                let t = guard.as_deref().unwrap_or(&empty);
                 let failed = t.calls.iter().filter(|c| c.failed).count();
                 let ok: Vec<u64> = t.calls.iter().filter(|c| !c.failed).map(|c| c.latency_ms).collect();
                 let skipped = [

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// One upstream target: a configured provider and the model it is asked for.
@@ -40,7 +40,7 @@ impl TargetRef {
 }
 
 /// What sticky assignment hashes when the caller gives no user id.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Sticky {
     /// The caller's user id if given, else the key id (the default).
@@ -51,7 +51,7 @@ pub enum Sticky {
 }
 
 /// A route as configured: a list, or a table with weights.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum RouteSpec {
     Ordered(Vec<String>),

@@ -86,6 +86,7 @@ impl Application {
             );
         }
         let anthropic = Arc::new(Upstream::new(&config.anthropic).context("configuring the Anthropic upstream")?);
+        let routing = Arc::new(build_routing(&config, &upstream, &anthropic)?);
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {} (setting `listen`)", config.listen))?;
@@ -143,6 +144,7 @@ impl Application {
             ledger: backend.ledger.clone(),
             upstream,
             anthropic,
+            routing,
             plans,
             settings: Arc::new(settings),
             tasks: TaskTracker::new(),
@@ -203,6 +205,9 @@ impl Application {
         let jobs = CancellationToken::new();
         let job_tasks = TaskTracker::new();
         job_tasks.spawn(prune_loop(state.clone(), jobs.clone()));
+        if !state.gateway.routing.router.is_empty() && state.config.routing.probe_every > Duration::ZERO {
+            job_tasks.spawn(probe_loop(state.clone(), jobs.clone()));
+        }
         job_tasks.spawn(crate::retention::retention_loop(state.clone(), jobs.clone()));
         backend.spawn_jobs(&state.job_context(), &jobs, &job_tasks);
         if let Some(tailer) = state.events.clone() {
@@ -261,6 +266,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::routes::dashboard::routes(&state))
         .route("/health", get(crate::routes::health::health))
         .route("/health/detailed", get(crate::routes::health::health_detailed))
+        .route("/ready", get(crate::routes::health::ready))
         .route("/metrics", get(crate::routes::metrics::metrics))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(fallback)
@@ -344,6 +350,23 @@ pub async fn prune_once(state: &AppState) {
         Ok(n) if n > 0 => tracing::debug!(pruned = n, "idle counters dropped"),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "pruning counters failed"),
+    }
+}
+
+/// Probes idle routed targets' providers (`GET /models`) every `routing.probe_every_secs`,
+/// the first time at start.
+async fn probe_loop(state: AppState, cancel: CancellationToken) {
+    let every = state.config.routing.probe_every;
+    let idle_ms = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = state.gateway.routing.probe_idle(now_ms(), idle_ms) => {}
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
     }
 }
 
@@ -471,4 +494,33 @@ pub fn random_bytes() -> Result<[u8; tollgate_core::key::RANDOM_BYTES], ApiError
     let mut buf = [0u8; tollgate_core::key::RANDOM_BYTES];
     getrandom::fill(&mut buf).map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
     Ok(buf)
+}
+
+/// The providers (`[upstream]`, `[anthropic]`, `[providers.*]`) and `[routing]`.
+fn build_routing(
+    config: &Config,
+    upstream: &Arc<Upstream>,
+    anthropic: &Arc<Upstream>,
+) -> anyhow::Result<tollgate_gateway::route::Routing> {
+    use tollgate_gateway::route::{Provider, ProviderKind, Routing};
+    let default_openai =
+        Arc::new(Provider { name: config.provider.clone(), kind: ProviderKind::OpenAi, upstream: upstream.clone() });
+    let default_anthropic = Arc::new(Provider {
+        name: config.anthropic_provider.clone(),
+        kind: ProviderKind::Anthropic,
+        upstream: anthropic.clone(),
+    });
+    let mut routing = Routing::direct(default_openai, default_anthropic);
+    for p in &config.providers {
+        let upstream = Upstream::new(&p.upstream).with_context(|| format!("configuring provider '{}'", p.name))?;
+        let provider = Provider { name: p.name.clone(), kind: p.kind.clone(), upstream: Arc::new(upstream) };
+        routing.providers.insert(p.name.clone(), Arc::new(provider));
+    }
+    let names: Vec<String> = routing.providers.keys().cloned().collect();
+    let r = &config.routing;
+    routing.router = tollgate_router::Router::new(r.routes.clone(), names.iter().map(String::as_str), &r.sticky_secret)
+        .context("configuring [routing]")?;
+    routing.health = tollgate_router::Health::new(r.breaker);
+    routing.attempt_timeout = r.attempt_timeout;
+    Ok(routing)
 }

@@ -27,6 +27,7 @@ mod dashboard;
 mod env;
 mod events;
 mod otlp;
+mod routing;
 mod store;
 
 use alerts::alerts_settings;
@@ -43,6 +44,7 @@ use env::unknown_env_var;
 use events::events_settings;
 pub use events::{EventsSettings, RawEvents};
 pub use otlp::{OtlpSettings, RawOtlp};
+pub use routing::{ProviderConfig, ProviderKindName, RawProvider, RawRouting, RoutingConfig};
 
 /// The file and environment shape of the configuration.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -58,6 +60,10 @@ pub struct RawConfig {
     pub upstream: RawUpstream,
     /// The Anthropic upstream of `/v1/messages` (docs/providers.md).
     pub anthropic: RawAnthropic,
+    /// More providers, by name (docs/providers.md).
+    pub providers: BTreeMap<String, RawProvider>,
+    /// Model aliases, splits, fallbacks and the circuit breaker (docs/routing.md).
+    pub routing: RawRouting,
     pub plans: BTreeMap<String, RawPlan>,
     pub limits: RawLimits,
     /// `sync`: a response ends only once its ledger record is committed to disk (a
@@ -189,6 +195,8 @@ impl Default for RawConfig {
             shutdown_grace_secs: 30,
             upstream: RawUpstream::default(),
             anthropic: RawAnthropic::default(),
+            providers: BTreeMap::new(),
+            routing: RawRouting::default(),
             limits: RawLimits::default(),
             durability: Durability::Sync,
             commit_timeout_ms: 5_000,
@@ -308,6 +316,10 @@ pub struct Config {
     pub anthropic: tollgate_providers::UpstreamConfig,
     /// Its provider name (`anthropic.provider`).
     pub anthropic_provider: String,
+    /// `[providers.*]`.
+    pub providers: Vec<ProviderConfig>,
+    /// `[routing]`.
+    pub routing: RoutingConfig,
     /// Client headers passed through to the upstream.
     pub forward_headers: Vec<axum::http::HeaderName>,
     /// Plans created on first start (never overwritten afterwards).
@@ -423,6 +435,14 @@ impl Config {
         if shown.anthropic.api_key.is_some() {
             shown.anthropic.api_key = redacted();
         }
+        for provider in shown.providers.values_mut() {
+            if provider.api_key.is_some() {
+                provider.api_key = redacted();
+            }
+        }
+        if shown.routing.sticky_secret.is_some() {
+            shown.routing.sticky_secret = redacted();
+        }
         if shown.redis_url.is_some() {
             shown.redis_url = redacted();
         }
@@ -478,6 +498,13 @@ impl Config {
         })?;
         let store = store::store_from_raw(&raw)?;
         let (anthropic, anthropic_provider) = anthropic::anthropic_upstream(&raw)?;
+        if anthropic_provider == raw.upstream.provider.trim() {
+            return Err(invalid("anthropic.provider", "must differ from upstream.provider"));
+        }
+        let providers = routing::providers(&raw, &[raw.upstream.provider.trim(), &anthropic_provider])?;
+        let mut provider_names: Vec<&str> = vec![raw.upstream.provider.trim(), &anthropic_provider];
+        provider_names.extend(providers.iter().map(|p| p.name.as_str()));
+        let routing = routing::routing(&raw, &provider_names)?;
         let log_format = raw.log_format;
         if raw.max_body_bytes < 1024 {
             return Err(invalid("max_body_bytes", "must be at least 1024"));
@@ -572,6 +599,8 @@ impl Config {
             },
             anthropic,
             anthropic_provider,
+            providers,
+            routing,
             forward_headers,
             seed_plans,
             forwarded_for_hops: raw.limits.forwarded_for_hops,

@@ -13,6 +13,8 @@ pub const ENV_KEYS: &[&str] = &[
     "shutdown_grace_secs",
     "upstream",
     "anthropic",
+    "providers",
+    "routing",
     "plans",
     "limits",
     "prices",

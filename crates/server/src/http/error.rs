@@ -342,6 +342,11 @@ impl From<UpstreamFailure> for ApiError {
             UpstreamFailure::Invalid => {
                 ApiError::UpstreamInvalid("The upstream provider returned an invalid response.".into())
             }
+            UpstreamFailure::NoTarget => ApiError::Unavailable(
+                "No target of this model's route can be tried now: each is failing (its circuit breaker is \
+                 open), has asked to be retried later, or its limits are spent. Nothing was charged."
+                    .into(),
+            ),
             UpstreamFailure::NoProviderKey => ApiError::NoProviderKey(
                 "The gateway has no provider API key configured, and the upstream provider requires one. \
                  This is a configuration error of the gateway, not of your request or your API key; \

@@ -1,5 +1,7 @@
-//! `GET /health` (liveness, the ledger's backlog, the upstream's recent failures) and
-//! `GET /health/detailed` (operator token: the store, instances and job leases).
+//! `GET /health` (liveness, the ledger's backlog, the upstream's recent failures),
+//! `GET /ready` (readiness: 503 while the store is unreachable and requests would be
+//! refused) and `GET /health/detailed` (operator token: providers, routed targets'
+//! breakers, the store, instances and job leases).
 
 use axum::Json as AxumJson;
 use axum::extract::State;
@@ -63,6 +65,9 @@ pub async fn health_detailed(
             )
         }
     };
+    let routing = &state.gateway.routing;
+    body["providers"] = json!(routing.providers_health());
+    body["targets"] = json!(routing.health.snapshot(&routing.target_ids(), tollgate_gateway::now_ms()));
     body["store"] = json!(store);
     body["cluster"] = cluster;
     body["events"] = state.events.as_ref().map_or(Value::Null, |tailer| events_health(tailer));
@@ -88,4 +93,23 @@ fn events_health(tailer: &tollgate_events::Tailer) -> Value {
         "last_error": stats.last_error(),
         "last_published": (last > 0).then(|| tollgate_core::calendar::to_rfc3339(last)),
     })
+}
+
+/// `GET /ready`: 200 while this instance can serve; 503 while its counter store is
+/// unreachable and `on_store_error = "closed"` refuses requests (a load balancer then
+/// sends traffic elsewhere). `/health` stays a liveness check.
+pub async fn ready(State(state): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let fail_closed = match &state.config.store {
+        tollgate_store_distributed::StoreConfig::Distributed(d) => {
+            d.on_store_error == tollgate_store_distributed::OnStoreError::Closed
+        }
+        tollgate_store_distributed::StoreConfig::Embedded => false,
+    };
+    let down = fail_closed && state.distributed.as_ref().is_some_and(|parts| parts.limiter.is_down());
+    if down {
+        let body = json!({"status": "unavailable", "reason": "the counter store (Redis) is unreachable and on_store_error is \"closed\""});
+        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, AxumJson(body)).into_response();
+    }
+    AxumJson(json!({"status": "ready"})).into_response()
 }

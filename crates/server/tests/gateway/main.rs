@@ -27,6 +27,7 @@ mod otlp;
 mod parsing;
 mod providers;
 mod proxy;
+mod routing;
 mod security;
 mod semantic;
 mod startup;

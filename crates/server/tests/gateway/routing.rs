@@ -1,0 +1,318 @@
+//! Routing through the real gateway in front of several real mock upstreams, one per
+//! provider, each made to misbehave on its own (`RunningMock::force`): model aliases
+//! with fallbacks on 500, 429, a timeout and a stream cut before its first byte, each
+//! attempt its own ledger row; a weighted split of 1,000 users within a few percent of
+//! its weights and sticky; an open breaker skipping its target and closing after the
+//! target recovers, as `/health/detailed` shows; Azure OpenAI and Gemini providers.
+
+use serde_json::{Value, json};
+use tollgate_mock_upstream::{self as mock, Fault, Forced, MockConfig, RunningMock};
+use tollgate_router::RouteSpec;
+use tollgate_server::config::{Config, ProviderKindName, RawConfig, RawProvider, Secret};
+
+use crate::helpers::{ADMIN_TOKEN, TestApp, raw_config, reply, spawn_app_with};
+
+struct Routed {
+    app: TestApp,
+    primary: RunningMock,
+    backup: RunningMock,
+    key: String,
+    _tmp: tempfile::TempDir,
+}
+
+fn provider(kind: ProviderKindName, base_url: String) -> RawProvider {
+    RawProvider { kind, base_url: Some(base_url), api_key: Some(Secret::new("sk-provider-test")), ..Default::default() }
+}
+
+/// Two providers, `primary` and `backup`, each its own mock; `extra` adds to the
+/// configuration (routes, more providers).
+async fn routed(extra: impl FnOnce(&mut RawConfig, &RunningMock, &RunningMock)) -> Routed {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Each mock checks the provider key it is sent (`Authorization: Bearer`, or
+    // Azure's `api-key`).
+    let mocked = || MockConfig { expected_api_key: Some("sk-provider-test".into()), ..MockConfig::default() };
+    let default = mock::spawn(mocked()).await.expect("mock");
+    let primary = mock::spawn(mocked()).await.expect("mock");
+    let backup = mock::spawn(mocked()).await.expect("mock");
+    let mut raw = raw_config(tmp.path(), &default.base_url());
+    raw.providers.insert("primary".into(), provider(ProviderKindName::Openai, primary.base_url()));
+    raw.providers.insert("backup".into(), provider(ProviderKindName::Openai, backup.base_url()));
+    raw.routing
+        .routes
+        .insert("fast".into(), RouteSpec::Ordered(vec!["primary/gpt-4o-mini".into(), "backup/gpt-4o".into()]));
+    raw.routing.attempt_timeout_ms = 2_000;
+    raw.routing.probe_every_secs = 0;
+    extra(&mut raw, &primary, &backup);
+    let config = Config::from_raw(raw).expect("valid config");
+    let app = spawn_app_with(config).await;
+    let key = app.project_key("acme", "pro").await;
+    // The default upstream is not part of any route: it must never be called.
+    std::mem::forget(default);
+    Routed { app, primary, backup, key, _tmp: tmp }
+}
+
+async fn chat(r: &Routed, model: &str, stream: bool, user: Option<&str>) -> reqwest::Response {
+    let mut body = json!({ "model": model, "stream": stream, "messages": [{ "role": "user", "content": "Hi" }] });
+    if let Some(user) = user {
+        body["user"] = json!(user);
+    }
+    r.app.chat_body(&r.key, body, &[]).await
+}
+
+/// The ledger rows of chat completions, newest first.
+async fn rows(app: &TestApp) -> Vec<Value> {
+    let usage = app.usage("?limit=1000").await;
+    let rows = usage["data"].as_array().cloned().unwrap_or_default();
+    rows.into_iter().filter(|r| r["endpoint"] == "chat.completions").collect()
+}
+
+/// The failed attempts' rows and the answered one of a single request.
+fn attempts(rows: &[Value]) -> (Vec<&Value>, &Value) {
+    let answered =
+        rows.iter().find(|r| !r["id"].as_str().unwrap_or_default().contains('-')).expect("the request's row");
+    let id = answered["id"].as_str().unwrap_or_default();
+    let failed = rows.iter().filter(|r| r["id"].as_str().unwrap_or_default().starts_with(&format!("{id}-"))).collect();
+    (failed, answered)
+}
+
+#[tokio::test]
+async fn an_alias_goes_to_its_first_target_under_the_targets_model() {
+    let r = routed(|_, _, _| {}).await;
+    let resp = chat(&r, "fast", false, None).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["model"], "gpt-4o-mini", "the target's model was sent: {body}");
+    assert_eq!((r.primary.requests_served(), r.backup.requests_served()), (1, 0));
+    let rows = rows(&r.app).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!((rows[0]["provider"].as_str(), rows[0]["model"].as_str()), (Some("primary"), Some("gpt-4o-mini")));
+    assert_eq!(rows[0]["counted"], true);
+    // A model that is no route goes to the default upstream as it is.
+    assert_eq!(chat(&r, "gpt-4o", false, None).await.status(), 200);
+    assert_eq!(r.primary.requests_served() + r.backup.requests_served(), 1);
+}
+
+#[tokio::test]
+async fn a_500_a_429_a_timeout_and_a_stream_cut_before_its_first_byte_fall_back_with_each_attempt_recorded() {
+    let cases: [(Forced, bool, u64); 4] = [
+        (Forced { status: Some(500), ..Default::default() }, false, 500),
+        (Forced { status: Some(429), ..Default::default() }, false, 429),
+        // Longer than the attempt timeout (2 s): a hung target falls back in time.
+        (Forced { latency_ms: Some(60_000), ..Default::default() }, false, 504),
+        (Forced { fault: Some(Fault::Cut), ..Default::default() }, true, 502),
+    ];
+    for (forced, stream, failed_status) in cases {
+        let r = routed(|_, _, _| {}).await;
+        r.primary.force(forced.clone());
+        let resp = chat(&r, "fast", stream, None).await;
+        assert_eq!(resp.status(), 200, "{forced:?}");
+        let text = resp.text().await.expect("body");
+        if stream {
+            assert!(text.trim_end().ends_with("data: [DONE]"), "a whole stream from the backup: {text}");
+        }
+        assert_eq!(r.backup.requests_served(), 1, "{forced:?}");
+        let rows = rows(&r.app).await;
+        assert_eq!(rows.len(), 2, "{forced:?}: {rows:?}");
+        let (failed, answered) = attempts(&rows);
+        assert_eq!(failed.len(), 1, "{forced:?}: {rows:?}");
+        let failed = failed[0];
+        assert_eq!(failed["status"].as_u64(), Some(failed_status), "{failed}");
+        assert_eq!((failed["provider"].as_str(), failed["model"].as_str()), (Some("primary"), Some("gpt-4o-mini")));
+        assert_eq!((failed["counted"].as_bool(), failed["cost_micros"].as_u64()), (Some(false), Some(0)), "{failed}");
+        assert_eq!((answered["provider"].as_str(), answered["model"].as_str()), (Some("backup"), Some("gpt-4o")));
+        assert_eq!((answered["status"].as_u64(), answered["counted"].as_bool()), (Some(200), Some(true)));
+        assert!(answered["cost_micros"].as_u64().unwrap_or_default() > 0, "{answered}");
+        assert_eq!(r.app.state.limiter.held_reservations().await.expect("held"), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_429_skips_its_target_for_its_retry_after_and_a_4xx_does_not_fall_back() {
+    let r = routed(|_, _, _| {}).await;
+    r.primary.force(Forced { status: Some(429), ..Default::default() });
+    assert_eq!(chat(&r, "fast", false, None).await.status(), 200);
+    // The mock asks for 7 s: the next request goes straight to the backup.
+    assert_eq!(chat(&r, "fast", false, None).await.status(), 200);
+    assert_eq!((r.primary.requests_served(), r.backup.requests_served()), (1, 2));
+    // A 400 is the request's fault: the backup would refuse it too.
+    r.primary.force(Forced::default());
+    let r2 = routed(|_, _, _| {}).await;
+    r2.primary.force(Forced { status: Some(400), ..Default::default() });
+    assert_eq!(chat(&r2, "fast", false, None).await.status(), 400);
+    assert_eq!(r2.backup.requests_served(), 0);
+}
+
+#[tokio::test]
+async fn when_every_target_fails_the_last_answer_is_the_clients_and_nothing_is_charged() {
+    let r = routed(|_, _, _| {}).await;
+    r.primary.force(Forced { status: Some(500), ..Default::default() });
+    r.backup.force(Forced { status: Some(503), ..Default::default() });
+    let resp = chat(&r, "fast", false, None).await;
+    assert_eq!(resp.status(), 503, "the last target's own answer");
+    let rows = rows(&r.app).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().all(|row| row["counted"] == false), "{rows:?}");
+    assert_eq!(r.app.state.limiter.held_reservations().await.expect("held"), 0);
+}
+
+#[tokio::test]
+async fn an_open_breaker_skips_its_target_and_closes_after_recovery_as_health_detailed_shows() {
+    let r = routed(|raw, _, _| {
+        raw.routing.breaker.window = 4;
+        raw.routing.breaker.min_calls = 2;
+        raw.routing.breaker.cooldown_ms = 0;
+    })
+    .await;
+    r.primary.force(Forced { status: Some(500), ..Default::default() });
+    for _ in 0..2 {
+        assert_eq!(chat(&r, "fast", false, None).await.status(), 200);
+    }
+    let health = reply(r.app.http.get(r.app.url("/health/detailed")).bearer_auth(ADMIN_TOKEN)).await;
+    assert_eq!(health.status, 200);
+    let target = |body: &Value, id: &str| {
+        body["targets"].as_array().and_then(|t| t.iter().find(|t| t["target"] == id).cloned()).expect("target")
+    };
+    let primary = target(&health.body, "primary/gpt-4o-mini");
+    assert_eq!(primary["state"], "open", "{primary}");
+    assert_eq!(primary["error_rate_percent"], 100.0, "{primary}");
+    assert_eq!(target(&health.body, "backup/gpt-4o")["state"], "closed");
+    // `/ready` is the readiness check: the embedded store is always reachable.
+    let ready = reply(r.app.http.get(r.app.url("/ready"))).await;
+    assert_eq!((ready.status, ready.body["status"].as_str()), (200, Some("ready")));
+    let providers = health.body["providers"].as_array().expect("providers");
+    assert!(providers.iter().any(|p| p["name"] == "primary" && p["kind"] == "openai"), "{providers:?}");
+
+    // The target recovers; the breaker's cooldown (0 here) over, one probe goes through
+    // live traffic, succeeds and closes it.
+    r.primary.force(Forced::default());
+    let served = r.primary.requests_served();
+    assert_eq!(chat(&r, "fast", false, None).await.status(), 200);
+    assert_eq!(r.primary.requests_served(), served + 1, "the half-open probe went to the primary");
+    let health = reply(r.app.http.get(r.app.url("/health/detailed")).bearer_auth(ADMIN_TOKEN)).await;
+    assert_eq!(target(&health.body, "primary/gpt-4o-mini")["state"], "closed", "{}", health.body);
+}
+
+#[tokio::test]
+async fn an_open_breaker_with_a_cooldown_is_skipped_without_a_call() {
+    let r = routed(|raw, _, _| {
+        raw.routing.breaker.window = 4;
+        raw.routing.breaker.min_calls = 2;
+        raw.routing.breaker.cooldown_ms = 600_000;
+    })
+    .await;
+    r.primary.force(Forced { status: Some(502), ..Default::default() });
+    for _ in 0..2 {
+        assert_eq!(chat(&r, "fast", false, None).await.status(), 200);
+    }
+    let served = r.primary.requests_served();
+    for _ in 0..3 {
+        assert_eq!(chat(&r, "fast", false, None).await.status(), 200);
+    }
+    assert_eq!(r.primary.requests_served(), served, "skipped while open");
+    // Only the backup left, and it is open too: a clear 503, charged nothing.
+    r.backup.force(Forced { status: Some(500), ..Default::default() });
+    for _ in 0..2 {
+        let _ = chat(&r, "fast", false, None).await;
+    }
+    let resp = reply(
+        r.app
+            .http
+            .post(r.app.url("/v1/chat/completions"))
+            .bearer_auth(&r.key)
+            .json(&json!({ "model": "fast", "messages": [{ "role": "user", "content": "Hi" }] })),
+    )
+    .await;
+    assert_eq!(resp.status, 503, "{}", resp.body);
+    assert_eq!(resp.body["error"]["code"], "service_unavailable", "{}", resp.body);
+}
+
+#[tokio::test]
+async fn a_weighted_split_of_a_thousand_users_is_within_a_few_percent_and_sticky() {
+    let r = routed(|raw, _, _| {
+        raw.routing.routes.insert(
+            "ab".into(),
+            RouteSpec::Split {
+                targets: vec!["primary/gpt-4o-mini".into(), "backup/gpt-4o".into()],
+                weights: Some(vec![70, 30]),
+                sticky: Default::default(),
+            },
+        );
+    })
+    .await;
+    // 1,000 requests and more in a minute: a plan that allows them.
+    let r = Routed { key: r.app.project_key("bulk", "enterprise").await, ..r };
+    let mut arm_of = std::collections::HashMap::new();
+    for user in 0..1_000 {
+        let user = format!("user-{user}");
+        let body: Value = chat(&r, "ab", false, Some(&user)).await.json().await.expect("json");
+        arm_of.insert(user, body["model"].as_str().unwrap_or_default().to_owned());
+    }
+    let primary = arm_of.values().filter(|m| *m == "gpt-4o-mini").count();
+    assert!((640..=760).contains(&primary), "70 % of 1,000 within a few percent: {primary}");
+    assert_eq!(r.primary.requests_served() + r.backup.requests_served(), 1_000);
+    // Sticky: the same users land in the same arms again, whichever key they come with
+    // (another key: the first has used its 1,000 requests of this minute).
+    let r = Routed { key: r.app.project_key("bulk2", "enterprise").await, ..r };
+    for user in (0..1_000).step_by(37) {
+        let user = format!("user-{user}");
+        let body: Value = chat(&r, "ab", false, Some(&user)).await.json().await.expect("json");
+        assert_eq!(body["model"].as_str(), Some(arm_of[&user].as_str()), "{user}");
+    }
+    // The arm is in the ledger: each row names the target it went to.
+    let rows = rows(&r.app).await;
+    let by_model = rows.iter().filter(|row| row["model"] == "gpt-4o-mini" && row["provider"] == "primary").count();
+    assert!(by_model >= primary, "{by_model} rows for {primary} users");
+}
+
+#[tokio::test]
+async fn a_target_whose_provider_limit_is_spent_is_skipped_not_tried() {
+    let r = routed(|_, _, _| {}).await;
+    let (key, _) = r
+        .app
+        .create_key(json!({ "project": "acme", "plan": "pro",
+            "limits": [{ "metric": "requests", "window": "day", "limit": 1, "provider": "primary" }] }))
+        .await;
+    let send =
+        || r.app.chat_body(&key, json!({ "model": "fast", "messages": [{ "role": "user", "content": "Hi" }] }), &[]);
+    assert_eq!(send().await.status(), 200);
+    assert_eq!(send().await.status(), 200);
+    assert_eq!((r.primary.requests_served(), r.backup.requests_served()), (1, 1), "the spent target skipped");
+    let rows = rows(&r.app).await;
+    assert_eq!(rows.iter().filter(|row| row["provider"] == "backup").count(), 1, "{rows:?}");
+}
+
+#[tokio::test]
+async fn azure_and_gemini_providers_are_addressed_their_way_and_recorded() {
+    let r = routed(|raw, primary, _| {
+        let mut azure = provider(ProviderKindName::Azure, primary.base_url().trim_end_matches("/v1").to_owned());
+        azure.api_version = Some("2024-10-21".into());
+        azure.deployments.insert("gpt-4o".into(), "prod-4o".into());
+        raw.providers.insert("azure".into(), azure);
+        let gemini_url = primary.base_url().replace("/v1", "/v1beta/openai");
+        raw.providers.insert("gemini".into(), provider(ProviderKindName::Gemini, gemini_url));
+        raw.routing.routes.insert("on-azure".into(), RouteSpec::Ordered(vec!["azure/gpt-4o".into()]));
+        raw.routing.routes.insert("on-gemini".into(), RouteSpec::Ordered(vec!["gemini/gemini-2.0-flash".into()]));
+    })
+    .await;
+    for stream in [false, true] {
+        // The mock refuses an Azure call without `api-version`, with a bearer token, or
+        // without the provider key as `api-key`.
+        let resp = chat(&r, "on-azure", stream, None).await;
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.expect("body");
+        assert!(text.contains("gpt-4o"), "{text}");
+        assert_eq!(r.primary.upstream().last_deployment().as_deref(), Some("prod-4o"), "the model's deployment");
+        let resp = chat(&r, "on-gemini", stream, None).await;
+        assert_eq!(resp.status(), 200);
+        let _ = resp.text().await;
+    }
+    let rows = rows(&r.app).await;
+    for provider in ["azure", "gemini"] {
+        let of: Vec<&Value> = rows.iter().filter(|row| row["provider"] == provider).collect();
+        assert_eq!(of.len(), 2, "{provider}: {rows:?}");
+        for row in of {
+            assert_eq!((row["status"].as_u64(), row["usage_source"].as_str()), (Some(200), Some("reported")), "{row}");
+            assert!(row["prompt_tokens"].as_u64().unwrap_or_default() > 0, "{row}");
+        }
+    }
+}
