@@ -502,6 +502,15 @@ async fn redis_outage_fails_open_or_closed_and_both_recover() {
         assert!(r.body["error"]["message"].is_string());
     }
 
+    // Readiness says so: the fail-closed instance is not ready (a load balancer sends
+    // its traffic elsewhere), the fail-open one is; both stay alive (`/health`).
+    let ready = |i: &Instance| {
+        let (http, url) = (i.http.clone(), format!("{}/ready", i.base));
+        async move { http.get(url).send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    };
+    assert_eq!(ready(&closed).await, 503);
+    assert_eq!(ready(&open).await, 200);
+
     // Redis comes back (empty: no persistence). Both instances return to it alone.
     redis.resume();
     eventually(Duration::from_secs(10), "fail-open instance back on Redis", || async { !open.parts.limiter.is_down() })
@@ -510,6 +519,7 @@ async fn redis_outage_fails_open_or_closed_and_both_recover() {
         closed.chat(&key).await.status == 200
     })
     .await;
+    assert_eq!(ready(&closed).await, 200, "ready again");
     counted += 1;
     // The restarted Redis lost the month counter; the rebuild job (also triggered by
     // the recovery) raises it to what the ledger holds.
