@@ -313,6 +313,8 @@ async fn azure_and_gemini_providers_are_addressed_their_way_and_recorded() {
         for row in of {
             assert_eq!((row["status"].as_u64(), row["usage_source"].as_str()), (Some(200), Some("reported")), "{row}");
             assert!(row["prompt_tokens"].as_u64().unwrap_or_default() > 0, "{row}");
+            assert!(row["cost_micros"].as_u64().unwrap_or_default() > 0, "priced by its model: {row}");
+            assert_eq!(row["price_estimated"], false, "{row}");
         }
     }
 }
