@@ -518,7 +518,8 @@ async fn forward(
 ) {
     let total = gateway.settings.total_timeout;
     let count = attempts.len();
-    let mut held: Option<Vec<LimitItem>> = None;
+    // The reservation is held under the first attempt's (the admitted target's) items.
+    let mut held: Option<Vec<LimitItem>> = attempts.first().and_then(|a| a.items.clone());
     let mut failed = Failed::Nothing;
     let mut tried = 0u32;
     for (i, attempt) in attempts.into_iter().enumerate() {

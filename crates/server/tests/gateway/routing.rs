@@ -318,3 +318,35 @@ async fn azure_and_gemini_providers_are_addressed_their_way_and_recorded() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_fallback_is_charged_to_its_own_scoped_limits_even_when_the_primary_was_skipped() {
+    let r = routed(|raw, _, _| {
+        raw.routing.breaker.window = 2;
+        raw.routing.breaker.min_calls = 1;
+        raw.routing.breaker.cooldown_ms = 600_000;
+    })
+    .await;
+    let (key, _) = r
+        .app
+        .create_key(json!({ "project": "acme", "plan": "pro",
+            "limits": [{ "metric": "requests", "window": "day", "limit": 3, "provider": "backup" }] }))
+        .await;
+    let send =
+        || r.app.chat_body(&key, json!({ "model": "fast", "messages": [{ "role": "user", "content": "Hi" }] }), &[]);
+    // One failure opens the primary's breaker; from then on it is skipped without a call.
+    r.primary.force(Forced { status: Some(500), ..Default::default() });
+    let statuses: Vec<u16> = {
+        let mut s = Vec::new();
+        for _ in 0..4 {
+            s.push(send().await.status().as_u16());
+        }
+        s
+    };
+    assert_eq!(r.primary.requests_served(), 1, "open after one failure");
+    // The backup's own limit (3 a day) counts every request it answered, including
+    // those admitted under the primary's limits and moved to it.
+    assert_eq!(statuses, [200, 200, 200, 503], "the fourth finds the backup's limit spent and no target left");
+    assert_eq!(r.backup.requests_served(), 3);
+    assert_eq!(r.app.state.limiter.held_reservations().await.expect("held"), 0);
+}
