@@ -575,12 +575,12 @@ async fn azure_chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    azure_check(&uri, &headers)?;
-    *inner.last_deployment.lock().unwrap_or_else(|p| p.into_inner()) = Some(deployment.clone());
+    azure_check(&inner, &deployment, &uri, &headers)?;
     let response = chat_completions(State(inner), headers, body).await?;
     Ok(with_deployment(response, &deployment))
 }
 
+/// Azure's embeddings, likewise.
 async fn azure_embeddings(
     State(inner): State<Arc<Inner>>,
     Path(deployment): Path<String>,
@@ -588,13 +588,15 @@ async fn azure_embeddings(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    azure_check(&uri, &headers)?;
-    *inner.last_deployment.lock().unwrap_or_else(|p| p.into_inner()) = Some(deployment.clone());
+    azure_check(&inner, &deployment, &uri, &headers)?;
     let response = embeddings(State(inner), headers, body).await?;
     Ok(with_deployment(response, &deployment))
 }
 
-fn azure_check(uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Refuses what Azure would (no `api-version`, a bearer token) and remembers the
+/// deployment called.
+fn azure_check(inner: &Inner, deployment: &str, uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
+    *inner.last_deployment.lock().unwrap_or_else(|p| p.into_inner()) = Some(deployment.to_owned());
     let has_version = uri.query().is_some_and(|q| q.split('&').any(|p| p.starts_with("api-version=") && p.len() > 12));
     if !has_version {
         return Err(openai_error(
