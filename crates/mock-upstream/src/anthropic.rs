@@ -8,6 +8,13 @@
 //! out, `reset` cuts the stream after two events, `stall` after one, `malformed` sends
 //! an event whose data is not JSON, `hold-usage` holds `message_delta` and
 //! `message_stop` until released.
+//!
+//! A request that defines `tools` and whose last user message says
+//! [`TOOL_TRIGGER`](crate::TOOL_TRIGGER) ("call a tool") is answered with a call of its
+//! first tool instead of text: one `tool_use` block with the input `{"city":"Paris"}`
+//! and `stop_reason: "tool_use"`; streamed, its input comes in two `input_json_delta`
+//! events that split the JSON. The usage is the same as for a text answer, so tests
+//! can drive tool calls through the gateway and still know what is charged.
 
 use std::sync::Arc;
 
@@ -16,10 +23,32 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::reply::{json_reply, sse_reply};
-use crate::{ApiError, Directives, Fault, Inner, REPLY_PIECES, RETRY_AFTER_SECS, injected_error, parse_body};
+use crate::{
+    ApiError, Directives, Fault, Inner, REPLY_PIECES, RETRY_AFTER_SECS, TOOL_TRIGGER, injected_error, parse_body,
+};
+
+/// A tool call's input as streamed: two pieces of `{"city": "Paris"}`.
+const TOOL_INPUT_PIECES: [&str; 2] = ["{\"city\":", " \"Paris\"}"];
+
+/// The first tool's name, when the request asks for a tool call: it defines `tools`
+/// and its last user message has [`TOOL_TRIGGER`] in its text.
+fn tool_to_call(body: &Map<String, Value>) -> Option<&str> {
+    let name = body.get("tools")?.as_array()?.first()?.get("name")?.as_str()?;
+    let messages = body.get("messages")?.as_array()?;
+    let last_user = messages.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user"))?;
+    let asks = match last_user.get("content")? {
+        Value::String(text) => text.contains(TOOL_TRIGGER),
+        Value::Array(blocks) => blocks.iter().any(|block| {
+            block.get("type").and_then(Value::as_str) == Some("text")
+                && block.get("text").and_then(Value::as_str).is_some_and(|t| t.contains(TOOL_TRIGGER))
+        }),
+        _ => false,
+    };
+    asks.then_some(name)
+}
 
 /// Anthropic's error shape for the mock's own errors.
 fn anthropic_error(e: ApiError) -> Response {
@@ -113,16 +142,24 @@ async fn answer(inner: &Inner, headers: &HeaderMap, body: &Bytes) -> Result<Resp
     if !body.get("max_tokens").is_some_and(Value::is_u64) {
         return Err(crate::bad_request("max_tokens: Field required", Some("max_tokens")));
     }
-    let id = format!("msg_mock_{}", inner.next_id());
+    let n = inner.next_id();
+    let id = format!("msg_mock_{n}");
+    let tool_id = format!("toolu_mock_{n}");
+    let tool = tool_to_call(&body);
+    let stop_reason = if tool.is_some() { "tool_use" } else { "end_turn" };
     let no_usage = directives.fault == Some(Fault::NoUsage);
     if !body.get("stream").and_then(Value::as_bool).unwrap_or(false) {
+        let content = match tool {
+            Some(name) => json!([{ "type": "tool_use", "id": tool_id, "name": name, "input": { "city": "Paris" } }]),
+            None => json!([{ "type": "text", "text": REPLY_PIECES.concat() }]),
+        };
         let mut reply = json!({
             "id": id,
             "type": "message",
             "role": "assistant",
             "model": model,
-            "content": [{ "type": "text", "text": REPLY_PIECES.concat() }],
-            "stop_reason": "end_turn",
+            "content": content,
+            "stop_reason": stop_reason,
             "stop_sequence": null,
             "usage": usage(&directives, directives.completion_tokens),
         });
@@ -141,18 +178,27 @@ async fn answer(inner: &Inner, headers: &HeaderMap, body: &Bytes) -> Result<Resp
     if no_usage {
         started["message"]["usage"] = Value::Null;
     }
+    let block = match tool {
+        Some(name) => json!({ "type": "tool_use", "id": tool_id, "name": name, "input": {} }),
+        None => json!({ "type": "text", "text": "" }),
+    };
     let mut events = vec![
         event("message_start", &started),
-        event(
-            "content_block_start",
-            &json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "text", "text": "" } }),
-        ),
+        event("content_block_start", &json!({ "type": "content_block_start", "index": 0, "content_block": block })),
         event("ping", &json!({ "type": "ping" })),
     ];
     if directives.fault == Some(Fault::Malformed) {
         events.push(Bytes::from_static(
             b"event: content_block_delta\ndata: {\"type\": \"content_block_delta\", \"delta\n\n",
         ));
+    } else if tool.is_some() {
+        events.extend(TOOL_INPUT_PIECES.iter().map(|piece| {
+            let delta = json!({
+                "type": "content_block_delta", "index": 0,
+                "delta": { "type": "input_json_delta", "partial_json": piece },
+            });
+            event("content_block_delta", &delta)
+        }));
     } else {
         let count = directives.chunks.unwrap_or(REPLY_PIECES.len());
         events.extend(REPLY_PIECES.iter().cycle().take(count).map(|piece| {
@@ -165,7 +211,7 @@ async fn answer(inner: &Inner, headers: &HeaderMap, body: &Bytes) -> Result<Resp
     events.push(event("content_block_stop", &json!({ "type": "content_block_stop", "index": 0 })));
     let mut delta = json!({
         "type": "message_delta",
-        "delta": { "stop_reason": "end_turn", "stop_sequence": null },
+        "delta": { "stop_reason": stop_reason, "stop_sequence": null },
         "usage": { "output_tokens": directives.completion_tokens },
     });
     if no_usage && let Some(object) = delta.as_object_mut() {

@@ -21,6 +21,9 @@
 //!   `"mock_echo": {"a": [values received], "b": []}`, so a test can see which
 //!   headers the gateway sent upstream.
 //!
+//! On `POST /v1/messages`, a request with `tools` whose last user message contains
+//! [`TOOL_TRIGGER`] ("call a tool") is answered with a `tool_use` of its first tool.
+//!
 //! The same server is exposed by the CLI as `tollgate mock-upstream` and
 //! documented in `docs/mock-upstream.md`.
 
@@ -69,6 +72,9 @@ pub const HEADER_FAULT: &str = "x-mock-fault";
 pub const HEADER_MODEL: &str = "x-mock-model";
 /// Names the request headers a chat completion answer echoes back (`mock_echo`).
 pub const HEADER_ECHO: &str = "x-mock-echo-headers";
+/// Text that, in the last user message of a `POST /v1/messages` request defining
+/// `tools`, makes the mock call the first tool (`input: {"city": "Paris"}`).
+pub const TOOL_TRIGGER: &str = "call a tool";
 
 /// `Retry-After` value sent with injected 429s; odd on purpose so tests can
 /// tell it apart from any default the gateway might invent.

@@ -421,3 +421,98 @@ async fn the_chunks_header_sets_how_many_content_chunks_a_stream_has() {
     let bad = post_chat(&mock, &chat_body(true, false), &[("x-mock-chunks", "0")]).await;
     assert_eq!(bad.status(), 400);
 }
+
+async fn post_messages(mock: &RunningMock, body: &Value) -> reqwest::Response {
+    client()
+        .post(format!("{}/messages", mock.base_url()))
+        .header("anthropic-version", "2023-06-01")
+        .json_body(body)
+        .send()
+        .await
+        .expect("send request")
+}
+
+/// A Messages request that defines a tool; `text` is the user's message.
+fn tool_request(text: &str, stream: bool) -> Value {
+    json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 64,
+        "stream": stream,
+        "tools": [
+            { "name": "get_weather", "description": "Weather of a city",
+              "input_schema": { "type": "object", "properties": { "city": { "type": "string" } } } },
+            { "name": "get_time", "input_schema": { "type": "object", "properties": {} } }
+        ],
+        "messages": [{ "role": "user", "content": [{ "type": "text", "text": text }] }],
+    })
+}
+
+/// The JSON data of each event of an Anthropic stream.
+fn anthropic_events(body: &str) -> Vec<Value> {
+    body.split_terminator("\n\n")
+        .filter_map(|event| event.lines().find_map(|line| line.strip_prefix("data: ")))
+        .map(|data| serde_json::from_str(data).expect("event data is JSON"))
+        .collect()
+}
+
+#[tokio::test]
+async fn messages_call_the_first_tool_when_asked() {
+    let mock = start(MockConfig::default()).await;
+    let resp = post_messages(&mock, &tool_request("Please call a tool for Paris", false)).await;
+    assert_eq!(resp.status(), 200);
+    let body = resp.json_value().await.expect("json");
+    assert_eq!(body["stop_reason"], "tool_use");
+    let content = body["content"].as_array().expect("content");
+    assert_eq!(content.len(), 1);
+    assert_eq!(content[0]["type"], "tool_use");
+    assert_eq!(content[0]["name"], "get_weather");
+    assert_eq!(content[0]["input"], json!({ "city": "Paris" }));
+    assert!(content[0]["id"].as_str().is_some_and(|id| id.starts_with("toolu_")));
+    assert_eq!(body["usage"]["input_tokens"], 10);
+    assert_eq!(body["usage"]["output_tokens"], 20);
+
+    // Without the words, or without tools, the answer is text.
+    let body =
+        post_messages(&mock, &tool_request("What is the weather?", false)).await.json_value().await.expect("json");
+    assert_eq!((body["stop_reason"].clone(), body["content"][0]["type"].clone()), (json!("end_turn"), json!("text")));
+    let mut no_tools = tool_request("call a tool", false);
+    no_tools.as_object_mut().expect("object").remove("tools");
+    let body = post_messages(&mock, &no_tools).await.json_value().await.expect("json");
+    assert_eq!(body["stop_reason"], "end_turn");
+}
+
+#[tokio::test]
+async fn a_streamed_tool_call_splits_its_input_in_two_deltas() {
+    let mock = start(MockConfig::default()).await;
+    let resp = post_messages(&mock, &tool_request("call a tool", true)).await;
+    assert_eq!(resp.status(), 200);
+    let events = anthropic_events(&resp.text().await.expect("body"));
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "message_start",
+            "content_block_start",
+            "ping",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    let block = &events[1]["content_block"];
+    assert_eq!((block["type"].clone(), block["name"].clone()), (json!("tool_use"), json!("get_weather")));
+    let input: String = events[3..5]
+        .iter()
+        .map(|e| {
+            assert_eq!(e["delta"]["type"], "input_json_delta");
+            e["delta"]["partial_json"].as_str().expect("partial json").to_owned()
+        })
+        .collect();
+    assert!(serde_json::from_str::<Value>(events[3]["delta"]["partial_json"].as_str().unwrap_or("")).is_err());
+    assert_eq!(serde_json::from_str::<Value>(&input).expect("whole input"), json!({ "city": "Paris" }));
+    assert_eq!(events[6]["delta"]["stop_reason"], "tool_use");
+    assert_eq!(events[6]["usage"]["output_tokens"], 20);
+    assert_eq!(events[0]["message"]["usage"]["input_tokens"], 10);
+}

@@ -2,7 +2,9 @@
 //! completions, embeddings and Responses; Anthropic's Messages): the pooled HTTP
 //! client that forwards requests, the request view parsed once from a client's body
 //! ([`request`]), and usage extraction from what the provider answers (whole JSON
-//! bodies, [`usage`], and SSE streams, [`sse`] with its [`sse::Dialect`]s).
+//! bodies, [`usage`], and SSE streams, [`sse`] with its [`sse::Dialect`]s); and the
+//! translation of chat completions to Anthropic's Messages and back ([`translate`]),
+//! for chat clients routed to Claude models.
 //!
 //! Invariants: nothing here buffers a response before the client sees it (bodies are
 //! streams of `Bytes` passed on as they come), nothing here knows about keys, limits
@@ -11,6 +13,7 @@
 
 pub mod request;
 pub mod sse;
+pub mod translate;
 pub mod upstream;
 pub mod usage;
 

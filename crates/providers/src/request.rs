@@ -90,11 +90,11 @@ pub struct RequestError {
 }
 
 impl RequestError {
-    fn body(message: impl Into<String>) -> Self {
+    pub(crate) fn body(message: impl Into<String>) -> Self {
         Self { message: message.into(), param: None }
     }
 
-    fn field(field: &str, message: impl std::fmt::Display) -> Self {
+    pub(crate) fn field(field: &str, message: impl std::fmt::Display) -> Self {
         Self { message: format!("{field}: {message}"), param: Some(field.to_owned()) }
     }
 }
@@ -168,7 +168,7 @@ fn count_field(field: &str, value: &Option<Value>, max: u64) -> Result<u64, Requ
 }
 
 /// The body as UTF-8 text, once checked to be a JSON object's.
-fn checked_text(body: &[u8]) -> Result<&str, RequestError> {
+pub(crate) fn checked_text(body: &[u8]) -> Result<&str, RequestError> {
     // serde would read a struct from a JSON array too; the API takes objects only.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(RequestError::body("the request body must be a JSON object"));
@@ -179,7 +179,7 @@ fn checked_text(body: &[u8]) -> Result<&str, RequestError> {
         .map_err(|e| RequestError::body(format!("the request body is not valid UTF-8 (at byte {})", e.valid_up_to())))
 }
 
-fn json_error(e: serde_json::Error) -> RequestError {
+pub(crate) fn json_error(e: serde_json::Error) -> RequestError {
     if e.is_data() {
         RequestError::body(format!("invalid request body: {e}"))
     } else {
