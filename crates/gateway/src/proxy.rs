@@ -18,6 +18,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::oneshot;
 use tollgate_core::{Authed, Decision, ProjectSettings, Traffic};
 use tollgate_providers::sse::{Dialect, SseRewriter};
+use tollgate_providers::translate::MessagesToChatStream;
 use tollgate_providers::{Endpoint, RequestView, Upstream, UpstreamError, UsageScanner};
 use tollgate_router::Failure;
 
@@ -307,6 +308,7 @@ impl Gateway {
             self.metrics.cache(status);
         }
         let strip_usage = view.strips_usage();
+        let client_wants_usage = view.client_wants_usage;
         let upstream_body = view.upstream_body(&body);
         drop(view);
         let attempts = match self.attempts(endpoint, route, first, route_items, upstream_body) {
@@ -334,7 +336,7 @@ impl Gateway {
         let gateway = self.clone();
         self.tasks.spawn(async move {
             let deadline = tokio::time::Instant::from_std(started) + gateway.settings.total_timeout;
-            let how = Forwarding { strip_usage, deadline, cache_to };
+            let how = Forwarding { strip_usage, client_wants_usage, deadline, cache_to };
             forward(gateway, endpoint, attempts, passed, settlement, how, answer_tx).await;
         });
         let result = answer_rx
@@ -370,11 +372,21 @@ impl Gateway {
         let Some(route) = route else {
             let provider = self.routing.default_for(endpoint).clone();
             let path = provider.path(endpoint, "");
-            return Ok(vec![Attempt { provider, path, body, target: None, model: None, items: None }]);
+            let attempt = Attempt { provider, path, body, target: None, model: None, items: None, translate: false };
+            return Ok(vec![attempt]);
         };
         let mut attempts = Vec::with_capacity(route.targets.len() - first);
         for (i, target) in route.targets.into_iter().enumerate().skip(first) {
-            let body = crate::route::with_model(&body, &target.model)?;
+            let translate = target.provider.kind.translates(endpoint);
+            let body = if translate {
+                tollgate_providers::translate::chat_to_messages(
+                    &body,
+                    &target.model,
+                    self.settings.default_max_output_tokens,
+                )?
+            } else {
+                crate::route::with_model(&body, &target.model)?
+            };
             let items = items.get(i).cloned().unwrap_or_default();
             attempts.push(Attempt {
                 path: target.provider.path(endpoint, &target.model),
@@ -383,6 +395,7 @@ impl Gateway {
                 target: Some(target.id),
                 model: Some(target.model),
                 items: Some(items),
+                translate,
             });
         }
         Ok(attempts)
@@ -474,6 +487,8 @@ fn failure(e: &UpstreamError) -> UpstreamFailure {
 struct Forwarding {
     /// Hide the usage chunk tollgate asked for.
     strip_usage: bool,
+    /// The client asked for the usage chunk (`stream_options.include_usage`).
+    client_wants_usage: bool,
     /// The request's total deadline.
     deadline: tokio::time::Instant,
     /// Store a complete 200 answer in the cache as this says.
@@ -493,6 +508,8 @@ pub(crate) struct Attempt {
     /// The target's limit items, when routed: a fallback whose items differ from the
     /// held reservation's moves the reservation to them first.
     items: Option<Vec<LimitItem>>,
+    /// A chat completion sent to Anthropic as Messages: its answer is translated back.
+    translate: bool,
 }
 
 /// Why an attempt gave no answer, kept to answer with when no target is left.
@@ -524,7 +541,7 @@ async fn forward(
     let mut tried = 0u32;
     for (i, attempt) in attempts.into_iter().enumerate() {
         let more = i + 1 < count;
-        let Attempt { provider, path, body, target, model, items } = attempt;
+        let Attempt { provider, path, body, target, model, items, translate } = attempt;
         let health = &gateway.routing.health;
         if let Some(id) = &target {
             if !health.admit(id, crate::now_ms()).allowed() {
@@ -616,7 +633,9 @@ async fn forward(
             health.success(id, crate::now_ms(), latency_ms);
         }
         let has_api_key = provider.upstream.has_api_key();
-        deliver(gateway, endpoint, upstream, has_api_key, settlement, how, sent_at, answer).await;
+        let translate =
+            translate.then(|| Translation { model: model.unwrap_or_default(), created_secs: crate::now_ms() / 1000 });
+        deliver(gateway, endpoint, upstream, has_api_key, translate, settlement, how, sent_at, answer).await;
         return;
     }
     let failure = match failed {
@@ -631,6 +650,13 @@ fn is_event_stream(content_type: Option<&str>) -> bool {
     content_type.is_some_and(|ct| ct.starts_with("text/event-stream"))
 }
 
+/// A Messages answer to translate back into a chat completion for the client.
+struct Translation {
+    /// The model the translated answer names (the target's).
+    model: String,
+    created_secs: i64,
+}
+
 /// Reads the answer and sends it to the waiting handler; a whole answer is recorded
 /// before it is sent, and settled after. Everything ends by the request's deadline:
 /// a stream, with an error event.
@@ -640,12 +666,19 @@ async fn deliver(
     endpoint: Endpoint,
     upstream: tollgate_providers::UpstreamResponse,
     has_api_key: bool,
+    translate: Option<Translation>,
     mut settlement: Settlement,
     how: Forwarding,
     sent_at: Instant,
     answer: oneshot::Sender<Result<Answer, GatewayError>>,
 ) {
-    let Forwarding { strip_usage, deadline, cache_to } = how;
+    let Forwarding { strip_usage, client_wants_usage, deadline, cache_to } = how;
+    // A translated answer is read (usage, stream events) as the Messages it is, and
+    // not cached: the cache holds what the endpoint's own upstream answers.
+    let (read_as, strip_usage, cache_to) = match &translate {
+        Some(_) => (Endpoint::Messages, false, None),
+        None => (endpoint, strip_usage, cache_to),
+    };
     let total = gateway.settings.total_timeout;
     settlement.upstream_request_id(upstream.request_id.clone());
     if upstream.status == 401 && !has_api_key {
@@ -675,9 +708,13 @@ async fn deliver(
         body,
     };
     if is_sse {
-        let rewriter = SseRewriter::with_dialect(Dialect::of(endpoint), strip_usage);
+        let rewriter = SseRewriter::with_dialect(Dialect::of(read_as), strip_usage);
         let mut stream =
             AccountingStream::new(upstream.body, Watcher::Sse(rewriter), settlement).with_deadline(deadline, total);
+        if let Some(t) = &translate {
+            let translator = MessagesToChatStream::new(&t.model, t.created_secs, client_wants_usage);
+            stream = stream.with_translation(translator);
+        }
         if upstream.status == 200
             && let Some(kind) = crate::cache::stream_kind(endpoint)
             && let Some(target) = cache_to
@@ -692,7 +729,7 @@ async fn deliver(
     match collected.unwrap_or(Collected::Broken(UpstreamError::Timeout(total))) {
         Collected::Whole(whole) => {
             let meta = if success {
-                tollgate_providers::usage::checked_answer_for(endpoint, &whole)
+                tollgate_providers::usage::checked_answer_for(read_as, &whole)
             } else {
                 Ok(tollgate_providers::usage::AnswerMeta::default())
             };
@@ -711,6 +748,23 @@ async fn deliver(
                         };
                         gateway.cache_put(target, entry);
                     }
+                    // What the client gets: the answer, or translated back.
+                    let client_body = match &translate {
+                        None => Ok(whole.clone()),
+                        Some(t) if success => {
+                            tollgate_providers::translate::messages_to_chat(&whole, &t.model, t.created_secs)
+                        }
+                        Some(_) => Ok(tollgate_providers::translate::messages_error_to_chat(&whole)),
+                    };
+                    let client_body = match client_body {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "upstream answered 2xx with a Messages body that does not translate");
+                            gateway.metrics.upstream_error(crate::metrics::UpstreamErrorKind::InvalidResponse);
+                            fail(settlement, UpstreamFailure::Invalid, answer).await;
+                            return;
+                        }
+                    };
                     let held = usage.is_none().then(|| whole.clone());
                     let (commit, settle) = settlement.finish_inline(Outcome::Json { usage, body: held, model });
                     let committed = match commit {
@@ -719,7 +773,7 @@ async fn deliver(
                     };
                     // A client must not get a 2xx whose usage is not in the ledger.
                     let result = match committed {
-                        Ok(()) => Ok(answer_with(AnswerBody::Whole(whole))),
+                        Ok(()) => Ok(answer_with(AnswerBody::Whole(client_body))),
                         Err(why) => Err(GatewayError::NotRecorded(why)),
                     };
                     let _ = answer.send(result);
@@ -741,6 +795,12 @@ async fn deliver(
             fail(settlement, UpstreamFailure::from(&e), answer).await;
         }
         // Too big to hold: pass it through as it comes, counting instead of parsing.
+        Collected::TooBig { .. } if translate.is_some() => {
+            // Over 8 MB is no chat answer to translate in memory.
+            tracing::warn!("a Messages answer to translate was larger than {MAX_SCANNED_RESPONSE} bytes");
+            gateway.metrics.upstream_error(crate::metrics::UpstreamErrorKind::InvalidResponse);
+            fail(settlement, UpstreamFailure::Invalid, answer).await;
+        }
         Collected::TooBig { head, rest } => {
             let stream = futures_util::stream::iter(head.into_iter().map(Ok)).chain(rest);
             let stream = AccountingStream::new(Box::pin(stream), Watcher::Json(UsageScanner::new(0)), settlement)

@@ -9,8 +9,9 @@
 //!
 //! Which providers can serve which endpoint: OpenAI-compatible ones (OpenAI, Azure
 //! OpenAI, Gemini's OpenAI-compatible endpoint, any base URL) the OpenAI endpoints;
-//! Anthropic's `/v1/messages`. A target that cannot serve the request's endpoint is
-//! left out of its plan.
+//! Anthropic `/v1/messages`, and chat completions translated to Messages and back
+//! (tools included). A target that cannot serve the request's endpoint is left out of
+//! its plan.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -44,12 +45,20 @@ impl ProviderKind {
         }
     }
 
-    /// Whether a request to `endpoint` can be sent to this kind of provider.
+    /// Whether a request to `endpoint` can be sent to this kind of provider (a chat
+    /// completion to Anthropic is translated, [`ProviderKind::translates`]).
     pub fn serves(&self, endpoint: Endpoint) -> bool {
         match self {
-            ProviderKind::Anthropic => endpoint.is_anthropic(),
+            ProviderKind::Anthropic => endpoint.is_anthropic() || self.translates(endpoint),
             ProviderKind::OpenAi | ProviderKind::Azure { .. } => !endpoint.is_anthropic(),
         }
+    }
+
+    /// Whether a request to `endpoint` is translated for this kind: an OpenAI chat
+    /// completion to Anthropic's Messages and its answer back
+    /// ([`tollgate_providers::translate`]).
+    pub fn translates(&self, endpoint: Endpoint) -> bool {
+        *self == ProviderKind::Anthropic && endpoint == Endpoint::ChatCompletions
     }
 }
 
@@ -74,7 +83,8 @@ impl Provider {
                     api_version
                 ))
             }
-            _ => std::borrow::Cow::Borrowed(endpoint.upstream_path()),
+            ProviderKind::Anthropic => std::borrow::Cow::Borrowed(Endpoint::Messages.upstream_path()),
+            ProviderKind::OpenAi => std::borrow::Cow::Borrowed(endpoint.upstream_path()),
         }
     }
 }

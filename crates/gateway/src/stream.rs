@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tollgate_providers::sse::{Dialect, SseRewriter};
+use tollgate_providers::translate::MessagesToChatStream;
 use tollgate_providers::{UpstreamError, UsageScanner};
 
 use tollgate_cache::Entry;
@@ -50,6 +51,9 @@ pub struct AccountingStream {
     /// A streamed cache miss: the stream is assembled into its JSON answer and stored
     /// if it completes.
     cache: Option<Box<CacheTap>>,
+    /// Anthropic's events turned into chat-completion chunks on their way out (a
+    /// chat completion routed to Claude); usage is read before, from the events.
+    translate: Option<Box<MessagesToChatStream>>,
 }
 
 /// Where a streamed miss is assembled, and where it is stored.
@@ -70,7 +74,29 @@ impl AccountingStream {
             done: false,
             deadline: None,
             cache: None,
+            translate: None,
         }
+    }
+
+    /// Translates what goes out with `translator` (see the `translate` field).
+    pub fn with_translation(mut self, translator: MessagesToChatStream) -> Self {
+        self.translate = Some(Box::new(translator));
+        self
+    }
+
+    /// What goes to the client for `out`: itself, or its translation.
+    fn outgoing(&mut self, out: Bytes) -> Bytes {
+        match &mut self.translate {
+            Some(translator) => translator.push(&out),
+            None => out,
+        }
+    }
+
+    /// The translator's last words at the end of the body, once.
+    fn translated_end(&mut self) -> Option<Bytes> {
+        let mut translator = self.translate.take()?;
+        let end = translator.finish();
+        (!end.is_empty()).then_some(end)
     }
 
     /// Ends the body at `at` (the request's total deadline, `total` after it began)
@@ -147,6 +173,7 @@ impl AccountingStream {
             done: false,
             deadline: None,
             cache: None,
+            translate: None,
         }
     }
 
@@ -217,7 +244,15 @@ impl Stream for AccountingStream {
                     (Some(tail), Some(end)) => Some(Bytes::from([&tail[..], &end[..]].concat())),
                     (tail, end) => tail.or(end),
                 };
-                return Poll::Ready(tail.map(Ok));
+                let tail = match tail {
+                    Some(tail) => Some(this.outgoing(tail)).filter(|t| !t.is_empty() || this.translate.is_none()),
+                    None => this.translated_end(),
+                };
+                match tail {
+                    // A tail that translated to nothing: the translator's end next.
+                    None if this.translate.is_some() => continue,
+                    tail => return Poll::Ready(tail.map(Ok)),
+                }
             }
             if let Some((sleep, total)) = this.deadline.as_mut()
                 && sleep.as_mut().poll(cx).is_ready()
@@ -260,6 +295,7 @@ impl Stream for AccountingStream {
                         }
                         Watcher::Pass => chunk,
                     };
+                    let out = this.outgoing(out);
                     if out.is_empty() {
                         continue;
                     }

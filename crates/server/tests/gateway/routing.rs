@@ -350,3 +350,104 @@ async fn a_fallback_is_charged_to_its_own_scoped_limits_even_when_the_primary_wa
     assert_eq!(r.backup.requests_served(), 3);
     assert_eq!(r.app.state.limiter.held_reservations().await.expect("held"), 0);
 }
+
+/// A route to Claude for OpenAI-style chat: an Anthropic provider on the third mock.
+async fn routed_to_claude() -> Routed {
+    routed(|raw, _, backup| {
+        let mut claude = provider(ProviderKindName::Anthropic, backup.base_url());
+        claude.anthropic_version = Some("2023-06-01".into());
+        raw.providers.insert("claude".into(), claude);
+        raw.routing.routes.insert("smart".into(), RouteSpec::Ordered(vec!["claude/claude-sonnet-4-5".into()]));
+    })
+    .await
+}
+
+fn weather_tools() -> Value {
+    json!([{ "type": "function", "function": { "name": "get_weather", "description": "The weather in a city",
+        "parameters": { "type": "object", "properties": { "city": { "type": "string" } }, "required": ["city"] } } }])
+}
+
+#[tokio::test]
+async fn a_chat_request_routed_to_claude_is_translated_both_ways_tools_included() {
+    let r = routed_to_claude().await;
+    // Plain, with tools: the mock answers a tool_use block, which comes back as tool_calls.
+    let body = json!({ "model": "smart", "tools": weather_tools(), "tool_choice": "auto",
+        "messages": [{ "role": "system", "content": "Be brief." },
+                     { "role": "user", "content": format!("Please {} for Paris", mock::TOOL_TRIGGER) }] });
+    let resp = r.app.chat_body(&r.key, body, &[]).await;
+    assert_eq!(resp.status(), 200);
+    let chat: Value = resp.json().await.expect("json");
+    assert_eq!(chat["object"], "chat.completion", "{chat}");
+    assert_eq!(chat["model"], "claude-sonnet-4-5");
+    let choice = &chat["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{chat}");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather", "{chat}");
+    let arguments: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap_or("")).expect("args");
+    assert_eq!(arguments["city"], "Paris");
+    let prompt = chat["usage"]["prompt_tokens"].as_u64().expect("usage");
+
+    // The tool's result goes back as a `tool` message; a plain text answer follows.
+    let body = json!({ "model": "smart", "tools": weather_tools(),
+        "messages": [{ "role": "user", "content": "Weather in Paris?" },
+                     { "role": "assistant", "content": null, "tool_calls": [call] },
+                     { "role": "tool", "tool_call_id": call["id"], "content": "18 C and sunny" }] });
+    let chat: Value = r.app.chat_body(&r.key, body, &[]).await.json().await.expect("json");
+    assert_eq!(chat["choices"][0]["finish_reason"], "stop", "{chat}");
+    assert_eq!(chat["choices"][0]["message"]["content"], "Hello from the tollgate mock upstream.");
+
+    // Streamed, with the usage chunk asked for: OpenAI chunks, the tool call's arguments
+    // in pieces, the usage, then [DONE].
+    let body = json!({ "model": "smart", "stream": true, "stream_options": { "include_usage": true },
+        "tools": weather_tools(), "messages": [{ "role": "user", "content": mock::TOOL_TRIGGER }] });
+    let text = r.app.chat_body(&r.key, body, &[]).await.text().await.expect("stream");
+    let chunks: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).expect("chunk json"))
+        .collect();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"), "{text}");
+    let arguments: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(serde_json::from_str::<Value>(&arguments).expect("args")["city"], "Paris", "{text}");
+    let usage = chunks.iter().find_map(|c| c.get("usage").filter(|u| !u.is_null())).expect("usage chunk");
+    assert!(usage["completion_tokens"].as_u64().unwrap_or_default() > 0, "{usage}");
+
+    // Every call is in the ledger under the Anthropic provider, with tokens and cost.
+    let rows = rows(&r.app).await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for row in &rows {
+        assert_eq!((row["provider"].as_str(), row["model"].as_str()), (Some("claude"), Some("claude-sonnet-4-5")));
+        assert_eq!((row["status"].as_u64(), row["usage_source"].as_str()), (Some(200), Some("reported")), "{row}");
+        assert!(row["cost_micros"].as_u64().unwrap_or_default() > 0, "{row}");
+    }
+    assert!(rows.iter().any(|row| row["prompt_tokens"].as_u64() == Some(prompt)), "{rows:?}");
+    assert_eq!(r.app.state.limiter.held_reservations().await.expect("held"), 0);
+}
+
+#[tokio::test]
+async fn a_streamed_chat_to_claude_without_the_usage_chunk_hides_it_and_still_counts_it() {
+    let r = routed_to_claude().await;
+    let body = json!({ "model": "smart", "stream": true, "messages": [{ "role": "user", "content": "Hi" }] });
+    let text = r.app.chat_body(&r.key, body, &[("x-mock-usage", "11,7")]).await.text().await.expect("stream");
+    assert!(!text.contains("\"usage\":{"), "no usage chunk unless asked: {text}");
+    let content: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(content, "Hello from the tollgate mock upstream.");
+    let rows = rows(&r.app).await;
+    assert_eq!((rows[0]["prompt_tokens"].as_u64(), rows[0]["completion_tokens"].as_u64()), (Some(11), Some(7)));
+    // An Anthropic error comes back in OpenAI's shape.
+    let body = json!({ "model": "smart", "messages": [{ "role": "user", "content": "Hi" }] });
+    let resp = r.app.chat_body(&r.key, body, &[("x-mock-status", "400")]).await;
+    assert_eq!(resp.status(), 400);
+    let error: Value = resp.json().await.expect("json");
+    assert!(error["error"]["message"].is_string(), "{error}");
+}
