@@ -141,6 +141,12 @@ impl Gateway {
             client_ip,
             anonymous_id,
         };
+        // Bring your own key: the project's own provider key, or a refusal before
+        // admission (nothing charged) when it must have one and has none.
+        let provider_key = match self.provider_key_for(authed, provider).await {
+            Ok(key) => key,
+            Err(e) => return early(e, model_label),
+        };
         // Back-pressure: while the ledger's queue is full, new requests wait for room
         // (bounded), so the records of answered requests never need dropping.
         if !self.ledger_room().await {
@@ -267,7 +273,7 @@ impl Gateway {
         let gateway = self.clone();
         self.tasks.spawn(async move {
             let deadline = tokio::time::Instant::from_std(started) + gateway.settings.total_timeout;
-            let how = Forwarding { strip_usage, deadline, cache_to };
+            let how = Forwarding { strip_usage, deadline, cache_to, provider_key };
             forward(gateway, endpoint, upstream_body, passed, settlement, how, answer_tx).await;
         });
         let result = answer_rx
@@ -324,7 +330,8 @@ impl Gateway {
     pub async fn count_message_tokens(&self, headers: &HeaderMap, body: Bytes) -> Result<Answer, GatewayError> {
         RequestView::parse(Endpoint::Messages, &body)?;
         let passed = forwarded_headers(&self.settings, headers, None);
-        self.pass_through(&self.anthropic, reqwest::Method::POST, "/messages/count_tokens", passed, Some(body)).await
+        self.pass_through(&self.anthropic, reqwest::Method::POST, "/messages/count_tokens", passed, Some(body), None)
+            .await
     }
 
     async fn get_passed_through(
@@ -334,7 +341,9 @@ impl Gateway {
         path: &str,
     ) -> Result<Answer, GatewayError> {
         let passed = forwarded_headers(&self.settings, headers, Some(&authed.project));
-        self.pass_through(&self.upstream, reqwest::Method::GET, path, passed, None).await
+        let key = self.provider_key_for(authed, &self.settings.provider).await?;
+        let (upstream, auth) = self.upstream_with_key(Endpoint::ChatCompletions, key.as_deref());
+        self.pass_through(upstream, reqwest::Method::GET, path, passed, None, auth).await
     }
 
     /// An unaccounted call: the upstream's answer streamed back as it is.
@@ -345,9 +354,10 @@ impl Gateway {
         path: &str,
         passed: HeaderMap,
         body: Option<Bytes>,
+        key: Option<&tollgate_providers::ProviderAuth>,
     ) -> Result<Answer, GatewayError> {
         let sent = Instant::now();
-        match upstream.send(method, path, passed, body).await {
+        match upstream.send_with_key(method, path, passed, body, key).await {
             Ok(up) => Ok(Answer {
                 upstream: sent.elapsed(),
                 status: up.status,
@@ -379,6 +389,8 @@ struct Forwarding {
     deadline: tokio::time::Instant,
     /// Store a complete 200 answer in the cache as this says.
     cache_to: Option<crate::cache::CacheTarget>,
+    /// The project's own provider key (`None`: the operator's), [`crate::byok`].
+    provider_key: Option<std::sync::Arc<crate::byok::ProviderKey>>,
 }
 
 /// Forwards, reads the answer, and sends it to the waiting handler; a whole answer
@@ -395,11 +407,11 @@ async fn forward(
     how: Forwarding,
     answer: oneshot::Sender<Result<Answer, GatewayError>>,
 ) {
-    let Forwarding { strip_usage, deadline, cache_to } = how;
+    let Forwarding { strip_usage, deadline, cache_to, provider_key } = how;
     let total = gateway.settings.total_timeout;
     let sent_at = settlement.sent();
-    let upstream = gateway.upstream_for(endpoint);
-    let send = upstream.send(reqwest::Method::POST, endpoint.upstream_path(), headers, Some(body));
+    let (upstream, key) = gateway.upstream_with_key(endpoint, provider_key.as_deref());
+    let send = upstream.send_with_key(reqwest::Method::POST, endpoint.upstream_path(), headers, Some(body), key);
     let sent = tokio::time::timeout_at(deadline, send).await.unwrap_or(Err(UpstreamError::Timeout(total)));
     let upstream = match sent {
         Ok(u) => u,
@@ -416,7 +428,7 @@ async fn forward(
         }
     };
     settlement.upstream_request_id(upstream.request_id.clone());
-    if upstream.status == 401 && !gateway.upstream_for(endpoint).has_api_key() {
+    if upstream.status == 401 && provider_key.is_none() && !gateway.upstream_for(endpoint).has_api_key() {
         // The upstream's own message would blame the client's key; the fault is the
         // gateway's configuration. Refunded: nothing is charged.
         gateway.metrics.upstream_error(crate::metrics::UpstreamErrorKind::NoProviderKey);
