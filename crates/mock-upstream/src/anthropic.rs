@@ -130,7 +130,7 @@ async fn answer(inner: &Inner, headers: &HeaderMap, body: &Bytes) -> Result<Resp
             object.remove("usage");
         }
         if headers.contains_key(crate::HEADER_ECHO) {
-            reply["mock_key_sha256"] = crate::key_digest(&headers);
+            reply["mock_key_sha256"] = crate::key_digest(headers);
         }
         return Ok(json_reply(reply, directives.fault));
     }
