@@ -326,3 +326,35 @@ impl Gateway {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_provider_key_and_its_record_print_no_secret() {
+        let auth = ProviderAuth::new(tollgate_providers::UpstreamAuth::Bearer, "sk-secret-0123456789").expect("auth");
+        let key = ProviderKey {
+            project_id: "p1".into(),
+            provider: "openai".into(),
+            hint: "sk-…6789".into(),
+            base_url: None,
+            auth,
+            upstream: None,
+        };
+        let shown = format!("{key:?}");
+        assert!(!shown.contains("sk-secret") && shown.contains("<redacted>") && shown.contains("sk-…6789"), "{shown}");
+        let record = tollgate_store::ProviderKeyRecord {
+            project_id: "p1".into(),
+            provider: "openai".into(),
+            sealed_key: "v1:00000000:c2VhbGVk".into(),
+            hint: "sk-…6789".into(),
+            base_url: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        assert!(!format!("{record:?}").contains("c2VhbGVk"), "not even the ciphertext");
+        let required = ProviderKeyError::Required { project_id: "p1".into(), provider: "openai".into() };
+        assert!(required.to_string().contains("PUT /api/v1/projects/p1/provider-keys/openai"), "{required}");
+    }
+}
