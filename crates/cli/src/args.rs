@@ -51,6 +51,12 @@ pub enum Command {
     /// Alerts: rules, channels (webhook, Slack, e-mail), events and deliveries.
     #[command(subcommand)]
     Alerts(AlertsCommand),
+    /// Bring your own key: a project's own provider keys (sealed, shown as hints).
+    #[command(subcommand)]
+    ProviderKeys(ProviderKeysCommand),
+    /// Sealed secrets: re-seal every one under the current master key.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// Usage against every limit of a key (`--key`) or a project (`--project`):
     /// used, remaining, percent, reset, state.
     Status {
@@ -196,6 +202,9 @@ Settings (TOML file, or TOLLGATE_<NAME>, nested with __: TOLLGATE_UPSTREAM__BASE
   unknown_model_policy   refuse | default_price [refuse]
   default_price          price of models the table does not know
   cors_allowed_origins   browser origins allowed to call tollgate [none]
+  secrets.*              master_key, master_key_file, old_master_keys: the key every sealed
+                         secret is sealed with (docs/providers.md)
+  byok.*                 allowed_base_urls, cache_ttl_ms: projects' own provider keys
   alerts.*               master_key, master_key_file, old_master_keys, allow_private_targets,
                          retry_schedule_ms, poll_ms, lease_secs, send_timeout_ms,
                          rules_refresh_ms (docs/alerts.md)
@@ -403,6 +412,58 @@ pub enum ProjectsCommand {
         /// (empty: UTC).
         #[arg(long)]
         time_zone: Option<String>,
+        /// Without a provider key of the project's own: `operator` (use the
+        /// operator's) or `never` (refuse the request).
+        #[arg(long)]
+        byok_fallback: Option<String>,
+    },
+}
+
+/// `tollgate provider-keys …` (docs/providers.md, "Bring your own key").
+#[derive(Subcommand, Debug)]
+pub enum ProviderKeysCommand {
+    /// Store the project's key for a provider, read from stdin (never from the
+    /// command line, which other users see in `ps`): `tollgate provider-keys set
+    /// --project P --provider openai < key.txt`.
+    Set {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        project: String,
+        /// A configured provider name (`upstream.provider`, `anthropic.provider`).
+        #[arg(long)]
+        provider: String,
+        /// Send the project's calls to this base URL (one the operator allows in
+        /// `byok.allowed_base_urls`).
+        #[arg(long)]
+        base_url: Option<String>,
+    },
+    /// List the project's provider keys (hints only).
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        project: String,
+    },
+    /// Delete the project's key for a provider.
+    Delete {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        provider: String,
+    },
+}
+
+/// `tollgate secrets …`.
+#[derive(Subcommand, Debug)]
+pub enum SecretsCommand {
+    /// Re-seal every sealed secret (provider keys, alert channel secrets) not sealed
+    /// under the current master key, and print the counts (operator token).
+    Rotate {
+        #[command(flatten)]
+        server: ServerArgs,
     },
 }
 

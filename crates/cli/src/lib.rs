@@ -1,6 +1,7 @@
 //! The command line: `serve`, `mock-upstream`, `config check`, and admin commands
-//! (`keys`, `projects`, `plans`, `tokens`, `usage`, `status`) that call a running
-//! server's admin API, so they work the same against one embedded instance or a fleet.
+//! (`keys`, `projects`, `plans`, `tokens`, `usage`, `status`, `provider-keys`,
+//! `secrets`) that call a running server's admin API, so they work the same against one
+//! embedded instance or a fleet.
 //!
 //! Admin commands print tables when stdout is a terminal, JSON otherwise or with
 //! `--json` (`output`). Lists that page (`keys list`, `usage`) take `--after`,
@@ -306,6 +307,7 @@ fn admin_call(command: Command) -> anyhow::Result<(ServerArgs, Call)> {
                 openai_organization,
                 openai_project,
                 time_zone,
+                byok_fallback,
             } => {
                 let mut body = serde_json::Map::new();
                 if let Some(n) = name {
@@ -328,6 +330,9 @@ fn admin_call(command: Command) -> anyhow::Result<(ServerArgs, Call)> {
                     if let Some(v) = value {
                         body.insert(field.into(), if v.is_empty() { Value::Null } else { v.into() });
                     }
+                }
+                if let Some(fallback) = byok_fallback {
+                    body.insert("byok_fallback".into(), fallback.into());
                 }
                 plain(server, Method::PATCH, format!("/api/v1/projects/{}", urlencode(&id)), Some(Value::Object(body)))
             }
@@ -397,7 +402,41 @@ fn admin_call(command: Command) -> anyhow::Result<(ServerArgs, Call)> {
             let (server, method, path, body) = alerts::call(a)?;
             plain(server, method, path, body)
         }
+        Command::ProviderKeys(k) => match k {
+            ProviderKeysCommand::Set { server, project, provider, base_url } => {
+                let api_key = read_secret_from_stdin()?;
+                let path = format!("/api/v1/projects/{}/provider-keys/{}", urlencode(&project), urlencode(&provider));
+                plain(server, Method::PUT, path, Some(json!({ "api_key": api_key, "base_url": base_url })))
+            }
+            ProviderKeysCommand::List { server, project } => {
+                plain(server, Method::GET, format!("/api/v1/projects/{}/provider-keys", urlencode(&project)), None)
+            }
+            ProviderKeysCommand::Delete { server, project, provider } => {
+                let path = format!("/api/v1/projects/{}/provider-keys/{}", urlencode(&project), urlencode(&provider));
+                plain(server, Method::DELETE, path, None)
+            }
+        },
+        Command::Secrets(SecretsCommand::Rotate { server }) => {
+            plain(server, Method::POST, "/api/v1/secrets/rotate".to_owned(), None)
+        }
     }
+}
+
+/// A secret typed or piped on stdin (one line; surrounding whitespace dropped), so it
+/// is never on a command line where other users see it in `ps`.
+fn read_secret_from_stdin() -> anyhow::Result<String> {
+    use std::io::{IsTerminal, Read};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("Paste the provider key, then press Enter and Ctrl-D:");
+    }
+    let mut text = String::new();
+    stdin.lock().take(64 * 1024).read_to_string(&mut text).context("reading the provider key from stdin")?;
+    let key = text.trim();
+    if key.is_empty() {
+        bail!("no provider key on stdin: pipe it in, e.g. `tollgate provider-keys set … < key.txt`");
+    }
+    Ok(key.to_owned())
 }
 
 #[cfg(test)]

@@ -263,6 +263,44 @@ pub struct ProjectSettings {
     /// Response caching for the project's requests (off unless the operator turns it on).
     #[serde(skip_serializing_if = "CacheSettings::is_default")]
     pub cache: CacheSettings,
+    /// Whose provider key a request of this project uses when the project stored none
+    /// of its own for the provider (bring your own key, docs/providers.md).
+    #[serde(skip_serializing_if = "ByokFallback::is_default")]
+    pub byok_fallback: ByokFallback,
+}
+
+/// What a project's request uses when the project has no provider key of its own for
+/// the provider it goes to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ByokFallback {
+    /// The operator's key (`upstream.api_key`, `anthropic.api_key`).
+    #[default]
+    Operator,
+    /// None: the request is refused (`provider_key_required`), so the operator never
+    /// pays for this project's calls.
+    Never,
+}
+
+impl ByokFallback {
+    pub fn is_default(&self) -> bool {
+        *self == ByokFallback::Operator
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ByokFallback::Operator => "operator",
+            ByokFallback::Never => "never",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "operator" => Some(ByokFallback::Operator),
+            "never" => Some(ByokFallback::Never),
+            _ => None,
+        }
+    }
 }
 
 /// A project's response cache (docs/caching.md).
@@ -376,6 +414,7 @@ impl Default for ProjectSettings {
             openai_project: None,
             time_zone: None,
             cache: CacheSettings::default(),
+            byok_fallback: ByokFallback::Operator,
         }
     }
 }

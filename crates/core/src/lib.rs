@@ -18,8 +18,8 @@ pub mod zone;
 pub use counter::{CalendarCounter, LimitState, SlidingWindow};
 pub use decision::{Decision, LimitStatus, Refusal};
 pub use key::{
-    AdminToken, ApiKey, CacheSettings, DEFAULT_CACHE_TTL_SECS, DEFAULT_PLAN, DEFAULT_SEMANTIC_THRESHOLD, HitsCount,
-    KeyHash, KeyParseError, KeyRecord, KeyState, MAX_CACHE_TTL_SECS, Project, ProjectSettings, Similarity,
+    AdminToken, ApiKey, ByokFallback, CacheSettings, DEFAULT_CACHE_TTL_SECS, DEFAULT_PLAN, DEFAULT_SEMANTIC_THRESHOLD,
+    HitsCount, KeyHash, KeyParseError, KeyRecord, KeyState, MAX_CACHE_TTL_SECS, Project, ProjectSettings, Similarity,
 };
 pub use limit::{Amounts, LimitError, LimitSpec, Metric, Plan, Slot, SubjectKind, Window};
 pub use secret::Secret;

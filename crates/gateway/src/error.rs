@@ -63,6 +63,10 @@ pub enum GatewayError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Upstream(#[from] UpstreamFailure),
+    /// The project's own provider key is required and missing, or stored and
+    /// unusable (bring your own key).
+    #[error(transparent)]
+    ProviderKey(#[from] crate::byok::ProviderKeyError),
     /// The ledger's queue stayed full for `commit_timeout`: the request was not
     /// admitted (back-pressure; nothing forwarded, nothing charged).
     #[error("the usage ledger is behind")]

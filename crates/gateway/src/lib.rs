@@ -9,7 +9,8 @@
 //!    then the **cache** phase ([`cache`], then [`semantic`]): a hit answers without
 //!    forwarding;
 //! 3. **route** and **forward** ([`proxy`]): the upstream call, in a tracked task so a
-//!    client that hangs up cannot cut it short;
+//!    client that hangs up cannot cut it short, with the project's own provider key
+//!    when it has one ([`byok`]);
 //! 4. **stream back** ([`stream`]): the answer passes through chunk by chunk while
 //!    its usage is read;
 //! 5. **settle and record** ([`settle`]): the ledger record and the settlement of the
@@ -23,6 +24,7 @@
 pub mod access;
 pub mod admit;
 pub mod auth;
+pub mod byok;
 pub mod cache;
 pub mod count;
 pub mod error;
@@ -166,6 +168,9 @@ pub struct GatewayParts {
     /// The semantic cache's index (and in distributed mode its PostgreSQL store); used
     /// only for projects with `cache.semantic` on.
     pub semantic: Option<Arc<tollgate_cache::semantic::SemanticCache>>,
+    /// Projects' own provider keys (bring your own key, [`byok`]); `None`: every
+    /// request goes with the operator's key.
+    pub provider_keys: Option<Arc<byok::ProviderKeys>>,
 }
 
 /// Request ids unique across processes: a random per-process prefix and a counter.

@@ -142,11 +142,32 @@ impl Gateway {
         let model_label = self.metrics.model(&view.model);
         // The route phase: a model naming a route is sent to its targets in turn; any
         // other to the endpoint's default provider as it is.
-        let route = match self.routing.plan(endpoint, &view.model, &body, &authed.key.id) {
+        let mut route = match self.routing.plan(endpoint, &view.model, &body, &authed.key.id) {
             None => None,
             Some(Ok(route)) => Some(route),
             Some(Err(e)) => return early(e.into(), model_label),
         };
+        // Bring your own key: the project's own provider key for each target, or a
+        // refusal before admission (nothing charged) when it must have one and has
+        // none; a routed target it has no usable key for is left out.
+        let mut keys: Vec<Option<Arc<crate::byok::ProviderKey>>> = Vec::new();
+        if let Some(route) = &mut route {
+            let mut kept = Vec::with_capacity(route.targets.len());
+            let mut refused = None;
+            for target in std::mem::take(&mut route.targets) {
+                match self.provider_key_for(authed, &target.provider.name).await {
+                    Ok(key) => {
+                        keys.push(key);
+                        kept.push(target);
+                    }
+                    Err(e) => refused = refused.or(Some(e)),
+                }
+            }
+            if let (true, Some(e)) = (kept.is_empty(), refused) {
+                return early(e, model_label);
+            }
+            route.targets = kept;
+        }
         let provider = match &route {
             Some(route) => &route.targets[0].provider.name,
             None if endpoint.is_anthropic() => &self.settings.anthropic_provider,
@@ -162,6 +183,12 @@ impl Gateway {
             client_ip,
             anonymous_id,
         };
+        if route.is_none() {
+            match self.provider_key_for(authed, provider).await {
+                Ok(key) => keys.push(key),
+                Err(e) => return early(e, model_label),
+            }
+        }
         // Back-pressure: while the ledger's queue is full, new requests wait for room
         // (bounded), so the records of answered requests never need dropping.
         if !self.ledger_room().await {
@@ -311,7 +338,7 @@ impl Gateway {
         let client_wants_usage = view.client_wants_usage;
         let upstream_body = view.upstream_body(&body);
         drop(view);
-        let attempts = match self.attempts(endpoint, route, first, route_items, upstream_body) {
+        let attempts = match self.attempts(endpoint, route, first, route_items, keys, upstream_body) {
             Ok(attempts) => attempts,
             Err(e) => {
                 // Admitted but not forwardable: refunded, recorded as the client's 400.
@@ -367,14 +394,19 @@ impl Gateway {
         route: Option<Route>,
         first: usize,
         items: Vec<Vec<tollgate_core::LimitItem>>,
+        keys: Vec<Option<Arc<crate::byok::ProviderKey>>>,
         body: Bytes,
     ) -> Result<Vec<Attempt>, tollgate_providers::RequestError> {
+        let mut keys = keys.into_iter();
         let Some(route) = route else {
             let provider = self.routing.default_for(endpoint).clone();
             let path = provider.path(endpoint, "");
-            let attempt = Attempt { provider, path, body, target: None, model: None, items: None, translate: false };
+            let key = keys.next().flatten();
+            let attempt =
+                Attempt { provider, path, body, target: None, model: None, items: None, translate: false, key };
             return Ok(vec![attempt]);
         };
+        let mut keys = keys.skip(first);
         let mut attempts = Vec::with_capacity(route.targets.len() - first);
         for (i, target) in route.targets.into_iter().enumerate().skip(first) {
             let translate = target.provider.kind.translates(endpoint);
@@ -396,6 +428,7 @@ impl Gateway {
                 model: Some(target.model),
                 items: Some(items),
                 translate,
+                key: keys.next().flatten(),
             });
         }
         Ok(attempts)
@@ -436,7 +469,8 @@ impl Gateway {
     pub async fn count_message_tokens(&self, headers: &HeaderMap, body: Bytes) -> Result<Answer, GatewayError> {
         RequestView::parse(Endpoint::Messages, &body)?;
         let passed = forwarded_headers(&self.settings, headers, None);
-        self.pass_through(&self.anthropic, reqwest::Method::POST, "/messages/count_tokens", passed, Some(body)).await
+        self.pass_through(&self.anthropic, reqwest::Method::POST, "/messages/count_tokens", passed, Some(body), None)
+            .await
     }
 
     async fn get_passed_through(
@@ -446,7 +480,9 @@ impl Gateway {
         path: &str,
     ) -> Result<Answer, GatewayError> {
         let passed = forwarded_headers(&self.settings, headers, Some(&authed.project));
-        self.pass_through(&self.upstream, reqwest::Method::GET, path, passed, None).await
+        let key = self.provider_key_for(authed, &self.settings.provider).await?;
+        let (upstream, auth) = self.upstream_with_key(Endpoint::ChatCompletions, key.as_deref());
+        self.pass_through(upstream, reqwest::Method::GET, path, passed, None, auth).await
     }
 
     /// An unaccounted call: the upstream's answer streamed back as it is.
@@ -457,9 +493,10 @@ impl Gateway {
         path: &str,
         passed: HeaderMap,
         body: Option<Bytes>,
+        key: Option<&tollgate_providers::ProviderAuth>,
     ) -> Result<Answer, GatewayError> {
         let sent = Instant::now();
-        match upstream.send(method, path, passed, body).await {
+        match upstream.send_with_key(method, path, passed, body, key).await {
             Ok(up) => Ok(Answer {
                 upstream: sent.elapsed(),
                 status: up.status,
@@ -510,6 +547,9 @@ pub(crate) struct Attempt {
     items: Option<Vec<LimitItem>>,
     /// A chat completion sent to Anthropic as Messages: its answer is translated back.
     translate: bool,
+    /// The project's own provider key for this target (`None`: the operator's),
+    /// [`crate::byok`].
+    key: Option<Arc<crate::byok::ProviderKey>>,
 }
 
 /// Why an attempt gave no answer, kept to answer with when no target is left.
@@ -541,7 +581,7 @@ async fn forward(
     let mut tried = 0u32;
     for (i, attempt) in attempts.into_iter().enumerate() {
         let more = i + 1 < count;
-        let Attempt { provider, path, body, target, model, items, translate } = attempt;
+        let Attempt { provider, path, body, target, model, items, translate, key } = attempt;
         let health = &gateway.routing.health;
         if let Some(id) = &target {
             if !health.admit(id, crate::now_ms()).allowed() {
@@ -571,7 +611,12 @@ async fn forward(
         } else {
             how.deadline
         };
-        let send = provider.upstream.send(reqwest::Method::POST, &path, headers.clone(), Some(body));
+        // A project's own key goes with its own base URL, if it has one.
+        let (upstream, auth) = match &key {
+            Some(key) => (key.upstream().unwrap_or(&provider.upstream), Some(key.auth())),
+            None => (&provider.upstream, None),
+        };
+        let send = upstream.send_with_key(reqwest::Method::POST, &path, headers.clone(), Some(body), auth);
         let sent = tokio::time::timeout_at(until, send).await.unwrap_or(Err(UpstreamError::Timeout(total)));
         let latency_ms = sent_at.elapsed().as_millis() as u64;
         let mut upstream = match sent {
@@ -632,7 +677,7 @@ async fn forward(
         } else if let Some(id) = &target {
             health.success(id, crate::now_ms(), latency_ms);
         }
-        let has_api_key = provider.upstream.has_api_key();
+        let has_api_key = key.is_some() || provider.upstream.has_api_key();
         let translate =
             translate.then(|| Translation { model: model.unwrap_or_default(), created_secs: crate::now_ms() / 1000 });
         deliver(gateway, endpoint, upstream, has_api_key, translate, settlement, how, sent_at, answer).await;

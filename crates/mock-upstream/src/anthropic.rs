@@ -166,6 +166,9 @@ async fn answer(inner: &Inner, headers: &HeaderMap, body: &Bytes) -> Result<Resp
         if no_usage && let Some(object) = reply.as_object_mut() {
             object.remove("usage");
         }
+        if headers.contains_key(crate::HEADER_ECHO) {
+            reply["mock_key_sha256"] = crate::key_digest(headers);
+        }
         return Ok(json_reply(reply, directives.fault));
     }
     let mut started = json!({

@@ -19,7 +19,11 @@
 //! * `x-mock-chunks: N` — stream N content chunks (1 to 10,000).
 //! * `x-mock-echo-headers: a, b` — a (non-streamed) chat completion carries
 //!   `"mock_echo": {"a": [values received], "b": []}`, so a test can see which
-//!   headers the gateway sent upstream.
+//!   headers the gateway sent upstream. The same answers (and Anthropic's non-streamed
+//!   Messages answers) also carry `"mock_key_sha256"`: the SHA-256, in hex, of the
+//!   provider key the mock received (`Authorization: Bearer`'s or `x-api-key`'s; `null`
+//!   without one), so a test can tell which key was used without the key itself
+//!   passing through an answer.
 //!
 //! On `POST /v1/messages`, a request with `tools` whose last user message contains
 //! [`TOOL_TRIGGER`] ("call a tool") is answered with a `tool_use` of its first tool.
@@ -666,8 +670,25 @@ async fn chat_completions(
     let mut reply = reply;
     if let Some(echo) = echoed_headers(&headers) {
         reply["mock_echo"] = echo;
+        reply["mock_key_sha256"] = key_digest(&headers);
     }
     Ok(json_reply(reply, directives.fault))
+}
+
+/// The SHA-256 (hex) of the provider key a request carried: `Authorization: Bearer`'s,
+/// else `x-api-key`'s; `null` when it carried none.
+pub(crate) fn key_digest(headers: &HeaderMap) -> Value {
+    use sha2::{Digest, Sha256};
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let key = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    match key {
+        Some(key) => Value::String(Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()),
+        None => Value::Null,
+    }
 }
 
 /// The headers `x-mock-echo-headers` names, each with every value received.

@@ -19,5 +19,5 @@ pub mod usage;
 
 pub use request::{Endpoint, RequestError, RequestView};
 pub use sse::{SseRewriter, StreamSummary, request_with_include_usage};
-pub use upstream::{Upstream, UpstreamAuth, UpstreamConfig, UpstreamError, UpstreamResponse};
+pub use upstream::{ProviderAuth, Upstream, UpstreamAuth, UpstreamConfig, UpstreamError, UpstreamResponse};
 pub use usage::{TokenUsage, UsageScanner};

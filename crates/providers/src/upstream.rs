@@ -92,6 +92,37 @@ fn proxy_in_environment() -> bool {
 const KNOWN_PATHS: &[&str] =
     &["/chat/completions", "/completions", "/embeddings", "/models", "/responses", "/messages"];
 
+/// A provider key as the upstream's [`UpstreamAuth`] presents it (`Authorization:
+/// Bearer …` or `x-api-key`), built once and marked sensitive (HTTP/2 never indexes
+/// it, and its `Debug` is redacted).
+#[derive(Clone)]
+pub struct ProviderAuth {
+    name: reqwest::header::HeaderName,
+    value: reqwest::header::HeaderValue,
+}
+
+impl std::fmt::Debug for ProviderAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderAuth").field("header", &self.name).field("value", &"<redacted>").finish()
+    }
+}
+
+impl ProviderAuth {
+    /// The header `auth` presents `key` in; a key that is not a valid header value
+    /// (control characters, non-ASCII) is a `Config` error that does not show it.
+    pub fn new(auth: UpstreamAuth, key: &str) -> Result<Self, UpstreamError> {
+        let (name, text) = match auth {
+            UpstreamAuth::Bearer => (reqwest::header::AUTHORIZATION, format!("Bearer {key}")),
+            UpstreamAuth::XApiKey => (reqwest::header::HeaderName::from_static("x-api-key"), key.to_owned()),
+            UpstreamAuth::ApiKey => (reqwest::header::HeaderName::from_static("api-key"), key.to_owned()),
+        };
+        let mut value = reqwest::header::HeaderValue::from_str(&text)
+            .map_err(|_| UpstreamError::Config("provider key is not a valid header value".into()))?;
+        value.set_sensitive(true);
+        Ok(Self { name, value })
+    }
+}
+
 /// A pooled client bound to one upstream.
 pub struct Upstream {
     client: reqwest::Client,
@@ -99,8 +130,13 @@ pub struct Upstream {
     /// The URL of every path tollgate calls, parsed once: a request clones one
     /// instead of formatting and parsing (IDNA included) a string per call.
     urls: Vec<(&'static str, reqwest::Url)>,
-    /// The header carrying the provider key and its value.
-    authorization: Option<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
+    /// The header carrying the operator's provider key and its value.
+    authorization: Option<ProviderAuth>,
+    /// How a provider key is presented (for keys given per call).
+    auth: UpstreamAuth,
+    /// The configuration without its key, to build the same upstream elsewhere
+    /// ([`Upstream::rebased`]).
+    config: UpstreamConfig,
     /// Sent unless the call's headers already have them.
     default_headers: Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
     read_timeout: Duration,
@@ -125,20 +161,7 @@ impl Upstream {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| UpstreamError::Config(e.to_string()))?;
-        let authorization = match &config.api_key {
-            Some(key) => {
-                let (name, text) = match config.auth {
-                    UpstreamAuth::Bearer => (reqwest::header::AUTHORIZATION, format!("Bearer {key}")),
-                    UpstreamAuth::XApiKey => (reqwest::header::HeaderName::from_static("x-api-key"), key.clone()),
-                    UpstreamAuth::ApiKey => (reqwest::header::HeaderName::from_static("api-key"), key.clone()),
-                };
-                let mut value = reqwest::header::HeaderValue::from_str(&text)
-                    .map_err(|_| UpstreamError::Config("provider key is not a valid header value".into()))?;
-                value.set_sensitive(true);
-                Some((name, value))
-            }
-            None => None,
-        };
+        let authorization = config.api_key.as_deref().map(|key| ProviderAuth::new(config.auth, key)).transpose()?;
         let mut default_headers = Vec::new();
         for (name, value) in &config.default_headers {
             let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
@@ -159,7 +182,30 @@ impl Upstream {
                 .map_err(|e| UpstreamError::Config(format!("upstream base URL '{base_url}' is not a URL: {e}")))?;
             urls.push((*path, url));
         }
-        Ok(Self { client, base_url, urls, authorization, default_headers, read_timeout: config.read_timeout })
+        let keyless = UpstreamConfig { api_key: None, ..config.clone() };
+        Ok(Self {
+            client,
+            base_url,
+            urls,
+            authorization,
+            auth: config.auth,
+            config: keyless,
+            default_headers,
+            read_timeout: config.read_timeout,
+        })
+    }
+
+    /// The same upstream (timeouts, pool, auth style, default headers) at another
+    /// base URL, with **no** provider key of its own: the operator's key never goes to
+    /// a URL a tenant chose. Calls to it carry the key given per call
+    /// ([`Upstream::send_with_key`]).
+    pub fn rebased(&self, base_url: &str) -> Result<Upstream, UpstreamError> {
+        Upstream::new(&UpstreamConfig { base_url: base_url.to_owned(), ..self.config.clone() })
+    }
+
+    /// `key` as this upstream presents a provider key.
+    pub fn provider_auth(&self, key: &str) -> Result<ProviderAuth, UpstreamError> {
+        ProviderAuth::new(self.auth, key)
     }
 
     /// Whether a provider key is configured (sent as `Authorization: Bearer`, or
@@ -179,8 +225,21 @@ impl Upstream {
         &self,
         method: reqwest::Method,
         path: &str,
+        headers: reqwest::header::HeaderMap,
+        body: Option<Bytes>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        self.send_with_key(method, path, headers, body, None).await
+    }
+
+    /// [`send`](Self::send) with `key` (a project's own provider key) instead of the
+    /// operator's; `None` sends the operator's, as `send` does.
+    pub async fn send_with_key(
+        &self,
+        method: reqwest::Method,
+        path: &str,
         mut headers: reqwest::header::HeaderMap,
         body: Option<Bytes>,
+        key: Option<&ProviderAuth>,
     ) -> Result<UpstreamResponse, UpstreamError> {
         for (name, value) in &self.default_headers {
             if !headers.contains_key(name) {
@@ -193,7 +252,7 @@ impl Upstream {
                 .map_err(|e| UpstreamError::Config(format!("upstream URL for {path}: {e}")))?,
         };
         let mut request = self.client.request(method, url).headers(headers);
-        if let Some((name, value)) = &self.authorization {
+        if let Some(ProviderAuth { name, value }) = key.or(self.authorization.as_ref()) {
             request = request.header(name.clone(), value.clone());
         }
         if let Some(body) = body {
@@ -326,6 +385,29 @@ mod tests {
                 )),
             }
         }
+    }
+
+    #[test]
+    fn a_rebased_upstream_carries_no_operator_key_and_provider_auth_prints_redacted() {
+        let config = UpstreamConfig {
+            base_url: "http://127.0.0.1:1/v1".into(),
+            api_key: Some("sk-operator-secret".into()),
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            pool_max_idle_per_host: 1,
+            auth: UpstreamAuth::XApiKey,
+            default_headers: vec![("anthropic-version".into(), "2023-06-01".into())],
+        };
+        let upstream = Upstream::new(&config).expect("upstream");
+        assert!(upstream.has_api_key());
+        let rebased = upstream.rebased("http://127.0.0.1:2/v1/").expect("rebased");
+        assert!(!rebased.has_api_key(), "the operator's key never goes to another base URL");
+        assert_eq!(rebased.base_url(), "http://127.0.0.1:2/v1");
+        let auth = rebased.provider_auth("sk-project-secret").expect("auth");
+        let shown = format!("{auth:?}");
+        assert!(!shown.contains("sk-project-secret") && shown.contains("x-api-key"), "{shown}");
+        assert!(rebased.provider_auth("not\na header").is_err());
+        assert!(rebased.rebased("ftp://127.0.0.1/v1").is_err());
     }
 
     #[tokio::test]

@@ -109,6 +109,17 @@ impl Sealer {
         Ok(format!("v1:{}:{}", self.current.id, STANDARD.encode(blob)))
     }
 
+    /// Whether `sealed` is sealed under the current key (rotation leaves it alone).
+    pub fn is_current(&self, sealed: &str) -> bool {
+        key_id_of(sealed) == Some(self.current.id())
+    }
+
+    /// `sealed` opened for `what` and sealed again under the current key (rotation).
+    pub fn reseal(&self, what: &str, sealed: &str) -> Result<String, SealError> {
+        let clear = self.open(what, sealed)?;
+        self.seal(what, &clear)
+    }
+
     /// Opens a value sealed for `what`.
     pub fn open(&self, what: &str, sealed: &str) -> Result<String, SealError> {
         let mut parts = sealed.splitn(3, ':');
@@ -129,6 +140,15 @@ impl Sealer {
             .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: what.as_bytes() })
             .map_err(|_| SealError::Open)?;
         String::from_utf8(clear).map_err(|_| SealError::Open)
+    }
+}
+
+/// The id of the key a value was sealed with (`None` if it is not a sealed value).
+pub fn key_id_of(sealed: &str) -> Option<&str> {
+    let mut parts = sealed.splitn(3, ':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("v1"), Some(kid), Some(_)) => Some(kid),
+        _ => None,
     }
 }
 
@@ -162,6 +182,13 @@ mod tests {
         let other = Sealer::new(key(3), vec![]);
         assert!(matches!(other.open("webhook", &sealed), Err(SealError::UnknownKey(_))));
         assert_eq!(sealer.open("webhook", "v1:zz"), Err(SealError::Malformed));
+        // Re-sealing moves a value to the current key; it still opens.
+        assert!(!rotated.is_current(&sealed));
+        assert_eq!(key_id_of(&sealed), Some(sealer.key_id()));
+        let moved = rotated.reseal("webhook", &sealed).expect("reseal");
+        assert!(rotated.is_current(&moved));
+        assert_eq!(rotated.open("webhook", &moved).expect("open"), "whsec_abc");
+        assert_eq!(key_id_of("not sealed"), None);
     }
 
     #[test]

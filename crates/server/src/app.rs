@@ -115,13 +115,14 @@ impl Application {
             semantic_embedding_model: config.cache.semantic_embedding_model.clone(),
             semantic_timeout: config.cache.semantic_timeout,
         };
-        let (alerts, alert_crossings) = crate::alerts::build(
-            &config.alerts,
-            backend.alerts.clone(),
-            &config.data_dir,
-            backend.distributed.is_none(),
-        )
-        .await?;
+        // One master key seals every secret: channel secrets and projects' provider keys.
+        let sealer = crate::secrets::sealer(&config.secrets, &config.data_dir, backend.distributed.is_none())?;
+        let provider_keys = Arc::new(tollgate_gateway::byok::ProviderKeys::new(
+            backend.provider_keys.clone(),
+            sealer.clone(),
+            config.byok.cache_ttl,
+        ));
+        let (alerts, alert_crossings) = crate::alerts::build(&config.alerts, backend.alerts.clone(), sealer).await?;
         let limiter = Arc::new(tollgate_alerts::detect::AlertingLimiter::new(backend.limiter.clone(), alerts.clone()));
         // Redis shared by the instances in distributed mode, else an LRU in memory.
         let cache = backend.cache.clone().unwrap_or_else(|| {
@@ -152,6 +153,7 @@ impl Application {
             metrics,
             cache: Some(cache),
             semantic: Some(semantic),
+            provider_keys: Some(provider_keys),
         });
         let invalid_keys = Arc::new(crate::http::guard::InvalidKeyGuard::new(config.invalid_keys_per_minute));
         let distributed = backend.distributed.clone();

@@ -28,6 +28,7 @@ mod env;
 mod events;
 mod otlp;
 mod routing;
+mod secrets;
 mod store;
 
 use alerts::alerts_settings;
@@ -45,6 +46,7 @@ use events::events_settings;
 pub use events::{EventsSettings, RawEvents};
 pub use otlp::{OtlpSettings, RawOtlp};
 pub use routing::{ProviderConfig, ProviderKindName, RawProvider, RawRouting, RoutingConfig};
+pub use secrets::{ByokSettings, RawByok, RawSecrets, SecretsSettings};
 
 /// The file and environment shape of the configuration.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -106,6 +108,11 @@ pub struct RawConfig {
     pub otlp: RawOtlp,
     /// Alerts: the master key of sealed secrets, outbound safety, retries (docs/alerts.md).
     pub alerts: RawAlerts,
+    /// The master key every sealed secret is sealed with (channel secrets, projects'
+    /// provider keys), and the older keys that still open (docs/providers.md).
+    pub secrets: RawSecrets,
+    /// Bring your own key: the base URLs projects' own provider keys may use.
+    pub byok: RawByok,
     /// The response cache's bounds (see docs/caching.md).
     pub cache: RawCache,
     /// The dashboard at `/dashboard` (see docs/dashboard.md).
@@ -219,6 +226,8 @@ impl Default for RawConfig {
             analytics: RawAnalytics::default(),
             otlp: RawOtlp::default(),
             alerts: RawAlerts::default(),
+            secrets: RawSecrets::default(),
+            byok: RawByok::default(),
             cache: RawCache::default(),
             dashboard: RawDashboard::default(),
             events: RawEvents::default(),
@@ -362,6 +371,10 @@ pub struct Config {
     pub otlp: Option<OtlpSettings>,
     /// Alerts (`[alerts]`).
     pub alerts: AlertsSettings,
+    /// The master key of sealed secrets (`[secrets]`, else `[alerts]`).
+    pub secrets: SecretsSettings,
+    /// Bring your own key (`[byok]`).
+    pub byok: ByokSettings,
     /// The response cache's bounds (`[cache]`).
     pub cache: CacheSettings,
     /// Whether the dashboard is served, and its sessions' lifetime (`[dashboard]`).
@@ -451,6 +464,16 @@ impl Config {
         }
         if shown.events.nats_url.is_some() {
             shown.events.nats_url = redacted();
+        }
+        for key in [&mut shown.secrets.master_key, &mut shown.alerts.master_key] {
+            if key.is_some() {
+                *key = redacted();
+            }
+        }
+        for keys in [&mut shown.secrets.old_master_keys, &mut shown.alerts.old_master_keys] {
+            for key in keys.iter_mut() {
+                *key = Secret::new(REDACTED);
+            }
         }
         let text = toml::to_string_pretty(&shown).map_err(|e| invalid("(output)", e.to_string()))?;
         Ok((Self::from_raw(raw)?, text))
@@ -564,6 +587,8 @@ impl Config {
         let analytics = analytics_settings(&raw.analytics)?;
         let otlp = otlp::otlp_settings(&raw.otlp)?;
         let alerts = alerts_settings(&raw.alerts)?;
+        let secrets = secrets::secrets_settings(&raw.secrets, &raw.alerts)?;
+        let byok = secrets::byok_settings(&raw.byok)?;
         let cache = cache_settings(&raw.cache)?;
         let dashboard = dashboard_settings(&raw.dashboard)?;
         let events = events_settings(&raw.events)?;
@@ -625,6 +650,8 @@ impl Config {
             analytics,
             otlp,
             alerts,
+            secrets,
+            byok,
             cache,
             dashboard,
             events,

@@ -14,4 +14,5 @@ pub mod openapi;
 pub mod otlp;
 pub mod retention;
 pub mod routes;
+pub mod secrets;
 pub mod telemetry;

@@ -21,7 +21,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::app::AppState;
 use crate::http::error::ErrorBody;
-use crate::routes::{admin, alerts, analytics, export, ledger, projects, tokens, usage, verify};
+use crate::routes::{admin, alerts, analytics, export, ledger, projects, provider_keys, tokens, usage, verify};
 
 /// Where the document is served.
 pub const DOCUMENT_PATH: &str = "/api/v1/openapi.json";
@@ -74,6 +74,10 @@ pub const UI_PATH: &str = "/api/v1/docs";
         tokens::get_token,
         tokens::delete_token,
         tokens::revoke_token,
+        provider_keys::put_provider_key,
+        provider_keys::list_provider_keys,
+        provider_keys::delete_provider_key,
+        provider_keys::rotate_secrets,
         alerts::list_rules,
         alerts::create_rule,
         alerts::get_rule,
@@ -101,6 +105,9 @@ pub const UI_PATH: &str = "/api/v1/docs";
         (name = "analytics", description = "Summaries, time series, forecasts, anomalies and exports of the rollups"),
         (name = "projects", description = "Tenants and their settings"),
         (name = "admin tokens", description = "Operator and project-scoped admin tokens"),
+        (name = "provider keys", description = "Bring your own key: a project's own provider keys, sealed at rest \
+            and shown only as hints, used before the operator's (docs/providers.md); and the rotation of every \
+            sealed secret to the current master key"),
         (name = "alerts", description = "Alerts when a limit fills up (80, 90 and 100 % by default): rules that \
             watch limits, channels that send (signed webhooks, Slack, e-mail; secrets sealed, shown never or \
             once), and the durable outbox of events and deliveries with their attempts, retries and dead \

@@ -13,6 +13,8 @@
 //!
 //! - a key on a plan and project made a moment ago elsewhere (no change notice, no
 //!   refresh yet) is served at once: the plan and project are loaded on demand.
+//! - a project's own provider key is sealed in PostgreSQL, refused without a master
+//!   key, and used by every instance (bring your own key).
 //!
 //! Each test works in a PostgreSQL schema and under a Redis key prefix of its own.
 //! Without the variables, or with a server unreachable, the tests fail: a skip would
@@ -1404,4 +1406,72 @@ async fn a_killed_events_sink_is_taken_over_and_every_record_is_published_once()
     schema.drop().await;
     delete_redis_prefix(&env.redis_url, &prefix).await;
     jetstream::delete_stream(&js, &stream).await;
+}
+
+/// Bring your own key on PostgreSQL: without a master key nothing is stored (409
+/// `master_key_missing`); with one, the key is sealed in PostgreSQL (its text in no
+/// row), used by the instance it was stored through at once and by another within
+/// `byok.cache_ttl_ms`, and after its deletion the operator's key is used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn provider_keys_are_sealed_in_postgresql_and_used_by_every_instance() {
+    let Some(env) = env() else { return };
+    let schema = Schema::create(&env).await;
+    let mock = spawn_mock().await;
+    let prefix = format!("{}:", unique("tgtest"));
+    let mut raw = config(&mock, &env.redis_url, &schema.url, &prefix);
+    raw.redis_timeout_ms = 5_000;
+    const PROJECT_KEY: &str = "sk-byok-PGCANARY-0123456789abcdef";
+
+    // No master key: the distributed store cannot make one, so storing is refused.
+    let keyless = start(raw.clone()).await;
+    keyless.project_key("byok-pg", json!([{ "metric": "requests", "window": "month", "limit": 1000 }])).await;
+    let put = json!({ "api_key": PROJECT_KEY });
+    let r =
+        keyless.admin(reqwest::Method::PUT, "/api/v1/projects/byok-pg/provider-keys/openai", Some(put.clone())).await;
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "master_key_missing", "{:?}", r.body);
+    assert!(r.body["error"]["message"].as_str().is_some_and(|m| m.contains("secrets.master_key")), "{:?}", r.body);
+    assert_eq!(schema.count("SELECT count(*) FROM tollgate_provider_keys").await, 0);
+    keyless.stop().await;
+
+    raw.secrets.master_key = Some(Secret::new("5a".repeat(32)));
+    raw.byok.cache_ttl_ms = Some(200);
+    let a = start(raw.clone()).await;
+    let b = start(raw).await;
+    let r = a
+        .admin(reqwest::Method::POST, "/api/v1/keys", Some(json!({ "project": "byok-pg", "plan": "plan-byok-pg" })))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let key = r.body["key"].as_str().expect("key").to_owned();
+    assert_eq!(b.chat(&key).await.status, 200, "B caches that the project has no key of its own");
+
+    let r = a.admin(reqwest::Method::PUT, "/api/v1/projects/byok-pg/provider-keys/openai", Some(put)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["hint"], "sk-…cdef", "{:?}", r.body);
+    assert!(!r.body.to_string().contains(PROJECT_KEY));
+    // The mock knows only the operator's key: its 401 says the project's key was sent.
+    let r = a.chat(&key).await;
+    assert_eq!(r.status, 401, "through A at once: {:?}", r.body);
+    eventually(Duration::from_secs(5), "B uses the project's key", || async { b.chat(&key).await.status == 401 }).await;
+
+    let client = schema.store.pool().get().await.expect("client");
+    let rows = client.query("SELECT row_to_json(k)::text FROM tollgate_provider_keys k", &[]).await.expect("rows");
+    assert_eq!(rows.len(), 1);
+    for row in rows {
+        let text: String = row.get(0);
+        assert!(!text.contains(PROJECT_KEY) && !text.contains("PGCANARY"), "a key in clear in PostgreSQL: {text}");
+        assert!(text.contains("\"v1:"), "sealed: {text}");
+    }
+
+    let r = b.admin(reqwest::Method::DELETE, "/api/v1/projects/byok-pg/provider-keys/openai", None).await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    assert_eq!(b.chat(&key).await.status, 200, "B forgot it at once: the operator's key again");
+    eventually(Duration::from_secs(5), "A uses the operator's key again", || async {
+        a.chat(&key).await.status == 200
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+    delete_redis_prefix(&env.redis_url, &prefix).await;
+    schema.drop().await;
 }

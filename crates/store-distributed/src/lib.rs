@@ -46,7 +46,7 @@ use tollgate_analytics::AnalyticsStore;
 use tollgate_cache::CacheError;
 use tollgate_cache::semantic::{SemanticRow, SemanticStore};
 use tollgate_core::Secret;
-use tollgate_store::{Catalog, Ledger, LedgerFeed, Limiter};
+use tollgate_store::{Catalog, Ledger, LedgerFeed, Limiter, ProviderKeyStore};
 use tollgate_store_embedded::EmbeddedStore;
 use tollgate_store_postgres::{
     CatalogChange, ChangePublisher, InstanceRegistry, PgLease, PostgresCatalog, PostgresLedger, PostgresSemantic,
@@ -113,6 +113,8 @@ pub struct Backend {
     pub analytics: Arc<dyn AnalyticsStore>,
     /// Alert rules, channels and the outbox (crates/alerts).
     pub alerts: Arc<dyn AlertStore>,
+    /// Projects' own provider keys, sealed (bring your own key).
+    pub provider_keys: Arc<dyn ProviderKeyStore>,
     /// The same ledger in commit order, with the sinks' cursors (the usage events
     /// sink, crates/events).
     pub feed: Arc<dyn LedgerFeed>,
@@ -218,6 +220,7 @@ pub async fn open(
                 ledger: store.ledger(),
                 analytics: store.ledger(),
                 alerts: Arc::new(store.alerts()),
+                provider_keys: Arc::new(store.provider_keys()),
                 feed: store.ledger(),
                 distributed: None,
                 cache: None,
@@ -289,6 +292,7 @@ pub async fn open(
     });
     let analytics: Arc<dyn AnalyticsStore> = ledger.clone();
     let alerts: Arc<dyn AlertStore> = Arc::new(parts.postgres.alerts());
+    let provider_keys: Arc<dyn ProviderKeyStore> = Arc::new(parts.postgres.provider_keys());
     let feed: Arc<dyn LedgerFeed> = ledger.clone();
     let semantic_store: Arc<dyn SemanticStore> =
         Arc::new(SharedSemantic { rows: parts.postgres.semantic(), bus: parts.bus.clone() });
@@ -298,6 +302,7 @@ pub async fn open(
         ledger,
         analytics,
         alerts,
+        provider_keys,
         feed,
         distributed: Some(parts),
         cache: Some(cache),

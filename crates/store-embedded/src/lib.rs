@@ -39,6 +39,7 @@ mod catalog;
 mod feed;
 mod ledger;
 mod limiter;
+mod provider_keys;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -53,6 +54,7 @@ pub use alerts::EmbeddedAlerts;
 pub use catalog::EmbeddedCatalog;
 pub use ledger::EmbeddedLedger;
 pub use limiter::{DEFAULT_VISITOR_CAP, EmbeddedLimiter, RESERVATION_TTL_MS};
+pub use provider_keys::EmbeddedProviderKeys;
 
 /// The database file inside the store's directory.
 pub const DB_FILE: &str = "tollgate.db";
@@ -120,6 +122,7 @@ pub struct EmbeddedStore {
     limiter: Arc<EmbeddedLimiter>,
     ledger: Arc<EmbeddedLedger>,
     alerts: EmbeddedAlerts,
+    provider_keys: EmbeddedProviderKeys,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -151,10 +154,11 @@ impl EmbeddedStore {
         schema::migrate(&mut conn)?;
         let catalog = Arc::new(EmbeddedCatalog::open(conn, lock.clone())?);
         let alerts = EmbeddedAlerts::new(schema::open_connection(&db_path, schema::Role::Writer)?);
+        let provider_keys = EmbeddedProviderKeys::new(schema::open_connection(&db_path, schema::Role::Writer)?);
         let ledger = Arc::new(EmbeddedLedger::open(&db_path, options.ledger_fsync, options.ledger_buffer)?);
         let limiter = Arc::new(EmbeddedLimiter::new());
         limiter.set_visitor_cap(options.visitor_cap);
-        Ok(EmbeddedStore { db_path, _lock: lock, catalog, limiter, ledger, alerts })
+        Ok(EmbeddedStore { db_path, _lock: lock, catalog, limiter, ledger, alerts, provider_keys })
     }
 
     /// The path of the SQLite database file.
@@ -177,6 +181,11 @@ impl EmbeddedStore {
     /// The alert store (rules, channels, the outbox) in the same database.
     pub fn alerts(&self) -> EmbeddedAlerts {
         self.alerts.clone()
+    }
+
+    /// Projects' own provider keys (sealed) in the same database.
+    pub fn provider_keys(&self) -> EmbeddedProviderKeys {
+        self.provider_keys.clone()
     }
 
     /// Flushes and stops the ledger writer. Catalog writes are durable when they

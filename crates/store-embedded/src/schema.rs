@@ -137,6 +137,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // 11: `usage.seq`, the ledger in commit order, and the sinks' cursors
     // (tollgate_store::feed, the usage events sink).
     include_str!("migrations_0011_usage_seq.sql"),
+    // 12: bring-your-own provider keys, sealed (tollgate_store::provider_keys).
+    include_str!("migrations_0012_provider_keys.sql"),
 ];
 
 /// What a connection is for; readers cannot write by accident.

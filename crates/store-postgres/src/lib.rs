@@ -31,6 +31,7 @@ mod feed;
 mod key_cache;
 mod ledger;
 mod migrate;
+mod provider_keys;
 mod semantic;
 
 use std::time::Duration;
@@ -46,6 +47,7 @@ pub use changes::{CatalogChange, ChangePublisher};
 pub use cluster::{InstanceInfo, InstanceRegistry, PgLease};
 pub use key_cache::{MAX_UNKNOWN, NEGATIVE_TTL};
 pub use ledger::PostgresLedger;
+pub use provider_keys::PostgresProviderKeys;
 pub use semantic::PostgresSemantic;
 /// The writer's counters, shared with the embedded ledger's writer.
 pub use tollgate_store::batch::LedgerStats;
@@ -131,6 +133,11 @@ impl PostgresStore {
     /// The alert store (rules, channels, the outbox) on the same pool.
     pub fn alerts(&self) -> PostgresAlerts {
         PostgresAlerts::new(self.pool.clone())
+    }
+
+    /// Projects' own provider keys (sealed) on the same pool.
+    pub fn provider_keys(&self) -> PostgresProviderKeys {
+        PostgresProviderKeys::new(self.pool.clone())
     }
 
     /// The semantic cache's durable rows on the same pool.

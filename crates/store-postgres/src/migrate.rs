@@ -26,6 +26,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (11, include_str!("../migrations/0011_alerts.sql")),
     (12, include_str!("../migrations/0012_usage_seq.sql")),
     (13, include_str!("../migrations/0013_semantic_cache.sql")),
+    (14, include_str!("../migrations/0014_provider_keys.sql")),
 ];
 
 /// Serialises migrations across instances (an arbitrary constant: "tollgate" in hex).

@@ -30,6 +30,7 @@ pub mod catalog;
 pub mod feed;
 pub mod ledger;
 pub mod limiter;
+pub mod provider_keys;
 
 use std::sync::Arc;
 
@@ -48,6 +49,12 @@ pub async fn run_catalog(catalog: &dyn Catalog) {
     catalog::update_key_versions_and_revocation(catalog).await;
     catalog::rotate_key_secret(catalog).await;
     catalog::lookup_unknown_hash(catalog).await;
+}
+
+/// Every provider key scenario ([`crate::ProviderKeyStore`]); they use ids of their own.
+pub async fn run_provider_keys(store: &dyn crate::ProviderKeyStore) {
+    provider_keys::provider_keys_round_trip(store).await;
+    provider_keys::provider_keys_pages_and_reseal(store).await;
 }
 
 /// Every limiter scenario, in an order that works on one fresh limiter (the pruning

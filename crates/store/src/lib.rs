@@ -1,10 +1,11 @@
 //! The storage boundary of tollgate.
 //!
-//! Three traits, each with a request/receipt vocabulary taken from `tollgate-core`:
+//! Four traits, each with a request/receipt vocabulary taken from `tollgate-core`:
 //! - [`Catalog`]: projects, plans, keys and admin tokens (durable, changed rarely,
 //!   read on every request through [`Catalog::lookup_key`]);
 //! - [`Limiter`]: one atomic decision over every limit of a request, then settlement;
-//! - [`Ledger`]: the append-only usage ledger, buffered and batched.
+//! - [`Ledger`]: the append-only usage ledger, buffered and batched;
+//! - [`ProviderKeyStore`]: projects' own provider keys, sealed before they reach it.
 //!
 //! Stores persist what they are given; the domain (core) and the server decide.
 //! [`conformance`] holds the test suite every backend must pass; [`batch`] is the
@@ -18,12 +19,14 @@ pub mod conformance;
 pub mod feed;
 pub mod histogram;
 pub mod plans;
+pub mod provider_keys;
 pub mod refusals;
 pub mod replay;
 pub mod totals;
 
 pub use feed::{FeedRecord, LedgerFeed};
 pub use plans::{AuthedCache, PlanCache};
+pub use provider_keys::{ProviderKeyCursor, ProviderKeyRecord, ProviderKeyStore};
 pub use totals::{CountedSums, TOTALS_PAGE, TotalsPages, TotalsQuery};
 
 use std::sync::Arc;

@@ -38,6 +38,8 @@ pub const ENV_KEYS: &[&str] = &[
     "analytics",
     "otlp",
     "alerts",
+    "secrets",
+    "byok",
     "cache",
     "dashboard",
     "events",

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tollgate_core::{LimitStatus, Metric, Window};
 use tollgate_gateway::auth::KeyRefusal;
+use tollgate_gateway::byok::ProviderKeyError;
 use tollgate_gateway::{GatewayError, UpstreamFailure};
 use tollgate_store::StoreError;
 
@@ -110,6 +111,17 @@ pub enum ApiError {
     /// configured: the operator's fault, not the client's.
     #[error("{0}")]
     NoProviderKey(String),
+    /// The project must use its own provider key (`byok_fallback = "never"`) and
+    /// stored none for the provider.
+    #[error("{0}")]
+    ProviderKeyRequired(String),
+    /// The project's stored provider key cannot be opened (its master key is not
+    /// configured): the operator's to fix.
+    #[error("{0}")]
+    ProviderKeyUnusable(String),
+    /// A secret must be sealed and no master key is configured.
+    #[error("{0}")]
+    NoMasterKey(String),
     #[error("{0}")]
     Unavailable(String),
     /// The ledger's queue stayed full: the request was not admitted.
@@ -160,6 +172,9 @@ impl ApiError {
             UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_error", "upstream_timeout"),
             UpstreamInvalid(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "upstream_invalid_response"),
             NoProviderKey(_) => (StatusCode::BAD_GATEWAY, "upstream_error", "provider_key_missing"),
+            ProviderKeyRequired(_) => (StatusCode::FORBIDDEN, "permission_error", "provider_key_required"),
+            ProviderKeyUnusable(_) => (StatusCode::SERVICE_UNAVAILABLE, "api_error", "provider_key_unusable"),
+            NoMasterKey(_) => (StatusCode::CONFLICT, "invalid_request_error", "master_key_missing"),
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "api_error", "service_unavailable"),
             LedgerBacklog(_) => (StatusCode::SERVICE_UNAVAILABLE, "api_error", "ledger_backlog"),
             UsageNotRecorded(_) => (StatusCode::SERVICE_UNAVAILABLE, "api_error", "usage_not_recorded"),
@@ -367,6 +382,10 @@ impl From<GatewayError> for ApiError {
             GatewayError::Refused { plan } => ApiError::internal(format!("refused by plan {plan} without a decision")),
             GatewayError::Store(s) => s.into(),
             GatewayError::Upstream(u) => u.into(),
+            GatewayError::ProviderKey(e) => match e {
+                ProviderKeyError::Required { .. } => ApiError::ProviderKeyRequired(e.to_string()),
+                ProviderKeyError::Unusable { .. } => ApiError::ProviderKeyUnusable(e.to_string()),
+            },
             GatewayError::LedgerBacklog => ApiError::LedgerBacklog(
                 "tollgate's usage ledger is behind; the request was not forwarded. Try again shortly.".into(),
             ),

@@ -33,6 +33,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .merge(crate::routes::projects::routes())
         .merge(crate::routes::tokens::routes())
+        .merge(crate::routes::provider_keys::routes())
         .route("/api/v1/plans", get(list_plans).post(create_plan))
         .route("/api/v1/plans/{name}", get(get_plan).put(replace_plan).patch(update_plan).delete(delete_plan))
         .route("/api/v1/keys", get(list_keys).post(create_key))

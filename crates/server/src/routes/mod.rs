@@ -11,6 +11,7 @@ pub mod health;
 pub mod ledger;
 pub mod metrics;
 pub mod projects;
+pub mod provider_keys;
 pub mod proxy;
 pub mod tokens;
 pub mod usage;

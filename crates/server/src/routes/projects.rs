@@ -81,6 +81,12 @@ pub(crate) struct ProjectBody {
     /// at most 1, default 0.95); members given replace those stored (docs/caching.md).
     #[serde(default)]
     cache: Option<Value>,
+    /// Whose provider key the project's requests use when it stored none of its own for
+    /// the provider: `operator` (the default) or `never` (refused,
+    /// `provider_key_required`). Operator only.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    byok_fallback: Option<Value>,
 }
 
 fn check_project_name(name: &str) -> ApiResult<()> {
@@ -164,6 +170,11 @@ async fn apply_settings(state: &AppState, settings: &mut ProjectSettings, body: 
     if let Some(cache) = body.cache {
         settings.cache = cache_setting(&settings.cache, cache)?;
     }
+    if let Some(value) = &body.byok_fallback {
+        settings.byok_fallback = value.as_str().and_then(tollgate_core::ByokFallback::parse).ok_or_else(|| {
+            ApiError::invalid_field("byok_fallback", "must be \"operator\" (the operator's key) or \"never\"")
+        })?;
+    }
     Ok(())
 }
 
@@ -221,6 +232,9 @@ pub struct ProjectView {
     /// The response cache's settings, the semantic cache's included (docs/caching.md).
     #[schema(value_type = Object)]
     pub cache: tollgate_core::CacheSettings,
+    /// `operator` or `never`: whose provider key a request uses when the project has
+    /// none of its own for the provider (docs/providers.md, "Bring your own key").
+    pub byok_fallback: String,
 }
 
 pub fn project_view(p: &Project) -> ProjectView {
@@ -236,6 +250,7 @@ pub fn project_view(p: &Project) -> ProjectView {
         openai_project: s.openai_project.clone(),
         time_zone: s.time_zone.clone(),
         cache: s.cache.clone(),
+        byok_fallback: s.byok_fallback.as_str().to_owned(),
     }
 }
 

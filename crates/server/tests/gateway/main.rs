@@ -7,6 +7,7 @@ mod admission;
 mod alerts;
 mod alerts_evaluate;
 mod analytics;
+mod byok;
 mod cache;
 mod cli;
 mod crash;

@@ -492,6 +492,20 @@ async fn real_answers_of_every_operation_match_the_documents_schemas() {
     c.admin(&app, M::DELETE, "/api/v1/admin-tokens/{id}", &format!("/api/v1/admin-tokens/{token_id}"), None).await;
     c.call(&app, Some(&project_token), M::GET, "/api/v1/keys", "/api/v1/keys", None).await;
 
+    // Provider keys (bring your own key) and the rotation of sealed secrets.
+    let (pk, pks) = ("/api/v1/projects/{id}/provider-keys/{provider}", "/api/v1/projects/{id}/provider-keys");
+    let put = json!({ "api_key": "sk-openapi-0123456789abcd", "base_url": null });
+    let r = c.admin(&app, M::PUT, pk, "/api/v1/projects/acme/provider-keys/openai", Some(put.clone())).await;
+    assert_eq!((r.status, r.body["hint"].as_str()), (200, Some("sk-…abcd")), "{:?}", r.body);
+    let r = c.admin(&app, M::PUT, pk, "/api/v1/projects/acme/provider-keys/nosuch", Some(put)).await;
+    assert_eq!((r.status, r.body["error"]["param"].as_str()), (400, Some("provider")), "{:?}", r.body);
+    let r = c.admin(&app, M::GET, pks, "/api/v1/projects/acme/provider-keys", None).await;
+    assert_eq!(r.body["data"][0]["provider"], "openai", "{:?}", r.body);
+    let r = c.admin(&app, M::POST, "/api/v1/secrets/rotate", "/api/v1/secrets/rotate", None).await;
+    assert_eq!(r.body["failed"], 0, "{:?}", r.body);
+    assert_eq!(c.admin(&app, M::DELETE, pk, "/api/v1/projects/acme/provider-keys/openai", None).await.status, 204);
+    assert_eq!(c.admin(&app, M::DELETE, pk, "/api/v1/projects/acme/provider-keys/openai", None).await.status, 404);
+
     // Alerts: channels (a webhook to a local receiver, an e-mail relay that refuses),
     // rules, test sends through the outbox, events, deliveries, redelivery.
     let receiver = crate::alerts::Receiver::start().await;

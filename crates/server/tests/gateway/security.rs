@@ -24,6 +24,7 @@ const PROVIDER_KEY: &str = "sk-proj-LEAKCANARY-provider-7f3a9c1e";
 const OPERATOR_TOKEN: &str = "operator-LEAKCANARY-5b21e0d4c3a9";
 const WRONG_ADMIN_TOKEN: &str = "wrong-admin-LEAKCANARY-91ab77";
 const GARBAGE_KEY: &str = "sk-LEAKCANARY-not-a-tollgate-key";
+const BYOK_KEY: &str = "sk-proj-LEAKCANARY-byok-project-4d2e";
 
 /// The `tollgate serve` child process with its stdout and stderr captured.
 struct Served {
@@ -193,6 +194,16 @@ async fn a_full_session_leaves_no_secret_in_the_logs_or_on_disk() {
     assert_eq!(chat(&first_key, false).await.status, 401, "the old secret stopped");
     assert_eq!(chat(&second_key, true).await.status, 200);
 
+    // The project's own provider key (bring your own key): sealed with the generated
+    // master key, sent upstream instead of the operator's (the mock knows only the
+    // operator's, so its 401 comes back), shown only as a hint.
+    let r =
+        admin(Method::PUT, "/api/v1/projects/acme/provider-keys/openai", Some(json!({ "api_key": BYOK_KEY }))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["hint"], "sk-…4d2e");
+    assert_eq!(chat(&second_key, false).await.status, 401, "the project's key went upstream");
+    assert_eq!(chat(&second_key, true).await.status, 401);
+
     let r = admin(Method::POST, "/api/v1/projects/acme/tokens", None).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let project_token = r.body["token"].as_str().expect("token").to_owned();
@@ -264,6 +275,7 @@ async fn a_full_session_leaves_no_secret_in_the_logs_or_on_disk() {
         ("a wrong admin token", WRONG_ADMIN_TOKEN),
         ("the project token", project_token.as_str()),
         ("the provider key", PROVIDER_KEY),
+        ("a project's own provider key", BYOK_KEY),
         ("a webhook signing secret", webhook_secret.as_str()),
         ("a webhook signing secret's key", webhook_secret.trim_start_matches("whsec_")),
         ("a Slack URL", slack_url.as_str()),

@@ -26,15 +26,25 @@ fn config_check_prints_the_effective_settings_with_every_secret_redacted() {
     )
     .expect("write config");
     let file = file.to_str().expect("utf-8 path");
+    let master_key = "ab".repeat(32);
     let env = [
         ("TOLLGATE_DATABASE_URL", "postgres://u:db-password@h/db"),
         ("TOLLGATE_EVENTS__NATS_URL", "nats://tg:nats-password@h:4222"),
         ("TOLLGATE_ANTHROPIC__API_KEY", "sk-ant-very-secret"),
+        // The master key of sealed secrets, under its name and its older one (the same key).
+        ("TOLLGATE_SECRETS__MASTER_KEY", master_key.as_str()),
+        ("TOLLGATE_ALERTS__MASTER_KEY", master_key.as_str()),
     ];
     let (ok, stdout, stderr) = tollgate(&["config", "check", "--config", file], &env);
     assert!(ok, "{stderr}");
-    for secret in ["operator-secret-0123456789", "sk-very-secret", "db-password", "nats-password", "sk-ant-very-secret"]
-    {
+    for secret in [
+        "operator-secret-0123456789",
+        "sk-very-secret",
+        "db-password",
+        "nats-password",
+        "sk-ant-very-secret",
+        master_key.as_str(),
+    ] {
         assert!(!stdout.contains(secret) && !stderr.contains(secret), "{secret} leaked:\n{stdout}\n{stderr}");
     }
     assert!(stdout.contains("admin_token = \"<redacted>\""), "{stdout}");
@@ -43,6 +53,7 @@ fn config_check_prints_the_effective_settings_with_every_secret_redacted() {
     assert_eq!(stdout.matches("api_key = \"<redacted>\"").count(), 2, "both provider keys: {stdout}");
     assert!(stdout.contains("database_url = \"<redacted>\""), "{stdout}");
     assert!(stdout.contains("nats_url = \"<redacted>\""), "{stdout}");
+    assert_eq!(stdout.matches("master_key = \"<redacted>\"").count(), 2, "[secrets] and [alerts]: {stdout}");
     assert!(stdout.contains("listen = \"localhost:9191\""), "{stdout}");
     assert!(stdout.contains("timeout_secs = 42"), "the file's value: {stdout}");
     assert!(stdout.contains("[plans.free]"), "defaults shown too: {stdout}");

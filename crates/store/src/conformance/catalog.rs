@@ -402,6 +402,7 @@ pub async fn project_settings(catalog: &dyn Catalog) {
             semantic: true,
             semantic_threshold: tollgate_core::Similarity::new(0.875).expect("a similarity"),
         },
+        byok_fallback: tollgate_core::ByokFallback::Never,
     };
     let changed = Project { name: "Renamed".to_owned(), created_at_ms: NOW + 1_000, settings, ..created.clone() };
     let stored = catalog.update_project(changed.clone()).await.expect("update");
