@@ -25,12 +25,18 @@ fn provider(kind: ProviderKindName, base_url: String) -> RawProvider {
 }
 
 /// Two providers, `primary` and `backup`, each its own mock; `extra` adds to the
-/// configuration (routes, more providers).
+/// configuration (routes, more providers). Each mock checks the provider key it is
+/// sent (`Authorization: Bearer`, or Azure's `api-key`).
 async fn routed(extra: impl FnOnce(&mut RawConfig, &RunningMock, &RunningMock)) -> Routed {
+    routed_with(Some("sk-provider-test"), extra).await
+}
+
+async fn routed_with(
+    expected_key: Option<&str>,
+    extra: impl FnOnce(&mut RawConfig, &RunningMock, &RunningMock),
+) -> Routed {
     let tmp = tempfile::tempdir().expect("tempdir");
-    // Each mock checks the provider key it is sent (`Authorization: Bearer`, or
-    // Azure's `api-key`).
-    let mocked = || MockConfig { expected_api_key: Some("sk-provider-test".into()), ..MockConfig::default() };
+    let mocked = || MockConfig { expected_api_key: expected_key.map(str::to_owned), ..MockConfig::default() };
     let default = mock::spawn(mocked()).await.expect("mock");
     let primary = mock::spawn(mocked()).await.expect("mock");
     let backup = mock::spawn(mocked()).await.expect("mock");
@@ -450,4 +456,32 @@ async fn a_streamed_chat_to_claude_without_the_usage_chunk_hides_it_and_still_co
     assert_eq!(resp.status(), 400);
     let error: Value = resp.json().await.expect("json");
     assert!(error["error"]["message"].is_string(), "{error}");
+}
+
+#[tokio::test]
+async fn a_fallback_target_uses_the_projects_own_key_for_its_provider() {
+    use sha2::Digest;
+    let sha256 =
+        |text: &str| -> String { sha2::Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect() };
+    // The mocks take any key and say which one they got (`mock_key_sha256`).
+    let r = routed_with(None, |_, _, _| {}).await;
+    let own = "sk-acme-own-backup-key-0123";
+    let put = r
+        .app
+        .admin(reqwest::Method::PUT, "/api/v1/projects/acme/provider-keys/backup", Some(json!({ "api_key": own })))
+        .await;
+    assert_eq!(put.status, 200, "{:?}", put.body);
+    assert!(!put.body.to_string().contains(own), "the key is never returned: {}", put.body);
+    r.primary.force(Forced { status: Some(500), ..Default::default() });
+    let body = json!({ "model": "fast", "messages": [{ "role": "user", "content": "Hi" }] });
+    let answer: Value =
+        r.app.chat_body(&r.key, body, &[("x-mock-echo-headers", "x-none")]).await.json().await.expect("json");
+    assert_eq!(answer["model"], "gpt-4o", "answered by the backup: {answer}");
+    assert_eq!(answer["mock_key_sha256"].as_str(), Some(sha256(own).as_str()), "the project's key for backup");
+    // With the primary back, it answers with the operator's key (the project has none for it).
+    r.primary.force(Forced::default());
+    let body = json!({ "model": "fast", "messages": [{ "role": "user", "content": "Hi" }] });
+    let answer: Value =
+        r.app.chat_body(&r.key, body, &[("x-mock-echo-headers", "x-none")]).await.json().await.expect("json");
+    assert_eq!(answer["mock_key_sha256"].as_str(), Some(sha256("sk-provider-test").as_str()), "{answer}");
 }
