@@ -485,3 +485,23 @@ async fn a_fallback_target_uses_the_projects_own_key_for_its_provider() {
         r.app.chat_body(&r.key, body, &[("x-mock-echo-headers", "x-none")]).await.json().await.expect("json");
     assert_eq!(answer["mock_key_sha256"].as_str(), Some(sha256("sk-provider-test").as_str()), "{answer}");
 }
+
+#[tokio::test]
+async fn idle_targets_providers_get_a_free_models_probe_reported_in_health_detailed() {
+    let r = routed(|_, _, _| {}).await;
+    r.backup.force(Forced { status: Some(503), ..Default::default() });
+    let (primary_before, backup_before) = (r.primary.requests_served(), r.backup.requests_served());
+    // What the probe job runs every `routing.probe_every_secs` (off in these tests):
+    // every routed target is idle, so each of their providers gets one GET /models.
+    r.app.state.gateway.routing.probe_idle(tollgate_gateway::now_ms(), 0).await;
+    assert_eq!(r.primary.requests_served(), primary_before + 1, "one probe, never a completion");
+    assert_eq!(r.backup.requests_served(), backup_before + 1);
+    let health = reply(r.app.http.get(r.app.url("/health/detailed")).bearer_auth(ADMIN_TOKEN)).await;
+    let providers = health.body["providers"].as_array().cloned().unwrap_or_default();
+    let probe =
+        |name: &str| providers.iter().find(|p| p["name"] == name).map(|p| p["probe"].clone()).expect("provider");
+    assert_eq!((probe("primary")["ok"].as_bool(), probe("primary")["status"].as_u64()), (Some(true), Some(200)));
+    assert_eq!((probe("backup")["ok"].as_bool(), probe("backup")["status"].as_u64()), (Some(false), Some(503)));
+    // Nothing is recorded or charged for a probe.
+    assert!(rows(&r.app).await.is_empty());
+}
