@@ -505,3 +505,31 @@ async fn idle_targets_providers_get_a_free_models_probe_reported_in_health_detai
     // Nothing is recorded or charged for a probe.
     assert!(rows(&r.app).await.is_empty());
 }
+
+#[tokio::test]
+async fn the_official_openai_python_sdk_works_through_routes_to_claude_and_fallbacks() {
+    let r = routed_to_claude().await;
+    r.primary.force(Forced { status: Some(500), ..Default::default() });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/routed_sdk.py");
+    let (base, key) = (r.app.url(""), r.key.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(script)
+            .env("TOLLGATE_URL", base)
+            .env("TOLLGATE_KEY", key)
+            .env("TOOL_TRIGGER", mock::TOOL_TRIGGER)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("python3 runs (scripts/test.sh installs the openai package)");
+    assert!(
+        output.status.success(),
+        "routed_sdk.py failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows = rows(&r.app).await;
+    assert_eq!(rows.iter().filter(|row| row["provider"] == "claude" && row["status"] == 200).count(), 3, "{rows:?}");
+    assert_eq!(rows.iter().filter(|row| row["provider"] == "primary" && row["counted"] == false).count(), 1);
+}
