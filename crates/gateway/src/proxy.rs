@@ -466,11 +466,18 @@ impl Gateway {
     /// `POST /v1/messages/count_tokens`: passed through to the Anthropic upstream,
     /// which does not charge for it: authenticated, not limited, not recorded. The
     /// body is checked as a Messages request first (a 400 here, not forwarded).
-    pub async fn count_message_tokens(&self, headers: &HeaderMap, body: Bytes) -> Result<Answer, GatewayError> {
+    pub async fn count_message_tokens(
+        &self,
+        authed: &Authed,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Answer, GatewayError> {
         RequestView::parse(Endpoint::Messages, &body)?;
         let passed = forwarded_headers(&self.settings, headers, None);
-        self.pass_through(&self.anthropic, reqwest::Method::POST, "/messages/count_tokens", passed, Some(body), None)
-            .await
+        // The project's own Anthropic key, as for its messages.
+        let key = self.provider_key_for(authed, &self.settings.anthropic_provider).await?;
+        let (upstream, auth) = self.upstream_with_key(Endpoint::Messages, key.as_deref());
+        self.pass_through(upstream, reqwest::Method::POST, "/messages/count_tokens", passed, Some(body), auth).await
     }
 
     async fn get_passed_through(

@@ -52,12 +52,21 @@ impl Gateway {
         // Only the operator's per-project billing headers: a client's headers are for
         // its own call.
         let headers = crate::proxy::forwarded_headers(&self.settings, &HeaderMap::new(), Some(&authed.project));
+        // The project's own provider key pays for its embeddings, as for its requests; a
+        // project that must bring one and has none gets no semantic lookup (a miss).
+        let key = match self.provider_key_for(authed, &self.settings.provider).await {
+            Ok(key) => key,
+            Err(error) => {
+                tracing::debug!(%error, "semantic cache: no usable provider key for the embedding; a miss");
+                return None;
+            }
+        };
+        let (upstream, auth) = self.upstream_with_key(Endpoint::Embeddings, key.as_deref());
         let started = std::time::Instant::now();
         let now_ms = crate::now_ms();
         let call = async {
-            let up = self
-                .upstream
-                .send(reqwest::Method::POST, Endpoint::Embeddings.upstream_path(), headers, Some(body))
+            let up = upstream
+                .send_with_key(reqwest::Method::POST, Endpoint::Embeddings.upstream_path(), headers, Some(body), auth)
                 .await?;
             let mut answer = Vec::new();
             let mut stream = up.body;

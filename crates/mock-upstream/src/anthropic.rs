@@ -120,7 +120,11 @@ pub(crate) async fn count_tokens(State(inner): State<Arc<Inner>>, headers: Heade
     let counted = async {
         let directives = prelude(&inner, &headers).await?;
         parse_body(&body)?;
-        Ok::<_, ApiError>(Json(json!({ "input_tokens": directives.prompt_tokens })).into_response())
+        let mut reply = json!({ "input_tokens": directives.prompt_tokens });
+        if headers.contains_key(crate::HEADER_ECHO) {
+            reply["mock_key_sha256"] = crate::key_digest(&headers);
+        }
+        Ok::<_, ApiError>(Json(reply).into_response())
     };
     counted.await.unwrap_or_else(anthropic_error)
 }

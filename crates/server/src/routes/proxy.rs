@@ -62,8 +62,8 @@ async fn count_tokens(State(state): State<AppState>, Peer(peer): Peer, headers: 
     let client_ip = client_ip(&headers, peer, state.config.forwarded_for_hops);
     let mut upstream = Duration::ZERO;
     let answer = match authenticate_guarded(&state, &headers, client_ip, now, true).await {
-        Ok(_) => match read_body(&headers, body, state.config.max_body_bytes).await {
-            Ok(body) => state.count_message_tokens(&headers, body).await.map_err(ApiError::from),
+        Ok(authed) => match read_body(&headers, body, state.config.max_body_bytes).await {
+            Ok(body) => state.count_message_tokens(&authed, &headers, body).await.map_err(ApiError::from),
             Err(e) => Err(e),
         },
         Err(e) => Err(e),

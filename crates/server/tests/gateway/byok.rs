@@ -114,6 +114,18 @@ async fn a_projects_own_key_is_used_before_the_operators_and_the_operators_witho
     .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["mock_key_sha256"], sha256(ANTHROPIC_KEY));
+    // Anthropic's free token count goes with it too.
+    let r = reply(
+        app.http
+            .post(app.url("/v1/messages/count_tokens"))
+            .bearer_auth(&own)
+            .header("anthropic-version", "2023-06-01")
+            .header("x-mock-echo-headers", "x-none")
+            .json(&json!({ "model": "claude-sonnet-4-5", "messages": [{ "role": "user", "content": "Hi" }] })),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["mock_key_sha256"], sha256(ANTHROPIC_KEY));
 
     let r = app.admin(Method::GET, "/api/v1/projects/own/provider-keys", None).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
