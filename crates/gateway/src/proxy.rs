@@ -657,6 +657,11 @@ async fn forward(
                     crate::metrics::UpstreamErrorKind::ServerError
                 });
                 settlement.record_attempt(tried, status);
+                // Should every later target be skipped: a 502 for a failing provider; a
+                // 429 leaves the 503 "no target now" (come back later).
+                if status >= 500 {
+                    failed = Failed::Error(UpstreamError::Connect(format!("the provider answered {status}")));
+                }
                 continue;
             }
         } else if more && status == 200 && is_event_stream(upstream.content_type.as_deref()) {
