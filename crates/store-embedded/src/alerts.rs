@@ -3,7 +3,7 @@
 //! used from the blocking pool; a claim is one `UPDATE … RETURNING`, so two workers
 //! (there is one per process, but tests run several) never hold the same delivery.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -68,12 +68,7 @@ impl EmbeddedAlerts {
         &self,
         f: impl FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&mut conn)
-        })
-        .await?
+        crate::run_blocking(&self.conn, f).await
     }
 
     async fn put_body(

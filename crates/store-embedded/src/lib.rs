@@ -296,6 +296,20 @@ pub(crate) fn sql_error_or_conflict(message: impl FnOnce() -> String) -> impl Fn
     }
 }
 
+/// Runs `f` on `conn` in a blocking task (SQLite never blocks an async worker); a
+/// poisoned lock only means another call panicked, the connection is still usable.
+pub(crate) async fn run_blocking<T: Send + 'static>(
+    conn: &std::sync::Arc<std::sync::Mutex<rusqlite::Connection>>,
+    f: impl FnOnce(&mut rusqlite::Connection) -> StoreResult<T> + Send + 'static,
+) -> StoreResult<T> {
+    let conn = conn.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut conn)
+    })
+    .await?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

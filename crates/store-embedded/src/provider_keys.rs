@@ -2,7 +2,7 @@
 //! `migrations_0012_provider_keys.sql`. Its own connection, used from the blocking
 //! pool. Only sealed values reach it.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -45,12 +45,7 @@ impl EmbeddedProviderKeys {
         &self,
         f: impl FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&mut conn)
-        })
-        .await?
+        crate::run_blocking(&self.conn, f).await
     }
 }
 
