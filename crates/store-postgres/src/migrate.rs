@@ -27,6 +27,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (12, include_str!("../migrations/0012_usage_seq.sql")),
     (13, include_str!("../migrations/0013_semantic_cache.sql")),
     (14, include_str!("../migrations/0014_provider_keys.sql")),
+    (15, include_str!("../migrations/0015_rollup_fillfactor.sql")),
 ];
 
 /// Serialises migrations across instances (an arbitrary constant: "tollgate" in hex).
