@@ -28,6 +28,7 @@ pub mod byok;
 pub mod cache;
 pub mod count;
 pub mod error;
+pub mod forward;
 pub mod metrics;
 pub mod proxy;
 pub mod route;

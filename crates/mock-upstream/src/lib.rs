@@ -53,6 +53,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 mod anthropic;
+mod azure;
 mod directives;
 mod reply;
 mod responses;
@@ -205,8 +206,8 @@ impl MockUpstream {
         Router::new()
             .route("/v1/chat/completions", post(chat_completions))
             // Azure OpenAI's deployment URLs and Gemini's OpenAI-compatible endpoint.
-            .route("/openai/deployments/{deployment}/chat/completions", post(azure_chat_completions))
-            .route("/openai/deployments/{deployment}/embeddings", post(azure_embeddings))
+            .route("/openai/deployments/{deployment}/chat/completions", post(azure::chat_completions))
+            .route("/openai/deployments/{deployment}/embeddings", post(azure::embeddings))
             .route("/v1beta/openai/chat/completions", post(chat_completions))
             .route("/v1beta/openai/models", get(list_models))
             .route("/openai/models", get(list_models))
@@ -576,68 +577,7 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Azure's chat completions: the deployment names the model, `api-version` is
-/// required and the key comes as `api-key`.
-async fn azure_chat_completions(
-    State(inner): State<Arc<Inner>>,
-    Path(deployment): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    azure_check(&inner, &deployment, &uri, &headers)?;
-    let response = chat_completions(State(inner), headers, body).await?;
-    Ok(with_deployment(response, &deployment))
-}
-
-/// Azure's embeddings, likewise.
-async fn azure_embeddings(
-    State(inner): State<Arc<Inner>>,
-    Path(deployment): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    azure_check(&inner, &deployment, &uri, &headers)?;
-    let response = embeddings(State(inner), headers, body).await?;
-    Ok(with_deployment(response, &deployment))
-}
-
-/// Refuses what Azure would (no `api-version`, a bearer token) and remembers the
-/// deployment called.
-fn azure_check(inner: &Inner, deployment: &str, uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
-    *inner.last_deployment.lock().unwrap_or_else(|p| p.into_inner()) = Some(deployment.to_owned());
-    let has_version = uri.query().is_some_and(|q| q.split('&').any(|p| p.starts_with("api-version=") && p.len() > 12));
-    if !has_version {
-        return Err(openai_error(
-            StatusCode::BAD_REQUEST,
-            "Missing the api-version query parameter.",
-            "invalid_request_error",
-            Some("missing_api_version"),
-            None,
-        ));
-    }
-    if headers.contains_key(header::AUTHORIZATION) {
-        return Err(openai_error(
-            StatusCode::UNAUTHORIZED,
-            "Azure takes its key as api-key.",
-            "invalid_request_error",
-            Some("invalid_api_key"),
-            None,
-        ));
-    }
-    Ok(())
-}
-
-/// Names the deployment an Azure answer came from (`x-mock-deployment`).
-fn with_deployment(mut response: Response, deployment: &str) -> Response {
-    if let Ok(value) = HeaderValue::from_str(deployment) {
-        response.headers_mut().insert(HeaderName::from_static("x-mock-deployment"), value);
-    }
-    response
-}
-
-async fn chat_completions(
+pub(crate) async fn chat_completions(
     State(inner): State<Arc<Inner>>,
     headers: HeaderMap,
     body: Bytes,
@@ -729,7 +669,11 @@ async fn completions(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: 
     Ok(json_reply(reply, directives.fault))
 }
 
-async fn embeddings(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub(crate) async fn embeddings(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let directives = prelude(&inner, &headers).await?;
     let (body, model) = parse_body(&body)?;
     let model = directives.model.clone().unwrap_or(model);

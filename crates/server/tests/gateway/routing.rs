@@ -141,7 +141,6 @@ async fn a_429_skips_its_target_for_its_retry_after_and_a_4xx_does_not_fall_back
     assert_eq!(chat(&r, "fast", false, None).await.status(), 200);
     assert_eq!((r.primary.requests_served(), r.backup.requests_served()), (1, 2));
     // A 400 is the request's fault: the backup would refuse it too.
-    r.primary.force(Forced::default());
     let r2 = routed(|_, _, _| {}).await;
     r2.primary.force(Forced { status: Some(400), ..Default::default() });
     assert_eq!(chat(&r2, "fast", false, None).await.status(), 400);
