@@ -38,13 +38,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use serde_json::{Map, Value, json};
@@ -55,12 +54,14 @@ use tokio::task::JoinHandle;
 mod anthropic;
 mod azure;
 mod directives;
+mod error;
 mod reply;
 mod responses;
 pub mod semantic;
 
 use directives::Directives;
 pub use directives::Fault;
+pub(crate) use error::{ApiError, bad_mock_header, bad_request, injected_error, openai_error};
 use reply::{StreamSpec, chat_choice, json_reply, sse_reply, text_choice};
 
 /// Header that overrides the configured latency for one request.
@@ -411,74 +412,6 @@ fn check_auth(config: &MockConfig, headers: &HeaderMap) -> Result<(), ApiError> 
             None,
         )),
     }
-}
-
-/// An error answered in OpenAI's shape:
-/// `{"error":{"message","type","param","code"}}`. A struct rather than a
-/// ready `Response` keeps handler results small.
-#[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    message: String,
-    kind: &'static str,
-    code: Option<&'static str>,
-    param: Option<&'static str>,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind,
-                "param": self.param,
-                "code": self.code,
-            }
-        });
-        let mut response = (self.status, Json(body)).into_response();
-        // Only injected 429s exist, and they promise a Retry-After.
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
-        }
-        response
-    }
-}
-
-fn openai_error(
-    status: StatusCode,
-    message: &str,
-    kind: &'static str,
-    code: Option<&'static str>,
-    param: Option<&'static str>,
-) -> ApiError {
-    ApiError { status, message: message.to_owned(), kind, code, param }
-}
-
-fn bad_request(message: &str, param: Option<&'static str>) -> ApiError {
-    openai_error(StatusCode::BAD_REQUEST, message, "invalid_request_error", None, param)
-}
-
-fn bad_mock_header(name: &str, value: &str) -> ApiError {
-    bad_request(&format!("mock upstream: invalid {name} header value {value:?}"), None)
-}
-
-/// The error body for an `x-mock-status` status, with types and codes chosen
-/// the way OpenAI reports them, so gateways can be tested against both.
-fn injected_error(status: StatusCode) -> ApiError {
-    let (kind, code, message) = match status.as_u16() {
-        401 => ("invalid_request_error", Some("invalid_api_key"), "Incorrect API key provided."),
-        403 => ("permission_error", None, "You are not allowed to use this model."),
-        404 => ("invalid_request_error", Some("model_not_found"), "The model does not exist."),
-        429 => {
-            ("requests", Some("rate_limit_exceeded"), "Rate limit reached for requests (injected by mock upstream).")
-        }
-        503 => ("server_error", None, "The server is overloaded or not ready yet (injected by mock upstream)."),
-        500..=599 => {
-            ("server_error", None, "The server had an error while processing your request (injected by mock upstream).")
-        }
-        _ => ("invalid_request_error", None, "Invalid request (injected by mock upstream)."),
-    };
-    openai_error(status, message, kind, code, None)
 }
 
 /// Counts `/v1/*` requests on arrival and tags answers with a request id, as
