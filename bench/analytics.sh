@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS="${ROWS:-1000000}"
-ITERATIONS="${ITERATIONS:-30}"
+ITERATIONS="${ITERATIONS:-100}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 cargo build --profile bench-tools -p tollgate-bench --bin tollgate-analytics-bench
 BIN="$CARGO_TARGET_DIR/bench-tools/tollgate-analytics-bench"

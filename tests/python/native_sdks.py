@@ -67,7 +67,12 @@ def main() -> None:
             "".join(stream.text_stream)
         raise AssertionError("a broken stream ended without an error")
     except anthropic.APIStatusError as e:
-        assert "upstream_stream_broken" in str(e), e
+        # The event's body, whatever the SDK's version puts in str(e) (2.17 shows only
+        # the message and type).
+        body = e.body if isinstance(e.body, dict) else {}
+        error = body.get("error", body) if isinstance(body.get("error", body), dict) else {}
+        assert error.get("code") == "upstream_stream_broken" or "upstream_stream_broken" in str(e), (e, e.body)
+        assert error.get("type", "api_error") == "api_error", e.body
     ok("anthropic raises on a broken stream")
 
     counted = claude.messages.count_tokens(model="claude-sonnet-4-5", messages=[{"role": "user", "content": "Hi"}])

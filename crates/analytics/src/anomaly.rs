@@ -8,6 +8,11 @@
 //! `|score| >= threshold` and the larger of observed and baseline is at least
 //! `min_volume`, so three requests instead of one is never an alarm. Drops (negative
 //! scores) are reported too: an outage looks like one.
+//!
+//! A subject is scored only against weeks it existed in: the weeks before its
+//! first recorded hour in the series are no baseline (zeros there would make every
+//! busy hour of a new key or project an anomaly), and an hour with fewer than
+//! [`MIN_BASELINE_WEEKS`] weeks of baseline is not scored.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +22,10 @@ use tollgate_core::calendar::MS_PER_HOUR;
 use crate::forecast::median_mad;
 
 const MS_PER_WEEK: i64 = 7 * 24 * MS_PER_HOUR;
+
+/// The fewest weeks of baseline an hour is scored against (fewer when `weeks` is
+/// smaller): one week alone has no spread, so any change would score as noise-free.
+pub const MIN_BASELINE_WEEKS: i64 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AnomalySettings {
@@ -42,14 +51,24 @@ pub struct Anomaly {
 }
 
 /// The anomalous hours in `[from_ms, to_ms)` of an hourly series (absent hours are
-/// zero); `hourly` must cover `weeks` weeks before `from_ms`.
+/// zero); `hourly` must cover `weeks` weeks before `from_ms`. Its first hour is taken
+/// as the subject's first: earlier weeks are no baseline (see the module's docs).
 pub fn detect(hourly: &BTreeMap<i64, u64>, from_ms: i64, to_ms: i64, settings: &AnomalySettings) -> Vec<Anomaly> {
+    let Some(first) = hourly.keys().next().map(|h| crate::rollup::hour_of(*h)) else { return Vec::new() };
     let value = |h: i64| hourly.get(&h).copied().unwrap_or(0);
+    let weeks = settings.weeks.max(1);
+    let least = weeks.min(MIN_BASELINE_WEEKS);
     let mut found = Vec::new();
+    let mut history = Vec::with_capacity(usize::try_from(weeks).unwrap_or(0));
     let mut hour = crate::rollup::hour_of(from_ms);
     while hour < to_ms {
         let observed = value(hour);
-        let history: Vec<f64> = (1..=settings.weeks.max(1)).map(|k| value(hour - k * MS_PER_WEEK) as f64).collect();
+        history.clear();
+        history.extend((1..=weeks).map(|k| hour - k * MS_PER_WEEK).filter(|h| *h >= first).map(|h| value(h) as f64));
+        if (history.len() as i64) < least {
+            hour += MS_PER_HOUR;
+            continue;
+        }
         let (baseline, mad) = median_mad(&history);
         let sigma = (1.4826 * mad).max(baseline.max(1.0).sqrt());
         let score = (observed as f64 - baseline) / sigma;
@@ -103,6 +122,31 @@ mod tests {
         // The same shape at a volume that matters is found.
         let hourly = weeks_of(|h| if h == at { 3_000 } else { 1_000 }, 5);
         assert_eq!(last_week(&AnomalySettings::default(), &hourly).len(), 1);
+    }
+
+    #[test]
+    fn a_new_subject_is_scored_only_against_the_weeks_it_existed() {
+        // A key that started one week before the range: busy hours, no spike. Against
+        // four weeks of which three are zeros, every busy hour would be an anomaly.
+        let started = START + 3 * MS_PER_WEEK;
+        let busy = |h: i64| if h >= started { 400 + ((h / MS_PER_HOUR) % 5) as u64 * 10 } else { 0 };
+        let new_key: BTreeMap<i64, u64> = weeks_of(busy, 5).into_iter().filter(|(h, _)| *h >= started).collect();
+        assert!(last_week(&AnomalySettings::default(), &new_key).is_empty(), "one week of baseline: not scored");
+        // Two weeks of history: scored, and a spike is found.
+        let started = START + 2 * MS_PER_WEEK;
+        let spike = START + 4 * MS_PER_WEEK + 40 * MS_PER_HOUR;
+        let two_weeks: BTreeMap<i64, u64> = weeks_of(|h| if h == spike { 5_000 } else { busy(h).max(400) }, 5)
+            .into_iter()
+            .filter(|(h, _)| *h >= started)
+            .collect();
+        let found = last_week(&AnomalySettings::default(), &two_weeks);
+        assert_eq!(found.iter().map(|a| a.hour_ms).collect::<Vec<_>>(), vec![spike], "{found:?}");
+        // With one week asked for, one week is enough.
+        let one = AnomalySettings { weeks: 1, ..AnomalySettings::default() };
+        let spiky_new: BTreeMap<i64, u64> =
+            new_key.iter().map(|(h, v)| (*h, if *h == spike { 5_000 } else { *v })).collect();
+        assert_eq!(last_week(&one, &spiky_new).iter().map(|a| a.hour_ms).collect::<Vec<_>>(), vec![spike]);
+        assert!(detect(&BTreeMap::new(), START, START + MS_PER_WEEK, &one).is_empty());
     }
 
     #[test]

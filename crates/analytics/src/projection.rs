@@ -8,8 +8,9 @@
 //! Each [`Kind`] keeps the project and a few dimensions (the counted flag where
 //! forecasts need it), and exists
 //! at two grains: per UTC hour (`usage_hourly_<kind>`) and per UTC day
-//! (`usage_daily_<kind>`). Every table has the full rollup's columns; the dimensions
-//! a kind drops hold a constant (empty text, status class 0, cache `miss`).
+//! (`usage_daily_<kind>`). Every table has the full rollup's columns but the latency
+//! histogram's where the kind keeps none ([`Kind::histogram`]); the dimensions a kind
+//! drops hold a constant (empty text, status class 0, cache `miss`, not counted).
 //!
 //! All of them are written from the same [`Rollups`](crate::Rollups) in the
 //! transaction that stores the ledger rows (the stores call
@@ -27,8 +28,12 @@ use crate::store::Dimension;
 pub struct Kind {
     /// The table suffix: `usage_hourly_<name>` and `usage_daily_<name>`.
     pub name: &'static str,
-    /// The dimensions kept (every kind keeps the project and the counted flag).
+    /// The dimensions kept (every kind keeps the project).
     pub kept: &'static [Dimension],
+    /// Whether the table has the latency histogram's columns (`lat_0`...): a kind
+    /// without them has rows a third as wide, and serves only queries that do not
+    /// sum the buckets.
+    pub histogram: bool,
 }
 
 impl Kind {
@@ -42,6 +47,7 @@ impl Kind {
             "project" => "usage_hourly_project",
             "endpoint" => "usage_hourly_endpoint",
             "model" => "usage_hourly_model",
+            "key_volume" => "usage_hourly_key_volume",
             "key" => "usage_hourly_key",
             _ => "usage_hourly_key_detail",
         }
@@ -53,6 +59,7 @@ impl Kind {
             "project" => "usage_daily_project",
             "endpoint" => "usage_daily_endpoint",
             "model" => "usage_daily_model",
+            "key_volume" => "usage_daily_key_volume",
             "key" => "usage_daily_key",
             _ => "usage_daily_key_detail",
         }
@@ -62,12 +69,17 @@ impl Kind {
 /// The kinds, smallest first: [`choose`] takes the first that covers a query. The
 /// counted flag is kept only where a query filters by it (forecasts of keys and
 /// projects); elsewhere it would double the rows.
-pub const KINDS: [Kind; 6] = [
-    Kind { name: "total", kept: &[Dimension::Project] },
-    Kind { name: "project", kept: &[Dimension::Project, Dimension::StatusClass, Dimension::Counted] },
-    Kind { name: "endpoint", kept: &[Dimension::Project, Dimension::Endpoint] },
-    Kind { name: "model", kept: &[Dimension::Project, Dimension::Model, Dimension::Provider] },
-    Kind { name: "key", kept: &[Dimension::Project, Dimension::Key, Dimension::Counted] },
+pub const KINDS: [Kind; 7] = [
+    Kind { name: "total", kept: &[Dimension::Project], histogram: true },
+    Kind { name: "project", kept: &[Dimension::Project, Dimension::StatusClass, Dimension::Counted], histogram: true },
+    Kind { name: "endpoint", kept: &[Dimension::Project, Dimension::Endpoint], histogram: true },
+    Kind { name: "model", kept: &[Dimension::Project, Dimension::Model, Dimension::Provider], histogram: true },
+    // The keys' volumes: no counted flag (half the rows of `key`) and no histogram (a
+    // third of the width), for the per-hour key series of the anomalies and the
+    // summaries' top keys; on PostgreSQL, whose heap is in time order, one project's
+    // keys over weeks are then a few hundred pages instead of thousands.
+    Kind { name: "key_volume", kept: &[Dimension::Project, Dimension::Key], histogram: false },
+    Kind { name: "key", kept: &[Dimension::Project, Dimension::Key, Dimension::Counted], histogram: true },
     // One key's breakdowns (its summary): everything but the cache outcome and the
     // counted flag, stored by project, key and hour so a key's rows are one range.
     Kind {
@@ -80,6 +92,7 @@ pub const KINDS: [Kind; 6] = [
             Dimension::Endpoint,
             Dimension::StatusClass,
         ],
+        histogram: true,
     },
 ];
 
@@ -95,9 +108,10 @@ pub fn tables() -> impl Iterator<Item = (&'static str, Kind, Grain)> {
     KINDS.into_iter().flat_map(|k| [(k.hourly_table(), k, Grain::Hour), (k.daily_table(), k, Grain::Day)])
 }
 
-/// The first kind that keeps every dimension in `used`, if any.
-pub fn choose(used: &[Dimension]) -> Option<Kind> {
-    KINDS.into_iter().find(|k| used.iter().all(|d| k.keeps(*d)))
+/// The first kind that keeps every dimension in `used` (and the latency histogram,
+/// when `histogram`), if any.
+pub fn choose(used: &[Dimension], histogram: bool) -> Option<Kind> {
+    KINDS.into_iter().find(|k| (k.histogram || !histogram) && used.iter().all(|d| k.keeps(*d)))
 }
 
 #[cfg(test)]
@@ -106,22 +120,29 @@ mod tests {
 
     #[test]
     fn the_smallest_covering_kind_is_chosen() {
-        assert_eq!(choose(&[]).map(|k| k.name), Some("total"));
-        assert_eq!(choose(&[Dimension::Project]).map(|k| k.name), Some("total"));
-        assert_eq!(choose(&[Dimension::Project, Dimension::StatusClass]).map(|k| k.name), Some("project"));
-        assert_eq!(choose(&[Dimension::Counted]).map(|k| k.name), Some("project"));
-        assert_eq!(choose(&[Dimension::Provider]).map(|k| k.name), Some("model"));
-        assert_eq!(choose(&[Dimension::Model, Dimension::Counted]), None, "models keep no counted flag");
-        assert_eq!(choose(&[Dimension::Key, Dimension::Counted]).map(|k| k.name), Some("key"));
-        assert_eq!(choose(&[Dimension::Key, Dimension::Model]).map(|k| k.name), Some("key_detail"));
-        assert_eq!(choose(&[Dimension::Key, Dimension::StatusClass]).map(|k| k.name), Some("key_detail"));
-        assert_eq!(choose(&[Dimension::Key, Dimension::Model, Dimension::Counted]), None);
-        assert_eq!(choose(&[Dimension::Cache]), None);
+        let name = |used: &[Dimension], histogram: bool| choose(used, histogram).map(|k| k.name);
+        for histogram in [false, true] {
+            assert_eq!(name(&[], histogram), Some("total"));
+            assert_eq!(name(&[Dimension::Project], histogram), Some("total"));
+            assert_eq!(name(&[Dimension::Project, Dimension::StatusClass], histogram), Some("project"));
+            assert_eq!(name(&[Dimension::Counted], histogram), Some("project"));
+            assert_eq!(name(&[Dimension::Provider], histogram), Some("model"));
+            assert_eq!(name(&[Dimension::Model, Dimension::Counted], histogram), None, "models keep no counted flag");
+            assert_eq!(name(&[Dimension::Key, Dimension::Counted], histogram), Some("key"));
+            assert_eq!(name(&[Dimension::Key, Dimension::Model], histogram), Some("key_detail"));
+            assert_eq!(name(&[Dimension::Key, Dimension::StatusClass], histogram), Some("key_detail"));
+            assert_eq!(name(&[Dimension::Key, Dimension::Model, Dimension::Counted], histogram), None);
+            assert_eq!(name(&[Dimension::Cache], histogram), None);
+        }
+        // A key's volumes come from the narrow table unless the buckets are summed.
+        assert_eq!(name(&[Dimension::Key], false), Some("key_volume"));
+        assert_eq!(name(&[Dimension::Project, Dimension::Key], false), Some("key_volume"));
+        assert_eq!(name(&[Dimension::Key], true), Some("key"));
     }
 
     #[test]
-    fn twelve_tables_with_distinct_names() {
+    fn fourteen_tables_with_distinct_names() {
         let names: std::collections::BTreeSet<&str> = tables().map(|(t, _, _)| t).collect();
-        assert_eq!(names.len(), 12);
+        assert_eq!(names.len(), 14);
     }
 }

@@ -164,7 +164,7 @@ impl RollupQuery {
     /// full rollup), and for a query over whole UTC days that is not per hour, the
     /// days `[first, last)` read from the daily table.
     pub fn source(&self) -> (Option<Kind>, Option<(i64, i64)>) {
-        let kind = projection::choose(&self.dimensions_used());
+        let kind = projection::choose(&self.dimensions_used(), self.latency_buckets);
         let days = match kind {
             Some(_) if !self.by_hour => {
                 let first = day_of(self.from_ms + MS_PER_DAY - 1);
@@ -232,7 +232,7 @@ impl RollupQuery {
             (None, _) => sql.push_str(&slice("usage_hourly", self.from_ms, self.to_ms, &mut bind)),
             (Some(kind), None) => sql.push_str(&slice(kind.hourly_table(), self.from_ms, self.to_ms, &mut bind)),
             (Some(kind), Some((first, last))) => {
-                let columns = rollup_columns();
+                let columns = rollup_columns_for(kind.histogram);
                 let mut parts = vec![format!("SELECT {columns}{}", slice(kind.daily_table(), first, last, &mut bind))];
                 for (from, to) in [(self.from_ms, first), (last, self.to_ms)] {
                     if from < to {
@@ -320,26 +320,58 @@ impl RollupGroup {
 /// would: one group per hour and dimension values, values summed (the latency maximum
 /// the largest), ordered by hour, then the dimensions' bytes.
 pub fn group_rows(rows: impl IntoIterator<Item = RollupGroup>) -> Vec<RollupGroup> {
-    let mut groups: std::collections::BTreeMap<(Option<i64>, Vec<String>), RollupValues> =
-        std::collections::BTreeMap::new();
+    let mut groups = Groups::default();
     for row in rows {
-        groups.entry((row.hour_ms, row.dims)).or_default().merge(&row.values);
+        groups.add(row);
     }
-    groups.into_iter().map(|((hour_ms, dims), values)| RollupGroup { hour_ms, dims, values }).collect()
+    groups.finish()
+}
+
+/// [`group_rows`] one row at a time.
+#[derive(Default)]
+pub struct Groups(std::collections::BTreeMap<(Option<i64>, Vec<String>), RollupValues>);
+
+impl Groups {
+    pub fn add(&mut self, row: RollupGroup) {
+        match self.0.entry((row.hour_ms, row.dims)) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(row.values);
+            }
+            std::collections::btree_map::Entry::Occupied(mut slot) => slot.get_mut().merge(&row.values),
+        }
+    }
+
+    /// The groups, ordered by hour, then the dimensions' bytes.
+    pub fn finish(self) -> Vec<RollupGroup> {
+        self.0.into_iter().map(|((hour_ms, dims), values)| RollupGroup { hour_ms, dims, values }).collect()
+    }
 }
 
 /// The rollup table's columns, in the order of [`upsert_sql`]'s parameters and of
 /// every raw rollup row (`SELECT {ROLLUP_COLUMNS}`).
 pub fn rollup_columns() -> String {
+    rollup_columns_for(true)
+}
+
+/// [`rollup_columns`], without the latency histogram's unless `histogram` (the
+/// columns of a projection kind without it, [`Kind::histogram`]).
+pub fn rollup_columns_for(histogram: bool) -> String {
     let mut columns = String::from(
         "hour_ms, project_id, key_id, model, provider, endpoint, status_class, cache, counted, requests, \
          input_tokens, output_tokens, cached_tokens, cost_micros, potential_cost_micros, latency_count, \
          latency_sum_ms, latency_max_ms",
     );
-    for i in 0..LATENCY_BUCKETS {
-        columns.push_str(&format!(", lat_{i}"));
+    if histogram {
+        for i in 0..LATENCY_BUCKETS {
+            columns.push_str(&format!(", lat_{i}"));
+        }
     }
     columns
+}
+
+/// How many parameters an upsert into a table with (or without) the histogram takes.
+pub fn rollup_params(histogram: bool) -> usize {
+    if histogram { ROLLUP_PARAMS } else { ROLLUP_PARAMS - LATENCY_BUCKETS }
 }
 
 /// Parameters of one rollup upsert: 9 dimensions, then 9 values and the buckets.
@@ -359,7 +391,13 @@ pub fn upsert_sql(placeholder: impl Fn(usize) -> String) -> String {
 /// [`upsert_sql`] into `table` (the full rollup or a projection table: they have the
 /// same columns and key).
 pub fn upsert_sql_into(table: &str, placeholder: impl Fn(usize) -> String) -> String {
-    let placeholders: Vec<String> = (0..ROLLUP_PARAMS).map(placeholder).collect();
+    upsert_sql_for(table, true, placeholder)
+}
+
+/// [`upsert_sql_into`] a table with or without the latency histogram's columns
+/// (its parameters: the first [`rollup_params`] of [`rollup_columns`] order).
+pub fn upsert_sql_for(table: &str, histogram: bool, placeholder: impl Fn(usize) -> String) -> String {
+    let placeholders: Vec<String> = (0..rollup_params(histogram)).map(placeholder).collect();
     let mut updates = vec![];
     for column in [
         "requests",
@@ -377,12 +415,14 @@ pub fn upsert_sql_into(table: &str, placeholder: impl Fn(usize) -> String) -> St
         "latency_max_ms = CASE WHEN excluded.latency_max_ms > {table}.latency_max_ms \
          THEN excluded.latency_max_ms ELSE {table}.latency_max_ms END"
     ));
-    for i in 0..LATENCY_BUCKETS {
-        updates.push(format!("lat_{i} = {table}.lat_{i} + excluded.lat_{i}"));
+    if histogram {
+        for i in 0..LATENCY_BUCKETS {
+            updates.push(format!("lat_{i} = {table}.lat_{i} + excluded.lat_{i}"));
+        }
     }
     format!(
         "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({ROLLUP_KEY_COLUMNS}) DO UPDATE SET {}",
-        rollup_columns(),
+        rollup_columns_for(histogram),
         placeholders.join(", "),
         updates.join(", ")
     )
@@ -511,5 +551,10 @@ mod tests {
         assert_eq!(rollup_columns().split(',').count(), ROLLUP_PARAMS);
         assert!(sql.contains(&format!("?{ROLLUP_PARAMS})")));
         assert!(!sql.contains(&format!("?{}", ROLLUP_PARAMS + 1)));
+        let narrow = upsert_sql_for("usage_hourly_key_volume", false, |i| format!("?{}", i + 1));
+        let params = rollup_params(false);
+        assert_eq!(rollup_columns_for(false).split(',').count(), params);
+        assert!(narrow.contains(&format!("?{params})")) && !narrow.contains(&format!("?{}", params + 1)));
+        assert!(!narrow.contains("lat_0"), "{narrow}");
     }
 }

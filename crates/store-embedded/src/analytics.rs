@@ -20,7 +20,9 @@ static UPSERT: LazyLock<String> = LazyLock::new(|| store::upsert_sql(|i| format!
 
 /// The upsert into each projection table, with the table's kind and grain.
 static PROJECTED: LazyLock<Vec<(String, Kind, Grain)>> = LazyLock::new(|| {
-    projection::tables().map(|(t, k, g)| (store::upsert_sql_into(t, |i| format!("?{}", i + 1)), k, g)).collect()
+    projection::tables()
+        .map(|(t, k, g)| (store::upsert_sql_for(t, k.histogram, |i| format!("?{}", i + 1)), k, g))
+        .collect()
 });
 
 /// Adds a batch's rollups inside the transaction that inserted its rows: one upsert
@@ -29,14 +31,15 @@ pub(crate) fn upsert_rollups(tx: &Transaction<'_>, rollups: &Rollups<'_>) -> Sto
     if rollups.is_empty() {
         return Ok(());
     }
-    upsert_into(tx, &UPSERT, rollups)?;
+    upsert_into(tx, &UPSERT, rollups, true)?;
     for (sql, kind, grain) in PROJECTED.iter() {
-        upsert_into(tx, sql, &rollups.project(*kind, *grain))?;
+        upsert_into(tx, sql, &rollups.project(*kind, *grain), kind.histogram)?;
     }
     Ok(())
 }
 
-fn upsert_into(tx: &Transaction<'_>, sql: &str, rollups: &Rollups<'_>) -> StoreResult<()> {
+/// One upsert per group; `histogram`: the table has the latency buckets' columns.
+fn upsert_into(tx: &Transaction<'_>, sql: &str, rollups: &Rollups<'_>, histogram: bool) -> StoreResult<()> {
     let mut upsert = tx.prepare_cached(sql).map_err(sql_error)?;
     for (key, values) in rollups.iter() {
         let mut args: Vec<Value> = vec![
@@ -51,6 +54,7 @@ fn upsert_into(tx: &Transaction<'_>, sql: &str, rollups: &Rollups<'_>) -> StoreR
             Value::Integer(i64::from(key.counted)),
         ];
         args.extend(store::value_params(values).into_iter().map(Value::Integer));
+        args.truncate(store::rollup_params(histogram));
         upsert.execute(params_from_iter(args)).map_err(sql_error)?;
     }
     Ok(())

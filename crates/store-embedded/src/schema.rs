@@ -139,6 +139,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("migrations_0011_usage_seq.sql"),
     // 12: bring-your-own provider keys, sealed (tollgate_store::provider_keys).
     include_str!("migrations_0012_provider_keys.sql"),
+    // 13: the keys' volumes, a narrow key projection (no counted flag, no latency
+    // histogram) for the per-hour key series and the top keys.
+    include_str!("migrations_0013_key_volume.sql"),
 ];
 
 /// What a connection is for; readers cannot write by accident.

@@ -93,7 +93,8 @@ async fn the_migration_rolls_up_rows_already_stored() {
              DROP TABLE usage_hourly; ALTER TABLE usage DROP COLUMN upstream_request_id; \
              DROP TABLE usage_hourly_total; DROP TABLE usage_daily_total; DROP TABLE usage_hourly_project; DROP TABLE usage_daily_project; DROP TABLE usage_hourly_endpoint; \
              DROP TABLE usage_daily_endpoint; DROP TABLE usage_hourly_model; DROP TABLE usage_daily_model; \
-             DROP TABLE usage_hourly_key; DROP TABLE usage_daily_key; DROP TABLE usage_hourly_key_detail; DROP TABLE usage_daily_key_detail; DROP TABLE usage_counted; PRAGMA user_version = 5;",
+             DROP TABLE usage_hourly_key; DROP TABLE usage_daily_key; DROP TABLE usage_hourly_key_detail; DROP TABLE usage_daily_key_detail; DROP TABLE usage_counted; \
+             DROP TABLE usage_hourly_key_volume; DROP TABLE usage_daily_key_volume; PRAGMA user_version = 5;",
         )
         .expect("downgrade");
     }

@@ -8,7 +8,6 @@ use std::sync::LazyLock;
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
-use tollgate_analytics::latency::LATENCY_BUCKETS;
 use tollgate_analytics::projection::{self, Grain, Kind};
 use tollgate_analytics::rollup::day_of;
 use tollgate_analytics::store::{self, ROLLUP_KEY_COLUMNS, SqlParam, VALUE_COLUMNS};
@@ -19,13 +18,15 @@ use crate::{PostgresLedger, pool_error, sql_error};
 
 /// The upsert of every group of a batch: one array per column. Groups are distinct
 /// within a batch, so no row is touched twice by the statement.
-static UPSERT: LazyLock<String> = LazyLock::new(|| unnest_upsert("usage_hourly"));
+static UPSERT: LazyLock<String> = LazyLock::new(|| unnest_upsert("usage_hourly", true));
 
 /// The same upsert into each projection table, with the table's kind and grain.
 static PROJECTED: LazyLock<Vec<(String, Kind, Grain)>> =
-    LazyLock::new(|| projection::tables().map(|(t, k, g)| (unnest_upsert(t), k, g)).collect());
+    LazyLock::new(|| projection::tables().map(|(t, k, g)| (unnest_upsert(t, k.histogram), k, g)).collect());
 
-fn unnest_upsert(table: &str) -> String {
+/// The batch upsert into `table`, one array per column (the latency buckets' only
+/// when it has them: `histogram`).
+fn unnest_upsert(table: &str, histogram: bool) -> String {
     let mut arrays = vec![
         "$1::bigint[]".to_owned(),
         "$2::text[]".to_owned(),
@@ -37,13 +38,14 @@ fn unnest_upsert(table: &str) -> String {
         "$8::text[]".to_owned(),
         "$9::bool[]".to_owned(),
     ];
-    for i in 0..9 + LATENCY_BUCKETS {
+    for i in 0..store::rollup_params(histogram) - 9 {
         arrays.push(format!("${}::bigint[]", 10 + i));
     }
-    let single = store::upsert_sql_into(table, |i| format!("${}", i + 1));
+    let single = store::upsert_sql_for(table, histogram, |i| format!("${}", i + 1));
     // Reuse the shared ON CONFLICT clause; replace VALUES (...) by the arrays.
     let conflict = single.find(" ON CONFLICT").map_or("", |at| &single[at..]).to_owned();
-    format!("INSERT INTO {table} ({}) SELECT * FROM UNNEST({}){conflict}", store::rollup_columns(), arrays.join(", "))
+    let columns = store::rollup_columns_for(histogram);
+    format!("INSERT INTO {table} ({columns}) SELECT * FROM UNNEST({}){conflict}", arrays.join(", "))
 }
 
 /// Adds a batch's rollups inside the transaction that inserted its rows.
@@ -51,14 +53,14 @@ pub(crate) async fn upsert_rollups(tx: &Transaction<'_>, rollups: &Rollups<'_>) 
     if rollups.is_empty() {
         return Ok(());
     }
-    upsert_into(tx, &UPSERT, rollups).await?;
+    upsert_into(tx, &UPSERT, rollups, true).await?;
     for (sql, kind, grain) in PROJECTED.iter() {
-        upsert_into(tx, sql, &rollups.project(*kind, *grain)).await?;
+        upsert_into(tx, sql, &rollups.project(*kind, *grain), kind.histogram).await?;
     }
     Ok(())
 }
 
-async fn upsert_into(tx: &Transaction<'_>, sql: &str, rollups: &Rollups<'_>) -> StoreResult<()> {
+async fn upsert_into(tx: &Transaction<'_>, sql: &str, rollups: &Rollups<'_>, histogram: bool) -> StoreResult<()> {
     let n = rollups.len();
     let mut hours = Vec::with_capacity(n);
     let mut projects = Vec::with_capacity(n);
@@ -69,7 +71,7 @@ async fn upsert_into(tx: &Transaction<'_>, sql: &str, rollups: &Rollups<'_>) -> 
     let mut classes = Vec::with_capacity(n);
     let mut caches = Vec::with_capacity(n);
     let mut counted = Vec::with_capacity(n);
-    let mut values: Vec<Vec<i64>> = (0..9 + LATENCY_BUCKETS).map(|_| Vec::with_capacity(n)).collect();
+    let mut values: Vec<Vec<i64>> = (0..store::rollup_params(histogram) - 9).map(|_| Vec::with_capacity(n)).collect();
     // A fixed order, so concurrent writers lock shared rows alike (no deadlock).
     for (key, v) in rollups.sorted() {
         hours.push(key.hour_ms);
@@ -125,19 +127,25 @@ impl AnalyticsStore for PostgresLedger {
         let rows = client.query(&statement, &params).await.map_err(sql_error)?;
         let dims = query.group_by.len();
         let first = usize::from(query.by_hour) + dims;
-        let groups = rows
-            .iter()
-            .map(|row| {
-                let hour_ms = if query.by_hour { Some(row.try_get(0).map_err(sql_error)?) } else { None };
-                let mut values = Vec::with_capacity(dims);
-                for i in 0..dims {
-                    let v: Option<String> = row.try_get(usize::from(query.by_hour) + i).map_err(sql_error)?;
-                    values.push(v.unwrap_or_default());
-                }
-                Ok(RollupGroup::from_columns(hour_ms, values, &ints(row, first, query.value_column_count())?))
-            })
-            .collect::<StoreResult<Vec<_>>>()?;
-        Ok(if ungrouped.is_some() { store::group_rows(groups) } else { groups })
+        let group = |row: &tokio_postgres::Row| -> StoreResult<RollupGroup> {
+            let hour_ms = if query.by_hour { Some(row.try_get(0).map_err(sql_error)?) } else { None };
+            let mut values = Vec::with_capacity(dims);
+            for i in 0..dims {
+                let v: Option<String> = row.try_get(usize::from(query.by_hour) + i).map_err(sql_error)?;
+                values.push(v.unwrap_or_default());
+            }
+            Ok(RollupGroup::from_columns(hour_ms, values, &ints(row, first, query.value_column_count())?))
+        };
+        if ungrouped.is_some() {
+            // Straight into the groups: no vector of every row first (at 10 M rows, one
+            // project's keys over 58 days are ~14,000 rows of ~300 bytes each).
+            let mut groups = store::Groups::default();
+            for row in &rows {
+                groups.add(group(row)?);
+            }
+            return Ok(groups.finish());
+        }
+        rows.iter().map(group).collect()
     }
 
     async fn rollup_rows(

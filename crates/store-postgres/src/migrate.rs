@@ -28,6 +28,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (13, include_str!("../migrations/0013_semantic_cache.sql")),
     (14, include_str!("../migrations/0014_provider_keys.sql")),
     (15, include_str!("../migrations/0015_rollup_fillfactor.sql")),
+    (16, include_str!("../migrations/0016_key_volume.sql")),
 ];
 
 /// Serialises migrations across instances (an arbitrary constant: "tollgate" in hex).

@@ -1,0 +1,61 @@
+-- tollgate on PostgreSQL, version 16: the keys' volumes, a projection of the
+-- hourly rollup (crates/analytics/src/projection.rs, kind `key_volume`) per hour and
+-- per UTC day: project and key only (no counted flag: half the rows of `usage_*_key`)
+-- and no latency histogram (a third of the width). The per-hour key series of the
+-- anomalies and the summaries' top keys read it; filled here from the key
+-- projections already stored. The index by hour serves the queries over every
+-- project (a summary's partial days at the edges of its range). Written so that it
+-- can run again (IF NOT EXISTS, ON CONFLICT DO NOTHING).
+
+CREATE TABLE IF NOT EXISTS usage_hourly_key_volume (
+    hour_ms BIGINT NOT NULL,
+    project_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    status_class INTEGER NOT NULL,
+    cache TEXT NOT NULL,
+    counted BOOLEAN NOT NULL,
+    requests BIGINT NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    cached_tokens BIGINT NOT NULL,
+    cost_micros BIGINT NOT NULL,
+    potential_cost_micros BIGINT NOT NULL,
+    latency_count BIGINT NOT NULL,
+    latency_sum_ms BIGINT NOT NULL,
+    latency_max_ms BIGINT NOT NULL,
+    PRIMARY KEY (project_id, key_id, hour_ms, counted, model, provider, endpoint, status_class, cache)
+) WITH (fillfactor = 70);
+INSERT INTO usage_hourly_key_volume (hour_ms, project_id, key_id, model, provider, endpoint, status_class, cache, counted, requests, input_tokens, output_tokens, cached_tokens, cost_micros, potential_cost_micros, latency_count, latency_sum_ms, latency_max_ms)
+SELECT hour_ms, project_id, key_id, '', '', '', 0, 'miss', false,
+    CAST(SUM(requests) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cached_tokens) AS BIGINT), CAST(SUM(cost_micros) AS BIGINT), CAST(SUM(potential_cost_micros) AS BIGINT), CAST(SUM(latency_count) AS BIGINT), CAST(SUM(latency_sum_ms) AS BIGINT), CAST(MAX(latency_max_ms) AS BIGINT)
+FROM usage_hourly_key WHERE true GROUP BY hour_ms, project_id, key_id ON CONFLICT DO NOTHING;
+CREATE INDEX IF NOT EXISTS usage_hourly_key_volume_hour ON usage_hourly_key_volume (hour_ms);
+CREATE TABLE IF NOT EXISTS usage_daily_key_volume (
+    hour_ms BIGINT NOT NULL,
+    project_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    status_class INTEGER NOT NULL,
+    cache TEXT NOT NULL,
+    counted BOOLEAN NOT NULL,
+    requests BIGINT NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    cached_tokens BIGINT NOT NULL,
+    cost_micros BIGINT NOT NULL,
+    potential_cost_micros BIGINT NOT NULL,
+    latency_count BIGINT NOT NULL,
+    latency_sum_ms BIGINT NOT NULL,
+    latency_max_ms BIGINT NOT NULL,
+    PRIMARY KEY (project_id, key_id, hour_ms, counted, model, provider, endpoint, status_class, cache)
+) WITH (fillfactor = 70);
+INSERT INTO usage_daily_key_volume (hour_ms, project_id, key_id, model, provider, endpoint, status_class, cache, counted, requests, input_tokens, output_tokens, cached_tokens, cost_micros, potential_cost_micros, latency_count, latency_sum_ms, latency_max_ms)
+SELECT hour_ms, project_id, key_id, '', '', '', 0, 'miss', false,
+    CAST(SUM(requests) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cached_tokens) AS BIGINT), CAST(SUM(cost_micros) AS BIGINT), CAST(SUM(potential_cost_micros) AS BIGINT), CAST(SUM(latency_count) AS BIGINT), CAST(SUM(latency_sum_ms) AS BIGINT), CAST(MAX(latency_max_ms) AS BIGINT)
+FROM usage_daily_key WHERE true GROUP BY hour_ms, project_id, key_id ON CONFLICT DO NOTHING;
+CREATE INDEX IF NOT EXISTS usage_daily_key_volume_hour ON usage_daily_key_volume (hour_ms);
