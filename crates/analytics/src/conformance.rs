@@ -19,7 +19,7 @@ use tollgate_store::Ledger;
 use tollgate_store::conformance::NOW;
 
 use crate::rollup::{CacheOutcome, RollupKey, RollupValues, brute_force, hour_of};
-use crate::store::{AnalyticsStore, Dimension, RollupFilter, RollupQuery};
+use crate::store::{AnalyticsStore, Dimension, RollupFilter, RollupQuery, Sums};
 
 /// What the property test needs to restart a store on the same data.
 #[async_trait]
@@ -125,6 +125,7 @@ pub fn brute_force_query(
     if !q.latency_buckets {
         out.values_mut().for_each(|v| v.latency_buckets = Default::default());
     }
+    out.values_mut().for_each(|v| *v = q.sums.keep(v));
     out
 }
 
@@ -148,7 +149,24 @@ pub fn random_query(rng: &mut Rng, project: &str, span_hours: i64) -> RollupQuer
         3 => filter.provider = Some(rng.pick(&["openai", "anthropic"]).to_string()),
         _ => {}
     }
-    RollupQuery { from_ms, to_ms, filter, by_hour: rng.below(2) == 0, group_by, latency_buckets: rng.below(2) == 0 }
+    let sums = *rng.pick(&[
+        Sums::ALL,
+        Sums::ALL,
+        Sums::REQUESTS,
+        Sums::TOKENS,
+        Sums::COST,
+        Sums::LATENCY,
+        Sums::REQUESTS.union(Sums::COST),
+    ]);
+    RollupQuery {
+        from_ms,
+        to_ms,
+        filter,
+        by_hour: rng.below(2) == 0,
+        group_by,
+        latency_buckets: rng.below(2) == 0,
+        sums,
+    }
 }
 
 /// Checks `q` on the store against [`brute_force_query`] over `records`.
@@ -249,6 +267,7 @@ pub async fn grouped_queries_sum_rollups(ledger: &dyn Ledger, analytics: &dyn An
         by_hour,
         group_by,
         latency_buckets: true,
+        sums: Sums::ALL,
     };
     // Totals.
     let total = analytics.rollup_groups(query(false, vec![], RollupFilter::default())).await.expect("totals");
@@ -261,6 +280,11 @@ pub async fn grouped_queries_sum_rollups(ledger: &dyn Ledger, analytics: &dyn An
     let lean = analytics.rollup_groups(lean).await.expect("totals without buckets");
     let without = RollupValues { latency_buckets: Default::default(), ..expected };
     assert_eq!(lean[0].values, without);
+    // Requests only: the other sums read as zero.
+    let requests_only =
+        RollupQuery { latency_buckets: false, sums: Sums::REQUESTS, ..query(false, vec![], RollupFilter::default()) };
+    let requests_only = analytics.rollup_groups(requests_only).await.expect("requests only");
+    assert_eq!(requests_only[0].values, RollupValues { requests: expected.requests, ..RollupValues::default() });
     // Per model, counted only.
     let by_model = analytics
         .rollup_groups(query(false, vec![Dimension::Model], RollupFilter { counted: Some(true), ..Default::default() }))

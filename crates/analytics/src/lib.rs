@@ -31,4 +31,4 @@ pub mod store;
 pub mod zone;
 
 pub use rollup::{CacheOutcome, RollupKey, RollupValues, Rollups};
-pub use store::{AnalyticsStore, RollupGroup, RollupQuery};
+pub use store::{AnalyticsStore, RollupGroup, RollupQuery, Sums};

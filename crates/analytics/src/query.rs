@@ -7,7 +7,7 @@ use std::fmt;
 use tollgate_core::calendar::{MS_PER_DAY, MS_PER_HOUR, parse_timestamp};
 
 use crate::rollup::{RollupValues, hour_of};
-use crate::store::Dimension;
+use crate::store::{Dimension, Sums};
 use crate::zone::Zone;
 
 /// A parameter that does not parse or does not fit.
@@ -164,6 +164,22 @@ impl SeriesMetric {
             SeriesMetric::ErrorRate | SeriesMetric::Latency(_) => return None,
         })
     }
+
+    /// The value columns its series reads: the metric's own, and the requests (the
+    /// series of a non-additive metric are ranked by them; an error rate divides by
+    /// them).
+    pub fn sums(self) -> Sums {
+        let own = match self {
+            SeriesMetric::Requests | SeriesMetric::ErrorRate => Sums::REQUESTS,
+            SeriesMetric::InputTokens
+            | SeriesMetric::OutputTokens
+            | SeriesMetric::CachedTokens
+            | SeriesMetric::TotalTokens => Sums::TOKENS,
+            SeriesMetric::CostMicros | SeriesMetric::SavedMicros => Sums::COST,
+            SeriesMetric::Latency(_) => Sums::LATENCY,
+        };
+        own.union(Sums::REQUESTS)
+    }
 }
 
 /// The values of one bucket of a series: everything summed, and the requests that
@@ -192,6 +208,17 @@ impl Bucket {
             SeriesMetric::Latency(q) => self.values.latency_quantile(q).map(|v| v as f64),
             additive => additive.additive(&self.values).map(|v| v as f64),
         }
+    }
+}
+
+/// The value columns [`limit_metric_value`] reads for `metric`.
+pub fn limit_metric_sums(metric: tollgate_core::Metric) -> Sums {
+    match metric {
+        tollgate_core::Metric::Requests => Sums::REQUESTS,
+        tollgate_core::Metric::InputTokens
+        | tollgate_core::Metric::OutputTokens
+        | tollgate_core::Metric::TotalTokens => Sums::TOKENS,
+        tollgate_core::Metric::CostMicros => Sums::COST,
     }
 }
 
@@ -236,6 +263,44 @@ mod tests {
         assert_eq!(SeriesMetric::parse("joy").map_err(|e| e.param), Err("metric"));
         assert_eq!(parse_granularity(Some("week")).map_err(|e| e.param), Err("granularity"));
         assert_eq!(parse_top(Some("0"), 5).map_err(|e| e.param), Err("top"));
+    }
+
+    #[test]
+    fn a_metric_reads_the_same_from_its_sums_alone() {
+        let mut v = RollupValues {
+            requests: 10,
+            input_tokens: 200,
+            output_tokens: 30,
+            cached_tokens: 40,
+            cost_micros: 500,
+            potential_cost_micros: 900,
+            latency_count: 10,
+            latency_sum_ms: 1_000,
+            latency_max_ms: 400,
+            ..RollupValues::default()
+        };
+        v.latency_buckets[3] = 6;
+        v.latency_buckets[9] = 4;
+        for name in SeriesMetric::NAMES.split(", ") {
+            let metric = SeriesMetric::parse(name).expect("metric");
+            let kept = metric.sums().keep(&v);
+            let (mut full, mut alone) = (Bucket::default(), Bucket::default());
+            full.add(&v, Some(5));
+            alone.add(&kept, Some(5));
+            assert_eq!(alone.value(metric), full.value(metric), "{name}");
+            assert_eq!(kept.requests, v.requests, "{name}: ranked by requests");
+        }
+        for metric in [
+            tollgate_core::Metric::Requests,
+            tollgate_core::Metric::InputTokens,
+            tollgate_core::Metric::OutputTokens,
+            tollgate_core::Metric::TotalTokens,
+            tollgate_core::Metric::CostMicros,
+        ] {
+            let kept = limit_metric_sums(metric).keep(&v);
+            assert_eq!(limit_metric_value(metric, &kept), limit_metric_value(metric, &v), "{metric:?}");
+            assert_ne!(kept, v, "{metric:?} reads fewer columns");
+        }
     }
 
     #[test]

@@ -97,7 +97,72 @@ pub struct RollupQuery {
     /// Sum the latency histogram too (its 24 columns cost most of a query's time;
     /// without them the buckets read as zero).
     pub latency_buckets: bool,
+    /// Which of the nine value columns to sum (the others read as zero): a series
+    /// of one metric sums one or a few, which PostgreSQL's aggregate pays per column.
+    pub sums: Sums,
 }
+
+/// A set of the nine value columns of a rollup row, in [`rollup_columns`] order
+/// (`requests` ... `latency_max_ms`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sums(u16);
+
+impl Sums {
+    pub const ALL: Sums = Sums(0x1ff);
+    pub const REQUESTS: Sums = Sums(1);
+    /// Input, output and cached tokens.
+    pub const TOKENS: Sums = Sums(0b1110);
+    /// Cost and the cost without caches.
+    pub const COST: Sums = Sums(0b11_0000);
+    /// Latency count, sum and maximum.
+    pub const LATENCY: Sums = Sums(0b1_1100_0000);
+
+    pub fn union(self, other: Sums) -> Sums {
+        Sums(self.0 | other.0)
+    }
+
+    /// Whether the `i`-th value column (0-based) is summed.
+    pub fn has(self, i: usize) -> bool {
+        i < 9 && self.0 & (1 << i) != 0
+    }
+
+    /// `values` with the columns outside the set zeroed (what a query with these
+    /// sums reads).
+    pub fn keep(self, values: &RollupValues) -> RollupValues {
+        let pick = |i: usize, v: u64| if self.has(i) { v } else { 0 };
+        RollupValues {
+            requests: pick(0, values.requests),
+            input_tokens: pick(1, values.input_tokens),
+            output_tokens: pick(2, values.output_tokens),
+            cached_tokens: pick(3, values.cached_tokens),
+            cost_micros: pick(4, values.cost_micros),
+            potential_cost_micros: pick(5, values.potential_cost_micros),
+            latency_count: pick(6, values.latency_count),
+            latency_sum_ms: pick(7, values.latency_sum_ms),
+            latency_max_ms: pick(8, values.latency_max_ms),
+            latency_buckets: values.latency_buckets,
+        }
+    }
+}
+
+impl Default for Sums {
+    fn default() -> Self {
+        Sums::ALL
+    }
+}
+
+/// The nine value columns, in order, and whether each is a maximum (else a sum).
+const VALUES: [(&str, bool); 9] = [
+    ("requests", false),
+    ("input_tokens", false),
+    ("output_tokens", false),
+    ("cached_tokens", false),
+    ("cost_micros", false),
+    ("potential_cost_micros", false),
+    ("latency_count", false),
+    ("latency_sum_ms", false),
+    ("latency_max_ms", true),
+];
 
 /// A parameter of a rollup statement.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,14 +172,19 @@ pub enum SqlParam {
     Bool(bool),
 }
 
-/// The summed value columns, in the order [`RollupGroup::from_columns`] reads them.
-fn value_columns(latency_buckets: bool) -> String {
-    let mut columns = String::from(
-        "CAST(SUM(requests) AS BIGINT), CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT), \
-         CAST(SUM(cached_tokens) AS BIGINT), CAST(SUM(cost_micros) AS BIGINT), \
-         CAST(SUM(potential_cost_micros) AS BIGINT), CAST(SUM(latency_count) AS BIGINT), \
-         CAST(SUM(latency_sum_ms) AS BIGINT), CAST(MAX(latency_max_ms) AS BIGINT)",
-    );
+/// The summed value columns, in the order [`RollupGroup::from_columns`] reads them
+/// (a zero for a column not in `sums`).
+fn value_columns(latency_buckets: bool, sums: Sums) -> String {
+    let head: Vec<String> = VALUES
+        .iter()
+        .enumerate()
+        .map(|(i, (column, max))| match (sums.has(i), max) {
+            (false, _) => "CAST(0 AS BIGINT)".to_owned(),
+            (true, true) => format!("CAST(MAX({column}) AS BIGINT)"),
+            (true, false) => format!("CAST(SUM({column}) AS BIGINT)"),
+        })
+        .collect();
+    let mut columns = head.join(", ");
     if latency_buckets {
         for i in 0..LATENCY_BUCKETS {
             columns.push_str(&format!(", CAST(SUM(lat_{i}) AS BIGINT)"));
@@ -124,11 +194,13 @@ fn value_columns(latency_buckets: bool) -> String {
 }
 
 /// The value columns read one row at a time, in the same order (no aggregate).
-fn plain_value_columns(latency_buckets: bool) -> String {
-    let mut columns = String::from(
-        "requests, input_tokens, output_tokens, cached_tokens, cost_micros, potential_cost_micros, \
-         latency_count, latency_sum_ms, latency_max_ms",
-    );
+fn plain_value_columns(latency_buckets: bool, sums: Sums) -> String {
+    let head: Vec<String> = VALUES
+        .iter()
+        .enumerate()
+        .map(|(i, (column, _))| if sums.has(i) { (*column).to_owned() } else { "CAST(0 AS BIGINT)".to_owned() })
+        .collect();
+    let mut columns = head.join(", ");
     if latency_buckets {
         for i in 0..LATENCY_BUCKETS {
             columns.push_str(&format!(", lat_{i}"));
@@ -204,9 +276,9 @@ impl RollupQuery {
             sql.push_str(", ");
         }
         if grouped {
-            sql.push_str(&value_columns(self.latency_buckets));
+            sql.push_str(&value_columns(self.latency_buckets, self.sums));
         } else {
-            sql.push_str(&plain_value_columns(self.latency_buckets));
+            sql.push_str(&plain_value_columns(self.latency_buckets, self.sums));
         }
         let f = &self.filter;
         let slice = |table: &str, from: i64, to: i64, bind: &mut dyn FnMut(SqlParam) -> String| {
@@ -257,14 +329,28 @@ impl RollupQuery {
 
     /// The rows [`sql`](Self::sql) would group, ungrouped (same columns and
     /// parameters, values not summed, no order), for a caller that groups them itself
-    /// with [`group_rows`]; `None` where grouping in SQL is better. Only a per-hour
-    /// query grouped by key is sent ungrouped: the key projections hold at most two
-    /// rows per hour and key (counted or not), so PostgreSQL's hash aggregate over
-    /// them costs more than sending the rows (one project's keys by hour over 30 days
-    /// at 10 M rows: about 60 ms against 75-110 ms, BENCHMARKS.md); where many rows
-    /// make one group (a summary's top keys), sending them all measured slower.
+    /// with [`group_rows`]; `None` where grouping in SQL is better. A per-hour query
+    /// grouped by something is sent ungrouped when the projection it reads keeps no
+    /// dimension the query neither groups nor filters by: each row is then its own
+    /// group, and PostgreSQL's sort or hash aggregate over them only costs (one
+    /// project's keys by hour over 58 days at 10 M rows: its hash aggregate took more
+    /// than sending the rows; the projects by hour: 8 ms against 16, BENCHMARKS.md).
+    /// Where several rows make a group (the per-model series over every project, a
+    /// summary's top keys over many hours), sending them all measured slower.
     pub fn sql_ungrouped(&self, placeholder: impl Fn(usize) -> String) -> Option<String> {
-        (self.by_hour && self.group_by.contains(&Dimension::Key)).then(|| self.build_as(placeholder, false).0)
+        (self.by_hour && !self.group_by.is_empty() && self.rows_are_groups())
+            .then(|| self.build_as(placeholder, false).0)
+    }
+
+    /// Whether each row of the table the query reads is a group of its own: the
+    /// projection keeps no dimension the query neither groups nor filters by, and it
+    /// is read per hour (no daily slices). Ungrouped rows then need only sorting.
+    pub fn rows_are_groups(&self) -> bool {
+        let used = self.dimensions_used();
+        match self.source() {
+            (Some(kind), None) => self.by_hour && kind.kept.iter().all(|d| used.contains(d)),
+            _ => false,
+        }
     }
 
     /// How many value columns each row has.
@@ -325,6 +411,13 @@ pub fn group_rows(rows: impl IntoIterator<Item = RollupGroup>) -> Vec<RollupGrou
         groups.add(row);
     }
     groups.finish()
+}
+
+/// Rows that are already groups ([`RollupQuery::rows_are_groups`]) in
+/// [`group_rows`]' order: sorted, nothing to add up.
+pub fn sort_groups(mut rows: Vec<RollupGroup>) -> Vec<RollupGroup> {
+    rows.sort_unstable_by(|a, b| a.hour_ms.cmp(&b.hour_ms).then_with(|| a.dims.cmp(&b.dims)));
+    rows
 }
 
 /// [`group_rows`] one row at a time.
@@ -509,11 +602,44 @@ mod tests {
             by_hour: true,
             group_by: vec![Dimension::Model],
             latency_buckets: false,
+            sums: Sums::ALL,
         };
         let sql = query.sql(|i| format!("${}", i + 1));
         assert!(sql.starts_with("SELECT hour_ms, model, CAST(SUM(requests)"), "{sql}");
         assert!(sql.contains("project_id = $3 AND counted = $4 GROUP BY hour_ms, model"), "{sql}");
         assert_eq!(query.params().len(), 4);
+        // One metric: one sum, zeros for the rest.
+        let cost = RollupQuery { sums: Sums::COST, ..query.clone() }.sql(|i| format!("${}", i + 1));
+        assert_eq!(cost.matches("SUM(").count(), 2, "{cost}");
+        assert!(cost.contains("CAST(0 AS BIGINT), CAST(SUM(cost_micros)"), "{cost}");
+        assert!(!cost.contains("MAX("), "{cost}");
+    }
+
+    #[test]
+    fn sums_keep_their_columns_and_zero_the_rest() {
+        let v = RollupValues {
+            requests: 1,
+            input_tokens: 2,
+            output_tokens: 3,
+            cached_tokens: 4,
+            cost_micros: 5,
+            potential_cost_micros: 6,
+            latency_count: 7,
+            latency_sum_ms: 8,
+            latency_max_ms: 9,
+            ..RollupValues::default()
+        };
+        assert_eq!(Sums::ALL.keep(&v), v);
+        assert_eq!(Sums::REQUESTS.keep(&v), RollupValues { requests: 1, ..RollupValues::default() });
+        let tokens = Sums::TOKENS.keep(&v);
+        assert_eq!((tokens.input_tokens, tokens.output_tokens, tokens.cached_tokens, tokens.requests), (2, 3, 4, 0));
+        let cost = Sums::COST.keep(&v);
+        assert_eq!((cost.cost_micros, cost.potential_cost_micros, cost.latency_count), (5, 6, 0));
+        let latency = Sums::LATENCY.keep(&v);
+        assert_eq!(
+            (latency.latency_count, latency.latency_sum_ms, latency.latency_max_ms, latency.cost_micros),
+            (7, 8, 9, 0)
+        );
     }
 
     #[test]
@@ -525,13 +651,26 @@ mod tests {
             by_hour: true,
             group_by: vec![Dimension::Key],
             latency_buckets: false,
+            sums: Sums::ALL,
         };
         let sql = query.sql_ungrouped(|i| format!("${}", i + 1)).expect("has group keys");
         assert!(sql.starts_with("SELECT hour_ms, key_id, requests, input_tokens"), "{sql}");
         assert!(!sql.contains("GROUP BY") && !sql.contains("SUM("), "{sql}");
         assert!(RollupQuery { by_hour: false, ..query.clone() }.sql_ungrouped(|_| "?".into()).is_none());
+        assert!(sql.contains("FROM usage_hourly_key_volume"), "{sql}");
+        // The per-model series of one project: its projection also keeps the provider.
         let by_model = RollupQuery { group_by: vec![Dimension::Model], ..query.clone() };
         assert!(by_model.sql_ungrouped(|_| "?".into()).is_none());
+        let by_model_and_provider =
+            RollupQuery { group_by: vec![Dimension::Model, Dimension::Provider], ..query.clone() };
+        assert!(by_model_and_provider.sql_ungrouped(|_| "?".into()).is_some());
+        // The projects by hour, over every project: one row per hour and project.
+        let by_project =
+            RollupQuery { filter: RollupFilter::default(), group_by: vec![Dimension::Project], ..query.clone() };
+        assert!(by_project.sql_ungrouped(|_| "?".into()).is_some());
+        // The keys of every project: the project is neither grouped nor filtered.
+        let every_key = RollupQuery { filter: RollupFilter::default(), ..query.clone() };
+        assert!(every_key.sql_ungrouped(|_| "?".into()).is_none());
         let row = |hour: i64, key: &str, requests: u64, max: u64| RollupGroup {
             hour_ms: Some(hour),
             dims: vec![key.to_owned()],

@@ -13,9 +13,10 @@ use serde_json::{Value, json};
 use tollgate_analytics::anomaly::{self, AnomalySettings};
 use tollgate_analytics::forecast::{self, ForecastInput, HISTORY_WEEKS};
 use tollgate_analytics::query::{
-    self, Bucket, Granularity, ParamError, SeriesMetric, limit_metric_value, parse_dimension, parse_range,
+    self, Bucket, Granularity, ParamError, SeriesMetric, limit_metric_sums, limit_metric_value, parse_dimension,
+    parse_range,
 };
-use tollgate_analytics::store::{Dimension, RollupFilter, RollupQuery};
+use tollgate_analytics::store::{Dimension, RollupFilter, RollupQuery, Sums};
 use tollgate_analytics::zone::{bucket_index, bucket_starts};
 use tollgate_analytics::{RollupGroup, RollupValues};
 use tollgate_core::calendar::{MS_PER_DAY, MS_PER_HOUR, to_rfc3339};
@@ -198,6 +199,7 @@ pub async fn summary(
         by_hour: false,
         group_by: vec![Dimension::StatusClass],
         latency_buckets: true,
+        sums: Sums::ALL,
     };
     let mut totals = Bucket::default();
     for g in state.analytics.rollup_groups(base.clone()).await? {
@@ -299,6 +301,7 @@ pub async fn timeseries(
             by_hour: true,
             group_by: dims,
             latency_buckets: matches!(metric, SeriesMetric::Latency(_)),
+            sums: metric.sums(),
         })
         .await?;
     let class_of = |g: &RollupGroup| {
@@ -544,6 +547,7 @@ pub async fn quota_forecasts(
                 by_hour: true,
                 group_by: vec![],
                 latency_buckets: false,
+                sums: limit_metric_sums(spec.metric),
             })
             .await?;
         let hourly: BTreeMap<i64, u64> =
@@ -670,6 +674,7 @@ pub async fn hourly_anomalies(
             by_hour: true,
             group_by: vec![by],
             latency_buckets: false,
+            sums: limit_metric_sums(metric),
         })
         .await?;
     let mut per_subject: BTreeMap<String, BTreeMap<i64, u64>> = BTreeMap::new();
