@@ -49,7 +49,8 @@ fn ledger_benches(c: &mut Criterion) {
     let mut next = 0u64;
     let mut group = c.benchmark_group("ledger");
     group.sample_size(10);
-    for n in [10_000u64, 100_000] {
+    // 1: a one-record commit (what each request costs the ledger writer at c=1).
+    for n in [1u64, 10_000, 100_000] {
         group.throughput(Throughput::Elements(n));
         group.bench_with_input(BenchmarkId::new("append + flush (rows)", n), &n, |b, &n| {
             b.iter_custom(|iters| {
