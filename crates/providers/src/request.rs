@@ -388,6 +388,8 @@ mod tests {
         assert_eq!(chat(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#), Ok(1));
         let parts = br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x"}]},{"role":"assistant","content":null,"tool_calls":[]}]}"#;
         assert_eq!(chat(parts), Ok(1));
+        let escaped = br#"{"model":"m","messages":[{"ro\u006ce":"us\u0065r","name":null,"extra":[1,{"a":2}]}]}"#;
+        assert_eq!(chat(escaped), Ok(1), "escaped keys and values, unknown fields");
         for bad in [
             &b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}"[..],
             br#"{"model":"m"}"#,
@@ -400,6 +402,10 @@ mod tests {
             br#"{"model":"m","messages":[{"role":"user","content":7}]}"#,
             br#"{"model":"m","messages":[{"role":"user","content":["x"]}]}"#,
             br#"{"model":"m","messages":[{"role":"user","name":1}]}"#,
+            // A message as an array (a derived struct would read it as its fields).
+            br#"{"model":"m","messages":[["user"]]}"#,
+            br#"{"model":"m","messages":[["user","hi"]]}"#,
+            br#"{"model":"m","messages":[{"role":"user","role":"system"}]}"#,
             br#"{"model":"m","messages":[{"role":"user"}],"tools":{}}"#,
             br#"{"model":"m","messages":[{"role":"user"}],"functions":[1]}"#,
         ] {

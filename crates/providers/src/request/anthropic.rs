@@ -78,6 +78,7 @@ mod tests {
             br#"{"model":"claude","messages":[{"role":"user","content":"x"}],"system":5}"#,
             br#"{"model":"claude","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
             br#"{"model":"claude","messages":"hello"}"#,
+            br#"{"model":"claude","max_tokens":1,"messages":[["user","x"]]}"#,
         ] {
             assert!(RequestView::parse(Endpoint::Messages, bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }

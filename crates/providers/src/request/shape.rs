@@ -106,7 +106,7 @@ impl<'de> Deserialize<'de> for Messages {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Messages, A::Error> {
                 let mut count = 0;
                 loop {
-                    match seq.next_element::<Message<'de>>() {
+                    match seq.next_element::<Message>() {
                         Ok(Some(_)) => count += 1,
                         Ok(None) => return Ok(Messages(count)),
                         Err(e) => return Err(de::Error::custom(format_args!("[{count}]: {e}"))),
@@ -118,16 +118,72 @@ impl<'de> Deserialize<'de> for Messages {
     }
 }
 
-/// One message: only what the upstream would refuse is checked.
-#[derive(Deserialize)]
-#[allow(dead_code)]
-struct Message<'a> {
-    #[serde(borrow)]
-    role: Cow<'a, str>,
-    #[serde(default)]
-    content: Option<Content>,
-    #[serde(default, borrow)]
-    name: Option<Cow<'a, str>>,
+/// One message: only what the upstream would refuse is checked. An object with a
+/// string `role`, a `content` that is null, a string or content parts, and a string
+/// (or null) `name`. Written by hand: a derived struct also accepts a JSON array as
+/// its fields in order (`["user"]` would pass as a message with role "user").
+struct Message;
+
+impl<'de> Deserialize<'de> for Message {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Message;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a message object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
+                let (mut role, mut content, mut name) = (false, false, false);
+                while let Some(field) = map.next_key::<Cow<'de, str>>()? {
+                    let seen = match field.as_ref() {
+                        "role" => {
+                            map.next_value::<Text>()?;
+                            &mut role
+                        }
+                        "content" => {
+                            map.next_value::<Option<Content>>()?;
+                            &mut content
+                        }
+                        "name" => {
+                            map.next_value::<Option<Text>>()?;
+                            &mut name
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    if std::mem::replace(seen, true) {
+                        return Err(de::Error::custom(format_args!("duplicate field `{field}`")));
+                    }
+                }
+                if !role {
+                    return Err(de::Error::missing_field("role"));
+                }
+                Ok(Message)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A string, whatever it holds.
+struct Text;
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Text, E> {
+                Ok(Text)
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 /// A message's `content`: a string, or an array of content-part objects.
