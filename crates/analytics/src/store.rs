@@ -328,8 +328,8 @@ impl RollupQuery {
     }
 
     /// The rows [`sql`](Self::sql) would group, ungrouped (same columns and
-    /// parameters, values not summed, no order), for a caller that groups them itself
-    /// with [`group_rows`]; `None` where grouping in SQL is better. A per-hour query
+    /// parameters, values not summed, no order), for a caller that sorts them itself
+    /// with [`sort_groups`]; `None` where grouping in SQL is needed. A per-hour query
     /// grouped by something is sent ungrouped when the projection it reads keeps no
     /// dimension the query neither groups nor filters by: each row is then its own
     /// group, and PostgreSQL's sort or hash aggregate over them only costs (one
@@ -338,8 +338,7 @@ impl RollupQuery {
     /// Where several rows make a group (the per-model series over every project, a
     /// summary's top keys over many hours), sending them all measured slower.
     pub fn sql_ungrouped(&self, placeholder: impl Fn(usize) -> String) -> Option<String> {
-        (self.by_hour && !self.group_by.is_empty() && self.rows_are_groups())
-            .then(|| self.build_as(placeholder, false).0)
+        (!self.group_by.is_empty() && self.rows_are_groups()).then(|| self.build_as(placeholder, false).0)
     }
 
     /// Whether each row of the table the query reads is a group of its own: the
@@ -402,42 +401,11 @@ impl RollupGroup {
     }
 }
 
-/// Groups ungrouped rows ([`RollupQuery::sql_ungrouped`]) as the grouped statement
-/// would: one group per hour and dimension values, values summed (the latency maximum
-/// the largest), ordered by hour, then the dimensions' bytes.
-pub fn group_rows(rows: impl IntoIterator<Item = RollupGroup>) -> Vec<RollupGroup> {
-    let mut groups = Groups::default();
-    for row in rows {
-        groups.add(row);
-    }
-    groups.finish()
-}
-
-/// Rows that are already groups ([`RollupQuery::rows_are_groups`]) in
-/// [`group_rows`]' order: sorted, nothing to add up.
+/// Ungrouped rows that are already groups ([`RollupQuery::sql_ungrouped`]) in the
+/// grouped statement's order: by hour, then the dimensions' bytes.
 pub fn sort_groups(mut rows: Vec<RollupGroup>) -> Vec<RollupGroup> {
     rows.sort_unstable_by(|a, b| a.hour_ms.cmp(&b.hour_ms).then_with(|| a.dims.cmp(&b.dims)));
     rows
-}
-
-/// [`group_rows`] one row at a time.
-#[derive(Default)]
-pub struct Groups(std::collections::BTreeMap<(Option<i64>, Vec<String>), RollupValues>);
-
-impl Groups {
-    pub fn add(&mut self, row: RollupGroup) {
-        match self.0.entry((row.hour_ms, row.dims)) {
-            std::collections::btree_map::Entry::Vacant(slot) => {
-                slot.insert(row.values);
-            }
-            std::collections::btree_map::Entry::Occupied(mut slot) => slot.get_mut().merge(&row.values),
-        }
-    }
-
-    /// The groups, ordered by hour, then the dimensions' bytes.
-    pub fn finish(self) -> Vec<RollupGroup> {
-        self.0.into_iter().map(|((hour_ms, dims), values)| RollupGroup { hour_ms, dims, values }).collect()
-    }
 }
 
 /// The rollup table's columns, in the order of [`upsert_sql`]'s parameters and of
@@ -449,11 +417,12 @@ pub fn rollup_columns() -> String {
 /// [`rollup_columns`], without the latency histogram's unless `histogram` (the
 /// columns of a projection kind without it, [`Kind::histogram`]).
 pub fn rollup_columns_for(histogram: bool) -> String {
-    let mut columns = String::from(
-        "hour_ms, project_id, key_id, model, provider, endpoint, status_class, cache, counted, requests, \
-         input_tokens, output_tokens, cached_tokens, cost_micros, potential_cost_micros, latency_count, \
-         latency_sum_ms, latency_max_ms",
-    );
+    let mut columns =
+        String::from("hour_ms, project_id, key_id, model, provider, endpoint, status_class, cache, counted");
+    for (column, _) in VALUES {
+        columns.push_str(", ");
+        columns.push_str(column);
+    }
     if histogram {
         for i in 0..LATENCY_BUCKETS {
             columns.push_str(&format!(", lat_{i}"));
@@ -491,23 +460,19 @@ pub fn upsert_sql_into(table: &str, placeholder: impl Fn(usize) -> String) -> St
 /// (its parameters: the first [`rollup_params`] of [`rollup_columns`] order).
 pub fn upsert_sql_for(table: &str, histogram: bool, placeholder: impl Fn(usize) -> String) -> String {
     let placeholders: Vec<String> = (0..rollup_params(histogram)).map(placeholder).collect();
-    let mut updates = vec![];
-    for column in [
-        "requests",
-        "input_tokens",
-        "output_tokens",
-        "cached_tokens",
-        "cost_micros",
-        "potential_cost_micros",
-        "latency_count",
-        "latency_sum_ms",
-    ] {
-        updates.push(format!("{column} = {table}.{column} + excluded.{column}"));
-    }
-    updates.push(format!(
-        "latency_max_ms = CASE WHEN excluded.latency_max_ms > {table}.latency_max_ms \
-         THEN excluded.latency_max_ms ELSE {table}.latency_max_ms END"
-    ));
+    let mut updates: Vec<String> = VALUES
+        .iter()
+        .map(|(column, max)| {
+            if *max {
+                format!(
+                    "{column} = CASE WHEN excluded.{column} > {table}.{column} \
+                     THEN excluded.{column} ELSE {table}.{column} END"
+                )
+            } else {
+                format!("{column} = {table}.{column} + excluded.{column}")
+            }
+        })
+        .collect();
     if histogram {
         for i in 0..LATENCY_BUCKETS {
             updates.push(format!("lat_{i} = {table}.lat_{i} + excluded.lat_{i}"));
@@ -643,7 +608,7 @@ mod tests {
     }
 
     #[test]
-    fn ungrouped_rows_group_like_the_grouped_statement() {
+    fn ungrouped_rows_are_read_only_where_they_are_groups() {
         let query = RollupQuery {
             from_ms: 0,
             to_ms: 10,
@@ -671,17 +636,15 @@ mod tests {
         // The keys of every project: the project is neither grouped nor filtered.
         let every_key = RollupQuery { filter: RollupFilter::default(), ..query.clone() };
         assert!(every_key.sql_ungrouped(|_| "?".into()).is_none());
-        let row = |hour: i64, key: &str, requests: u64, max: u64| RollupGroup {
+        // Those rows are sorted as the grouped statement orders its groups.
+        let row = |hour: i64, key: &str, requests: u64| RollupGroup {
             hour_ms: Some(hour),
             dims: vec![key.to_owned()],
-            values: RollupValues { requests, latency_max_ms: max, ..RollupValues::default() },
+            values: RollupValues { requests, ..RollupValues::default() },
         };
-        let groups = group_rows([row(2, "b", 1, 5), row(1, "b", 2, 1), row(2, "a", 3, 2), row(2, "b", 4, 9)]);
-        let got: Vec<_> = groups
-            .iter()
-            .map(|g| (g.hour_ms, g.dims[0].as_str(), g.values.requests, g.values.latency_max_ms))
-            .collect();
-        assert_eq!(got, vec![(Some(1), "b", 2, 1), (Some(2), "a", 3, 2), (Some(2), "b", 5, 9)]);
+        let sorted = sort_groups(vec![row(2, "b", 1), row(1, "b", 2), row(2, "a", 3), row(1, "B", 4)]);
+        let got: Vec<_> = sorted.iter().map(|g| (g.hour_ms, g.dims[0].as_str(), g.values.requests)).collect();
+        assert_eq!(got, vec![(Some(1), "B", 4), (Some(1), "b", 2), (Some(2), "a", 3), (Some(2), "b", 1)]);
     }
 
     #[test]

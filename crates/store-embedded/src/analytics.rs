@@ -53,8 +53,8 @@ fn upsert_into(tx: &Transaction<'_>, sql: &str, rollups: &Rollups<'_>, histogram
             Value::Text(key.cache.as_str().to_owned()),
             Value::Integer(i64::from(key.counted)),
         ];
-        args.extend(store::value_params(values).into_iter().map(Value::Integer));
-        args.truncate(store::rollup_params(histogram));
+        let value_count = store::rollup_params(histogram) - args.len();
+        args.extend(store::value_params(values).into_iter().take(value_count).map(Value::Integer));
         upsert.execute(params_from_iter(args)).map_err(sql_error)?;
     }
     Ok(())

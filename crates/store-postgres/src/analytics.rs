@@ -116,10 +116,13 @@ fn ints(row: &tokio_postgres::Row, first: usize, count: usize) -> StoreResult<[O
 #[async_trait]
 impl AnalyticsStore for PostgresLedger {
     async fn rollup_groups(&self, query: RollupQuery) -> StoreResult<Vec<RollupGroup>> {
-        // Grouped here rather than by PostgreSQL when there is anything to group by
-        // (see `RollupQuery::sql_ungrouped`); the rows are the same either way.
-        let ungrouped = query.sql_ungrouped(|i| format!("${}", i + 1));
-        let sql = ungrouped.clone().unwrap_or_else(|| query.sql(|i| format!("${}", i + 1)));
+        // Read ungrouped where each row is its own group (`RollupQuery::sql_ungrouped`):
+        // then only sorted here, the order the grouped statement has.
+        let placeholder = |i: usize| format!("${}", i + 1);
+        let (sql, ungrouped) = match query.sql_ungrouped(placeholder) {
+            Some(sql) => (sql, true),
+            None => (query.sql(placeholder), false),
+        };
         let args: Vec<Box<dyn ToSql + Sync + Send>> = query.params().into_iter().map(boxed).collect();
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| &**a as &(dyn ToSql + Sync)).collect();
         let client = self.pool.get().await.map_err(pool_error)?;
@@ -136,20 +139,8 @@ impl AnalyticsStore for PostgresLedger {
             }
             Ok(RollupGroup::from_columns(hour_ms, values, &ints(row, first, query.value_column_count())?))
         };
-        if ungrouped.is_some() && query.rows_are_groups() {
-            // Each row its own group (one project's keys per hour over 58 days at 10 M
-            // rows: ~14,000): only sorted.
-            return Ok(store::sort_groups(rows.iter().map(group).collect::<StoreResult<Vec<_>>>()?));
-        }
-        if ungrouped.is_some() {
-            // Straight into the groups: no vector of every row first.
-            let mut groups = store::Groups::default();
-            for row in &rows {
-                groups.add(group(row)?);
-            }
-            return Ok(groups.finish());
-        }
-        rows.iter().map(group).collect()
+        let groups = rows.iter().map(group).collect::<StoreResult<Vec<_>>>()?;
+        Ok(if ungrouped { store::sort_groups(groups) } else { groups })
     }
 
     async fn rollup_rows(

@@ -246,11 +246,13 @@ async fn migration_16_fills_the_key_volumes_from_the_key_projection() {
     let span_hours = 24 * 90;
     for _ in 0..40 {
         let mut q = conformance::random_query(&mut rng, project, span_hours);
-        // Whatever the random draw, half the queries are a key's volumes.
+        // Whatever the random draw, half the queries read the keys' volumes.
         if rng.below(2) == 0 {
             q.group_by = vec![tollgate_analytics::store::Dimension::Key];
             q.latency_buckets = false;
-            q.filter.counted = None;
+            q.filter = tollgate_analytics::store::RollupFilter { key_id: q.filter.key_id, ..Default::default() };
+            q.filter.project_id = Some(project.to_owned());
+            assert_eq!(q.source().0.map(|k| k.name), Some("key_volume"), "{q:?}");
         }
         conformance::assert_query_matches(&*analytics, &records, &q, "after migration 16").await;
     }
